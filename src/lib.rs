@@ -1,0 +1,1 @@
+//! pkd: the PK engine.

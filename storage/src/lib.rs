@@ -1,0 +1,1 @@
+//! Durable storage for pkd's raft groups (sled). Filled in by the replication work.
