@@ -1,0 +1,550 @@
+//! An arena: the PKs hosted by one group — their phases, gifts, presence and results.
+//!
+//! PKs arrive as [`PkOrder`]s from the lobby, idempotently by id. When a PK settles, its
+//! result waits in the outbox until the lobby has released the rooms and the results
+//! sink has stored it; a new leader resumes from there.
+
+use crate::command::{Action, Gift, GifterProfile, PkOrder, Presence, Seat, Timer};
+use crate::config::Config;
+use crate::deadlines::Deadlines;
+use crate::effect::{
+    AbnormalEnd, Audience, CacheChange, Effect, GifterTotal, PkStatus, PkView, Push, PushMessage,
+    SettledPk, SettledSide, SideView, TopGifter,
+};
+use crate::gift_ids::GiftIdSet;
+use crate::ids::{PkId, TimestampMs, UserId};
+use crate::response::{Reason, Response};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How long after its scheduled end a PK's order is still accepted, and its id
+/// remembered after it settled. Past it a (duplicate or hopelessly late) order is
+/// ignored; the lobby releases the rooms of an order never confirmed by then.
+pub const ORDER_HORIZON_MS: i64 = 60 * 60 * 1000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arena {
+    pub(crate) now: TimestampMs,
+    pub(crate) config: Config,
+    pks: BTreeMap<PkId, Pk>,
+    /// The outbox: settled PKs not yet fully handed over.
+    settled: BTreeMap<PkId, Settlement>,
+    /// Ids of settled PKs, remembered until the order horizon passes.
+    settled_ids: BTreeMap<PkId, TimestampMs>,
+    deadlines: Deadlines,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Pk {
+    order: PkOrder,
+    /// Set when the battle ended; the winner (0 for a draw) from then on.
+    winner: Option<UserId>,
+    sides: [Side; 2],
+    /// Gifts seen, for de-duplication; also orders senders' ties (who got there first).
+    gift_ids: GiftIdSet,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Side {
+    seat: Seat,
+    beans: i64,
+    online: bool,
+    audience: u32,
+    peak_audience: u32,
+    senders: BTreeMap<UserId, Sender>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Sender {
+    beans: i64,
+    times: u32,
+    /// The PK's gift count when this sender last rose: earlier wins a tie.
+    reached: u64,
+    profile: Option<GifterProfile>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Settlement {
+    result: SettledPk,
+    rooms_released: bool,
+    persisted: bool,
+}
+
+impl Pk {
+    fn battle_start(&self) -> TimestampMs {
+        self.order.created_at.plus(self.order.timing.opening_ms)
+    }
+
+    fn battle_end(&self) -> TimestampMs {
+        self.battle_start().plus(self.order.timing.battle_ms)
+    }
+
+    fn pk_end(&self) -> TimestampMs {
+        self.battle_end().plus(self.order.timing.ending_ms)
+    }
+
+    fn status(&self, now: TimestampMs) -> PkStatus {
+        if self.winner.is_some() {
+            PkStatus::Ending
+        } else if now < self.battle_start() {
+            PkStatus::Opening
+        } else {
+            PkStatus::Battle
+        }
+    }
+
+    fn side_of(&self, anchor: UserId) -> Option<usize> {
+        self.sides
+            .iter()
+            .position(|side| side.seat.anchor == anchor)
+    }
+}
+
+impl Side {
+    fn new(seat: Seat) -> Side {
+        Side {
+            seat,
+            beans: 0,
+            online: true,
+            audience: 0,
+            peak_audience: 0,
+            senders: BTreeMap::new(),
+        }
+    }
+
+    /// Senders highest first; ties go to whoever reached the amount first.
+    fn ranked(&self) -> Vec<(&UserId, &Sender)> {
+        let mut ranked: Vec<_> = self.senders.iter().collect();
+        ranked.sort_by_key(|(id, s)| (-s.beans, s.reached, **id));
+        ranked
+    }
+
+    fn view(&self, top: usize) -> SideView {
+        let mut best: Vec<_> = self.senders.iter().collect();
+        let key = |(id, s): &(&UserId, &Sender)| (-s.beans, s.reached, **id);
+        if best.len() > top {
+            best.select_nth_unstable_by_key(top, key);
+            best.truncate(top);
+        }
+        best.sort_by_key(key);
+        SideView {
+            anchor: self.seat.anchor,
+            room: self.seat.room,
+            beans: self.beans,
+            online: self.online,
+            audience: self.audience,
+            top_gifters: best
+                .into_iter()
+                .map(|(id, s)| TopGifter {
+                    sender: *id,
+                    beans: s.beans,
+                    profile: s.profile.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn settle(&self) -> SettledSide {
+        SettledSide {
+            anchor: self.seat.anchor,
+            room: self.seat.room,
+            beans: self.beans,
+            audience: self.peak_audience,
+            gifters: self
+                .ranked()
+                .into_iter()
+                .enumerate()
+                .map(|(i, (id, s))| GifterTotal {
+                    sender: *id,
+                    beans: s.beans,
+                    times: s.times,
+                    rank: i as u32 + 1,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A summary of an arena for tests and the admin console.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArenaSummary {
+    pub running: Vec<PkId>,
+    pub outbox: Vec<PkId>,
+    pub remembered: usize,
+}
+
+impl Arena {
+    pub fn new(config: Config) -> Arena {
+        Arena {
+            config,
+            ..Arena::default()
+        }
+    }
+
+    pub(crate) fn apply(&mut self, action: &Action, effects: &mut Vec<Effect>) -> Response {
+        match action {
+            Action::Gift(gift) => self.gift(gift, effects),
+            Action::CreatePk(order) => self.create(order, effects),
+            Action::ReportPresence(reports) => self.presence(reports, effects),
+            Action::AbortPk { pk } => {
+                if !self.pks.contains_key(pk) {
+                    return Response::Rejected(Reason::NoSuchPk);
+                }
+                self.settle(*pk, Some(AbnormalEnd::Aborted), effects);
+                Response::Done
+            }
+            Action::ConfirmRoomsReleased { pk } => self.confirm(*pk, |s| &mut s.rooms_released),
+            Action::ConfirmResultPersisted { pk } => self.confirm(*pk, |s| &mut s.persisted),
+            Action::Fire(timer) => self.fire(*timer, effects),
+            Action::SetConfig { .. } => unreachable!("the machine applies config"),
+            _ => Response::Rejected(Reason::WrongGroup),
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<TimestampMs> {
+        self.deadlines.next()
+    }
+
+    pub fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
+        self.deadlines.due(now).collect()
+    }
+
+    // ---- queries -------------------------------------------------------------------
+
+    /// The PK's state as pushed to clients, or `None` if it is not running here.
+    pub fn view(&self, pk: PkId) -> Option<PkView> {
+        let pk = self.pks.get(&pk)?;
+        Some(self.view_of(pk, pk.status(self.now)))
+    }
+
+    fn view_of(&self, pk: &Pk, status: PkStatus) -> PkView {
+        let top = self.config.limits.top_gifters as usize;
+        PkView {
+            pk: pk.order.pk,
+            status,
+            interfered: pk.order.interfered,
+            start_time: pk.order.created_at,
+            end_time: pk.battle_end(),
+            source: pk.sides[0].view(top),
+            target: pk.sides[1].view(top),
+            winner: pk.winner,
+        }
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = PkId> + '_ {
+        self.pks.keys().copied()
+    }
+
+    /// A running PK's senders to one anchor with their totals (the `pkg_` cache).
+    pub fn gifters(&self, pk: PkId, anchor: UserId) -> Vec<(UserId, i64)> {
+        let Some(pk) = self.pks.get(&pk) else {
+            return Vec::new();
+        };
+        let Some(side) = pk.side_of(anchor) else {
+            return Vec::new();
+        };
+        pk.sides[side]
+            .senders
+            .iter()
+            .map(|(id, s)| (*id, s.beans))
+            .collect()
+    }
+
+    /// Settled PKs whose rooms the lobby has not released yet.
+    pub fn pending_releases(&self) -> impl Iterator<Item = PkId> + '_ {
+        self.settled
+            .iter()
+            .filter(|(_, s)| !s.rooms_released)
+            .map(|(pk, _)| *pk)
+    }
+
+    /// Settled PKs the results sink has not stored yet.
+    pub fn pending_results(&self) -> impl Iterator<Item = &SettledPk> {
+        self.settled
+            .values()
+            .filter(|s| !s.persisted)
+            .map(|s| &s.result)
+    }
+
+    pub fn summary(&self) -> ArenaSummary {
+        ArenaSummary {
+            running: self.pks.keys().copied().collect(),
+            outbox: self.settled.keys().copied().collect(),
+            remembered: self.settled_ids.len(),
+        }
+    }
+
+    // ---- life of a PK --------------------------------------------------------------
+
+    fn create(&mut self, order: &PkOrder, effects: &mut Vec<Effect>) -> Response {
+        let pk = order.pk;
+        let scheduled_end = order
+            .created_at
+            .plus(order.timing.opening_ms + order.timing.battle_ms + order.timing.ending_ms);
+        if self.pks.contains_key(&pk) || self.settled_ids.contains_key(&pk) {
+            return Response::Ignored;
+        }
+        if self.now >= scheduled_end.plus(ORDER_HORIZON_MS) {
+            return Response::Ignored;
+        }
+        let created = Pk {
+            order: order.clone(),
+            winner: None,
+            sides: [Side::new(order.source), Side::new(order.target)],
+            gift_ids: GiftIdSet::default(),
+        };
+        self.deadlines
+            .arm(created.battle_end(), Timer::EndBattle { pk });
+        let view = self.view_of(&created, created.status(self.now));
+        self.pks.insert(pk, created);
+        push_state(view, effects);
+        effects.push(Effect::CacheChanged(CacheChange::Pk { pk }));
+        Response::Done
+    }
+
+    fn gift(&mut self, gift: &Gift, effects: &mut Vec<Effect>) -> Response {
+        let limits = self.config.limits;
+        let now = self.now;
+        let Some(pk) = self.pks.get_mut(&gift.pk) else {
+            return Response::Rejected(Reason::NoSuchPk);
+        };
+        let Some(side_index) = pk.side_of(gift.receiver) else {
+            return Response::Rejected(Reason::NotASide);
+        };
+        if pk.gift_ids.contains(gift.id) {
+            let side_beans = pk.sides[side_index].beans;
+            return Response::GiftCounted {
+                duplicate: true,
+                side_beans,
+            };
+        }
+        if pk.winner.is_some() || now < pk.battle_start() || now >= pk.battle_end() {
+            return Response::Rejected(Reason::NotInBattle);
+        }
+        if gift.beans <= 0 {
+            return Response::Rejected(Reason::BeansNotPositive);
+        }
+        if gift.beans > limits.max_gift_beans {
+            return Response::Rejected(Reason::BeansTooLarge);
+        }
+        if pk.gift_ids.len() >= limits.max_gifts_per_pk as usize {
+            return Response::Rejected(Reason::TooManyGifts);
+        }
+        let count = pk.gift_ids.len() as u64 + 1;
+        let side = &mut pk.sides[side_index];
+        let previous = side.senders.get(&gift.sender).map_or(0, |s| s.beans);
+        let (Some(side_beans), Some(sender_beans)) = (
+            side.beans.checked_add(gift.beans),
+            previous.checked_add(gift.beans),
+        ) else {
+            return Response::Rejected(Reason::BeansOverflow);
+        };
+        pk.gift_ids.insert(gift.id);
+        side.beans = side_beans;
+        let sender = side.senders.entry(gift.sender).or_insert(Sender {
+            beans: 0,
+            times: 0,
+            reached: 0,
+            profile: None,
+        });
+        sender.beans = sender_beans;
+        sender.times = sender.times.saturating_add(1);
+        sender.reached = count;
+        if let Some(profile) = &gift.profile {
+            sender.profile = Some((**profile).clone());
+        }
+        effects.push(Effect::CacheChanged(CacheChange::GifterTotal {
+            pk: gift.pk,
+            anchor: gift.receiver,
+            sender: gift.sender,
+            beans: sender_beans,
+        }));
+        effects.push(Effect::PkChanged { pk: gift.pk });
+        Response::GiftCounted {
+            duplicate: false,
+            side_beans,
+        }
+    }
+
+    fn presence(&mut self, reports: &[Presence], effects: &mut Vec<Effect>) -> Response {
+        let now = self.now;
+        let grace = self.config.limits.anchor_grace_ms;
+        for report in reports {
+            let Some(pk) = self.pks.get_mut(&report.pk) else {
+                continue;
+            };
+            let Some(index) = pk.side_of(report.anchor) else {
+                continue;
+            };
+            let side = &mut pk.sides[index];
+            let changed = side.online != report.online || side.audience != report.audience;
+            let timer = Timer::AnchorAway {
+                pk: report.pk,
+                anchor: report.anchor,
+            };
+            if side.online && !report.online {
+                self.deadlines.arm(now.plus(grace), timer);
+            } else if !side.online && report.online {
+                self.deadlines.disarm(timer);
+            }
+            side.online = report.online;
+            side.audience = report.audience;
+            side.peak_audience = side.peak_audience.max(report.audience);
+            if changed {
+                effects.push(Effect::PkChanged { pk: report.pk });
+            }
+        }
+        Response::Done
+    }
+
+    fn end_battle(&mut self, pk_id: PkId, effects: &mut Vec<Effect>) {
+        let now = self.now;
+        let Some(pk) = self.pks.get_mut(&pk_id) else {
+            return;
+        };
+        let [source, target] = &pk.sides;
+        pk.winner = Some(match source.beans.cmp(&target.beans) {
+            std::cmp::Ordering::Greater => source.seat.anchor,
+            std::cmp::Ordering::Less => target.seat.anchor,
+            std::cmp::Ordering::Equal => UserId(0),
+        });
+        if pk.order.timing.ending_ms > 0 && now < pk.pk_end() {
+            let pk_end = pk.pk_end();
+            self.deadlines.arm(pk_end, Timer::EndPk { pk: pk_id });
+            let view = self.view_of(&self.pks[&pk_id], PkStatus::Ending);
+            push_state(view, effects);
+            effects.push(Effect::CacheChanged(CacheChange::Pk { pk: pk_id }));
+        } else {
+            self.settle(pk_id, None, effects);
+        }
+    }
+
+    /// Ends a PK for good: final push, rooms released, result queued for storage.
+    fn settle(&mut self, pk_id: PkId, abnormal: Option<AbnormalEnd>, effects: &mut Vec<Effect>) {
+        let Some(pk) = self.pks.remove(&pk_id) else {
+            return;
+        };
+        let now = self.now;
+        for timer in [Timer::EndBattle { pk: pk_id }, Timer::EndPk { pk: pk_id }] {
+            self.deadlines.disarm(timer);
+        }
+        for side in &pk.sides {
+            self.deadlines.disarm(Timer::AnchorAway {
+                pk: pk_id,
+                anchor: side.seat.anchor,
+            });
+        }
+        let status = if abnormal.is_some() {
+            PkStatus::Error
+        } else {
+            PkStatus::Done
+        };
+        let mut view = self.view_of(&pk, status);
+        // An abnormal end has no winner.
+        let winner = if abnormal.is_some() {
+            UserId(0)
+        } else {
+            pk.winner.unwrap_or(UserId(0))
+        };
+        view.winner = Some(winner);
+        let result = SettledPk {
+            pk: pk_id,
+            status,
+            abnormal,
+            interfered: pk.order.interfered,
+            start_time: pk.order.created_at,
+            battle_end: pk.battle_end(),
+            end_time: now,
+            duration_ms: now.since(pk.order.created_at),
+            source: pk.sides[0].settle(),
+            target: pk.sides[1].settle(),
+            winner,
+        };
+        let forget_at = pk.pk_end().max(now).plus(ORDER_HORIZON_MS);
+        self.settled_ids.insert(pk_id, forget_at);
+        self.deadlines.arm(forget_at, Timer::ForgetPk { pk: pk_id });
+        self.settled.insert(
+            pk_id,
+            Settlement {
+                result: result.clone(),
+                rooms_released: false,
+                persisted: false,
+            },
+        );
+        push_state(view, effects);
+        effects.push(Effect::CacheChanged(CacheChange::PkEnded {
+            pk: pk_id,
+            anchors: [pk.sides[0].seat.anchor, pk.sides[1].seat.anchor],
+        }));
+        effects.push(Effect::PkSettled(Box::new(result)));
+    }
+
+    fn confirm(&mut self, pk: PkId, flag: fn(&mut Settlement) -> &mut bool) -> Response {
+        let Some(settlement) = self.settled.get_mut(&pk) else {
+            return Response::Ignored;
+        };
+        let done = flag(settlement);
+        if *done {
+            return Response::Ignored;
+        }
+        *done = true;
+        if settlement.rooms_released && settlement.persisted {
+            self.settled.remove(&pk);
+        }
+        Response::Done
+    }
+
+    fn fire(&mut self, timer: Timer, effects: &mut Vec<Effect>) -> Response {
+        if !self.deadlines.take_due(timer, self.now) {
+            return Response::Ignored;
+        }
+        match timer {
+            Timer::EndBattle { pk } => self.end_battle(pk, effects),
+            Timer::EndPk { pk } => self.settle(pk, None, effects),
+            Timer::AnchorAway { pk, anchor } => {
+                self.settle(pk, Some(AbnormalEnd::AnchorLeft { anchor }), effects)
+            }
+            Timer::ForgetPk { pk } => {
+                self.settled_ids.remove(&pk);
+            }
+            Timer::Intervene { .. }
+            | Timer::GiveUp { .. }
+            | Timer::ExpireInvitation { .. }
+            | Timer::EndCooldown { .. }
+            | Timer::AbandonPk { .. } => unreachable!("lobby timers are never armed in an arena"),
+        }
+        Response::Done
+    }
+
+    /// Checks the arena's internal invariants; used by tests after every step.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (id, pk) in &self.pks {
+            for side in &pk.sides {
+                let sum: i64 = side.senders.values().map(|s| s.beans).sum();
+                if sum != side.beans {
+                    return Err(format!(
+                        "{id}: side {} has {} beans but its senders sum to {sum}",
+                        side.seat.anchor, side.beans
+                    ));
+                }
+            }
+            if pk.winner.is_none()
+                && self.deadlines.when(Timer::EndBattle { pk: *id }) != Some(pk.battle_end())
+            {
+                return Err(format!("{id}: battle running without its end timer"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn push_state(view: PkView, effects: &mut Vec<Effect>) {
+    let rooms = [view.source.room, view.target.room];
+    let view = Box::new(view);
+    for room in rooms {
+        effects.push(Effect::Pushed(Push {
+            to: Audience::Room(room),
+            message: PushMessage::PkState(view.clone()),
+        }));
+    }
+}

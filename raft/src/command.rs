@@ -1,0 +1,168 @@
+//! What goes into the log: a leader-stamped [`Command`] with one [`Action`].
+
+use crate::config::PkTiming;
+use crate::ids::{GiftId, PkId, RoomId, TimestampMs, UserId};
+use serde::{Deserialize, Serialize};
+
+/// One entry's worth of intent. `at` is the proposing leader's clock; the core keeps
+/// `now = max(now, at)`, so a leader whose clock lags cannot move time backwards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub at: TimestampMs,
+    pub action: Action,
+}
+
+impl Command {
+    pub fn new(at: i64, action: Action) -> Command {
+        Command {
+            at: TimestampMs(at),
+            action,
+        }
+    }
+}
+
+/// Everything the engine can be asked to do. The lobby group takes the matchmaking
+/// actions, an arena group the PK actions; both take `SetConfig` and `Fire`. An action
+/// sent to the wrong kind of group is refused (`Reason::WrongGroup`) and changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    // ---- lobby -------------------------------------------------------------------
+    /// Command 28 type 1: `anchor` starts matching.
+    StartMatch {
+        anchor: UserId,
+        profile: AnchorProfile,
+    },
+    /// Command 28 type 4: `anchor` stops matching.
+    StopMatch { anchor: UserId },
+    /// Command 28 type 2: `invitee` accepts the invitation sent by `inviter`.
+    Accept { inviter: UserId, invitee: UserId },
+    /// Command 28 type 3: `invitee` refuses the invitation sent by `inviter`.
+    Refuse { inviter: UserId, invitee: UserId },
+    /// The anchor is streaming and connected: it may be invited.
+    GoLive {
+        anchor: UserId,
+        profile: AnchorProfile,
+    },
+    /// The anchor stopped streaming: it leaves the queue and cannot be invited.
+    GoOffAir { anchor: UserId },
+    /// The arena hosting `pk` has created it: the lobby drops its order from the outbox.
+    ConfirmPkCreated { pk: PkId },
+    /// The PK is over: release both rooms.
+    ReleaseRooms { pk: PkId },
+
+    // ---- arena -------------------------------------------------------------------
+    /// Create a PK decided by the lobby. Idempotent by PK id.
+    CreatePk(PkOrder),
+    /// A gift from the app's gift service.
+    Gift(Gift),
+    /// Anchors' online flags and rooms' audience counts, gathered by the nodes.
+    ReportPresence(Vec<Presence>),
+    /// An administrator ends the PK abnormally (status 3).
+    AbortPk { pk: PkId },
+    /// The lobby has released the rooms of a settled PK.
+    ConfirmRoomsReleased { pk: PkId },
+    /// The results sink has stored the settled PK.
+    ConfirmResultPersisted { pk: PkId },
+
+    // ---- both --------------------------------------------------------------------
+    /// Set a `t_config` row (`pk_enable`, `pk_duration`, `pk_config`,
+    /// `pk_filter_country`, `version_control`) or pkd's `pk_limits`, in its source format.
+    SetConfig { key: String, value: String },
+    /// A timer the leader saw fall due. A no-op unless that very timer is due now.
+    Fire(Timer),
+}
+
+/// What the engine knows of an anchor for matching: where it streams and what the
+/// filters look at. The gateway takes these from the anchor's signed login token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorProfile {
+    pub room: RoomId,
+    /// ISO country code, as the app stores it ("IN", "PK", ...).
+    pub country: String,
+    /// "android", "ios", ...
+    pub platform: String,
+    pub version_code: u32,
+}
+
+/// The lobby's decision that two anchors meet, handed to the arena that hosts the PK.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PkOrder {
+    pub pk: PkId,
+    /// Who started matching first, or the inviter.
+    pub source: Seat,
+    /// Who was matched later, or the invitee who accepted.
+    pub target: Seat,
+    /// Made through an invitation (t_pk.interfered = 1).
+    pub interfered: bool,
+    /// The lobby's time of the match: the PK's start.
+    pub created_at: TimestampMs,
+    /// `pk_duration` as it stood at the match.
+    pub timing: PkTiming,
+}
+
+/// An anchor and its room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seat {
+    pub anchor: UserId,
+    pub room: RoomId,
+}
+
+/// One gift. `beans` has already been charged by the gift service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gift {
+    pub id: GiftId,
+    pub pk: PkId,
+    /// The anchor who receives the gift.
+    pub receiver: UserId,
+    pub sender: UserId,
+    pub beans: i64,
+    /// The sender's display profile for the top-gifters list, when the gift service has it.
+    pub profile: Option<Box<GifterProfile>>,
+}
+
+/// The user fields of the source's top-gifters entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GifterProfile {
+    pub nickname: String,
+    pub headimg: String,
+    pub level: u32,
+    pub roomlevel: u32,
+    pub vip: u32,
+    pub sex: u32,
+}
+
+/// One anchor's presence in a PK, as seen by the nodes' gateways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub pk: PkId,
+    pub anchor: UserId,
+    /// The anchor is connected to its room.
+    pub online: bool,
+    /// Viewers in the anchor's room.
+    pub audience: u32,
+}
+
+/// A timer, named by what it does. Each is due at a time held in the state; `Fire` is a
+/// no-op when the timer is not due (early), or no longer scheduled (late or repeated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Timer {
+    /// Lobby: invite anchors for a waiting anchor; its previous batch lapses.
+    Intervene { anchor: UserId },
+    /// Lobby: a waiting anchor gives up and is told matching failed.
+    GiveUp { anchor: UserId },
+    /// Lobby: forget an invitation record (kept a while so late answers get a precise code).
+    ExpireInvitation { inviter: UserId, invitee: UserId },
+    /// Lobby: an anchor's invitation cool-down is over.
+    EndCooldown { anchor: UserId },
+    /// Lobby: a PK's rooms are still held long past its scheduled end (its arena never
+    /// took the order, e.g. after a long outage): release them.
+    AbandonPk { pk: PkId },
+    /// Arena: the battle is over: decide the winner.
+    EndBattle { pk: PkId },
+    /// Arena: the after-battle stage is over: settle.
+    EndPk { pk: PkId },
+    /// Arena: an anchor has been away longer than the grace period: end abnormally.
+    AnchorAway { pk: PkId, anchor: UserId },
+    /// Arena: forget a settled PK's id (it guarded against a late duplicate `CreatePk`).
+    ForgetPk { pk: PkId },
+}

@@ -1,0 +1,717 @@
+//! The lobby: matchmaking, invitations, cool-downs and the room directory.
+//!
+//! It is the single authority on which anchor is matching and which is in a PK, so the
+//! global rule "an anchor is in at most one match" holds however many arena groups run
+//! the PKs themselves. A match allocates a PK id and puts a [`PkOrder`] in the outbox;
+//! the arena's `ReleaseRooms` frees the rooms when the PK is over.
+
+use crate::command::{Action, AnchorProfile, PkOrder, Seat, Timer};
+use crate::config::Config;
+use crate::deadlines::Deadlines;
+use crate::effect::{Audience, CacheChange, Effect, MatchFailure, Push, PushMessage};
+use crate::ids::{PkId, TimestampMs, UserId};
+use crate::response::{Reason, Response};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How long an invitation's record outlives its batch, so that a late answer gets a
+/// precise code ("taken", "expired") instead of "no such invitation".
+pub const INVITATION_RECORD_MS: i64 = 60_000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lobby {
+    pub(crate) now: TimestampMs,
+    pub(crate) config: Config,
+    /// The last PK id handed out.
+    last_pk: u64,
+    /// Anchors streaming now: the pool for invitations.
+    live: BTreeMap<UserId, Live>,
+    /// `live` by (since, anchor): longest live first.
+    live_order: BTreeSet<(TimestampMs, UserId)>,
+    /// Anchors matching now.
+    waiting: BTreeMap<UserId, Waiting>,
+    /// The waiting anchors by country, oldest first: a newcomer looks at the head of
+    /// each compatible country's queue only.
+    queues: BTreeMap<String, BTreeMap<(TimestampMs, u64), UserId>>,
+    last_ticket: u64,
+    /// Invitation records by (invitee, inviter).
+    invitations: BTreeMap<(UserId, UserId), Invitation>,
+    /// `room_pk_invited`: when each anchor was last invited, while its cool-down lasts.
+    invited_at: BTreeMap<UserId, TimestampMs>,
+    /// The room directory: anchors in a PK.
+    in_pk: BTreeMap<UserId, PkId>,
+    /// PKs whose rooms are held, with their order while the arena has not confirmed it.
+    pks: BTreeMap<PkId, HeldPk>,
+    deadlines: Deadlines,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Live {
+    profile: AnchorProfile,
+    since: TimestampMs,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Waiting {
+    profile: AnchorProfile,
+    since: TimestampMs,
+    ticket: u64,
+    /// The number of the current (latest) invitation batch; 0 before the first.
+    batch: u32,
+    /// The current batch's invitees and whether each refused.
+    invitees: BTreeMap<UserId, bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Invitation {
+    batch: u32,
+    state: InvitationState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum InvitationState {
+    Open,
+    Refused,
+    Accepted,
+    /// The inviter met someone else.
+    Taken,
+    /// The inviter stopped, gave up or left.
+    Withdrawn,
+    /// The batch lapsed, or the invitee went off air.
+    Lapsed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct HeldPk {
+    seats: [Seat; 2],
+    /// Present until the arena confirms it created the PK.
+    order: Option<PkOrder>,
+}
+
+/// A summary of the lobby for tests, the admin console and invariant checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LobbySummary {
+    pub waiting: Vec<UserId>,
+    pub in_pk: Vec<(UserId, PkId)>,
+    pub live: usize,
+    pub open_invitations: Vec<(UserId, UserId)>,
+    pub cooldowns: usize,
+    pub outbox: Vec<PkId>,
+}
+
+impl Lobby {
+    pub fn new(config: Config) -> Lobby {
+        Lobby {
+            config,
+            ..Lobby::default()
+        }
+    }
+
+    pub(crate) fn apply(&mut self, action: &Action, effects: &mut Vec<Effect>) -> Response {
+        match action {
+            Action::StartMatch { anchor, profile } => self.start(*anchor, profile, effects),
+            Action::StopMatch { anchor } => self.stop(*anchor, effects),
+            Action::Accept { inviter, invitee } => self.accept(*inviter, *invitee, effects),
+            Action::Refuse { inviter, invitee } => self.refuse(*inviter, *invitee, effects),
+            Action::GoLive { anchor, profile } => self.go_live(*anchor, profile),
+            Action::GoOffAir { anchor } => self.go_off_air(*anchor, effects),
+            Action::ConfirmPkCreated { pk } => match self.pks.get_mut(pk) {
+                Some(held) if held.order.is_some() => {
+                    held.order = None;
+                    Response::Done
+                }
+                _ => Response::Ignored,
+            },
+            Action::ReleaseRooms { pk } => self.release(*pk, effects),
+            Action::Fire(timer) => self.fire(*timer, effects),
+            Action::SetConfig { .. } => unreachable!("the machine applies config"),
+            _ => Response::Rejected(Reason::WrongGroup),
+        }
+    }
+
+    /// Called by the machine after the config changed.
+    pub(crate) fn config_changed(&mut self, old: &Config, effects: &mut Vec<Effect>) {
+        if old.enabled && !self.config.enabled {
+            for anchor in self.waiting.keys().copied().collect::<Vec<_>>() {
+                self.fail(anchor, MatchFailure::Disabled, effects);
+            }
+        }
+        if old.versions != self.config.versions {
+            let too_old: Vec<UserId> = self
+                .waiting
+                .iter()
+                .filter(|(_, w)| {
+                    !self
+                        .config
+                        .versions
+                        .allows(&w.profile.platform, w.profile.version_code)
+                })
+                .map(|(anchor, _)| *anchor)
+                .collect();
+            for anchor in too_old {
+                self.fail(anchor, MatchFailure::VersionTooOld, effects);
+            }
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<TimestampMs> {
+        self.deadlines.next()
+    }
+
+    pub fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
+        self.deadlines.due(now).collect()
+    }
+
+    // ---- queries -------------------------------------------------------------------
+
+    pub fn is_waiting(&self, anchor: UserId) -> bool {
+        self.waiting.contains_key(&anchor)
+    }
+
+    pub fn pk_of(&self, anchor: UserId) -> Option<PkId> {
+        self.in_pk.get(&anchor).copied()
+    }
+
+    /// PK orders the arenas have not confirmed yet: the leader delivers these.
+    pub fn pending_orders(&self) -> impl Iterator<Item = &PkOrder> {
+        self.pks.values().filter_map(|held| held.order.as_ref())
+    }
+
+    /// Every PK whose rooms are held, with its seats.
+    pub fn held_pks(&self) -> impl Iterator<Item = (PkId, [Seat; 2])> + '_ {
+        self.pks.iter().map(|(pk, held)| (*pk, held.seats))
+    }
+
+    /// The anchors matching, with when they started (the `pkm` cache).
+    pub fn waiting_anchors(&self) -> impl Iterator<Item = (UserId, TimestampMs)> + '_ {
+        self.waiting.iter().map(|(anchor, w)| (*anchor, w.since))
+    }
+
+    /// Anchors in their invitation cool-down, with when they were invited
+    /// (`room_pk_invited`).
+    pub fn cooldowns(&self) -> impl Iterator<Item = (UserId, TimestampMs)> + '_ {
+        self.invited_at.iter().map(|(anchor, at)| (*anchor, *at))
+    }
+
+    pub fn summary(&self) -> LobbySummary {
+        LobbySummary {
+            waiting: self.waiting.keys().copied().collect(),
+            in_pk: self.in_pk.iter().map(|(a, p)| (*a, *p)).collect(),
+            live: self.live.len(),
+            open_invitations: self
+                .invitations
+                .iter()
+                .filter(|(_, inv)| inv.state == InvitationState::Open)
+                .map(|((invitee, inviter), _)| (*inviter, *invitee))
+                .collect(),
+            cooldowns: self.invited_at.len(),
+            outbox: self.pending_orders().map(|order| order.pk).collect(),
+        }
+    }
+
+    // ---- matching ------------------------------------------------------------------
+
+    fn start(
+        &mut self,
+        anchor: UserId,
+        profile: &AnchorProfile,
+        effects: &mut Vec<Effect>,
+    ) -> Response {
+        if !self.config.enabled {
+            return Response::Rejected(Reason::PkDisabled);
+        }
+        if self.in_pk.contains_key(&anchor) {
+            return Response::Rejected(Reason::AnchorBusy);
+        }
+        if self.waiting.contains_key(&anchor) {
+            return Response::Rejected(Reason::AlreadyMatching);
+        }
+        if !self
+            .config
+            .versions
+            .allows(&profile.platform, profile.version_code)
+        {
+            return Response::Rejected(Reason::VersionTooOld);
+        }
+        if let Some(opponent) = self.oldest_compatible(&profile.country) {
+            // The claim: the opponent leaves the queue in this same step, so no other
+            // start can see it. Commands apply one at a time; this is the atomic part.
+            let opponent_profile = self.waiting[&opponent].profile.clone();
+            self.leave_queue(opponent, InvitationState::Taken, effects);
+            let source = Seat {
+                anchor: opponent,
+                room: opponent_profile.room,
+            };
+            let target = Seat {
+                anchor,
+                room: profile.room,
+            };
+            return self.make_pk(source, target, false, effects);
+        }
+        self.last_ticket += 1;
+        let now = self.now;
+        self.queues
+            .entry(profile.country.clone())
+            .or_default()
+            .insert((now, self.last_ticket), anchor);
+        self.waiting.insert(
+            anchor,
+            Waiting {
+                profile: profile.clone(),
+                since: now,
+                ticket: self.last_ticket,
+                batch: 0,
+                invitees: BTreeMap::new(),
+            },
+        );
+        let matching = &self.config.matching;
+        self.deadlines
+            .arm(now.plus(matching.give_up_ms), Timer::GiveUp { anchor });
+        if matching.intervening_ms < matching.give_up_ms {
+            self.deadlines.arm(
+                now.plus(matching.intervening_ms),
+                Timer::Intervene { anchor },
+            );
+        }
+        effects.push(Effect::CacheChanged(CacheChange::Matching {
+            anchor,
+            since: Some(now),
+        }));
+        effects.push(push_to(
+            anchor,
+            profile.room,
+            PushMessage::MatchingStarted { anchor },
+        ));
+        Response::Waiting
+    }
+
+    /// The anchor waiting longest among those the filters let meet `country`.
+    fn oldest_compatible(&self, country: &str) -> Option<UserId> {
+        let filter = &self.config.country_filter;
+        self.queues
+            .iter()
+            .filter(|(other, _)| filter.allows(country, other))
+            .filter_map(|(_, queue)| queue.first_key_value())
+            .min_by_key(|(key, _)| **key)
+            .map(|(_, anchor)| *anchor)
+    }
+
+    fn stop(&mut self, anchor: UserId, effects: &mut Vec<Effect>) -> Response {
+        if !self.waiting.contains_key(&anchor) {
+            return Response::Rejected(Reason::NotMatching);
+        }
+        self.leave_queue(anchor, InvitationState::Withdrawn, effects);
+        Response::Done
+    }
+
+    /// Removes a waiting anchor from the queue and closes its open invitations.
+    fn leave_queue(
+        &mut self,
+        anchor: UserId,
+        close_as: InvitationState,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(waiting) = self.waiting.remove(&anchor) else {
+            return;
+        };
+        if let Some(queue) = self.queues.get_mut(&waiting.profile.country) {
+            queue.remove(&(waiting.since, waiting.ticket));
+            if queue.is_empty() {
+                self.queues.remove(&waiting.profile.country);
+            }
+        }
+        self.deadlines.disarm(Timer::GiveUp { anchor });
+        self.deadlines.disarm(Timer::Intervene { anchor });
+        for invitee in waiting.invitees.keys() {
+            if let Some(invitation) = self.invitations.get_mut(&(*invitee, anchor))
+                && invitation.state == InvitationState::Open
+            {
+                invitation.state = close_as;
+            }
+        }
+        effects.push(Effect::CacheChanged(CacheChange::Matching {
+            anchor,
+            since: None,
+        }));
+    }
+
+    fn fail(&mut self, anchor: UserId, why: MatchFailure, effects: &mut Vec<Effect>) {
+        let Some(room) = self.waiting.get(&anchor).map(|w| w.profile.room) else {
+            return;
+        };
+        self.leave_queue(anchor, InvitationState::Withdrawn, effects);
+        effects.push(push_to(
+            anchor,
+            room,
+            PushMessage::MatchFailed { anchor, why },
+        ));
+    }
+
+    fn make_pk(
+        &mut self,
+        source: Seat,
+        target: Seat,
+        interfered: bool,
+        effects: &mut Vec<Effect>,
+    ) -> Response {
+        self.last_pk += 1;
+        let pk = PkId(self.last_pk);
+        let order = PkOrder {
+            pk,
+            source,
+            target,
+            interfered,
+            created_at: self.now,
+            timing: self.config.timing,
+        };
+        for seat in [source, target] {
+            self.in_pk.insert(seat.anchor, pk);
+            effects.push(Effect::CacheChanged(CacheChange::RoomInPk {
+                room: seat.room,
+                pk: Some(pk),
+            }));
+        }
+        let timing = &order.timing;
+        let scheduled_end = self
+            .now
+            .plus(timing.opening_ms + timing.battle_ms + timing.ending_ms);
+        self.deadlines.arm(
+            scheduled_end.plus(crate::arena::ORDER_HORIZON_MS),
+            Timer::AbandonPk { pk },
+        );
+        self.pks.insert(
+            pk,
+            HeldPk {
+                seats: [source, target],
+                order: Some(order.clone()),
+            },
+        );
+        effects.push(Effect::PkOrdered(order));
+        Response::Matched {
+            pk,
+            source: source.anchor,
+            target: target.anchor,
+        }
+    }
+
+    fn release(&mut self, pk: PkId, effects: &mut Vec<Effect>) -> Response {
+        let Some(held) = self.pks.remove(&pk) else {
+            return Response::Ignored;
+        };
+        self.deadlines.disarm(Timer::AbandonPk { pk });
+        for seat in held.seats {
+            if self.in_pk.get(&seat.anchor) == Some(&pk) {
+                self.in_pk.remove(&seat.anchor);
+            }
+            effects.push(Effect::CacheChanged(CacheChange::RoomInPk {
+                room: seat.room,
+                pk: None,
+            }));
+        }
+        Response::Done
+    }
+
+    // ---- invitations ---------------------------------------------------------------
+
+    /// Sends the waiting `inviter` a new batch of invitations; the previous batch lapses.
+    fn intervene(&mut self, inviter: UserId, effects: &mut Vec<Effect>) {
+        let now = self.now;
+        let matching = self.config.matching.clone();
+        let Some(waiting) = self.waiting.get(&inviter) else {
+            return;
+        };
+        let profile = waiting.profile.clone();
+        let give_up_at = waiting.since.plus(matching.give_up_ms);
+        let old_invitees: Vec<UserId> = waiting.invitees.keys().copied().collect();
+        for invitee in old_invitees {
+            if let Some(invitation) = self.invitations.get_mut(&(invitee, inviter))
+                && invitation.state == InvitationState::Open
+            {
+                invitation.state = InvitationState::Lapsed;
+            }
+        }
+        // Longest live first; skip whoever cannot or may not be invited.
+        let filter = &self.config.country_filter;
+        let versions = &self.config.versions;
+        let chosen: Vec<(UserId, AnchorProfile)> = self
+            .live_order
+            .iter()
+            .map(|(_, anchor)| *anchor)
+            .filter(|candidate| {
+                let live = &self.live[candidate];
+                *candidate != inviter
+                    && !self.waiting.contains_key(candidate)
+                    && !self.in_pk.contains_key(candidate)
+                    && !self.invited_at.contains_key(candidate)
+                    && filter.allows(&profile.country, &live.profile.country)
+                    && versions.allows(&live.profile.platform, live.profile.version_code)
+            })
+            .take(matching.invite_count as usize)
+            .map(|candidate| (candidate, self.live[&candidate].profile.clone()))
+            .collect();
+        let waiting = self.waiting.get_mut(&inviter).expect("checked above");
+        waiting.batch += 1;
+        let batch = waiting.batch;
+        waiting.invitees = chosen
+            .iter()
+            .map(|(invitee, _)| (*invitee, false))
+            .collect();
+        let forget_at = now.plus(matching.intervening_ms + INVITATION_RECORD_MS);
+        for (invitee, invitee_profile) in chosen {
+            self.invitations.insert(
+                (invitee, inviter),
+                Invitation {
+                    batch,
+                    state: InvitationState::Open,
+                },
+            );
+            self.deadlines
+                .arm(forget_at, Timer::ExpireInvitation { inviter, invitee });
+            self.invited_at.insert(invitee, now);
+            self.deadlines.arm(
+                now.plus(matching.invite_cooldown_ms),
+                Timer::EndCooldown { anchor: invitee },
+            );
+            effects.push(Effect::CacheChanged(CacheChange::Invited {
+                anchor: invitee,
+                at: Some(now),
+            }));
+            effects.push(push_to(
+                invitee,
+                invitee_profile.room,
+                PushMessage::Invitation { inviter },
+            ));
+        }
+        let next = now.plus(matching.intervening_ms);
+        if next < give_up_at {
+            self.deadlines
+                .arm(next, Timer::Intervene { anchor: inviter });
+        } else {
+            self.deadlines.disarm(Timer::Intervene { anchor: inviter });
+        }
+    }
+
+    /// Checks an answer to an invitation; returns the inviter's waiting entry's batch.
+    fn open_invitation(&self, inviter: UserId, invitee: UserId) -> Result<(), Reason> {
+        match self
+            .invitations
+            .get(&(invitee, inviter))
+            .map(|inv| inv.state)
+        {
+            None => Err(Reason::NoSuchInvitation),
+            Some(InvitationState::Open) => Ok(()),
+            Some(InvitationState::Taken) => Err(Reason::InvitationTaken),
+            Some(InvitationState::Refused | InvitationState::Accepted) => {
+                Err(Reason::AlreadyAnswered)
+            }
+            Some(InvitationState::Withdrawn) => Err(Reason::InvitationWithdrawn),
+            Some(InvitationState::Lapsed) => Err(Reason::InvitationExpired),
+        }
+    }
+
+    fn accept(&mut self, inviter: UserId, invitee: UserId, effects: &mut Vec<Effect>) -> Response {
+        if !self.config.enabled {
+            return Response::Rejected(Reason::PkDisabled);
+        }
+        if self.in_pk.contains_key(&invitee) {
+            return Response::Rejected(Reason::AnchorBusy);
+        }
+        if let Err(reason) = self.open_invitation(inviter, invitee) {
+            return Response::Rejected(reason);
+        }
+        let Some(live) = self.live.get(&invitee) else {
+            return Response::Rejected(Reason::NotLive);
+        };
+        let invitee_profile = live.profile.clone();
+        let inviter_profile = self.waiting[&inviter].profile.clone();
+        if !self
+            .config
+            .country_filter
+            .allows(&inviter_profile.country, &invitee_profile.country)
+        {
+            return Response::Rejected(Reason::CountryFiltered);
+        }
+        if !self
+            .config
+            .versions
+            .allows(&invitee_profile.platform, invitee_profile.version_code)
+        {
+            return Response::Rejected(Reason::VersionTooOld);
+        }
+        self.leave_queue(inviter, InvitationState::Taken, effects);
+        if let Some(invitation) = self.invitations.get_mut(&(invitee, inviter)) {
+            invitation.state = InvitationState::Accepted;
+        }
+        // An invitee who started matching meanwhile stops matching: it has its PK.
+        self.leave_queue(invitee, InvitationState::Taken, effects);
+        let source = Seat {
+            anchor: inviter,
+            room: inviter_profile.room,
+        };
+        let target = Seat {
+            anchor: invitee,
+            room: invitee_profile.room,
+        };
+        self.make_pk(source, target, true, effects)
+    }
+
+    fn refuse(&mut self, inviter: UserId, invitee: UserId, effects: &mut Vec<Effect>) -> Response {
+        if let Err(reason) = self.open_invitation(inviter, invitee) {
+            return Response::Rejected(reason);
+        }
+        self.mark_refused(inviter, invitee, InvitationState::Refused, effects);
+        Response::Done
+    }
+
+    /// Closes one open invitation without a match; when the whole batch has refused,
+    /// the inviter gets a new batch at once.
+    fn mark_refused(
+        &mut self,
+        inviter: UserId,
+        invitee: UserId,
+        state: InvitationState,
+        effects: &mut Vec<Effect>,
+    ) {
+        if let Some(invitation) = self.invitations.get_mut(&(invitee, inviter)) {
+            invitation.state = state;
+        }
+        let Some(waiting) = self.waiting.get_mut(&inviter) else {
+            return;
+        };
+        if let Some(refused) = waiting.invitees.get_mut(&invitee) {
+            *refused = true;
+        }
+        if waiting.invitees.values().all(|refused| *refused) {
+            self.intervene(inviter, effects);
+        }
+    }
+
+    // ---- presence ------------------------------------------------------------------
+
+    fn go_live(&mut self, anchor: UserId, profile: &AnchorProfile) -> Response {
+        let since = match self.live.get(&anchor) {
+            Some(live) => live.since,
+            None => self.now,
+        };
+        self.live.insert(
+            anchor,
+            Live {
+                profile: profile.clone(),
+                since,
+            },
+        );
+        self.live_order.insert((since, anchor));
+        Response::Done
+    }
+
+    fn go_off_air(&mut self, anchor: UserId, effects: &mut Vec<Effect>) -> Response {
+        let was_live = match self.live.remove(&anchor) {
+            Some(live) => self.live_order.remove(&(live.since, anchor)),
+            None => false,
+        };
+        let was_waiting = self.waiting.contains_key(&anchor);
+        if !was_live && !was_waiting {
+            return Response::Ignored;
+        }
+        // It leaves the queue (no failure push: it is gone) ...
+        self.leave_queue(anchor, InvitationState::Withdrawn, effects);
+        // ... and the invitations it holds lapse, counting as refusals.
+        let held: Vec<UserId> = self
+            .invitations
+            .range((anchor, UserId(0))..=(anchor, UserId(u64::MAX)))
+            .filter(|(_, inv)| inv.state == InvitationState::Open)
+            .map(|((_, inviter), _)| *inviter)
+            .collect();
+        for inviter in held {
+            self.mark_refused(inviter, anchor, InvitationState::Lapsed, effects);
+        }
+        Response::Done
+    }
+
+    // ---- timers --------------------------------------------------------------------
+
+    fn fire(&mut self, timer: Timer, effects: &mut Vec<Effect>) -> Response {
+        if !self.deadlines.take_due(timer, self.now) {
+            return Response::Ignored;
+        }
+        match timer {
+            Timer::Intervene { anchor } => self.intervene(anchor, effects),
+            Timer::GiveUp { anchor } => self.fail(anchor, MatchFailure::TimedOut, effects),
+            Timer::ExpireInvitation { inviter, invitee } => {
+                self.invitations.remove(&(invitee, inviter));
+            }
+            Timer::EndCooldown { anchor } => {
+                self.invited_at.remove(&anchor);
+                effects.push(Effect::CacheChanged(CacheChange::Invited {
+                    anchor,
+                    at: None,
+                }));
+            }
+            Timer::AbandonPk { pk } => {
+                self.release(pk, effects);
+            }
+            Timer::EndBattle { .. }
+            | Timer::EndPk { .. }
+            | Timer::AnchorAway { .. }
+            | Timer::ForgetPk { .. } => {
+                unreachable!("arena timers are never armed in the lobby")
+            }
+        }
+        Response::Done
+    }
+
+    /// Checks the lobby's internal invariants; used by tests after every step.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for anchor in self.waiting.keys() {
+            if self.in_pk.contains_key(anchor) {
+                return Err(format!("{anchor} is both waiting and in a PK"));
+            }
+        }
+        let queued: usize = self.queues.values().map(BTreeMap::len).sum();
+        if queued != self.waiting.len() {
+            return Err(format!(
+                "{queued} queued but {} waiting",
+                self.waiting.len()
+            ));
+        }
+        for (pk, held) in &self.pks {
+            for seat in held.seats {
+                if self.in_pk.get(&seat.anchor) != Some(pk) {
+                    return Err(format!(
+                        "{pk} holds {} which the directory does not",
+                        seat.anchor
+                    ));
+                }
+            }
+        }
+        for ((invitee, inviter), invitation) in &self.invitations {
+            if invitation.state != InvitationState::Open {
+                continue;
+            }
+            let current = self
+                .waiting
+                .get(inviter)
+                .is_some_and(|w| w.batch == invitation.batch && w.invitees.contains_key(invitee));
+            if !current {
+                return Err(format!(
+                    "open invitation {inviter}->{invitee} outside its inviter's current batch"
+                ));
+            }
+        }
+        if self.in_pk.len() != self.pks.len() * 2 {
+            return Err(format!(
+                "{} anchors in PKs for {} PKs",
+                self.in_pk.len(),
+                self.pks.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn push_to(user: UserId, room: crate::ids::RoomId, message: PushMessage) -> Effect {
+    Effect::Pushed(Push {
+        to: Audience::User { user, room },
+        message,
+    })
+}
