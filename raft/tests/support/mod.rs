@@ -30,6 +30,8 @@ pub struct World {
     pub at: i64,
     pub holding: bool,
     pub held: Vec<(Group, Command)>,
+    /// Every command each group applied, in order: its log.
+    pub log: Vec<(Group, Command)>,
     /// Every hand-over delivered so far, for `replay`.
     pub delivered: Vec<(Group, Command)>,
     profiles: BTreeMap<UserId, AnchorProfile>,
@@ -81,6 +83,7 @@ impl World {
             holding: false,
             held: Vec::new(),
             delivered: Vec::new(),
+            log: Vec::new(),
             profiles: BTreeMap::new(),
             out: String::new(),
             effects_seen: Vec::new(),
@@ -130,7 +133,7 @@ impl World {
         profile
     }
 
-    fn step(&mut self, line: &str) {
+    pub fn step(&mut self, line: &str) {
         let args = Args::parse(line);
         if let Some(at) = args.get("at") {
             self.at = at.parse().expect("at= takes milliseconds");
@@ -307,7 +310,8 @@ impl World {
         );
     }
 
-    fn apply_at(&mut self, group: Group, command: Command) {
+    pub fn apply_at(&mut self, group: Group, command: Command) {
+        self.log.push((group, command.clone()));
         let mut effects = Vec::new();
         let response = self.machine(group).apply(&command, &mut effects);
         if let Err(broken) = self.machine(group).check_invariants() {
