@@ -22,6 +22,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::thread;
+use std::time::Duration;
+use std::time::Instant;
 
 use openraft::RaftTypeConfig;
 
@@ -44,6 +46,17 @@ impl From<u64> for GroupId {
     fn from(id: u64) -> GroupId {
         GroupId(id)
     }
+}
+
+/// How long [`Store::open`] waits for the file lock of a database that was just closed.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Whether sled failed to open because another handle still holds the database's file lock.
+/// sled reports this only as an `Other` I/O error with this message.
+fn is_lock_conflict(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::Other && error.to_string().contains("could not acquire lock")
 }
 
 /// What the flush thread calls once the flush covering a request has finished.
@@ -75,8 +88,25 @@ impl Store {
 
     /// Opens a database with a sled configuration of the caller's choosing, e.g. a temporary one
     /// for tests, or a different cache size.
+    ///
+    /// sled holds an exclusive lock on the database file. After the last handle of a database is
+    /// dropped, sled's own background threads may keep the file open for a moment, so opening the
+    /// same directory again in the same process (a restarted node in a test cluster) can find
+    /// the lock still taken. Opening therefore retries for up to [`LOCK_WAIT`] before reporting
+    /// the conflict; a database really held by another process still fails, only later.
     pub fn open_with_config(config: sled::Config) -> Result<Store, Error> {
-        let db = config.open()?;
+        let deadline = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(error))
+                    if is_lock_conflict(&error) && Instant::now() < deadline =>
+                {
+                    thread::sleep(LOCK_RETRY_INTERVAL);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
         let (sender, receiver) = mpsc::channel();
         let flush_count = Arc::new(AtomicU64::new(0));
         let flush_thread = thread::Builder::new()
