@@ -278,10 +278,6 @@ async fn damaged_bytes_are_reported_as_invalid_data() -> TestResult {
 
     // A valid entry stored under the wrong index is damage too.
     let misplaced = postcard::to_allocvec(&put(9, 1, 7))?;
-    log_tree.insert(
-        keys::log_tree_name(GroupId(9)).as_bytes(),
-        &b"not an entry key"[..],
-    )?;
     let mut key = vec![b'e'];
     key.extend_from_slice(&2u64.to_be_bytes());
     log_tree.insert(key, misplaced)?;
