@@ -1,1 +1,27 @@
-//! Durable storage for pkd's raft groups (sled). Filled in by the replication work.
+//! Durable storage for pkd's raft groups.
+//!
+//! A pkd node hosts several raft groups (one lobby group and N arena groups), each with its own
+//! openraft `Raft`. They all share one sled database per node, opened once as a [`Store`]. Each
+//! group gets, keyed by its [`GroupId`]:
+//!
+//! - a [`LogStore`], which implements openraft's `RaftLogStorage` and `RaftLogReader`: log
+//!   entries, the vote, the committed log id and the last purged log id;
+//! - a [`SnapshotStore`], a helper the group's state machine uses to keep its latest snapshot.
+//!
+//! Values are encoded with postcard. Writes that raft needs to be durable (appended entries,
+//! votes, snapshots) are acknowledged only after sled has flushed them to disk; concurrent
+//! groups share flushes. See [`Store`] for the durability design and [`keys`] for the layout.
+
+mod codec;
+mod error;
+pub mod keys;
+mod log_store;
+mod snapshot_store;
+mod store;
+
+pub use error::Error;
+pub use log_store::LogStore;
+pub use snapshot_store::SnapshotStore;
+pub use store::GroupId;
+pub use store::LOCK_WAIT;
+pub use store::Store;

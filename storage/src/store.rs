@@ -1,0 +1,238 @@
+//! The node-wide [`Store`]: one sled database shared by every raft group of the node, plus the
+//! flush thread that makes writes durable.
+//!
+//! # Durability and group commit
+//!
+//! sled writes go to an in-memory log that sled syncs to disk in the background every few
+//! hundred milliseconds. That is not good enough for raft: a node must not acknowledge a log
+//! entry or a vote that a crash could take back. So every write that raft needs to be durable
+//! asks the store's flush thread for a flush, and the caller is told only after that flush
+//! (sled's `flush`, which writes the dirty buffers and fsyncs) has returned.
+//!
+//! The flush thread takes every request that is waiting when it wakes up and answers all of them
+//! with one flush. A sled flush covers every write made to the database before it starts, in any
+//! tree, so when many groups append at the same time one fsync completes all of them (group
+//! commit), and the cost of durability does not grow with the number of groups.
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::RaftTypeConfig;
+
+use crate::Error;
+use crate::LogStore;
+use crate::SnapshotStore;
+use crate::keys;
+
+/// Identifies one raft group (the lobby or one arena) inside the node's shared database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub u64);
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl From<u64> for GroupId {
+    fn from(id: u64) -> GroupId {
+        GroupId(id)
+    }
+}
+
+/// How long [`Store::open`] waits for the file lock of a database that was just closed.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Whether sled failed to open because another handle still holds the database's file lock.
+/// sled reports this only as an `Other` I/O error with this message.
+fn is_lock_conflict(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::Other && error.to_string().contains("could not acquire lock")
+}
+
+/// What the flush thread calls once the flush covering a request has finished.
+pub(crate) type FlushDone = Box<dyn FnOnce(io::Result<()>) + Send + 'static>;
+
+/// The node's sled database, shared by all raft groups of the node.
+///
+/// Cheap to clone: clones share the database and the flush thread. The database is closed (and
+/// its file lock released) once the last `Store`, [`LogStore`] and [`SnapshotStore`] made from
+/// it are dropped.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    /// Requests for the flush thread; `None` only while dropping.
+    flush_requests: Option<mpsc::Sender<FlushDone>>,
+    flush_thread: Option<thread::JoinHandle<()>>,
+    flush_count: Arc<AtomicU64>,
+}
+
+impl Store {
+    /// Opens (or creates) the database in the directory `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, Error> {
+        Store::open_with_config(sled::Config::new().path(path))
+    }
+
+    /// Opens a database with a sled configuration of the caller's choosing, e.g. a temporary one
+    /// for tests, or a different cache size.
+    ///
+    /// sled holds an exclusive lock on the database file. After the last handle of a database is
+    /// dropped, sled's own background threads may keep the file open for a moment, so opening the
+    /// same directory again in the same process (a restarted node in a test cluster) can find
+    /// the lock still taken. Opening therefore retries for up to [`LOCK_WAIT`] before reporting
+    /// the conflict; a database really held by another process still fails, only later.
+    pub fn open_with_config(config: sled::Config) -> Result<Store, Error> {
+        let deadline = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(error))
+                    if is_lock_conflict(&error) && Instant::now() < deadline =>
+                {
+                    thread::sleep(LOCK_RETRY_INTERVAL);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        let (sender, receiver) = mpsc::channel();
+        let flush_count = Arc::new(AtomicU64::new(0));
+        let flush_thread = thread::Builder::new()
+            .name("pkd-storage-flush".to_owned())
+            .spawn({
+                let db = db.clone();
+                let flush_count = Arc::clone(&flush_count);
+                move || run_flush_thread(db, receiver, flush_count)
+            })
+            .map_err(|error| Error::Sled(error.into()))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                flush_requests: Some(sender),
+                flush_thread: Some(flush_thread),
+                flush_count,
+            }),
+        })
+    }
+
+    /// The log store of one raft group. Calling it again for the same group gives another
+    /// handle on the same data.
+    pub fn log_store<C>(&self, group: impl Into<GroupId>) -> Result<LogStore<C>, Error>
+    where
+        C: RaftTypeConfig,
+    {
+        let group = group.into();
+        let tree = self.inner.db.open_tree(keys::log_tree_name(group))?;
+        Ok(LogStore::new(self.clone(), group, tree))
+    }
+
+    /// The snapshot store of one raft group, for the group's state machine.
+    pub fn snapshot_store<C>(&self, group: impl Into<GroupId>) -> Result<SnapshotStore<C>, Error>
+    where
+        C: RaftTypeConfig,
+    {
+        let group = group.into();
+        let tree = self.inner.db.open_tree(keys::snapshot_tree_name(group))?;
+        Ok(SnapshotStore::new(self.clone(), group, tree))
+    }
+
+    /// The groups that have a log tree in this database, in increasing order.
+    pub fn groups(&self) -> Vec<GroupId> {
+        let mut groups: Vec<GroupId> = self
+            .inner
+            .db
+            .tree_names()
+            .iter()
+            .filter_map(|name| keys::group_of_log_tree(name))
+            .collect();
+        groups.sort();
+        groups
+    }
+
+    /// Makes every write done so far, in every group, durable.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.request_flush(Box::new(move |result| {
+            let _ = sender.send(result);
+        }))?;
+        match receiver.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(io_error)) => Err(Error::Sled(io_error.into())),
+            Err(_) => Err(Error::FlusherStopped),
+        }
+    }
+
+    /// How many flushes (fsyncs) the flush thread has done since the store was opened.
+    /// With concurrent writers it is smaller than the number of flush requests.
+    pub fn flush_count(&self) -> u64 {
+        self.inner.flush_count.load(Ordering::Relaxed)
+    }
+
+    /// The underlying sled database, for inspection and tools.
+    pub fn db(&self) -> &sled::Db {
+        &self.inner.db
+    }
+
+    /// Queues `done` to run after the next flush has finished. The flush covers every write made
+    /// before this call. If the flush thread is gone, `done` is not run and an error is returned.
+    pub(crate) fn request_flush(&self, done: FlushDone) -> Result<(), Error> {
+        let Some(requests) = &self.inner.flush_requests else {
+            return Err(Error::FlusherStopped);
+        };
+        requests.send(done).map_err(|_| Error::FlusherStopped)
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("flush_count", &self.flush_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel lets the thread answer what is still queued and exit; joining it
+        // makes sure its handle on the database is gone before ours, so the database is really
+        // closed (and can be opened again) once the last `Store` is dropped.
+        self.flush_requests.take();
+        if let Some(thread) = self.flush_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Body of the flush thread: wait for a request, take all the others already waiting, flush
+/// once, answer them all.
+fn run_flush_thread(
+    db: sled::Db,
+    requests: mpsc::Receiver<FlushDone>,
+    flush_count: Arc<AtomicU64>,
+) {
+    while let Ok(first) = requests.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(requests.try_iter());
+        let result = db.flush();
+        flush_count.fetch_add(1, Ordering::Relaxed);
+        for done in waiting {
+            let outcome = match &result {
+                Ok(_) => Ok(()),
+                Err(error) => Err(io::Error::other(format!("sled flush failed: {error}"))),
+            };
+            done(outcome);
+        }
+    }
+}
