@@ -31,14 +31,19 @@
 //! of everything before the last `.` (that is, `v1.<user_id>. ... .<client_version>`),
 //! encoded as base64url without padding (43 characters).
 //!
-//! Example: user `42`, expiring at 1700000000000 ms, from India, on Android,
-//! client version 207, signed with the secret `secret`, is
+//! Examples, signed with the secret `secret` (test vectors for the login
+//! service; the unit tests check them): user `42`, expiring at
+//! 1700000000000 ms, from India, on Android, client version 207, is
 //!
 //! ```text
-//! v1.42.1700000000000.IN.android.207.<43 characters of signature>
+//! v1.42.1700000000000.IN.android.207._Y8OJuGQ52Yz6jw5no4qGFQLpGUydOCBg310ttxhjBg
 //! ```
 //!
-//! and with no profile fields `v1.42.1700000000000....<signature>`.
+//! and the same user with no profile fields is
+//!
+//! ```text
+//! v1.42.1700000000000....uB61b-l5fOLy_ioODKnLR_ooyD4jJo90b8yQpDxbr4g
+//! ```
 //!
 //! A token is accepted while `now_ms < expires_at_ms`. The secret should be at
 //! least 32 random bytes.
@@ -404,6 +409,38 @@ mod tests {
         let token = mint(SECRET, &claims);
         assert!(token.starts_with("v1.anchor_42.1700000000000....")); // four dots: three empty fields
         assert_eq!(verify(SECRET, &token, 0), Ok(claims));
+    }
+
+    /// The examples in the module documentation, computed independently with
+    /// Python's `hmac` and `base64` modules.
+    #[test]
+    fn documented_examples() {
+        let with_profile = Claims {
+            user_id: UserId::new("42").unwrap(),
+            expires_at_ms: 1_700_000_000_000,
+            country: Some(CountryCode::new("IN").unwrap()),
+            platform: Some(Platform::Android),
+            client_version: Some(207),
+        };
+        let without_profile = Claims {
+            country: None,
+            platform: None,
+            client_version: None,
+            ..with_profile.clone()
+        };
+        for (claims, token) in [
+            (
+                with_profile,
+                "v1.42.1700000000000.IN.android.207._Y8OJuGQ52Yz6jw5no4qGFQLpGUydOCBg310ttxhjBg",
+            ),
+            (
+                without_profile,
+                "v1.42.1700000000000....uB61b-l5fOLy_ioODKnLR_ooyD4jJo90b8yQpDxbr4g",
+            ),
+        ] {
+            assert_eq!(mint(b"secret", &claims), token);
+            assert_eq!(verify(b"secret", token, 0), Ok(claims));
+        }
     }
 
     #[test]

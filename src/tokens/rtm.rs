@@ -231,11 +231,10 @@ pub fn build(request: &RtmTokenRequest<'_>) -> Result<String, RtmTokenError> {
     content.extend_from_slice(&signing_info);
 
     let mut encoder = ZlibEncoder::new(Vec::new(), Compression::default());
-    // Writing into a Vec cannot fail.
     let compressed = encoder
         .write_all(&content)
         .and_then(|()| encoder.finish())
-        .map_err(|_| RtmTokenError::Malformed("compression failed"))?;
+        .expect("compressing into memory cannot fail");
 
     Ok(format!("{VERSION}{}", STANDARD.encode(compressed)))
 }
@@ -251,6 +250,8 @@ pub fn build(request: &RtmTokenRequest<'_>) -> Result<String, RtmTokenError> {
 /// [`RtmTokenError::BadAppCertificate`] when the certificate is not 32
 /// hexadecimal characters, [`RtmTokenError::WrongVersion`] or
 /// [`RtmTokenError::Malformed`] when the token cannot be read,
+/// [`RtmTokenError::BadAppId`] when the app id in it is not 32 hexadecimal
+/// characters,
 /// [`RtmTokenError::BadSignature`] when it was not signed with this
 /// certificate.
 pub fn verify(token: &str, app_certificate: &str) -> Result<AccessTokenClaims, RtmTokenError> {
@@ -274,7 +275,8 @@ pub fn verify(token: &str, app_certificate: &str) -> Result<AccessTokenClaims, R
 /// # Errors
 ///
 /// [`RtmTokenError::WrongVersion`] or [`RtmTokenError::Malformed`] when the
-/// token cannot be read.
+/// token cannot be read, [`RtmTokenError::BadAppId`] when the app id in it is
+/// not 32 hexadecimal characters.
 pub fn decode_unverified(token: &str) -> Result<AccessTokenClaims, RtmTokenError> {
     let (_signature, signing_info) = unpack_envelope(token)?;
     parse_signing_info(&signing_info)
