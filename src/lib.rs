@@ -1,1 +1,3 @@
 //! pkd: the PK engine.
+
+pub mod tokens;
