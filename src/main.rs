@@ -1,1 +1,5 @@
-fn main() {}
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    pkd::cli::run(pkd::cli::Cli::parse())
+}

@@ -1,0 +1,80 @@
+//! The `pkd` binary's offline commands, run as a real process.
+
+use std::process::Command;
+
+fn pkd(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(args)
+        .env_remove("PKD_LOGIN_SECRET")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_check_reads_the_source_formats_and_explains_refusals() {
+    let (ok, out, _) = pkd(&[
+        "config",
+        "check",
+        "pk_config",
+        "{'name':'匹配赛','interveningTime':120000,'endTime':600000,'inviteNum':10,'inviteColdDown':1800000}",
+    ]);
+    assert!(ok);
+    assert!(out.contains("intervening_ms: 120000"), "{out}");
+    let (ok, _, err) = pkd(&["config", "check", "pk_duration", "1500,300000"]);
+    assert!(!ok);
+    assert!(err.contains("expected 3 or 4"), "{err}");
+    let (ok, _, err) = pkd(&["config", "check", "pk_colour", "red"]);
+    assert!(!ok);
+    assert!(err.contains("the keys are pk_enable"), "{err}");
+}
+
+#[test]
+fn login_tokens_minted_by_the_cli_verify_and_tampering_is_caught() {
+    let (ok, token, _) = pkd(&[
+        "token",
+        "login",
+        "--secret",
+        "s3cret",
+        "--user",
+        "2099955",
+        "--country",
+        "IN",
+        "--platform",
+        "android",
+        "--client-version",
+        "207",
+    ]);
+    assert!(ok);
+    let token = token.trim();
+    let (ok, out, _) = pkd(&["token", "verify-login", "--secret", "s3cret", token]);
+    assert!(ok, "{out}");
+    assert!(out.contains("2099955") && out.contains("Android"), "{out}");
+    let (ok, _, err) = pkd(&["token", "verify-login", "--secret", "other", token]);
+    assert!(!ok);
+    assert!(err.contains("token refused"), "{err}");
+}
+
+#[test]
+fn rtm_tokens_are_access_token_2() {
+    let (ok, token, err) = pkd(&[
+        "token",
+        "rtm",
+        "--app-id",
+        "0123456789abcdef0123456789abcdef",
+        "--app-certificate",
+        "fedcba9876543210fedcba9876543210",
+        "--user",
+        "2100216",
+    ]);
+    assert!(ok, "{err}");
+    let token = token.trim();
+    assert!(token.starts_with("007"));
+    let claims = pkd::tokens::rtm::verify(token, "fedcba9876543210fedcba9876543210").unwrap();
+    assert_eq!(claims.rtm().unwrap().0, "2100216");
+    assert_eq!(claims.expire_seconds, 600);
+}
