@@ -51,12 +51,4 @@ impl Deadlines {
     pub fn when(&self, timer: Timer) -> Option<TimestampMs> {
         self.by_timer.get(&timer).copied()
     }
-
-    pub fn len(&self) -> usize {
-        self.by_timer.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_timer.is_empty()
-    }
 }

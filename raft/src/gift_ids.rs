@@ -23,10 +23,6 @@ impl GiftIdSet {
     pub fn len(&self) -> usize {
         self.0.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// Hashes one u64 by multiplication with a large odd constant and a fold of the high
