@@ -28,10 +28,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
+        LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -51,14 +48,8 @@ fn profile(anchor: u64, country: &str) -> AnchorProfile {
 fn order(pk: u64) -> PkOrder {
     PkOrder {
         pk: PkId(pk),
-        source: Seat {
-            anchor: UserId(pk * 2),
-            room: RoomId(pk * 2),
-        },
-        target: Seat {
-            anchor: UserId(pk * 2 + 1),
-            room: RoomId(pk * 2 + 1),
-        },
+        source: Seat { anchor: UserId(pk * 2), room: RoomId(pk * 2) },
+        target: Seat { anchor: UserId(pk * 2 + 1), room: RoomId(pk * 2 + 1) },
         interfered: false,
         created_at: TimestampMs(0),
         timing: Config::default().timing,
@@ -133,10 +124,7 @@ fn start_match_latency() {
     };
     apply(
         &mut lobby,
-        Action::SetConfig {
-            key: "pk_filter_country".into(),
-            value: "{'A':['A']}".into(),
-        },
+        Action::SetConfig { key: "pk_filter_country".into(), value: "{'A':['A']}".into() },
         0,
         &mut effects,
     );
@@ -144,9 +132,7 @@ fn start_match_latency() {
         &mut lobby,
         Action::SetConfig {
             key: "pk_config".into(),
-            value:
-                "{'interveningTime':86400000,'endTime':86400000,'inviteNum':10,'inviteColdDown':1}"
-                    .into(),
+            value: "{'interveningTime':86400000,'endTime':86400000,'inviteNum':10,'inviteColdDown':1}".into(),
         },
         0,
         &mut effects,
@@ -156,10 +142,7 @@ fn start_match_latency() {
         at += 1;
         apply(
             &mut lobby,
-            Action::StartMatch {
-                anchor: UserId(next_anchor),
-                profile: profile(next_anchor, "A"),
-            },
+            Action::StartMatch { anchor: UserId(next_anchor), profile: profile(next_anchor, "A") },
             at,
             &mut effects,
         );
@@ -171,10 +154,7 @@ fn start_match_latency() {
             at += 1;
             let anchor = next_anchor;
             next_anchor += 1;
-            let action = Action::StartMatch {
-                anchor: UserId(anchor),
-                profile: profile(anchor, country),
-            };
+            let action = Action::StartMatch { anchor: UserId(anchor), profile: profile(anchor, country) };
             let command = Command::new(at, action);
             effects.clear();
             let started = Instant::now();
@@ -186,14 +166,9 @@ fn start_match_latency() {
             let refill = if country == "B" {
                 let anchor = next_anchor;
                 next_anchor += 1;
-                Action::StartMatch {
-                    anchor: UserId(anchor),
-                    profile: profile(anchor, "A"),
-                }
+                Action::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A") }
             } else {
-                Action::StopMatch {
-                    anchor: UserId(anchor),
-                }
+                Action::StopMatch { anchor: UserId(anchor) }
             };
             effects.clear();
             lobby.apply(&Command::new(at, refill), &mut effects);
@@ -229,22 +204,13 @@ fn memory() {
     let mut lobby = Machine::lobby(Config::default());
     let mut effects = Vec::new();
     lobby.apply(
-        &Command::new(
-            0,
-            Action::SetConfig {
-                key: "pk_filter_country".into(),
-                value: "{'A':['A']}".into(),
-            },
-        ),
+        &Command::new(0, Action::SetConfig { key: "pk_filter_country".into(), value: "{'A':['A']}".into() }),
         &mut effects,
     );
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     for anchor in 1..=WAITERS {
         effects.clear();
-        let action = Action::StartMatch {
-            anchor: UserId(anchor),
-            profile: profile(anchor, "A"),
-        };
+        let action = Action::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A") };
         lobby.apply(&Command::new(anchor as i64, action), &mut effects);
     }
     effects.clear();

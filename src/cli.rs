@@ -86,21 +86,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{key} is valid; with it the engine runs with:\n{config:#?}");
             Ok(())
         }
-        Command::Token(TokenCommand::Login {
-            secret,
-            user,
-            ttl,
-            country,
-            platform,
-            client_version,
-        }) => {
+        Command::Token(TokenCommand::Login { secret, user, ttl, country, platform, client_version }) => {
             let claims = login::Claims {
                 user_id: login::UserId::new(user)?,
                 expires_at_ms: now_ms() + ttl * 1000,
-                country: country
-                    .as_deref()
-                    .map(login::CountryCode::new)
-                    .transpose()?,
+                country: country.as_deref().map(login::CountryCode::new).transpose()?,
                 platform: platform.as_deref().map(str::parse).transpose()?,
                 client_version,
             };
@@ -108,17 +98,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(TokenCommand::VerifyLogin { secret, token }) => {
-            let claims =
-                login::verify(secret.as_bytes(), &token, now_ms()).context("token refused")?;
+            let claims = login::verify(secret.as_bytes(), &token, now_ms()).context("token refused")?;
             println!("{claims:#?}");
             Ok(())
         }
-        Command::Token(TokenCommand::Rtm {
-            app_id,
-            app_certificate,
-            user,
-            ttl,
-        }) => {
+        Command::Token(TokenCommand::Rtm { app_id, app_certificate, user, ttl }) => {
             let issued_at = u32::try_from(now_ms() / 1000).context("the clock is past 2106")?;
             // The salt only needs to differ between tokens minted in the same second.
             let salt = (now_ms() % 99_999_999) as u32 + 1;
@@ -137,7 +121,5 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

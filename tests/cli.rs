@@ -3,11 +3,7 @@
 use std::process::Command;
 
 fn pkd(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pkd"))
-        .args(args)
-        .env_remove("PKD_LOGIN_SECRET")
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pkd")).args(args).env_remove("PKD_LOGIN_SECRET").output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

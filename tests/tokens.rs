@@ -61,33 +61,22 @@ fn request(user_id: &str) -> RtmTokenRequest<'_> {
 fn uncompressed(token: &str) -> Vec<u8> {
     let compressed = STANDARD.decode(&token[3..]).unwrap();
     let mut bytes = Vec::new();
-    ZlibDecoder::new(compressed.as_slice())
-        .read_to_end(&mut bytes)
-        .unwrap();
+    ZlibDecoder::new(compressed.as_slice()).read_to_end(&mut bytes).unwrap();
     bytes
 }
 
 fn rtm_only(user_id: &str) -> Vec<ServiceClaims> {
-    vec![ServiceClaims::Rtm {
-        privileges: [(rtm::PRIVILEGE_LOGIN, EXPIRE)].into(),
-        user_id: user_id.to_owned(),
-    }]
+    vec![ServiceClaims::Rtm { privileges: [(rtm::PRIVILEGE_LOGIN, EXPIRE)].into(), user_id: user_id.to_owned() }]
 }
 
 #[test]
 fn rtm_reproduces_the_java_vector() {
-    assert_eq!(
-        rtm::build(&request("test_user")).unwrap(),
-        JAVA_RTM_TEST_USER
-    );
+    assert_eq!(rtm::build(&request("test_user")).unwrap(), JAVA_RTM_TEST_USER);
 }
 
 #[test]
 fn rtm_reproduces_the_cpp_vector() {
-    assert_eq!(
-        rtm::build(&request("2882341273")).unwrap(),
-        CPP_RTM_NUMERIC_USER
-    );
+    assert_eq!(rtm::build(&request("2882341273")).unwrap(), CPP_RTM_NUMERIC_USER);
 }
 
 #[test]
@@ -101,10 +90,7 @@ fn rtm_go_vector_has_our_bytes_under_another_compression() {
 
 #[test]
 fn rtm_vectors_verify_with_their_claims() {
-    for (token, user_id) in [
-        (JAVA_RTM_TEST_USER, "test_user"),
-        (CPP_RTM_NUMERIC_USER, "2882341273"),
-    ] {
+    for (token, user_id) in [(JAVA_RTM_TEST_USER, "test_user"), (CPP_RTM_NUMERIC_USER, "2882341273")] {
         let claims = rtm::verify(token, APP_CERTIFICATE).unwrap();
         assert_eq!(claims.app_id, APP_ID);
         assert_eq!(claims.issued_at, ISSUED_AT);
@@ -115,10 +101,7 @@ fn rtm_vectors_verify_with_their_claims() {
         assert!(claims.is_expired_at(1111711));
         assert_eq!(claims.services, rtm_only(user_id));
         assert_eq!(claims.rtm().unwrap().0, user_id);
-        assert_eq!(
-            rtm::verify(token, WRONG_CERTIFICATE),
-            Err(RtmTokenError::BadSignature)
-        );
+        assert_eq!(rtm::verify(token, WRONG_CERTIFICATE), Err(RtmTokenError::BadSignature));
     }
 }
 
@@ -133,19 +116,13 @@ fn rtm_reads_a_multi_service_vector() {
                 channel_name: "7d72365eb983485397e3e3f9d460bdda".to_owned(),
                 user_id: "2882341273".to_owned(),
             },
-            ServiceClaims::Rtm {
-                privileges: [(1, EXPIRE)].into(),
-                user_id: "2882341273".to_owned(),
-            },
+            ServiceClaims::Rtm { privileges: [(1, EXPIRE)].into(), user_id: "2882341273".to_owned() },
             // FPA: this module stops reading at the first unknown service.
             ServiceClaims::Unknown { service_type: 4 },
         ]
     );
     assert_eq!(claims.rtm().unwrap().0, "2882341273");
-    assert_eq!(
-        rtm::verify(PYTHON_MULTI_SERVICE, WRONG_CERTIFICATE),
-        Err(RtmTokenError::BadSignature)
-    );
+    assert_eq!(rtm::verify(PYTHON_MULTI_SERVICE, WRONG_CERTIFICATE), Err(RtmTokenError::BadSignature));
 }
 
 #[test]
@@ -156,45 +133,18 @@ fn rtm_refuses_bad_inputs() {
         rtm::build(&request)
     };
     assert_eq!(bad(|r| r.app_id = "abc"), Err(RtmTokenError::BadAppId));
-    assert_eq!(
-        bad(|r| r.app_id = "Z70CA35de60c44645bbae8a215061b33"),
-        Err(RtmTokenError::BadAppId)
-    );
-    assert_eq!(
-        bad(|r| r.app_certificate = ""),
-        Err(RtmTokenError::BadAppCertificate)
-    );
+    assert_eq!(bad(|r| r.app_id = "Z70CA35de60c44645bbae8a215061b33"), Err(RtmTokenError::BadAppId));
+    assert_eq!(bad(|r| r.app_certificate = ""), Err(RtmTokenError::BadAppCertificate));
     assert_eq!(bad(|r| r.user_id = ""), Err(RtmTokenError::BadUserId));
     let long = "u".repeat(65536);
-    assert_eq!(
-        rtm::build(&RtmTokenRequest {
-            user_id: &long,
-            ..request("")
-        }),
-        Err(RtmTokenError::BadUserId)
-    );
+    assert_eq!(rtm::build(&RtmTokenRequest { user_id: &long, ..request("") }), Err(RtmTokenError::BadUserId));
 
-    assert_eq!(
-        rtm::verify(JAVA_RTM_TEST_USER, "short"),
-        Err(RtmTokenError::BadAppCertificate)
-    );
-    assert_eq!(
-        rtm::verify("006abc", APP_CERTIFICATE),
-        Err(RtmTokenError::WrongVersion)
-    );
-    assert_eq!(
-        rtm::verify("007!!", APP_CERTIFICATE),
-        Err(RtmTokenError::Malformed("not base64"))
-    );
-    assert_eq!(
-        rtm::verify("007AAAA", APP_CERTIFICATE),
-        Err(RtmTokenError::Malformed("not zlib"))
-    );
+    assert_eq!(rtm::verify(JAVA_RTM_TEST_USER, "short"), Err(RtmTokenError::BadAppCertificate));
+    assert_eq!(rtm::verify("006abc", APP_CERTIFICATE), Err(RtmTokenError::WrongVersion));
+    assert_eq!(rtm::verify("007!!", APP_CERTIFICATE), Err(RtmTokenError::Malformed("not base64")));
+    assert_eq!(rtm::verify("007AAAA", APP_CERTIFICATE), Err(RtmTokenError::Malformed("not zlib")));
     let truncated = &uncompressed(JAVA_RTM_TEST_USER)[..60];
-    assert_eq!(
-        rtm::verify(&repack(truncated), APP_CERTIFICATE),
-        Err(RtmTokenError::Malformed("ends early"))
-    );
+    assert_eq!(rtm::verify(&repack(truncated), APP_CERTIFICATE), Err(RtmTokenError::Malformed("ends early")));
 }
 
 #[test]
@@ -271,15 +221,13 @@ fn login_claims() -> impl Strategy<Value = Claims> {
         proptest::option::of(prop_oneof![Just(Platform::Android), Just(Platform::Ios)]),
         proptest::option::of(any::<u32>()),
     )
-        .prop_map(
-            |(user_id, expires_at_ms, country, platform, client_version)| Claims {
-                user_id: UserId::new(user_id).unwrap(),
-                expires_at_ms,
-                country: country.map(|code| CountryCode::new(&code).unwrap()),
-                platform,
-                client_version,
-            },
-        )
+        .prop_map(|(user_id, expires_at_ms, country, platform, client_version)| Claims {
+            user_id: UserId::new(user_id).unwrap(),
+            expires_at_ms,
+            country: country.map(|code| CountryCode::new(&code).unwrap()),
+            platform,
+            client_version,
+        })
 }
 
 proptest! {

@@ -8,8 +8,8 @@ use crate::command::{Action, Gift, GifterProfile, PkOrder, Presence, Seat, Timer
 use crate::config::Config;
 use crate::deadlines::Deadlines;
 use crate::effect::{
-    AbnormalEnd, Audience, CacheChange, Effect, GifterTotal, PkStatus, PkView, Push, PushMessage,
-    SettledPk, SettledSide, SideView, TopGifter,
+    AbnormalEnd, Audience, CacheChange, Effect, GifterTotal, PkStatus, PkView, Push, PushMessage, SettledPk,
+    SettledSide, SideView, TopGifter,
 };
 use crate::gift_ids::GiftIdSet;
 use crate::ids::{PkId, TimestampMs, UserId};
@@ -94,22 +94,13 @@ impl Pk {
     }
 
     fn side_of(&self, anchor: UserId) -> Option<usize> {
-        self.sides
-            .iter()
-            .position(|side| side.seat.anchor == anchor)
+        self.sides.iter().position(|side| side.seat.anchor == anchor)
     }
 }
 
 impl Side {
     fn new(seat: Seat) -> Side {
-        Side {
-            seat,
-            beans: 0,
-            online: true,
-            audience: 0,
-            peak_audience: 0,
-            senders: BTreeMap::new(),
-        }
+        Side { seat, beans: 0, online: true, audience: 0, peak_audience: 0, senders: BTreeMap::new() }
     }
 
     /// Senders highest first; ties go to whoever reached the amount first.
@@ -135,11 +126,7 @@ impl Side {
             audience: self.audience,
             top_gifters: best
                 .into_iter()
-                .map(|(id, s)| TopGifter {
-                    sender: *id,
-                    beans: s.beans,
-                    profile: s.profile.clone(),
-                })
+                .map(|(id, s)| TopGifter { sender: *id, beans: s.beans, profile: s.profile.clone() })
                 .collect(),
         }
     }
@@ -154,12 +141,7 @@ impl Side {
                 .ranked()
                 .into_iter()
                 .enumerate()
-                .map(|(i, (id, s))| GifterTotal {
-                    sender: *id,
-                    beans: s.beans,
-                    times: s.times,
-                    rank: i as u32 + 1,
-                })
+                .map(|(i, (id, s))| GifterTotal { sender: *id, beans: s.beans, times: s.times, rank: i as u32 + 1 })
                 .collect(),
         }
     }
@@ -175,10 +157,7 @@ pub struct ArenaSummary {
 
 impl Arena {
     pub fn new(config: Config) -> Arena {
-        Arena {
-            config,
-            ..Arena::default()
-        }
+        Arena { config, ..Arena::default() }
     }
 
     pub(crate) fn apply(&mut self, action: &Action, effects: &mut Vec<Effect>) -> Response {
@@ -243,27 +222,17 @@ impl Arena {
         let Some(side) = pk.side_of(anchor) else {
             return Vec::new();
         };
-        pk.sides[side]
-            .senders
-            .iter()
-            .map(|(id, s)| (*id, s.beans))
-            .collect()
+        pk.sides[side].senders.iter().map(|(id, s)| (*id, s.beans)).collect()
     }
 
     /// Settled PKs whose rooms the lobby has not released yet.
     pub fn pending_releases(&self) -> impl Iterator<Item = PkId> + '_ {
-        self.settled
-            .iter()
-            .filter(|(_, s)| !s.rooms_released)
-            .map(|(pk, _)| *pk)
+        self.settled.iter().filter(|(_, s)| !s.rooms_released).map(|(pk, _)| *pk)
     }
 
     /// Settled PKs the results sink has not stored yet.
     pub fn pending_results(&self) -> impl Iterator<Item = &SettledPk> {
-        self.settled
-            .values()
-            .filter(|s| !s.persisted)
-            .map(|s| &s.result)
+        self.settled.values().filter(|s| !s.persisted).map(|s| &s.result)
     }
 
     pub fn summary(&self) -> ArenaSummary {
@@ -278,9 +247,8 @@ impl Arena {
 
     fn create(&mut self, order: &PkOrder, effects: &mut Vec<Effect>) -> Response {
         let pk = order.pk;
-        let scheduled_end = order
-            .created_at
-            .plus(order.timing.opening_ms + order.timing.battle_ms + order.timing.ending_ms);
+        let scheduled_end =
+            order.created_at.plus(order.timing.opening_ms + order.timing.battle_ms + order.timing.ending_ms);
         if self.pks.contains_key(&pk) || self.settled_ids.contains_key(&pk) {
             return Response::Ignored;
         }
@@ -293,8 +261,7 @@ impl Arena {
             sides: [Side::new(order.source), Side::new(order.target)],
             gift_ids: GiftIdSet::default(),
         };
-        self.deadlines
-            .arm(created.battle_end(), Timer::EndBattle { pk });
+        self.deadlines.arm(created.battle_end(), Timer::EndBattle { pk });
         let view = self.view_of(&created, created.status(self.now));
         self.pks.insert(pk, created);
         push_state(view, effects);
@@ -313,10 +280,7 @@ impl Arena {
         };
         if pk.gift_ids.contains(gift.id) {
             let side_beans = pk.sides[side_index].beans;
-            return Response::GiftCounted {
-                duplicate: true,
-                side_beans,
-            };
+            return Response::GiftCounted { duplicate: true, side_beans };
         }
         if pk.winner.is_some() || now < pk.battle_start() || now >= pk.battle_end() {
             return Response::Rejected(Reason::NotInBattle);
@@ -333,20 +297,15 @@ impl Arena {
         let count = pk.gift_ids.len() as u64 + 1;
         let side = &mut pk.sides[side_index];
         let previous = side.senders.get(&gift.sender).map_or(0, |s| s.beans);
-        let (Some(side_beans), Some(sender_beans)) = (
-            side.beans.checked_add(gift.beans),
-            previous.checked_add(gift.beans),
-        ) else {
+        let (Some(side_beans), Some(sender_beans)) =
+            (side.beans.checked_add(gift.beans), previous.checked_add(gift.beans))
+        else {
             return Response::Rejected(Reason::BeansOverflow);
         };
         pk.gift_ids.insert(gift.id);
         side.beans = side_beans;
-        let sender = side.senders.entry(gift.sender).or_insert(Sender {
-            beans: 0,
-            times: 0,
-            reached: 0,
-            profile: None,
-        });
+        let sender =
+            side.senders.entry(gift.sender).or_insert(Sender { beans: 0, times: 0, reached: 0, profile: None });
         sender.beans = sender_beans;
         sender.times = sender.times.saturating_add(1);
         sender.reached = count;
@@ -360,10 +319,7 @@ impl Arena {
             beans: sender_beans,
         }));
         effects.push(Effect::PkChanged { pk: gift.pk });
-        Response::GiftCounted {
-            duplicate: false,
-            side_beans,
-        }
+        Response::GiftCounted { duplicate: false, side_beans }
     }
 
     fn presence(&mut self, reports: &[Presence], effects: &mut Vec<Effect>) -> Response {
@@ -378,10 +334,7 @@ impl Arena {
             };
             let side = &mut pk.sides[index];
             let changed = side.online != report.online || side.audience != report.audience;
-            let timer = Timer::AnchorAway {
-                pk: report.pk,
-                anchor: report.anchor,
-            };
+            let timer = Timer::AnchorAway { pk: report.pk, anchor: report.anchor };
             if side.online && !report.online {
                 self.deadlines.arm(now.plus(grace), timer);
             } else if !side.online && report.online {
@@ -429,23 +382,12 @@ impl Arena {
             self.deadlines.disarm(timer);
         }
         for side in &pk.sides {
-            self.deadlines.disarm(Timer::AnchorAway {
-                pk: pk_id,
-                anchor: side.seat.anchor,
-            });
+            self.deadlines.disarm(Timer::AnchorAway { pk: pk_id, anchor: side.seat.anchor });
         }
-        let status = if abnormal.is_some() {
-            PkStatus::Error
-        } else {
-            PkStatus::Done
-        };
+        let status = if abnormal.is_some() { PkStatus::Error } else { PkStatus::Done };
         let mut view = self.view_of(&pk, status);
         // An abnormal end has no winner.
-        let winner = if abnormal.is_some() {
-            UserId(0)
-        } else {
-            pk.winner.unwrap_or(UserId(0))
-        };
+        let winner = if abnormal.is_some() { UserId(0) } else { pk.winner.unwrap_or(UserId(0)) };
         view.winner = Some(winner);
         let result = SettledPk {
             pk: pk_id,
@@ -463,14 +405,7 @@ impl Arena {
         let forget_at = pk.pk_end().max(now).plus(ORDER_HORIZON_MS);
         self.settled_ids.insert(pk_id, forget_at);
         self.deadlines.arm(forget_at, Timer::ForgetPk { pk: pk_id });
-        self.settled.insert(
-            pk_id,
-            Settlement {
-                result: result.clone(),
-                rooms_released: false,
-                persisted: false,
-            },
-        );
+        self.settled.insert(pk_id, Settlement { result: result.clone(), rooms_released: false, persisted: false });
         push_state(view, effects);
         effects.push(Effect::CacheChanged(CacheChange::PkEnded {
             pk: pk_id,
@@ -501,9 +436,7 @@ impl Arena {
         match timer {
             Timer::EndBattle { pk } => self.end_battle(pk, effects),
             Timer::EndPk { pk } => self.settle(pk, None, effects),
-            Timer::AnchorAway { pk, anchor } => {
-                self.settle(pk, Some(AbnormalEnd::AnchorLeft { anchor }), effects)
-            }
+            Timer::AnchorAway { pk, anchor } => self.settle(pk, Some(AbnormalEnd::AnchorLeft { anchor }), effects),
             Timer::ForgetPk { pk } => {
                 self.settled_ids.remove(&pk);
             }
@@ -528,9 +461,7 @@ impl Arena {
                     ));
                 }
             }
-            if pk.winner.is_none()
-                && self.deadlines.when(Timer::EndBattle { pk: *id }) != Some(pk.battle_end())
-            {
+            if pk.winner.is_none() && self.deadlines.when(Timer::EndBattle { pk: *id }) != Some(pk.battle_end()) {
                 return Err(format!("{id}: battle running without its end timer"));
             }
         }
@@ -542,9 +473,6 @@ fn push_state(view: PkView, effects: &mut Vec<Effect>) {
     let rooms = [view.source.room, view.target.room];
     let view = Box::new(view);
     for room in rooms {
-        effects.push(Effect::Pushed(Push {
-            to: Audience::Room(room),
-            message: PushMessage::PkState(view.clone()),
-        }));
+        effects.push(Effect::Pushed(Push { to: Audience::Room(room), message: PushMessage::PkState(view.clone()) }));
     }
 }

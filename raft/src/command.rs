@@ -14,10 +14,7 @@ pub struct Command {
 
 impl Command {
     pub fn new(at: i64, action: Action) -> Command {
-        Command {
-            at: TimestampMs(at),
-            action,
-        }
+        Command { at: TimestampMs(at), action }
     }
 }
 
@@ -28,10 +25,7 @@ impl Command {
 pub enum Action {
     // ---- lobby -------------------------------------------------------------------
     /// Command 28 type 1: `anchor` starts matching.
-    StartMatch {
-        anchor: UserId,
-        profile: AnchorProfile,
-    },
+    StartMatch { anchor: UserId, profile: AnchorProfile },
     /// Command 28 type 4: `anchor` stops matching.
     StopMatch { anchor: UserId },
     /// Command 28 type 2: `invitee` accepts the invitation sent by `inviter`.
@@ -39,10 +33,7 @@ pub enum Action {
     /// Command 28 type 3: `invitee` refuses the invitation sent by `inviter`.
     Refuse { inviter: UserId, invitee: UserId },
     /// The anchor is streaming and connected: it may be invited.
-    GoLive {
-        anchor: UserId,
-        profile: AnchorProfile,
-    },
+    GoLive { anchor: UserId, profile: AnchorProfile },
     /// The anchor stopped streaming: it leaves the queue and cannot be invited.
     GoOffAir { anchor: UserId },
     /// The arena hosting `pk` has created it: the lobby drops its order from the outbox.

@@ -35,12 +35,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             enabled: true,
-            timing: PkTiming {
-                opening_ms: 1_500,
-                battle_ms: 300_000,
-                ending_ms: 0,
-                rtm_token_validity_ms: 600_000,
-            },
+            timing: PkTiming { opening_ms: 1_500, battle_ms: 300_000, ending_ms: 0, rtm_token_validity_ms: 600_000 },
             matching: MatchingConfig {
                 name: "匹配赛".to_string(),
                 intervening_ms: 120_000,
@@ -50,8 +45,7 @@ impl Default for Config {
             },
             country_filter: CountryFilter::parse("{'IN':['PK'],'PK':['IN']}")
                 .expect("the built-in country filter parses"),
-            versions: VersionGate::parse("{pk:[{'vc':207,'p':'android'}]}")
-                .expect("the built-in version gate parses"),
+            versions: VersionGate::parse("{pk:[{'vc':207,'p':'android'}]}").expect("the built-in version gate parses"),
             limits: Limits::default(),
         }
     }
@@ -83,12 +77,8 @@ impl PkTiming {
         let mut values = [0i64, 0, 0, 600_000];
         let names = ["opening", "battle", "ending", "rtmTokenValidity"];
         for (i, part) in parts.iter().enumerate() {
-            let value: i64 = part.parse().map_err(|_| {
-                format!(
-                    "{} is not a whole number of milliseconds: '{part}'",
-                    names[i]
-                )
-            })?;
+            let value: i64 =
+                part.parse().map_err(|_| format!("{} is not a whole number of milliseconds: '{part}'", names[i]))?;
             check_duration(names[i], value)?;
             values[i] = value;
         }
@@ -181,20 +171,14 @@ impl CountryFilter {
         let mut blocked = BTreeMap::new();
         for (country, value) in object {
             let Value::List(items) = value else {
-                return Err(format!(
-                    "{country} must map to a list of countries, found {}",
-                    value.kind()
-                ));
+                return Err(format!("{country} must map to a list of countries, found {}", value.kind()));
             };
             let mut set = BTreeSet::new();
             for item in items {
                 match item {
                     Value::Str(other) => set.insert(other),
                     other => {
-                        return Err(format!(
-                            "{country}'s list holds {}, not a country",
-                            other.kind()
-                        ));
+                        return Err(format!("{country}'s list holds {}, not a country", other.kind()));
                     }
                 };
             }
@@ -239,10 +223,7 @@ impl VersionGate {
         };
         for item in items {
             let Value::Object(rule) = item else {
-                return Err(format!(
-                    "pk's list holds {}, not {{'vc':..,'p':..}}",
-                    item.kind()
-                ));
+                return Err(format!("pk's list holds {}, not {{'vc':..,'p':..}}", item.kind()));
             };
             let vc = match rule.get("vc") {
                 Some(value) => int_field("vc", value)?,
@@ -260,9 +241,7 @@ impl VersionGate {
     }
 
     pub fn allows(&self, platform: &str, version_code: u32) -> bool {
-        self.minimum
-            .get(platform)
-            .is_none_or(|min| version_code >= *min)
+        self.minimum.get(platform).is_none_or(|min| version_code >= *min)
     }
 }
 
@@ -285,12 +264,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_gift_beans: 100_000_000,
-            anchor_grace_ms: 30_000,
-            max_gifts_per_pk: 1_000_000,
-            top_gifters: 3,
-        }
+        Limits { max_gift_beans: 100_000_000, anchor_grace_ms: 30_000, max_gifts_per_pk: 1_000_000, top_gifters: 3 }
     }
 }
 
@@ -308,11 +282,10 @@ impl Limits {
                 "anchorGraceMs" => self.anchor_grace_ms = duration_field(&key, &value)?,
                 "maxGiftsPerPk" => {
                     let n = int_field(&key, &value)?;
-                    self.max_gifts_per_pk =
-                        u32::try_from(n).ok().filter(|n| *n > 0).ok_or(format!(
-                            "maxGiftsPerPk must be between 1 and {}, found {n}",
-                            u32::MAX
-                        ))?;
+                    self.max_gifts_per_pk = u32::try_from(n)
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or(format!("maxGiftsPerPk must be between 1 and {}, found {n}", u32::MAX))?;
                 }
                 "topGifters" => {
                     let n = int_field(&key, &value)?;
@@ -377,12 +350,8 @@ pub struct ConfigError {
 impl Config {
     /// The config with `key` set to `value`, or why not. `self` is unchanged either way.
     pub fn with(&self, key: &str, value: &str) -> Result<Config, ConfigError> {
-        let error = |message: String| ConfigError {
-            key: key.to_string(),
-            message,
-        };
-        let known =
-            ConfigKey::from_name(key).ok_or_else(|| error("unknown config key".to_string()))?;
+        let error = |message: String| ConfigError { key: key.to_string(), message };
+        let known = ConfigKey::from_name(key).ok_or_else(|| error("unknown config key".to_string()))?;
         let mut next = self.clone();
         match known {
             ConfigKey::PkEnable => {
@@ -394,12 +363,8 @@ impl Config {
             }
             ConfigKey::PkDuration => next.timing = PkTiming::parse(value).map_err(error)?,
             ConfigKey::PkConfig => next.matching = MatchingConfig::parse(value).map_err(error)?,
-            ConfigKey::PkFilterCountry => {
-                next.country_filter = CountryFilter::parse(value).map_err(error)?
-            }
-            ConfigKey::VersionControl => {
-                next.versions = VersionGate::parse(value).map_err(error)?
-            }
+            ConfigKey::PkFilterCountry => next.country_filter = CountryFilter::parse(value).map_err(error)?,
+            ConfigKey::VersionControl => next.versions = VersionGate::parse(value).map_err(error)?,
             ConfigKey::PkLimits => next.limits = self.limits.parse_over(value).map_err(error)?,
         }
         Ok(next)
@@ -429,10 +394,7 @@ impl fmt::Display for Config {
 fn parse_object(text: &str) -> Result<BTreeMap<String, Value>, String> {
     match pseudo_json::parse(text) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(format!(
-            "expected an object {{...}}, found {}",
-            other.kind()
-        )),
+        Ok(other) => Err(format!("expected an object {{...}}, found {}", other.kind())),
         Err(e) => Err(format!("not readable: {e}")),
     }
 }
@@ -441,14 +403,8 @@ fn int_field(key: &str, value: &Value) -> Result<i64, String> {
     match value {
         Value::Int(n) => Ok(*n),
         // The Java stack wrote numbers as strings now and then.
-        Value::Str(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| format!("{key} must be a whole number, found '{s}'")),
-        other => Err(format!(
-            "{key} must be a whole number, found {}",
-            other.kind()
-        )),
+        Value::Str(s) => s.trim().parse().map_err(|_| format!("{key} must be a whole number, found '{s}'")),
+        other => Err(format!("{key} must be a whole number, found {}", other.kind())),
     }
 }
 
@@ -460,9 +416,7 @@ fn duration_field(key: &str, value: &Value) -> Result<i64, String> {
 
 fn check_duration(key: &str, value: i64) -> Result<(), String> {
     if !(0..=MAX_DURATION_MS).contains(&value) {
-        return Err(format!(
-            "{key} must be between 0 and {MAX_DURATION_MS} ms, found {value}"
-        ));
+        return Err(format!("{key} must be between 0 and {MAX_DURATION_MS} ms, found {value}"));
     }
     Ok(())
 }
@@ -479,28 +433,21 @@ mod tests {
         let c = c.with("pk_duration", "1500,60000,2000,900000").unwrap();
         assert_eq!(
             c.timing,
-            PkTiming {
-                opening_ms: 1500,
-                battle_ms: 60000,
-                ending_ms: 2000,
-                rtm_token_validity_ms: 900000
-            }
+            PkTiming { opening_ms: 1500, battle_ms: 60000, ending_ms: 2000, rtm_token_validity_ms: 900000 }
         );
         let c = c
-            .with("pk_config", "{'name':'匹配赛','interveningTime':10000,'endTime':30000,'inviteNum':10,'inviteColdDown':5000}")
+            .with(
+                "pk_config",
+                "{'name':'匹配赛','interveningTime':10000,'endTime':30000,'inviteNum':10,'inviteColdDown':5000}",
+            )
             .unwrap();
         assert_eq!(c.matching.intervening_ms, 10_000);
         assert_eq!(c.matching.invite_cooldown_ms, 5_000);
         let c = c
             .with("version_control", "{update:[{'vc':1,'p':'android'},{'vc':1,'p':'ios'}],kickout:[{'vc':209,'p':'android'},{'vc':172,'p':'ios'}]}")
             .unwrap();
-        assert!(
-            c.versions.minimum.is_empty(),
-            "no pk entry: nobody is gated"
-        );
-        let c = c
-            .with("version_control", "{pk:[{'vc':207,'p':'android'}]}")
-            .unwrap();
+        assert!(c.versions.minimum.is_empty(), "no pk entry: nobody is gated");
+        let c = c.with("version_control", "{pk:[{'vc':207,'p':'android'}]}").unwrap();
         assert!(!c.versions.allows("android", 206));
         assert!(c.versions.allows("android", 207));
         assert!(c.versions.allows("ios", 1));
@@ -508,10 +455,7 @@ mod tests {
         assert!(!c.country_filter.allows("PK", "IN"));
         assert!(c.country_filter.allows("IN", "IN"));
         let c = c.with("pk_filter_country", "{'IN':['PK']}").unwrap();
-        assert!(
-            !c.country_filter.allows("PK", "IN"),
-            "one listing blocks both directions"
-        );
+        assert!(!c.country_filter.allows("PK", "IN"), "one listing blocks both directions");
         assert!(!c.with("pk_enable", "false").unwrap().enabled);
         let c = c.with("pk_limits", "{'maxGiftBeans':500}").unwrap();
         assert_eq!(c.limits.max_gift_beans, 500);
@@ -528,35 +472,19 @@ mod tests {
             ("pk_duration", "1500,0,0", "longer than 0"),
             ("pk_duration", "a,1,2", "not a whole number"),
             ("pk_config", "{'interveningTime':1}", "missing endTime"),
-            (
-                "pk_config",
-                "{'interveningTime':'x','endTime':1,'inviteNum':1,'inviteColdDown':1}",
-                "whole number",
-            ),
-            (
-                "pk_config",
-                "{'interveningTime':1,'endTime':1,'inviteNum':-1,'inviteColdDown':1}",
-                "inviteNum",
-            ),
+            ("pk_config", "{'interveningTime':'x','endTime':1,'inviteNum':1,'inviteColdDown':1}", "whole number"),
+            ("pk_config", "{'interveningTime':1,'endTime':1,'inviteNum':-1,'inviteColdDown':1}", "inviteNum"),
             ("pk_config", "[1]", "expected an object"),
             ("pk_filter_country", "{'IN':'PK'}", "list of countries"),
             ("version_control", "{pk:[{'p':'android'}]}", "missing vc"),
-            (
-                "version_control",
-                "{pk:[{'vc':1,'p':'android'}",
-                "not readable",
-            ),
+            ("version_control", "{pk:[{'vc':1,'p':'android'}", "not readable"),
             ("pk_limits", "{'maxGiftBeans':0}", "positive"),
             ("pk_limits", "{'colour':1}", "unknown key"),
             ("pk_colour", "1", "unknown config key"),
         ];
         for (key, value, wanted) in cases {
             let err = c.with(key, value).unwrap_err();
-            assert!(
-                err.message.contains(wanted),
-                "{key}={value}: got '{}', wanted '{wanted}'",
-                err.message
-            );
+            assert!(err.message.contains(wanted), "{key}={value}: got '{}', wanted '{wanted}'", err.message);
         }
     }
 }

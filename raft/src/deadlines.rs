@@ -42,10 +42,7 @@ impl Deadlines {
     }
 
     pub fn due(&self, now: TimestampMs) -> impl Iterator<Item = Timer> + '_ {
-        self.by_time
-            .iter()
-            .take_while(move |(at, _)| *at <= now)
-            .map(|(_, timer)| *timer)
+        self.by_time.iter().take_while(move |(at, _)| *at <= now).map(|(_, timer)| *timer)
     }
 
     pub fn when(&self, timer: Timer) -> Option<TimestampMs> {

@@ -68,26 +68,15 @@ pub enum MatchFailure {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CacheChange {
     /// `pkm`: the anchor is matching (`Some(since)`) or not (`None`).
-    Matching {
-        anchor: UserId,
-        since: Option<TimestampMs>,
-    },
+    Matching { anchor: UserId, since: Option<TimestampMs> },
     /// `pkr`: the room is in PK `pk`, or no longer in any PK (`None`).
     RoomInPk { room: RoomId, pk: Option<PkId> },
     /// `room_pk_invited`: the anchor was invited at `at` (`None`: cool-down over).
-    Invited {
-        anchor: UserId,
-        at: Option<TimestampMs>,
-    },
+    Invited { anchor: UserId, at: Option<TimestampMs> },
     /// `pk_${pk}`: the PK's data changed; the shell writes it from its replica.
     Pk { pk: PkId },
     /// `pkg_${pk}_${anchor}`: `sender` has given `beans` in all to `anchor`.
-    GifterTotal {
-        pk: PkId,
-        anchor: UserId,
-        sender: UserId,
-        beans: i64,
-    },
+    GifterTotal { pk: PkId, anchor: UserId, sender: UserId, beans: i64 },
     /// The PK is over: drop `pk_${pk}` and its `pkg_` keys.
     PkEnded { pk: PkId, anchors: [UserId; 2] },
 }

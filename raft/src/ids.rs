@@ -38,9 +38,7 @@ id_type!(
 
 /// Milliseconds since the Unix epoch, as stamped on a command by the leader that
 /// proposed it. The core has no clock of its own: time only enters through the log.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TimestampMs(pub i64);
 
 impl TimestampMs {
@@ -87,10 +85,7 @@ mod tests {
             counts[arena_for(PkId(id), 4) as usize] += 1;
         }
         for count in counts {
-            assert!(
-                (9_000..11_000).contains(&count),
-                "uneven spread: {counts:?}"
-            );
+            assert!((9_000..11_000).contains(&count), "uneven spread: {counts:?}");
         }
     }
 

@@ -24,9 +24,7 @@ pub mod pseudo_json;
 pub mod response;
 
 pub use arena::Arena;
-pub use command::{
-    Action, AnchorProfile, Command, Gift, GifterProfile, PkOrder, Presence, Seat, Timer,
-};
+pub use command::{Action, AnchorProfile, Command, Gift, GifterProfile, PkOrder, Presence, Seat, Timer};
 pub use config::{Config, ConfigKey};
 pub use effect::{Effect, PkStatus, PkView, SettledPk};
 pub use ids::{GiftId, PkId, RoomId, TimestampMs, UserId, arena_for};

@@ -101,10 +101,7 @@ pub struct LobbySummary {
 
 impl Lobby {
     pub fn new(config: Config) -> Lobby {
-        Lobby {
-            config,
-            ..Lobby::default()
-        }
+        Lobby { config, ..Lobby::default() }
     }
 
     pub(crate) fn apply(&mut self, action: &Action, effects: &mut Vec<Effect>) -> Response {
@@ -140,12 +137,7 @@ impl Lobby {
             let too_old: Vec<UserId> = self
                 .waiting
                 .iter()
-                .filter(|(_, w)| {
-                    !self
-                        .config
-                        .versions
-                        .allows(&w.profile.platform, w.profile.version_code)
-                })
+                .filter(|(_, w)| !self.config.versions.allows(&w.profile.platform, w.profile.version_code))
                 .map(|(anchor, _)| *anchor)
                 .collect();
             for anchor in too_old {
@@ -211,12 +203,7 @@ impl Lobby {
 
     // ---- matching ------------------------------------------------------------------
 
-    fn start(
-        &mut self,
-        anchor: UserId,
-        profile: &AnchorProfile,
-        effects: &mut Vec<Effect>,
-    ) -> Response {
+    fn start(&mut self, anchor: UserId, profile: &AnchorProfile, effects: &mut Vec<Effect>) -> Response {
         if !self.config.enabled {
             return Response::Rejected(Reason::PkDisabled);
         }
@@ -226,11 +213,7 @@ impl Lobby {
         if self.waiting.contains_key(&anchor) {
             return Response::Rejected(Reason::AlreadyMatching);
         }
-        if !self
-            .config
-            .versions
-            .allows(&profile.platform, profile.version_code)
-        {
+        if !self.config.versions.allows(&profile.platform, profile.version_code) {
             return Response::Rejected(Reason::VersionTooOld);
         }
         if let Some(opponent) = self.oldest_compatible(&profile.country) {
@@ -238,22 +221,13 @@ impl Lobby {
             // start can see it. Commands apply one at a time; this is the atomic part.
             let opponent_profile = self.waiting[&opponent].profile.clone();
             self.leave_queue(opponent, InvitationState::Taken, effects);
-            let source = Seat {
-                anchor: opponent,
-                room: opponent_profile.room,
-            };
-            let target = Seat {
-                anchor,
-                room: profile.room,
-            };
+            let source = Seat { anchor: opponent, room: opponent_profile.room };
+            let target = Seat { anchor, room: profile.room };
             return self.make_pk(source, target, false, effects);
         }
         self.last_ticket += 1;
         let now = self.now;
-        self.queues
-            .entry(profile.country.clone())
-            .or_default()
-            .insert((now, self.last_ticket), anchor);
+        self.queues.entry(profile.country.clone()).or_default().insert((now, self.last_ticket), anchor);
         self.waiting.insert(
             anchor,
             Waiting {
@@ -265,23 +239,12 @@ impl Lobby {
             },
         );
         let matching = &self.config.matching;
-        self.deadlines
-            .arm(now.plus(matching.give_up_ms), Timer::GiveUp { anchor });
+        self.deadlines.arm(now.plus(matching.give_up_ms), Timer::GiveUp { anchor });
         if matching.intervening_ms < matching.give_up_ms {
-            self.deadlines.arm(
-                now.plus(matching.intervening_ms),
-                Timer::Intervene { anchor },
-            );
+            self.deadlines.arm(now.plus(matching.intervening_ms), Timer::Intervene { anchor });
         }
-        effects.push(Effect::CacheChanged(CacheChange::Matching {
-            anchor,
-            since: Some(now),
-        }));
-        effects.push(push_to(
-            anchor,
-            profile.room,
-            PushMessage::MatchingStarted { anchor },
-        ));
+        effects.push(Effect::CacheChanged(CacheChange::Matching { anchor, since: Some(now) }));
+        effects.push(push_to(anchor, profile.room, PushMessage::MatchingStarted { anchor }));
         Response::Waiting
     }
 
@@ -305,12 +268,7 @@ impl Lobby {
     }
 
     /// Removes a waiting anchor from the queue and closes its open invitations.
-    fn leave_queue(
-        &mut self,
-        anchor: UserId,
-        close_as: InvitationState,
-        effects: &mut Vec<Effect>,
-    ) {
+    fn leave_queue(&mut self, anchor: UserId, close_as: InvitationState, effects: &mut Vec<Effect>) {
         let Some(waiting) = self.waiting.remove(&anchor) else {
             return;
         };
@@ -329,10 +287,7 @@ impl Lobby {
                 invitation.state = close_as;
             }
         }
-        effects.push(Effect::CacheChanged(CacheChange::Matching {
-            anchor,
-            since: None,
-        }));
+        effects.push(Effect::CacheChanged(CacheChange::Matching { anchor, since: None }));
     }
 
     fn fail(&mut self, anchor: UserId, why: MatchFailure, effects: &mut Vec<Effect>) {
@@ -340,58 +295,23 @@ impl Lobby {
             return;
         };
         self.leave_queue(anchor, InvitationState::Withdrawn, effects);
-        effects.push(push_to(
-            anchor,
-            room,
-            PushMessage::MatchFailed { anchor, why },
-        ));
+        effects.push(push_to(anchor, room, PushMessage::MatchFailed { anchor, why }));
     }
 
-    fn make_pk(
-        &mut self,
-        source: Seat,
-        target: Seat,
-        interfered: bool,
-        effects: &mut Vec<Effect>,
-    ) -> Response {
+    fn make_pk(&mut self, source: Seat, target: Seat, interfered: bool, effects: &mut Vec<Effect>) -> Response {
         self.last_pk += 1;
         let pk = PkId(self.last_pk);
-        let order = PkOrder {
-            pk,
-            source,
-            target,
-            interfered,
-            created_at: self.now,
-            timing: self.config.timing,
-        };
+        let order = PkOrder { pk, source, target, interfered, created_at: self.now, timing: self.config.timing };
         for seat in [source, target] {
             self.in_pk.insert(seat.anchor, pk);
-            effects.push(Effect::CacheChanged(CacheChange::RoomInPk {
-                room: seat.room,
-                pk: Some(pk),
-            }));
+            effects.push(Effect::CacheChanged(CacheChange::RoomInPk { room: seat.room, pk: Some(pk) }));
         }
         let timing = &order.timing;
-        let scheduled_end = self
-            .now
-            .plus(timing.opening_ms + timing.battle_ms + timing.ending_ms);
-        self.deadlines.arm(
-            scheduled_end.plus(crate::arena::ORDER_HORIZON_MS),
-            Timer::AbandonPk { pk },
-        );
-        self.pks.insert(
-            pk,
-            HeldPk {
-                seats: [source, target],
-                order: Some(order.clone()),
-            },
-        );
+        let scheduled_end = self.now.plus(timing.opening_ms + timing.battle_ms + timing.ending_ms);
+        self.deadlines.arm(scheduled_end.plus(crate::arena::ORDER_HORIZON_MS), Timer::AbandonPk { pk });
+        self.pks.insert(pk, HeldPk { seats: [source, target], order: Some(order.clone()) });
         effects.push(Effect::PkOrdered(order));
-        Response::Matched {
-            pk,
-            source: source.anchor,
-            target: target.anchor,
-        }
+        Response::Matched { pk, source: source.anchor, target: target.anchor }
     }
 
     fn release(&mut self, pk: PkId, effects: &mut Vec<Effect>) -> Response {
@@ -403,10 +323,7 @@ impl Lobby {
             if self.in_pk.get(&seat.anchor) == Some(&pk) {
                 self.in_pk.remove(&seat.anchor);
             }
-            effects.push(Effect::CacheChanged(CacheChange::RoomInPk {
-                room: seat.room,
-                pk: None,
-            }));
+            effects.push(Effect::CacheChanged(CacheChange::RoomInPk { room: seat.room, pk: None }));
         }
         Response::Done
     }
@@ -452,40 +369,19 @@ impl Lobby {
         let waiting = self.waiting.get_mut(&inviter).expect("checked above");
         waiting.batch += 1;
         let batch = waiting.batch;
-        waiting.invitees = chosen
-            .iter()
-            .map(|(invitee, _)| (*invitee, false))
-            .collect();
+        waiting.invitees = chosen.iter().map(|(invitee, _)| (*invitee, false)).collect();
         let forget_at = now.plus(matching.intervening_ms + INVITATION_RECORD_MS);
         for (invitee, invitee_profile) in chosen {
-            self.invitations.insert(
-                (invitee, inviter),
-                Invitation {
-                    batch,
-                    state: InvitationState::Open,
-                },
-            );
-            self.deadlines
-                .arm(forget_at, Timer::ExpireInvitation { inviter, invitee });
+            self.invitations.insert((invitee, inviter), Invitation { batch, state: InvitationState::Open });
+            self.deadlines.arm(forget_at, Timer::ExpireInvitation { inviter, invitee });
             self.invited_at.insert(invitee, now);
-            self.deadlines.arm(
-                now.plus(matching.invite_cooldown_ms),
-                Timer::EndCooldown { anchor: invitee },
-            );
-            effects.push(Effect::CacheChanged(CacheChange::Invited {
-                anchor: invitee,
-                at: Some(now),
-            }));
-            effects.push(push_to(
-                invitee,
-                invitee_profile.room,
-                PushMessage::Invitation { inviter },
-            ));
+            self.deadlines.arm(now.plus(matching.invite_cooldown_ms), Timer::EndCooldown { anchor: invitee });
+            effects.push(Effect::CacheChanged(CacheChange::Invited { anchor: invitee, at: Some(now) }));
+            effects.push(push_to(invitee, invitee_profile.room, PushMessage::Invitation { inviter }));
         }
         let next = now.plus(matching.intervening_ms);
         if next < give_up_at {
-            self.deadlines
-                .arm(next, Timer::Intervene { anchor: inviter });
+            self.deadlines.arm(next, Timer::Intervene { anchor: inviter });
         } else {
             self.deadlines.disarm(Timer::Intervene { anchor: inviter });
         }
@@ -493,17 +389,11 @@ impl Lobby {
 
     /// Checks an answer to an invitation; returns the inviter's waiting entry's batch.
     fn open_invitation(&self, inviter: UserId, invitee: UserId) -> Result<(), Reason> {
-        match self
-            .invitations
-            .get(&(invitee, inviter))
-            .map(|inv| inv.state)
-        {
+        match self.invitations.get(&(invitee, inviter)).map(|inv| inv.state) {
             None => Err(Reason::NoSuchInvitation),
             Some(InvitationState::Open) => Ok(()),
             Some(InvitationState::Taken) => Err(Reason::InvitationTaken),
-            Some(InvitationState::Refused | InvitationState::Accepted) => {
-                Err(Reason::AlreadyAnswered)
-            }
+            Some(InvitationState::Refused | InvitationState::Accepted) => Err(Reason::AlreadyAnswered),
             Some(InvitationState::Withdrawn) => Err(Reason::InvitationWithdrawn),
             Some(InvitationState::Lapsed) => Err(Reason::InvitationExpired),
         }
@@ -524,18 +414,10 @@ impl Lobby {
         };
         let invitee_profile = live.profile.clone();
         let inviter_profile = self.waiting[&inviter].profile.clone();
-        if !self
-            .config
-            .country_filter
-            .allows(&inviter_profile.country, &invitee_profile.country)
-        {
+        if !self.config.country_filter.allows(&inviter_profile.country, &invitee_profile.country) {
             return Response::Rejected(Reason::CountryFiltered);
         }
-        if !self
-            .config
-            .versions
-            .allows(&invitee_profile.platform, invitee_profile.version_code)
-        {
+        if !self.config.versions.allows(&invitee_profile.platform, invitee_profile.version_code) {
             return Response::Rejected(Reason::VersionTooOld);
         }
         self.leave_queue(inviter, InvitationState::Taken, effects);
@@ -544,14 +426,8 @@ impl Lobby {
         }
         // An invitee who started matching meanwhile stops matching: it has its PK.
         self.leave_queue(invitee, InvitationState::Taken, effects);
-        let source = Seat {
-            anchor: inviter,
-            room: inviter_profile.room,
-        };
-        let target = Seat {
-            anchor: invitee,
-            room: invitee_profile.room,
-        };
+        let source = Seat { anchor: inviter, room: inviter_profile.room };
+        let target = Seat { anchor: invitee, room: invitee_profile.room };
         self.make_pk(source, target, true, effects)
     }
 
@@ -565,13 +441,7 @@ impl Lobby {
 
     /// Closes one open invitation without a match; when the whole batch has refused,
     /// the inviter gets a new batch at once.
-    fn mark_refused(
-        &mut self,
-        inviter: UserId,
-        invitee: UserId,
-        state: InvitationState,
-        effects: &mut Vec<Effect>,
-    ) {
+    fn mark_refused(&mut self, inviter: UserId, invitee: UserId, state: InvitationState, effects: &mut Vec<Effect>) {
         if let Some(invitation) = self.invitations.get_mut(&(invitee, inviter)) {
             invitation.state = state;
         }
@@ -593,13 +463,7 @@ impl Lobby {
             Some(live) => live.since,
             None => self.now,
         };
-        self.live.insert(
-            anchor,
-            Live {
-                profile: profile.clone(),
-                since,
-            },
-        );
+        self.live.insert(anchor, Live { profile: profile.clone(), since });
         self.live_order.insert((since, anchor));
         Response::Done
     }
@@ -642,18 +506,12 @@ impl Lobby {
             }
             Timer::EndCooldown { anchor } => {
                 self.invited_at.remove(&anchor);
-                effects.push(Effect::CacheChanged(CacheChange::Invited {
-                    anchor,
-                    at: None,
-                }));
+                effects.push(Effect::CacheChanged(CacheChange::Invited { anchor, at: None }));
             }
             Timer::AbandonPk { pk } => {
                 self.release(pk, effects);
             }
-            Timer::EndBattle { .. }
-            | Timer::EndPk { .. }
-            | Timer::AnchorAway { .. }
-            | Timer::ForgetPk { .. } => {
+            Timer::EndBattle { .. } | Timer::EndPk { .. } | Timer::AnchorAway { .. } | Timer::ForgetPk { .. } => {
                 unreachable!("arena timers are never armed in the lobby")
             }
         }
@@ -669,18 +527,12 @@ impl Lobby {
         }
         let queued: usize = self.queues.values().map(BTreeMap::len).sum();
         if queued != self.waiting.len() {
-            return Err(format!(
-                "{queued} queued but {} waiting",
-                self.waiting.len()
-            ));
+            return Err(format!("{queued} queued but {} waiting", self.waiting.len()));
         }
         for (pk, held) in &self.pks {
             for seat in held.seats {
                 if self.in_pk.get(&seat.anchor) != Some(pk) {
-                    return Err(format!(
-                        "{pk} holds {} which the directory does not",
-                        seat.anchor
-                    ));
+                    return Err(format!("{pk} holds {} which the directory does not", seat.anchor));
                 }
             }
         }
@@ -693,25 +545,16 @@ impl Lobby {
                 .get(inviter)
                 .is_some_and(|w| w.batch == invitation.batch && w.invitees.contains_key(invitee));
             if !current {
-                return Err(format!(
-                    "open invitation {inviter}->{invitee} outside its inviter's current batch"
-                ));
+                return Err(format!("open invitation {inviter}->{invitee} outside its inviter's current batch"));
             }
         }
         if self.in_pk.len() != self.pks.len() * 2 {
-            return Err(format!(
-                "{} anchors in PKs for {} PKs",
-                self.in_pk.len(),
-                self.pks.len()
-            ));
+            return Err(format!("{} anchors in PKs for {} PKs", self.in_pk.len(), self.pks.len()));
         }
         Ok(())
     }
 }
 
 fn push_to(user: UserId, room: crate::ids::RoomId, message: PushMessage) -> Effect {
-    Effect::Pushed(Push {
-        to: Audience::User { user, room },
-        message,
-    })
+    Effect::Pushed(Push { to: Audience::User { user, room }, message })
 }

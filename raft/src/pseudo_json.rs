@@ -52,10 +52,7 @@ impl fmt::Display for SyntaxError {
 const MAX_DEPTH: usize = 32;
 
 pub fn parse(text: &str) -> Result<Value, SyntaxError> {
-    let mut parser = Parser {
-        chars: text.chars().collect(),
-        at: 0,
-    };
+    let mut parser = Parser { chars: text.chars().collect(), at: 0 };
     let value = parser.value(0)?;
     parser.skip_space();
     if parser.at < parser.chars.len() {
@@ -71,10 +68,7 @@ struct Parser {
 
 impl Parser {
     fn error(&self, message: &str) -> SyntaxError {
-        SyntaxError {
-            at: self.at,
-            message: message.to_string(),
-        }
+        SyntaxError { at: self.at, message: message.to_string() }
     }
 
     fn peek(&self) -> Option<char> {
@@ -233,17 +227,11 @@ impl Parser {
         if fractional {
             text.parse::<f64>()
                 .map(Value::Float)
-                .map_err(|_| SyntaxError {
-                    at: start,
-                    message: format!("bad number '{text}'"),
-                })
+                .map_err(|_| SyntaxError { at: start, message: format!("bad number '{text}'") })
         } else {
             text.parse::<i64>()
                 .map(Value::Int)
-                .map_err(|_| SyntaxError {
-                    at: start,
-                    message: format!("bad or too large number '{text}'"),
-                })
+                .map_err(|_| SyntaxError { at: start, message: format!("bad or too large number '{text}'") })
         }
     }
 }
@@ -255,25 +243,16 @@ mod tests {
     #[test]
     fn reads_the_source_rows() {
         let v = parse("{'name':'匹配赛','interveningTime':120000,'endTime':600000}").unwrap();
-        let Value::Object(map) = v else {
-            panic!("not an object")
-        };
+        let Value::Object(map) = v else { panic!("not an object") };
         assert_eq!(map["name"], Value::Str("匹配赛".into()));
         assert_eq!(map["interveningTime"], Value::Int(120000));
 
         let v = parse("{pk:[{'vc':207,'p':'android'}]}").unwrap();
-        let Value::Object(map) = v else {
-            panic!("not an object")
-        };
-        let Value::List(items) = &map["pk"] else {
-            panic!("not a list")
-        };
+        let Value::Object(map) = v else { panic!("not an object") };
+        let Value::List(items) = &map["pk"] else { panic!("not a list") };
         assert_eq!(items.len(), 1);
 
-        assert_eq!(
-            parse(r#" {"IN": ["PK"]} "#).unwrap(),
-            parse("{'IN':['PK']}").unwrap()
-        );
+        assert_eq!(parse(r#" {"IN": ["PK"]} "#).unwrap(), parse("{'IN':['PK']}").unwrap());
     }
 
     #[test]
@@ -281,19 +260,9 @@ mod tests {
         assert_eq!(parse("{'a':1,}").unwrap_err().at, 7);
         assert!(parse("{'a':1").is_err());
         assert!(parse("{'a':1} x").is_err());
-        assert!(
-            parse("{'a':1,'a':2}")
-                .unwrap_err()
-                .message
-                .contains("twice")
-        );
+        assert!(parse("{'a':1,'a':2}").unwrap_err().message.contains("twice"));
         assert!(parse("99999999999999999999").is_err());
-        assert!(
-            parse(&"[".repeat(100))
-                .unwrap_err()
-                .message
-                .contains("deeply")
-        );
+        assert!(parse(&"[".repeat(100)).unwrap_err().message.contains("deeply"));
         assert!(parse("'abc").is_err());
     }
 }

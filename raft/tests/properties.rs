@@ -108,19 +108,8 @@ fn run(ops: &[Op]) -> Result<World, TestCaseError> {
             Op::Stop(a) => format!("stop a{a}"),
             Op::Accept(a, b) => format!("accept a{a} a{b}"),
             Op::Refuse(a, b) => format!("refuse a{a} a{b}"),
-            Op::Gift {
-                pk,
-                to,
-                from,
-                beans,
-                id,
-            } => format!("gift pk={pk} to=a{to} from=v{from} beans={beans} id={id}"),
-            Op::Presence {
-                pk,
-                anchor,
-                online,
-                audience,
-            } => {
+            Op::Gift { pk, to, from, beans, id } => format!("gift pk={pk} to=a{to} from=v{from} beans={beans} id={id}"),
+            Op::Presence { pk, anchor, online, audience } => {
                 format!("presence pk={pk} a{anchor} online={online} audience={audience}")
             }
             Op::Abort(pk) => format!("abort pk={pk}"),
@@ -129,48 +118,23 @@ fn run(ops: &[Op]) -> Result<World, TestCaseError> {
                 let Some((inviter, invitee)) = open.get(*k as usize % open.len().max(1)) else {
                     continue;
                 };
-                let verb = if matches!(op, Op::AcceptOpen(_)) {
-                    "accept"
-                } else {
-                    "refuse"
-                };
-                format!(
-                    "{verb} {} {}",
-                    support::name(*inviter),
-                    support::name(*invitee)
-                )
+                let verb = if matches!(op, Op::AcceptOpen(_)) { "accept" } else { "refuse" };
+                format!("{verb} {} {}", support::name(*inviter), support::name(*invitee))
             }
-            Op::GiftRunning {
-                k,
-                side,
-                from,
-                beans,
-                id,
-            } => {
+            Op::GiftRunning { k, side, from, beans, id } => {
                 let running: Vec<PkView> = world
                     .arenas
                     .iter()
                     .flat_map(|m| {
                         let arena = m.as_arena().unwrap();
-                        arena
-                            .running()
-                            .map(|pk| arena.view(pk).unwrap())
-                            .collect::<Vec<_>>()
+                        arena.running().map(|pk| arena.view(pk).unwrap()).collect::<Vec<_>>()
                     })
                     .collect();
                 let Some(view) = running.get(*k as usize % running.len().max(1)) else {
                     continue;
                 };
-                let to = if *side {
-                    view.source.anchor
-                } else {
-                    view.target.anchor
-                };
-                format!(
-                    "gift pk={} to={} from=v{from} beans={beans} id={id}",
-                    view.pk,
-                    support::name(to)
-                )
+                let to = if *side { view.source.anchor } else { view.target.anchor };
+                format!("gift pk={} to={} from=v{from} beans={beans} id={id}", view.pk, support::name(to))
             }
             Op::Persisted(pk) => format!("persisted pk={pk}"),
             Op::Enable(on) => format!("config pk_enable {on}"),
@@ -187,52 +151,30 @@ fn run(ops: &[Op]) -> Result<World, TestCaseError> {
         if !matches!(op, Op::Wait(_)) {
             world.at = world.at.max(at);
         }
-        let first = world
-            .responses_seen
-            .get(seen)
-            .cloned()
-            .unwrap_or(Response::Ignored);
+        let first = world.responses_seen.get(seen).cloned().unwrap_or(Response::Ignored);
         // At most one accept per invitation batch (indeed per waiting period).
         match (op, &first) {
             (Op::Start(a, _), Response::Waiting) => {
                 model.accepted_since_start.remove(&u64::from(*a));
             }
-            (
-                Op::Accept(..) | Op::AcceptOpen(_),
-                Response::Matched {
-                    source: inviter, ..
-                },
-            ) => {
+            (Op::Accept(..) | Op::AcceptOpen(_), Response::Matched { source: inviter, .. }) => {
                 prop_assert!(
                     model.accepted_since_start.insert(inviter.0),
                     "{inviter}'s invitations were accepted twice"
                 );
             }
             (Op::Gift { .. } | Op::GiftRunning { .. }, Response::GiftCounted { duplicate, .. }) => {
-                let Some(Command {
-                    action: Action::Gift(gift),
-                    ..
-                }) = world
-                    .log
-                    .iter()
-                    .rev()
-                    .map(|(_, c)| c)
-                    .find(|c| matches!(c.action, Action::Gift(_)))
+                let Some(Command { action: Action::Gift(gift), .. }) =
+                    world.log.iter().rev().map(|(_, c)| c).find(|c| matches!(c.action, Action::Gift(_)))
                 else {
                     unreachable!("a gift response without a gift")
                 };
                 let key = (gift.pk.0, gift.id.0);
                 if *duplicate {
-                    prop_assert!(
-                        model.counted.contains_key(&key),
-                        "duplicate of a gift never counted"
-                    );
+                    prop_assert!(model.counted.contains_key(&key), "duplicate of a gift never counted");
                 } else {
                     prop_assert!(
-                        model
-                            .counted
-                            .insert(key, (gift.receiver.0, gift.beans))
-                            .is_none(),
+                        model.counted.insert(key, (gift.receiver.0, gift.beans)).is_none(),
                         "gift counted twice"
                     );
                 }
@@ -260,11 +202,7 @@ fn run(ops: &[Op]) -> Result<World, TestCaseError> {
             if let Effect::PkSettled(result) = effect
                 && result.status == PkStatus::Done
             {
-                prop_assert!(
-                    result.end_time >= result.battle_end,
-                    "pk{} ended early",
-                    result.pk
-                );
+                prop_assert!(result.end_time >= result.battle_end, "pk{} ended early", result.pk);
                 prop_assert_eq!(result.battle_end.0, result.start_time.0 + 500 + 5000);
             }
         }
@@ -343,10 +281,8 @@ proptest! {
 fn random_runs_reach_the_interesting_paths() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::{Config as RunnerConfig, RngAlgorithm, TestRng, TestRunner};
-    let mut runner = TestRunner::new_with_rng(
-        RunnerConfig::default(),
-        TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
-    );
+    let mut runner =
+        TestRunner::new_with_rng(RunnerConfig::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]));
     let strategy = prop::collection::vec(op(), 100..160);
     let (mut accepted, mut counted, mut duplicates, mut done, mut errors) = (0, 0, 0, 0, 0);
     for _ in 0..100 {
@@ -354,12 +290,8 @@ fn random_runs_reach_the_interesting_paths() {
         let world = run(&ops).unwrap();
         for response in &world.responses_seen {
             match response {
-                Response::GiftCounted {
-                    duplicate: false, ..
-                } => counted += 1,
-                Response::GiftCounted {
-                    duplicate: true, ..
-                } => duplicates += 1,
+                Response::GiftCounted { duplicate: false, .. } => counted += 1,
+                Response::GiftCounted { duplicate: true, .. } => duplicates += 1,
                 _ => {}
             }
         }
@@ -372,16 +304,10 @@ fn random_runs_reach_the_interesting_paths() {
             }
         }
     }
-    println!(
-        "accepted={accepted} counted={counted} duplicates={duplicates} done={done} errors={errors}"
-    );
-    for (what, n) in [
-        ("accepted", accepted),
-        ("counted", counted),
-        ("duplicates", duplicates),
-        ("done", done),
-        ("errors", errors),
-    ] {
+    println!("accepted={accepted} counted={counted} duplicates={duplicates} done={done} errors={errors}");
+    for (what, n) in
+        [("accepted", accepted), ("counted", counted), ("duplicates", duplicates), ("done", done), ("errors", errors)]
+    {
         assert!(n >= 5, "random runs reached '{what}' only {n} times");
     }
 }

@@ -14,48 +14,16 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn profile(room: u64) -> AnchorProfile {
-    AnchorProfile {
-        room: RoomId(room),
-        country: "IN".into(),
-        platform: "android".into(),
-        version_code: 300,
-    }
+    AnchorProfile { room: RoomId(room), country: "IN".into(), platform: "android".into(), version_code: 300 }
 }
 
 #[test]
 fn lobby_snapshot_bytes_are_stable() {
     let mut lobby = Machine::lobby(Config::default());
     let mut effects = Vec::new();
-    lobby.apply(
-        &Command::new(
-            1_000,
-            Action::GoLive {
-                anchor: UserId(3),
-                profile: profile(3),
-            },
-        ),
-        &mut effects,
-    );
-    lobby.apply(
-        &Command::new(
-            2_000,
-            Action::StartMatch {
-                anchor: UserId(1),
-                profile: profile(1),
-            },
-        ),
-        &mut effects,
-    );
-    lobby.apply(
-        &Command::new(
-            3_000,
-            Action::StartMatch {
-                anchor: UserId(2),
-                profile: profile(2),
-            },
-        ),
-        &mut effects,
-    );
+    lobby.apply(&Command::new(1_000, Action::GoLive { anchor: UserId(3), profile: profile(3) }), &mut effects);
+    lobby.apply(&Command::new(2_000, Action::StartMatch { anchor: UserId(1), profile: profile(1) }), &mut effects);
+    lobby.apply(&Command::new(3_000, Action::StartMatch { anchor: UserId(2), profile: profile(2) }), &mut effects);
     let bytes = lobby.snapshot();
     assert_eq!(bytes[0], SNAPSHOT_FORMAT);
     expect![[r#"
@@ -74,14 +42,8 @@ fn arena_snapshot_bytes_are_stable() {
     let mut effects = Vec::new();
     let order = PkOrder {
         pk: PkId(7),
-        source: Seat {
-            anchor: UserId(1),
-            room: RoomId(1),
-        },
-        target: Seat {
-            anchor: UserId(2),
-            room: RoomId(2),
-        },
+        source: Seat { anchor: UserId(1), room: RoomId(1) },
+        target: Seat { anchor: UserId(2), room: RoomId(2) },
         interfered: true,
         created_at: TimestampMs(10_000),
         timing: Config::default().timing,
@@ -93,11 +55,7 @@ fn arena_snapshot_bytes_are_stable() {
         receiver: UserId(2),
         sender: UserId(1001),
         beans: 520,
-        profile: Some(Box::new(GifterProfile {
-            nickname: "ann".into(),
-            level: 14,
-            ..GifterProfile::default()
-        })),
+        profile: Some(Box::new(GifterProfile { nickname: "ann".into(), level: 14, ..GifterProfile::default() })),
     };
     arena.apply(&Command::new(12_000, Action::Gift(gift)), &mut effects);
     let bytes = arena.snapshot();
@@ -114,14 +72,8 @@ fn arena_snapshot_bytes_are_stable() {
 #[test]
 fn unknown_formats_and_garbage_are_refused() {
     assert!(matches!(Machine::restore(&[]), Err(SnapshotError::Empty)));
-    assert!(matches!(
-        Machine::restore(&[SNAPSHOT_FORMAT + 1, 0]),
-        Err(SnapshotError::UnknownFormat(_))
-    ));
-    assert!(matches!(
-        Machine::restore(&[SNAPSHOT_FORMAT, 9, 9, 9]),
-        Err(SnapshotError::Decode(_))
-    ));
+    assert!(matches!(Machine::restore(&[SNAPSHOT_FORMAT + 1, 0]), Err(SnapshotError::UnknownFormat(_))));
+    assert!(matches!(Machine::restore(&[SNAPSHOT_FORMAT, 9, 9, 9]), Err(SnapshotError::Decode(_))));
     let good = Machine::lobby(Config::default()).snapshot();
     assert!(Machine::restore(&good[..good.len() - 1]).is_err());
 }

@@ -100,11 +100,7 @@ impl UserId {
     /// character outside `A-Z a-z 0-9 _ -`.
     pub fn new(user_id: impl Into<String>) -> Result<Self, ClaimError> {
         let user_id = user_id.into();
-        if is_valid_user_id(&user_id) {
-            Ok(Self(user_id))
-        } else {
-            Err(ClaimError::BadUserId)
-        }
+        if is_valid_user_id(&user_id) { Ok(Self(user_id)) } else { Err(ClaimError::BadUserId) }
     }
 
     /// The user id as text.
@@ -133,10 +129,7 @@ impl CountryCode {
     pub fn new(code: &str) -> Result<Self, ClaimError> {
         match code.as_bytes() {
             [first, second] if first.is_ascii_alphabetic() && second.is_ascii_alphabetic() => {
-                Ok(Self([
-                    first.to_ascii_uppercase(),
-                    second.to_ascii_uppercase(),
-                ]))
+                Ok(Self([first.to_ascii_uppercase(), second.to_ascii_uppercase()]))
             }
             _ => Err(ClaimError::BadCountryCode),
         }
@@ -262,27 +255,19 @@ pub fn verify(secret: &[u8], token: &str, now_ms: u64) -> Result<Claims, LoginTo
     if token.len() > MAX_TOKEN_LEN {
         return Err(LoginTokenError::Malformed("too long"));
     }
-    let (signed, signature) = token
-        .rsplit_once('.')
-        .ok_or(LoginTokenError::Malformed("no signature"))?;
+    let (signed, signature) = token.rsplit_once('.').ok_or(LoginTokenError::Malformed("no signature"))?;
 
     let claims = parse_signed_part(signed)?;
 
     if signature.len() != SIGNATURE_LEN {
         return Err(LoginTokenError::Malformed("signature length"));
     }
-    let signature = URL_SAFE_NO_PAD
-        .decode(signature)
-        .map_err(|_| LoginTokenError::Malformed("signature is not base64url"))?;
-    mac(secret, signed.as_bytes())
-        .verify_slice(&signature)
-        .map_err(|_| LoginTokenError::BadSignature)?;
+    let signature =
+        URL_SAFE_NO_PAD.decode(signature).map_err(|_| LoginTokenError::Malformed("signature is not base64url"))?;
+    mac(secret, signed.as_bytes()).verify_slice(&signature).map_err(|_| LoginTokenError::BadSignature)?;
 
     if now_ms >= claims.expires_at_ms {
-        return Err(LoginTokenError::Expired {
-            expires_at_ms: claims.expires_at_ms,
-            now_ms,
-        });
+        return Err(LoginTokenError::Expired { expires_at_ms: claims.expires_at_ms, now_ms });
     }
     Ok(claims)
 }
@@ -295,9 +280,7 @@ fn signed_part(claims: &Claims) -> String {
         claims.expires_at_ms,
         claims.country.as_ref().map_or("", CountryCode::as_str),
         claims.platform.map_or("", Platform::as_str),
-        claims
-            .client_version
-            .map_or_else(String::new, |version| version.to_string()),
+        claims.client_version.map_or_else(String::new, |version| version.to_string()),
     )
 }
 
@@ -330,10 +313,7 @@ fn parse_signed_part(signed: &str) -> Result<Claims, LoginTokenError> {
     };
     let platform = match platform {
         "" => None,
-        text => Some(
-            text.parse::<Platform>()
-                .map_err(|_| LoginTokenError::Malformed("platform"))?,
-        ),
+        text => Some(text.parse::<Platform>().map_err(|_| LoginTokenError::Malformed("platform"))?),
     };
     let client_version = match client_version {
         "" => None,
@@ -344,28 +324,19 @@ fn parse_signed_part(signed: &str) -> Result<Claims, LoginTokenError> {
         ),
     };
 
-    Ok(Claims {
-        user_id,
-        expires_at_ms,
-        country,
-        platform,
-        client_version,
-    })
+    Ok(Claims { user_id, expires_at_ms, country, platform, client_version })
 }
 
 /// Parses plain decimal digits with no sign and no leading zeros.
 fn parse_decimal(text: &str) -> Option<u64> {
-    let canonical = !text.is_empty()
-        && text.bytes().all(|byte| byte.is_ascii_digit())
-        && (text == "0" || !text.starts_with('0'));
+    let canonical =
+        !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) && (text == "0" || !text.starts_with('0'));
     if canonical { text.parse().ok() } else { None }
 }
 
 fn is_valid_user_id(user_id: &str) -> bool {
     (1..=MAX_USER_ID_LEN).contains(&user_id.len())
-        && user_id
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+        && user_id.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
 }
 
 fn mac(secret: &[u8], message: &[u8]) -> HmacSha256 {
@@ -400,12 +371,7 @@ mod tests {
 
     #[test]
     fn round_trip_without_profile() {
-        let claims = Claims {
-            country: None,
-            platform: None,
-            client_version: None,
-            ..claims()
-        };
+        let claims = Claims { country: None, platform: None, client_version: None, ..claims() };
         let token = mint(SECRET, &claims);
         assert!(token.starts_with("v1.anchor_42.1700000000000....")); // four dots: three empty fields
         assert_eq!(verify(SECRET, &token, 0), Ok(claims));
@@ -422,21 +388,10 @@ mod tests {
             platform: Some(Platform::Android),
             client_version: Some(207),
         };
-        let without_profile = Claims {
-            country: None,
-            platform: None,
-            client_version: None,
-            ..with_profile.clone()
-        };
+        let without_profile = Claims { country: None, platform: None, client_version: None, ..with_profile.clone() };
         for (claims, token) in [
-            (
-                with_profile,
-                "v1.42.1700000000000.IN.android.207._Y8OJuGQ52Yz6jw5no4qGFQLpGUydOCBg310ttxhjBg",
-            ),
-            (
-                without_profile,
-                "v1.42.1700000000000....uB61b-l5fOLy_ioODKnLR_ooyD4jJo90b8yQpDxbr4g",
-            ),
+            (with_profile, "v1.42.1700000000000.IN.android.207._Y8OJuGQ52Yz6jw5no4qGFQLpGUydOCBg310ttxhjBg"),
+            (without_profile, "v1.42.1700000000000....uB61b-l5fOLy_ioODKnLR_ooyD4jJo90b8yQpDxbr4g"),
         ] {
             assert_eq!(mint(b"secret", &claims), token);
             assert_eq!(verify(b"secret", token, 0), Ok(claims));
@@ -449,10 +404,7 @@ mod tests {
         for now_ms in [1_700_000_000_000, u64::MAX] {
             assert_eq!(
                 verify(SECRET, &token, now_ms),
-                Err(LoginTokenError::Expired {
-                    expires_at_ms: 1_700_000_000_000,
-                    now_ms
-                })
+                Err(LoginTokenError::Expired { expires_at_ms: 1_700_000_000_000, now_ms })
             );
         }
     }
@@ -460,10 +412,7 @@ mod tests {
     #[test]
     fn other_secret_is_a_bad_signature() {
         let token = mint(SECRET, &claims());
-        assert_eq!(
-            verify(b"another secret", &token, 0),
-            Err(LoginTokenError::BadSignature)
-        );
+        assert_eq!(verify(b"another secret", &token, 0), Err(LoginTokenError::BadSignature));
     }
 
     #[test]
@@ -479,11 +428,7 @@ mod tests {
         ] {
             let forged = token.replace(from, to);
             assert_ne!(forged, token);
-            assert_eq!(
-                verify(SECRET, &forged, 0),
-                Err(LoginTokenError::BadSignature),
-                "{forged}"
-            );
+            assert_eq!(verify(SECRET, &forged, 0), Err(LoginTokenError::BadSignature), "{forged}");
         }
     }
 
@@ -495,52 +440,28 @@ mod tests {
             ("v1", LoginTokenError::Malformed("no signature")),
             ("v2.a.1....x", LoginTokenError::UnknownVersion),
             ("v1.a.1...x", LoginTokenError::Malformed("client version")),
-            (
-                "v1.a.1.....x",
-                LoginTokenError::Malformed("too many fields"),
-            ),
+            ("v1.a.1.....x", LoginTokenError::Malformed("too many fields")),
             ("v1..1....x", LoginTokenError::BadUserId),
             ("v1.a b.1....x", LoginTokenError::BadUserId),
             ("v1.a.01....x", LoginTokenError::Malformed("expiry")),
             ("v1.a.+1....x", LoginTokenError::Malformed("expiry")),
-            (
-                "v1.a.99999999999999999999....x",
-                LoginTokenError::Malformed("expiry"),
-            ),
+            ("v1.a.99999999999999999999....x", LoginTokenError::Malformed("expiry")),
             ("v1.a.1.in...x", LoginTokenError::Malformed("country")),
             ("v1.a.1.IND...x", LoginTokenError::Malformed("country")),
             ("v1.a.1..web..x", LoginTokenError::Malformed("platform")),
-            (
-                "v1.a.1...4294967296.x",
-                LoginTokenError::Malformed("client version"),
-            ),
-            (
-                "v1.a.1...007.x",
-                LoginTokenError::Malformed("client version"),
-            ),
-            (
-                "v1.a.1....x",
-                LoginTokenError::Malformed("signature length"),
-            ),
+            ("v1.a.1...4294967296.x", LoginTokenError::Malformed("client version")),
+            ("v1.a.1...007.x", LoginTokenError::Malformed("client version")),
+            ("v1.a.1....x", LoginTokenError::Malformed("signature length")),
         ];
         for (token, error) in cases {
             assert_eq!(verify(SECRET, token, 0).as_ref(), Err(error), "{token:?}");
         }
         let not_base64 = format!("v1.a.1....{}", "*".repeat(SIGNATURE_LEN));
-        assert_eq!(
-            verify(SECRET, &not_base64, 0),
-            Err(LoginTokenError::Malformed("signature is not base64url"))
-        );
+        assert_eq!(verify(SECRET, &not_base64, 0), Err(LoginTokenError::Malformed("signature is not base64url")));
         let wrong = format!("v1.a.1....{signature}");
-        assert_eq!(
-            verify(SECRET, &wrong, 0),
-            Err(LoginTokenError::BadSignature)
-        );
+        assert_eq!(verify(SECRET, &wrong, 0), Err(LoginTokenError::BadSignature));
         let long = format!("v1.{}", "a".repeat(MAX_TOKEN_LEN));
-        assert_eq!(
-            verify(SECRET, &long, 0),
-            Err(LoginTokenError::Malformed("too long"))
-        );
+        assert_eq!(verify(SECRET, &long, 0), Err(LoginTokenError::Malformed("too long")));
     }
 
     #[test]

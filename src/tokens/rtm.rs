@@ -130,10 +130,7 @@ impl AccessTokenClaims {
     /// The RTM user id and privileges, if the token has an RTM service.
     pub fn rtm(&self) -> Option<(&str, &BTreeMap<u16, u32>)> {
         self.services.iter().find_map(|service| match service {
-            ServiceClaims::Rtm {
-                user_id,
-                privileges,
-            } => Some((user_id.as_str(), privileges)),
+            ServiceClaims::Rtm { user_id, privileges } => Some((user_id.as_str(), privileges)),
             _ => None,
         })
     }
@@ -219,22 +216,15 @@ pub fn build(request: &RtmTokenRequest<'_>) -> Result<String, RtmTokenError> {
     put_u32(&mut signing_info, request.expire_seconds);
     put_string(&mut signing_info, request.user_id.as_bytes());
 
-    let signature = sign(
-        request.app_certificate,
-        request.issued_at,
-        request.salt,
-        &signing_info,
-    );
+    let signature = sign(request.app_certificate, request.issued_at, request.salt, &signing_info);
 
     let mut content = Vec::with_capacity(2 + signature.len() + signing_info.len());
     put_string(&mut content, &signature);
     content.extend_from_slice(&signing_info);
 
     let mut encoder = ZlibEncoder::new(Vec::new(), Compression::default());
-    let compressed = encoder
-        .write_all(&content)
-        .and_then(|()| encoder.finish())
-        .expect("compressing into memory cannot fail");
+    let compressed =
+        encoder.write_all(&content).and_then(|()| encoder.finish()).expect("compressing into memory cannot fail");
 
     Ok(format!("{VERSION}{}", STANDARD.encode(compressed)))
 }
@@ -264,8 +254,7 @@ pub fn verify(token: &str, app_certificate: &str) -> Result<AccessTokenClaims, R
     let key = signing_key(app_certificate, claims.issued_at, claims.salt);
     let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length");
     mac.update(&signing_info);
-    mac.verify_slice(&signature)
-        .map_err(|_| RtmTokenError::BadSignature)?;
+    mac.verify_slice(&signature).map_err(|_| RtmTokenError::BadSignature)?;
     Ok(claims)
 }
 
@@ -285,12 +274,8 @@ pub fn decode_unverified(token: &str) -> Result<AccessTokenClaims, RtmTokenError
 /// Splits a token into its signature and its signing info (the bytes the
 /// signature covers).
 fn unpack_envelope(token: &str) -> Result<(Vec<u8>, Vec<u8>), RtmTokenError> {
-    let body = token
-        .strip_prefix(VERSION)
-        .ok_or(RtmTokenError::WrongVersion)?;
-    let compressed = STANDARD
-        .decode(body)
-        .map_err(|_| RtmTokenError::Malformed("not base64"))?;
+    let body = token.strip_prefix(VERSION).ok_or(RtmTokenError::WrongVersion)?;
+    let compressed = STANDARD.decode(body).map_err(|_| RtmTokenError::Malformed("not base64"))?;
 
     let mut content = Vec::new();
     ZlibDecoder::new(compressed.as_slice())
@@ -326,38 +311,23 @@ fn parse_signing_info(signing_info: &[u8]) -> Result<AccessTokenClaims, RtmToken
             SERVICE_TYPE_RTM => {
                 let privileges = reader.privileges()?;
                 let user_id = reader.text()?;
-                ServiceClaims::Rtm {
-                    privileges,
-                    user_id,
-                }
+                ServiceClaims::Rtm { privileges, user_id }
             }
             SERVICE_TYPE_RTC => {
                 let privileges = reader.privileges()?;
                 let channel_name = reader.text()?;
                 let user_id = reader.text()?;
-                ServiceClaims::Rtc {
-                    privileges,
-                    channel_name,
-                    user_id,
-                }
+                ServiceClaims::Rtc { privileges, channel_name, user_id }
             }
             other => {
-                services.push(ServiceClaims::Unknown {
-                    service_type: other,
-                });
+                services.push(ServiceClaims::Unknown { service_type: other });
                 break;
             }
         };
         services.push(service);
     }
 
-    Ok(AccessTokenClaims {
-        app_id,
-        issued_at,
-        expire_seconds,
-        salt,
-        services,
-    })
+    Ok(AccessTokenClaims { app_id, issued_at, expire_seconds, salt, services })
 }
 
 /// The signing key: the app certificate run through HMAC with the issue time,

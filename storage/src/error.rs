@@ -58,9 +58,7 @@ impl From<Error> for io::Error {
     fn from(error: Error) -> io::Error {
         match error {
             Error::Sled(sled_error) => io::Error::from(sled_error),
-            Error::Decode { .. } | Error::Corrupt { .. } => {
-                io::Error::new(io::ErrorKind::InvalidData, error)
-            }
+            Error::Decode { .. } | Error::Corrupt { .. } => io::Error::new(io::ErrorKind::InvalidData, error),
             Error::Encode { .. } => io::Error::new(io::ErrorKind::InvalidInput, error),
             Error::FlusherStopped => io::Error::new(io::ErrorKind::BrokenPipe, error),
         }

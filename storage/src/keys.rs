@@ -67,9 +67,7 @@ pub fn snapshot_tree_name(group: GroupId) -> String {
 /// The group whose log tree has this name, if it is one of ours.
 pub(crate) fn group_of_log_tree(name: &[u8]) -> Option<GroupId> {
     let name = std::str::from_utf8(name).ok()?;
-    let id = name
-        .strip_prefix(TREE_PREFIX)?
-        .strip_suffix(LOG_TREE_SUFFIX)?;
+    let id = name.strip_prefix(TREE_PREFIX)?.strip_suffix(LOG_TREE_SUFFIX)?;
     id.parse().ok().map(GroupId)
 }
 
@@ -79,24 +77,9 @@ mod tests {
 
     #[test]
     fn entry_keys_sort_like_their_indexes() {
-        let indexes = [
-            0,
-            1,
-            255,
-            256,
-            65_535,
-            65_536,
-            1 << 32,
-            u64::MAX - 1,
-            u64::MAX,
-        ];
+        let indexes = [0, 1, 255, 256, 65_535, 65_536, 1 << 32, u64::MAX - 1, u64::MAX];
         for pair in indexes.windows(2) {
-            assert!(
-                entry(pair[0]) < entry(pair[1]),
-                "{} vs {}",
-                pair[0],
-                pair[1]
-            );
+            assert!(entry(pair[0]) < entry(pair[1]), "{} vs {}", pair[0], pair[1]);
         }
     }
 
@@ -117,14 +100,8 @@ mod tests {
 
     #[test]
     fn log_tree_names_parse_back_to_their_group() {
-        assert_eq!(
-            group_of_log_tree(log_tree_name(GroupId(7)).as_bytes()),
-            Some(GroupId(7))
-        );
-        assert_eq!(
-            group_of_log_tree(snapshot_tree_name(GroupId(7)).as_bytes()),
-            None
-        );
+        assert_eq!(group_of_log_tree(log_tree_name(GroupId(7)).as_bytes()), Some(GroupId(7)));
+        assert_eq!(group_of_log_tree(snapshot_tree_name(GroupId(7)).as_bytes()), None);
         assert_eq!(group_of_log_tree(b"__sled__default"), None);
     }
 }

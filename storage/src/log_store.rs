@@ -51,20 +51,13 @@ pub struct LogStore<C> {
 
 impl<C> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        LogStore {
-            store: self.store.clone(),
-            group: self.group,
-            tree: self.tree.clone(),
-            _config: PhantomData,
-        }
+        LogStore { store: self.store.clone(), group: self.group, tree: self.tree.clone(), _config: PhantomData }
     }
 }
 
 impl<C> Debug for LogStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LogStore")
-            .field("group", &self.group)
-            .finish_non_exhaustive()
+        f.debug_struct("LogStore").field("group", &self.group).finish_non_exhaustive()
     }
 }
 
@@ -73,12 +66,7 @@ where
     C: RaftTypeConfig,
 {
     pub(crate) fn new(store: Store, group: GroupId, tree: sled::Tree) -> Self {
-        LogStore {
-            store,
-            group,
-            tree,
-            _config: PhantomData,
-        }
+        LogStore { store, group, tree, _config: PhantomData }
     }
 
     /// The raft group this log belongs to.
@@ -91,23 +79,14 @@ where
         &self.store
     }
 
-    fn read_value<T: DeserializeOwned>(
-        &self,
-        key: &[u8],
-        what: &'static str,
-    ) -> Result<Option<T>, Error> {
+    fn read_value<T: DeserializeOwned>(&self, key: &[u8], what: &'static str) -> Result<Option<T>, Error> {
         match self.tree.get(key)? {
             Some(bytes) => codec::decode(&bytes, what, self.group).map(Some),
             None => Ok(None),
         }
     }
 
-    fn write_value<T: Serialize>(
-        &self,
-        key: &[u8],
-        value: &T,
-        what: &'static str,
-    ) -> Result<(), Error> {
+    fn write_value<T: Serialize>(&self, key: &[u8], value: &T, what: &'static str) -> Result<(), Error> {
         let bytes = codec::encode(value, what, self.group)?;
         self.tree.insert(key, bytes)?;
         Ok(())
@@ -160,10 +139,7 @@ where
 
     /// The id of the last entry present in the log, ignoring the purge mark.
     fn last_entry_log_id(&self) -> Result<Option<LogIdOf<C>>, Error> {
-        let last = self
-            .tree
-            .range(keys::entry(0)..=keys::entry(u64::MAX))
-            .next_back();
+        let last = self.tree.range(keys::entry(0)..=keys::entry(u64::MAX)).next_back();
         match last {
             Some(item) => {
                 let (key, bytes) = item?;
@@ -222,10 +198,7 @@ where
             Some(last) => Some(last),
             None => last_purged_log_id.clone(),
         };
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -265,8 +238,7 @@ where
         }
         self.tree.apply_batch(batch).map_err(Error::from)?;
         // The entries are readable now; the callback waits for the disk.
-        self.store
-            .request_flush(Box::new(move |result| callback.io_completed(result)))?;
+        self.store.request_flush(Box::new(move |result| callback.io_completed(result)))?;
         Ok(())
     }
 
@@ -290,10 +262,7 @@ where
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        batch.insert(
-            keys::PURGED,
-            codec::encode(&log_id, "last purged log id", self.group)?,
-        );
+        batch.insert(keys::PURGED, codec::encode(&log_id, "last purged log id", self.group)?);
         for item in self.tree.range(keys::entry(0)..=keys::entry(log_id.index)) {
             let (key, _) = item.map_err(Error::from)?;
             batch.remove(key);

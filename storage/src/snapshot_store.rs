@@ -45,20 +45,13 @@ pub struct SnapshotStore<C> {
 
 impl<C> Clone for SnapshotStore<C> {
     fn clone(&self) -> Self {
-        SnapshotStore {
-            store: self.store.clone(),
-            group: self.group,
-            tree: self.tree.clone(),
-            _config: PhantomData,
-        }
+        SnapshotStore { store: self.store.clone(), group: self.group, tree: self.tree.clone(), _config: PhantomData }
     }
 }
 
 impl<C> fmt::Debug for SnapshotStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SnapshotStore")
-            .field("group", &self.group)
-            .finish_non_exhaustive()
+        f.debug_struct("SnapshotStore").field("group", &self.group).finish_non_exhaustive()
     }
 }
 
@@ -67,12 +60,7 @@ where
     C: RaftTypeConfig,
 {
     pub(crate) fn new(store: Store, group: GroupId, tree: sled::Tree) -> Self {
-        SnapshotStore {
-            store,
-            group,
-            tree,
-            _config: PhantomData,
-        }
+        SnapshotStore { store, group, tree, _config: PhantomData }
     }
 
     /// The raft group this snapshot store belongs to.
@@ -86,10 +74,7 @@ where
         let meta_len = u32::try_from(meta_bytes.len()).map_err(|_| Error::Corrupt {
             what: "snapshot meta",
             group: self.group,
-            detail: format!(
-                "metadata of {} bytes does not fit the header",
-                meta_bytes.len()
-            ),
+            detail: format!("metadata of {} bytes does not fit the header", meta_bytes.len()),
         })?;
         let mut value = Vec::with_capacity(HEADER_LEN + meta_bytes.len() + data.len());
         value.push(FORMAT_VERSION);
@@ -106,10 +91,7 @@ where
             return Ok(None);
         };
         let (meta, data_start) = self.split(&value)?;
-        Ok(Some(SnapshotOf::<C, Vec<u8>> {
-            meta,
-            snapshot: value[data_start..].to_vec(),
-        }))
+        Ok(Some(SnapshotOf::<C, Vec<u8>> { meta, snapshot: value[data_start..].to_vec() }))
     }
 
     /// The metadata of the stored snapshot, without copying its data.
@@ -122,11 +104,7 @@ where
 
     /// Decodes the metadata of a stored value and returns it with the offset of the data.
     fn split(&self, value: &[u8]) -> Result<(SnapshotMetaOf<C>, usize), Error> {
-        let corrupt = |detail: String| Error::Corrupt {
-            what: "snapshot",
-            group: self.group,
-            detail,
-        };
+        let corrupt = |detail: String| Error::Corrupt { what: "snapshot", group: self.group, detail };
         let Some((&version, rest)) = value.split_first() else {
             return Err(corrupt("empty value".to_owned()));
         };
@@ -138,10 +116,7 @@ where
         };
         let meta_len = u32::from_be_bytes(*length_bytes) as usize;
         let Some(meta_bytes) = rest.get(..meta_len) else {
-            return Err(corrupt(format!(
-                "metadata of {meta_len} bytes announced, only {} present",
-                rest.len()
-            )));
+            return Err(corrupt(format!("metadata of {meta_len} bytes announced, only {} present", rest.len())));
         };
         let meta = codec::decode(meta_bytes, "snapshot meta", self.group)?;
         Ok((meta, HEADER_LEN + meta_len))

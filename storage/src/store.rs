@@ -99,9 +99,7 @@ impl Store {
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(error))
-                    if is_lock_conflict(&error) && Instant::now() < deadline =>
-                {
+                Err(sled::Error::Io(error)) if is_lock_conflict(&error) && Instant::now() < deadline => {
                     thread::sleep(LOCK_RETRY_INTERVAL);
                 }
                 Err(error) => return Err(error.into()),
@@ -118,12 +116,7 @@ impl Store {
             })
             .map_err(|error| Error::Sled(error.into()))?;
         Ok(Store {
-            inner: Arc::new(Inner {
-                db,
-                flush_requests: Some(sender),
-                flush_thread: Some(flush_thread),
-                flush_count,
-            }),
+            inner: Arc::new(Inner { db, flush_requests: Some(sender), flush_thread: Some(flush_thread), flush_count }),
         })
     }
 
@@ -150,13 +143,8 @@ impl Store {
 
     /// The groups that have a log tree in this database, in increasing order.
     pub fn groups(&self) -> Vec<GroupId> {
-        let mut groups: Vec<GroupId> = self
-            .inner
-            .db
-            .tree_names()
-            .iter()
-            .filter_map(|name| keys::group_of_log_tree(name))
-            .collect();
+        let mut groups: Vec<GroupId> =
+            self.inner.db.tree_names().iter().filter_map(|name| keys::group_of_log_tree(name)).collect();
         groups.sort();
         groups
     }
@@ -197,9 +185,7 @@ impl Store {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
-            .field("flush_count", &self.flush_count())
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("flush_count", &self.flush_count()).finish_non_exhaustive()
     }
 }
 
@@ -217,11 +203,7 @@ impl Drop for Inner {
 
 /// Body of the flush thread: wait for a request, take all the others already waiting, flush
 /// once, answer them all.
-fn run_flush_thread(
-    db: sled::Db,
-    requests: mpsc::Receiver<FlushDone>,
-    flush_count: Arc<AtomicU64>,
-) {
+fn run_flush_thread(db: sled::Db, requests: mpsc::Receiver<FlushDone>, flush_count: Arc<AtomicU64>) {
     while let Ok(first) = requests.recv() {
         let mut waiting = vec![first];
         waiting.extend(requests.try_iter());

@@ -56,9 +56,7 @@ pub fn name(user: UserId) -> String {
 
 pub fn user(token: &str) -> UserId {
     let (prefix, number) = token.split_at(1);
-    let n: u64 = number
-        .parse()
-        .unwrap_or_else(|_| panic!("bad user '{token}'"));
+    let n: u64 = number.parse().unwrap_or_else(|_| panic!("bad user '{token}'"));
     match prefix {
         "a" => UserId(n),
         "v" => UserId(1000 + n),
@@ -76,9 +74,7 @@ impl World {
     pub fn new() -> World {
         World {
             lobby: Machine::lobby(Config::default()),
-            arenas: (0..ARENAS)
-                .map(|_| Machine::arena(Config::default()))
-                .collect(),
+            arenas: (0..ARENAS).map(|_| Machine::arena(Config::default())).collect(),
             at: 0,
             holding: false,
             held: Vec::new(),
@@ -104,30 +100,17 @@ impl World {
     }
 
     fn profile_for(&mut self, anchor: UserId, args: &Args) -> AnchorProfile {
-        let known = self
-            .profiles
-            .get(&anchor)
-            .cloned()
-            .unwrap_or(AnchorProfile {
-                room: RoomId(anchor.0),
-                country: "IN".to_string(),
-                platform: "android".to_string(),
-                version_code: 300,
-            });
+        let known = self.profiles.get(&anchor).cloned().unwrap_or(AnchorProfile {
+            room: RoomId(anchor.0),
+            country: "IN".to_string(),
+            platform: "android".to_string(),
+            version_code: 300,
+        });
         let profile = AnchorProfile {
             room: known.room,
-            country: args
-                .get("country")
-                .map(str::to_string)
-                .unwrap_or(known.country),
-            platform: args
-                .get("platform")
-                .map(str::to_string)
-                .unwrap_or(known.platform),
-            version_code: args
-                .get("vc")
-                .map(|v| v.parse().unwrap())
-                .unwrap_or(known.version_code),
+            country: args.get("country").map(str::to_string).unwrap_or(known.country),
+            platform: args.get("platform").map(str::to_string).unwrap_or(known.platform),
+            version_code: args.get("vc").map(|v| v.parse().unwrap()).unwrap_or(known.version_code),
         };
         self.profiles.insert(anchor, profile.clone());
         profile
@@ -145,25 +128,15 @@ impl World {
                 let profile = self.profile_for(anchor, &args);
                 Action::GoLive { anchor, profile }
             }
-            "offair" => Action::GoOffAir {
-                anchor: user(&words[1]),
-            },
+            "offair" => Action::GoOffAir { anchor: user(&words[1]) },
             "start" => {
                 let anchor = user(&words[1]);
                 let profile = self.profile_for(anchor, &args);
                 Action::StartMatch { anchor, profile }
             }
-            "stop" => Action::StopMatch {
-                anchor: user(&words[1]),
-            },
-            "accept" => Action::Accept {
-                inviter: user(&words[1]),
-                invitee: user(&words[2]),
-            },
-            "refuse" => Action::Refuse {
-                inviter: user(&words[1]),
-                invitee: user(&words[2]),
-            },
+            "stop" => Action::StopMatch { anchor: user(&words[1]) },
+            "accept" => Action::Accept { inviter: user(&words[1]), invitee: user(&words[2]) },
+            "refuse" => Action::Refuse { inviter: user(&words[1]), invitee: user(&words[2]) },
             "gift" => Action::Gift(Gift {
                 id: GiftId(args.num("id")),
                 pk: PkId(args.num("pk")),
@@ -171,11 +144,7 @@ impl World {
                 sender: user(args.get("from").unwrap()),
                 beans: args.get("beans").unwrap().parse().unwrap(),
                 profile: args.get("nick").map(|nick| {
-                    Box::new(GifterProfile {
-                        nickname: nick.to_string(),
-                        level: 1,
-                        ..GifterProfile::default()
-                    })
+                    Box::new(GifterProfile { nickname: nick.to_string(), level: 1, ..GifterProfile::default() })
                 }),
             }),
             "presence" => Action::ReportPresence(vec![Presence {
@@ -184,19 +153,12 @@ impl World {
                 online: args.get("online") != Some("false"),
                 audience: args.num("audience") as u32,
             }]),
-            "abort" => Action::AbortPk {
-                pk: PkId(args.num("pk")),
-            },
-            "persisted" => Action::ConfirmResultPersisted {
-                pk: PkId(args.num("pk")),
-            },
+            "abort" => Action::AbortPk { pk: PkId(args.num("pk")) },
+            "persisted" => Action::ConfirmResultPersisted { pk: PkId(args.num("pk")) },
             "config" => {
                 let rest = line.splitn(3, ' ').nth(2).unwrap();
                 let value = rest.rsplit_once(" at=").map_or(rest, |(v, _)| v);
-                let action = Action::SetConfig {
-                    key: words[1].clone(),
-                    value: value.to_string(),
-                };
+                let action = Action::SetConfig { key: words[1].clone(), value: value.to_string() };
                 self.apply(Group::Lobby, action.clone());
                 for arena in 0..ARENAS {
                     self.apply(Group::Arena(arena), action.clone());
@@ -204,24 +166,12 @@ impl World {
                 return;
             }
             "fire" => {
-                let group = if words[1] == "lobby" {
-                    Group::Lobby
-                } else {
-                    self.arena_of(PkId(args.num("pk")))
-                };
+                let group = if words[1] == "lobby" { Group::Lobby } else { self.arena_of(PkId(args.num("pk"))) };
                 let timer = match words[2].as_str() {
-                    "intervene" => Timer::Intervene {
-                        anchor: user(&words[3]),
-                    },
-                    "give-up" => Timer::GiveUp {
-                        anchor: user(&words[3]),
-                    },
-                    "end-battle" => Timer::EndBattle {
-                        pk: PkId(args.num("pk")),
-                    },
-                    "end-pk" => Timer::EndPk {
-                        pk: PkId(args.num("pk")),
-                    },
+                    "intervene" => Timer::Intervene { anchor: user(&words[3]) },
+                    "give-up" => Timer::GiveUp { anchor: user(&words[3]) },
+                    "end-battle" => Timer::EndBattle { pk: PkId(args.num("pk")) },
+                    "end-pk" => Timer::EndPk { pk: PkId(args.num("pk")) },
                     other => panic!("unknown timer {other}"),
                 };
                 self.apply(group, Action::Fire(timer));
@@ -238,11 +188,7 @@ impl World {
             "deliver" => {
                 // `deliver twice`: every held hand-over arrives a second time, as after a
                 // retry whose first answer was lost.
-                let times = if words.get(1).map(String::as_str) == Some("twice") {
-                    2
-                } else {
-                    1
-                };
+                let times = if words.get(1).map(String::as_str) == Some("twice") { 2 } else { 1 };
                 self.holding = false;
                 for (group, mut command) in std::mem::take(&mut self.held) {
                     // The receiving leader stamps the hand-over when it proposes it.
@@ -301,13 +247,7 @@ impl World {
     }
 
     pub fn apply(&mut self, group: Group, action: Action) {
-        self.apply_at(
-            group,
-            Command {
-                at: TimestampMs(self.at),
-                action,
-            },
-        );
+        self.apply_at(group, Command { at: TimestampMs(self.at), action });
     }
 
     pub fn apply_at(&mut self, group: Group, command: Command) {
@@ -353,10 +293,7 @@ impl World {
                 Effect::PkOrdered(order) => {
                     let arena = self.arena_of(order.pk);
                     let pk = order.pk;
-                    vec![
-                        (arena, Action::CreatePk(order)),
-                        (Group::Lobby, Action::ConfirmPkCreated { pk }),
-                    ]
+                    vec![(arena, Action::CreatePk(order)), (Group::Lobby, Action::ConfirmPkCreated { pk })]
                 }
                 Effect::PkSettled(result) => vec![
                     (Group::Lobby, Action::ReleaseRooms { pk: result.pk }),
@@ -386,7 +323,12 @@ impl World {
             names(&lobby.waiting),
             lobby.in_pk.iter().map(|(a, p)| format!("{}:pk{p}", name(*a))).collect::<Vec<_>>().join(","),
             lobby.live,
-            lobby.open_invitations.iter().map(|(r, e)| format!("{}->{}", name(*r), name(*e))).collect::<Vec<_>>().join(","),
+            lobby
+                .open_invitations
+                .iter()
+                .map(|(r, e)| format!("{}->{}", name(*r), name(*e)))
+                .collect::<Vec<_>>()
+                .join(","),
             lobby.cooldowns,
             lobby.outbox.iter().map(|p| p.0).collect::<Vec<_>>(),
             self.lobby.next_deadline().map(|t| t.0),
@@ -436,21 +378,10 @@ pub fn show_response(response: &Response) -> String {
         Response::Ignored => "ignored".to_string(),
         Response::Waiting => "waiting".to_string(),
         Response::Matched { pk, source, target } => {
-            format!(
-                "matched pk{pk} source={} target={} ({})",
-                name(*source),
-                name(*target),
-                response.code()
-            )
+            format!("matched pk{pk} source={} target={} ({})", name(*source), name(*target), response.code())
         }
-        Response::GiftCounted {
-            duplicate,
-            side_beans,
-        } => {
-            format!(
-                "counted{} side={side_beans}",
-                if *duplicate { " (duplicate)" } else { "" }
-            )
+        Response::GiftCounted { duplicate, side_beans } => {
+            format!("counted{} side={side_beans}", if *duplicate { " (duplicate)" } else { "" })
         }
         Response::Rejected(reason) => format!("rejected {} {:?}", reason.code(), reason),
     }
@@ -487,9 +418,7 @@ pub fn show_view(view: &PkView) -> String {
         if view.interfered { " interfered" } else { "" },
         show_side(&view.source),
         show_side(&view.target),
-        view.winner
-            .map(|w| format!(" | winner={}", name(w)))
-            .unwrap_or_default()
+        view.winner.map(|w| format!(" | winner={}", name(w))).unwrap_or_default()
     )
 }
 
@@ -524,29 +453,19 @@ pub fn show_effect(effect: &Effect) -> String {
                 format!("cache room_pk_invited {} {}", name(*anchor), opt(at))
             }
             CacheChange::Pk { pk } => format!("cache pk_{pk}"),
-            CacheChange::GifterTotal {
-                pk,
-                anchor,
-                sender,
-                beans,
-            } => {
+            CacheChange::GifterTotal { pk, anchor, sender, beans } => {
                 format!("cache pkg_{pk}_{} {}={beans}", anchor, name(*sender))
             }
-            CacheChange::PkEnded { pk, anchors } => format!(
-                "cache drop pk_{pk} pkg_{pk}_{} pkg_{pk}_{}",
-                anchors[0], anchors[1]
-            ),
+            CacheChange::PkEnded { pk, anchors } => {
+                format!("cache drop pk_{pk} pkg_{pk}_{} pkg_{pk}_{}", anchors[0], anchors[1])
+            }
         },
         Effect::PkOrdered(order) => format!(
             "ordered pk{} {} vs {}{} at={} -> arena{}",
             order.pk,
             name(order.source.anchor),
             name(order.target.anchor),
-            if order.interfered {
-                " (interfered)"
-            } else {
-                ""
-            },
+            if order.interfered { " (interfered)" } else { "" },
             order.created_at,
             arena_for(order.pk, ARENAS)
         ),
@@ -557,23 +476,14 @@ pub fn show_effect(effect: &Effect) -> String {
                     .iter()
                     .map(|g| format!("#{} {}:{}x{}", g.rank, name(g.sender), g.beans, g.times))
                     .collect();
-                format!(
-                    "{} {} aud={} [{}]",
-                    name(s.anchor),
-                    s.beans,
-                    s.audience,
-                    gifters.join(" ")
-                )
+                format!("{} {} aud={} [{}]", name(s.anchor), s.beans, s.audience, gifters.join(" "))
             };
             format!(
                 "settled pk{} {:?}(t_pk {}){} {}..{} dur={} | {} | {} | winner={}",
                 result.pk,
                 result.status,
                 result.status.table_code(),
-                result
-                    .abnormal
-                    .map(|a| format!(" {a:?}"))
-                    .unwrap_or_default(),
+                result.abnormal.map(|a| format!(" {a:?}")).unwrap_or_default(),
                 result.start_time,
                 result.end_time,
                 result.duration_ms,
@@ -614,9 +524,6 @@ impl Args {
     }
 
     fn num(&self, key: &str) -> u64 {
-        self.get(key)
-            .unwrap_or_else(|| panic!("missing {key}="))
-            .parse()
-            .unwrap()
+        self.get(key).unwrap_or_else(|| panic!("missing {key}=")).parse().unwrap()
     }
 }

@@ -89,10 +89,7 @@ impl RaftSnapshotBuilder<KvConfig> for KvSnapshotBuilder {
             last_membership: self.state.last_membership.clone(),
         };
         self.snapshots.save(&meta, &data).await?;
-        Ok(SnapshotOf::<KvConfig, Vec<u8>> {
-            meta,
-            snapshot: data,
-        })
+        Ok(SnapshotOf::<KvConfig, Vec<u8>> { meta, snapshot: data })
     }
 }
 
@@ -100,9 +97,7 @@ impl RaftStateMachine<KvConfig> for KvStateMachine {
     type SnapshotData = Vec<u8>;
     type SnapshotBuilder = KvSnapshotBuilder;
 
-    async fn applied_state(
-        &mut self,
-    ) -> io::Result<(Option<LogIdOf<KvConfig>>, StoredMembershipOf<KvConfig>)> {
+    async fn applied_state(&mut self) -> io::Result<(Option<LogIdOf<KvConfig>>, StoredMembershipOf<KvConfig>)> {
         Ok((self.state.last_applied, self.state.last_membership.clone()))
     }
 
@@ -117,8 +112,7 @@ impl RaftStateMachine<KvConfig> for KvStateMachine {
                 EntryPayload::Blank => Previous(None),
                 EntryPayload::Normal(put) => Previous(self.state.data.insert(put.key, put.value)),
                 EntryPayload::Membership(membership) => {
-                    self.state.last_membership =
-                        StoredMembershipOf::<KvConfig>::new(Some(entry.log_id), membership);
+                    self.state.last_membership = StoredMembershipOf::<KvConfig>::new(Some(entry.log_id), membership);
                     Previous(None)
                 }
             };
@@ -130,17 +124,10 @@ impl RaftStateMachine<KvConfig> for KvStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> KvSnapshotBuilder {
-        KvSnapshotBuilder {
-            state: self.state.clone(),
-            snapshots: self.snapshots.clone(),
-        }
+        KvSnapshotBuilder { state: self.state.clone(), snapshots: self.snapshots.clone() }
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMetaOf<KvConfig>,
-        snapshot: Vec<u8>,
-    ) -> io::Result<()> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<KvConfig>, snapshot: Vec<u8>) -> io::Result<()> {
         let state = decode_state(&snapshot)?;
         self.snapshots.save(meta, &snapshot).await?;
         self.state = state;

@@ -37,13 +37,7 @@ fn id(term: u64, index: u64) -> LogIdOf<KvConfig> {
 
 /// A normal entry whose payload names its group and index, so a mix-up shows.
 fn put(group: u64, term: u64, index: u64) -> EntryOf<KvConfig> {
-    EntryOf::<KvConfig>::new_normal(
-        id(term, index),
-        Put {
-            key: format!("g{group}"),
-            value: format!("i{index}"),
-        },
-    )
+    EntryOf::<KvConfig>::new_normal(id(term, index), Put { key: format!("g{group}"), value: format!("i{index}") })
 }
 
 fn membership(term: u64, index: u64, voters: &[u64]) -> EntryOf<KvConfig> {
@@ -60,13 +54,7 @@ async fn reopening_recovers_vote_log_committed_and_purged() -> TestResult {
     let dir = TempDir::new()?;
     let vote: VoteOf<KvConfig> = Vote::new_committed(3, 2);
     let written: Vec<EntryOf<KvConfig>> = (1..=10)
-        .map(|index| {
-            if index == 1 {
-                membership(1, 1, &[1, 2, 3])
-            } else {
-                put(7, 1 + index / 5, index)
-            }
-        })
+        .map(|index| if index == 1 { membership(1, 1, &[1, 2, 3]) } else { put(7, 1 + index / 5, index) })
         .collect();
     {
         let store = Store::open(dir.path())?;
@@ -86,11 +74,7 @@ async fn reopening_recovers_vote_log_committed_and_purged() -> TestResult {
     assert_eq!(log.read_vote().await?, Some(vote));
     assert_eq!(log.read_committed().await?, Some(id(2, 8)));
     let entries = log.try_get_log_entries(..).await?;
-    assert_eq!(
-        entries,
-        written[3..9].to_vec(),
-        "entries 4..=9 survive, in order"
-    );
+    assert_eq!(entries, written[3..9].to_vec(), "entries 4..=9 survive, in order");
     assert_eq!(store.groups(), vec![GroupId(7)]);
     Ok(())
 }
@@ -101,8 +85,7 @@ async fn purging_everything_keeps_the_purge_mark_as_last_log_id_across_reopen() 
     {
         let store = Store::open(dir.path())?;
         let mut log = log_of(&store, 1)?;
-        log.blocking_append((1..=5).map(|index| put(1, 1, index)))
-            .await?;
+        log.blocking_append((1..=5).map(|index| put(1, 1, index))).await?;
         log.purge(id(1, 5)).await?;
         // An older purge must not move the mark back.
         log.purge(id(1, 2)).await?;
@@ -124,8 +107,7 @@ async fn log_order_holds_past_byte_boundaries() -> TestResult {
     let mut log = log_of(&store, 1)?;
     let first = 250;
     let last = 70_000;
-    log.blocking_append((first..=last).map(|index| put(1, 1, index)))
-        .await?;
+    log.blocking_append((first..=last).map(|index| put(1, 1, index))).await?;
     let entries = log.try_get_log_entries(254..=257).await?;
     let indexes: Vec<u64> = entries.iter().map(|entry| entry.index()).collect();
     assert_eq!(indexes, vec![254, 255, 256, 257]);
@@ -133,10 +115,7 @@ async fn log_order_holds_past_byte_boundaries() -> TestResult {
     assert_eq!(state.last_log_id, Some(id(1, last)));
     let tail = log.try_get_log_entries(65_534..).await?;
     assert_eq!(tail.len() as u64, last - 65_534 + 1);
-    assert!(
-        tail.windows(2)
-            .all(|pair| pair[0].index() + 1 == pair[1].index())
-    );
+    assert!(tail.windows(2).all(|pair| pair[0].index() + 1 == pair[1].index()));
     Ok(())
 }
 
@@ -147,12 +126,8 @@ async fn groups_sharing_a_database_do_not_see_each_other() -> TestResult {
         let store = Store::open(dir.path())?;
         let mut lobby = log_of(&store, 0)?;
         let mut arena = log_of(&store, 1)?;
-        lobby
-            .blocking_append((1..=6).map(|index| put(0, 1, index)))
-            .await?;
-        arena
-            .blocking_append((1..=4).map(|index| put(1, 2, index)))
-            .await?;
+        lobby.blocking_append((1..=6).map(|index| put(0, 1, index))).await?;
+        arena.blocking_append((1..=4).map(|index| put(1, 2, index))).await?;
         lobby.save_vote(&Vote::new_committed(1, 1)).await?;
         arena.save_vote(&Vote::new(2, 3)).await?;
         lobby.save_committed(Some(id(1, 6))).await?;
@@ -161,10 +136,7 @@ async fn groups_sharing_a_database_do_not_see_each_other() -> TestResult {
 
         // Another handle on the same group sees the same data.
         let mut lobby_again = log_of(&store, 0)?;
-        assert_eq!(
-            lobby_again.get_log_state().await?.last_log_id,
-            Some(id(1, 6))
-        );
+        assert_eq!(lobby_again.get_log_state().await?.last_log_id, Some(id(1, 6)));
     }
 
     let store = Store::open(dir.path())?;
@@ -172,14 +144,8 @@ async fn groups_sharing_a_database_do_not_see_each_other() -> TestResult {
     let mut lobby = log_of(&store, 0)?;
     let mut arena = log_of(&store, 1)?;
 
-    assert_eq!(
-        lobby.try_get_log_entries(..).await?,
-        (3..=6).map(|index| put(0, 1, index)).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        arena.try_get_log_entries(..).await?,
-        (1..=3).map(|index| put(1, 2, index)).collect::<Vec<_>>()
-    );
+    assert_eq!(lobby.try_get_log_entries(..).await?, (3..=6).map(|index| put(0, 1, index)).collect::<Vec<_>>());
+    assert_eq!(arena.try_get_log_entries(..).await?, (1..=3).map(|index| put(1, 2, index)).collect::<Vec<_>>());
     assert_eq!(lobby.read_vote().await?, Some(Vote::new_committed(1, 1)));
     assert_eq!(arena.read_vote().await?, Some(Vote::new(2, 3)));
     assert_eq!(lobby.read_committed().await?, Some(id(1, 6)));
@@ -200,19 +166,13 @@ async fn a_saved_snapshot_reads_back_intact_after_reopen() -> TestResult {
         Some(id(1, 1)),
         openraft::Membership::new_with_defaults(vec![BTreeSet::from([1, 2, 3])], []),
     );
-    let meta = SnapshotMetaOf::<KvConfig> {
-        last_log_id: Some(id(4, 1_000)),
-        last_membership: membership.clone(),
-    };
+    let meta = SnapshotMetaOf::<KvConfig> { last_log_id: Some(id(4, 1_000)), last_membership: membership.clone() };
     // Every byte value, and enough of them to span many sled pages.
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     {
         let store = Store::open(dir.path())?;
         let snapshots = store.snapshot_store::<KvConfig>(5)?;
-        let older = SnapshotMetaOf::<KvConfig> {
-            last_log_id: Some(id(4, 10)),
-            last_membership: membership.clone(),
-        };
+        let older = SnapshotMetaOf::<KvConfig> { last_log_id: Some(id(4, 10)), last_membership: membership.clone() };
         snapshots.save(&older, b"older").await?;
         snapshots.save(&meta, &data).await?;
     }
@@ -221,15 +181,9 @@ async fn a_saved_snapshot_reads_back_intact_after_reopen() -> TestResult {
     let snapshots = store.snapshot_store::<KvConfig>(5)?;
     let loaded = snapshots.load()?.ok_or("the snapshot is gone")?;
     assert_eq!(loaded.meta, meta);
-    assert!(
-        loaded.snapshot == data,
-        "snapshot data differs after reopen"
-    );
+    assert!(loaded.snapshot == data, "snapshot data differs after reopen");
     assert_eq!(snapshots.load_meta()?, Some(meta));
-    assert!(
-        store.snapshot_store::<KvConfig>(6)?.load()?.is_none(),
-        "other groups have no snapshot"
-    );
+    assert!(store.snapshot_store::<KvConfig>(6)?.load()?.is_none(), "other groups have no snapshot");
     Ok(())
 }
 
@@ -252,10 +206,7 @@ async fn a_state_machine_comes_back_from_its_snapshot() -> TestResult {
     assert_eq!(applied, Some(id(1, 3)));
     assert_eq!(membership, built.meta.last_membership);
     assert_eq!(machine.state.data.get("g3").map(String::as_str), Some("i3"));
-    let current = machine
-        .get_current_snapshot()
-        .await?
-        .ok_or("no current snapshot")?;
+    let current = machine.get_current_snapshot().await?.ok_or("no current snapshot")?;
     assert_eq!(current.meta, built.meta);
     assert_eq!(current.snapshot, built.snapshot);
     Ok(())
@@ -270,10 +221,7 @@ async fn damaged_bytes_are_reported_as_invalid_data() -> TestResult {
 
     let log_tree = store.db().open_tree(keys::log_tree_name(GroupId(9)))?;
     log_tree.insert(b"m:vote", &[0xff, 0xff, 0xff][..])?;
-    let error = log
-        .read_vote()
-        .await
-        .expect_err("garbage must not decode as a vote");
+    let error = log.read_vote().await.expect_err("garbage must not decode as a vote");
     assert_eq!(error.kind(), io::ErrorKind::InvalidData);
 
     // A valid entry stored under the wrong index is damage too.
@@ -281,28 +229,14 @@ async fn damaged_bytes_are_reported_as_invalid_data() -> TestResult {
     let mut key = vec![b'e'];
     key.extend_from_slice(&2u64.to_be_bytes());
     log_tree.insert(key, misplaced)?;
-    let error = log
-        .try_get_log_entries(1..=2)
-        .await
-        .expect_err("misplaced entry");
+    let error = log.try_get_log_entries(1..=2).await.expect_err("misplaced entry");
     assert_eq!(error.kind(), io::ErrorKind::InvalidData);
 
     let snapshot_tree = store.db().open_tree(keys::snapshot_tree_name(GroupId(9)))?;
-    for garbage in [
-        &b""[..],
-        &[1, 0, 0, 0, 200, 1, 2][..],
-        &[9, 0, 0, 0, 0][..],
-        &[1, 0][..],
-    ] {
+    for garbage in [&b""[..], &[1, 0, 0, 0, 200, 1, 2][..], &[9, 0, 0, 0, 0][..], &[1, 0][..]] {
         snapshot_tree.insert(b"current", garbage)?;
-        let error = store
-            .snapshot_store::<KvConfig>(9)?
-            .load()
-            .expect_err("garbage snapshot");
-        assert!(
-            matches!(error, pkd_storage::Error::Corrupt { .. }),
-            "{error}"
-        );
+        let error = store.snapshot_store::<KvConfig>(9)?.load().expect_err("garbage snapshot");
+        assert!(matches!(error, pkd_storage::Error::Corrupt { .. }), "{error}");
         assert_eq!(io::Error::from(error).kind(), io::ErrorKind::InvalidData);
     }
     Ok(())
@@ -316,10 +250,7 @@ async fn an_append_is_acknowledged_only_after_a_flush() -> TestResult {
     for index in 1..=3 {
         let before = store.flush_count();
         log.blocking_append([put(1, 1, index)]).await?;
-        assert!(
-            store.flush_count() > before,
-            "append {index} acknowledged without a flush"
-        );
+        assert!(store.flush_count() > before, "append {index} acknowledged without a flush");
     }
     let before = store.flush_count();
     log.save_vote(&Vote::new(1, 1)).await?;
@@ -332,16 +263,13 @@ async fn concurrent_appends_of_many_groups_share_flushes() -> TestResult {
     let dir = TempDir::new()?;
     let store = Store::open(dir.path())?;
     let groups = 64u64;
-    let mut logs = (0..groups)
-        .map(|group| log_of(&store, group))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut logs = (0..groups).map(|group| log_of(&store, group)).collect::<Result<Vec<_>, _>>()?;
     let before = store.flush_count();
 
     let mut acknowledgements = Vec::new();
     for (group, log) in (0..groups).zip(logs.iter_mut()) {
         let (sender, receiver) = KvConfig::oneshot();
-        log.append([put(group, 1, 1)], IOFlushed::signal(sender))
-            .await?;
+        log.append([put(group, 1, 1)], IOFlushed::signal(sender)).await?;
         acknowledgements.push(receiver);
     }
     for acknowledgement in acknowledgements {
@@ -350,10 +278,7 @@ async fn concurrent_appends_of_many_groups_share_flushes() -> TestResult {
 
     let flushes = store.flush_count() - before;
     assert!(flushes >= 1);
-    assert!(
-        flushes < groups,
-        "{groups} appends took {flushes} flushes: no group commit"
-    );
+    assert!(flushes < groups, "{groups} appends took {flushes} flushes: no group commit");
     for (group, log) in (0..groups).zip(logs.iter_mut()) {
         assert_eq!(log.try_get_log_entries(..).await?, vec![put(group, 1, 1)]);
     }

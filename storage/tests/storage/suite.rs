@@ -24,9 +24,7 @@ fn to_storage_error(error: impl std::fmt::Display) -> StorageError<KvConfig> {
 struct FreshDatabase;
 
 impl StoreBuilder<KvConfig, LogStore<KvConfig>, KvStateMachine, TempDir> for FreshDatabase {
-    async fn build(
-        &self,
-    ) -> Result<(TempDir, LogStore<KvConfig>, KvStateMachine), StorageError<KvConfig>> {
+    async fn build(&self) -> Result<(TempDir, LogStore<KvConfig>, KvStateMachine), StorageError<KvConfig>> {
         let dir = TempDir::new().map_err(to_storage_error)?;
         let store = Store::open(dir.path()).map_err(to_storage_error)?;
         let log = store.log_store(1).map_err(to_storage_error)?;
@@ -45,9 +43,7 @@ struct SharedDatabase {
 }
 
 impl StoreBuilder<KvConfig, LogStore<KvConfig>, KvStateMachine> for SharedDatabase {
-    async fn build(
-        &self,
-    ) -> Result<((), LogStore<KvConfig>, KvStateMachine), StorageError<KvConfig>> {
+    async fn build(&self) -> Result<((), LogStore<KvConfig>, KvStateMachine), StorageError<KvConfig>> {
         let group = self.next_group.fetch_add(1, Ordering::Relaxed);
         let log = self.store.log_store(group).map_err(to_storage_error)?;
         let snapshots = self.store.snapshot_store(group).map_err(to_storage_error)?;
@@ -65,16 +61,9 @@ async fn openraft_suite_on_a_fresh_database_per_test() -> Result<(), StorageErro
 async fn openraft_suite_on_many_groups_of_one_database() -> Result<(), StorageError<KvConfig>> {
     let dir = TempDir::new().map_err(to_storage_error)?;
     let store = Store::open(dir.path()).map_err(to_storage_error)?;
-    let builder = SharedDatabase {
-        store: store.clone(),
-        next_group: AtomicU64::new(0),
-        _dir: dir,
-    };
+    let builder = SharedDatabase { store: store.clone(), next_group: AtomicU64::new(0), _dir: dir };
     Suite::test_all(builder).await?;
     let groups = store.groups();
-    assert!(
-        groups.len() > 40,
-        "the suite should have used one group per case, got {groups:?}"
-    );
+    assert!(groups.len() > 40, "the suite should have used one group per case, got {groups:?}");
     Ok(())
 }
