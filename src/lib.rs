@@ -3,4 +3,5 @@
 //! result sinks.
 
 pub mod cli;
+pub mod gateway;
 pub mod tokens;
