@@ -821,6 +821,16 @@ fn a_connection_acts_only_for_its_own_user() {
         accept.authorize(UserId(1)).map_err(|error| error.code()),
         Err(code::IMPERSONATION)
     );
+    // Only the room's own anchor may enter it as its anchor.
+    let host = parse_text(r#"{"commandId":40,"sequence":1,"roomId":9,"type":2}"#).expect("parses");
+    assert!(host.authorize(UserId(9)).is_ok());
+    assert_eq!(
+        host.authorize(UserId(1)).map_err(|error| error.code()),
+        Err(code::IMPERSONATION)
+    );
+    let viewer =
+        parse_text(r#"{"commandId":40,"sequence":1,"roomId":9,"type":1}"#).expect("parses");
+    assert!(viewer.authorize(UserId(1)).is_ok());
     // Other commands name no actor.
     let state = parse_text(r#"{"commandId":42,"sequence":1,"roomId":9}"#).expect("parses");
     assert!(state.authorize(UserId(1)).is_ok());
@@ -858,6 +868,7 @@ fn protocol_codes_do_not_collide_with_the_engine_codes() {
         code::NOT_AUTHENTICATED,
         code::IMPERSONATION,
         code::RATE_LIMITED,
+        code::UNAVAILABLE,
     ];
     let engine = [
         Reason::InvitationTaken,

@@ -59,7 +59,7 @@ pub mod push_type {
 
 /// Reply codes of the protocol layer. The engine's own codes come from
 /// `pkd_raft::Response::code` and `pkd_raft::Reason::code`; these sit apart from
-/// them, in 900001 to 900007.
+/// them, in 900001 to 900008.
 pub mod code {
     /// Success, as in the source.
     pub const SUCCESS: &str = "000000";
@@ -77,6 +77,9 @@ pub mod code {
     pub const IMPERSONATION: &str = "900006";
     /// The connection sends commands faster than allowed.
     pub const RATE_LIMITED: &str = "900007";
+    /// pkd cannot serve the request right now (no leader reachable, shutting
+    /// down); retry later, with the same gift id for gifts.
+    pub const UNAVAILABLE: &str = "900008";
 }
 
 /// The `desc` of a successful reply, as in the source.
@@ -226,8 +229,19 @@ impl ClientMessage {
 
     /// Checks that the message acts only for `connection_user`, the user of the
     /// connection's login token; otherwise an [`code::IMPERSONATION`] error.
+    ///
+    /// Command 28 must name the connection's user as its actor. Entering a room
+    /// as its anchor (command 40, type 2) is allowed only in the room whose id is
+    /// the user's id, the app's convention: the login token names no room.
     pub fn authorize(&self, connection_user: UserId) -> Result<(), ProtocolError> {
-        match self.acting_user() {
+        let claimed = match self.command {
+            ClientCommand::EnterRoom {
+                room,
+                role: RoomRole::Anchor,
+            } => Some(UserId(room.0)),
+            _ => self.acting_user(),
+        };
+        match claimed {
             Some(claimed) if claimed != connection_user => Err(ProtocolError {
                 kind: ProtocolErrorKind::Impersonation {
                     claimed,
