@@ -537,6 +537,14 @@ fn bad_input_gets_the_right_error_reply() {
             json!(2),
         ),
         (
+            "unknown commandId without a sequence",
+            r#"{"commandId":45,"roomId":"x"}"#.into(),
+            code::UNKNOWN_COMMAND,
+            json!(-45),
+            Value::Null,
+            Value::Null,
+        ),
+        (
             "msgType pub",
             r#"{"commandId":28,"msgType":"pub","sequence":5,"roomId":2,"type":4,"source":2}"#
                 .into(),

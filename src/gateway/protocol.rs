@@ -474,6 +474,9 @@ pub fn parse_frame(frame: &[u8]) -> Result<ClientMessage, ProtocolError> {
 
 fn parse_object(fields: &Map<String, Value>) -> Result<ClientMessage, ProtocolErrorKind> {
     let command_id = required(integer(fields, "commandId")?, "commandId")?;
+    if !KNOWN_COMMAND_IDS.contains(&command_id) {
+        return Err(ProtocolErrorKind::UnknownCommand { command_id });
+    }
     match fields.get("msgType") {
         None | Some(Value::Null) => {}
         Some(Value::String(kind)) if kind == "command" => {}
@@ -573,6 +576,17 @@ fn parse_object(fields: &Map<String, Value>) -> Result<ClientMessage, ProtocolEr
         command,
     })
 }
+
+/// Every `commandId` [`parse_frame`] accepts.
+const KNOWN_COMMAND_IDS: [i64; 7] = [
+    command_id::RTM_TOKEN,
+    command_id::MATCH,
+    command_id::ENTER_ROOM,
+    command_id::LEAVE_ROOM,
+    command_id::ROOM_PK_STATE,
+    command_id::GO_ON_MIC,
+    command_id::HEARTBEAT,
+];
 
 /// The allowed range of ids, for error messages.
 const ID_RANGE: &str = "1 to 9223372036854775807";
