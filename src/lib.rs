@@ -3,5 +3,6 @@
 //! result sinks.
 
 pub mod cli;
+pub mod gateway;
 pub mod tokens;
 pub mod transport;
