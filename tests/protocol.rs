@@ -3,13 +3,10 @@
 //! every valid command survives a round trip, and no input makes the parser panic.
 
 use pkd::gateway::protocol::{
-    self, ClientCommand, ClientMessage, Echo, MAX_FRAME_BYTES, MatchAction, ProtocolErrorKind,
-    Reply, ReplyResult, RoomRole, code, command_id, parse_frame, parse_text, render_pk_state,
-    render_push,
+    self, ClientCommand, ClientMessage, Echo, MAX_FRAME_BYTES, MatchAction, ProtocolErrorKind, Reply, ReplyResult,
+    RoomRole, code, command_id, parse_frame, parse_text, render_pk_state, render_push,
 };
-use pkd_raft::effect::{
-    Audience, MatchFailure, PkStatus, PkView, Push, PushMessage, SideView, TopGifter,
-};
+use pkd_raft::effect::{Audience, MatchFailure, PkStatus, PkView, Push, PushMessage, SideView, TopGifter};
 use pkd_raft::{GifterProfile, PkId, Reason, Response, RoomId, TimestampMs, UserId};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -197,19 +194,9 @@ fn source_example_view() -> PkView {
 #[test]
 fn reply_to_27_is_the_source_example() {
     let request = parse_text(SOURCE_REQUEST_27).expect("the source's request parses");
-    assert_eq!(
-        request.command,
-        ClientCommand::RtmToken {
-            room: RoomId(2100216)
-        }
-    );
-    let token = json(SOURCE_REPLY_27)["result"]
-        .as_str()
-        .expect("token")
-        .to_owned();
-    let reply = Reply::success(request.echo(), ReplyResult::Token(token))
-        .to_user(UserId(2100216))
-        .cost_ms(3);
+    assert_eq!(request.command, ClientCommand::RtmToken { room: RoomId(2100216) });
+    let token = json(SOURCE_REPLY_27)["result"].as_str().expect("token").to_owned();
+    let reply = Reply::success(request.echo(), ReplyResult::Token(token)).to_user(UserId(2100216)).cost_ms(3);
     let ours = json(&reply.render());
     assert_same_shape(&ours, &json(SOURCE_REPLY_27), "reply27");
     assert_eq!(ours, json(SOURCE_REPLY_27));
@@ -222,10 +209,7 @@ fn reply_to_28_has_the_source_reply_shape() {
     let request = parse_text(SOURCE_REQUEST_28).expect("the source's request parses");
     assert_eq!(
         request.command,
-        ClientCommand::Match {
-            room: RoomId(2),
-            action: MatchAction::Start { anchor: UserId(2) },
-        }
+        ClientCommand::Match { room: RoomId(2), action: MatchAction::Start { anchor: UserId(2) } }
     );
     assert_eq!(request.log_id.as_deref(), Some("socket_2__28"));
     assert_eq!(request.init_time, Some(1626146346120));
@@ -235,9 +219,7 @@ fn reply_to_28_has_the_source_reply_shape() {
     let expected = json(
         r#"{"roomId":2,"destination":null,"costTime":[1],"msgType":"command","fromUser":2,"toUser":2,"mode":"u","sequence":0,"commandId":-28,"code":"000000","desc":"Success!","result":null}"#,
     );
-    let queued = Reply::for_response(request.echo(), &Response::Waiting)
-        .to_user(UserId(2))
-        .cost_ms(1);
+    let queued = Reply::for_response(request.echo(), &Response::Waiting).to_user(UserId(2)).cost_ms(1);
     assert_eq!(queued.to_value(), expected);
     let mut shape_27 = json(SOURCE_REPLY_27);
     shape_27["destination"] = Value::Null;
@@ -245,11 +227,7 @@ fn reply_to_28_has_the_source_reply_shape() {
     assert_same_shape(&queued.to_value(), &shape_27, "reply28");
 
     // The source's three codes.
-    let matched = Response::Matched {
-        pk: PkId(19),
-        source: UserId(1),
-        target: UserId(2),
-    };
+    let matched = Response::Matched { pk: PkId(19), source: UserId(1), target: UserId(2) };
     let cases = [
         (matched, "902004"),
         (Response::Rejected(Reason::InvitationTaken), "902003"),
@@ -269,43 +247,26 @@ fn reply_to_28_has_the_source_reply_shape() {
 
 #[test]
 fn push_10_is_the_source_example() {
-    let push = Push {
-        to: Audience::Room(RoomId(2099934)),
-        message: PushMessage::PkState(Box::new(source_example_view())),
-    };
+    let push =
+        Push { to: Audience::Room(RoomId(2099934)), message: PushMessage::PkState(Box::new(source_example_view())) };
     let ours = json(&render_push(&push, SOURCE_NOW));
     let theirs = json(SOURCE_PUSH_10);
     assert_same_shape(&ours, &theirs, "push10");
     // The example's remainingTime (4311) is not endTime - version (4011): the old
     // server computed it a moment before stamping the version. Ours is exact.
-    assert_eq!(
-        ours["content"]["remainingTime"],
-        1625811879212_i64 - SOURCE_NOW
-    );
+    assert_eq!(ours["content"]["remainingTime"], 1625811879212_i64 - SOURCE_NOW);
     let mut theirs = theirs;
     theirs["content"]["remainingTime"] = json!(1625811879212_i64 - SOURCE_NOW);
     assert_eq!(ours, theirs);
     // The periodic push, rendered from a replica's view, is the same message.
-    assert_eq!(
-        json(&render_pk_state(
-            RoomId(2099934),
-            &source_example_view(),
-            SOURCE_NOW
-        )),
-        ours
-    );
+    assert_eq!(json(&render_pk_state(RoomId(2099934), &source_example_view(), SOURCE_NOW)), ours);
 }
 
 #[test]
 fn push_12_is_the_source_example() {
     let push = Push {
-        to: Audience::User {
-            user: UserId(2099934),
-            room: RoomId(2099934),
-        },
-        message: PushMessage::Invitation {
-            inviter: UserId(2100216),
-        },
+        to: Audience::User { user: UserId(2099934), room: RoomId(2099934) },
+        message: PushMessage::Invitation { inviter: UserId(2100216) },
     };
     let ours = json(&render_push(&push, SOURCE_NOW));
     assert_same_shape(&ours, &json(SOURCE_PUSH_12), "push12");
@@ -315,13 +276,8 @@ fn push_12_is_the_source_example() {
 #[test]
 fn push_13_is_the_source_example() {
     let push = Push {
-        to: Audience::User {
-            user: UserId(2100216),
-            room: RoomId(2099934),
-        },
-        message: PushMessage::MatchingStarted {
-            anchor: UserId(2100216),
-        },
+        to: Audience::User { user: UserId(2100216), room: RoomId(2099934) },
+        message: PushMessage::MatchingStarted { anchor: UserId(2100216) },
     };
     let ours = json(&render_push(&push, SOURCE_NOW));
     assert_same_shape(&ours, &json(SOURCE_PUSH_13), "push13");
@@ -336,14 +292,8 @@ fn push_14_has_the_envelope_of_12() {
         (MatchFailure::VersionTooOld, "version"),
     ] {
         let push = Push {
-            to: Audience::User {
-                user: UserId(7),
-                room: RoomId(70),
-            },
-            message: PushMessage::MatchFailed {
-                anchor: UserId(7),
-                why,
-            },
+            to: Audience::User { user: UserId(7), room: RoomId(70) },
+            message: PushMessage::MatchFailed { anchor: UserId(7), why },
         };
         let ours = json(&render_push(&push, SOURCE_NOW));
         let mut expected = json(SOURCE_PUSH_12);
@@ -367,10 +317,7 @@ fn end_state_adds_winner_and_never_a_negative_remaining_time() {
     assert_eq!(ours["mode"], "m");
     // Every field of the source's example is still there, with its type.
     let mut without_winner = ours.clone();
-    without_winner["content"]
-        .as_object_mut()
-        .expect("content")
-        .remove("winner");
+    without_winner["content"].as_object_mut().expect("content").remove("winner");
     assert_same_shape(&without_winner, &json(SOURCE_PUSH_10), "push10-end");
 
     // An abnormal end without a decided winner shows winner 0.
@@ -389,15 +336,9 @@ fn end_state_adds_winner_and_never_a_negative_remaining_time() {
 
 #[test]
 fn room_state_replies_carry_the_push_content() {
-    let request =
-        parse_text(r#"{"commandId":42,"msgType":"command","sequence":9,"roomId":2099934}"#)
-            .expect("parses");
+    let request = parse_text(r#"{"commandId":42,"msgType":"command","sequence":9,"roomId":2099934}"#).expect("parses");
     let content = protocol::PkStateContent::from_view(&source_example_view(), SOURCE_NOW);
-    let reply = Reply::success(
-        request.echo(),
-        ReplyResult::PkState(Some(Box::new(content))),
-    )
-    .to_value();
+    let reply = Reply::success(request.echo(), ReplyResult::PkState(Some(Box::new(content)))).to_value();
     assert_eq!(reply["commandId"], -42);
     let mut expected = json(SOURCE_PUSH_10)["content"].clone();
     expected["remainingTime"] = json!(1625811879212_i64 - SOURCE_NOW);
@@ -410,36 +351,12 @@ fn room_state_replies_carry_the_push_content() {
 
 #[test]
 fn bad_input_gets_the_right_error_reply() {
-    let oversized = format!(
-        r#"{{"commandId":28,"sequence":1,"roomId":2,"pad":"{}"}}"#,
-        "x".repeat(MAX_FRAME_BYTES)
-    );
+    let oversized = format!(r#"{{"commandId":28,"sequence":1,"roomId":2,"pad":"{}"}}"#, "x".repeat(MAX_FRAME_BYTES));
     // (what, frame, code, echoed commandId, sequence, roomId)
     let cases: Vec<(&str, String, &str, Value, Value, Value)> = vec![
-        (
-            "empty frame",
-            String::new(),
-            code::MALFORMED_JSON,
-            Value::Null,
-            Value::Null,
-            Value::Null,
-        ),
-        (
-            "whitespace",
-            "  \n ".into(),
-            code::MALFORMED_JSON,
-            Value::Null,
-            Value::Null,
-            Value::Null,
-        ),
-        (
-            "not JSON",
-            "hello".into(),
-            code::MALFORMED_JSON,
-            Value::Null,
-            Value::Null,
-            Value::Null,
-        ),
+        ("empty frame", String::new(), code::MALFORMED_JSON, Value::Null, Value::Null, Value::Null),
+        ("whitespace", "  \n ".into(), code::MALFORMED_JSON, Value::Null, Value::Null, Value::Null),
+        ("not JSON", "hello".into(), code::MALFORMED_JSON, Value::Null, Value::Null, Value::Null),
         (
             "truncated JSON",
             r#"{"commandId":28,"sequence":1"#.into(),
@@ -448,38 +365,10 @@ fn bad_input_gets_the_right_error_reply() {
             Value::Null,
             Value::Null,
         ),
-        (
-            "array",
-            r#"[{"commandId":28}]"#.into(),
-            code::MALFORMED_JSON,
-            Value::Null,
-            Value::Null,
-            Value::Null,
-        ),
-        (
-            "number",
-            "28".into(),
-            code::MALFORMED_JSON,
-            Value::Null,
-            Value::Null,
-            Value::Null,
-        ),
-        (
-            "string",
-            r#""command""#.into(),
-            code::MALFORMED_JSON,
-            Value::Null,
-            Value::Null,
-            Value::Null,
-        ),
-        (
-            "null",
-            "null".into(),
-            code::MALFORMED_JSON,
-            Value::Null,
-            Value::Null,
-            Value::Null,
-        ),
+        ("array", r#"[{"commandId":28}]"#.into(), code::MALFORMED_JSON, Value::Null, Value::Null, Value::Null),
+        ("number", "28".into(), code::MALFORMED_JSON, Value::Null, Value::Null, Value::Null),
+        ("string", r#""command""#.into(), code::MALFORMED_JSON, Value::Null, Value::Null, Value::Null),
+        ("null", "null".into(), code::MALFORMED_JSON, Value::Null, Value::Null, Value::Null),
         (
             "too deep",
             format!("{}{}", "[".repeat(200), "]".repeat(200)),
@@ -488,22 +377,8 @@ fn bad_input_gets_the_right_error_reply() {
             Value::Null,
             Value::Null,
         ),
-        (
-            "oversized",
-            oversized,
-            code::FRAME_TOO_LARGE,
-            Value::Null,
-            Value::Null,
-            Value::Null,
-        ),
-        (
-            "no commandId",
-            r#"{"sequence":5,"roomId":2}"#.into(),
-            code::BAD_FIELD,
-            Value::Null,
-            json!(5),
-            json!(2),
-        ),
+        ("oversized", oversized, code::FRAME_TOO_LARGE, Value::Null, Value::Null, Value::Null),
+        ("no commandId", r#"{"sequence":5,"roomId":2}"#.into(), code::BAD_FIELD, Value::Null, json!(5), json!(2)),
         (
             "commandId as a string",
             r#"{"commandId":"28","sequence":5,"roomId":2}"#.into(),
@@ -546,8 +421,7 @@ fn bad_input_gets_the_right_error_reply() {
         ),
         (
             "msgType pub",
-            r#"{"commandId":28,"msgType":"pub","sequence":5,"roomId":2,"type":4,"source":2}"#
-                .into(),
+            r#"{"commandId":28,"msgType":"pub","sequence":5,"roomId":2,"type":4,"source":2}"#.into(),
             code::BAD_FIELD,
             json!(-28),
             json!(5),
@@ -741,10 +615,7 @@ fn bad_input_gets_the_right_error_reply() {
         assert_eq!(reply["msgType"], "command", "{what}");
         assert_eq!(reply["mode"], "u", "{what}");
         assert_eq!(reply["result"], Value::Null, "{what}");
-        assert!(
-            reply["desc"].as_str().is_some_and(|desc| !desc.is_empty()),
-            "{what}: desc"
-        );
+        assert!(reply["desc"].as_str().is_some_and(|desc| !desc.is_empty()), "{what}: desc");
         assert_same_shape_of_error(&reply);
     }
 }
@@ -752,12 +623,7 @@ fn bad_input_gets_the_right_error_reply() {
 /// An error reply has every key of the source's reply to 27.
 fn assert_same_shape_of_error(reply: &Value) {
     let mut ours: Vec<_> = reply.as_object().expect("object").keys().cloned().collect();
-    let mut theirs: Vec<_> = json(SOURCE_REPLY_27)
-        .as_object()
-        .expect("object")
-        .keys()
-        .cloned()
-        .collect();
+    let mut theirs: Vec<_> = json(SOURCE_REPLY_27).as_object().expect("object").keys().cloned().collect();
     ours.sort();
     theirs.sort();
     assert_eq!(ours, theirs);
@@ -765,30 +631,17 @@ fn assert_same_shape_of_error(reply: &Value) {
 
 #[test]
 fn bad_field_errors_name_the_field() {
-    let error =
-        parse_text(r#"{"commandId":28,"sequence":1,"roomId":2,"type":2,"source":"1","target":2}"#)
-            .expect_err("source as a string");
-    assert_eq!(
-        error.kind.to_string(),
-        "source: expected an integer, found a string"
-    );
-    assert!(matches!(
-        error.kind,
-        ProtocolErrorKind::BadField {
-            field: "source",
-            ..
-        }
-    ));
+    let error = parse_text(r#"{"commandId":28,"sequence":1,"roomId":2,"type":2,"source":"1","target":2}"#)
+        .expect_err("source as a string");
+    assert_eq!(error.kind.to_string(), "source: expected an integer, found a string");
+    assert!(matches!(error.kind, ProtocolErrorKind::BadField { field: "source", .. }));
 }
 
 #[test]
 fn a_frame_at_the_limit_is_parsed() {
     let head = r#"{"commandId":44,"sequence":1,"pad":""#;
     let tail = r#""}"#;
-    let frame = format!(
-        "{head}{}{tail}",
-        "x".repeat(MAX_FRAME_BYTES - head.len() - tail.len())
-    );
+    let frame = format!("{head}{}{tail}", "x".repeat(MAX_FRAME_BYTES - head.len() - tail.len()));
     assert_eq!(frame.len(), MAX_FRAME_BYTES);
     assert!(parse_text(&frame).is_ok());
 }
@@ -799,10 +652,7 @@ fn unknown_fields_of_old_clients_are_ignored() {
     let message = parse_text(frame).expect("parses");
     assert_eq!(
         message.command,
-        ClientCommand::Match {
-            room: RoomId(2),
-            action: MatchAction::Stop { anchor: UserId(2) },
-        }
+        ClientCommand::Match { room: RoomId(2), action: MatchAction::Stop { anchor: UserId(2) } }
     );
     assert_eq!(message.destination, None);
 }
@@ -811,9 +661,7 @@ fn unknown_fields_of_old_clients_are_ignored() {
 fn a_connection_acts_only_for_its_own_user() {
     let start = parse_text(SOURCE_REQUEST_28).expect("parses");
     assert!(start.authorize(UserId(2)).is_ok());
-    let error = start
-        .authorize(UserId(3))
-        .expect_err("user 3 starting for 2");
+    let error = start.authorize(UserId(3)).expect_err("user 3 starting for 2");
     assert_eq!(error.code(), code::IMPERSONATION);
     let reply = Reply::for_error(&error).to_user(UserId(3)).to_value();
     assert_eq!(reply["commandId"], -28);
@@ -822,22 +670,14 @@ fn a_connection_acts_only_for_its_own_user() {
 
     // Accept and refuse act for the invitee (`target`), not the inviter.
     let accept =
-        parse_text(r#"{"commandId":28,"sequence":1,"roomId":9,"type":2,"source":1,"target":9}"#)
-            .expect("parses");
+        parse_text(r#"{"commandId":28,"sequence":1,"roomId":9,"type":2,"source":1,"target":9}"#).expect("parses");
     assert!(accept.authorize(UserId(9)).is_ok());
-    assert_eq!(
-        accept.authorize(UserId(1)).map_err(|error| error.code()),
-        Err(code::IMPERSONATION)
-    );
+    assert_eq!(accept.authorize(UserId(1)).map_err(|error| error.code()), Err(code::IMPERSONATION));
     // Only the room's own anchor may enter it as its anchor.
     let host = parse_text(r#"{"commandId":40,"sequence":1,"roomId":9,"type":2}"#).expect("parses");
     assert!(host.authorize(UserId(9)).is_ok());
-    assert_eq!(
-        host.authorize(UserId(1)).map_err(|error| error.code()),
-        Err(code::IMPERSONATION)
-    );
-    let viewer =
-        parse_text(r#"{"commandId":40,"sequence":1,"roomId":9,"type":1}"#).expect("parses");
+    assert_eq!(host.authorize(UserId(1)).map_err(|error| error.code()), Err(code::IMPERSONATION));
+    let viewer = parse_text(r#"{"commandId":40,"sequence":1,"roomId":9,"type":1}"#).expect("parses");
     assert!(viewer.authorize(UserId(1)).is_ok());
     // Other commands name no actor.
     let state = parse_text(r#"{"commandId":42,"sequence":1,"roomId":9}"#).expect("parses");
@@ -848,14 +688,8 @@ fn a_connection_acts_only_for_its_own_user() {
 fn session_level_errors_echo_the_request() {
     let message = parse_text(SOURCE_REQUEST_27).expect("parses");
     for (error, expected) in [
-        (
-            protocol::ProtocolError::not_authenticated(message.echo()),
-            code::NOT_AUTHENTICATED,
-        ),
-        (
-            protocol::ProtocolError::rate_limited(message.echo()),
-            code::RATE_LIMITED,
-        ),
+        (protocol::ProtocolError::not_authenticated(message.echo()), code::NOT_AUTHENTICATED),
+        (protocol::ProtocolError::rate_limited(message.echo()), code::RATE_LIMITED),
     ] {
         let reply = Reply::for_error(&error).to_value();
         assert_eq!(reply["code"], expected);
@@ -916,40 +750,18 @@ fn every_valid_command() -> Vec<ClientMessage> {
     let room = RoomId(2099934);
     let commands = vec![
         ClientCommand::RtmToken { room },
+        ClientCommand::Match { room, action: MatchAction::Start { anchor: UserId(2099934) } },
         ClientCommand::Match {
             room,
-            action: MatchAction::Start {
-                anchor: UserId(2099934),
-            },
-        },
-        ClientCommand::Match {
-            room,
-            action: MatchAction::Accept {
-                inviter: UserId(2100216),
-                invitee: UserId(2099934),
-            },
+            action: MatchAction::Accept { inviter: UserId(2100216), invitee: UserId(2099934) },
         },
         ClientCommand::Match {
             room,
-            action: MatchAction::Refuse {
-                inviter: UserId(2100216),
-                invitee: UserId(2099934),
-            },
+            action: MatchAction::Refuse { inviter: UserId(2100216), invitee: UserId(2099934) },
         },
-        ClientCommand::Match {
-            room,
-            action: MatchAction::Stop {
-                anchor: UserId(i64::MAX as u64),
-            },
-        },
-        ClientCommand::EnterRoom {
-            room,
-            role: RoomRole::Viewer,
-        },
-        ClientCommand::EnterRoom {
-            room,
-            role: RoomRole::Anchor,
-        },
+        ClientCommand::Match { room, action: MatchAction::Stop { anchor: UserId(i64::MAX as u64) } },
+        ClientCommand::EnterRoom { room, role: RoomRole::Viewer },
+        ClientCommand::EnterRoom { room, role: RoomRole::Anchor },
         ClientCommand::LeaveRoom { room },
         ClientCommand::RoomPkState { room },
         ClientCommand::GoOnMic { room },
@@ -980,10 +792,7 @@ fn every_valid_command() -> Vec<ClientMessage> {
 #[test]
 fn every_valid_command_round_trips() {
     let messages = every_valid_command();
-    let ids: std::collections::BTreeSet<i64> = messages
-        .iter()
-        .map(|message| message.command.command_id())
-        .collect();
+    let ids: std::collections::BTreeSet<i64> = messages.iter().map(|message| message.command.command_id()).collect();
     assert_eq!(
         ids.into_iter().collect::<Vec<_>>(),
         vec![
@@ -1013,15 +822,8 @@ fn every_valid_command_round_trips() {
 
 #[test]
 fn entering_defaults_to_a_viewer() {
-    let message = parse_text(r#"{"commandId":40,"msgType":"command","sequence":1,"roomId":5}"#)
-        .expect("parses");
-    assert_eq!(
-        message.command,
-        ClientCommand::EnterRoom {
-            room: RoomId(5),
-            role: RoomRole::Viewer
-        }
-    );
+    let message = parse_text(r#"{"commandId":40,"msgType":"command","sequence":1,"roomId":5}"#).expect("parses");
+    assert_eq!(message.command, ClientCommand::EnterRoom { room: RoomId(5), role: RoomRole::Viewer });
 }
 
 #[test]
@@ -1043,8 +845,7 @@ fn parse_and_answer(frame: &[u8]) {
             assert_eq!(reparsed, message);
         }
         Err(error) => {
-            let reply: Value =
-                serde_json::from_str(&Reply::for_error(&error).render()).expect("replies are JSON");
+            let reply: Value = serde_json::from_str(&Reply::for_error(&error).render()).expect("replies are JSON");
             let code = reply["code"].as_str().expect("code");
             assert!(code.starts_with("90000"), "{code}");
         }
@@ -1072,36 +873,22 @@ fn any_json() -> impl Strategy<Value = Value> {
 
 /// A command-like object: known keys with values of any shape.
 fn command_like() -> impl Strategy<Value = Value> {
-    let command_id = prop_oneof![
-        Just(json!(27)),
-        Just(json!(28)),
-        (40i64..=44).prop_map(|n| json!(n)),
-        any_json(),
-    ];
+    let command_id = prop_oneof![Just(json!(27)), Just(json!(28)), (40i64..=44).prop_map(|n| json!(n)), any_json(),];
     let small_or_any = || prop_oneof![(-2i64..5).prop_map(|n| json!(n)), any_json()];
-    (
-        command_id,
-        small_or_any(),
-        small_or_any(),
-        small_or_any(),
-        small_or_any(),
-        small_or_any(),
-        any_json(),
+    (command_id, small_or_any(), small_or_any(), small_or_any(), small_or_any(), small_or_any(), any_json()).prop_map(
+        |(command_id, sequence, room, kind, source, target, extra)| {
+            json!({
+                "commandId": command_id,
+                "msgType": "command",
+                "sequence": sequence,
+                "roomId": room,
+                "type": kind,
+                "source": source,
+                "target": target,
+                "destination": extra,
+            })
+        },
     )
-        .prop_map(
-            |(command_id, sequence, room, kind, source, target, extra)| {
-                json!({
-                    "commandId": command_id,
-                    "msgType": "command",
-                    "sequence": sequence,
-                    "roomId": room,
-                    "type": kind,
-                    "source": source,
-                    "target": target,
-                    "destination": extra,
-                })
-            },
-        )
 }
 
 proptest! {

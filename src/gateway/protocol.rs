@@ -210,10 +210,7 @@ impl ClientMessage {
             command_id: Some(self.command.command_id()),
             sequence: Some(self.sequence),
             // Ids are at most i64::MAX by construction (see `parse_frame`).
-            room_id: self
-                .command
-                .room()
-                .map(|room| i64::try_from(room.0).unwrap_or(i64::MAX)),
+            room_id: self.command.room().map(|room| i64::try_from(room.0).unwrap_or(i64::MAX)),
             destination: self.destination.clone(),
         }
     }
@@ -235,18 +232,12 @@ impl ClientMessage {
     /// the user's id, the app's convention: the login token names no room.
     pub fn authorize(&self, connection_user: UserId) -> Result<(), ProtocolError> {
         let claimed = match self.command {
-            ClientCommand::EnterRoom {
-                room,
-                role: RoomRole::Anchor,
-            } => Some(UserId(room.0)),
+            ClientCommand::EnterRoom { room, role: RoomRole::Anchor } => Some(UserId(room.0)),
             _ => self.acting_user(),
         };
         match claimed {
             Some(claimed) if claimed != connection_user => Err(ProtocolError {
-                kind: ProtocolErrorKind::Impersonation {
-                    claimed,
-                    actual: connection_user,
-                },
+                kind: ProtocolErrorKind::Impersonation { claimed, actual: connection_user },
                 echo: Box::new(self.echo()),
             }),
             _ => Ok(()),
@@ -277,8 +268,9 @@ impl ClientMessage {
             ClientCommand::Match { action, .. } => {
                 let (source, target) = match action {
                     MatchAction::Start { anchor } | MatchAction::Stop { anchor } => (anchor, None),
-                    MatchAction::Accept { inviter, invitee }
-                    | MatchAction::Refuse { inviter, invitee } => (inviter, Some(invitee)),
+                    MatchAction::Accept { inviter, invitee } | MatchAction::Refuse { inviter, invitee } => {
+                        (inviter, Some(invitee))
+                    }
                 };
                 fields.insert("source".into(), source.0.into());
                 if let Some(target) = target {
@@ -313,10 +305,7 @@ impl Echo {
             command_id: fields.get("commandId").and_then(Value::as_i64),
             sequence: fields.get("sequence").and_then(Value::as_i64),
             room_id: fields.get("roomId").and_then(Value::as_i64),
-            destination: fields
-                .get("destination")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            destination: fields.get("destination").and_then(Value::as_str).map(str::to_owned),
         }
     }
 }
@@ -338,10 +327,7 @@ pub enum ProtocolErrorKind {
     /// 900002: a `commandId` pkd does not know.
     UnknownCommand { command_id: i64 },
     /// 900003: a field pkd reads is missing, of the wrong type or out of range.
-    BadField {
-        field: &'static str,
-        problem: FieldProblem,
-    },
+    BadField { field: &'static str, problem: FieldProblem },
     /// 900004: the frame is longer than [`MAX_FRAME_BYTES`].
     FrameTooLarge { len: usize },
     /// 900005: the connection is not authenticated.
@@ -359,10 +345,7 @@ pub enum FieldProblem {
     /// Absent (or `null`) but required.
     Missing,
     /// A value of JSON type `found` where `expected` belongs.
-    WrongType {
-        expected: &'static str,
-        found: &'static str,
-    },
+    WrongType { expected: &'static str, found: &'static str },
     /// An integer outside the allowed range, described by `allowed`.
     OutOfRange { allowed: &'static str },
 }
@@ -390,10 +373,9 @@ impl fmt::Display for ProtocolErrorKind {
                 write!(f, "unknown commandId {command_id}")
             }
             ProtocolErrorKind::BadField { field, problem } => write!(f, "{field}: {problem}"),
-            ProtocolErrorKind::FrameTooLarge { len } => write!(
-                f,
-                "frame of {len} bytes is longer than the limit of {MAX_FRAME_BYTES}"
-            ),
+            ProtocolErrorKind::FrameTooLarge { len } => {
+                write!(f, "frame of {len} bytes is longer than the limit of {MAX_FRAME_BYTES}")
+            }
             ProtocolErrorKind::NotAuthenticated => write!(f, "not authenticated"),
             ProtocolErrorKind::Impersonation { claimed, actual } => {
                 write!(f, "user {actual} may not act for user {claimed}")
@@ -418,18 +400,12 @@ impl fmt::Display for FieldProblem {
 impl ProtocolError {
     /// The connection has no valid login token: answer a frame with this.
     pub fn not_authenticated(echo: Echo) -> ProtocolError {
-        ProtocolError {
-            kind: ProtocolErrorKind::NotAuthenticated,
-            echo: Box::new(echo),
-        }
+        ProtocolError { kind: ProtocolErrorKind::NotAuthenticated, echo: Box::new(echo) }
     }
 
     /// The connection is over its command rate: answer a frame with this.
     pub fn rate_limited(echo: Echo) -> ProtocolError {
-        ProtocolError {
-            kind: ProtocolErrorKind::RateLimited,
-            echo: Box::new(echo),
-        }
+        ProtocolError { kind: ProtocolErrorKind::RateLimited, echo: Box::new(echo) }
     }
 
     /// The reply code.
@@ -453,23 +429,14 @@ pub fn parse_frame(frame: &[u8]) -> Result<ClientMessage, ProtocolError> {
             echo: Box::default(),
         });
     }
-    let malformed = |detail: String| ProtocolError {
-        kind: ProtocolErrorKind::MalformedJson { detail },
-        echo: Box::default(),
-    };
+    let malformed =
+        |detail: String| ProtocolError { kind: ProtocolErrorKind::MalformedJson { detail }, echo: Box::default() };
     // serde_json limits nesting depth, so deep input cannot exhaust the stack.
-    let value: Value =
-        serde_json::from_slice(frame).map_err(|error| malformed(error.to_string()))?;
+    let value: Value = serde_json::from_slice(frame).map_err(|error| malformed(error.to_string()))?;
     let Value::Object(fields) = value else {
-        return Err(malformed(format!(
-            "expected a JSON object, found {}",
-            json_type(&value)
-        )));
+        return Err(malformed(format!("expected a JSON object, found {}", json_type(&value))));
     };
-    parse_object(&fields).map_err(|kind| ProtocolError {
-        kind,
-        echo: Box::new(Echo::read(&fields)),
-    })
+    parse_object(&fields).map_err(|kind| ProtocolError { kind, echo: Box::new(Echo::read(&fields)) })
 }
 
 fn parse_object(fields: &Map<String, Value>) -> Result<ClientMessage, ProtocolErrorKind> {
@@ -483,9 +450,7 @@ fn parse_object(fields: &Map<String, Value>) -> Result<ClientMessage, ProtocolEr
         Some(Value::String(_)) => {
             return Err(ProtocolErrorKind::BadField {
                 field: "msgType",
-                problem: FieldProblem::OutOfRange {
-                    allowed: "\"command\"",
-                },
+                problem: FieldProblem::OutOfRange { allowed: "\"command\"" },
             });
         }
         Some(other) => return Err(wrong_type("msgType", "a string", other)),
@@ -494,22 +459,16 @@ fn parse_object(fields: &Map<String, Value>) -> Result<ClientMessage, ProtocolEr
     if sequence < 0 {
         return Err(ProtocolErrorKind::BadField {
             field: "sequence",
-            problem: FieldProblem::OutOfRange {
-                allowed: "0 to 9223372036854775807",
-            },
+            problem: FieldProblem::OutOfRange { allowed: "0 to 9223372036854775807" },
         });
     }
     let command = match command_id {
-        command_id::RTM_TOKEN => ClientCommand::RtmToken {
-            room: RoomId(required_id(fields, "roomId")?),
-        },
+        command_id::RTM_TOKEN => ClientCommand::RtmToken { room: RoomId(required_id(fields, "roomId")?) },
         command_id::MATCH => {
             let room = RoomId(required_id(fields, "roomId")?);
             let kind = required(integer(fields, "type")?, "type")?;
             let action = match kind {
-                1 => MatchAction::Start {
-                    anchor: UserId(required_id(fields, "source")?),
-                },
+                1 => MatchAction::Start { anchor: UserId(required_id(fields, "source")?) },
                 2 => MatchAction::Accept {
                     inviter: UserId(required_id(fields, "source")?),
                     invitee: UserId(required_id(fields, "target")?),
@@ -518,15 +477,11 @@ fn parse_object(fields: &Map<String, Value>) -> Result<ClientMessage, ProtocolEr
                     inviter: UserId(required_id(fields, "source")?),
                     invitee: UserId(required_id(fields, "target")?),
                 },
-                4 => MatchAction::Stop {
-                    anchor: UserId(required_id(fields, "source")?),
-                },
+                4 => MatchAction::Stop { anchor: UserId(required_id(fields, "source")?) },
                 _ => {
                     return Err(ProtocolErrorKind::BadField {
                         field: "type",
-                        problem: FieldProblem::OutOfRange {
-                            allowed: "1, 2, 3 or 4",
-                        },
+                        problem: FieldProblem::OutOfRange { allowed: "1, 2, 3 or 4" },
                     });
                 }
             };
@@ -546,18 +501,10 @@ fn parse_object(fields: &Map<String, Value>) -> Result<ClientMessage, ProtocolEr
             };
             ClientCommand::EnterRoom { room, role }
         }
-        command_id::LEAVE_ROOM => ClientCommand::LeaveRoom {
-            room: RoomId(required_id(fields, "roomId")?),
-        },
-        command_id::ROOM_PK_STATE => ClientCommand::RoomPkState {
-            room: RoomId(required_id(fields, "roomId")?),
-        },
-        command_id::GO_ON_MIC => ClientCommand::GoOnMic {
-            room: RoomId(required_id(fields, "roomId")?),
-        },
-        command_id::HEARTBEAT => ClientCommand::Heartbeat {
-            room: id(fields, "roomId")?.map(RoomId),
-        },
+        command_id::LEAVE_ROOM => ClientCommand::LeaveRoom { room: RoomId(required_id(fields, "roomId")?) },
+        command_id::ROOM_PK_STATE => ClientCommand::RoomPkState { room: RoomId(required_id(fields, "roomId")?) },
+        command_id::GO_ON_MIC => ClientCommand::GoOnMic { room: RoomId(required_id(fields, "roomId")?) },
+        command_id::HEARTBEAT => ClientCommand::Heartbeat { room: id(fields, "roomId")?.map(RoomId) },
         other => return Err(ProtocolErrorKind::UnknownCommand { command_id: other }),
     };
     let log_id = match fields.get("logId") {
@@ -567,10 +514,7 @@ fn parse_object(fields: &Map<String, Value>) -> Result<ClientMessage, ProtocolEr
     };
     Ok(ClientMessage {
         sequence,
-        destination: fields
-            .get("destination")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        destination: fields.get("destination").and_then(Value::as_str).map(str::to_owned),
         log_id,
         init_time: integer(fields, "initTime")?,
         command,
@@ -592,10 +536,7 @@ const KNOWN_COMMAND_IDS: [i64; 7] = [
 const ID_RANGE: &str = "1 to 9223372036854775807";
 
 /// An integer field that fits an `i64`, or `None` when absent or `null`.
-fn integer(
-    fields: &Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<i64>, ProtocolErrorKind> {
+fn integer(fields: &Map<String, Value>, field: &'static str) -> Result<Option<i64>, ProtocolErrorKind> {
     let value = match fields.get(field) {
         None | Some(Value::Null) => return Ok(None),
         Some(value) => value,
@@ -610,23 +551,16 @@ fn integer(
     // beyond u64 as floats). An integral float that an i64 could hold (`1.0`) is
     // still the wrong type.
     let out_of_range = number.is_u64()
-        || number
-            .as_f64()
-            .is_some_and(|float| float.fract() == 0.0 && float.abs() >= 9.223_372_036_854_776e18);
+        || number.as_f64().is_some_and(|float| float.fract() == 0.0 && float.abs() >= 9.223_372_036_854_776e18);
     if out_of_range {
         Err(ProtocolErrorKind::BadField {
             field,
-            problem: FieldProblem::OutOfRange {
-                allowed: "-9223372036854775808 to 9223372036854775807",
-            },
+            problem: FieldProblem::OutOfRange { allowed: "-9223372036854775808 to 9223372036854775807" },
         })
     } else {
         Err(ProtocolErrorKind::BadField {
             field,
-            problem: FieldProblem::WrongType {
-                expected: "an integer",
-                found: "a fraction",
-            },
+            problem: FieldProblem::WrongType { expected: "an integer", found: "a fraction" },
         })
     }
 }
@@ -636,14 +570,9 @@ fn id(fields: &Map<String, Value>, field: &'static str) -> Result<Option<u64>, P
     match integer(fields, field) {
         Ok(None) => Ok(None),
         Ok(Some(value)) if value > 0 => Ok(Some(value.unsigned_abs())),
-        Ok(Some(_))
-        | Err(ProtocolErrorKind::BadField {
-            problem: FieldProblem::OutOfRange { .. },
-            ..
-        }) => Err(ProtocolErrorKind::BadField {
-            field,
-            problem: FieldProblem::OutOfRange { allowed: ID_RANGE },
-        }),
+        Ok(Some(_)) | Err(ProtocolErrorKind::BadField { problem: FieldProblem::OutOfRange { .. }, .. }) => {
+            Err(ProtocolErrorKind::BadField { field, problem: FieldProblem::OutOfRange { allowed: ID_RANGE } })
+        }
         Err(other) => Err(other),
     }
 }
@@ -653,20 +582,11 @@ fn required_id(fields: &Map<String, Value>, field: &'static str) -> Result<u64, 
 }
 
 fn required<T>(value: Option<T>, field: &'static str) -> Result<T, ProtocolErrorKind> {
-    value.ok_or(ProtocolErrorKind::BadField {
-        field,
-        problem: FieldProblem::Missing,
-    })
+    value.ok_or(ProtocolErrorKind::BadField { field, problem: FieldProblem::Missing })
 }
 
 fn wrong_type(field: &'static str, expected: &'static str, found: &Value) -> ProtocolErrorKind {
-    ProtocolErrorKind::BadField {
-        field,
-        problem: FieldProblem::WrongType {
-            expected,
-            found: json_type(found),
-        },
-    }
+    ProtocolErrorKind::BadField { field, problem: FieldProblem::WrongType { expected, found: json_type(found) } }
 }
 
 fn json_type(value: &Value) -> &'static str {
@@ -725,20 +645,8 @@ impl Serialize for ReplyResult {
 
 impl Reply {
     /// A reply with the given code, description and result.
-    pub fn new(
-        echo: Echo,
-        code: impl Into<String>,
-        desc: impl Into<String>,
-        result: ReplyResult,
-    ) -> Reply {
-        Reply {
-            echo,
-            user: None,
-            cost_ms: None,
-            code: code.into(),
-            desc: desc.into(),
-            result,
-        }
+    pub fn new(echo: Echo, code: impl Into<String>, desc: impl Into<String>, result: ReplyResult) -> Reply {
+        Reply { echo, user: None, cost_ms: None, code: code.into(), desc: desc.into(), result }
     }
 
     /// "000000", "Success!" and `result`.
@@ -760,12 +668,7 @@ impl Reply {
 
     /// The reply to a frame that cannot be served.
     pub fn for_error(error: &ProtocolError) -> Reply {
-        Reply::new(
-            (*error.echo).clone(),
-            error.code(),
-            error.kind.to_string(),
-            ReplyResult::Null,
-        )
+        Reply::new((*error.echo).clone(), error.code(), error.kind.to_string(), ReplyResult::Null)
     }
 
     /// Sets `fromUser` and `toUser` to the connection's user.
@@ -987,25 +890,16 @@ pub fn render_push(push: &Push, now_ms: i64) -> String {
         Audience::User { room, .. } => (room, "u"),
     };
     let (kind, content) = match &push.message {
-        PushMessage::PkState(view) => (
-            push_type::PK_STATE,
-            PushContent::PkState(Box::new(PkStateContent::from_view(view, now_ms))),
-        ),
-        PushMessage::Invitation { inviter } => (
-            push_type::INVITATION,
-            PushContent::Invitation { source: inviter.0 },
-        ),
-        PushMessage::MatchingStarted { anchor } => (
-            push_type::MATCHING_STARTED,
-            PushContent::MatchingStarted { msg: anchor.0 },
-        ),
-        PushMessage::MatchFailed { anchor, why } => (
-            push_type::MATCH_FAILED,
-            PushContent::MatchFailed {
-                source: anchor.0,
-                reason: match_failure_reason(*why),
-            },
-        ),
+        PushMessage::PkState(view) => {
+            (push_type::PK_STATE, PushContent::PkState(Box::new(PkStateContent::from_view(view, now_ms))))
+        }
+        PushMessage::Invitation { inviter } => (push_type::INVITATION, PushContent::Invitation { source: inviter.0 }),
+        PushMessage::MatchingStarted { anchor } => {
+            (push_type::MATCHING_STARTED, PushContent::MatchingStarted { msg: anchor.0 })
+        }
+        PushMessage::MatchFailed { anchor, why } => {
+            (push_type::MATCH_FAILED, PushContent::MatchFailed { source: anchor.0, reason: match_failure_reason(*why) })
+        }
     };
     render_push_wire(room, mode, kind, content, now_ms)
 }
@@ -1023,13 +917,7 @@ pub fn render_pk_state(room: RoomId, view: &PkView, now_ms: i64) -> String {
     )
 }
 
-fn render_push_wire(
-    room: RoomId,
-    mode: &'static str,
-    kind: u8,
-    content: PushContent,
-    now_ms: i64,
-) -> String {
+fn render_push_wire(room: RoomId, mode: &'static str, kind: u8, content: PushContent, now_ms: i64) -> String {
     to_json_text(&PushWire {
         room_id: room.0,
         destination: (),
