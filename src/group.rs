@@ -6,6 +6,8 @@
 //! response. While one entry is being committed (and fsynced) the next proposals gather, so
 //! under load each fsync carries many commands.
 
+use std::sync::Mutex;
+
 use pkd_raft::{Action, Command, Response, TimestampMs};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -50,7 +52,8 @@ pub struct Group {
     raft: Raft,
     replica: ReplicaHandle,
     queue: mpsc::Sender<Proposal>,
-    batcher: JoinHandle<()>,
+    /// The queue task, taken when the group shuts down.
+    batcher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Group {
@@ -64,7 +67,7 @@ impl Group {
             raft,
             replica,
             queue,
-            batcher,
+            batcher: Mutex::new(Some(batcher)),
         }
     }
 
@@ -116,7 +119,15 @@ impl Group {
 
     /// Stops the queue task and raft. Proposals still queued are answered `Stopped`.
     pub async fn shutdown(&self) {
-        self.batcher.abort();
+        let batcher = self
+            .batcher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(batcher) = batcher {
+            batcher.abort();
+            let _ = batcher.await;
+        }
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(group = %self.id, %error, "raft did not shut down cleanly");
         }

@@ -132,7 +132,16 @@ impl Node {
                 .map_err(NodeError::Config)?,
         );
         let store = Store::open(&config.data_dir)?;
-        let first_start = store.groups().is_empty();
+        let existing = store.groups();
+        let first_start = existing.is_empty();
+        let expected: Vec<GroupId> = (0..=u64::from(config.arena_count)).map(GroupId).collect();
+        if !first_start && existing != expected {
+            return Err(NodeError::Config(format!(
+                "the data directory holds groups {existing:?}, but {} arenas were asked for; \
+                 the arena count cannot change",
+                config.arena_count
+            )));
+        }
         tracing::info!(
             node = config.node_id,
             data_dir = %config.data_dir.display(),

@@ -99,10 +99,13 @@ async fn run_ticker(shared: Arc<Shared>, group_id: GroupId) {
                 Some(deadline) => duration_ms(deadline.since(now) + 1),
                 None => IDLE,
             };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = applied.changed() => {}
-                _ = metrics.changed() => {}
+            let running = tokio::select! {
+                () = tokio::time::sleep(wait) => true,
+                changed = applied.changed() => changed.is_ok(),
+                running = metrics.changed() => running,
+            };
+            if !running {
+                return;
             }
         }
         tracing::info!(group = %group_id, "no longer leading: timer loop paused");
@@ -165,9 +168,12 @@ async fn run_pump(shared: Arc<Shared>, group_id: GroupId) {
                 ),
             });
             if outbox.is_empty() {
-                tokio::select! {
-                    _ = applied.changed() => {}
-                    _ = metrics.changed() => {}
+                let running = tokio::select! {
+                    changed = applied.changed() => changed.is_ok(),
+                    running = metrics.changed() => running,
+                };
+                if !running {
+                    return;
                 }
                 continue;
             }

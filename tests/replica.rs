@@ -287,7 +287,7 @@ async fn concurrent_proposals_share_entries() -> TestResult {
 async fn a_restarted_node_recovers_and_finishes_its_pks() -> TestResult {
     let dir = TempDir::new()?;
     let node = Node::start(config(&dir)).await?;
-    set_config(&node, 2_500).await?;
+    set_config(&node, 4_000).await?;
     // One PK that ends before the restart, one that runs across it.
     let pk = match_pair(&node, 1, 2).await?;
     let arena = node.arena_of(pk);
@@ -353,5 +353,18 @@ async fn a_restarted_node_recovers_and_finishes_its_pks() -> TestResult {
         other => return Err(format!("expected a match with anchor 5, got {other:?}").into()),
     }
     node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_arena_count_cannot_change() -> TestResult {
+    let dir = TempDir::new()?;
+    Node::start(config(&dir)).await?.shutdown().await;
+    let more_arenas = NodeConfig {
+        arena_count: 3,
+        ..config(&dir)
+    };
+    let restarted = Node::start(more_arenas).await;
+    assert!(matches!(restarted, Err(pkd::NodeError::Config(_))));
     Ok(())
 }
