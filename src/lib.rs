@@ -1,8 +1,17 @@
 //! pkd: the PK engine. The shell around the pure core (`pkd_raft`): the command line,
-//! tokens, and — as the work goes on — replication, the WebSocket gateway and the
-//! result sinks.
+//! tokens, replication (consensus, replica, groups, node, leader ticker), the WebSocket
+//! gateway and — as the work goes on — the result sinks.
 
 pub mod cli;
+pub mod consensus;
 pub mod gateway;
+pub mod group;
+pub mod node;
+pub mod replica;
+mod ticker;
 pub mod tokens;
 pub mod transport;
+
+pub use group::ProposeError;
+pub use node::{LOBBY, Node, NodeConfig, NodeError};
+pub use replica::{ReplicaHandle, TaggedEffect};

@@ -1,0 +1,169 @@
+//! pkd's binding to openraft: the type configuration of every raft group, and the few
+//! openraft names the rest of the shell uses.
+//!
+//! This is the only module that names openraft's own paths. Everything else goes through
+//! the aliases and re-exports below, so that an openraft upgrade touches one file.
+//!
+//! One raft entry carries a [`Batch`]: the commands proposed to a group while the previous
+//! entry was being committed (group commit). Its response is the list of the machine's
+//! responses, one per command, in the same order.
+
+use std::fmt;
+use std::future::Future;
+
+use pkd_raft::{Command, Response};
+use serde::{Deserialize, Serialize};
+
+pub use openraft::storage::{EntryResponder, RaftStateMachine};
+pub use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+pub use openraft::{
+    BasicNode, Config as RaftConfig, EntryPayload, OptionalSend, RaftSnapshotBuilder, ServerState, SnapshotPolicy,
+};
+pub use pkd_storage::GroupId;
+
+/// The commands of one raft entry, applied in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Command>);
+
+impl fmt::Display for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "batch of {} command(s)", self.0.len())
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The type configuration shared by the lobby group and every arena group.
+    pub TypeConfig:
+        D = Batch,
+        R = Vec<Response>,
+);
+
+/// A node's id in the cluster (the same in every group the node belongs to).
+pub type NodeId = u64;
+/// One group's raft instance, driving a [`crate::replica::Replica`].
+pub type Raft = openraft::Raft<TypeConfig, crate::replica::Replica>;
+/// What one log entry carries: a batch, a membership change, or nothing.
+pub type Payload = EntryPayload<Batch, NodeId, BasicNode>;
+/// A log position: term, leader and index.
+pub type LogId = LogIdOf<TypeConfig>;
+/// The membership in force and the log id that set it.
+pub type StoredMembership = StoredMembershipOf<TypeConfig>;
+/// A snapshot's metadata.
+pub type SnapshotMeta = SnapshotMetaOf<TypeConfig>;
+/// A snapshot whose data is held in memory.
+pub type Snapshot = SnapshotOf<TypeConfig, Vec<u8>>;
+/// The metrics a raft instance publishes on its watch channel.
+pub type Metrics = openraft::RaftMetrics<TypeConfig>;
+/// A group's raft log in the node's sled database.
+pub type LogStore = pkd_storage::LogStore<TypeConfig>;
+/// A group's latest snapshot in the node's sled database.
+pub type SnapshotStore = pkd_storage::SnapshotStore<TypeConfig>;
+/// Why a write to raft failed.
+pub type WriteError = openraft::error::RaftError<TypeConfig, openraft::error::ClientWriteError<TypeConfig>>;
+/// Why `initialize` failed.
+pub type InitializeError = openraft::error::RaftError<TypeConfig, openraft::error::InitializeError<TypeConfig>>;
+/// openraft stopped for good (storage failure, panic, shutdown).
+pub type Fatal = openraft::error::Fatal<TypeConfig>;
+
+/// The index of a log id.
+pub fn index_of(log_id: &LogId) -> u64 {
+    log_id.index
+}
+
+/// Where a failed write says the leader is, if the failure was "not the leader".
+pub fn leader_hint(error: &WriteError) -> Option<Option<NodeId>> {
+    error.forward_to_leader().map(|forward| forward.leader_id)
+}
+
+/// Whether this write failure means raft has stopped for good.
+pub fn is_fatal(error: &WriteError) -> bool {
+    matches!(error, openraft::error::RaftError::Fatal(_))
+}
+
+/// Whether `initialize` failed only because the group was initialized already.
+pub fn is_already_initialized(error: &InitializeError) -> bool {
+    matches!(error.api_error(), Some(openraft::error::InitializeError::NotAllowed(_)))
+}
+
+/// The raft settings pkd uses, with the given snapshot interval (in log entries).
+pub fn raft_config(cluster: &str, snapshot_every: u64) -> Result<RaftConfig, String> {
+    RaftConfig {
+        cluster_name: cluster.to_owned(),
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: snapshot_every.min(1_000),
+        ..RaftConfig::default()
+    }
+    .validate()
+    .map_err(|error| error.to_string())
+}
+
+/// A network for a node alone in its groups: there is nobody to talk to, so every call
+/// reports the peer unreachable. The TCP network between nodes replaces it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoNetwork;
+
+impl openraft::RaftNetworkFactory<TypeConfig> for NoNetwork {
+    type Network = NoNetwork;
+
+    async fn new_client(&mut self, _target: NodeId, _node: &BasicNode) -> NoNetwork {
+        NoNetwork
+    }
+}
+
+fn unreachable() -> openraft::error::Unreachable<TypeConfig> {
+    openraft::error::Unreachable::from_string("single-node mode: no network to other nodes")
+}
+
+impl openraft::RaftNetworkV2<TypeConfig> for NoNetwork {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        _rpc: openraft::raft::AppendEntriesRequest<TypeConfig>,
+        _option: openraft::network::RPCOption,
+    ) -> Result<openraft::raft::AppendEntriesResponse<TypeConfig>, openraft::error::RPCError<TypeConfig>> {
+        Err(openraft::error::RPCError::Unreachable(unreachable()))
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: openraft::raft::VoteRequest<TypeConfig>,
+        _option: openraft::network::RPCOption,
+    ) -> Result<openraft::raft::VoteResponse<TypeConfig>, openraft::error::RPCError<TypeConfig>> {
+        Err(openraft::error::RPCError::Unreachable(unreachable()))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        _vote: openraft::type_config::alias::VoteOf<TypeConfig>,
+        _snapshot: Snapshot,
+        _cancel: impl Future<Output = openraft::error::ReplicationClosed> + OptionalSend + 'static,
+        _option: openraft::network::RPCOption,
+    ) -> Result<openraft::raft::SnapshotResponse<TypeConfig>, openraft::error::StreamingError<TypeConfig>> {
+        Err(openraft::error::StreamingError::Unreachable(unreachable()))
+    }
+}
+
+/// A watch on one group's raft metrics (leadership, log and applied positions).
+pub struct MetricsWatch(openraft::type_config::alias::WatchReceiverOf<TypeConfig, Metrics>);
+
+impl MetricsWatch {
+    pub fn new(raft: &Raft) -> MetricsWatch {
+        MetricsWatch(raft.metrics())
+    }
+
+    /// Runs `read` on the latest metrics.
+    pub fn read<T>(&self, read: impl FnOnce(&Metrics) -> T) -> T {
+        use openraft::async_runtime::WatchReceiver;
+        read(&self.0.borrow_watched())
+    }
+
+    /// Waits for the next change; `false` once raft has stopped publishing.
+    pub async fn changed(&mut self) -> bool {
+        use openraft::async_runtime::WatchReceiver;
+        self.0.changed().await.is_ok()
+    }
+}

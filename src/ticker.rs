@@ -1,0 +1,213 @@
+//! The leader's duties in each group: firing timers and handing PKs over between groups.
+//!
+//! Time enters the machines only through the log, so a timer falls due when the group's
+//! leader sees `next_deadline()` pass on its own clock and proposes `Fire` for it. Only
+//! the leader does this; a duplicate or late `Fire` is a no-op in the machine, so a
+//! leadership change that makes two nodes fire the same timer is harmless.
+//!
+//! The hand-over pump carries the machines' outboxes to the other groups: the lobby's
+//! leader creates each ordered PK on its arena and then confirms it to the lobby; each
+//! arena's leader releases a settled PK's rooms in the lobby and then confirms that to
+//! itself. Every step is idempotent, and an item stays in its outbox until confirmed, so a
+//! failed delivery is simply tried again, with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pkd_raft::{Action, PkId, PkOrder, Response};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::consensus::{GroupId, MetricsWatch, NodeId};
+use crate::group::{ProposeError, is_leader_in};
+use crate::node::{LOBBY, Shared, wall_clock};
+
+/// The first wait after a failed proposal; it doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long to sleep when no timer is armed (a state change wakes the ticker anyway).
+const IDLE: Duration = Duration::from_secs(3_600);
+
+/// Starts the timer loop and the hand-over pump of `group`. They run until `stop` turns
+/// true (or the task is aborted), acting only while this node leads the group.
+pub(crate) fn spawn_leader_duties(
+    shared: Arc<Shared>,
+    group: GroupId,
+    stop: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let ticker = tokio::spawn(until_stopped(stop.clone(), run_ticker(Arc::clone(&shared), group)));
+    let pump = tokio::spawn(until_stopped(stop, run_pump(shared, group)));
+    vec![ticker, pump]
+}
+
+async fn until_stopped(mut stop: watch::Receiver<bool>, duty: impl Future<Output = ()>) {
+    tokio::select! {
+        _ = stop.wait_for(|stopped| *stopped) => {}
+        () = duty => {}
+    }
+}
+
+/// Waits until this node leads the group; `false` if raft stopped first.
+async fn wait_for_leadership(metrics: &mut MetricsWatch, node: NodeId) -> bool {
+    loop {
+        if metrics.read(|metrics| is_leader_in(metrics, node)) {
+            return true;
+        }
+        if !metrics.changed().await {
+            return false;
+        }
+    }
+}
+
+fn still_leader(metrics: &MetricsWatch, node: NodeId) -> bool {
+    metrics.read(|metrics| is_leader_in(metrics, node))
+}
+
+/// The timer loop of one group.
+async fn run_ticker(shared: Arc<Shared>, group_id: GroupId) {
+    let Ok(group) = shared.group(group_id) else {
+        return;
+    };
+    let node = shared.id;
+    let mut metrics = group.metrics();
+    let mut applied = group.replica().applied();
+    while wait_for_leadership(&mut metrics, node).await {
+        tracing::info!(group = %group_id, "leading: timer loop running");
+        let mut backoff = MIN_BACKOFF;
+        while still_leader(&metrics, node) {
+            applied.borrow_and_update();
+            let now = wall_clock();
+            let due = group.replica().read(|machine| machine.due_timers(now));
+            if !due.is_empty() {
+                match fire_all(&shared, group_id, due).await {
+                    Ok(()) => backoff = MIN_BACKOFF,
+                    Err(error) => {
+                        tracing::debug!(group = %group_id, %error, "firing timers failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+                continue;
+            }
+            let next = group.replica().read(|machine| machine.next_deadline());
+            let wait = match next {
+                // One millisecond more: the deadline is due at, not before, its time.
+                Some(deadline) => duration_ms(deadline.since(now) + 1),
+                None => IDLE,
+            };
+            let running = tokio::select! {
+                () = tokio::time::sleep(wait) => true,
+                changed = applied.changed() => changed.is_ok(),
+                running = metrics.changed() => running,
+            };
+            if !running {
+                return;
+            }
+        }
+        tracing::info!(group = %group_id, "no longer leading: timer loop paused");
+    }
+}
+
+async fn fire_all(shared: &Shared, group: GroupId, timers: Vec<pkd_raft::Timer>) -> Result<(), ProposeError> {
+    for timer in timers {
+        let response = shared.propose(group, Action::Fire(timer)).await?;
+        tracing::debug!(%group, ?timer, ?response, "timer fired");
+    }
+    Ok(())
+}
+
+fn duration_ms(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// What a group's outbox holds for other groups.
+enum Outbox {
+    /// The lobby's PKs to create on their arenas.
+    Orders(Vec<PkOrder>),
+    /// An arena's settled PKs whose rooms the lobby must release.
+    Releases(Vec<PkId>),
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        match self {
+            Outbox::Orders(orders) => orders.is_empty(),
+            Outbox::Releases(pks) => pks.is_empty(),
+        }
+    }
+}
+
+/// The hand-over pump of one group.
+async fn run_pump(shared: Arc<Shared>, group_id: GroupId) {
+    let Ok(group) = shared.group(group_id) else {
+        return;
+    };
+    let node = shared.id;
+    let mut metrics = group.metrics();
+    let mut applied = group.replica().applied();
+    while wait_for_leadership(&mut metrics, node).await {
+        tracing::info!(group = %group_id, "leading: hand-over pump running");
+        let mut backoff = MIN_BACKOFF;
+        while still_leader(&metrics, node) {
+            applied.borrow_and_update();
+            let outbox = group.replica().read(|machine| match machine.as_lobby() {
+                Some(lobby) => Outbox::Orders(lobby.pending_orders().cloned().collect()),
+                None => Outbox::Releases(
+                    machine.as_arena().map(|arena| arena.pending_releases().collect()).unwrap_or_default(),
+                ),
+            });
+            if outbox.is_empty() {
+                let running = tokio::select! {
+                    changed = applied.changed() => changed.is_ok(),
+                    running = metrics.changed() => running,
+                };
+                if !running {
+                    return;
+                }
+                continue;
+            }
+            match deliver(&shared, group_id, outbox).await {
+                Ok(()) => backoff = MIN_BACKOFF,
+                Err(error) => {
+                    tracing::warn!(group = %group_id, %error, ?backoff, "hand-over failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        tracing::info!(group = %group_id, "no longer leading: hand-over pump paused");
+    }
+}
+
+/// Delivers every item of `outbox` and confirms it to its group.
+async fn deliver(shared: &Shared, from: GroupId, outbox: Outbox) -> Result<(), ProposeError> {
+    match outbox {
+        Outbox::Orders(orders) => {
+            for order in orders {
+                let pk = order.pk;
+                let arena = shared.arena_of(pk);
+                let created = shared.propose(arena, Action::CreatePk(order)).await?;
+                if let Response::Rejected(reason) = &created {
+                    // The arena refuses for good (e.g. a misrouted order): confirming keeps
+                    // the outbox from retrying forever; the lobby's abandon timer frees
+                    // the rooms.
+                    tracing::error!(%pk, %arena, ?reason, "arena refused a PK order");
+                }
+                shared.propose(from, Action::ConfirmPkCreated { pk }).await?;
+                tracing::debug!(%pk, %arena, "PK handed over to its arena");
+            }
+        }
+        Outbox::Releases(pks) => {
+            for pk in pks {
+                let released = shared.propose(LOBBY, Action::ReleaseRooms { pk }).await?;
+                if let Response::Rejected(reason) = &released {
+                    tracing::error!(%pk, ?reason, "lobby refused to release a PK's rooms");
+                }
+                shared.propose(from, Action::ConfirmRoomsReleased { pk }).await?;
+                tracing::debug!(%pk, "PK's rooms released in the lobby");
+            }
+        }
+    }
+    Ok(())
+}
