@@ -9,7 +9,7 @@ use crate::command::{Action, AnchorProfile, PkOrder, Seat, Timer};
 use crate::config::Config;
 use crate::deadlines::Deadlines;
 use crate::effect::{Audience, CacheChange, Effect, MatchFailure, Push, PushMessage};
-use crate::ids::{PkId, TimestampMs, UserId};
+use crate::ids::{PkId, RoomId, TimestampMs, UserId};
 use crate::response::{Reason, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,8 +38,10 @@ pub struct Lobby {
     invitations: BTreeMap<(UserId, UserId), Invitation>,
     /// `room_pk_invited`: when each anchor was last invited, while its cool-down lasts.
     invited_at: BTreeMap<UserId, TimestampMs>,
-    /// The room directory: anchors in a PK.
+    /// The room directory: anchors in a PK ...
     in_pk: BTreeMap<UserId, PkId>,
+    /// ... and their rooms.
+    rooms_in_pk: BTreeMap<RoomId, PkId>,
     /// PKs whose rooms are held, with their order while the arena has not confirmed it.
     pks: BTreeMap<PkId, HeldPk>,
     deadlines: Deadlines,
@@ -162,6 +164,11 @@ impl Lobby {
 
     pub fn pk_of(&self, anchor: UserId) -> Option<PkId> {
         self.in_pk.get(&anchor).copied()
+    }
+
+    /// The PK a room is in (the `pkr` cache), for room entry and pushes.
+    pub fn pk_of_room(&self, room: RoomId) -> Option<PkId> {
+        self.rooms_in_pk.get(&room).copied()
     }
 
     /// PK orders the arenas have not confirmed yet: the leader delivers these.
@@ -304,6 +311,7 @@ impl Lobby {
         let order = PkOrder { pk, source, target, interfered, created_at: self.now, timing: self.config.timing };
         for seat in [source, target] {
             self.in_pk.insert(seat.anchor, pk);
+            self.rooms_in_pk.insert(seat.room, pk);
             effects.push(Effect::CacheChanged(CacheChange::RoomInPk { room: seat.room, pk: Some(pk) }));
         }
         let timing = &order.timing;
@@ -322,6 +330,9 @@ impl Lobby {
         for seat in held.seats {
             if self.in_pk.get(&seat.anchor) == Some(&pk) {
                 self.in_pk.remove(&seat.anchor);
+            }
+            if self.rooms_in_pk.get(&seat.room) == Some(&pk) {
+                self.rooms_in_pk.remove(&seat.room);
             }
             effects.push(Effect::CacheChanged(CacheChange::RoomInPk { room: seat.room, pk: None }));
         }
@@ -548,6 +559,9 @@ impl Lobby {
                 return Err(format!("open invitation {inviter}->{invitee} outside its inviter's current batch"));
             }
         }
+        if self.rooms_in_pk.len() != self.pks.len() * 2 {
+            return Err(format!("{} rooms in PKs for {} PKs", self.rooms_in_pk.len(), self.pks.len()));
+        }
         if self.in_pk.len() != self.pks.len() * 2 {
             return Err(format!("{} anchors in PKs for {} PKs", self.in_pk.len(), self.pks.len()));
         }
@@ -555,6 +569,6 @@ impl Lobby {
     }
 }
 
-fn push_to(user: UserId, room: crate::ids::RoomId, message: PushMessage) -> Effect {
+fn push_to(user: UserId, room: RoomId, message: PushMessage) -> Effect {
     Effect::Pushed(Push { to: Audience::User { user, room }, message })
 }
