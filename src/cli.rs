@@ -16,6 +16,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a node: the raft groups, the WebSocket gateway and the gift API.
+    Serve(crate::serve::ServeArgs),
     /// Work with the app's `t_config` rows.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -77,6 +79,7 @@ pub enum TokenCommand {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => crate::serve::run(args),
         Command::Config(ConfigCommand::Check { key, value }) => {
             if ConfigKey::from_name(&key).is_none() {
                 let known: Vec<&str> = ConfigKey::ALL.iter().map(|k| k.name()).collect();

@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod group;
 pub mod node;
 pub mod replica;
+pub mod serve;
 mod ticker;
 pub mod tokens;
 pub mod transport;

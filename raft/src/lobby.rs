@@ -158,6 +158,11 @@ impl Lobby {
 
     // ---- queries -------------------------------------------------------------------
 
+    /// The config in force at the last applied command.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     pub fn is_waiting(&self, anchor: UserId) -> bool {
         self.waiting.contains_key(&anchor)
     }

@@ -1,12 +1,161 @@
-//! The WebSocket gateway: how app clients talk to pkd.
+//! The WebSocket gateway: how app clients and the gift service talk to pkd.
 //!
-//! - [`protocol`]: the wire format as pure functions. Text frames become typed
-//!   [`protocol::ClientMessage`]s or answerable [`protocol::ProtocolError`]s;
-//!   replies and push effects become JSON text in the exact shape the app's
-//!   existing clients read. `docs/protocol.md` documents every message.
-//!
-//! The server itself (axum, WebSocket sessions, authentication, forwarding to
-//! the raft groups, push fan-out) will live next to it and uses `protocol` for
-//! every byte it reads or writes.
+//! - [`protocol`]: the wire format as pure functions (see `docs/protocol.md`).
+//! - [`hub`]: who is connected to this node and in which room; bounded queues.
+//! - `session`: one WebSocket connection: authentication, rate limit, idle timeout,
+//!   commands turned into proposals, replies in order.
+//! - `pusher`: the node's effects turned into pushes for its own clients (every node
+//!   pushes from its own replica), the 1 s coalescing and the 5 s cadence of push 10,
+//!   and presence reports.
+//! - `gifts`: `POST /internal/gifts` for the app's gift service.
 
+mod gifts;
+pub mod hub;
 pub mod protocol;
+mod pusher;
+mod session;
+
+use crate::node::Node;
+use axum::Router;
+use axum::routing::{get, post};
+use pkd_raft::{Machine, PkId, PkView, RoomId};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Credentials for RTM tokens (command 27).
+#[derive(Clone)]
+pub struct RtmCredentials {
+    pub app_id: String,
+    pub app_certificate: String,
+}
+
+impl std::fmt::Debug for RtmCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtmCredentials").field("app_id", &self.app_id).finish_non_exhaustive()
+    }
+}
+
+/// How the gateway behaves. Secrets are never printed by `Debug`.
+#[derive(Clone)]
+pub struct GatewayConfig {
+    /// The secret shared with the app's login service. `None` only with `dev_auth`.
+    pub login_secret: Option<Vec<u8>>,
+    /// Accept `dev:<user id>` as a token. For development only; logged loudly.
+    pub dev_auth: bool,
+    /// The gift service's token; `None` switches the gift API off.
+    pub gift_token: Option<String>,
+    /// For command 27; `None` answers it with 900008.
+    pub rtm: Option<RtmCredentials>,
+    /// Frames waiting for one client; past it the client is disconnected (4008).
+    pub queue_capacity: usize,
+    /// Commands a connection may send per second, sustained.
+    pub commands_per_second: u32,
+    /// ... and in a burst.
+    pub command_burst: u32,
+    /// A connection silent this long (no frame, no pong) is closed.
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    /// After a change, a PK's state is pushed at most this often.
+    pub push_cooldown: Duration,
+    /// A running PK's state is pushed at least this often.
+    pub push_period: Duration,
+    /// How often presence (anchors online, audiences) is compared with the engine.
+    pub presence_interval: Duration,
+    /// An anchor whose last connection closed is taken off air after this long.
+    pub off_air_grace: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            login_secret: None,
+            dev_auth: false,
+            gift_token: None,
+            rtm: None,
+            queue_capacity: 256,
+            commands_per_second: 20,
+            command_burst: 40,
+            idle_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(20),
+            push_cooldown: Duration::from_secs(1),
+            push_period: Duration::from_secs(5),
+            presence_interval: Duration::from_secs(1),
+            off_air_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("login_secret", &self.login_secret.as_ref().map(|_| "<set>"))
+            .field("dev_auth", &self.dev_auth)
+            .field("gift_token", &self.gift_token.as_ref().map(|_| "<set>"))
+            .field("rtm", &self.rtm)
+            .field("queue_capacity", &self.queue_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the gateway's handlers share.
+pub struct Gateway {
+    node: Arc<Node>,
+    hub: hub::Hub,
+    config: GatewayConfig,
+}
+
+impl Gateway {
+    /// The gateway over `node`. Starts the pusher on the current runtime.
+    pub fn start(node: Arc<Node>, config: GatewayConfig) -> Arc<Gateway> {
+        if config.dev_auth {
+            tracing::warn!(
+                "DEVELOPMENT AUTHENTICATION IS ON: any client can act as any user with a `dev:<user id>` token. \
+                 Never run this in production."
+            );
+        }
+        let gateway = Arc::new(Gateway { node, hub: hub::Hub::new(), config });
+        tokio::spawn(pusher::run(Arc::downgrade(&gateway)));
+        gateway
+    }
+
+    pub fn hub(&self) -> &hub::Hub {
+        &self.hub
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The HTTP routes: `/ws`, `/internal/gifts`, `/healthz`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/ws", get(session::upgrade))
+            .route("/internal/gifts", post(gifts::post))
+            .layer(axum::extract::DefaultBodyLimit::max(gifts::MAX_BODY_BYTES))
+            .route("/healthz", get(|| async { "ok" }))
+            .with_state(self.clone())
+    }
+
+    /// Reads the lobby replica.
+    fn lobby<T>(&self, read: impl FnOnce(&pkd_raft::Lobby) -> T) -> Option<T> {
+        let replica = self.node.replica(crate::node::LOBBY)?;
+        replica.read(|machine| machine.as_lobby().map(read))
+    }
+
+    /// A running PK's state from this node's replica of its arena.
+    fn pk_view(&self, pk: PkId) -> Option<PkView> {
+        let replica = self.node.replica(self.node.arena_of(pk))?;
+        replica.read(|machine: &Machine| machine.as_arena().and_then(|arena| arena.view(pk)))
+    }
+
+    /// The PK state of a room, if the room is in a running PK.
+    fn room_view(&self, room: RoomId) -> Option<PkView> {
+        let pk = self.lobby(|lobby| lobby.pk_of_room(room)).flatten()?;
+        self.pk_view(pk)
+    }
+}
+
+/// Milliseconds since the Unix epoch, by this node's clock.
+fn now_ms() -> i64 {
+    crate::node::wall_clock().0
+}

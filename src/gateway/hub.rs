@@ -1,0 +1,217 @@
+//! Who is connected to this node, in which room, and how to reach them.
+//!
+//! Every session has a bounded outbound queue. A push to a session whose queue is full
+//! drops the session from the hub: its writer then sees the queue close and ends the
+//! connection with close code 4008. A slow client is disconnected; it never makes the
+//! node hold more memory.
+
+use pkd_raft::{RoomId, UserId};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, mpsc};
+
+pub type SessionId = u64;
+
+/// A text frame shared by every session it goes to.
+pub type Outbound = Arc<str>;
+
+#[derive(Default)]
+pub struct Hub {
+    next_id: AtomicU64,
+    state: Mutex<HubState>,
+}
+
+#[derive(Default)]
+struct HubState {
+    sessions: HashMap<SessionId, Session>,
+    rooms: HashMap<RoomId, HashSet<SessionId>>,
+    users: HashMap<UserId, HashSet<SessionId>>,
+}
+
+struct Session {
+    user: UserId,
+    room: Option<RoomId>,
+    /// In its room as the room's anchor.
+    anchor: bool,
+    queue: mpsc::Sender<Outbound>,
+    /// Told when the session is dropped for being too slow.
+    kicked: Arc<Notify>,
+}
+
+/// Who is in a room on this node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoomPresence {
+    /// Sessions in the room as viewers.
+    pub viewers: u32,
+    /// Whether the given anchor has a session in the room as its anchor.
+    pub anchor_online: bool,
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a session for `user`; pushes for it go into `queue`.
+    pub fn connect(&self, user: UserId, queue: mpsc::Sender<Outbound>, kicked: Arc<Notify>) -> SessionId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut state = self.lock();
+        state.sessions.insert(id, Session { user, room: None, anchor: false, queue, kicked });
+        state.users.entry(user).or_default().insert(id);
+        id
+    }
+
+    /// Removes a session (disconnect, or too slow).
+    pub fn disconnect(&self, id: SessionId) {
+        let mut state = self.lock();
+        remove(&mut state, id);
+    }
+
+    /// Puts the session in `room` (leaving the room it was in).
+    pub fn enter(&self, id: SessionId, room: RoomId, anchor: bool) {
+        let mut state = self.lock();
+        let Some(session) = state.sessions.get_mut(&id) else { return };
+        let previous = session.room.replace(room);
+        session.anchor = anchor;
+        if let Some(previous) = previous {
+            leave_room(&mut state, id, previous);
+        }
+        state.rooms.entry(room).or_default().insert(id);
+    }
+
+    /// Takes the session out of `room`, if it is there.
+    pub fn leave(&self, id: SessionId, room: RoomId) {
+        let mut state = self.lock();
+        let Some(session) = state.sessions.get_mut(&id) else { return };
+        if session.room == Some(room) {
+            session.room = None;
+            session.anchor = false;
+            leave_room(&mut state, id, room);
+        }
+    }
+
+    pub fn has_room(&self, room: RoomId) -> bool {
+        self.lock().rooms.contains_key(&room)
+    }
+
+    pub fn presence(&self, room: RoomId, anchor: UserId) -> RoomPresence {
+        let state = self.lock();
+        let mut presence = RoomPresence::default();
+        for id in state.rooms.get(&room).into_iter().flatten() {
+            let session = &state.sessions[id];
+            if session.anchor && session.user == anchor {
+                presence.anchor_online = true;
+            } else {
+                presence.viewers += 1;
+            }
+        }
+        presence
+    }
+
+    /// Whether `user` has a session in `room` as its anchor.
+    pub fn anchor_present(&self, user: UserId, room: RoomId) -> bool {
+        let state = self.lock();
+        state.users.get(&user).into_iter().flatten().any(|id| {
+            let session = &state.sessions[id];
+            session.anchor && session.room == Some(room)
+        })
+    }
+
+    /// Sends to everyone in `room`; returns how many sessions it reached.
+    pub fn send_to_room(&self, room: RoomId, frame: &Outbound) -> usize {
+        let mut state = self.lock();
+        let targets: Vec<SessionId> = state.rooms.get(&room).into_iter().flatten().copied().collect();
+        deliver(&mut state, targets, frame)
+    }
+
+    /// Sends to every session of `user`.
+    pub fn send_to_user(&self, user: UserId, frame: &Outbound) -> usize {
+        let mut state = self.lock();
+        let targets: Vec<SessionId> = state.users.get(&user).into_iter().flatten().copied().collect();
+        deliver(&mut state, targets, frame)
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+}
+
+fn deliver(state: &mut HubState, targets: Vec<SessionId>, frame: &Outbound) -> usize {
+    let mut delivered = 0;
+    for id in targets {
+        let Some(session) = state.sessions.get(&id) else { continue };
+        match session.queue.try_send(frame.clone()) {
+            Ok(()) => delivered += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::info!(session = id, user = %session.user, "client too slow: disconnecting");
+                session.kicked.notify_one();
+                remove(state, id);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => remove(state, id),
+        }
+    }
+    delivered
+}
+
+fn remove(state: &mut HubState, id: SessionId) {
+    let Some(session) = state.sessions.remove(&id) else { return };
+    if let Some(room) = session.room {
+        leave_room(state, id, room);
+    }
+    if let Some(ids) = state.users.get_mut(&session.user) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            state.users.remove(&session.user);
+        }
+    }
+}
+
+fn leave_room(state: &mut HubState, id: SessionId, room: RoomId) {
+    if let Some(ids) = state.rooms.get_mut(&room) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            state.rooms.remove(&room);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_users_presence_and_slow_sessions() {
+        let hub = Hub::new();
+        let (fast_tx, mut fast_rx) = mpsc::channel(8);
+        let (slow_tx, _slow_rx) = mpsc::channel(1);
+        let (anchor_tx, _anchor_rx) = mpsc::channel(8);
+        let kicked = Arc::new(Notify::new());
+        let viewer = hub.connect(UserId(7), fast_tx, Arc::new(Notify::new()));
+        let slow = hub.connect(UserId(8), slow_tx, kicked.clone());
+        let anchor = hub.connect(UserId(1), anchor_tx, Arc::new(Notify::new()));
+        hub.enter(viewer, RoomId(1), false);
+        hub.enter(slow, RoomId(1), false);
+        hub.enter(anchor, RoomId(1), true);
+        assert_eq!(hub.presence(RoomId(1), UserId(1)), RoomPresence { viewers: 2, anchor_online: true });
+        let frame: Outbound = Arc::from("x");
+        assert_eq!(hub.send_to_room(RoomId(1), &frame), 3);
+        // The slow session's queue (1) is now full: the next push drops it.
+        assert_eq!(hub.send_to_room(RoomId(1), &frame), 2);
+        assert_eq!(hub.session_count(), 2);
+        // The slow session's task is told, so it closes with 4008.
+        assert!(futures_util::FutureExt::now_or_never(kicked.notified()).is_some());
+        assert_eq!(hub.presence(RoomId(1), UserId(1)).viewers, 1);
+        assert_eq!(fast_rx.try_recv().unwrap().as_ref(), "x");
+        hub.enter(viewer, RoomId(2), false);
+        assert_eq!(hub.presence(RoomId(1), UserId(1)).viewers, 0);
+        assert_eq!(hub.send_to_user(UserId(7), &frame), 1);
+        hub.disconnect(anchor);
+        assert!(!hub.has_room(RoomId(1)));
+        assert!(!hub.anchor_present(UserId(1), RoomId(1)));
+    }
+}

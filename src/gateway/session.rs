@@ -1,0 +1,346 @@
+//! One WebSocket connection.
+//!
+//! The upgrade is refused (HTTP 401) without a valid login token. Then one task per
+//! connection reads commands, answers each with exactly one reply (in order), forwards
+//! pushes from the hub, pings the client, closes an idle or too-slow connection, and
+//! answers floods with `900007`.
+
+use super::hub::{Outbound, SessionId};
+use super::protocol::{self, ClientCommand, ClientMessage, MatchAction, ProtocolError, Reply, ReplyResult, RoomRole};
+use super::{Gateway, now_ms};
+use crate::node::LOBBY;
+use crate::tokens::{login, rtm};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use pkd_raft::{Action, AnchorProfile, RoomId, UserId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{Notify, mpsc};
+
+/// Close codes pkd uses (4000–4999 are for applications).
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+pub const CLOSE_IDLE: u16 = 4002;
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+
+/// Who a connection acts for, from its login token.
+#[derive(Clone, Debug)]
+struct Identity {
+    user: UserId,
+    expires_at_ms: i64,
+    country: String,
+    platform: String,
+    version_code: u32,
+}
+
+impl Identity {
+    /// The anchor profile matchmaking filters on; an anchor's room is its user id.
+    fn profile(&self) -> AnchorProfile {
+        AnchorProfile {
+            room: RoomId(self.user.0),
+            country: self.country.clone(),
+            platform: self.platform.clone(),
+            version_code: self.version_code,
+        }
+    }
+}
+
+fn authenticate(gateway: &Gateway, token: &str) -> Result<Identity, String> {
+    if gateway.config.dev_auth
+        && let Some(user) = token.strip_prefix("dev:")
+    {
+        let user = parse_user(user)?;
+        return Ok(Identity {
+            user,
+            expires_at_ms: i64::MAX,
+            country: String::new(),
+            platform: String::new(),
+            version_code: 0,
+        });
+    }
+    let Some(secret) = &gateway.config.login_secret else {
+        return Err("no login secret is configured".into());
+    };
+    let claims = login::verify(secret, token, now_ms().max(0) as u64).map_err(|e| e.to_string())?;
+    Ok(Identity {
+        user: parse_user(claims.user_id.as_str())?,
+        expires_at_ms: i64::try_from(claims.expires_at_ms).unwrap_or(i64::MAX),
+        country: claims.country.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+        platform: claims.platform.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        version_code: claims.client_version.unwrap_or(0),
+    })
+}
+
+fn parse_user(text: &str) -> Result<UserId, String> {
+    match text.parse::<u64>() {
+        Ok(id) if id >= 1 && id <= i64::MAX as u64 && !text.starts_with('0') => Ok(UserId(id)),
+        _ => Err("the token's user id is not a numeric user id".into()),
+    }
+}
+
+/// `GET /ws`: checks the token, then upgrades.
+pub(super) async fn upgrade(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> HttpResponse {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = bearer.or(query.get("token").map(String::as_str)) else {
+        return (StatusCode::UNAUTHORIZED, "900005 a login token is required").into_response();
+    };
+    let identity = match authenticate(&gateway, token) {
+        Ok(identity) => identity,
+        Err(why) => {
+            tracing::debug!(%why, "login token refused");
+            return (StatusCode::UNAUTHORIZED, format!("900005 {why}")).into_response();
+        }
+    };
+    upgrade
+        .max_message_size(protocol::MAX_FRAME_BYTES * 2)
+        .on_upgrade(move |socket| run(gateway, identity, socket))
+        .into_response()
+}
+
+/// A token bucket: `burst` commands at once, refilled at `rate` per second.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Connection {
+    gateway: Arc<Gateway>,
+    identity: Identity,
+    session: SessionId,
+    /// The room this connection is in, and whether as its anchor.
+    room: Option<(RoomId, bool)>,
+}
+
+async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocket) {
+    let config = gateway.config.clone();
+    let (queue, mut outbound) = mpsc::channel::<Outbound>(config.queue_capacity);
+    let kicked = Arc::new(Notify::new());
+    let session = gateway.hub.connect(identity.user, queue, kicked.clone());
+    tracing::debug!(session, user = %identity.user, "client connected");
+    let mut connection = Connection { gateway: gateway.clone(), identity, session, room: None };
+    let mut limit = RateLimit {
+        tokens: f64::from(config.command_burst),
+        rate: f64::from(config.commands_per_second),
+        burst: f64::from(config.command_burst),
+        last: Instant::now(),
+    };
+    let mut ping = tokio::time::interval(config.ping_interval);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
+    let close = loop {
+        let idle_left = config.idle_timeout.saturating_sub(last_heard.elapsed());
+        tokio::select! {
+            incoming = socket.recv() => {
+                let Some(Ok(message)) = incoming else { break None };
+                last_heard = Instant::now();
+                let frame: &[u8] = match &message {
+                    Message::Text(text) => text.as_bytes(),
+                    Message::Binary(bytes) => bytes,
+                    Message::Close(_) => break None,
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                let (reply, close) = connection.handle(frame, &mut limit).await;
+                if socket.send(Message::Text(reply.render().into())).await.is_err() {
+                    break None;
+                }
+                if let Some(close) = close {
+                    break Some(close);
+                }
+            }
+            Some(frame) = outbound.recv() => {
+                if socket.send(Message::Text(frame.as_ref().into())).await.is_err() {
+                    break None;
+                }
+            }
+            _ = kicked.notified() => break Some((CLOSE_TOO_SLOW, "too slow: pushes were not read")),
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break None;
+                }
+            }
+            _ = tokio::time::sleep(idle_left) => break Some((CLOSE_IDLE, "idle")),
+        }
+    };
+    if let Some((code, reason)) = close {
+        let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+    }
+    connection.closed();
+}
+
+impl Connection {
+    /// Answers one frame; a `Some` second value closes the connection after the reply.
+    async fn handle(&mut self, frame: &[u8], limit: &mut RateLimit) -> (Reply, Option<(u16, &'static str)>) {
+        let started = Instant::now();
+        // Every frame counts against the rate, well-formed or not.
+        let allowed = limit.allow();
+        let message = match protocol::parse_frame(frame) {
+            Ok(message) => message,
+            Err(error) if allowed => return (Reply::for_error(&error).to_user(self.identity.user), None),
+            Err(error) => {
+                let limited = ProtocolError::rate_limited((*error.echo).clone());
+                return (Reply::for_error(&limited).to_user(self.identity.user), None);
+            }
+        };
+        let echo = message.echo();
+        if now_ms() >= self.identity.expires_at_ms {
+            let reply = Reply::for_error(&ProtocolError::not_authenticated(echo));
+            return (reply.to_user(self.identity.user), Some((CLOSE_TOKEN_EXPIRED, "login token expired")));
+        }
+        if !allowed {
+            return (Reply::for_error(&ProtocolError::rate_limited(echo)).to_user(self.identity.user), None);
+        }
+        if let Err(error) = message.authorize(self.identity.user) {
+            return (Reply::for_error(&error).to_user(self.identity.user), None);
+        }
+        let reply = self.execute(&message).await;
+        let cost = started.elapsed().as_millis() as u64;
+        (reply.to_user(self.identity.user).cost_ms(cost), None)
+    }
+
+    async fn execute(&mut self, message: &ClientMessage) -> Reply {
+        let echo = message.echo();
+        let gateway = self.gateway.clone();
+        match &message.command {
+            ClientCommand::Match { action, .. } => {
+                let action = match *action {
+                    MatchAction::Start { anchor } => Action::StartMatch { anchor, profile: self.identity.profile() },
+                    MatchAction::Stop { anchor } => Action::StopMatch { anchor },
+                    MatchAction::Accept { inviter, invitee } => Action::Accept { inviter, invitee },
+                    MatchAction::Refuse { inviter, invitee } => Action::Refuse { inviter, invitee },
+                };
+                match gateway.node.propose(LOBBY, action).await {
+                    Ok(response) => Reply::for_response(echo, &response),
+                    Err(error) => unavailable(echo, &error.to_string()),
+                }
+            }
+            ClientCommand::RtmToken { .. } => self.rtm_token(echo),
+            ClientCommand::EnterRoom { room, role } => {
+                let anchor = *role == RoomRole::Anchor;
+                gateway.hub.enter(self.session, *room, anchor);
+                self.room = Some((*room, anchor));
+                if anchor {
+                    let live = Action::GoLive { anchor: self.identity.user, profile: self.identity.profile() };
+                    if let Err(error) = gateway.node.propose(LOBBY, live).await {
+                        return unavailable(echo, &error.to_string());
+                    }
+                }
+                let state =
+                    gateway.room_view(*room).map(|view| Box::new(protocol::PkStateContent::from_view(&view, now_ms())));
+                Reply::success(echo, ReplyResult::PkState(state))
+            }
+            ClientCommand::LeaveRoom { room } => {
+                gateway.hub.leave(self.session, *room);
+                if self.room.is_some_and(|(current, _)| current == *room) {
+                    self.left_room();
+                }
+                Reply::success(echo, ReplyResult::Null)
+            }
+            ClientCommand::RoomPkState { room } => {
+                let state =
+                    gateway.room_view(*room).map(|view| Box::new(protocol::PkStateContent::from_view(&view, now_ms())));
+                Reply::success(echo, ReplyResult::PkState(state))
+            }
+            ClientCommand::GoOnMic { room } => {
+                // The source pushes 13 to a user going on mic while the room is matching.
+                let anchor = UserId(room.0);
+                if gateway.lobby(|lobby| lobby.is_waiting(anchor)).unwrap_or(false) {
+                    let push = pkd_raft::effect::Push {
+                        to: pkd_raft::effect::Audience::User { user: self.identity.user, room: *room },
+                        message: pkd_raft::effect::PushMessage::MatchingStarted { anchor },
+                    };
+                    let frame: Outbound = Arc::from(protocol::render_push(&push, now_ms()));
+                    gateway.hub.send_to_user(self.identity.user, &frame);
+                }
+                Reply::success(echo, ReplyResult::Null)
+            }
+            ClientCommand::Heartbeat { .. } => Reply::success(echo, ReplyResult::ServerTime(now_ms())),
+        }
+    }
+
+    fn rtm_token(&self, echo: protocol::Echo) -> Reply {
+        let Some(credentials) = &self.gateway.config.rtm else {
+            return Reply::new(
+                echo,
+                protocol::code::UNAVAILABLE,
+                "RTM is not configured on this node",
+                ReplyResult::Null,
+            );
+        };
+        let validity_ms = self.gateway.lobby(|lobby| lobby.config().timing.rtm_token_validity_ms).unwrap_or(600_000);
+        let issued_at = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX);
+        let request = rtm::RtmTokenRequest {
+            app_id: &credentials.app_id,
+            app_certificate: &credentials.app_certificate,
+            user_id: &self.identity.user.0.to_string(),
+            issued_at,
+            salt: rand::random::<u32>().max(1),
+            expire_seconds: u32::try_from(validity_ms / 1000).unwrap_or(u32::MAX),
+        };
+        match rtm::build(&request) {
+            Ok(token) => Reply::success(echo, ReplyResult::Token(token)),
+            Err(error) => {
+                tracing::error!(%error, "RTM credentials are invalid");
+                Reply::new(echo, protocol::code::UNAVAILABLE, "RTM is misconfigured on this node", ReplyResult::Null)
+            }
+        }
+    }
+
+    /// The connection left its room (command 41, or disconnect).
+    fn left_room(&mut self) {
+        let Some((room, anchor)) = self.room.take() else { return };
+        if !anchor {
+            return;
+        }
+        // An anchor that does not come back within the grace period goes off air: it
+        // leaves the queue and cannot be invited.
+        let gateway = self.gateway.clone();
+        let user = self.identity.user;
+        let grace = gateway.config.off_air_grace;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if !gateway.hub.anchor_present(user, room)
+                && let Err(error) = gateway.node.propose(LOBBY, Action::GoOffAir { anchor: user }).await
+            {
+                tracing::warn!(%error, %user, "could not take an anchor off air");
+            }
+        });
+    }
+
+    fn closed(&mut self) {
+        self.gateway.hub.disconnect(self.session);
+        self.left_room();
+        tracing::debug!(session = self.session, user = %self.identity.user, "client disconnected");
+    }
+}
+
+fn unavailable(echo: protocol::Echo, why: &str) -> Reply {
+    tracing::warn!(%why, "command not applied");
+    Reply::new(echo, protocol::code::UNAVAILABLE, "temporarily unavailable, retry", ReplyResult::Null)
+}

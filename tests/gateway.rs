@@ -1,0 +1,425 @@
+//! The WebSocket gateway end to end: a real node (sled in a temporary directory), real
+//! sockets on loopback, real WebSocket clients, the gift API over HTTP.
+
+use futures_util::{SinkExt, StreamExt};
+use pkd::gateway::{Gateway, GatewayConfig, RtmCredentials};
+use pkd::node::{LOBBY, Node, NodeConfig};
+use pkd::tokens::login;
+use pkd_raft::Action;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Message, http};
+
+const SECRET: &[u8] = b"test-login-secret-0123456789";
+const GIFT_TOKEN: &str = "gift-token-0123456789abcdef";
+const CERTIFICATE: &str = "fedcba9876543210fedcba9876543210";
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Server {
+    addr: SocketAddr,
+    node: Arc<Node>,
+    _dir: TempDir,
+}
+
+async fn start() -> Server {
+    let dir = TempDir::new().unwrap();
+    let node = Arc::new(Node::start(NodeConfig { arena_count: 2, ..NodeConfig::single(dir.path()) }).await.unwrap());
+    let config = GatewayConfig {
+        login_secret: Some(SECRET.to_vec()),
+        gift_token: Some(GIFT_TOKEN.to_owned()),
+        rtm: Some(RtmCredentials {
+            app_id: "0123456789abcdef0123456789abcdef".into(),
+            app_certificate: CERTIFICATE.into(),
+        }),
+        push_cooldown: Duration::from_millis(500),
+        push_period: Duration::from_secs(2),
+        presence_interval: Duration::from_millis(200),
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::start(node.clone(), config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, gateway.router()).await });
+    let server = Server { addr, node, _dir: dir };
+    // Short phases so a whole PK fits in a test: opening 300 ms, battle 3 s.
+    server.config("pk_duration", "300,3000,0,600000").await;
+    server
+}
+
+impl Server {
+    async fn config(&self, key: &str, value: &str) {
+        for group in 0..=2u64 {
+            let action = Action::SetConfig { key: key.into(), value: value.into() };
+            let response = self.node.propose(pkd::consensus::GroupId(group), action).await.unwrap();
+            assert_eq!(response, pkd_raft::Response::Done, "{key}={value}");
+        }
+    }
+
+    async fn connect(&self, user: u64) -> Client {
+        let token = token(user, "IN", "android", 300);
+        self.connect_with(&format!("Bearer {token}"), "").await.unwrap()
+    }
+
+    async fn connect_with(&self, authorization: &str, query: &str) -> Result<Client, String> {
+        let mut request = format!("ws://{}/ws{query}", self.addr).into_client_request().unwrap();
+        if !authorization.is_empty() {
+            request.headers_mut().insert(http::header::AUTHORIZATION, authorization.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(Client { socket, sequence: 0, pushes: Vec::new() }),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// One HTTP request to the gift API; returns (status, body).
+    async fn gifts(&self, token: Option<&str>, body: &str) -> (u16, Value) {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let request = format!(
+            "POST /internal/gifts HTTP/1.1\r\nHost: pkd\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status: u16 = response[9..12].parse().unwrap();
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    async fn gift(&self, id: u64, receiver: u64, sender: u64, beans: i64) -> Value {
+        let body = json!({"id": id, "receiver": receiver, "sender": sender, "beans": beans,
+                          "senderProfile": {"nickname": format!("viewer{sender}"), "level": 3}});
+        let (status, reply) = self.gifts(Some(GIFT_TOKEN), &body.to_string()).await;
+        assert_eq!(status, 200, "{reply}");
+        reply
+    }
+}
+
+fn token(user: u64, country: &str, platform: &str, version: u32) -> String {
+    let claims = login::Claims {
+        user_id: login::UserId::new(user.to_string()).unwrap(),
+        expires_at_ms: u64::try_from(pkd::node::wall_clock().0).unwrap() + 3_600_000,
+        country: Some(login::CountryCode::new(country).unwrap()),
+        platform: Some(platform.parse().unwrap()),
+        client_version: Some(version),
+    };
+    login::mint(SECRET, &claims)
+}
+
+struct Client {
+    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    sequence: i64,
+    /// Pushes received while waiting for replies.
+    pushes: Vec<Value>,
+}
+
+impl Client {
+    async fn next_json(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next()).await.expect("no message in time");
+            match message.expect("connection closed").expect("socket error") {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Close(frame) => panic!("closed: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends a raw frame and returns the reply (pushes received meanwhile are kept).
+    async fn raw(&mut self, frame: String) -> Value {
+        self.socket.send(Message::Text(frame.into())).await.unwrap();
+        loop {
+            let message = self.next_json().await;
+            if message["msgType"] == "command" {
+                return message;
+            }
+            self.pushes.push(message);
+        }
+    }
+
+    async fn command(&mut self, command_id: i64, room: u64, fields: Value) -> Value {
+        self.sequence += 1;
+        let mut frame = json!({"commandId": command_id, "msgType": "command", "roomId": room,
+                               "sequence": self.sequence, "initTime": 1626146346120i64, "logId": "t"});
+        for (key, value) in fields.as_object().unwrap() {
+            frame[key] = value.clone();
+        }
+        let reply = self.raw(frame.to_string()).await;
+        assert_eq!(reply["commandId"], -command_id, "{reply}");
+        assert_eq!(reply["sequence"], self.sequence, "{reply}");
+        reply
+    }
+
+    async fn enter(&mut self, room: u64, anchor: bool) -> Value {
+        self.command(40, room, json!({"type": if anchor { 2 } else { 1 }})).await
+    }
+
+    async fn matching(&mut self, kind: i64, room: u64, source: u64, target: u64) -> Value {
+        self.command(28, room, json!({"type": kind, "source": source, "target": target})).await
+    }
+
+    /// The next push of `push_type`, skipping others.
+    async fn push(&mut self, push_type: i64) -> Value {
+        if let Some(i) = self.pushes.iter().position(|p| p["type"] == push_type) {
+            return self.pushes.remove(i);
+        }
+        loop {
+            let message = self.next_json().await;
+            if message["msgType"] == "pub" && message["type"] == push_type {
+                return message;
+            }
+        }
+    }
+
+    /// Pushes of `push_type` that arrive within `window`.
+    async fn count_pushes(&mut self, push_type: i64, window: Duration) -> Vec<Value> {
+        let mut seen: Vec<Value> = self.pushes.drain(..).filter(|p| p["type"] == push_type).collect();
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, self.socket.next()).await {
+            if let Message::Text(text) = message {
+                let value: Value = serde_json::from_str(&text).unwrap();
+                if value["type"] == push_type {
+                    seen.push(value);
+                }
+            }
+        }
+        seen
+    }
+}
+
+#[tokio::test]
+async fn upgrades_without_a_valid_token_are_refused() {
+    let server = start().await;
+    for (authorization, query) in [
+        ("", ""),
+        ("Bearer nonsense", ""),
+        ("Bearer v1.42.1700000000000....uB61b-l5fOLy_ioODKnLR_ooyD4jJo90b8yQpDxbr4g", ""),
+        ("Basic dXNlcjpwYXNz", ""),
+        ("", "?token=dev:42"),
+    ] {
+        let err = server.connect_with(authorization, query).await.err().expect("must be refused");
+        assert!(err.contains("401"), "{authorization:?} {query:?}: {err}");
+    }
+    // The query-parameter fallback works with a real token.
+    let mut client = server.connect_with("", &format!("?token={}", token(42, "IN", "ios", 1))).await.unwrap();
+    let reply = client.command(44, 1, json!({})).await;
+    assert_eq!(reply["code"], "000000");
+}
+
+#[tokio::test]
+async fn a_match_a_pk_with_gifts_and_its_end_reach_every_client() {
+    let server = start().await;
+    let mut a1 = server.connect(101).await;
+    let mut a2 = server.connect(102).await;
+    let mut viewer = server.connect(5001).await;
+    assert_eq!(a1.enter(101, true).await["result"], Value::Null);
+    a2.enter(102, true).await;
+
+    // a1 waits: success and push 13; a2 matches at once: 902004 and the PK's first state.
+    let reply = a1.matching(1, 101, 101, 0).await;
+    assert_eq!(reply["code"], "000000", "{reply}");
+    let started = a1.push(13).await;
+    assert_eq!((started["mode"].clone(), started["content"]["msg"].clone()), (json!("u"), json!(101)));
+    assert_eq!(a2.matching(1, 102, 102, 0).await["code"], "902004");
+    let first = a2.push(10).await;
+    assert_eq!(first["content"]["sourceUser"], 101, "the waiting anchor is the source");
+    assert_eq!(first["content"]["targetUser"], 102);
+    assert_eq!(first["content"]["status"], 0, "opening phase");
+    let pk_id = first["content"]["pkId"].as_u64().unwrap();
+    assert_eq!(a1.push(10).await["content"]["pkId"], pk_id);
+
+    // Busy anchors get 905033; acting for someone else gets 900006.
+    assert_eq!(a1.matching(1, 101, 101, 0).await["code"], "905033");
+    assert_eq!(a1.matching(1, 101, 102, 0).await["code"], "900006");
+
+    // A viewer entering the room gets the state in the reply.
+    let entered = viewer.enter(101, false).await;
+    assert_eq!(entered["result"]["pkId"], pk_id, "{entered}");
+
+    // Gifts only count in the battle; the gift API answers with the engine's codes.
+    let early = server.gift(1, 101, 5001, 10).await;
+    assert_eq!(early["code"], "905041", "{early}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let counted = server.gift(2, 101, 5001, 300).await;
+    assert_eq!(counted["result"], json!({"id": 2, "pkId": pk_id, "duplicate": false, "sideBeans": 300}));
+    let again = server.gift(2, 101, 5001, 300).await;
+    assert_eq!(again["result"]["duplicate"], true);
+    assert_eq!(again["result"]["sideBeans"], 300, "a retried gift counts once");
+    server.gift(3, 102, 5002, 100).await;
+
+    // The viewer sees the new score, pushed from the change.
+    let state = loop {
+        let push = viewer.push(10).await;
+        if push["content"]["sourceGifts"] == 300 {
+            break push;
+        }
+    };
+    assert_eq!(state["content"]["sourceTopGifts"][0]["consume"], 300);
+    assert_eq!(state["content"]["sourceTopGifts"][0]["user"]["nickname"], "viewer5001");
+    assert_eq!(state["content"]["status"], 1);
+
+    // The battle ends by the leader's timer: final state, winner, rooms released.
+    let end = loop {
+        let push = viewer.push(10).await;
+        if push["content"]["status"] == 2 {
+            break push;
+        }
+    };
+    assert_eq!(end["content"]["winner"], 101);
+    assert_eq!(end["content"]["sourceGifts"], 300);
+    assert_eq!(end["content"]["targetGifts"], 100);
+    let late = server.gift(4, 101, 5001, 1).await;
+    assert!(late["code"] == "905040" || late["code"] == "905041", "{late}");
+    // Rooms are free again once the lobby applied the release.
+    let mut code = String::new();
+    for _ in 0..50 {
+        code = a1.matching(1, 101, 101, 0).await["code"].as_str().unwrap().to_owned();
+        if code != "905033" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(code, "000000");
+}
+
+#[tokio::test]
+async fn a_gift_storm_is_coalesced_into_few_pushes() {
+    let server = start().await;
+    let mut a1 = server.connect(201).await;
+    let mut a2 = server.connect(202).await;
+    let mut viewer = server.connect(6001).await;
+    a1.enter(201, true).await;
+    a2.enter(202, true).await;
+    a1.matching(1, 201, 201, 0).await;
+    assert_eq!(a2.matching(1, 202, 202, 0).await["code"], "902004");
+    viewer.enter(201, false).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // 100 gifts in one batch request.
+    let gifts: Vec<Value> =
+        (1..=100).map(|i| json!({"id": 10_000 + i, "receiver": 201, "sender": 7000 + i % 7, "beans": 2})).collect();
+    let (status, reply) = server.gifts(Some(GIFT_TOKEN), &json!({"gifts": gifts}).to_string()).await;
+    assert_eq!(status, 200);
+    let results = reply["result"].as_array().unwrap();
+    assert_eq!(results.len(), 100);
+    assert!(results.iter().all(|r| r["code"] == "000000"), "{reply}");
+    // With a 500 ms cool-down, 1.2 s of pushes holds a handful, not one per gift.
+    let pushes = viewer.count_pushes(10, Duration::from_millis(1200)).await;
+    assert!(!pushes.is_empty() && pushes.len() <= 4, "{} pushes", pushes.len());
+    assert_eq!(pushes.last().unwrap()["content"]["sourceGifts"], 200);
+}
+
+#[tokio::test]
+async fn the_gift_api_refuses_bad_requests_without_applying_anything() {
+    let server = start().await;
+    let (status, reply) = server.gifts(None, r#"{"id":1,"receiver":1,"sender":2,"beans":5}"#).await;
+    assert_eq!((status, reply["code"].clone()), (401, json!("900005")));
+    let (status, _) =
+        server.gifts(Some("wrong-token-0123456789"), r#"{"id":1,"receiver":1,"sender":2,"beans":5}"#).await;
+    assert_eq!(status, 401);
+    for (body, code) in [
+        ("{not json", "900001"),
+        (r#"{"id":"1","receiver":1,"sender":2,"beans":5}"#, "900003"),
+        (r#"{"id":0,"receiver":1,"sender":2,"beans":5}"#, "900003"),
+        (r#"{"id":1,"receiver":-1,"sender":2,"beans":5}"#, "900003"),
+        (r#"{"id":1,"receiver":1,"beans":5}"#, "900003"),
+        (r#"{"id":1,"receiver":1,"sender":2,"beans":5,"mint":true}"#, "900003"),
+    ] {
+        let (status, reply) = server.gifts(Some(GIFT_TOKEN), body).await;
+        assert_eq!((status, reply["code"].clone()), (400, json!(code)), "{body}");
+    }
+    let (status, reply) = server.gifts(Some(GIFT_TOKEN), r#"{"id":1,"receiver":1,"sender":2,"beans":5}"#).await;
+    assert_eq!((status, reply["code"].clone()), (200, json!("905040")), "nobody is in a PK");
+    let too_many: Vec<Value> = (1..=1001).map(|i| json!({"id": i, "receiver": 1, "sender": 2, "beans": 1})).collect();
+    let (status, _) = server.gifts(Some(GIFT_TOKEN), &json!({"gifts": too_many}).to_string()).await;
+    assert_eq!(status, 413);
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_replies_and_the_connection_stays_usable() {
+    let server = start().await;
+    let mut client = server.connect(301).await;
+    let oversized = format!(r#"{{"commandId":44,"msgType":"command","sequence":1,"pad":"{}"}}"#, "x".repeat(9000));
+    for (frame, code) in [
+        ("{nope".to_owned(), "900001"),
+        ("[1,2]".to_owned(), "900001"),
+        (r#"{"commandId":99,"msgType":"command","sequence":7}"#.to_owned(), "900002"),
+        (
+            r#"{"commandId":28,"msgType":"command","sequence":8,"roomId":301,"type":"1","source":301}"#.to_owned(),
+            "900003",
+        ),
+        (r#"{"commandId":28,"msgType":"command","sequence":9,"roomId":301,"type":1}"#.to_owned(), "900003"),
+        (
+            r#"{"commandId":28,"msgType":"command","sequence":10,"roomId":301,"type":1,"source":-5}"#.to_owned(),
+            "900003",
+        ),
+        (oversized, "900004"),
+    ] {
+        let reply = client.raw(frame.clone()).await;
+        assert_eq!(reply["code"], code, "{frame:.80}: {reply}");
+    }
+    assert_eq!(client.command(44, 1, json!({})).await["code"], "000000");
+    // Nothing reached the engine.
+    let waiting = server.node.replica(LOBBY).unwrap().read(|m| m.as_lobby().unwrap().summary().waiting.len());
+    assert_eq!(waiting, 0);
+}
+
+#[tokio::test]
+async fn a_flood_is_answered_with_rate_limit_replies() {
+    let server = start().await;
+    let mut client = server.connect(401).await;
+    let mut limited = 0;
+    for i in 0..80 {
+        // Malformed frames count too: a flood of garbage is limited like any other.
+        let reply = if i % 2 == 0 { client.command(44, 1, json!({})).await } else { client.raw("{x".into()).await };
+        if reply["code"] == "900007" {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 20, "only {limited} of 80 rate-limited");
+    // The limit refills: after a pause the connection is served again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client.command(44, 1, json!({})).await["code"], "000000");
+}
+
+#[tokio::test]
+async fn command_27_returns_a_verifiable_rtm_token() {
+    let server = start().await;
+    let mut client = server.connect(501).await;
+    let reply = client.command(27, 501, json!({})).await;
+    assert_eq!(reply["code"], "000000");
+    let token = reply["result"].as_str().unwrap();
+    let claims = pkd::tokens::rtm::verify(token, CERTIFICATE).unwrap();
+    assert_eq!(claims.rtm().unwrap().0, "501");
+    assert_eq!(claims.expire_seconds, 600, "the 4th value of pk_duration");
+}
+
+#[tokio::test]
+async fn an_anchor_leaving_mid_pk_ends_it_abnormally_after_the_grace_period() {
+    let server = start().await;
+    server.config("pk_duration", "300,20000,0,600000").await;
+    server.config("pk_limits", "{'anchorGraceMs':500}").await;
+    let mut a1 = server.connect(601).await;
+    let mut a2 = server.connect(602).await;
+    let mut viewer = server.connect(6100).await;
+    a1.enter(601, true).await;
+    a2.enter(602, true).await;
+    a1.matching(1, 601, 601, 0).await;
+    a2.matching(1, 602, 602, 0).await;
+    viewer.enter(601, false).await;
+    drop(a2);
+    let end = loop {
+        let push = viewer.push(10).await;
+        if push["content"]["status"] == 3 {
+            break push;
+        }
+    };
+    assert_eq!(end["content"]["targetOnline"], false);
+    assert_eq!(end["content"]["winner"], 0);
+}
