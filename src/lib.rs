@@ -3,4 +3,5 @@
 //! result sinks.
 
 pub mod cli;
+pub mod sinks;
 pub mod tokens;
