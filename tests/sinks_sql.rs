@@ -583,7 +583,16 @@ async fn started_then_gifts_then_settled(store: ResultsStore) -> anyhow::Result<
     );
     assert!(gifts.is_empty() && anchors.is_empty());
 
-    // Running totals while the PK runs.
+    // Running totals while the PK runs: a first write, then newer totals.
+    let written = store
+        .record_gifts(
+            PkId(10),
+            TimestampMs(START + 30_000),
+            &[gifter(FAN_A, 40, 1, 1)],
+            &[],
+        )
+        .await?;
+    assert!(written);
     let at = TimestampMs(START + 60_000);
     let written = store
         .record_gifts(
@@ -595,23 +604,30 @@ async fn started_then_gifts_then_settled(store: ResultsStore) -> anyhow::Result<
         .await?;
     assert!(written);
     let gifts = dump(&store, "t_pk_gift", 10).await?;
-    let tail = [
-        "NULL",
-        "2021-07-09 06:24:39",
-        "2021-07-09 06:24:39",
-        "0",
-        "0",
-        "NULL",
-        "NULL",
-    ];
-    let gift = |id: &str, sender: &str, beans: &str| {
-        let mut values = vec![id, "10", sender, beans, "1", "1"];
-        values.extend_from_slice(&tail);
-        row(&values)
+    let gift = |id: &str, sender: &str, beans: &str, created: &str| {
+        row(&[
+            id,
+            "10",
+            sender,
+            beans,
+            "1",
+            "1",
+            "NULL",
+            created,
+            "2021-07-09 06:24:39",
+            "0",
+            "0",
+            "NULL",
+            "NULL",
+        ])
     };
     assert_eq!(
         gifts,
-        vec![gift("1", "2100216", "100"), gift("2", "2100300", "50")]
+        vec![
+            gift("1", "2100216", "100", "2021-07-09 06:24:09"),
+            // Both databases spend an id on an upsert that updates.
+            gift("3", "2100300", "50", "2021-07-09 06:24:39"),
+        ]
     );
 
     // Settled: final totals and ranks; create_time keeps the first write.

@@ -190,6 +190,15 @@ const T_PK_ANCHOR: Table = Table {
     insert_only: &["create_time"],
 };
 
+/// When an upsert may update an existing row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guard {
+    /// Always: the write is the PK's final result.
+    None,
+    /// Only while the PK's `t_pk` row is still at status 1 (or absent).
+    WhileRunning,
+}
+
 /// The results tables of the source design, in MySQL or SQLite.
 #[derive(Clone, Debug)]
 pub struct ResultsStore {
@@ -239,16 +248,14 @@ impl ResultsStore {
     }
 
     /// Writes the `t_pk` row of a PK that has just started (status 1, no end time),
-    /// from its first state. Does nothing if the PK is already past status 1 (a late
-    /// or replayed start must not undo a settled result).
+    /// from its first state. An existing row is only updated while it is still at
+    /// status 1: a late or replayed start never undoes a settled result (the check
+    /// is part of the upsert statement, so it holds against concurrent writers).
     pub async fn record_started(&self, view: &PkView) -> Result<()> {
         let row = started_row(view)?;
-        let mut tx = self.pool.begin().await?;
-        if self.running_or_absent(&mut tx, view.pk).await? {
-            self.upsert(&mut tx, &T_PK, &row).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        self.upsert(&mut conn, &T_PK, &row, Guard::WhileRunning)
+            .await
     }
 
     /// Writes the running totals of a PK's gifters (`t_pk_gift`), as of `at`.
@@ -258,7 +265,8 @@ impl ResultsStore {
     /// the sum of beans and times and the better (lower) of the two ranks.
     ///
     /// Returns `false`, writing nothing, if the PK has already settled: its rows then
-    /// hold the final totals and ranks.
+    /// hold the final totals and ranks (existing rows are also guarded in the upsert
+    /// statement itself, against a settlement committed in between).
     pub async fn record_gifts(
         &self,
         pk: PkId,
@@ -268,10 +276,19 @@ impl ResultsStore {
     ) -> Result<bool> {
         let rows = gift_rows(pk, source, target, at, at)?;
         let mut tx = self.pool.begin().await?;
-        let running = self.running_or_absent(&mut tx, pk).await?;
+        let sql = format!("SELECT {} FROM t_pk WHERE id = ?", self.cast_int("status"));
+        let status = sqlx::query(&sql)
+            .bind(pk_column(pk)?)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get::<Option<i64>, _>(0))
+            .transpose()?
+            .flatten();
+        let running = matches!(status, None | Some(1));
         if running {
             for row in &rows {
-                self.upsert(&mut tx, &T_PK_GIFT, row).await?;
+                self.upsert(&mut tx, &T_PK_GIFT, row, Guard::WhileRunning)
+                    .await?;
             }
         }
         tx.commit().await?;
@@ -400,12 +417,12 @@ impl ResultsStore {
     }
 
     async fn write_settled(&self, conn: &mut AnyConnection, rows: &SettledRows) -> Result<()> {
-        self.upsert(conn, &T_PK, &rows.pk_row).await?;
+        self.upsert(conn, &T_PK, &rows.pk_row, Guard::None).await?;
         for row in &rows.gift_rows {
-            self.upsert(conn, &T_PK_GIFT, row).await?;
+            self.upsert(conn, &T_PK_GIFT, row, Guard::None).await?;
         }
         for row in &rows.anchor_rows {
-            self.upsert(conn, &T_PK_ANCHOR, row).await?;
+            self.upsert(conn, &T_PK_ANCHOR, row, Guard::None).await?;
         }
         // Rows the result does not have (a sender counted by an earlier, wrong write;
         // a hand-made row): delete them so that the tables match the engine exactly.
@@ -434,29 +451,14 @@ impl ResultsStore {
         Ok(())
     }
 
-    /// Whether the PK's `t_pk` row is absent or still at status 1, locking it (MySQL)
-    /// for the rest of the transaction.
-    async fn running_or_absent(&self, conn: &mut AnyConnection, pk: PkId) -> Result<bool> {
-        let lock = match self.dialect {
-            Dialect::MySql => " FOR UPDATE",
-            Dialect::Sqlite => "",
-        };
-        let sql = format!(
-            "SELECT {} FROM t_pk WHERE id = ?{lock}",
-            self.cast_int("status")
-        );
-        let row = sqlx::query(&sql)
-            .bind(int_id("PK id", pk.0)?)
-            .fetch_optional(&mut *conn)
-            .await?;
-        Ok(match row {
-            None => true,
-            Some(row) => row.try_get::<Option<i64>, _>(0)? == Some(1),
-        })
-    }
-
-    async fn upsert(&self, conn: &mut AnyConnection, table: &Table, row: &[Value]) -> Result<()> {
-        let sql = self.upsert_sql(table);
+    async fn upsert(
+        &self,
+        conn: &mut AnyConnection,
+        table: &Table,
+        row: &[Value],
+        guard: Guard,
+    ) -> Result<()> {
+        let sql = self.upsert_sql(table, guard);
         let mut query = sqlx::query(&sql);
         for value in row {
             query = match value {
@@ -468,7 +470,9 @@ impl ResultsStore {
         Ok(())
     }
 
-    fn upsert_sql(&self, table: &Table) -> String {
+    /// `INSERT ... ON DUPLICATE KEY UPDATE` (MySQL) or `INSERT ... ON CONFLICT DO
+    /// UPDATE` (SQLite) of every column, the key and insert-only columns excepted.
+    fn upsert_sql(&self, table: &Table, guard: Guard) -> String {
         let columns = table
             .columns
             .iter()
@@ -479,33 +483,52 @@ impl ResultsStore {
             .columns
             .iter()
             .filter(|c| !table.key.contains(c) && !table.insert_only.contains(c));
-        let (clause, assignments) = match self.dialect {
-            Dialect::MySql => (
-                "ON DUPLICATE KEY UPDATE".to_owned(),
-                updated
-                    .map(|c| format!("`{c}` = VALUES(`{c}`)"))
-                    .collect::<Vec<_>>(),
-            ),
-            Dialect::Sqlite => (
+        // The status of the PK the row belongs to, as the existing row sees it.
+        let pk_status = match (table.name, self.dialect) {
+            ("t_pk", Dialect::MySql) => "`status`".to_owned(),
+            ("t_pk", Dialect::Sqlite) => "t_pk.`status`".to_owned(),
+            (name, _) => {
+                format!("COALESCE((SELECT p.`status` FROM t_pk p WHERE p.id = {name}.`pk_id`), 1)")
+            }
+        };
+        let tail = match self.dialect {
+            Dialect::MySql => {
+                let assignments = updated.map(|c| match guard {
+                    Guard::None => format!("`{c}` = VALUES(`{c}`)"),
+                    // `status` itself is never assigned under this guard (a start
+                    // writes 1, running totals have no status), so every IF sees the
+                    // existing row's status.
+                    Guard::WhileRunning => {
+                        format!("`{c}` = IF({pk_status} = 1, VALUES(`{c}`), `{c}`)")
+                    }
+                });
                 format!(
-                    "ON CONFLICT ({}) DO UPDATE SET",
-                    table
-                        .key
-                        .iter()
-                        .map(|c| format!("`{c}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                updated
-                    .map(|c| format!("`{c}` = excluded.`{c}`"))
-                    .collect::<Vec<_>>(),
-            ),
+                    "ON DUPLICATE KEY UPDATE {}",
+                    assignments.collect::<Vec<_>>().join(", ")
+                )
+            }
+            Dialect::Sqlite => {
+                let key = table
+                    .key
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>();
+                let assignments = updated.map(|c| format!("`{c}` = excluded.`{c}`"));
+                let condition = match guard {
+                    Guard::None => String::new(),
+                    Guard::WhileRunning => format!(" WHERE {pk_status} = 1"),
+                };
+                format!(
+                    "ON CONFLICT ({}) DO UPDATE SET {}{condition}",
+                    key.join(", "),
+                    assignments.collect::<Vec<_>>().join(", ")
+                )
+            }
         };
         format!(
-            "INSERT INTO {} ({}) VALUES ({placeholders}) {clause} {}",
+            "INSERT INTO {} ({}) VALUES ({placeholders}) {tail}",
             table.name,
-            columns.join(", "),
-            assignments.join(", ")
+            columns.join(", ")
         )
     }
 
@@ -620,7 +643,7 @@ struct SettledRows {
 
 impl SettledRows {
     fn new(settled: &SettledPk) -> Result<SettledRows> {
-        let pk = int_id("PK id", settled.pk.0)?;
+        let pk = pk_column(settled.pk)?;
         let created = datetime_seconds(settled.start_time);
         let updated = datetime_seconds(settled.end_time);
         let duration = clamp_int(settled.duration_ms);
@@ -710,7 +733,7 @@ impl SettledRows {
 fn started_row(view: &PkView) -> Result<Vec<Value>> {
     let created = datetime_seconds(view.start_time);
     Ok(vec![
-        Value::int(int_id("PK id", view.pk.0)?),
+        Value::int(pk_column(view.pk)?),
         Value::int(1),
         Value::int(1),
         Value::int(0),
@@ -741,7 +764,7 @@ fn gift_rows(
     created: TimestampMs,
     updated: TimestampMs,
 ) -> Result<Vec<Vec<Value>>> {
-    let pk = int_id("PK id", pk.0)?;
+    let pk = pk_column(pk)?;
     let mut merged: BTreeMap<UserId, (i64, u64, u32)> = BTreeMap::new();
     for gifter in source.iter().chain(target) {
         let entry = merged.entry(gifter.sender).or_insert((0, 0, u32::MAX));
@@ -797,17 +820,19 @@ fn pk_record(row: &sqlx::any::AnyRow) -> Result<PkRecord> {
     })
 }
 
-/// User and room ids live in the source's `INT(11)` columns; PK ids in `BIGINT`.
+/// A PK id for a `BIGINT` column.
+fn pk_column(pk: PkId) -> Result<i64> {
+    i64::try_from(pk.0).map_err(|_| StoreError::OutOfRange {
+        what: "PK id",
+        value: pk.0,
+    })
+}
+
+/// A user or room id for the source's `INT(11)` columns.
 fn int_id(what: &'static str, value: u64) -> Result<i64> {
-    let limit = if what == "PK id" {
-        i64::MAX as u64
-    } else {
-        i32::MAX as u64
-    };
-    if value > limit {
-        return Err(StoreError::OutOfRange { what, value });
-    }
-    Ok(value as i64)
+    i32::try_from(value)
+        .map(i64::from)
+        .map_err(|_| StoreError::OutOfRange { what, value })
 }
 
 fn room_id(room: RoomId) -> Result<i64> {
@@ -922,6 +947,6 @@ mod tests {
     fn ids_beyond_int_columns_are_refused() {
         assert!(int_id("user id", u64::from(u32::MAX)).is_err());
         assert_eq!(int_id("user id", 2_099_955).ok(), Some(2_099_955));
-        assert!(int_id("PK id", u64::MAX).is_err());
+        assert!(pk_column(PkId(u64::MAX)).is_err());
     }
 }
