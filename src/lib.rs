@@ -9,6 +9,7 @@ pub mod group;
 pub mod node;
 pub mod replica;
 pub mod serve;
+pub mod sinks;
 mod ticker;
 pub mod tokens;
 pub mod transport;
