@@ -180,3 +180,51 @@ impl MetricsWatch {
         self.0.changed().await.is_ok()
     }
 }
+
+// ---- the network between nodes ----------------------------------------------------------
+
+pub use openraft::network::RPCOption;
+pub use openraft::{RaftNetworkFactory, RaftNetworkV2};
+
+/// Replicates log entries (and heartbeats).
+pub type AppendRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+pub type AppendResponse = openraft::raft::AppendEntriesResponse<TypeConfig>;
+/// Asks for a vote (or, for pre-vote, whether a vote would be granted).
+pub type VoteRequest = openraft::raft::VoteRequest<TypeConfig>;
+pub type VoteResponse = openraft::raft::VoteResponse<TypeConfig>;
+/// A leader's term and id.
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type SnapshotResponse = openraft::raft::SnapshotResponse<TypeConfig>;
+pub type TransferLeaderRequest = openraft::raft::TransferLeaderRequest<TypeConfig>;
+pub type TransferLeaderResponse = openraft::raft::TransferLeaderResponse<TypeConfig>;
+/// Why an RPC to another node failed.
+pub type RpcError = openraft::error::RPCError<TypeConfig>;
+/// Why sending a snapshot to another node failed.
+pub type StreamingError = openraft::error::StreamingError<TypeConfig>;
+/// Sent when openraft stops replicating to a node while a snapshot is on its way.
+pub type ReplicationClosed = openraft::error::ReplicationClosed;
+
+/// An RPC failure for a peer that is not connected (openraft backs off).
+pub fn rpc_unreachable(message: impl ToString) -> RpcError {
+    openraft::error::RPCError::Unreachable(openraft::error::Unreachable::from_string(message))
+}
+
+/// An RPC failure on a connected peer (timeout, dropped connection, remote failure).
+pub fn rpc_failed(message: impl ToString) -> RpcError {
+    openraft::error::RPCError::Network(openraft::error::NetworkError::from_string(message))
+}
+
+/// The snapshot-transfer form of [`rpc_failed`] and [`rpc_unreachable`].
+pub fn streaming_error(error: RpcError) -> StreamingError {
+    match error {
+        openraft::error::RPCError::Unreachable(unreachable) => {
+            openraft::error::StreamingError::Unreachable(unreachable)
+        }
+        openraft::error::RPCError::Network(network) => {
+            openraft::error::StreamingError::Network(network)
+        }
+        other => openraft::error::StreamingError::Network(
+            openraft::error::NetworkError::from_string(other.to_string()),
+        ),
+    }
+}

@@ -33,6 +33,12 @@ pub enum ProposeError {
         group: GroupId,
         leader: Option<NodeId>,
     },
+    #[error("forwarding to node {leader}, the leader of group {group}, failed: {message}")]
+    Forward {
+        group: GroupId,
+        leader: NodeId,
+        message: String,
+    },
     #[error("group {0} is shutting down")]
     Stopped(GroupId),
     #[error("raft failed in group {group}: {message}")]
@@ -97,6 +103,21 @@ impl Group {
     pub fn is_leader(&self) -> bool {
         self.metrics()
             .read(|metrics| is_leader_in(metrics, self.node))
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.metrics().read(|metrics| metrics.current_leader)
+    }
+
+    /// Asks the group to hand leadership to `to` (only the leader acts on it). Returns at
+    /// once; watch [`Group::leader`] for the change.
+    pub async fn transfer_leadership(&self, to: NodeId) -> Result<(), ProposeError> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|_| ProposeError::Stopped(self.id))
     }
 
     /// Proposes `action` stamped with time `at`, and waits for the machine's response.

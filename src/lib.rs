@@ -2,6 +2,7 @@
 
 pub mod consensus;
 pub mod group;
+pub mod network;
 pub mod node;
 pub mod replica;
 mod ticker;
