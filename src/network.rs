@@ -347,6 +347,9 @@ impl Link {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         lock(&self.pending).insert(id, reply);
+        // Forgets the request if the caller gives up (a timeout drops this future), so
+        // that unanswered requests do not pile up on a long-lived connection.
+        let _forget = Forget { link: self, id };
         let frame = Frame::Request {
             id,
             group: group.0,
@@ -354,7 +357,6 @@ impl Link {
         };
         let lost = || rpc_unreachable(format!("connection to node {} lost", self.peer));
         if self.outgoing.send(frame).await.is_err() {
-            lock(&self.pending).remove(&id);
             return Err(lost());
         }
         let result = answer.await;
@@ -368,6 +370,18 @@ impl Link {
     fn close(&self) {
         let _ = self.closed.send(true);
         lock(&self.pending).clear();
+    }
+}
+
+/// Removes a request from its link's pending table when dropped.
+struct Forget<'a> {
+    link: &'a Link,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(&self.link.pending).remove(&self.id);
     }
 }
 

@@ -39,46 +39,121 @@ async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool
     }
 }
 
+/// Three nodes, and what it takes to start each of them again.
 struct Cluster {
-    nodes: Vec<Node>,
+    nodes: Vec<Option<Node>>,
+    configs: Vec<(NodeConfig, NetworkConfig)>,
     _dirs: Vec<TempDir>,
 }
 
-async fn start_cluster(secret: &[u8]) -> Result<Cluster, Box<dyn std::error::Error>> {
-    let mut listeners = Vec::new();
-    let mut peers = BTreeMap::new();
-    for id in 1..=3u64 {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        peers.insert(id, listener.local_addr()?.to_string());
-        listeners.push(listener);
+impl Cluster {
+    async fn start(secret: &[u8]) -> Result<Cluster, Box<dyn std::error::Error>> {
+        let mut listeners = Vec::new();
+        let mut peers = BTreeMap::new();
+        for id in 1..=3u64 {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            peers.insert(id, listener.local_addr()?.to_string());
+            listeners.push(listener);
+        }
+        let mut dirs = Vec::new();
+        let mut configs = Vec::new();
+        let mut starting = Vec::new();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let id = index as u64 + 1;
+            let dir = TempDir::new()?;
+            let config = NodeConfig {
+                node_id: id,
+                arena_count: 2,
+                snapshot_every: 16,
+                ..NodeConfig::single(dir.path())
+            };
+            let network = NetworkConfig {
+                node_id: id,
+                cluster: "test".into(),
+                secret: secret.to_vec(),
+                peers: peers.clone(),
+            };
+            dirs.push(dir);
+            configs.push((config.clone(), network.clone()));
+            starting.push(tokio::spawn(Node::start_clustered(
+                config, network, listener,
+            )));
+        }
+        let mut nodes = Vec::new();
+        for task in starting {
+            nodes.push(Some(task.await??));
+        }
+        Ok(Cluster {
+            nodes,
+            configs,
+            _dirs: dirs,
+        })
     }
-    let mut dirs = Vec::new();
-    let mut starting = Vec::new();
-    for (index, listener) in listeners.into_iter().enumerate() {
-        let id = index as u64 + 1;
-        let dir = TempDir::new()?;
-        let config = NodeConfig {
-            node_id: id,
-            arena_count: 2,
-            snapshot_every: 16,
-            ..NodeConfig::single(dir.path())
-        };
-        let network = NetworkConfig {
-            node_id: id,
-            cluster: "test".into(),
-            secret: secret.to_vec(),
-            peers: peers.clone(),
-        };
-        dirs.push(dir);
-        starting.push(tokio::spawn(Node::start_clustered(
-            config, network, listener,
-        )));
+
+    fn node(&self, id: u64) -> Result<&Node, Box<dyn std::error::Error>> {
+        self.nodes
+            .get(id as usize - 1)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| format!("node {id} is not running").into())
     }
-    let mut nodes = Vec::new();
-    for task in starting {
-        nodes.push(task.await??);
+
+    fn running(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().flatten()
     }
-    Ok(Cluster { nodes, _dirs: dirs })
+
+    async fn stop(&mut self, id: u64) {
+        if let Some(node) = self.nodes[id as usize - 1].take() {
+            node.shutdown().await;
+        }
+    }
+
+    async fn restart(&mut self, id: u64) -> TestResult {
+        let (config, network) = self.configs[id as usize - 1].clone();
+        let address = network.peers[&id].clone();
+        let listener = TcpListener::bind(&address).await?;
+        self.nodes[id as usize - 1] = Some(Node::start_clustered(config, network, listener).await?);
+        Ok(())
+    }
+
+    async fn shutdown(self) {
+        for node in self.nodes.into_iter().flatten() {
+            node.shutdown().await;
+        }
+    }
+}
+
+async fn set_config(node: &Node, battle_ms: u64) -> TestResult {
+    for group in 0..=u64::from(node.arena_count()) {
+        for (key, value) in [
+            ("pk_duration", format!("300,{battle_ms},200,60000")),
+            ("pk_config", MATCHING.to_owned()),
+        ] {
+            let response = node
+                .propose(
+                    GroupId(group),
+                    Action::SetConfig {
+                        key: key.into(),
+                        value,
+                    },
+                )
+                .await?;
+            assert_eq!(response, Response::Done);
+        }
+    }
+    Ok(())
+}
+
+/// The machine of `group` on every running node, as snapshot bytes.
+fn machines(cluster: &Cluster, group: GroupId) -> Vec<Vec<u8>> {
+    cluster
+        .running()
+        .filter_map(|node| node.replica(group))
+        .map(|replica| replica.read(|machine| machine.snapshot()))
+        .collect()
+}
+
+fn all_equal(items: &[Vec<u8>]) -> bool {
+    items.windows(2).all(|pair| pair[0] == pair[1])
 }
 
 fn pk_running(node: &Node, pk: PkId) -> bool {
@@ -103,57 +178,34 @@ fn lobby_holds(node: &Node, anchor: u64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_run_a_pk_together() -> TestResult {
-    let cluster = start_cluster(b"cluster secret").await?;
-    let [first, second, third] = &cluster.nodes[..] else {
-        return Err("three nodes".into());
-    };
+    let cluster = Cluster::start(b"cluster secret").await?;
+    let (first, second, third) = (cluster.node(1)?, cluster.node(2)?, cluster.node(3)?);
     // Every group elects one leader, known to all; then the arenas move to nodes 2 and 3,
     // so that hand-overs cross nodes.
     for (group, wanted) in [(0, None), (1, Some(2)), (2, Some(3))] {
         let group = GroupId(group);
         eventually(Duration::from_secs(5), "one leader per group", || {
-            let leaders: Vec<_> = cluster
-                .nodes
-                .iter()
-                .map(|node| node.leader(group))
-                .collect();
+            let leaders: Vec<_> = cluster.running().map(|node| node.leader(group)).collect();
             leaders[0].is_some() && leaders.windows(2).all(|pair| pair[0] == pair[1])
         })
         .await;
         let Some(wanted) = wanted else { continue };
         let leader = first.leader(group).ok_or("no leader")?;
-        let leader_node = &cluster.nodes[leader as usize - 1];
+        let leader_node = cluster.node(leader)?;
         if leader != wanted {
             leader_node.transfer_leadership(group, wanted).await?;
         }
         eventually(Duration::from_secs(5), "leadership moves", || {
             cluster
-                .nodes
-                .iter()
+                .running()
                 .all(|node| node.leader(group) == Some(wanted))
-                && cluster.nodes[wanted as usize - 1].is_leader(group)
+                && cluster.node(wanted).is_ok_and(|node| node.is_leader(group))
         })
         .await;
     }
 
     // Configuration through one node, matching through another: forwarded to the leaders.
-    for group in 0..=2 {
-        for (key, value) in [
-            ("pk_duration", "300,1500,200,60000".to_owned()),
-            ("pk_config", MATCHING.to_owned()),
-        ] {
-            let response = third
-                .propose(
-                    GroupId(group),
-                    Action::SetConfig {
-                        key: key.into(),
-                        value,
-                    },
-                )
-                .await?;
-            assert_eq!(response, Response::Done);
-        }
-    }
+    set_config(third, 1_500).await?;
     assert_eq!(second.propose(LOBBY, start(1)).await?, Response::Waiting);
     let pk = match third.propose(LOBBY, start(2)).await? {
         Response::Matched { pk, .. } => pk,
@@ -162,7 +214,7 @@ async fn three_nodes_run_a_pk_together() -> TestResult {
     eventually(
         Duration::from_secs(5),
         "the PK reaches every node's arena",
-        || cluster.nodes.iter().all(|node| pk_running(node, pk)),
+        || cluster.running().all(|node| pk_running(node, pk)),
     )
     .await;
 
@@ -187,24 +239,75 @@ async fn three_nodes_run_a_pk_together() -> TestResult {
     // The arena's leader ends it; the rooms are released on every node's lobby.
     eventually(Duration::from_secs(8), "the PK ends everywhere", || {
         cluster
-            .nodes
-            .iter()
+            .running()
             .all(|node| !pk_running(node, pk) && !lobby_holds(node, 1) && !lobby_holds(node, 2))
     })
     .await;
     eventually(Duration::from_secs(2), "the lobbies agree", || {
-        let snapshots: Vec<Vec<u8>> = cluster
-            .nodes
-            .iter()
-            .filter_map(|node| node.replica(LOBBY))
-            .map(|replica| replica.read(|machine| machine.snapshot()))
-            .collect();
-        snapshots.windows(2).all(|pair| pair[0] == pair[1])
+        all_equal(&machines(&cluster, LOBBY))
+    })
+    .await;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pk_survives_its_leaders_and_a_node_catches_up_by_snapshot() -> TestResult {
+    let mut cluster = Cluster::start(b"cluster secret").await?;
+    set_config(cluster.node(2)?, 2_000).await?;
+    assert_eq!(
+        cluster.node(2)?.propose(LOBBY, start(1)).await?,
+        Response::Waiting
+    );
+    let pk = match cluster.node(3)?.propose(LOBBY, start(2)).await? {
+        Response::Matched { pk, .. } => pk,
+        other => return Err(format!("expected a match, got {other:?}").into()),
+    };
+    let arena = cluster.node(1)?.arena_of(pk);
+    eventually(Duration::from_secs(5), "the PK reaches every node", || {
+        cluster.running().all(|node| pk_running(node, pk))
     })
     .await;
 
-    for node in cluster.nodes {
-        node.shutdown().await;
+    // Stop the node leading the PK's arena (and perhaps the lobby too).
+    let leader = cluster.node(1)?.leader(arena).ok_or("no arena leader")?;
+    cluster.stop(leader).await;
+    let survivor = if leader == 1 { 2 } else { 1 };
+
+    // The survivors elect new leaders; the new arena leader's ticker ends the PK and its
+    // pump releases the rooms.
+    eventually(
+        Duration::from_secs(8),
+        "the PK ends without its first leader",
+        || {
+            cluster
+                .running()
+                .all(|node| !pk_running(node, pk) && !lobby_holds(node, 1) && !lobby_holds(node, 2))
+        },
+    )
+    .await;
+
+    // Enough new entries for the survivors to snapshot and purge what the stopped node
+    // misses.
+    for anchor in 100..150 {
+        cluster
+            .node(survivor)?
+            .propose(LOBBY, start(anchor))
+            .await?;
     }
+
+    cluster.restart(leader).await?;
+    for group in [LOBBY, arena] {
+        eventually(
+            Duration::from_secs(8),
+            "the restarted node catches up",
+            || {
+                let machines = machines(&cluster, group);
+                machines.len() == 3 && all_equal(&machines)
+            },
+        )
+        .await;
+    }
+    cluster.shutdown().await;
     Ok(())
 }
