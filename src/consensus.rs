@@ -73,14 +73,33 @@ pub fn index_of(log_id: &LogId) -> u64 {
     log_id.index
 }
 
-/// Where a failed write says the leader is, if the failure was "not the leader".
-pub fn leader_hint(error: &WriteError) -> Option<Option<NodeId>> {
-    error.forward_to_leader().map(|forward| forward.leader_id)
+/// What a failed write means for the proposer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// Refused before it reached the log: this node does not lead the group (the leader,
+    /// if known, is named). Safe to send to the leader.
+    NotLeader(Option<NodeId>),
+    /// The entry reached this node's log but was dropped when another leader took over:
+    /// it may or may not commit. Retrying blindly may apply it twice.
+    OutcomeUnknown,
+    /// Raft has stopped for good.
+    Stopped,
+    /// Anything else, with its description.
+    Other(String),
 }
 
-/// Whether this write failure means raft has stopped for good.
-pub fn is_fatal(error: &WriteError) -> bool {
-    matches!(error, openraft::error::RaftError::Fatal(_))
+/// Classifies a failed write. openraft's own `forward_to_leader()` also answers for a
+/// discarded entry, whose outcome is unknown; this keeps the two apart.
+pub fn classify_write_error(error: &WriteError) -> WriteFailure {
+    use openraft::error::{ClientWriteError, RaftError};
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            WriteFailure::NotLeader(forward.leader_id)
+        }
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => WriteFailure::OutcomeUnknown,
+        RaftError::Fatal(_) => WriteFailure::Stopped,
+        other => WriteFailure::Other(other.to_string()),
+    }
 }
 
 /// Whether `initialize` failed only because the group was initialized already.

@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::consensus::{
-    Batch, GroupId, Metrics, MetricsWatch, NodeId, Raft, ServerState, WriteError,
+    Batch, GroupId, Metrics, MetricsWatch, NodeId, Raft, ServerState, WriteError, WriteFailure,
+    classify_write_error,
 };
 use crate::replica::ReplicaHandle;
 
@@ -39,6 +40,10 @@ pub enum ProposeError {
         leader: NodeId,
         message: String,
     },
+    #[error(
+        "group {0} changed leader while the command was in flight: it may or may not have been applied"
+    )]
+    OutcomeUnknown(GroupId),
     #[error("group {0} is shutting down")]
     Stopped(GroupId),
     #[error("raft failed in group {group}: {message}")]
@@ -188,8 +193,9 @@ async fn run_batcher(group: GroupId, raft: Raft, mut queue: mpsc::Receiver<Propo
                 if matches!(failure, ProposeError::Raft { .. }) {
                     tracing::warn!(%group, %error, "raft write failed");
                 }
+                let stopped = failure == ProposeError::Stopped(group);
                 answer_all(replies, failure);
-                if crate::consensus::is_fatal(&error) {
+                if stopped {
                     // Raft has stopped: whatever is still queued is answered the same way.
                     queue.close();
                 }
@@ -205,14 +211,10 @@ fn answer_all(replies: Vec<oneshot::Sender<Result<Response, ProposeError>>>, err
 }
 
 fn propose_error(group: GroupId, error: &WriteError) -> ProposeError {
-    if let Some(leader) = crate::consensus::leader_hint(error) {
-        return ProposeError::NotLeader { group, leader };
-    }
-    if crate::consensus::is_fatal(error) {
-        return ProposeError::Stopped(group);
-    }
-    ProposeError::Raft {
-        group,
-        message: error.to_string(),
+    match classify_write_error(error) {
+        WriteFailure::NotLeader(leader) => ProposeError::NotLeader { group, leader },
+        WriteFailure::OutcomeUnknown => ProposeError::OutcomeUnknown(group),
+        WriteFailure::Stopped => ProposeError::Stopped(group),
+        WriteFailure::Other(message) => ProposeError::Raft { group, message },
     }
 }
