@@ -56,6 +56,9 @@ const OUTGOING_CAPACITY: usize = 1_024;
 const MIN_REDIAL: Duration = Duration::from_millis(50);
 const MAX_REDIAL: Duration = Duration::from_secs(2);
 
+/// Requests in a row that may time out before the connection is dropped and dialed again.
+const TIMEOUTS_BEFORE_CLOSING: u64 = 3;
+
 /// How long a forwarded proposal may take.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -269,10 +272,22 @@ impl Network {
             return Err(rpc_unreachable(format!("no connection to node {peer}")));
         };
         match tokio::time::timeout(ttl, link.call(group, request)).await {
-            Ok(result) => result,
-            Err(_) => Err(rpc_failed(format!(
-                "node {peer} did not answer within {ttl:?}"
-            ))),
+            Ok(result) => {
+                link.timeouts.store(0, Ordering::Relaxed);
+                result
+            }
+            Err(_) => {
+                // A peer that vanished without closing the connection leaves reads hanging
+                // forever: after a few timeouts in a row, drop the connection so that it is
+                // dialed again.
+                if link.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_CLOSING {
+                    tracing::warn!(peer, "peer stopped answering; closing the connection");
+                    link.close();
+                }
+                Err(rpc_failed(format!(
+                    "node {peer} did not answer within {ttl:?}"
+                )))
+            }
         }
     }
 
@@ -338,6 +353,8 @@ struct Link {
     outgoing: mpsc::Sender<Frame>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<Reply, String>>>>,
     next_id: AtomicU64,
+    /// Requests in a row that timed out.
+    timeouts: AtomicU64,
     /// Dropping it (or sending) ends the connection's tasks.
     closed: watch::Sender<bool>,
 }
@@ -554,6 +571,7 @@ async fn run_connection(network: Network, peer: NodeId, stream: TcpStream) {
         outgoing,
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(0),
+        timeouts: AtomicU64::new(0),
         closed,
     });
     if let Some(old) = network.set_link(peer, Some(Arc::clone(&link))) {

@@ -80,8 +80,13 @@ async fn run_ticker(shared: Arc<Shared>, group_id: GroupId) {
         let mut backoff = MIN_BACKOFF;
         while still_leader(&metrics, node) {
             applied.borrow_and_update();
-            let now = wall_clock();
-            let due = group.replica().read(|machine| machine.due_timers(now));
+            // The log's time may be ahead of this node's clock (a previous leader's clock
+            // ran fast): what the machine already considers due fires now, not once this
+            // clock catches up.
+            let (now, due) = group.replica().read(|machine| {
+                let now = wall_clock().max(machine.now());
+                (now, machine.due_timers(now))
+            });
             if !due.is_empty() {
                 match fire_all(&shared, group_id, due).await {
                     Ok(()) => backoff = MIN_BACKOFF,
