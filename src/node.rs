@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     pub(crate) groups: Vec<Group>,
     /// The network to the other nodes, in a cluster.
     pub(crate) network: Option<Network>,
+    /// Every node of the cluster, in increasing id order (this one alone when alone).
+    pub(crate) members: Vec<NodeId>,
 }
 
 impl Shared {
@@ -150,6 +152,16 @@ impl Shared {
             .propose_at(wall_clock(), action)
             .await
             .map_err(|error| error.to_string())
+    }
+
+    /// The node that should lead `group` when it is up, so that leaders are spread over the
+    /// nodes: the lobby on the first node, arena `i` on node `i` (modulo the node count).
+    pub(crate) fn preferred_leader(&self, group: GroupId) -> Option<NodeId> {
+        let count = u64::try_from(self.members.len())
+            .ok()
+            .filter(|&count| count > 0)?;
+        let index = usize::try_from(group.0 % count).ok()?;
+        self.members.get(index).copied()
     }
 
     /// The arena group that hosts `pk`.
@@ -297,6 +309,7 @@ impl Node {
             arena_count: config.arena_count,
             groups,
             network,
+            members: members.keys().copied().collect(),
         });
         if let Some(network) = &shared.network {
             let weak = Arc::downgrade(&shared);

@@ -1,5 +1,6 @@
 //! Three nodes on localhost: every group replicated on all three, proposals forwarded to
-//! the leaders, PKs handed over between groups led by different nodes.
+//! the leaders, leaders spread over the nodes, PKs handed over between groups led by
+//! different nodes, failover, and catching up by snapshot.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -143,6 +144,25 @@ async fn set_config(node: &Node, battle_ms: u64) -> TestResult {
     Ok(())
 }
 
+/// Waits until every group has one leader, known to all, and the balancers have spread
+/// them: the lobby on node 1, arena 1 on node 2, arena 2 on node 3.
+async fn wait_for_spread_leaders(cluster: &Cluster) {
+    for (group, wanted) in [(0, 1), (1, 2), (2, 3)] {
+        let group = GroupId(group);
+        eventually(
+            Duration::from_secs(8),
+            "leaders spread over the nodes",
+            || {
+                cluster
+                    .running()
+                    .all(|node| node.leader(group) == Some(wanted))
+                    && cluster.node(wanted).is_ok_and(|node| node.is_leader(group))
+            },
+        )
+        .await;
+    }
+}
+
 /// The machine of `group` on every running node, as snapshot bytes.
 fn machines(cluster: &Cluster, group: GroupId) -> Vec<Vec<u8>> {
     cluster
@@ -180,29 +200,8 @@ fn lobby_holds(node: &Node, anchor: u64) -> bool {
 async fn three_nodes_run_a_pk_together() -> TestResult {
     let cluster = Cluster::start(b"cluster secret").await?;
     let (first, second, third) = (cluster.node(1)?, cluster.node(2)?, cluster.node(3)?);
-    // Every group elects one leader, known to all; then the arenas move to nodes 2 and 3,
-    // so that hand-overs cross nodes.
-    for (group, wanted) in [(0, None), (1, Some(2)), (2, Some(3))] {
-        let group = GroupId(group);
-        eventually(Duration::from_secs(5), "one leader per group", || {
-            let leaders: Vec<_> = cluster.running().map(|node| node.leader(group)).collect();
-            leaders[0].is_some() && leaders.windows(2).all(|pair| pair[0] == pair[1])
-        })
-        .await;
-        let Some(wanted) = wanted else { continue };
-        let leader = first.leader(group).ok_or("no leader")?;
-        let leader_node = cluster.node(leader)?;
-        if leader != wanted {
-            leader_node.transfer_leadership(group, wanted).await?;
-        }
-        eventually(Duration::from_secs(5), "leadership moves", || {
-            cluster
-                .running()
-                .all(|node| node.leader(group) == Some(wanted))
-                && cluster.node(wanted).is_ok_and(|node| node.is_leader(group))
-        })
-        .await;
-    }
+    // Hand-overs between the lobby and the arenas cross nodes.
+    wait_for_spread_leaders(&cluster).await;
 
     // Configuration through one node, matching through another: forwarded to the leaders.
     set_config(third, 1_500).await?;
@@ -252,8 +251,9 @@ async fn three_nodes_run_a_pk_together() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pk_survives_its_leaders_and_a_node_catches_up_by_snapshot() -> TestResult {
+async fn a_pk_survives_its_arena_leader_which_catches_up_by_snapshot() -> TestResult {
     let mut cluster = Cluster::start(b"cluster secret").await?;
+    wait_for_spread_leaders(&cluster).await;
     set_config(cluster.node(2)?, 2_000).await?;
     assert_eq!(
         cluster.node(2)?.propose(LOBBY, start(1)).await?,
@@ -269,7 +269,8 @@ async fn a_pk_survives_its_leaders_and_a_node_catches_up_by_snapshot() -> TestRe
     })
     .await;
 
-    // Stop the node leading the PK's arena (and perhaps the lobby too).
+    // Stop the node leading the PK's arena (node 1 also leads the lobby; nodes 2 and 3
+    // lead the arenas).
     let leader = cluster.node(1)?.leader(arena).ok_or("no arena leader")?;
     cluster.stop(leader).await;
     let survivor = if leader == 1 { 2 } else { 1 };
@@ -308,6 +309,17 @@ async fn a_pk_survives_its_leaders_and_a_node_catches_up_by_snapshot() -> TestRe
         )
         .await;
     }
+    // The restarted node gets back the leadership of the arena it is preferred for.
+    eventually(
+        Duration::from_secs(8),
+        "leadership returns to the preferred node",
+        || {
+            cluster
+                .running()
+                .all(|node| node.leader(arena) == Some(leader))
+        },
+    )
+    .await;
     cluster.shutdown().await;
     Ok(())
 }
