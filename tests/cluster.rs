@@ -252,6 +252,24 @@ async fn three_nodes_run_a_pk_together() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pk_survives_its_arena_leader_which_catches_up_by_snapshot() -> TestResult {
+    survive_a_stopped_leader(Stop::ArenaLeader).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pk_survives_the_lobby_leader_which_catches_up_by_snapshot() -> TestResult {
+    survive_a_stopped_leader(Stop::LobbyLeader).await
+}
+
+/// Which node the failover tests stop while a PK runs.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// The leader of the PK's arena: the survivors must end the PK.
+    ArenaLeader,
+    /// The leader of the lobby: the rooms must be released in the survivors' lobby.
+    LobbyLeader,
+}
+
+async fn survive_a_stopped_leader(stop: Stop) -> TestResult {
     let mut cluster = Cluster::start(b"cluster secret").await?;
     wait_for_spread_leaders(&cluster).await;
     set_config(cluster.node(2)?, 2_000).await?;
@@ -269,9 +287,12 @@ async fn a_pk_survives_its_arena_leader_which_catches_up_by_snapshot() -> TestRe
     })
     .await;
 
-    // Stop the node leading the PK's arena (node 1 also leads the lobby; nodes 2 and 3
-    // lead the arenas).
-    let leader = cluster.node(1)?.leader(arena).ok_or("no arena leader")?;
+    // Node 1 leads the lobby; nodes 2 and 3 lead the arenas.
+    let stopped_group = match stop {
+        Stop::ArenaLeader => arena,
+        Stop::LobbyLeader => LOBBY,
+    };
+    let leader = cluster.node(1)?.leader(stopped_group).ok_or("no leader")?;
     cluster.stop(leader).await;
     let survivor = if leader == 1 { 2 } else { 1 };
 
@@ -309,14 +330,14 @@ async fn a_pk_survives_its_arena_leader_which_catches_up_by_snapshot() -> TestRe
         )
         .await;
     }
-    // The restarted node gets back the leadership of the arena it is preferred for.
+    // The restarted node gets back the leadership of the group it is preferred for.
     eventually(
         Duration::from_secs(8),
         "leadership returns to the preferred node",
         || {
             cluster
                 .running()
-                .all(|node| node.leader(arena) == Some(leader))
+                .all(|node| node.leader(stopped_group) == Some(leader))
         },
     )
     .await;
