@@ -68,11 +68,6 @@ pub type InitializeError =
 /// openraft stopped for good (storage failure, panic, shutdown).
 pub type Fatal = openraft::error::Fatal<TypeConfig>;
 
-/// The index of a log id.
-pub fn index_of(log_id: &LogId) -> u64 {
-    log_id.index
-}
-
 /// What a failed write means for the proposer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteFailure {
