@@ -65,19 +65,31 @@ pub type InitializeError = openraft::error::RaftError<TypeConfig, openraft::erro
 /// openraft stopped for good (storage failure, panic, shutdown).
 pub type Fatal = openraft::error::Fatal<TypeConfig>;
 
-/// The index of a log id.
-pub fn index_of(log_id: &LogId) -> u64 {
-    log_id.index
+/// What a failed write means for the proposer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// Refused before it reached the log: this node does not lead the group (the leader,
+    /// if known, is named). Safe to send to the leader.
+    NotLeader(Option<NodeId>),
+    /// The entry reached this node's log but was dropped when another leader took over:
+    /// it may or may not commit. Retrying blindly may apply it twice.
+    OutcomeUnknown,
+    /// Raft has stopped for good.
+    Stopped,
+    /// Anything else, with its description.
+    Other(String),
 }
 
-/// Where a failed write says the leader is, if the failure was "not the leader".
-pub fn leader_hint(error: &WriteError) -> Option<Option<NodeId>> {
-    error.forward_to_leader().map(|forward| forward.leader_id)
-}
-
-/// Whether this write failure means raft has stopped for good.
-pub fn is_fatal(error: &WriteError) -> bool {
-    matches!(error, openraft::error::RaftError::Fatal(_))
+/// Classifies a failed write. openraft's own `forward_to_leader()` also answers for a
+/// discarded entry, whose outcome is unknown; this keeps the two apart.
+pub fn classify_write_error(error: &WriteError) -> WriteFailure {
+    use openraft::error::{ClientWriteError, RaftError};
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => WriteFailure::NotLeader(forward.leader_id),
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => WriteFailure::OutcomeUnknown,
+        RaftError::Fatal(_) => WriteFailure::Stopped,
+        other => WriteFailure::Other(other.to_string()),
+    }
 }
 
 /// Whether `initialize` failed only because the group was initialized already.
@@ -165,5 +177,51 @@ impl MetricsWatch {
     pub async fn changed(&mut self) -> bool {
         use openraft::async_runtime::WatchReceiver;
         self.0.changed().await.is_ok()
+    }
+}
+
+// ---- the network between nodes ----------------------------------------------------------
+
+pub use openraft::network::RPCOption;
+pub use openraft::{RaftNetworkFactory, RaftNetworkV2};
+
+/// Replicates log entries (and heartbeats).
+pub type AppendRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+pub type AppendResponse = openraft::raft::AppendEntriesResponse<TypeConfig>;
+/// Asks for a vote (or, for pre-vote, whether a vote would be granted).
+pub type VoteRequest = openraft::raft::VoteRequest<TypeConfig>;
+pub type VoteResponse = openraft::raft::VoteResponse<TypeConfig>;
+/// A leader's term and id.
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type SnapshotResponse = openraft::raft::SnapshotResponse<TypeConfig>;
+pub type TransferLeaderRequest = openraft::raft::TransferLeaderRequest<TypeConfig>;
+pub type TransferLeaderResponse = openraft::raft::TransferLeaderResponse<TypeConfig>;
+/// Why an RPC to another node failed.
+pub type RpcError = openraft::error::RPCError<TypeConfig>;
+/// Why sending a snapshot to another node failed.
+pub type StreamingError = openraft::error::StreamingError<TypeConfig>;
+/// Sent when openraft stops replicating to a node while a snapshot is on its way.
+pub type ReplicationClosed = openraft::error::ReplicationClosed;
+
+/// An RPC failure for a peer that is not connected (openraft backs off).
+pub fn rpc_unreachable(message: impl ToString) -> RpcError {
+    openraft::error::RPCError::Unreachable(openraft::error::Unreachable::from_string(message))
+}
+
+/// An RPC failure on a connected peer (timeout, dropped connection, remote failure).
+pub fn rpc_failed(message: impl ToString) -> RpcError {
+    openraft::error::RPCError::Network(openraft::error::NetworkError::from_string(message))
+}
+
+/// The snapshot-transfer form of [`rpc_failed`] and [`rpc_unreachable`].
+pub fn streaming_error(error: RpcError) -> StreamingError {
+    match error {
+        openraft::error::RPCError::Unreachable(unreachable) => {
+            openraft::error::StreamingError::Unreachable(unreachable)
+        }
+        openraft::error::RPCError::Network(network) => openraft::error::StreamingError::Network(network),
+        other => {
+            openraft::error::StreamingError::Network(openraft::error::NetworkError::from_string(other.to_string()))
+        }
     }
 }

@@ -12,7 +12,9 @@ use pkd_raft::{Action, Command, Response, TimestampMs};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::consensus::{Batch, GroupId, Metrics, MetricsWatch, NodeId, Raft, ServerState, WriteError};
+use crate::consensus::{
+    Batch, GroupId, Metrics, MetricsWatch, NodeId, Raft, ServerState, WriteError, WriteFailure, classify_write_error,
+};
 use crate::replica::ReplicaHandle;
 
 /// At most this many commands in one raft entry.
@@ -28,6 +30,10 @@ pub enum ProposeError {
     UnknownGroup(GroupId),
     #[error("this node is not the leader of group {group} (leader: {leader:?})")]
     NotLeader { group: GroupId, leader: Option<NodeId> },
+    #[error("forwarding to node {leader}, the leader of group {group}, failed: {message}")]
+    Forward { group: GroupId, leader: NodeId, message: String },
+    #[error("group {0} changed leader while the command was in flight: it may or may not have been applied")]
+    OutcomeUnknown(GroupId),
     #[error("group {0} is shutting down")]
     Stopped(GroupId),
     #[error("raft failed in group {group}: {message}")]
@@ -86,6 +92,17 @@ impl Group {
         self.metrics().read(|metrics| is_leader_in(metrics, self.node))
     }
 
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.metrics().read(|metrics| metrics.current_leader)
+    }
+
+    /// Asks the group to hand leadership to `to` (only the leader acts on it). Returns at
+    /// once; watch [`Group::leader`] for the change.
+    pub async fn transfer_leadership(&self, to: NodeId) -> Result<(), ProposeError> {
+        self.raft.trigger().transfer_leader(to).await.map_err(|_| ProposeError::Stopped(self.id))
+    }
+
     /// Proposes `action` stamped with time `at`, and waits for the machine's response.
     pub async fn propose_at(&self, at: TimestampMs, action: Action) -> Result<Response, ProposeError> {
         let (reply, response) = oneshot::channel();
@@ -138,8 +155,9 @@ async fn run_batcher(group: GroupId, raft: Raft, mut queue: mpsc::Receiver<Propo
                 if matches!(failure, ProposeError::Raft { .. }) {
                     tracing::warn!(%group, %error, "raft write failed");
                 }
+                let stopped = failure == ProposeError::Stopped(group);
                 answer_all(replies, failure);
-                if crate::consensus::is_fatal(&error) {
+                if stopped {
                     // Raft has stopped: whatever is still queued is answered the same way.
                     queue.close();
                 }
@@ -155,11 +173,10 @@ fn answer_all(replies: Vec<oneshot::Sender<Result<Response, ProposeError>>>, err
 }
 
 fn propose_error(group: GroupId, error: &WriteError) -> ProposeError {
-    if let Some(leader) = crate::consensus::leader_hint(error) {
-        return ProposeError::NotLeader { group, leader };
+    match classify_write_error(error) {
+        WriteFailure::NotLeader(leader) => ProposeError::NotLeader { group, leader },
+        WriteFailure::OutcomeUnknown => ProposeError::OutcomeUnknown(group),
+        WriteFailure::Stopped => ProposeError::Stopped(group),
+        WriteFailure::Other(message) => ProposeError::Raft { group, message },
     }
-    if crate::consensus::is_fatal(error) {
-        return ProposeError::Stopped(group);
-    }
-    ProposeError::Raft { group, message: error.to_string() }
 }

@@ -6,13 +6,13 @@ pub mod cli;
 pub mod consensus;
 pub mod gateway;
 pub mod group;
+pub mod network;
 pub mod node;
 pub mod replica;
 pub mod serve;
 pub mod sinks;
 mod ticker;
 pub mod tokens;
-pub mod transport;
 
 pub use group::ProposeError;
 pub use node::{LOBBY, Node, NodeConfig, NodeError};

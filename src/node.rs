@@ -1,9 +1,12 @@
 //! A pkd node: one lobby group (group 0) and N arena groups (groups 1..=N), all kept in
 //! one sled database, plus each group's leader duties (timers and hand-overs).
 //!
-//! For now a node runs alone: on its first start, with an empty data directory, it makes
-//! itself the only member of every group; on a restart it resumes every group from its
-//! database. It leads every group, so [`Node::propose`] always reaches the leader.
+//! A node runs alone ([`Node::start`]) or in a cluster ([`Node::start_clustered`]). Alone,
+//! on its first start with an empty data directory, it makes itself the only member of
+//! every group. In a cluster, the node with the smallest id makes every node of the
+//! configuration a member of every group on the first start. Either way a restart resumes
+//! every group from the database. [`Node::propose`] goes to the group's leader: here if
+//! this node leads the group, forwarded over the network otherwise.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -18,13 +21,14 @@ use tokio::task::JoinHandle;
 
 use crate::consensus::{self, BasicNode, GroupId, NoNetwork, NodeId, Raft};
 use crate::group::{Group, ProposeError, is_leader_in};
+use crate::network::{Network, NetworkConfig};
 use crate::replica::{Replica, ReplicaHandle, TaggedEffect};
 
 /// The lobby's group id.
 pub const LOBBY: GroupId = GroupId(0);
 
 /// How long [`Node::start`] waits for every group to elect this node and catch up.
-const READY_WAIT: Duration = Duration::from_secs(10);
+const READY_WAIT: Duration = Duration::from_secs(15);
 
 /// What a node needs to start.
 #[derive(Clone, Debug)]
@@ -80,6 +84,10 @@ pub(crate) struct Shared {
     pub(crate) arena_count: u32,
     /// Indexed by group id: the lobby first, then the arenas.
     pub(crate) groups: Vec<Group>,
+    /// The network to the other nodes, in a cluster.
+    pub(crate) network: Option<Network>,
+    /// Every node of the cluster, in increasing id order (this one alone when alone).
+    pub(crate) members: Vec<NodeId>,
 }
 
 impl Shared {
@@ -87,9 +95,53 @@ impl Shared {
         usize::try_from(group.0).ok().and_then(|index| self.groups.get(index)).ok_or(ProposeError::UnknownGroup(group))
     }
 
-    /// Proposes `action` to `group`, stamped with this node's clock.
+    /// Proposes `action` to `group` through its leader: stamped with this node's clock and
+    /// written here if this node leads the group, forwarded to the leader otherwise.
     pub(crate) async fn propose(&self, group: GroupId, action: Action) -> Result<Response, ProposeError> {
-        self.group(group)?.propose_at(wall_clock(), action).await
+        let local = self.group(group)?;
+        let leader = local.metrics().read(|metrics| metrics.current_leader);
+        match (leader, &self.network) {
+            (Some(leader), Some(network)) if leader != self.id => self.forward(network, leader, group, action).await,
+            _ => match local.propose_at(wall_clock(), action.clone()).await {
+                Err(ProposeError::NotLeader { leader: Some(leader), .. })
+                    if leader != self.id && self.network.is_some() =>
+                {
+                    match &self.network {
+                        Some(network) => self.forward(network, leader, group, action).await,
+                        None => Err(ProposeError::NotLeader { group, leader: Some(leader) }),
+                    }
+                }
+                other => other,
+            },
+        }
+    }
+
+    async fn forward(
+        &self,
+        network: &Network,
+        leader: NodeId,
+        group: GroupId,
+        action: Action,
+    ) -> Result<Response, ProposeError> {
+        network.forward(leader, group, action).await.map_err(|message| ProposeError::Forward { group, leader, message })
+    }
+
+    /// Proposes a command forwarded by another node: only if this node leads the group, so
+    /// that a proposal is never forwarded twice.
+    async fn propose_forwarded(&self, group: GroupId, action: Action) -> Result<Response, String> {
+        self.group(group)
+            .map_err(|error| error.to_string())?
+            .propose_at(wall_clock(), action)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    /// The node that should lead `group` when it is up, so that leaders are spread over the
+    /// nodes: the lobby on the first node, arena `i` on node `i` (modulo the node count).
+    pub(crate) fn preferred_leader(&self, group: GroupId) -> Option<NodeId> {
+        let count = u64::try_from(self.members.len()).ok().filter(|&count| count > 0)?;
+        let index = usize::try_from(group.0 % count).ok()?;
+        self.members.get(index).copied()
     }
 
     /// The arena group that hosts `pk`.
@@ -107,9 +159,31 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens the database, starts every group (initializing them on a first start) and
-    /// waits until this node leads each of them and has applied its log.
+    /// Starts a node alone in its groups: opens the database, starts every group
+    /// (initializing them on a first start) and waits until this node leads each of them
+    /// and has applied its log.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        Node::start_inner(config, None).await
+    }
+
+    /// Starts a node of a cluster: the network accepts peers on `listener` and dials the
+    /// others named in `network.peers` (which must include this node). Returns once every
+    /// group has a leader and, in the groups this node leads, the log is applied.
+    pub async fn start_clustered(
+        config: NodeConfig,
+        network: NetworkConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Node, NodeError> {
+        if network.node_id != config.node_id || !network.peers.contains_key(&config.node_id) {
+            return Err(NodeError::Config("the network's node id must be this node's, and among its peers".to_owned()));
+        }
+        Node::start_inner(config, Some((network, listener))).await
+    }
+
+    async fn start_inner(
+        config: NodeConfig,
+        cluster: Option<(NetworkConfig, tokio::net::TcpListener)>,
+    ) -> Result<Node, NodeError> {
         if config.arena_count == 0 {
             return Err(NodeError::Config("arena_count must be at least 1".to_owned()));
         }
@@ -136,6 +210,16 @@ impl Node {
             first_start,
             "node starting"
         );
+        let (members, network) = match cluster {
+            None => (BTreeMap::from([(config.node_id, BasicNode::default())]), None),
+            Some((network_config, listener)) => {
+                let members =
+                    network_config.peers.iter().map(|(&id, address)| (id, BasicNode::new(address.clone()))).collect();
+                (members, Some(Network::start(network_config, listener)))
+            }
+        };
+        // Alone, this node initializes its groups; in a cluster, the smallest id does.
+        let initializer = members.keys().next() == Some(&config.node_id);
         let (effects, _) = broadcast::channel(config.effect_capacity);
         let mut groups = Vec::with_capacity(config.arena_count as usize + 1);
         for index in 0..=u64::from(config.arena_count) {
@@ -144,16 +228,44 @@ impl Node {
                 if group == LOBBY { Machine::lobby(Config::default()) } else { Machine::arena(Config::default()) };
             let (replica, handle) = Replica::open(group, store.snapshot_store(group)?, fresh, effects.clone())
                 .map_err(|source| NodeError::Replica { group, source })?;
-            let raft = Raft::new(config.node_id, Arc::clone(&raft_config), NoNetwork, store.log_store(group)?, replica)
-                .await
-                .map_err(|error| NodeError::Raft { group, message: error.to_string() })?;
-            initialize_alone(group, config.node_id, &raft).await?;
+            let log = store.log_store(group)?;
+            let started = match &network {
+                None => Raft::new(config.node_id, Arc::clone(&raft_config), NoNetwork, log, replica).await,
+                Some(network) => {
+                    Raft::new(config.node_id, Arc::clone(&raft_config), network.for_group(group), log, replica).await
+                }
+            };
+            let raft = started.map_err(|error| NodeError::Raft { group, message: error.to_string() })?;
+            if let Some(network) = &network {
+                network.register_group(group, raft.clone());
+            }
+            if initializer {
+                initialize(group, &members, &raft).await?;
+            }
             groups.push(Group::new(group, config.node_id, raft, handle));
         }
         for group in &groups {
-            wait_until_ready(group).await?;
+            wait_until_ready(group, network.is_none()).await?;
         }
-        let shared = Arc::new(Shared { id: config.node_id, arena_count: config.arena_count, groups });
+        let shared = Arc::new(Shared {
+            id: config.node_id,
+            arena_count: config.arena_count,
+            groups,
+            network,
+            members: members.keys().copied().collect(),
+        });
+        if let Some(network) = &shared.network {
+            let weak = Arc::downgrade(&shared);
+            network.set_propose_handler(Arc::new(move |group, action| {
+                let shared = weak.upgrade();
+                Box::pin(async move {
+                    match shared {
+                        Some(shared) => shared.propose_forwarded(group, action).await,
+                        None => Err("the node is stopping".to_owned()),
+                    }
+                })
+            }));
+        }
         let (stop, stopped) = watch::channel(false);
         let mut duties = Vec::new();
         for group in &shared.groups {
@@ -199,6 +311,16 @@ impl Node {
         self.shared.group(group).map(Group::is_leader).unwrap_or(false)
     }
 
+    /// The leader of `group` as this node knows it.
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        self.shared.group(group).ok().and_then(Group::leader)
+    }
+
+    /// Asks `group`, which this node leads, to hand leadership to node `to`.
+    pub async fn transfer_leadership(&self, group: GroupId, to: NodeId) -> Result<(), ProposeError> {
+        self.shared.group(group)?.transfer_leadership(to).await
+    }
+
     /// Stops the leader duties and every group, and closes the database once the last
     /// handle on it is gone.
     pub async fn shutdown(self) {
@@ -208,6 +330,9 @@ impl Node {
             duty.abort();
             let _ = duty.await;
         }
+        if let Some(network) = &shared.network {
+            network.shutdown().await;
+        }
         for group in &shared.groups {
             group.shutdown().await;
         }
@@ -215,17 +340,17 @@ impl Node {
     }
 }
 
-/// Makes this node the only member of `group`, unless the group was initialized before.
-async fn initialize_alone(group: GroupId, node: NodeId, raft: &Raft) -> Result<(), NodeError> {
+/// Makes `members` the members of `group`, unless the group was initialized before.
+async fn initialize(group: GroupId, members: &BTreeMap<NodeId, BasicNode>, raft: &Raft) -> Result<(), NodeError> {
     let initialized =
         raft.is_initialized().await.map_err(|error| NodeError::Raft { group, message: error.to_string() })?;
     if initialized {
         return Ok(());
     }
-    let members = BTreeMap::from([(node, BasicNode::default())]);
-    match raft.initialize(members).await {
+    match raft.initialize(members.clone()).await {
         Ok(()) => {
-            tracing::info!(%group, node, "group initialized with this node alone");
+            let members: Vec<NodeId> = members.keys().copied().collect();
+            tracing::info!(%group, ?members, "group initialized");
             Ok(())
         }
         Err(error) if consensus::is_already_initialized(&error) => Ok(()),
@@ -233,15 +358,25 @@ async fn initialize_alone(group: GroupId, node: NodeId, raft: &Raft) -> Result<(
     }
 }
 
-/// Waits until this node leads `group` and has applied every entry of its log.
-async fn wait_until_ready(group: &Group) -> Result<(), NodeError> {
+/// Waits until `group` has a leader and, if this node leads it (always when `alone`), has
+/// applied every entry of its log.
+async fn wait_until_ready(group: &Group, alone: bool) -> Result<(), NodeError> {
     let mut metrics = group.metrics();
     let node = group.node();
     let ready = async {
         loop {
             let done = metrics.read(|metrics| {
                 let applied = metrics.last_applied.map(|log_id| log_id.index);
-                is_leader_in(metrics, node) && applied >= metrics.last_log_index
+                let caught_up = applied >= metrics.last_log_index;
+                if alone {
+                    is_leader_in(metrics, node) && caught_up
+                } else {
+                    match metrics.current_leader {
+                        Some(leader) if leader == node => is_leader_in(metrics, node) && caught_up,
+                        Some(_) => true,
+                        None => false,
+                    }
+                }
             });
             if done || !metrics.changed().await {
                 return done;

@@ -10,6 +10,9 @@
 //! arena's leader releases a settled PK's rooms in the lobby and then confirms that to
 //! itself. Every step is idempotent, and an item stays in its outbox until confirmed, so a
 //! failed delivery is simply tried again, with backoff.
+//!
+//! In a cluster, the balancer spreads leadership: a leader that is not the group's
+//! preferred node hands leadership to it while that node is connected.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +29,11 @@ use crate::node::{LOBBY, Shared, wall_clock};
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How long a new leader waits before handing leadership to the group's preferred node.
+const BALANCE_DELAY: Duration = Duration::from_millis(500);
+/// How long before trying again if the preferred node did not take over.
+const BALANCE_RETRY: Duration = Duration::from_secs(2);
+
 /// How long to sleep when no timer is armed (a state change wakes the ticker anyway).
 const IDLE: Duration = Duration::from_secs(3_600);
 
@@ -37,8 +45,9 @@ pub(crate) fn spawn_leader_duties(
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let ticker = tokio::spawn(until_stopped(stop.clone(), run_ticker(Arc::clone(&shared), group)));
-    let pump = tokio::spawn(until_stopped(stop, run_pump(shared, group)));
-    vec![ticker, pump]
+    let pump = tokio::spawn(until_stopped(stop.clone(), run_pump(Arc::clone(&shared), group)));
+    let balancer = tokio::spawn(until_stopped(stop, run_balancer(shared, group)));
+    vec![ticker, pump, balancer]
 }
 
 async fn until_stopped(mut stop: watch::Receiver<bool>, duty: impl Future<Output = ()>) {
@@ -77,8 +86,13 @@ async fn run_ticker(shared: Arc<Shared>, group_id: GroupId) {
         let mut backoff = MIN_BACKOFF;
         while still_leader(&metrics, node) {
             applied.borrow_and_update();
-            let now = wall_clock();
-            let due = group.replica().read(|machine| machine.due_timers(now));
+            // The log's time may be ahead of this node's clock (a previous leader's clock
+            // ran fast): what the machine already considers due fires now, not once this
+            // clock catches up.
+            let (now, due) = group.replica().read(|machine| {
+                let now = wall_clock().max(machine.now());
+                (now, machine.due_timers(now))
+            });
             if !due.is_empty() {
                 match fire_all(&shared, group_id, due).await {
                     Ok(()) => backoff = MIN_BACKOFF,
@@ -210,4 +224,27 @@ async fn deliver(shared: &Shared, from: GroupId, outbox: Outbox) -> Result<(), P
         }
     }
     Ok(())
+}
+
+/// The balancer of one group: while this node leads the group but another node is the
+/// group's preferred leader and is connected, hand leadership over to it.
+async fn run_balancer(shared: Arc<Shared>, group_id: GroupId) {
+    let (Ok(group), Some(network)) = (shared.group(group_id), shared.network.as_ref()) else {
+        return;
+    };
+    let node = shared.id;
+    let Some(preferred) = shared.preferred_leader(group_id).filter(|&preferred| preferred != node) else {
+        return;
+    };
+    let mut metrics = group.metrics();
+    while wait_for_leadership(&mut metrics, node).await {
+        tokio::time::sleep(BALANCE_DELAY).await;
+        if still_leader(&metrics, node) && network.is_connected(preferred) {
+            tracing::info!(group = %group_id, to = preferred, "handing leadership to the preferred node");
+            if let Err(error) = group.transfer_leadership(preferred).await {
+                tracing::warn!(group = %group_id, %error, "leadership transfer failed");
+            }
+        }
+        tokio::time::sleep(BALANCE_RETRY).await;
+    }
 }

@@ -1,0 +1,711 @@
+//! The network between pkd nodes: one TCP connection per pair of nodes, carrying the raft
+//! messages of every group and forwarded proposals, as length-prefixed postcard frames.
+//!
+//! # Connections
+//!
+//! Of two nodes, the one with the smaller id dials the other, and redials with backoff
+//! whenever the connection drops; the other only accepts. Either side sends requests on the
+//! connection and answers the other's; each request carries an id that its response
+//! repeats, so many requests are in flight at once.
+//!
+//! # Authentication
+//!
+//! Every node of a cluster holds the same secret. The dialer sends a random nonce, the
+//! acceptor answers with its own nonce and an HMAC-SHA256 over both nonces, and the dialer
+//! proves itself the same way; nobody sends the secret, and a replayed handshake fails
+//! because the other side's nonce is new. Until both proofs check out, nothing else is read.
+//!
+//! # Frames
+//!
+//! A frame is a big-endian `u32` length and that many bytes of postcard. A length above
+//! [`MAX_FRAME`] closes the connection; a frame that does not decode closes it too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use hmac::{Hmac, KeyInit, Mac};
+use pkd_raft::{Action, Response};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::consensus::{
+    AppendRequest, AppendResponse, BasicNode, GroupId, NodeId, OptionalSend, RPCOption, Raft, RaftNetworkFactory,
+    RaftNetworkV2, ReplicationClosed, RpcError, Snapshot, SnapshotMeta, SnapshotResponse, StreamingError,
+    TransferLeaderRequest, TransferLeaderResponse, Vote, VoteRequest, VoteResponse, rpc_failed, rpc_unreachable,
+    streaming_error,
+};
+
+/// The largest frame accepted (a snapshot travels in one frame).
+pub const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+/// How long a handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Frames waiting to be written on one connection.
+const OUTGOING_CAPACITY: usize = 1_024;
+
+const MIN_REDIAL: Duration = Duration::from_millis(50);
+const MAX_REDIAL: Duration = Duration::from_secs(2);
+
+/// Requests in a row that may time out before the connection is dropped and dialed again.
+const TIMEOUTS_BEFORE_CLOSING: u64 = 3;
+
+/// How long a forwarded proposal may take.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type HmacSha256 = Hmac<Sha256>;
+type Nonce = [u8; 32];
+
+/// The settings of the network.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The cluster's name: nodes of different clusters refuse each other.
+    pub cluster: String,
+    /// The cluster's shared secret.
+    pub secret: Vec<u8>,
+    /// Every node's address ("host:port"), this one included.
+    pub peers: BTreeMap<NodeId, String>,
+}
+
+/// What one node asks another.
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    Append(AppendRequest),
+    Vote(VoteRequest),
+    PreVote(VoteRequest),
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    },
+    TransferLeader(TransferLeaderRequest),
+    /// A proposal for a group this node leads, from a node that does not.
+    Propose(Action),
+}
+
+/// The answer to a [`Request`], in the same variant.
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Append(AppendResponse),
+    Vote(VoteResponse),
+    Snapshot(SnapshotResponse),
+    TransferLeader(TransferLeaderResponse),
+    Proposed(Response),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Frame {
+    Request { id: u64, group: u64, request: Request },
+    Response { id: u64, reply: Result<Reply, String> },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Handshake {
+    Hello { cluster: String, node: NodeId, nonce: Nonce },
+    Welcome { node: NodeId, nonce: Nonce, proof: Vec<u8> },
+    Proof { proof: Vec<u8> },
+}
+
+/// Proposals arriving from other nodes are handed to this.
+pub(crate) type ProposeHandler =
+    Arc<dyn Fn(GroupId, Action) -> BoxFuture<'static, Result<Response, String>> + Send + Sync>;
+
+/// The node's side of the network: its connections, and the local groups that answer
+/// requests. Cheap to clone.
+#[derive(Clone)]
+pub struct Network {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: NetworkConfig,
+    /// The connection to each peer, when there is one.
+    links: Mutex<HashMap<NodeId, watch::Sender<Option<Arc<Link>>>>>,
+    /// Local raft groups, registered as they start.
+    groups: Mutex<BTreeMap<u64, Raft>>,
+    proposals: OnceLock<ProposeHandler>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Network {
+    /// Starts accepting connections on `listener` and dialing every peer with a larger id.
+    pub fn start(config: NetworkConfig, listener: TcpListener) -> Network {
+        let network = Network::new(config);
+        let mut tasks = vec![tokio::spawn(accept_loop(network.clone(), listener))];
+        let me = network.inner.config.node_id;
+        for (&peer, address) in &network.inner.config.peers {
+            if peer > me {
+                tasks.push(tokio::spawn(dial_loop(network.clone(), peer, address.clone())));
+            }
+        }
+        lock(&network.inner.tasks).extend(tasks);
+        network
+    }
+
+    /// A network with no connections and no tasks yet.
+    fn new(config: NetworkConfig) -> Network {
+        Network {
+            inner: Arc::new(Inner {
+                config,
+                links: Mutex::new(HashMap::new()),
+                groups: Mutex::new(BTreeMap::new()),
+                proposals: OnceLock::new(),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.config.node_id
+    }
+
+    /// Makes `raft` answer the requests for `group`.
+    pub fn register_group(&self, group: GroupId, raft: Raft) {
+        lock(&self.inner.groups).insert(group.0, raft);
+    }
+
+    /// Makes `handler` take the proposals other nodes forward to this one.
+    pub(crate) fn set_propose_handler(&self, handler: ProposeHandler) {
+        let _ = self.inner.proposals.set(handler);
+    }
+
+    /// The raft network of one group, for `Raft::new`.
+    pub fn for_group(&self, group: GroupId) -> GroupNetwork {
+        GroupNetwork { network: self.clone(), group }
+    }
+
+    /// Forwards a proposal to `leader`, which leads `group`.
+    pub async fn forward(&self, leader: NodeId, group: GroupId, action: Action) -> Result<Response, String> {
+        let reply = self
+            .call(leader, group, Request::Propose(action), PROPOSE_TIMEOUT)
+            .await
+            .map_err(|error| error.to_string())?;
+        match reply {
+            Reply::Proposed(response) => Ok(response),
+            other => Err(format!("unexpected reply to a proposal: {other:?}")),
+        }
+    }
+
+    /// Whether a connection to `peer` is up.
+    pub fn is_connected(&self, peer: NodeId) -> bool {
+        self.link(peer).is_some()
+    }
+
+    /// Closes every connection and stops dialing and accepting.
+    pub async fn shutdown(&self) {
+        let tasks: Vec<_> = lock(&self.inner.tasks).drain(..).collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        let links: Vec<_> = lock(&self.inner.links).values().filter_map(|link| link.send_replace(None)).collect();
+        for link in links {
+            link.close();
+        }
+        lock(&self.inner.groups).clear();
+    }
+
+    fn link(&self, peer: NodeId) -> Option<Arc<Link>> {
+        lock(&self.inner.links).get(&peer).and_then(|link| link.borrow().clone())
+    }
+
+    fn set_link(&self, peer: NodeId, link: Option<Arc<Link>>) -> Option<Arc<Link>> {
+        let mut links = lock(&self.inner.links);
+        let slot = links.entry(peer).or_insert_with(|| watch::channel(None).0);
+        slot.send_replace(link)
+    }
+
+    /// Sends `request` to `peer` and waits for its reply, for at most `ttl`.
+    async fn call(&self, peer: NodeId, group: GroupId, request: Request, ttl: Duration) -> Result<Reply, RpcError> {
+        let Some(link) = self.link(peer) else {
+            return Err(rpc_unreachable(format!("no connection to node {peer}")));
+        };
+        match tokio::time::timeout(ttl, link.call(group, request)).await {
+            Ok(result) => {
+                link.timeouts.store(0, Ordering::Relaxed);
+                result
+            }
+            Err(_) => {
+                // A peer that vanished without closing the connection leaves reads hanging
+                // forever: after a few timeouts in a row, drop the connection so that it is
+                // dialed again.
+                if link.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_CLOSING {
+                    tracing::warn!(peer, "peer stopped answering; closing the connection");
+                    link.close();
+                }
+                Err(rpc_failed(format!("node {peer} did not answer within {ttl:?}")))
+            }
+        }
+    }
+
+    /// Answers one request from a peer with the local group.
+    async fn answer(&self, group: u64, request: Request) -> Result<Reply, String> {
+        if let Request::Propose(action) = request {
+            let Some(handler) = self.inner.proposals.get() else {
+                return Err("this node takes no proposals yet".to_owned());
+            };
+            return handler(GroupId(group), action).await.map(Reply::Proposed);
+        }
+        let raft = lock(&self.inner.groups).get(&group).cloned();
+        let Some(raft) = raft else {
+            return Err(format!("no group {group} on node {}", self.node_id()));
+        };
+        let failed = |error: &dyn std::fmt::Display| error.to_string();
+        match request {
+            Request::Append(rpc) => raft.append_entries(rpc).await.map(Reply::Append).map_err(|e| failed(&e)),
+            Request::Vote(rpc) => raft.vote(rpc).await.map(Reply::Vote).map_err(|e| failed(&e)),
+            Request::PreVote(rpc) => raft.pre_vote(rpc).await.map(Reply::Vote).map_err(|e| failed(&e)),
+            Request::Snapshot { vote, meta, data } => raft
+                .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+                .await
+                .map(Reply::Snapshot)
+                .map_err(|e| failed(&e)),
+            Request::TransferLeader(rpc) => {
+                raft.handle_transfer_leader(rpc).await.map(Reply::TransferLeader).map_err(|e| failed(&e))
+            }
+            Request::Propose(_) => Err("handled above".to_owned()),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One live connection to a peer.
+struct Link {
+    peer: NodeId,
+    outgoing: mpsc::Sender<Frame>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Result<Reply, String>>>>,
+    next_id: AtomicU64,
+    /// Requests in a row that timed out.
+    timeouts: AtomicU64,
+    /// Dropping it (or sending) ends the connection's tasks.
+    closed: watch::Sender<bool>,
+}
+
+impl Link {
+    async fn call(&self, group: GroupId, request: Request) -> Result<Reply, RpcError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        lock(&self.pending).insert(id, reply);
+        // Forgets the request if the caller gives up (a timeout drops this future), so
+        // that unanswered requests do not pile up on a long-lived connection.
+        let _forget = Forget { link: self, id };
+        let frame = Frame::Request { id, group: group.0, request };
+        let lost = || rpc_unreachable(format!("connection to node {} lost", self.peer));
+        if self.outgoing.send(frame).await.is_err() {
+            return Err(lost());
+        }
+        let result = answer.await;
+        match result {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(remote)) => Err(rpc_failed(format!("node {}: {remote}", self.peer))),
+            Err(_) => Err(lost()),
+        }
+    }
+
+    fn close(&self) {
+        let _ = self.closed.send(true);
+        lock(&self.pending).clear();
+    }
+}
+
+/// Removes a request from its link's pending table when dropped.
+struct Forget<'a> {
+    link: &'a Link,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(&self.link.pending).remove(&self.id);
+    }
+}
+
+async fn accept_loop(network: Network, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, address)) => {
+                let network = network.clone();
+                tokio::spawn(async move {
+                    match accept_handshake(&network, stream).await {
+                        Ok((peer, stream)) => {
+                            tracing::info!(peer, %address, "peer connected");
+                            run_connection(network, peer, stream).await;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%address, %error, "refused a connection");
+                        }
+                    }
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(MIN_REDIAL).await;
+            }
+        }
+    }
+}
+
+async fn dial_loop(network: Network, peer: NodeId, address: String) {
+    let mut backoff = MIN_REDIAL;
+    loop {
+        match dial(&network, &address).await {
+            Ok((node, stream)) if node == peer => {
+                tracing::info!(peer, %address, "connected to peer");
+                backoff = MIN_REDIAL;
+                run_connection(network.clone(), peer, stream).await;
+                tracing::info!(peer, "connection to peer closed");
+            }
+            Ok((node, _)) => {
+                tracing::warn!(peer, node, %address, "the address answers as another node");
+            }
+            Err(error) => {
+                tracing::debug!(peer, %address, %error, "dialing failed");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_REDIAL);
+    }
+}
+
+async fn dial(network: &Network, address: &str) -> io::Result<(NodeId, TcpStream)> {
+    let mut stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, dial_handshake(network, &mut stream))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))??;
+    Ok((peer, stream))
+}
+
+fn nonce() -> io::Result<Nonce> {
+    let mut nonce = [0; 32];
+    getrandom::fill(&mut nonce).map_err(|error| io::Error::other(error.to_string()))?;
+    Ok(nonce)
+}
+
+/// HMAC over the role and both nonces: the two sides' proofs differ, and both are new
+/// for every connection.
+fn proof(secret: &[u8], role: &[u8], dialer: &Nonce, acceptor: &Nonce) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    mac.update(role);
+    mac.update(dialer);
+    mac.update(acceptor);
+    mac
+}
+
+fn refused(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, message.into())
+}
+
+async fn dial_handshake(network: &Network, stream: &mut TcpStream) -> io::Result<NodeId> {
+    let config = &network.inner.config;
+    let mine = nonce()?;
+    let hello = Handshake::Hello { cluster: config.cluster.clone(), node: config.node_id, nonce: mine };
+    write_frame(stream, &hello).await?;
+    stream.flush().await?;
+    let Handshake::Welcome { node, nonce, proof: acceptor_proof } = read_frame(stream).await? else {
+        return Err(refused("expected a welcome"));
+    };
+    proof(&config.secret, b"acceptor", &mine, &nonce)
+        .verify_slice(&acceptor_proof)
+        .map_err(|_| refused("the peer does not know the cluster secret"))?;
+    let answer =
+        Handshake::Proof { proof: proof(&config.secret, b"dialer", &mine, &nonce).finalize().into_bytes().to_vec() };
+    write_frame(stream, &answer).await?;
+    stream.flush().await?;
+    Ok(node)
+}
+
+async fn accept_handshake(network: &Network, mut stream: TcpStream) -> io::Result<(NodeId, TcpStream)> {
+    stream.set_nodelay(true)?;
+    let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let config = &network.inner.config;
+        let Handshake::Hello { cluster, node, nonce: theirs } = read_frame(&mut stream).await? else {
+            return Err(refused("expected a hello"));
+        };
+        if cluster != config.cluster {
+            return Err(refused(format!("peer is in cluster {cluster:?}")));
+        }
+        if node >= config.node_id {
+            return Err(refused(format!("node {node} must wait for node {} to dial it", config.node_id)));
+        }
+        let mine = nonce()?;
+        let welcome = Handshake::Welcome {
+            node: config.node_id,
+            nonce: mine,
+            proof: proof(&config.secret, b"acceptor", &theirs, &mine).finalize().into_bytes().to_vec(),
+        };
+        write_frame(&mut stream, &welcome).await?;
+        stream.flush().await?;
+        let Handshake::Proof { proof: dialer_proof } = read_frame(&mut stream).await? else {
+            return Err(refused("expected a proof"));
+        };
+        proof(&config.secret, b"dialer", &theirs, &mine)
+            .verify_slice(&dialer_proof)
+            .map_err(|_| refused("the peer does not know the cluster secret"))?;
+        Ok(node)
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))??;
+    Ok((peer, stream))
+}
+
+/// Serves one authenticated connection until it drops.
+async fn run_connection(network: Network, peer: NodeId, stream: TcpStream) {
+    let (reader, writer) = stream.into_split();
+    let (outgoing, queue) = mpsc::channel(OUTGOING_CAPACITY);
+    let (closed, mut closing) = watch::channel(false);
+    let link = Arc::new(Link {
+        peer,
+        outgoing,
+        pending: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(0),
+        timeouts: AtomicU64::new(0),
+        closed,
+    });
+    if let Some(old) = network.set_link(peer, Some(Arc::clone(&link))) {
+        old.close();
+    }
+    let writing = tokio::spawn(write_loop(writer, queue));
+    tokio::select! {
+        result = read_loop(&network, &link, reader) => {
+            if let Err(error) = result {
+                tracing::debug!(peer, %error, "connection read failed");
+            }
+        }
+        _ = closing.wait_for(|closed| *closed) => {}
+    }
+    writing.abort();
+    link.close();
+    // Unregister only if a newer connection has not replaced this one.
+    let mut links = lock(&network.inner.links);
+    if let Some(slot) = links.get_mut(&peer) {
+        slot.send_if_modified(|current| {
+            if current.as_ref().is_some_and(|now| Arc::ptr_eq(now, &link)) {
+                *current = None;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+async fn read_loop(network: &Network, link: &Arc<Link>, mut reader: tokio::net::tcp::OwnedReadHalf) -> io::Result<()> {
+    loop {
+        match read_frame::<Frame>(&mut reader).await? {
+            Frame::Request { id, group, request } => {
+                let network = network.clone();
+                let outgoing = link.outgoing.clone();
+                tokio::spawn(async move {
+                    let reply = network.answer(group, request).await;
+                    let _ = outgoing.send(Frame::Response { id, reply }).await;
+                });
+            }
+            Frame::Response { id, reply } => {
+                if let Some(waiting) = lock(&link.pending).remove(&id) {
+                    let _ = waiting.send(reply);
+                }
+            }
+        }
+    }
+}
+
+async fn write_loop(writer: tokio::net::tcp::OwnedWriteHalf, mut queue: mpsc::Receiver<Frame>) {
+    let mut writer = BufWriter::new(writer);
+    while let Some(frame) = queue.recv().await {
+        let mut result = write_frame(&mut writer, &frame).await;
+        // Write whatever else is waiting before one flush.
+        while result.is_ok() {
+            match queue.try_recv() {
+                Ok(frame) => result = write_frame(&mut writer, &frame).await,
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = result.and(writer.flush().await) {
+            tracing::debug!(%error, "connection write failed");
+            return;
+        }
+    }
+}
+
+async fn write_frame<W, T>(writer: &mut W, value: &T) -> io::Result<()>
+where
+    W: AsyncWriteExt + Unpin,
+    T: Serialize,
+{
+    let bytes = postcard::to_allocvec(value).map_err(io::Error::other)?;
+    if bytes.len() > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("frame of {} bytes is over the limit", bytes.len()),
+        ));
+    }
+    let length = u32::try_from(bytes.len()).map_err(io::Error::other)?;
+    writer.write_all(&length.to_be_bytes()).await?;
+    writer.write_all(&bytes).await
+}
+
+async fn read_frame<T>(reader: &mut (impl AsyncReadExt + Unpin)) -> io::Result<T>
+where
+    T: for<'de> Deserialize<'de>,
+{
+    let length = reader.read_u32().await? as usize;
+    if length > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {length} bytes announced, over the limit"),
+        ));
+    }
+    let mut bytes = vec![0; length];
+    reader.read_exact(&mut bytes).await?;
+    postcard::from_bytes(&bytes).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
+}
+
+/// The raft network of one group: requests to a peer go over the node pair's connection.
+#[derive(Clone)]
+pub struct GroupNetwork {
+    network: Network,
+    group: GroupId,
+}
+
+/// The client for one peer in one group.
+pub struct PeerClient {
+    network: Network,
+    group: GroupId,
+    peer: NodeId,
+}
+
+impl RaftNetworkFactory<crate::consensus::TypeConfig> for GroupNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
+        PeerClient { network: self.network.clone(), group: self.group, peer: target }
+    }
+}
+
+fn unexpected(reply: Reply) -> RpcError {
+    rpc_failed(format!("unexpected reply {reply:?}"))
+}
+
+impl RaftNetworkV2<crate::consensus::TypeConfig> for PeerClient {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(&mut self, rpc: AppendRequest, option: RPCOption) -> Result<AppendResponse, RpcError> {
+        let reply = self.network.call(self.peer, self.group, Request::Append(rpc), option.hard_ttl()).await?;
+        match reply {
+            Reply::Append(response) => Ok(response),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RpcError> {
+        let reply = self.network.call(self.peer, self.group, Request::Vote(rpc), option.hard_ttl()).await?;
+        match reply {
+            Reply::Vote(response) => Ok(response),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RpcError> {
+        let reply = self.network.call(self.peer, self.group, Request::PreVote(rpc), option.hard_ttl()).await?;
+        match reply {
+            Reply::Vote(response) => Ok(response),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse, StreamingError> {
+        let request = Request::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
+        let call = self.network.call(self.peer, self.group, request, option.hard_ttl());
+        let reply = tokio::select! {
+            reply = call => reply.map_err(streaming_error)?,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        match reply {
+            Reply::Snapshot(response) => Ok(response),
+            other => Err(streaming_error(unexpected(other))),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse, RpcError> {
+        let reply =
+            self.network.call(self.peer, self.group, Request::TransferLeader(request), option.hard_ttl()).await?;
+        match reply {
+            Reply::TransferLeader(response) => Ok(response),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(node_id: NodeId, secret: &[u8]) -> NetworkConfig {
+        NetworkConfig { node_id, cluster: "test".to_owned(), secret: secret.to_vec(), peers: BTreeMap::new() }
+    }
+
+    async fn pair(
+        dialer_secret: &[u8],
+        acceptor_secret: &[u8],
+    ) -> io::Result<(io::Result<NodeId>, io::Result<NodeId>)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let acceptor = Network::new(config(2, acceptor_secret));
+        let dialer = Network::new(config(1, dialer_secret));
+        let accepting = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await?;
+            accept_handshake(&acceptor, stream).await.map(|(peer, _)| peer)
+        });
+        let dialed = dial(&dialer, &address.to_string()).await.map(|(peer, _)| peer);
+        let accepted = accepting.await.map_err(io::Error::other)?;
+        Ok((dialed, accepted))
+    }
+
+    #[tokio::test]
+    async fn nodes_with_the_same_secret_shake_hands() -> io::Result<()> {
+        let (dialed, accepted) = pair(b"s3cret", b"s3cret").await?;
+        assert_eq!(dialed?, 2);
+        assert_eq!(accepted?, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_is_refused_on_both_sides() -> io::Result<()> {
+        let (dialed, accepted) = pair(b"guess", b"s3cret").await?;
+        assert_eq!(dialed.map_err(|error| error.kind()), Err(io::ErrorKind::PermissionDenied));
+        assert!(accepted.is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_are_refused() {
+        let mut bytes: &[u8] = &(u32::MAX).to_be_bytes();
+        let result = read_frame::<Frame>(&mut bytes).await;
+        assert_eq!(result.map_err(|error| error.kind()).err(), Some(io::ErrorKind::InvalidData));
+    }
+}

@@ -1,0 +1,263 @@
+//! Three nodes on localhost: every group replicated on all three, proposals forwarded to
+//! the leaders, leaders spread over the nodes, PKs handed over between groups led by
+//! different nodes, failover, and catching up by snapshot.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pkd::consensus::GroupId;
+use pkd::network::NetworkConfig;
+use pkd::{LOBBY, Node, NodeConfig};
+use pkd_raft::{Action, AnchorProfile, Gift, GiftId, PkId, Response, RoomId, UserId};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const MATCHING: &str = "{'name':'test','interveningTime':5000,'endTime':8000,'inviteNum':2,'inviteColdDown':3000}";
+
+fn start(anchor: u64) -> Action {
+    Action::StartMatch {
+        anchor: UserId(anchor),
+        profile: AnchorProfile {
+            room: RoomId(anchor + 1000),
+            country: "IN".into(),
+            platform: "android".into(),
+            version_code: 300,
+        },
+    }
+}
+
+async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Three nodes, and what it takes to start each of them again.
+struct Cluster {
+    nodes: Vec<Option<Node>>,
+    configs: Vec<(NodeConfig, NetworkConfig)>,
+    _dirs: Vec<TempDir>,
+}
+
+impl Cluster {
+    async fn start(secret: &[u8]) -> Result<Cluster, Box<dyn std::error::Error>> {
+        let mut listeners = Vec::new();
+        let mut peers = BTreeMap::new();
+        for id in 1..=3u64 {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            peers.insert(id, listener.local_addr()?.to_string());
+            listeners.push(listener);
+        }
+        let mut dirs = Vec::new();
+        let mut configs = Vec::new();
+        let mut starting = Vec::new();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let id = index as u64 + 1;
+            let dir = TempDir::new()?;
+            let config =
+                NodeConfig { node_id: id, arena_count: 2, snapshot_every: 16, ..NodeConfig::single(dir.path()) };
+            let network =
+                NetworkConfig { node_id: id, cluster: "test".into(), secret: secret.to_vec(), peers: peers.clone() };
+            dirs.push(dir);
+            configs.push((config.clone(), network.clone()));
+            starting.push(tokio::spawn(Node::start_clustered(config, network, listener)));
+        }
+        let mut nodes = Vec::new();
+        for task in starting {
+            nodes.push(Some(task.await??));
+        }
+        Ok(Cluster { nodes, configs, _dirs: dirs })
+    }
+
+    fn node(&self, id: u64) -> Result<&Node, Box<dyn std::error::Error>> {
+        self.nodes
+            .get(id as usize - 1)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| format!("node {id} is not running").into())
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().flatten()
+    }
+
+    async fn stop(&mut self, id: u64) {
+        if let Some(node) = self.nodes[id as usize - 1].take() {
+            node.shutdown().await;
+        }
+    }
+
+    async fn restart(&mut self, id: u64) -> TestResult {
+        let (config, network) = self.configs[id as usize - 1].clone();
+        let address = network.peers[&id].clone();
+        let listener = TcpListener::bind(&address).await?;
+        self.nodes[id as usize - 1] = Some(Node::start_clustered(config, network, listener).await?);
+        Ok(())
+    }
+
+    async fn shutdown(self) {
+        for node in self.nodes.into_iter().flatten() {
+            node.shutdown().await;
+        }
+    }
+}
+
+async fn set_config(node: &Node, battle_ms: u64) -> TestResult {
+    for group in 0..=u64::from(node.arena_count()) {
+        for (key, value) in [("pk_duration", format!("300,{battle_ms},200,60000")), ("pk_config", MATCHING.to_owned())]
+        {
+            let response = node.propose(GroupId(group), Action::SetConfig { key: key.into(), value }).await?;
+            assert_eq!(response, Response::Done);
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every group has one leader, known to all, and the balancers have spread
+/// them: the lobby on node 1, arena 1 on node 2, arena 2 on node 3.
+async fn wait_for_spread_leaders(cluster: &Cluster) {
+    for (group, wanted) in [(0, 1), (1, 2), (2, 3)] {
+        let group = GroupId(group);
+        eventually(Duration::from_secs(8), "leaders spread over the nodes", || {
+            cluster.running().all(|node| node.leader(group) == Some(wanted))
+                && cluster.node(wanted).is_ok_and(|node| node.is_leader(group))
+        })
+        .await;
+    }
+}
+
+/// The machine of `group` on every running node, as snapshot bytes.
+fn machines(cluster: &Cluster, group: GroupId) -> Vec<Vec<u8>> {
+    cluster
+        .running()
+        .filter_map(|node| node.replica(group))
+        .map(|replica| replica.read(|machine| machine.snapshot()))
+        .collect()
+}
+
+fn all_equal(items: &[Vec<u8>]) -> bool {
+    items.windows(2).all(|pair| pair[0] == pair[1])
+}
+
+fn pk_running(node: &Node, pk: PkId) -> bool {
+    node.replica(node.arena_of(pk)).is_some_and(|replica| {
+        replica.read(|machine| machine.as_arena().is_some_and(|arena| arena.running().any(|id| id == pk)))
+    })
+}
+
+fn lobby_holds(node: &Node, anchor: u64) -> bool {
+    node.replica(LOBBY).is_some_and(|replica| {
+        replica.read(|machine| machine.as_lobby().is_some_and(|lobby| lobby.pk_of(UserId(anchor)).is_some()))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_run_a_pk_together() -> TestResult {
+    let cluster = Cluster::start(b"cluster secret").await?;
+    let (first, second, third) = (cluster.node(1)?, cluster.node(2)?, cluster.node(3)?);
+    // Hand-overs between the lobby and the arenas cross nodes.
+    wait_for_spread_leaders(&cluster).await;
+
+    // Configuration through one node, matching through another: forwarded to the leaders.
+    set_config(third, 1_500).await?;
+    assert_eq!(second.propose(LOBBY, start(1)).await?, Response::Waiting);
+    let pk = match third.propose(LOBBY, start(2)).await? {
+        Response::Matched { pk, .. } => pk,
+        other => return Err(format!("expected a match, got {other:?}").into()),
+    };
+    eventually(Duration::from_secs(5), "the PK reaches every node's arena", || {
+        cluster.running().all(|node| pk_running(node, pk))
+    })
+    .await;
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let arena = first.arena_of(pk);
+    let gift =
+        Action::Gift(Gift { id: GiftId(1), pk, receiver: UserId(1), sender: UserId(9), beans: 30, profile: None });
+    assert_eq!(second.propose(arena, gift).await?, Response::GiftCounted { duplicate: false, side_beans: 30 });
+
+    // The arena's leader ends it; the rooms are released on every node's lobby.
+    eventually(Duration::from_secs(8), "the PK ends everywhere", || {
+        cluster.running().all(|node| !pk_running(node, pk) && !lobby_holds(node, 1) && !lobby_holds(node, 2))
+    })
+    .await;
+    eventually(Duration::from_secs(2), "the lobbies agree", || all_equal(&machines(&cluster, LOBBY))).await;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pk_survives_its_arena_leader_which_catches_up_by_snapshot() -> TestResult {
+    survive_a_stopped_leader(Stop::ArenaLeader).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pk_survives_the_lobby_leader_which_catches_up_by_snapshot() -> TestResult {
+    survive_a_stopped_leader(Stop::LobbyLeader).await
+}
+
+/// Which node the failover tests stop while a PK runs.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// The leader of the PK's arena: the survivors must end the PK.
+    ArenaLeader,
+    /// The leader of the lobby: the rooms must be released in the survivors' lobby.
+    LobbyLeader,
+}
+
+async fn survive_a_stopped_leader(stop: Stop) -> TestResult {
+    let mut cluster = Cluster::start(b"cluster secret").await?;
+    wait_for_spread_leaders(&cluster).await;
+    set_config(cluster.node(2)?, 2_000).await?;
+    assert_eq!(cluster.node(2)?.propose(LOBBY, start(1)).await?, Response::Waiting);
+    let pk = match cluster.node(3)?.propose(LOBBY, start(2)).await? {
+        Response::Matched { pk, .. } => pk,
+        other => return Err(format!("expected a match, got {other:?}").into()),
+    };
+    let arena = cluster.node(1)?.arena_of(pk);
+    eventually(Duration::from_secs(5), "the PK reaches every node", || {
+        cluster.running().all(|node| pk_running(node, pk))
+    })
+    .await;
+
+    // Node 1 leads the lobby; nodes 2 and 3 lead the arenas.
+    let stopped_group = match stop {
+        Stop::ArenaLeader => arena,
+        Stop::LobbyLeader => LOBBY,
+    };
+    let leader = cluster.node(1)?.leader(stopped_group).ok_or("no leader")?;
+    cluster.stop(leader).await;
+    let survivor = if leader == 1 { 2 } else { 1 };
+
+    // The survivors elect new leaders; the new arena leader's ticker ends the PK and its
+    // pump releases the rooms.
+    eventually(Duration::from_secs(8), "the PK ends without its first leader", || {
+        cluster.running().all(|node| !pk_running(node, pk) && !lobby_holds(node, 1) && !lobby_holds(node, 2))
+    })
+    .await;
+
+    // Enough new entries for the survivors to snapshot and purge what the stopped node
+    // misses.
+    for anchor in 100..150 {
+        cluster.node(survivor)?.propose(LOBBY, start(anchor)).await?;
+    }
+
+    cluster.restart(leader).await?;
+    for group in [LOBBY, arena] {
+        eventually(Duration::from_secs(8), "the restarted node catches up", || {
+            let machines = machines(&cluster, group);
+            machines.len() == 3 && all_equal(&machines)
+        })
+        .await;
+    }
+    // The restarted node gets back the leadership of the group it is preferred for.
+    eventually(Duration::from_secs(8), "leadership returns to the preferred node", || {
+        cluster.running().all(|node| node.leader(stopped_group) == Some(leader))
+    })
+    .await;
+    cluster.shutdown().await;
+    Ok(())
+}
