@@ -17,6 +17,11 @@ use crate::response::{Reason, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// A node's presence report counts for this long; a node that stopped reporting (it
+/// died, or its clients left) stops counting after it. Nodes repeat unchanged reports
+/// well within it.
+pub const PRESENCE_FRESH_MS: i64 = 30_000;
+
 /// How long after its scheduled end a PK's order is still accepted, and its id
 /// remembered after it settled. Past it a (duplicate or hopelessly late) order is
 /// ignored; the lobby releases the rooms of an order never confirmed by then.
@@ -48,10 +53,19 @@ struct Pk {
 struct Side {
     seat: Seat,
     beans: i64,
+    /// The anchor is online, from the fresh reports (true until a report says otherwise).
     online: bool,
-    audience: u32,
+    /// The latest report of each node.
+    reports: BTreeMap<u64, NodeReport>,
     peak_audience: u32,
     senders: BTreeMap<UserId, Sender>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub online: bool,
+    pub audience: u32,
+    pub at: TimestampMs,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +114,7 @@ impl Pk {
 
 impl Side {
     fn new(seat: Seat) -> Side {
-        Side { seat, beans: 0, online: true, audience: 0, peak_audience: 0, senders: BTreeMap::new() }
+        Side { seat, beans: 0, online: true, reports: BTreeMap::new(), peak_audience: 0, senders: BTreeMap::new() }
     }
 
     /// Senders highest first; ties go to whoever reached the amount first.
@@ -110,7 +124,25 @@ impl Side {
         ranked
     }
 
-    fn view(&self, top: usize) -> SideView {
+    fn fresh(&self, now: TimestampMs) -> impl Iterator<Item = &NodeReport> {
+        self.reports.values().filter(move |report| now.since(report.at) < PRESENCE_FRESH_MS)
+    }
+
+    /// Viewers over all nodes with a fresh report.
+    fn audience(&self, now: TimestampMs) -> u32 {
+        self.fresh(now).fold(0u32, |sum, report| sum.saturating_add(report.audience))
+    }
+
+    /// Online if any fresh report says so; with no fresh report, as it was.
+    fn combined_online(&self, now: TimestampMs) -> bool {
+        let mut fresh = self.fresh(now).peekable();
+        if fresh.peek().is_none() {
+            return self.online;
+        }
+        fresh.any(|report| report.online)
+    }
+
+    fn view(&self, top: usize, now: TimestampMs) -> SideView {
         let mut best: Vec<_> = self.senders.iter().collect();
         let key = |(id, s): &(&UserId, &Sender)| (-s.beans, s.reached, **id);
         if best.len() > top {
@@ -123,7 +155,7 @@ impl Side {
             room: self.seat.room,
             beans: self.beans,
             online: self.online,
-            audience: self.audience,
+            audience: self.audience(now),
             top_gifters: best
                 .into_iter()
                 .map(|(id, s)| TopGifter { sender: *id, beans: s.beans, profile: s.profile.clone() })
@@ -204,8 +236,8 @@ impl Arena {
             interfered: pk.order.interfered,
             start_time: pk.order.created_at,
             end_time: pk.battle_end(),
-            source: pk.sides[0].view(top),
-            target: pk.sides[1].view(top),
+            source: pk.sides[0].view(top, self.now),
+            target: pk.sides[1].view(top, self.now),
             winner: pk.winner,
         }
     }
@@ -326,28 +358,35 @@ impl Arena {
         let now = self.now;
         let grace = self.config.limits.anchor_grace_ms;
         for report in reports {
-            let Some(pk) = self.pks.get_mut(&report.pk) else {
-                continue;
-            };
-            let Some(index) = pk.side_of(report.anchor) else {
-                continue;
-            };
+            let Some(pk) = self.pks.get_mut(&report.pk) else { continue };
+            let Some(index) = pk.side_of(report.anchor) else { continue };
             let side = &mut pk.sides[index];
-            let changed = side.online != report.online || side.audience != report.audience;
+            let before = (side.online, side.audience(now));
+            side.reports.insert(report.node, NodeReport { online: report.online, audience: report.audience, at: now });
+            // Reports of nodes that stopped reporting are dropped once stale.
+            side.reports.retain(|_, r| now.since(r.at) < PRESENCE_FRESH_MS);
+            let online = side.combined_online(now);
             let timer = Timer::AnchorAway { pk: report.pk, anchor: report.anchor };
-            if side.online && !report.online {
+            if side.online && !online {
                 self.deadlines.arm(now.plus(grace), timer);
-            } else if !side.online && report.online {
+            } else if !side.online && online {
                 self.deadlines.disarm(timer);
             }
-            side.online = report.online;
-            side.audience = report.audience;
-            side.peak_audience = side.peak_audience.max(report.audience);
-            if changed {
+            side.online = online;
+            let audience = side.audience(now);
+            side.peak_audience = side.peak_audience.max(audience);
+            if before != (online, audience) {
                 effects.push(Effect::PkChanged { pk: report.pk });
             }
         }
         Response::Done
+    }
+
+    /// The latest report `node` made for an anchor of a running PK.
+    pub fn report_of(&self, pk: PkId, anchor: UserId, node: u64) -> Option<NodeReport> {
+        let pk = self.pks.get(&pk)?;
+        let side = pk.side_of(anchor)?;
+        pk.sides[side].reports.get(&node).copied()
     }
 
     fn end_battle(&mut self, pk_id: PkId, effects: &mut Vec<Effect>) {

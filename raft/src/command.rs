@@ -122,14 +122,17 @@ pub struct GifterProfile {
     pub sex: u32,
 }
 
-/// One anchor's presence in a PK, as seen by the nodes' gateways.
+/// One anchor's room in a PK as one node's gateway sees it. Every node reports its own
+/// share; the arena keeps the latest report of each node and combines the fresh ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence {
     pub pk: PkId,
     pub anchor: UserId,
-    /// The anchor is connected to its room.
+    /// The reporting node.
+    pub node: u64,
+    /// The anchor is connected to its room on that node.
     pub online: bool,
-    /// Viewers in the anchor's room.
+    /// Viewers in the anchor's room on that node.
     pub audience: u32,
 }
 

@@ -1510,3 +1510,88 @@ fn rooms_of_an_order_no_arena_took_are_released_after_the_horizon() {
         "#]],
     );
 }
+
+#[test]
+fn presence_combines_every_nodes_fresh_report() {
+    // Viewers of a1's room are on nodes 1 and 2; a1 itself is connected to node 2.
+    // Node 1 does not see a1, yet a1 is online: one fresh "online" is enough.
+    // When node 2 dies and its report goes stale (30 s), node 1's next report finds
+    // a1 away, and the grace period starts.
+    check(
+        "
+        config pk_duration 1000,100000,0,600000
+        config pk_limits {'anchorGraceMs':5000}
+        start a1 at=0
+        start a2 at=0
+        presence pk=1 a1 node=1 online=false audience=10 at=1000
+        presence pk=1 a1 node=2 online=true audience=5 at=1000
+        state
+        presence pk=1 a1 node=1 online=false audience=12 at=20000
+        state
+        presence pk=1 a1 node=1 online=false audience=12 at=31001
+        state
+        tick at=36000
+        tick at=36001
+        ",
+        expect![[r#"
+            > config pk_duration 1000,100000,0,600000
+              [lobby] done
+              [arena0] done
+              [arena1] done
+            > config pk_limits {'anchorGraceMs':5000}
+              [lobby] done
+              [arena0] done
+              [arena1] done
+            > start a1 at=0
+              [lobby] waiting
+                cache pkm a1 0
+                push a1@room1 type13 matching a1
+            > start a2 at=0
+              [lobby] matched pk1 source=a1 target=a2 (902004)
+                cache pkm a1 -
+                cache pkr room1 1
+                cache pkr room2 1
+                ordered pk1 a1 vs a2 at=0 -> arena1
+              [arena1] create pk1 done
+                push room1 type10 pk1 Opening/0 0..101000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+                push room2 type10 pk1 Opening/0 0..101000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+                cache pk_1
+              [lobby] confirm-created pk1 done
+            > presence pk=1 a1 node=1 online=false audience=10 at=1000
+              [arena1] done
+                changed pk1
+            > presence pk=1 a1 node=2 online=true audience=5 at=1000
+              [arena1] done
+                changed pk1
+            > state
+              lobby: now=0 waiting=[] in_pk=[a1:pk1,a2:pk1] live=0 open_invitations=[] cooldowns=0 outbox=[] next=Some(3701000)
+              arena1: running=[1] outbox=[] remembered=0 next=Some(101000)
+                pk1 Battle/1 0..101000 | a1[room1] 0 aud=15 top=[] | a2[room2] 0 aud=0 top=[]
+            > presence pk=1 a1 node=1 online=false audience=12 at=20000
+              [arena1] done
+                changed pk1
+            > state
+              lobby: now=0 waiting=[] in_pk=[a1:pk1,a2:pk1] live=0 open_invitations=[] cooldowns=0 outbox=[] next=Some(3701000)
+              arena1: running=[1] outbox=[] remembered=0 next=Some(101000)
+                pk1 Battle/1 0..101000 | a1[room1] 0 aud=17 top=[] | a2[room2] 0 aud=0 top=[]
+            > presence pk=1 a1 node=1 online=false audience=12 at=31001
+              [arena1] done
+                changed pk1
+            > state
+              lobby: now=0 waiting=[] in_pk=[a1:pk1,a2:pk1] live=0 open_invitations=[] cooldowns=0 outbox=[] next=Some(3701000)
+              arena1: running=[1] outbox=[] remembered=0 next=Some(36001)
+                pk1 Battle/1 0..101000 | a1[room1] 0 away aud=12 top=[] | a2[room2] 0 aud=0 top=[]
+            > tick at=36000
+            > tick at=36001
+              [arena1] anchor-away pk1 a1 done
+                push room1 type10 pk1 Error/3 0..101000 | a1[room1] 0 away aud=12 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
+                push room2 type10 pk1 Error/3 0..101000 | a1[room1] 0 away aud=12 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
+                cache drop pk_1 pkg_1_1 pkg_1_2
+                settled pk1 Error(t_pk 3) AnchorLeft { anchor: UserId(1) } 0..36001 dur=36001 | a1 0 aud=17 [] | a2 0 aud=0 [] | winner=none
+              [lobby] release pk1 done
+                cache pkr room1 -
+                cache pkr room2 -
+              [arena1] confirm-released pk1 done
+        "#]],
+    );
+}

@@ -5,9 +5,10 @@
 //! - After a change (`PkChanged`: a gift, a presence change), a PK's state is pushed
 //!   at most once per `push_cooldown`, so a gift storm is not a push storm.
 //! - Every running PK with clients on this node gets its state every `push_period`.
-//! - Presence: the anchors and audiences this node sees are compared with the
-//!   engine's every `presence_interval`, and differences proposed in one batch per
-//!   arena (a bounded rate, not one entry per connection event).
+//! - Presence: this node's share (its clients: anchors online, viewers) is compared
+//!   with the share the engine holds for it every `presence_interval`, and
+//!   differences proposed in one batch per arena (a bounded rate, not one entry per
+//!   connection event). The arena combines every node's fresh share.
 
 use super::hub::Outbound;
 use super::protocol;
@@ -117,24 +118,39 @@ fn running_views(gateway: &Gateway) -> Vec<PkView> {
         .collect()
 }
 
-/// Proposes the presence this node sees where it differs from the engine's.
-///
-/// Only the arena's leader reports, so that two nodes never overwrite each other's
-/// counts. Clients connected to other nodes are not counted yet: cross-node
-/// aggregation comes with multi-node clusters.
+/// A node repeats an unchanged presence report this often, well within
+/// `pkd_raft::arena::PRESENCE_FRESH_MS`, so its share keeps counting.
+const PRESENCE_HEARTBEAT_MS: i64 = 10_000;
+
+/// Proposes this node's share of each running PK's presence where it differs from what
+/// the engine holds for this node (or is due for its heartbeat). Every node reports its
+/// own clients; the arena combines the shares, so an anchor connected to any node is
+/// online and audiences are summed over the cluster.
 async fn report_presence(gateway: &Gateway) {
+    let me = gateway.node.id();
+    let now = now_ms();
     let mut reports: HashMap<crate::consensus::GroupId, Vec<Presence>> = HashMap::new();
     for view in running_views(gateway) {
         let group = gateway.node.arena_of(view.pk);
-        if !gateway.node.is_leader(group) {
-            continue;
-        }
+        let Some(replica) = gateway.node.replica(group) else { continue };
         for side in [&view.source, &view.target] {
             let seen = gateway.hub.presence(side.room, side.anchor);
-            if seen.anchor_online != side.online || seen.viewers != side.audience {
+            let held = replica.read(|machine| machine.as_arena().and_then(|a| a.report_of(view.pk, side.anchor, me)));
+            // Every node reports every side, zeros included: "away" is only known when
+            // every node with a fresh share says so.
+            let due = match held {
+                None => true,
+                Some(held) => {
+                    held.online != seen.anchor_online
+                        || held.audience != seen.viewers
+                        || now - held.at.0 >= PRESENCE_HEARTBEAT_MS
+                }
+            };
+            if due {
                 reports.entry(group).or_default().push(Presence {
                     pk: view.pk,
                     anchor: side.anchor,
+                    node: me,
                     online: seen.anchor_online,
                     audience: seen.viewers,
                 });

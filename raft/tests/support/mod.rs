@@ -150,6 +150,7 @@ impl World {
             "presence" => Action::ReportPresence(vec![Presence {
                 pk: PkId(args.num("pk")),
                 anchor: user(&words[1]),
+                node: args.get("node").map_or(1, |n| n.parse().unwrap()),
                 online: args.get("online") != Some("false"),
                 audience: args.num("audience") as u32,
             }]),
