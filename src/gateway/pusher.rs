@@ -27,7 +27,10 @@ pub(super) async fn run(gateway: Weak<Gateway>) {
     drop(strong);
     let mut dirty: HashSet<PkId> = HashSet::new();
     let mut last_push: HashMap<PkId, Instant> = HashMap::new();
-    let mut coalesce = tokio::time::interval(config.push_cooldown / 5);
+    // Checks for due change pushes 20 times per cool-down, so a change waits at most the
+    // cool-down plus 5 % of it.
+    let mut coalesce = tokio::time::interval((config.push_cooldown / 20).max(std::time::Duration::from_millis(5)));
+    coalesce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut periodic = tokio::time::interval(config.push_period);
     let mut presence = tokio::time::interval(config.presence_interval);
     loop {
