@@ -6,7 +6,7 @@
 //! response. While one entry is being committed (and fsynced) the next proposals gather, so
 //! under load each fsync carries many commands.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pkd_raft::{Action, Command, Response, TimestampMs};
 use tokio::sync::{mpsc, oneshot};
@@ -129,39 +129,65 @@ pub fn is_leader_in(metrics: &Metrics, node: NodeId) -> bool {
     metrics.state == ServerState::Leader && metrics.current_leader == Some(node)
 }
 
-/// The queue task: one raft entry per round, holding every proposal that was waiting.
+/// Raft entries a group has in flight at once. Each entry holds every proposal that was
+/// waiting when it was cut, so under load entries fill up while earlier ones commit.
+pub const MAX_IN_FLIGHT: usize = 8;
+
+/// The queue task: cuts an entry from every proposal waiting (up to `MAX_BATCH`), and
+/// keeps up to `MAX_IN_FLIGHT` entries committing at once (a pipeline, so throughput is
+/// not one commit latency per entry).
 async fn run_batcher(group: GroupId, raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut waiting = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut waiting, MAX_BATCH).await > 0 {
         let (commands, replies): (Vec<Command>, Vec<_>) =
             waiting.drain(..).map(|proposal| (proposal.command, proposal.reply)).unzip();
-        let count = commands.len();
-        match raft.client_write(Batch(commands)).await {
-            Ok(written) if written.data.len() == count => {
-                for (reply, response) in replies.into_iter().zip(written.data) {
-                    let _ = reply.send(Ok(response));
-                }
+        if stopped.load(std::sync::atomic::Ordering::Acquire) {
+            answer_all(replies, ProposeError::Stopped(group));
+            queue.close();
+            continue;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let raft = raft.clone();
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            write_batch(group, &raft, commands, replies, &stopped).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn write_batch(
+    group: GroupId,
+    raft: &Raft,
+    commands: Vec<Command>,
+    replies: Vec<oneshot::Sender<Result<Response, ProposeError>>>,
+    stopped: &std::sync::atomic::AtomicBool,
+) {
+    let count = commands.len();
+    match raft.client_write(Batch(commands)).await {
+        Ok(written) if written.data.len() == count => {
+            for (reply, response) in replies.into_iter().zip(written.data) {
+                let _ = reply.send(Ok(response));
             }
-            Ok(written) => {
-                tracing::error!(%group, sent = count, answered = written.data.len(), "a batch's responses do not match its commands");
-                let error = ProposeError::Raft {
-                    group,
-                    message: "the replica answered a different number of commands".to_owned(),
-                };
-                answer_all(replies, error);
+        }
+        Ok(written) => {
+            tracing::error!(%group, sent = count, answered = written.data.len(), "a batch's responses do not match its commands");
+            let error =
+                ProposeError::Raft { group, message: "the replica answered a different number of commands".to_owned() };
+            answer_all(replies, error);
+        }
+        Err(error) => {
+            let failure = propose_error(group, &error);
+            if matches!(failure, ProposeError::Raft { .. }) {
+                tracing::warn!(%group, %error, "raft write failed");
             }
-            Err(error) => {
-                let failure = propose_error(group, &error);
-                if matches!(failure, ProposeError::Raft { .. }) {
-                    tracing::warn!(%group, %error, "raft write failed");
-                }
-                let stopped = failure == ProposeError::Stopped(group);
-                answer_all(replies, failure);
-                if stopped {
-                    // Raft has stopped: whatever is still queued is answered the same way.
-                    queue.close();
-                }
+            if failure == ProposeError::Stopped(group) {
+                // Raft has stopped: whatever is still queued is answered the same way.
+                stopped.store(true, std::sync::atomic::Ordering::Release);
             }
+            answer_all(replies, failure);
         }
     }
 }

@@ -1,0 +1,219 @@
+//! Replication benchmark: acknowledged gifts per second and ack latency through the
+//! engine's own client path (`Node::propose`, forwarded to the group leaders) on three
+//! nodes over loopback TCP, each with its own sled database; an ack means the entry is
+//! committed on a majority (fsynced on two of three disks) and applied.
+//!
+//! `cargo bench --bench replication` prints one line per concurrency (1, 64, 256
+//! clients). `REPLICATION_SECONDS` sets each run's length (default 10).
+//!
+//! `REPLICATION_SOAK=5000000 cargo bench --bench replication` instead runs the sled soak
+//! on one node: that many gift entries with snapshots and log purges, then reports the
+//! data directory's size on disk and the process's resident memory.
+
+use pkd::consensus::GroupId;
+use pkd::network::NetworkConfig;
+use pkd::{Node, NodeConfig};
+use pkd_raft::{Action, AnchorProfile, Gift, GiftId, PkId, Response, RoomId, UserId};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+const PKS: u64 = 64;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn profile(anchor: u64) -> AnchorProfile {
+    AnchorProfile { room: RoomId(anchor), country: "IN".into(), platform: "android".into(), version_code: 300 }
+}
+
+async fn set_config(node: &Node, key: &str, value: &str) {
+    for group in 0..=u64::from(node.arena_count()) {
+        let action = Action::SetConfig { key: key.into(), value: value.into() };
+        loop {
+            match node.propose(GroupId(group), action.clone()).await {
+                Ok(response) => break assert_eq!(response, Response::Done),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+/// Makes `PKS` PKs in their battle phase; returns their ids and source anchors.
+async fn make_pks(node: &Node) -> Vec<(PkId, UserId)> {
+    set_config(node, "pk_duration", "0,3600000,0,600000").await;
+    set_config(node, "pk_limits", "{'maxGiftsPerPk':100000000}").await;
+    let mut pks = Vec::new();
+    for i in 0..PKS {
+        let (a, b) = (2 * i + 1, 2 * i + 2);
+        let lobby = pkd::LOBBY;
+        assert_eq!(
+            node.propose(lobby, Action::StartMatch { anchor: UserId(a), profile: profile(a) }).await.unwrap(),
+            Response::Waiting
+        );
+        match node.propose(lobby, Action::StartMatch { anchor: UserId(b), profile: profile(b) }).await.unwrap() {
+            Response::Matched { pk, .. } => pks.push((pk, UserId(a))),
+            other => panic!("no match: {other:?}"),
+        }
+    }
+    // Wait until every arena has its PKs (the hand-over is asynchronous).
+    for (pk, _) in &pks {
+        let group = node.arena_of(*pk);
+        while node.replica(group).unwrap().read(|m| m.as_arena().unwrap().view(*pk).is_none()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    pks
+}
+
+/// `clients` tasks propose gifts back to back for `seconds`; returns (acks, latencies).
+async fn load(node: Arc<Node>, pks: Arc<Vec<(PkId, UserId)>>, clients: u64, seconds: u64) -> (u64, Vec<Duration>) {
+    static NEXT_GIFT: AtomicU64 = AtomicU64::new(1);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let node = node.clone();
+        let pks = pks.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = client;
+            while Instant::now() < deadline {
+                let (pk, receiver) = pks[(i % pks.len() as u64) as usize];
+                i += clients;
+                let id = NEXT_GIFT.fetch_add(1, Ordering::Relaxed);
+                let gift = Gift {
+                    id: GiftId(id),
+                    pk,
+                    receiver,
+                    sender: UserId(1_000_000 + id % 5000),
+                    beans: 1,
+                    profile: None,
+                };
+                let started = Instant::now();
+                // A client retries what did not go through (a leader moving, a connection
+                // being dialled); the gift id makes the retry safe.
+                loop {
+                    match node.propose(node.arena_of(pk), Action::Gift(gift.clone())).await {
+                        Ok(Response::GiftCounted { .. }) => break latencies.push(started.elapsed()),
+                        Ok(other) => panic!("gift not counted: {other:?}"),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    (all.len() as u64, all)
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6
+}
+
+async fn three_nodes(dirs: &[TempDir]) -> Vec<Arc<Node>> {
+    let mut listeners = Vec::new();
+    let mut peers = BTreeMap::new();
+    for id in 1..=3u64 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        peers.insert(id, listener.local_addr().unwrap().to_string());
+        listeners.push(listener);
+    }
+    let mut starting = Vec::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let id = index as u64 + 1;
+        let config = NodeConfig { node_id: id, arena_count: 4, ..NodeConfig::single(dirs[index].path()) };
+        let network = NetworkConfig {
+            node_id: id,
+            cluster: "bench".into(),
+            secret: b"bench-secret-0123456789".to_vec(),
+            peers: peers.clone(),
+        };
+        starting.push(tokio::spawn(Node::start_clustered(config, network, listener)));
+    }
+    let mut nodes = Vec::new();
+    for task in starting {
+        nodes.push(Arc::new(task.await.unwrap().unwrap()));
+    }
+    nodes
+}
+
+fn disk_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() { disk_bytes(&entry.path()) } else { meta.len() };
+    }
+    total
+}
+
+fn resident_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+async fn soak(entries: u64) {
+    let dir = TempDir::new().unwrap();
+    let node = Arc::new(Node::start(NodeConfig { arena_count: 4, ..NodeConfig::single(dir.path()) }).await.unwrap());
+    let pks = Arc::new(make_pks(&node).await);
+    let started = Instant::now();
+    let mut done = 0;
+    while done < entries {
+        let (acks, _) = load(node.clone(), pks.clone(), 256, 5).await;
+        done += acks;
+        eprintln!(
+            "{done} gifts, {:.0} s: disk {:.1} MiB, resident {:.0} MiB",
+            started.elapsed().as_secs_f64(),
+            disk_bytes(dir.path()) as f64 / 1048576.0,
+            resident_mib()
+        );
+    }
+    println!(
+        "sled soak: {done} gift entries in {:.0} s ({:.0}/s), snapshots every {} entries: data dir {:.1} MiB, resident {:.0} MiB",
+        started.elapsed().as_secs_f64(),
+        done as f64 / started.elapsed().as_secs_f64(),
+        NodeConfig::single(dir.path()).snapshot_every,
+        disk_bytes(dir.path()) as f64 / 1048576.0,
+        resident_mib()
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let soak_entries = env("REPLICATION_SOAK", 0);
+        if soak_entries > 0 {
+            return soak(soak_entries).await;
+        }
+        let seconds = env("REPLICATION_SECONDS", 10);
+        let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+        let nodes = three_nodes(&dirs).await;
+        let pks = Arc::new(make_pks(&nodes[0]).await);
+        // Warm up: connections dialled, leaders settled on their preferred nodes.
+        load(nodes[0].clone(), pks.clone(), 16, 3).await;
+        for clients in [1, 64, 256] {
+            let (acks, mut latencies) = load(nodes[0].clone(), pks.clone(), clients, seconds).await;
+            latencies.sort();
+            println!(
+                "3 nodes, {clients:>3} clients: {:>8.0} acked gifts/s, ack p50 {:>7.0} µs, p99 {:>7.0} µs",
+                acks as f64 / seconds as f64,
+                percentile(&latencies, 0.5),
+                percentile(&latencies, 0.99)
+            );
+        }
+    });
+}
