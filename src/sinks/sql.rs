@@ -19,6 +19,10 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyConnection, AnyPool, Row};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// How long a query waits for a connection before failing (the database may be down:
+/// the caller retries with its own backoff).
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("migrations/mysql");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -214,7 +218,11 @@ impl ResultsStore {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
-        let pool = AnyPoolOptions::new().max_connections(max_connections).connect(url).await?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await?;
         match dialect {
             Dialect::MySql => MYSQL_MIGRATIONS.run(&pool).await?,
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
