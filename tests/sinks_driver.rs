@@ -583,3 +583,221 @@ async fn measure(database: &str) -> TestResult {
     sinks.shutdown().await;
     Ok(())
 }
+
+// ---- (e) three nodes: the arena leader stops while results are written ----------------
+
+/// Three nodes on localhost, each with its own sink drivers over the same database.
+struct ClusterWithSinks {
+    nodes: Vec<Option<(Arc<Node>, Sinks)>>,
+    _dirs: Vec<TempDir>,
+}
+
+impl ClusterWithSinks {
+    async fn start(results_url: &str) -> anyhow::Result<ClusterWithSinks> {
+        use pkd::network::NetworkConfig;
+        let mut listeners = Vec::new();
+        let mut peers = BTreeMap::new();
+        for id in 1..=3u64 {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            peers.insert(id, listener.local_addr()?.to_string());
+            listeners.push(listener);
+        }
+        let mut dirs = Vec::new();
+        let mut starting = Vec::new();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let id = index as u64 + 1;
+            let dir = TempDir::new()?;
+            let config =
+                NodeConfig { node_id: id, arena_count: 2, snapshot_every: 1_000, ..NodeConfig::single(dir.path()) };
+            let network = NetworkConfig {
+                node_id: id,
+                cluster: "sinks".into(),
+                secret: b"sinks secret".to_vec(),
+                peers: peers.clone(),
+            };
+            dirs.push(dir);
+            starting.push(tokio::spawn(Node::start_clustered(config, network, listener)));
+        }
+        let mut nodes = Vec::new();
+        for task in starting {
+            let node = Arc::new(task.await??);
+            let config = SinksConfig {
+                results_url: Some(results_url.to_owned()),
+                results: quick_results(),
+                ..SinksConfig::default()
+            };
+            let sinks = Sinks::start(node.clone(), config);
+            nodes.push(Some((node, sinks)));
+        }
+        Ok(ClusterWithSinks { nodes, _dirs: dirs })
+    }
+
+    fn node(&self, id: u64) -> anyhow::Result<&Arc<Node>> {
+        self.nodes
+            .get(id as usize - 1)
+            .and_then(Option::as_ref)
+            .map(|(node, _)| node)
+            .ok_or_else(|| anyhow::anyhow!("node {id} is not running"))
+    }
+
+    fn sinks(&self, id: u64) -> Option<&Sinks> {
+        self.nodes.get(id as usize - 1).and_then(Option::as_ref).map(|(_, sinks)| sinks)
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.nodes.iter().flatten().map(|(node, _)| node)
+    }
+
+    async fn stop(&mut self, id: u64) {
+        if let Some((node, sinks)) = self.nodes[id as usize - 1].take() {
+            sinks.shutdown().await;
+            let mut node = node;
+            for _ in 0..100 {
+                match Arc::try_unwrap(node) {
+                    Ok(owned) => return owned.shutdown().await,
+                    Err(shared) => node = shared,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("node {id} still shared");
+        }
+    }
+
+    async fn shutdown(mut self) {
+        for id in 1..=3 {
+            self.stop(id).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_arena_leader_resumes_the_results_exactly() -> TestResult {
+    let database = TestDatabase::create().await?;
+    let outcome = new_leader_resumes(&database.name).await;
+    database.drop_database().await;
+    outcome
+}
+
+async fn new_leader_resumes(database: &str) -> TestResult {
+    let url = format!("{}/{database}", mysql_server());
+    let mut cluster = ClusterWithSinks::start(&url).await?;
+    for (group, wanted) in [(0, 1), (1, 2), (2, 3)] {
+        eventually(Duration::from_secs(10), "leaders spread over the nodes", || {
+            cluster.running().all(|node| node.leader(GroupId(group)) == Some(wanted))
+        })
+        .await?;
+    }
+    let first = cluster.node(1)?.clone();
+    for group in 0..=2u64 {
+        let action = Action::SetConfig { key: "pk_duration".into(), value: "200,8000,0,600000".into() };
+        anyhow::ensure!(first.propose(GroupId(group), action).await? == Response::Done);
+    }
+    let settled: Arc<Mutex<BTreeMap<PkId, SettledPk>>> = Arc::default();
+    let mut effects = first.subscribe_effects();
+    let record = settled.clone();
+    tokio::spawn(async move {
+        while let Ok(tagged) = effects.recv().await {
+            if let Effect::PkSettled(result) = tagged.effect
+                && let Ok(mut settled) = record.lock()
+            {
+                settled.insert(result.pk, *result);
+            }
+        }
+    });
+
+    let mut pks = Vec::new();
+    for pair in 0..12u64 {
+        let (a, b) = (700 + 2 * pair, 701 + 2 * pair);
+        anyhow::ensure!(first.propose(LOBBY, start_match(a)).await? == Response::Waiting);
+        match first.propose(LOBBY, start_match(b)).await? {
+            Response::Matched { pk, .. } => pks.push((pk, [UserId(a), UserId(b)])),
+            other => anyhow::bail!("expected a match, got {other:?}"),
+        }
+    }
+    for (pk, _) in &pks {
+        let arena = first.arena_of(*pk);
+        eventually(Duration::from_secs(5), "the PK reaches its arena", || {
+            first.replica(arena).is_some_and(|replica| {
+                replica.read(|machine| machine.as_arena().is_some_and(|arena| arena.view(*pk).is_some()))
+            })
+        })
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let mut gift_id = 1;
+    let gifting = std::time::Instant::now();
+    for round in 0..3u64 {
+        for (pk, anchors) in &pks {
+            for (side, anchor) in anchors.iter().enumerate() {
+                let gift = Gift {
+                    id: GiftId(gift_id),
+                    pk: *pk,
+                    receiver: *anchor,
+                    sender: UserId(9_100 + round + 10 * side as u64),
+                    beans: 5 + round as i64,
+                    profile: None,
+                };
+                gift_id += 1;
+                // A gift may be retried: its id makes it count once.
+                let mut attempts = 0;
+                let response = loop {
+                    match first.propose(first.arena_of(*pk), Action::Gift(gift.clone())).await {
+                        Ok(response) => break response,
+                        Err(error) if attempts < 20 => {
+                            attempts += 1;
+                            eprintln!("gift retried: {error}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                };
+                anyhow::ensure!(
+                    matches!(response, Response::GiftCounted { .. }),
+                    "gift: {response:?} after {:?}",
+                    gifting.elapsed()
+                );
+            }
+        }
+    }
+
+    // Stop an arena leader as soon as its driver has written results.
+    let mut victim = None;
+    eventually(Duration::from_secs(10), "an arena leader writes results", || {
+        victim = [2u64, 3]
+            .into_iter()
+            .find(|id| cluster.sinks(*id).is_some_and(|sinks| sinks.metrics().snapshot().results_written > 0));
+        victim.is_some()
+    })
+    .await?;
+    let victim = victim.ok_or_else(|| anyhow::anyhow!("no victim"))?;
+    cluster.stop(victim).await;
+
+    let all: Vec<PkId> = pks.iter().map(|(pk, _)| *pk).collect();
+    let pending = |cluster: &ClusterWithSinks| -> usize {
+        cluster
+            .running()
+            .map(|node| {
+                (1..=2u64)
+                    .filter_map(|arena| node.replica(GroupId(arena)))
+                    .map(|replica| {
+                        replica.read(|machine| machine.as_arena().map_or(0, |arena| arena.pending_results().count()))
+                    })
+                    .sum::<usize>()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    eventually(Duration::from_secs(20), "every PK settles and every outbox drains", || {
+        let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
+        all.iter().all(|pk| settled.contains_key(pk)) && pending(&cluster) == 0
+    })
+    .await?;
+    let direct = ResultsStore::connect(&url).await?;
+    let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(settled.len(), 12);
+    assert_exactly(&direct, &settled).await?;
+    direct.close().await;
+    drop(first);
+    cluster.shutdown().await;
+    Ok(())
+}

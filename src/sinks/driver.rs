@@ -223,8 +223,15 @@ impl Sinks {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         if let Some(url) = config.results_url.clone() {
-            let run = run_results_sink(node.clone(), url, config.results.clone(), metrics.clone(), results.clone());
-            tasks.push(tokio::spawn(until_stopped(stopped.clone(), run)));
+            let run = run_results_sink(
+                node.clone(),
+                url,
+                config.results.clone(),
+                metrics.clone(),
+                results.clone(),
+                stopped.clone(),
+            );
+            tasks.push(tokio::spawn(run));
         }
         if let Some(url) = config.redis_url.clone() {
             let run = run_cache_sink(node, url, config.cache.clone(), metrics.clone());
@@ -306,17 +313,24 @@ async fn run_results_sink(
     config: ResultsDriverConfig,
     metrics: Arc<SinkMetrics>,
     slot: ResultsSlot,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(config.max_backoff);
-    let store = loop {
-        match timed("connecting the results store", config.operation_timeout, ResultsStore::connect(&url)).await {
-            Ok(store) => break store,
-            Err(error) => {
-                SinkMetrics::add(&metrics.results_errors, 1);
-                tracing::warn!(%error, "results store unavailable; retrying");
-                tokio::time::sleep(backoff.next_wait()).await;
+    let connect = async {
+        loop {
+            match timed("connecting the results store", config.operation_timeout, ResultsStore::connect(&url)).await {
+                Ok(store) => return store,
+                Err(error) => {
+                    SinkMetrics::add(&metrics.results_errors, 1);
+                    tracing::warn!(%error, "results store unavailable; retrying");
+                    tokio::time::sleep(backoff.next_wait()).await;
+                }
             }
         }
+    };
+    let store = tokio::select! {
+        _ = stop.wait_for(|stopped| *stopped) => return,
+        store = connect => store,
     };
     tracing::info!(dialect = ?store.dialect(), "results store connected");
     let _ = slot.set(store.clone());
@@ -325,8 +339,10 @@ async fn run_results_sink(
         let driver = ResultsDriver::new(node.clone(), GroupId(arena), store.clone(), config.clone(), metrics.clone());
         drivers.spawn(driver.run());
     }
-    // Dropping the set (when this task is stopped) aborts the drivers.
-    while drivers.join_next().await.is_some() {}
+    // The drivers loop until stopped; then they are aborted, and waited for so that
+    // none still holds the node when this returns.
+    let _ = stop.wait_for(|stopped| *stopped).await;
+    drivers.shutdown().await;
 }
 
 /// Spawns the results driver of every arena over an already connected store.
