@@ -498,86 +498,148 @@ async fn an_unreachable_redis_stops_nothing() -> TestResult {
 
 // ---- measurement (run by hand) -----------------------------------------------------------
 
-/// Settled PKs per second the results sink stores into MySQL, and its lag behind the
-/// engine while gifts pour in. Run by hand:
-/// `PKD_BENCH_PKS=600 cargo test --release -p pkd --test sinks_driver -- --ignored --nocapture`
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|n| n.parse().ok()).unwrap_or(default)
+}
+
+/// Settled PKs per second the results sink stores into MySQL: `PKD_BENCH_PKS` PKs
+/// (default 600) with a few gifts each, settling within about a second of each other.
+/// Run by hand:
+/// `PKD_BENCH_PKS=600 cargo test --release -p pkd --test sinks_driver measure -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]
 async fn measure_results_sink_throughput_into_mysql() -> TestResult {
     let database = TestDatabase::create().await?;
-    let outcome = measure(&database.name).await;
+    let outcome = measure_throughput(&database.name).await;
     database.drop_database().await;
     outcome
 }
 
-async fn measure(database: &str) -> TestResult {
-    let count: u64 = std::env::var("PKD_BENCH_PKS").ok().and_then(|n| n.parse().ok()).unwrap_or(300);
-    let proposers: u64 = std::env::var("PKD_BENCH_PROPOSERS").ok().and_then(|n| n.parse().ok()).unwrap_or(64);
-    let engine = Engine::start_with(12_000, 4).await?;
+async fn measure_throughput(database: &str) -> TestResult {
+    let count = env_number("PKD_BENCH_PKS", 600);
+    let mut engine = Engine::start_with(8_000, 4).await?;
     let config = SinksConfig {
         results_url: Some(format!("{}/{database}", mysql_server())),
-        results: ResultsDriverConfig { batch: 200, ..ResultsDriverConfig::default() },
+        results: ResultsDriverConfig::default(),
         ..SinksConfig::default()
     };
     let sinks = Sinks::start(engine.node.clone(), config);
     let store = eventually_store(&sinks).await?;
-    let started = std::time::Instant::now();
     let pks = engine.start_pks(10_000, count).await?;
-    println!("{count} PKs started in {:?}", started.elapsed());
+    engine.gifts(&pks, 1).await?;
+    // The first settlement, then the drained outbox.
+    eventually(Duration::from_secs(30), "a first PK settles", || !engine.settled().is_empty()).await?;
+    let first_settled = std::time::Instant::now();
+    engine.wait_settled(&pks, Duration::from_secs(60)).await?;
+    let all_settled = first_settled.elapsed().as_secs_f64();
+    eventually(Duration::from_secs(300), "the outbox drains", || engine.pending_results() == 0).await?;
+    let drained = first_settled.elapsed().as_secs_f64();
+    let counters = sinks.metrics().snapshot();
+    println!(
+        "{count} PKs settled over {all_settled:.2} s; stored, verified and confirmed {drained:.2} s after the \
+         first settled: {:.0} settled PKs/s; lag behind the engine: max {} ms; repairs {}",
+        count as f64 / drained.max(0.001),
+        counters.result_lag_max_ms,
+        counters.results_repaired,
+    );
+    assert_exactly(&store, &engine.settled()).await?;
+    sinks.shutdown().await;
+    Ok(())
+}
 
-    // Gifts from many concurrent proposers until the battles end.
-    let anchors: Vec<(PkId, [UserId; 2])> = pks.iter().filter_map(|pk| Some((*pk, engine.anchors(*pk)?))).collect();
-    let anchors = Arc::new(anchors);
+/// The results sink's lag behind the engine while gifts pour in: waves of
+/// `PKD_BENCH_WAVE` PKs (default 100) start every second for `PKD_BENCH_WAVES` s
+/// (default 8), each battling 4 s, while `PKD_BENCH_PROPOSERS` tasks (default 128) send
+/// gifts to the PKs in battle. Run by hand:
+/// `cargo test --release -p pkd --test sinks_driver lag -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn measure_results_sink_lag_under_gifts() -> TestResult {
+    let database = TestDatabase::create().await?;
+    let outcome = measure_lag(&database.name).await;
+    database.drop_database().await;
+    outcome
+}
+
+async fn measure_lag(database: &str) -> TestResult {
+    let per_wave = env_number("PKD_BENCH_WAVE", 100);
+    let waves = env_number("PKD_BENCH_WAVES", 8);
+    let proposers = env_number("PKD_BENCH_PROPOSERS", 128);
+    let battle = Duration::from_millis(4_000);
+    let engine = Engine::start_with(battle.as_millis() as u64, 4).await?;
+    let config = SinksConfig { results_url: Some(format!("{}/{database}", mysql_server())), ..SinksConfig::default() };
+    let sinks = Sinks::start(engine.node.clone(), config);
+    let store = eventually_store(&sinks).await?;
+
+    let active: Arc<Mutex<Vec<(PkId, [UserId; 2])>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
     let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let gifting = std::time::Instant::now();
     let mut tasks = Vec::new();
     for proposer in 0..proposers {
-        let (node, anchors, counted) = (engine.node.clone(), anchors.clone(), counted.clone());
+        let (node, active, stop, counted) = (engine.node.clone(), active.clone(), stop.clone(), counted.clone());
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
-            loop {
-                let (pk, sides) = anchors[((n * proposers + proposer) % anchors.len() as u64) as usize];
+            while !stop.load(Ordering::Relaxed) {
+                let pick = active.lock().ok().and_then(|active| {
+                    (!active.is_empty()).then(|| active[((n * 7919 + proposer) % active.len() as u64) as usize])
+                });
+                let Some((pk, sides)) = pick else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
                 let gift = Gift {
-                    id: GiftId(1_000_000 + n * proposers + proposer),
+                    id: GiftId(1 + n * proposers + proposer),
                     pk,
                     receiver: sides[(n % 2) as usize],
-                    sender: UserId(50_000 + (n % 40)),
+                    sender: UserId(50_000 + (n * 31 + proposer) % 200),
                     beans: 1 + (n % 9) as i64,
                     profile: None,
                 };
                 n += 1;
-                match node.propose(node.arena_of(pk), Action::Gift(gift)).await {
-                    Ok(Response::GiftCounted { .. }) => {
-                        counted.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Response::Rejected(_)) => return,
-                    _ => {}
+                if let Ok(Response::GiftCounted { .. }) = node.propose(node.arena_of(pk), Action::Gift(gift)).await {
+                    counted.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
     }
+    let began = std::time::Instant::now();
+    let mut all = Vec::new();
+    let mut running: std::collections::VecDeque<(std::time::Instant, Vec<(PkId, [UserId; 2])>)> = Default::default();
+    for wave in 0..waves {
+        let wave_start = std::time::Instant::now();
+        let pks = engine.start_pks(100_000 + wave * 10_000, per_wave).await?;
+        all.extend(pks.iter().copied());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let sides: Vec<(PkId, [UserId; 2])> = pks.iter().filter_map(|pk| Some((*pk, engine.anchors(*pk)?))).collect();
+        running.push_back((std::time::Instant::now(), sides));
+        while running.front().is_some_and(|(at, _)| at.elapsed() > battle - Duration::from_millis(600)) {
+            running.pop_front();
+        }
+        if let Ok(mut active) = active.lock() {
+            *active = running.iter().flat_map(|(_, wave)| wave.iter().copied()).collect();
+        }
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(wave_start.elapsed())).await;
+    }
+    tokio::time::sleep(battle - Duration::from_millis(1_000)).await;
+    stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;
     }
-    let gift_seconds = gifting.elapsed().as_secs_f64();
+    let seconds = began.elapsed().as_secs_f64();
     let gifts = counted.load(Ordering::Relaxed);
-    println!("{gifts} gifts in {gift_seconds:.1} s: {:.0} gifts/s", gifts as f64 / gift_seconds);
-    let lag_during_gifts = sinks.metrics().snapshot();
-
-    engine.wait_settled(&pks, Duration::from_secs(60)).await?;
-    let settled_at = std::time::Instant::now();
+    let during = sinks.metrics().snapshot();
+    engine.wait_settled(&all, Duration::from_secs(60)).await?;
     eventually(Duration::from_secs(300), "the outbox drains", || engine.pending_results() == 0).await?;
-    let drained = settled_at.elapsed().as_secs_f64();
     let counters = sinks.metrics().snapshot();
     println!(
-        "{count} settled PKs stored and confirmed {drained:.2} s after the last settled: {:.0} PKs/s; \
-         lag behind the engine: max {} ms, last {} ms; gift totals written while running: {}; \
-         lag counters before settlement: {:?}",
-        count as f64 / drained.max(0.001),
+        "{} PKs in {waves} waves, {gifts} gifts counted in {seconds:.1} s: {:.0} gifts/s; while gifting: {} results \
+         stored, lag max {} ms; overall lag max {} ms, gift-total writes {}",
+        all.len(),
+        gifts as f64 / seconds,
+        during.results_written,
+        during.result_lag_max_ms,
         counters.result_lag_max_ms,
-        counters.result_lag_last_ms,
         counters.gift_totals_written,
-        lag_during_gifts.gift_totals_written,
     );
     assert_exactly(&store, &engine.settled()).await?;
     sinks.shutdown().await;
