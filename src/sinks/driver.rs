@@ -135,6 +135,9 @@ impl SinkMetrics {
 pub struct ResultsDriverConfig {
     /// At most this many settled PKs per transaction.
     pub batch: usize,
+    /// At most this many running PKs' rows (started rows, gifter totals) between two
+    /// looks at the outbox, so that settled results never wait behind a long pass.
+    pub step: usize,
     /// How often an idle driver looks at its arena again.
     pub poll: Duration,
     /// How often the gifter totals of running PKs are written (only PKs whose totals
@@ -150,6 +153,7 @@ impl Default for ResultsDriverConfig {
     fn default() -> Self {
         ResultsDriverConfig {
             batch: 200,
+            step: 16,
             poll: Duration::from_millis(50),
             gifts_every: Duration::from_secs(2),
             max_backoff: Duration::from_secs(5),
@@ -380,6 +384,8 @@ struct ResultsDriver {
     started: BTreeSet<PkId>,
     /// Running PKs' side totals when their gifters were last written.
     gifts_written: BTreeMap<PkId, [i64; 2]>,
+    /// Running PKs whose gifter totals the current pass has still to look at.
+    gifts_due: std::collections::VecDeque<PkId>,
     next_gifts: Instant,
 }
 
@@ -399,6 +405,7 @@ impl ResultsDriver {
             metrics,
             started: BTreeSet::new(),
             gifts_written: BTreeMap::new(),
+            gifts_due: std::collections::VecDeque::new(),
             next_gifts: Instant::now(),
         }
     }
@@ -412,6 +419,7 @@ impl ResultsDriver {
                     tracing::debug!(group = %self.group, "results driver idle: no longer the leader");
                     self.started.clear();
                     self.gifts_written.clear();
+                    self.gifts_due.clear();
                 }
                 leading = false;
                 tokio::time::sleep(self.config.poll).await;
@@ -456,12 +464,13 @@ impl ResultsDriver {
                 return Ok(Round::More);
             }
         }
-        self.store_started().await?;
-        if Instant::now() >= self.next_gifts {
-            self.store_gifts().await?;
+        let more_started = self.store_started().await?;
+        if self.gifts_due.is_empty() && Instant::now() >= self.next_gifts {
+            self.plan_gifts();
             self.next_gifts = Instant::now() + self.config.gifts_every;
         }
-        Ok(Round::Idle)
+        let more_gifts = self.store_gifts().await?;
+        Ok(if more_started || more_gifts { Round::More } else { Round::Idle })
     }
 
     /// Writes settled PKs, reads them back (rewriting any that differ), then confirms
@@ -508,50 +517,62 @@ impl ResultsDriver {
         }
     }
 
-    /// Writes the `t_pk` row of each running PK not written yet under this leadership.
-    async fn store_started(&mut self) -> Result<(), DriverError> {
+    /// Writes the `t_pk` row of running PKs not written yet under this leadership, at
+    /// most [`ResultsDriverConfig::step`] of them; `true` if more wait.
+    async fn store_started(&mut self) -> Result<bool, DriverError> {
         let started = &self.started;
-        let fresh: Vec<PkView> = self
-            .read(|arena| arena.running().filter(|pk| !started.contains(pk)).filter_map(|pk| arena.view(pk)).collect());
-        for view in fresh {
+        let step = self.config.step;
+        let fresh: Vec<PkView> = self.read(|arena| {
+            arena.running().filter(|pk| !started.contains(pk)).take(step + 1).filter_map(|pk| arena.view(pk)).collect()
+        });
+        let more = fresh.len() > step;
+        for view in fresh.into_iter().take(step) {
             timed("writing a started PK", self.config.operation_timeout, self.store.record_started(&view)).await?;
             SinkMetrics::add(&self.metrics.started_written, 1);
             self.started.insert(view.pk);
         }
-        Ok(())
+        Ok(more)
     }
 
-    /// Writes the gifter totals of running PKs whose side totals changed since the last
-    /// write.
-    async fn store_gifts(&mut self) -> Result<(), DriverError> {
+    /// Starts a pass over the running PKs' gifter totals, and forgets PKs no longer
+    /// running.
+    fn plan_gifts(&mut self) {
+        let running: Vec<PkId> = self.read(|arena| arena.running().collect());
+        let alive: BTreeSet<PkId> = running.iter().copied().collect();
+        self.gifts_written.retain(|pk, _| alive.contains(pk));
+        self.started.retain(|pk| alive.contains(pk));
+        self.gifts_due = running.into();
+    }
+
+    /// Writes the gifter totals of the next [`ResultsDriverConfig::step`] PKs of the
+    /// pass whose side totals changed since their last write; `true` if more wait.
+    async fn store_gifts(&mut self) -> Result<bool, DriverError> {
+        let Some(replica) = self.node.replica(self.group) else { return Ok(false) };
+        let take = self.config.step.min(self.gifts_due.len());
+        let due: Vec<PkId> = self.gifts_due.drain(..take).collect();
         let written = &self.gifts_written;
-        let Some(replica) = self.node.replica(self.group) else { return Ok(()) };
-        let (at, changed, running) = replica.read(|machine| {
-            let Some(arena) = machine.as_arena() else { return (machine.now(), Vec::new(), BTreeSet::new()) };
-            let mut changed = Vec::new();
-            let mut running = BTreeSet::new();
-            for pk in arena.running() {
-                running.insert(pk);
-                let Some(view) = arena.view(pk) else { continue };
-                let totals = [view.source.beans, view.target.beans];
-                let before = written.get(&pk).copied().unwrap_or([0, 0]);
-                if totals != before
-                    && let Some(gifters) = arena.gifter_totals(pk)
-                {
-                    changed.push((pk, totals, gifters));
-                }
-            }
-            (machine.now(), changed, running)
+        let (at, changed) = replica.read(|machine| {
+            let Some(arena) = machine.as_arena() else { return (machine.now(), Vec::new()) };
+            let changed: Vec<_> = due
+                .iter()
+                .filter_map(|pk| {
+                    let view = arena.view(*pk)?;
+                    let totals = [view.source.beans, view.target.beans];
+                    if totals == written.get(pk).copied().unwrap_or([0, 0]) {
+                        return None;
+                    }
+                    Some((*pk, totals, arena.gifter_totals(*pk)?))
+                })
+                .collect();
+            (machine.now(), changed)
         });
-        self.gifts_written.retain(|pk, _| running.contains(pk));
-        self.started.retain(|pk| running.contains(pk));
         for (pk, totals, [source, target]) in changed {
             let write = self.store.record_gifts(pk, at, &source, &target);
             timed("writing gifter totals", self.config.operation_timeout, write).await?;
             SinkMetrics::add(&self.metrics.gift_totals_written, 1);
             self.gifts_written.insert(pk, totals);
         }
-        Ok(())
+        Ok(!self.gifts_due.is_empty())
     }
 }
 
