@@ -561,6 +561,9 @@ async fn measure_results_sink_lag_under_gifts() -> TestResult {
     outcome
 }
 
+/// A PK and its two anchors.
+type Pair = (PkId, [UserId; 2]);
+
 async fn measure_lag(database: &str) -> TestResult {
     let per_wave = env_number("PKD_BENCH_WAVE", 100);
     let waves = env_number("PKD_BENCH_WAVES", 8);
@@ -571,7 +574,7 @@ async fn measure_lag(database: &str) -> TestResult {
     let sinks = Sinks::start(engine.node.clone(), config);
     let store = eventually_store(&sinks).await?;
 
-    let active: Arc<Mutex<Vec<(PkId, [UserId; 2])>>> = Arc::default();
+    let active: Arc<Mutex<Vec<Pair>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -604,13 +607,13 @@ async fn measure_lag(database: &str) -> TestResult {
     }
     let began = std::time::Instant::now();
     let mut all = Vec::new();
-    let mut running: std::collections::VecDeque<(std::time::Instant, Vec<(PkId, [UserId; 2])>)> = Default::default();
+    let mut running: std::collections::VecDeque<(std::time::Instant, Vec<Pair>)> = Default::default();
     for wave in 0..waves {
         let wave_start = std::time::Instant::now();
         let pks = engine.start_pks(100_000 + wave * 10_000, per_wave).await?;
         all.extend(pks.iter().copied());
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let sides: Vec<(PkId, [UserId; 2])> = pks.iter().filter_map(|pk| Some((*pk, engine.anchors(*pk)?))).collect();
+        let sides: Vec<Pair> = pks.iter().filter_map(|pk| Some((*pk, engine.anchors(*pk)?))).collect();
         running.push_back((std::time::Instant::now(), sides));
         while running.front().is_some_and(|(at, _)| at.elapsed() > battle - Duration::from_millis(600)) {
             running.pop_front();
