@@ -38,9 +38,36 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `pkd=debug,info`.
     #[arg(long, env = "PKD_LOG", default_value = "info")]
     pub log: String,
+    /// The app's MySQL database for settled results (`mysql://user:password@host:port/db`).
+    /// Without it, results go to SQLite (see --sqlite-path).
+    #[arg(long, env = "PKD_MYSQL_URL", hide_env_values = true)]
+    pub mysql_url: Option<String>,
+    /// The SQLite file for settled results when no --mysql-url is given
+    /// (default: `<data-dir>/results.sqlite`).
+    #[arg(long, env = "PKD_SQLITE_PATH")]
+    pub sqlite_path: Option<PathBuf>,
+    /// The Redis read cache (`redis://host:port/db`); without it, no cache is written.
+    #[arg(long, env = "PKD_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
 }
 
 impl ServeArgs {
+    /// Where the sinks write: MySQL if given, else SQLite in the data directory.
+    fn sinks_config(&self) -> crate::sinks::SinksConfig {
+        let results_url = match &self.mysql_url {
+            Some(url) => url.clone(),
+            None => {
+                let path = self.sqlite_path.clone().unwrap_or_else(|| self.data_dir.join("results.sqlite"));
+                format!("sqlite://{}?mode=rwc", path.display())
+            }
+        };
+        crate::sinks::SinksConfig {
+            results_url: Some(results_url),
+            redis_url: self.redis_url.clone(),
+            ..crate::sinks::SinksConfig::default()
+        }
+    }
+
     fn gateway_config(&self) -> anyhow::Result<GatewayConfig> {
         if self.login_secret.is_none() && !self.dev_auth {
             bail!("set --login-secret (PKD_LOGIN_SECRET), or --dev-auth for development");
@@ -83,14 +110,17 @@ async fn serve(args: ServeArgs, gateway_config: GatewayConfig) -> anyhow::Result
     node_config.arena_count = args.arenas;
     let node = Arc::new(Node::start(node_config).await.context("starting the node")?);
     let gateway = Gateway::start(node.clone(), gateway_config);
+    let sinks = crate::sinks::Sinks::start(node.clone(), args.sinks_config());
+    let router = gateway.router().merge(crate::sinks::http::router(node.clone(), sinks.results()));
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let address = listener.local_addr()?;
     // Tests and launchers read this line to find the port when --listen ends in :0.
     println!("pkd listening on {address}");
     tracing::info!(%address, node = args.node_id, arenas = args.arenas, "serving");
-    axum::serve(listener, gateway.router()).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("shutting down");
+    sinks.shutdown().await;
     drop(gateway);
     match Arc::try_unwrap(node) {
         Ok(node) => node.shutdown().await,

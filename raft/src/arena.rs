@@ -257,6 +257,14 @@ impl Arena {
         pk.sides[side].senders.iter().map(|(id, s)| (*id, s.beans)).collect()
     }
 
+    /// A running PK's gifters on each side (source, target), highest first, with their
+    /// totals, gift counts and ranks: what the results sink writes to `t_pk_gift` while
+    /// the PK runs, and the cache's `pkg_` keys. `None` if the PK is not running here.
+    pub fn gifter_totals(&self, pk: PkId) -> Option<[Vec<GifterTotal>; 2]> {
+        let pk = self.pks.get(&pk)?;
+        Some([pk.sides[0].settle().gifters, pk.sides[1].settle().gifters])
+    }
+
     /// Settled PKs whose rooms the lobby has not released yet.
     pub fn pending_releases(&self) -> impl Iterator<Item = PkId> + '_ {
         self.settled.iter().filter(|(_, s)| !s.rooms_released).map(|(pk, _)| *pk)

@@ -5,8 +5,13 @@
 //! effect twice (a restart replays the log, a new leader re-sends its outbox): every
 //! write is an idempotent upsert of absolute values.
 
+pub mod driver;
+pub mod http;
 pub mod redis_cache;
 pub mod sql;
 
+pub use driver::{
+    CacheDriverConfig, DriverError, ResultsDriverConfig, ResultsSlot, SinkCounters, SinkMetrics, Sinks, SinksConfig,
+};
 pub use redis_cache::{CacheError, CacheSnapshot, RebuildReport, RedisCache, RunningPk};
 pub use sql::{Dialect, Mismatch, PkRecord, ResultsStore, StoreError};

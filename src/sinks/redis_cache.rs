@@ -15,10 +15,11 @@
 
 use pkd_raft::effect::{CacheChange, GifterTotal, SideView};
 use pkd_raft::{PkId, PkView, RoomId, TimestampMs, UserId};
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Pipeline};
 use serde_json::json;
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 /// Expiry of `pk_*` and `pkg_*` keys, refreshed on each write.
 pub const PK_TTL_SECONDS: i64 = 2 * 3600;
@@ -81,10 +82,16 @@ impl std::fmt::Debug for RedisCache {
 }
 
 impl RedisCache {
-    /// Connects to `redis://host:port/db`.
+    /// Connects to `redis://host:port/db`. A Redis that is down fails fast (one retry,
+    /// 2 s per attempt, 3 s per command): the caller counts the error and tries later.
     pub async fn connect(url: &str) -> Result<RedisCache> {
         let client = redis::Client::open(url)?;
-        let connection = ConnectionManager::new(client).await?;
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_max_delay(500)
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(3));
+        let connection = ConnectionManager::new_with_config(client, config).await?;
         Ok(RedisCache { connection })
     }
 

@@ -19,6 +19,13 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyConnection, AnyPool, Row};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The most rows in one multi-row upsert (far below both databases' bind limits).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// How long a query waits for a connection before failing (the database may be down:
+/// the caller retries with its own backoff).
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("migrations/mysql");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -214,7 +221,11 @@ impl ResultsStore {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
-        let pool = AnyPoolOptions::new().max_connections(max_connections).connect(url).await?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await?;
         match dialect {
             Dialect::MySql => MYSQL_MIGRATIONS.run(&pool).await?,
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
@@ -274,9 +285,7 @@ impl ResultsStore {
             .flatten();
         let running = matches!(status, None | Some(1));
         if running {
-            for row in &rows {
-                self.upsert(&mut tx, &T_PK_GIFT, row, Guard::WhileRunning).await?;
-            }
+            self.upsert_many(&mut tx, &T_PK_GIFT, &rows, Guard::WhileRunning).await?;
         }
         tx.commit().await?;
         Ok(running)
@@ -364,12 +373,8 @@ impl ResultsStore {
 
     async fn write_settled(&self, conn: &mut AnyConnection, rows: &SettledRows) -> Result<()> {
         self.upsert(conn, &T_PK, &rows.pk_row, Guard::None).await?;
-        for row in &rows.gift_rows {
-            self.upsert(conn, &T_PK_GIFT, row, Guard::None).await?;
-        }
-        for row in &rows.anchor_rows {
-            self.upsert(conn, &T_PK_ANCHOR, row, Guard::None).await?;
-        }
+        self.upsert_many(conn, &T_PK_GIFT, &rows.gift_rows, Guard::None).await?;
+        self.upsert_many(conn, &T_PK_ANCHOR, &rows.anchor_rows, Guard::None).await?;
         // Rows the result does not have (a sender counted by an earlier, wrong write;
         // a hand-made row): delete them so that the tables match the engine exactly.
         let pk = rows.pk;
@@ -390,23 +395,37 @@ impl ResultsStore {
     }
 
     async fn upsert(&self, conn: &mut AnyConnection, table: &Table, row: &[Value], guard: Guard) -> Result<()> {
-        let sql = self.upsert_sql(table, guard);
-        let mut query = sqlx::query(&sql);
-        for value in row {
-            query = match value {
-                Value::Int(value) => query.bind(*value),
-                Value::Text(value) => query.bind(value.clone()),
-            };
+        self.upsert_many(conn, table, std::slice::from_ref(&row.to_vec()), guard).await
+    }
+
+    /// Upserts `rows` with multi-row statements of at most [`ROWS_PER_STATEMENT`] rows:
+    /// one round trip per chunk instead of one per row.
+    async fn upsert_many(
+        &self,
+        conn: &mut AnyConnection,
+        table: &Table,
+        rows: &[Vec<Value>],
+        guard: Guard,
+    ) -> Result<()> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql = self.upsert_sql(table, guard, chunk.len());
+            let mut query = sqlx::query(&sql);
+            for value in chunk.iter().flatten() {
+                query = match value {
+                    Value::Int(value) => query.bind(*value),
+                    Value::Text(value) => query.bind(value.clone()),
+                };
+            }
+            query.execute(&mut *conn).await?;
         }
-        query.execute(&mut *conn).await?;
         Ok(())
     }
 
     /// `INSERT ... ON DUPLICATE KEY UPDATE` (MySQL) or `INSERT ... ON CONFLICT DO
     /// UPDATE` (SQLite) of every column, the key and insert-only columns excepted.
-    fn upsert_sql(&self, table: &Table, guard: Guard) -> String {
+    fn upsert_sql(&self, table: &Table, guard: Guard, rows: usize) -> String {
         let columns = table.columns.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>();
-        let placeholders = vec!["?"; columns.len()].join(", ");
+        let placeholders = vec![format!("({})", vec!["?"; columns.len()].join(", ")); rows.max(1)].join(", ");
         let updated = table.columns.iter().filter(|c| !table.key.contains(c) && !table.insert_only.contains(c));
         // The status of the PK the row belongs to, as the existing row sees it.
         let pk_status = match (table.name, self.dialect) {
@@ -443,7 +462,7 @@ impl ResultsStore {
                 )
             }
         };
-        format!("INSERT INTO {} ({}) VALUES ({placeholders}) {tail}", table.name, columns.join(", "))
+        format!("INSERT INTO {} ({}) VALUES {placeholders} {tail}", table.name, columns.join(", "))
     }
 
     /// Compares the rows of `table` whose `pk_column` is `pk` with `expected`,
