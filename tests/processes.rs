@@ -1,0 +1,387 @@
+//! Real `pkd serve` processes on loopback (through `pkd_cluster::LocalCluster`): a PK
+//! replicated on three nodes, and the same PK surviving SIGKILL, SIGSTOP, a restart of
+//! every node, and a membership change. Clients are real WebSocket clients with `dev:`
+//! tokens; the cluster is driven and observed through the admin API.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use futures_util::{SinkExt, StreamExt};
+use pkd_cluster::api::NodeStatus;
+use pkd_cluster::{AdminClient, LocalCluster, LocalOptions};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Message, http};
+
+/// How long after a PK's end time its end must reach a client, even across a failover.
+const FAILOVER_BOUND: Duration = Duration::from_secs(6);
+/// How long a client waits for one message.
+const WAIT: Duration = Duration::from_secs(15);
+
+fn now_ms() -> i64 {
+    pkd::node::wall_clock().0
+}
+
+/// Starts three nodes (blocking the test's worker while the processes come up).
+fn start_cluster() -> anyhow::Result<LocalCluster> {
+    let options = LocalOptions { arenas: 2, ..LocalOptions::new(env!("CARGO_BIN_EXE_pkd")) };
+    Ok(tokio::task::block_in_place(|| LocalCluster::start(options))?)
+}
+
+/// Sets the PK's phases (opening 300 ms, then `battle_ms`) in every group.
+async fn short_pks(admin: &AdminClient, battle_ms: u64) -> anyhow::Result<()> {
+    let groups = admin.set_config("pk_duration", &format!("300,{battle_ms},0,600000")).await?;
+    ensure!(groups.groups == vec![0, 1, 2], "config set in {:?}", groups.groups);
+    Ok(())
+}
+
+async fn statuses(cluster: &LocalCluster, ids: &[u64]) -> anyhow::Result<Vec<NodeStatus>> {
+    let mut all = Vec::new();
+    for &id in ids {
+        all.push(cluster.admin(id)?.with_timeout(Duration::from_secs(3)).status().await?);
+    }
+    Ok(all)
+}
+
+/// Waits until every node in `ids` reports the same applied index in every group.
+async fn converged(cluster: &LocalCluster, ids: &[u64], limit: Duration) -> anyhow::Result<Vec<NodeStatus>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let all = statuses(cluster, ids).await?;
+        let same = all[0].groups.iter().all(|group| {
+            group.applied.is_some()
+                && all.iter().all(|status| status.group(group.id).is_some_and(|other| other.applied == group.applied))
+        });
+        if same {
+            return Ok(all);
+        }
+        if Instant::now() > deadline {
+            bail!("applied indexes did not converge: {all:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The leader of `group` as the nodes in `ids` agree on it.
+async fn agreed_leader(cluster: &LocalCluster, ids: &[u64], group: u64, limit: Duration) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let all = statuses(cluster, ids).await?;
+        let leaders: Vec<Option<u64>> =
+            all.iter().map(|status| status.group(group).and_then(|group| group.leader)).collect();
+        if let Some(Some(leader)) = leaders.first()
+            && leaders.iter().all(|other| other == &Some(*leader))
+            && ids.contains(leader)
+        {
+            return Ok(*leader);
+        }
+        if Instant::now() > deadline {
+            bail!("no agreed leader of group {group}: {leaders:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Client {
+    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    sequence: i64,
+    pushes: Vec<(i64, Value)>,
+}
+
+impl Client {
+    async fn connect(cluster: &LocalCluster, node: u64, user: u64) -> anyhow::Result<Client> {
+        let address = cluster.node(node)?.client_addr;
+        let mut request = format!("ws://{address}/ws").into_client_request()?;
+        request.headers_mut().insert(http::header::AUTHORIZATION, format!("Bearer dev:{user}").parse()?);
+        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Client { socket, sequence: 0, pushes: Vec::new() })
+    }
+
+    /// The next JSON message, with the wall clock when it arrived.
+    async fn next_json(&mut self, limit: Duration) -> anyhow::Result<(i64, Value)> {
+        loop {
+            let message = tokio::time::timeout(limit, self.socket.next()).await.context("no message in time")?;
+            match message.context("connection closed")?? {
+                Message::Text(text) => return Ok((now_ms(), serde_json::from_str(&text)?)),
+                Message::Close(frame) => bail!("closed: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    async fn command(&mut self, command_id: i64, room: u64, fields: Value) -> anyhow::Result<Value> {
+        self.sequence += 1;
+        let mut frame = json!({"commandId": command_id, "msgType": "command", "roomId": room,
+                               "sequence": self.sequence, "initTime": 1626146346120i64, "logId": "t"});
+        if let (Some(frame), Some(fields)) = (frame.as_object_mut(), fields.as_object()) {
+            frame.extend(fields.clone());
+        }
+        self.socket.send(Message::Text(frame.to_string().into())).await?;
+        loop {
+            let (at, message) = self.next_json(WAIT).await?;
+            if message["msgType"] == "command" && message["sequence"] == self.sequence {
+                return Ok(message);
+            }
+            self.pushes.push((at, message));
+        }
+    }
+
+    async fn enter(&mut self, room: u64, anchor: bool) -> anyhow::Result<Value> {
+        self.command(40, room, json!({"type": if anchor { 2 } else { 1 }})).await
+    }
+
+    async fn matching(&mut self, room: u64, anchor: u64) -> anyhow::Result<Value> {
+        self.command(28, room, json!({"type": 1, "source": anchor, "target": 0})).await
+    }
+
+    /// The next state push (type 10) of `pk` with `status`, and when it arrived.
+    async fn state(&mut self, pk: u64, status: u64, limit: Duration) -> anyhow::Result<(i64, Value)> {
+        let wanted = |push: &Value| {
+            push["msgType"] == "pub"
+                && push["type"] == 10
+                && push["content"]["pkId"] == pk
+                && push["content"]["status"] == status
+        };
+        if let Some(index) = self.pushes.iter().position(|(_, push)| wanted(push)) {
+            return Ok(self.pushes.remove(index));
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (at, push) =
+                self.next_json(left).await.with_context(|| format!("no push of pk {pk} status {status}"))?;
+            if wanted(&push) {
+                return Ok((at, push));
+            }
+        }
+    }
+
+    /// Every state push of `pk` that arrives within `window` (and those already kept).
+    async fn states_within(&mut self, pk: u64, window: Duration) -> Vec<Value> {
+        let mut seen: Vec<Value> = self.pushes.drain(..).map(|(_, push)| push).collect();
+        let deadline = Instant::now() + window;
+        while let Ok((_, push)) = self.next_json(deadline.saturating_duration_since(Instant::now())).await {
+            seen.push(push);
+        }
+        seen.retain(|push| push["type"] == 10 && push["content"]["pkId"] == pk);
+        seen
+    }
+}
+
+/// A running PK between anchors `first` and `first + 1`, whose clients are on `node`.
+struct Pk {
+    id: u64,
+    end_time: i64,
+    source: Client,
+    target: Client,
+}
+
+/// Matches two anchors over WebSocket on `node` and returns their PK.
+async fn start_pk(cluster: &LocalCluster, node: u64, first: u64) -> anyhow::Result<Pk> {
+    let (a, b) = (first, first + 1);
+    let mut source = Client::connect(cluster, node, a).await?;
+    let mut target = Client::connect(cluster, node, b).await?;
+    source.enter(a, true).await?;
+    target.enter(b, true).await?;
+    let queued = source.matching(a, a).await?;
+    ensure!(queued["code"] == "000000", "{queued}");
+    let matched = target.matching(b, b).await?;
+    ensure!(matched["code"] == "902004", "{matched}");
+    let (_, first_state) = target.state_any(10).await?;
+    let id = first_state["content"]["pkId"].as_u64().context("pkId")?;
+    let end_time = first_state["content"]["endTime"].as_i64().context("endTime")?;
+    Ok(Pk { id, end_time, source, target })
+}
+
+impl Client {
+    async fn state_any(&mut self, push_type: i64) -> anyhow::Result<(i64, Value)> {
+        if let Some(index) = self.pushes.iter().position(|(_, push)| push["type"] == push_type) {
+            return Ok(self.pushes.remove(index));
+        }
+        loop {
+            let (at, push) = self.next_json(WAIT).await?;
+            if push["msgType"] == "pub" && push["type"] == push_type {
+                return Ok((at, push));
+            }
+        }
+    }
+}
+
+/// The arena group that hosts `pk` with two arenas.
+fn arena_of(pk: u64) -> u64 {
+    u64::from(pkd_raft::arena_for(pkd_raft::PkId(pk), 2)) + 1
+}
+
+/// Checks that `pk` ended exactly once, no earlier than its end time and within the
+/// failover bound: the first end push, then a quiet look at what follows.
+async fn ends_once(client: &mut Client, pk: u64, end_time: i64) -> anyhow::Result<Value> {
+    let limit = Duration::from_millis(u64::try_from(end_time - now_ms()).unwrap_or(0)) + FAILOVER_BOUND;
+    let (arrived, end) = client.state(pk, 2, limit).await?;
+    ensure!(arrived >= end_time, "the end arrived at {arrived}, before the end time {end_time}");
+    ensure!(
+        arrived <= end_time + FAILOVER_BOUND.as_millis() as i64,
+        "the end arrived {} ms after the end time",
+        arrived - end_time
+    );
+    // Any later push of this PK repeats the same final state: one end, one result.
+    for later in client.states_within(pk, Duration::from_millis(1_500)).await {
+        ensure!(later["content"]["status"] == 2, "a state after the end: {later}");
+        for field in ["winner", "sourceGifts", "targetGifts", "endTime"] {
+            ensure!(later["content"][field] == end["content"][field], "a second, different end: {later} vs {end}");
+        }
+    }
+    Ok(end)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_a_pk_to_the_same_applied_index() -> anyhow::Result<()> {
+    let cluster = start_cluster()?;
+    // The admin API wants its token.
+    let stranger = AdminClient::new(cluster.node(1)?.admin_addr.to_string(), "not-the-admin-token-at-all");
+    match stranger.status().await {
+        Err(pkd_cluster::ClientError::Refused { status: 401, .. }) => {}
+        other => bail!("expected 401, got {other:?}"),
+    }
+    short_pks(&cluster.admin(2)?, 2_000).await?;
+    let mut pk = start_pk(&cluster, 3, 101).await?;
+    ensure!(pk.end_time > now_ms(), "the PK is running");
+    let all = converged(&cluster, &[1, 2, 3], Duration::from_secs(10)).await?;
+    for status in &all {
+        ensure!(status.groups.len() == 3, "a lobby and two arenas: {status:?}");
+        for group in &status.groups {
+            ensure!(group.voters == vec![1, 2, 3], "{group:?}");
+        }
+    }
+    let end = ends_once(&mut pk.source, pk.id, pk.end_time).await?;
+    ensure!(end["content"]["winner"] == 0 || end["content"]["winner"] == 101 || end["content"]["winner"] == 102);
+    pk.target.state(pk.id, 2, WAIT).await?;
+    converged(&cluster, &[1, 2, 3], Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pk_ends_once_after_its_arena_leader_is_killed() -> anyhow::Result<()> {
+    let mut cluster = start_cluster()?;
+    short_pks(&cluster.admin(1)?, 4_000).await?;
+    let client_node = 2;
+    let mut pk = start_pk(&cluster, client_node, 201).await?;
+    let arena = arena_of(pk.id);
+    let mut leader = agreed_leader(&cluster, &[1, 2, 3], arena, Duration::from_secs(5)).await?;
+    if leader == client_node {
+        // Keep the clients' node alive: move the arena's leadership away first.
+        let moved = cluster.admin(1)?.transfer_leader(arena, 3).await?;
+        ensure!(moved.leader == Some(3), "{moved:?}");
+        leader = 3;
+    }
+    ensure!(now_ms() < pk.end_time - 1_000, "the PK must still run when its leader dies");
+    tokio::task::block_in_place(|| cluster.kill(leader))?;
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    let successor = agreed_leader(&cluster, &survivors, arena, Duration::from_secs(5)).await?;
+    ensure!(successor != leader);
+    ends_once(&mut pk.source, pk.id, pk.end_time).await?;
+    // The rooms are released: the anchor can match again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = pk.source.matching(201, 201).await?;
+        if reply["code"] == "000000" {
+            break;
+        }
+        ensure!(reply["code"] == "905033" && Instant::now() < deadline, "{reply}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_does_not_lead_in_its_old_term() -> anyhow::Result<()> {
+    let mut cluster = start_cluster()?;
+    short_pks(&cluster.admin(1)?, 5_000).await?;
+    let client_node = 1;
+    let mut pk = start_pk(&cluster, client_node, 301).await?;
+    let arena = arena_of(pk.id);
+    let mut leader = agreed_leader(&cluster, &[1, 2, 3], arena, Duration::from_secs(5)).await?;
+    if leader == client_node {
+        cluster.admin(1)?.transfer_leader(arena, 2).await?;
+        leader = 2;
+    }
+    let before = cluster.admin(leader)?.status().await?;
+    let old_term = before.group(arena).context("arena")?.term;
+    tokio::task::block_in_place(|| cluster.pause(leader))?;
+    // Well beyond the election timeout (150–300 ms).
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    let successor = agreed_leader(&cluster, &others, arena, Duration::from_secs(5)).await?;
+    ensure!(successor != leader, "another node leads while {leader} is frozen");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| cluster.resume(leader))?;
+    // Once it runs again, the old leader never claims leadership in its old term, and no
+    // two nodes claim the same term.
+    let watch_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < watch_until {
+        let all = statuses(&cluster, &[1, 2, 3]).await?;
+        let mut leaders = Vec::new();
+        for status in &all {
+            let group = status.group(arena).context("arena")?;
+            if group.state == "leader" {
+                leaders.push((status.node, group.term));
+                ensure!(
+                    status.node != leader || group.term > old_term,
+                    "node {leader} acts as leader in its old term {old_term}"
+                );
+            }
+        }
+        for (index, (node, term)) in leaders.iter().enumerate() {
+            ensure!(
+                leaders[index + 1..].iter().all(|(other, other_term)| other_term != term || other == node),
+                "two leaders in one term: {leaders:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ends_once(&mut pk.source, pk.id, pk.end_time).await?;
+    converged(&cluster, &[1, 2, 3], Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_pk_survives_a_restart_of_every_node() -> anyhow::Result<()> {
+    let mut cluster = start_cluster()?;
+    short_pks(&cluster.admin(1)?, 12_000).await?;
+    let Pk { id, end_time, source, target } = start_pk(&cluster, 1, 401).await?;
+    drop((source, target));
+    converged(&cluster, &[1, 2, 3], Duration::from_secs(10)).await?;
+    tokio::task::block_in_place(|| cluster.restart_all())?;
+    ensure!(now_ms() < end_time, "the restart took longer than the PK; make the battle longer");
+    // A viewer entering a PK room on any node gets the recovered PK.
+    let mut viewer = Client::connect(&cluster, 3, 9_401).await?;
+    let entered = viewer.enter(401, false).await?;
+    ensure!(entered["result"]["pkId"] == id, "{entered}");
+    let end = ends_once(&mut viewer, id, end_time).await?;
+    ensure!(end["content"]["endTime"] == end_time, "{end}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_joins_and_an_old_one_leaves_while_a_pk_runs() -> anyhow::Result<()> {
+    let mut cluster = start_cluster()?;
+    short_pks(&cluster.admin(1)?, 8_000).await?;
+    let mut pk = start_pk(&cluster, 2, 501).await?;
+    let four = tokio::task::block_in_place(|| cluster.add_node(4).map(|node| node.cluster_addr))?;
+    let admin = cluster.admin(2)?;
+    admin.add_learner(4, four.to_string()).await?;
+    let status = cluster.admin(4)?.status().await?;
+    ensure!(status.groups.iter().all(|group| group.learners == vec![4]), "{status:?}");
+    admin.promote(4).await?;
+    admin.remove(1).await?;
+    let remaining = [2, 3, 4];
+    let all = converged(&cluster, &remaining, Duration::from_secs(10)).await?;
+    for status in &all {
+        for group in &status.groups {
+            ensure!(group.voters == vec![2, 3, 4] && group.learners.is_empty(), "{group:?}");
+        }
+    }
+    tokio::task::block_in_place(|| cluster.kill(1))?;
+    ends_once(&mut pk.source, pk.id, pk.end_time).await?;
+    converged(&cluster, &remaining, Duration::from_secs(10)).await?;
+    Ok(())
+}
