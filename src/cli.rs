@@ -18,6 +18,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once; boxing buys nothing
 pub enum Command {
     /// Run a node: the raft groups, the WebSocket gateway and the gift API.
     Serve(crate::serve::ServeArgs),

@@ -244,6 +244,18 @@ async fn three_nodes_replicate_a_pk_to_the_same_applied_index() -> anyhow::Resul
         other => bail!("expected 401, got {other:?}"),
     }
     short_pks(&cluster.admin(2)?, 2_000).await?;
+    // `pkd cluster status` prints one line per group.
+    let admin = cluster.node(1)?.admin_addr.to_string();
+    let token = cluster.options().admin_token.clone();
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pkd"))
+            .args(["cluster", "status", "--admin", &admin, "--token", &token])
+            .output()
+    })?;
+    let table = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "{table} {}", String::from_utf8_lossy(&output.stderr));
+    ensure!(table.lines().filter(|line| line.contains(" lobby ") || line.contains(" arena ")).count() == 3, "{table}");
+    ensure!(table.contains("1,2,3"), "{table}");
     let mut pk = start_pk(&cluster, 3, 101).await?;
     ensure!(pk.end_time > now_ms(), "the PK is running");
     let all = converged(&cluster, &[1, 2, 3], Duration::from_secs(10)).await?;
