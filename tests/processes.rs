@@ -414,3 +414,23 @@ async fn a_fourth_node_joins_and_an_old_one_leaves_while_a_pk_runs() -> anyhow::
     converged(&cluster, &remaining, Duration::from_secs(10)).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_started_to_join_form_a_cluster_through_admin_init() -> anyhow::Result<()> {
+    let options = LocalOptions { join: true, ..LocalOptions::new(env!("CARGO_BIN_EXE_pkd")) };
+    let cluster = tokio::task::block_in_place(|| LocalCluster::start(options))?;
+    let before = cluster.admin(2)?.status().await?;
+    ensure!(before.groups.iter().all(|group| group.voters.is_empty() && group.leader.is_none()), "{before:?}");
+    let members = cluster.members();
+    let initialized = cluster.admin(2)?.init(&pkd_cluster::api::InitRequest { members }).await?;
+    ensure!(initialized.groups == vec![0, 1, 2], "{initialized:?}");
+    for group in 0..=2 {
+        agreed_leader(&cluster, &[1, 2, 3], group, Duration::from_secs(10)).await?;
+    }
+    short_pks(&cluster.admin(3)?, 1_000).await?;
+    let mut pk = start_pk(&cluster, 1, 601).await?;
+    ends_once(&mut pk.source, pk.id, pk.end_time).await?;
+    let all = converged(&cluster, &[1, 2, 3], Duration::from_secs(10)).await?;
+    ensure!(all.iter().all(|status| status.groups.iter().all(|group| group.voters == vec![1, 2, 3])), "{all:?}");
+    Ok(())
+}

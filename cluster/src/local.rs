@@ -47,6 +47,9 @@ pub struct LocalOptions {
     pub extra_args: Vec<String>,
     /// The log filter (`--log`).
     pub log: String,
+    /// Start every node with `--join`: nothing is initialized until the admin API's
+    /// `init` ([`LocalCluster::members`] gives its argument).
+    pub join: bool,
 }
 
 impl LocalOptions {
@@ -61,6 +64,7 @@ impl LocalOptions {
             gift_token: "local-gift-token-0123456789".to_owned(),
             extra_args: vec!["--dev-auth".to_owned()],
             log: "info".to_owned(),
+            join: false,
         }
     }
 }
@@ -119,7 +123,7 @@ impl LocalCluster {
         };
         let mut cluster = LocalCluster { options, root, _temp: temp, nodes: BTreeMap::new() };
         for id in 1..=cluster.options.nodes {
-            cluster.declare(id, false)?;
+            cluster.declare(id, cluster.options.join)?;
         }
         let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
         let mut waiting = Vec::new();
@@ -130,6 +134,11 @@ impl LocalCluster {
             cluster.await_lines(id, lines)?;
         }
         Ok(cluster)
+    }
+
+    /// Every node's id and node-to-node address: the argument of the admin API's `init`.
+    pub fn members(&self) -> BTreeMap<u64, String> {
+        self.nodes.values().map(|node| (node.id, node.cluster_addr.to_string())).collect()
     }
 
     /// The ids of every node declared so far, running or not.
