@@ -38,8 +38,8 @@ pub struct ClusterArgs {
     #[arg(long, env = "PKD_ADMIN", global = true, default_value = "127.0.0.1:7800")]
     pub admin: String,
     /// The admin token.
-    #[arg(long, env = "PKD_ADMIN_TOKEN", hide_env_values = true, global = true, default_value = "")]
-    pub token: String,
+    #[arg(long, env = "PKD_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: ClusterCommand,
 }
@@ -186,7 +186,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
-    let client = AdminClient::new(args.admin.clone(), args.token.clone());
+    let Some(token) = args.token.clone() else {
+        bail!("set --token (PKD_ADMIN_TOKEN): the admin API wants its bearer token");
+    };
+    let client = AdminClient::new(args.admin.clone(), token);
     let done = |groups: Vec<u64>| println!("done in groups {groups:?}");
     match args.command {
         ClusterCommand::Init { members } => {

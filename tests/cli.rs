@@ -100,4 +100,11 @@ fn serve_refuses_incomplete_or_weak_cluster_and_admin_settings() {
     let (ok, _, err) = pkd(&["cluster", "status", "--admin", "127.0.0.1:1", "--token", "x"]);
     assert!(!ok);
     assert!(err.contains("127.0.0.1:1"), "{err}");
+    let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(["cluster", "status"])
+        .env_remove("PKD_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("set --token"));
 }

@@ -83,6 +83,22 @@ async fn agreed_leader(cluster: &LocalCluster, ids: &[u64], group: u64, limit: D
     }
 }
 
+/// Waits until `group`'s leadership has settled on its preferred node (the balancer's
+/// choice among voters 1, 2, 3: the lobby on node 1, arena 1 on node 2, arena 2 on node 3),
+/// so that it does not move on its own during the test.
+async fn settled_leader(cluster: &LocalCluster, group: u64) -> anyhow::Result<u64> {
+    let preferred = [1, 2, 3][(group % 3) as usize];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leader = agreed_leader(cluster, &[1, 2, 3], group, Duration::from_secs(5)).await?;
+        if leader == preferred {
+            return Ok(leader);
+        }
+        ensure!(Instant::now() < deadline, "group {group} stays led by {leader}, not {preferred}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 struct Client {
     socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
     sequence: i64,
@@ -224,6 +240,7 @@ async fn ends_once(client: &mut Client, pk: u64, end_time: i64) -> anyhow::Resul
         "the end arrived {} ms after the end time",
         arrived - end_time
     );
+    eprintln!("pk {pk} ended; its end reached the client {} ms after its end time", arrived - end_time);
     // Any later push of this PK repeats the same final state: one end, one result.
     for later in client.states_within(pk, Duration::from_millis(1_500)).await {
         ensure!(later["content"]["status"] == 2, "a state after the end: {later}");
@@ -256,6 +273,9 @@ async fn three_nodes_replicate_a_pk_to_the_same_applied_index() -> anyhow::Resul
     ensure!(output.status.success(), "{table} {}", String::from_utf8_lossy(&output.stderr));
     ensure!(table.lines().filter(|line| line.contains(" lobby ") || line.contains(" arena ")).count() == 3, "{table}");
     ensure!(table.contains("1,2,3"), "{table}");
+    // Leadership moves on request (the balancer may later move it back).
+    let moved = cluster.admin(3)?.transfer_leader(0, 2).await?;
+    ensure!(moved.leader == Some(2), "{moved:?}");
     let mut pk = start_pk(&cluster, 3, 101).await?;
     ensure!(pk.end_time > now_ms(), "the PK is running");
     let all = converged(&cluster, &[1, 2, 3], Duration::from_secs(10)).await?;
@@ -276,21 +296,20 @@ async fn three_nodes_replicate_a_pk_to_the_same_applied_index() -> anyhow::Resul
 async fn a_pk_ends_once_after_its_arena_leader_is_killed() -> anyhow::Result<()> {
     let mut cluster = start_cluster()?;
     short_pks(&cluster.admin(1)?, 4_000).await?;
-    let client_node = 2;
-    let mut pk = start_pk(&cluster, client_node, 201).await?;
+    // The clients are on node 1, which never leads an arena once leadership settles.
+    let mut pk = start_pk(&cluster, 1, 201).await?;
     let arena = arena_of(pk.id);
-    let mut leader = agreed_leader(&cluster, &[1, 2, 3], arena, Duration::from_secs(5)).await?;
-    if leader == client_node {
-        // Keep the clients' node alive: move the arena's leadership away first.
-        let moved = cluster.admin(1)?.transfer_leader(arena, 3).await?;
-        ensure!(moved.leader == Some(3), "{moved:?}");
-        leader = 3;
-    }
-    ensure!(now_ms() < pk.end_time - 1_000, "the PK must still run when its leader dies");
+    let leader = settled_leader(&cluster, arena).await?;
+    // Kill the leader shortly before the end: the timer must fire on its successor.
+    let until_kill = pk.end_time - 300 - now_ms();
+    ensure!(until_kill > 0, "the PK must still run when its leader dies");
+    tokio::time::sleep(Duration::from_millis(until_kill as u64)).await;
     tokio::task::block_in_place(|| cluster.kill(leader))?;
+    let killed_at = now_ms();
     let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
     let successor = agreed_leader(&cluster, &survivors, arena, Duration::from_secs(5)).await?;
     ensure!(successor != leader);
+    eprintln!("node {successor} leads arena {arena} {} ms after node {leader} was killed", now_ms() - killed_at);
     ends_once(&mut pk.source, pk.id, pk.end_time).await?;
     // The rooms are released: the anchor can match again.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -309,14 +328,10 @@ async fn a_pk_ends_once_after_its_arena_leader_is_killed() -> anyhow::Result<()>
 async fn a_paused_leader_does_not_lead_in_its_old_term() -> anyhow::Result<()> {
     let mut cluster = start_cluster()?;
     short_pks(&cluster.admin(1)?, 5_000).await?;
-    let client_node = 1;
-    let mut pk = start_pk(&cluster, client_node, 301).await?;
+    // The clients are on node 1, which never leads an arena once leadership settles.
+    let mut pk = start_pk(&cluster, 1, 301).await?;
     let arena = arena_of(pk.id);
-    let mut leader = agreed_leader(&cluster, &[1, 2, 3], arena, Duration::from_secs(5)).await?;
-    if leader == client_node {
-        cluster.admin(1)?.transfer_leader(arena, 2).await?;
-        leader = 2;
-    }
+    let leader = settled_leader(&cluster, arena).await?;
     let before = cluster.admin(leader)?.status().await?;
     let old_term = before.group(arena).context("arena")?.term;
     tokio::task::block_in_place(|| cluster.pause(leader))?;
