@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -170,6 +170,8 @@ struct Inner {
     changes: OnceLock<ChangeHandler>,
     /// The peers this node dials (those with larger ids), as they become known.
     dialing: Mutex<BTreeMap<NodeId, String>>,
+    /// Set by `shutdown`: no new dialing from then on.
+    stopped: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -192,7 +194,7 @@ impl Network {
             return;
         }
         let mut dialing = lock(&self.inner.dialing);
-        if dialing.contains_key(&peer) {
+        if dialing.contains_key(&peer) || self.inner.stopped.load(Ordering::SeqCst) {
             return;
         }
         tracing::info!(peer, %address, "dialing a new peer");
@@ -210,6 +212,7 @@ impl Network {
                 proposals: OnceLock::new(),
                 changes: OnceLock::new(),
                 dialing: Mutex::new(BTreeMap::new()),
+                stopped: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),
             }),
         }
@@ -270,6 +273,11 @@ impl Network {
 
     /// Closes every connection and stops dialing and accepting.
     pub async fn shutdown(&self) {
+        {
+            // Under the dialing lock, so that no dial loop starts after the tasks are taken.
+            let _dialing = lock(&self.inner.dialing);
+            self.inner.stopped.store(true, Ordering::SeqCst);
+        }
         let tasks: Vec<_> = lock(&self.inner.tasks).drain(..).collect();
         for task in tasks {
             task.abort();

@@ -507,12 +507,25 @@ impl Node {
     pub async fn set_config(&self, key: &str, value: &str) -> Result<Vec<u64>, AdminError> {
         pkd_raft::Config::default().with(key, value).map_err(|error| AdminError::Invalid(error.to_string()))?;
         for group in &self.shared.groups {
-            let action = Action::SetConfig { key: key.to_owned(), value: value.to_owned() };
             let failed = |message: String| AdminError::Failed { group: group.id(), message };
-            match self.shared.propose(group.id(), action).await {
-                Ok(Response::Rejected(reason)) => return Err(failed(format!("refused: {reason:?}"))),
-                Ok(_) => {}
-                Err(error) => return Err(failed(error.to_string())),
+            let deadline = tokio::time::Instant::now() + CHANGE_PATIENCE;
+            loop {
+                let action = Action::SetConfig { key: key.to_owned(), value: value.to_owned() };
+                match self.shared.propose(group.id(), action).await {
+                    Ok(Response::Rejected(reason)) => return Err(failed(format!("refused: {reason:?}"))),
+                    Ok(_) => break,
+                    // Setting a row to the same value twice is harmless, so a proposal whose
+                    // leader was unreachable or changed is simply sent again.
+                    Err(
+                        error @ (ProposeError::NotLeader { .. }
+                        | ProposeError::Forward { .. }
+                        | ProposeError::OutcomeUnknown(_)),
+                    ) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(%error, "config row not set yet; trying again");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(error) => return Err(failed(error.to_string())),
+                }
             }
         }
         Ok(self.group_ids())
