@@ -1,4 +1,5 @@
-//! `pkd serve`: one node, its raft groups, the gateway, until SIGINT or SIGTERM.
+//! `pkd serve`: one node (alone, or in a cluster), its raft groups, the gateway and the admin
+//! API, until SIGINT or SIGTERM.
 
 use crate::gateway::{Gateway, GatewayConfig, RtmCredentials};
 use crate::network::NetworkConfig;
