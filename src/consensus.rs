@@ -92,6 +92,13 @@ pub fn classify_write_error(error: &WriteError) -> WriteFailure {
     }
 }
 
+/// Whether a membership change was refused only because the previous one is not complete
+/// yet (worth trying again shortly).
+pub fn is_membership_change_in_progress(error: &WriteError) -> bool {
+    use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+    matches!(error, RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))))
+}
+
 /// Whether `initialize` failed only because the group was initialized already.
 pub fn is_already_initialized(error: &InitializeError) -> bool {
     matches!(error.api_error(), Some(openraft::error::InitializeError::NotAllowed(_)))

@@ -215,7 +215,8 @@ impl Shared {
             }
         };
         written.map_err(|error| {
-            let retry = matches!(consensus::classify_write_error(&error), WriteFailure::NotLeader(_));
+            let retry = matches!(consensus::classify_write_error(&error), WriteFailure::NotLeader(_))
+                || consensus::is_membership_change_in_progress(&error);
             ChangeFailure { retry, message: error.to_string() }
         })
     }

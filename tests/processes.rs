@@ -224,6 +224,20 @@ impl Client {
     }
 }
 
+/// Sends one gift through node `node`'s gift API and returns the engine's reply code.
+async fn gift(
+    cluster: &LocalCluster,
+    node: u64,
+    id: u64,
+    receiver: u64,
+    sender: u64,
+    beans: i64,
+) -> anyhow::Result<Value> {
+    let api = AdminClient::new(cluster.node(node)?.client_addr.to_string(), cluster.options().gift_token.clone());
+    let body = json!({"id": id, "receiver": receiver, "sender": sender, "beans": beans});
+    Ok(api.call::<Value>("POST", "/internal/gifts", Some(&body)).await?)
+}
+
 /// The arena group that hosts `pk` with two arenas.
 fn arena_of(pk: u64) -> u64 {
     u64::from(pkd_raft::arena_for(pkd_raft::PkId(pk), 2)) + 1
@@ -259,6 +273,14 @@ async fn three_nodes_replicate_a_pk_to_the_same_applied_index() -> anyhow::Resul
     match stranger.status().await {
         Err(pkd_cluster::ClientError::Refused { status: 401, .. }) => {}
         other => bail!("expected 401, got {other:?}"),
+    }
+    match stranger.set_config("pk_enable", "false").await {
+        Err(pkd_cluster::ClientError::Refused { status: 401, .. }) => {}
+        other => bail!("expected 401, got {other:?}"),
+    }
+    match cluster.admin(1)?.set_config("pk_duration", "1500,300000").await {
+        Err(pkd_cluster::ClientError::Refused { status: 400, message }) if message.contains("expected 3 or 4") => {}
+        other => bail!("expected 400, got {other:?}"),
     }
     short_pks(&cluster.admin(2)?, 2_000).await?;
     // `pkd cluster status` prints one line per group.
@@ -300,6 +322,12 @@ async fn a_pk_ends_once_after_its_arena_leader_is_killed() -> anyhow::Result<()>
     let mut pk = start_pk(&cluster, 1, 201).await?;
     let arena = arena_of(pk.id);
     let leader = settled_leader(&cluster, arena).await?;
+    // Gifts in the battle, one of them sent twice, through a node that does not lead.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for (id, receiver, beans) in [(1, 201, 300), (1, 201, 300), (2, 202, 100)] {
+        let reply = gift(&cluster, 1, id, receiver, 7_000 + id, beans).await?;
+        ensure!(reply["code"] == "000000", "{reply}");
+    }
     // Kill the leader shortly before the end: the timer must fire on its successor.
     let until_kill = pk.end_time - 300 - now_ms();
     ensure!(until_kill > 0, "the PK must still run when its leader dies");
@@ -310,7 +338,9 @@ async fn a_pk_ends_once_after_its_arena_leader_is_killed() -> anyhow::Result<()>
     let successor = agreed_leader(&cluster, &survivors, arena, Duration::from_secs(5)).await?;
     ensure!(successor != leader);
     eprintln!("node {successor} leads arena {arena} {} ms after node {leader} was killed", now_ms() - killed_at);
-    ends_once(&mut pk.source, pk.id, pk.end_time).await?;
+    let end = ends_once(&mut pk.source, pk.id, pk.end_time).await?;
+    let result = (&end["content"]["sourceGifts"], &end["content"]["targetGifts"], &end["content"]["winner"]);
+    ensure!(result == (&json!(300), &json!(100), &json!(201)), "a retried gift counts once: {end}");
     // The rooms are released: the anchor can match again.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
