@@ -348,7 +348,9 @@ async fn a_pk_ends_once_after_its_arena_leader_is_killed() -> anyhow::Result<()>
         if reply["code"] == "000000" {
             break;
         }
-        ensure!(reply["code"] == "905033" && Instant::now() < deadline, "{reply}");
+        // 905033 until the lobby applies the release; 900008 asks the client to retry.
+        let pending = reply["code"] == "905033" || reply["code"] == "900008";
+        ensure!(pending && Instant::now() < deadline, "{reply}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
