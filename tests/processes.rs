@@ -421,9 +421,19 @@ async fn a_running_pk_survives_a_restart_of_every_node() -> anyhow::Result<()> {
     tokio::task::block_in_place(|| cluster.restart_all())?;
     ensure!(now_ms() < end_time, "the restart took longer than the PK; make the battle longer");
     // A viewer entering a PK room on any node gets the recovered PK.
+    // (Once the node has applied the log again: a follower learns the commit index from the
+    // leader after the restart.)
+    converged(&cluster, &[1, 2, 3], Duration::from_secs(10)).await?;
     let mut viewer = Client::connect(&cluster, 3, 9_401).await?;
-    let entered = viewer.enter(401, false).await?;
-    ensure!(entered["result"]["pkId"] == id, "{entered}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let entered = viewer.enter(401, false).await?;
+        if entered["result"]["pkId"] == id {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the PK is not in room 401 after the restart: {entered}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let end = ends_once(&mut viewer, id, end_time).await?;
     ensure!(end["content"]["endTime"] == end_time, "{end}");
     Ok(())
