@@ -2,7 +2,10 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use pkd_cluster::AdminClient;
+use pkd_cluster::api::{GroupKind, InitRequest, NodeStatus};
 use pkd_raft::{Config, ConfigKey};
+use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::tokens::{login, rtm};
@@ -15,6 +18,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once; boxing buys nothing
 pub enum Command {
     /// Run a node: the raft groups, the WebSocket gateway and the gift API.
     Serve(crate::serve::ServeArgs),
@@ -24,6 +28,60 @@ pub enum Command {
     /// Mint tokens, for development and for checking a login service's output.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage a cluster through a node's admin API.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// The admin API of any node, e.g. 127.0.0.1:7800.
+    #[arg(long, env = "PKD_ADMIN", global = true, default_value = "127.0.0.1:7800")]
+    pub admin: String,
+    /// The admin token.
+    #[arg(long, env = "PKD_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Make the given nodes the voters of every group of a fresh cluster (nodes started
+    /// with --join).
+    Init {
+        /// Every member: `1=127.0.0.1:7700,2=127.0.0.2:7700,...` (node-to-node addresses).
+        #[arg(long)]
+        members: String,
+    },
+    /// Add a node to every group as a learner; returns once it has caught up.
+    AddLearner {
+        #[arg(long)]
+        node: u64,
+        /// The node's node-to-node address.
+        #[arg(long)]
+        addr: String,
+    },
+    /// Make a learner a voter in every group.
+    Promote {
+        #[arg(long)]
+        node: u64,
+    },
+    /// Take a node out of every group.
+    Remove {
+        #[arg(long)]
+        node: u64,
+    },
+    /// Hand a group's leadership to a node.
+    TransferLeader {
+        #[arg(long)]
+        group: u64,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Print every group as the node sees it.
+    Status,
+    /// Set a `t_config` row in every group.
+    SetConfig { key: String, value: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +138,10 @@ pub enum TokenCommand {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args),
+        Command::Cluster(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(cluster(args))
+        }
         Command::Config(ConfigCommand::Check { key, value }) => {
             if ConfigKey::from_name(&key).is_none() {
                 let known: Vec<&str> = ConfigKey::ALL.iter().map(|k| k.name()).collect();
@@ -121,6 +183,76 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    let Some(token) = args.token.clone() else {
+        bail!("set --token (PKD_ADMIN_TOKEN): the admin API wants its bearer token");
+    };
+    let client = AdminClient::new(args.admin.clone(), token);
+    let done = |groups: Vec<u64>| println!("done in groups {groups:?}");
+    match args.command {
+        ClusterCommand::Init { members } => {
+            let mut parsed = BTreeMap::new();
+            for entry in members.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+                let (id, address) = entry.split_once('=').with_context(|| format!("expected id=host:port: {entry}"))?;
+                parsed.insert(
+                    id.trim().parse::<u64>().with_context(|| format!("bad id in {entry}"))?,
+                    address.trim().to_owned(),
+                );
+            }
+            done(client.init(&InitRequest { members: parsed }).await?.groups);
+        }
+        ClusterCommand::AddLearner { node, addr } => done(client.add_learner(node, addr).await?.groups),
+        ClusterCommand::Promote { node } => done(client.promote(node).await?.groups),
+        ClusterCommand::Remove { node } => done(client.remove(node).await?.groups),
+        ClusterCommand::TransferLeader { group, to } => {
+            let reply = client.transfer_leader(group, to).await?;
+            match reply.leader {
+                Some(leader) if leader == to => println!("group {group} is led by node {leader}"),
+                other => println!("asked; group {group} is still led by {other:?}"),
+            }
+        }
+        ClusterCommand::SetConfig { key, value } => done(client.set_config(&key, &value).await?.groups),
+        ClusterCommand::Status => print!("{}", status_table(&client.status().await?)),
+    }
+    Ok(())
+}
+
+/// The status as a table, one line per group.
+pub fn status_table(status: &NodeStatus) -> String {
+    let optional = |value: Option<u64>| value.map_or_else(|| "-".to_owned(), |value| value.to_string());
+    let list = |ids: &[u64]| {
+        if ids.is_empty() { "-".to_owned() } else { ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",") }
+    };
+    let mut out = format!("node {}\n", status.node);
+    out.push_str(&format!(
+        "{:<6} {:<6} {:<10} {:<7} {:>5} {:>9} {:>9} {:>9}  {:<9} {:<9} {}\n",
+        "group", "kind", "state", "leader", "term", "last log", "committed", "applied", "voters", "learners", "lag"
+    ));
+    for group in &status.groups {
+        let kind = match group.kind {
+            GroupKind::Lobby => "lobby",
+            GroupKind::Arena => "arena",
+        };
+        let lag: Vec<String> =
+            group.replication.iter().map(|member| format!("{}:{}", member.node, member.lag)).collect();
+        out.push_str(&format!(
+            "{:<6} {:<6} {:<10} {:<7} {:>5} {:>9} {:>9} {:>9}  {:<9} {:<9} {}\n",
+            group.id,
+            kind,
+            group.state,
+            optional(group.leader),
+            group.term,
+            optional(group.last_log_index),
+            optional(group.committed),
+            optional(group.applied),
+            list(&group.voters),
+            list(&group.learners),
+            if lag.is_empty() { "-".to_owned() } else { lag.join(" ") },
+        ));
+    }
+    out
 }
 
 fn now_ms() -> u64 {

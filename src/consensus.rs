@@ -92,9 +92,82 @@ pub fn classify_write_error(error: &WriteError) -> WriteFailure {
     }
 }
 
+/// Whether a membership change was refused only because the previous one is not complete
+/// yet (worth trying again shortly).
+pub fn is_membership_change_in_progress(error: &WriteError) -> bool {
+    use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+    matches!(error, RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))))
+}
+
 /// Whether `initialize` failed only because the group was initialized already.
 pub fn is_already_initialized(error: &InitializeError) -> bool {
     matches!(error.api_error(), Some(openraft::error::InitializeError::NotAllowed(_)))
+}
+
+/// Adds `node`, reachable at `address`, to `raft`'s group as a learner, and waits until it
+/// has caught up with the log. Only the group's leader can do this.
+pub async fn add_learner(raft: &Raft, node: NodeId, address: String) -> Result<(), WriteError> {
+    raft.add_learner(node, BasicNode::new(address), true).await.map(|_| ())
+}
+
+/// Makes learner `node` a voter of `raft`'s group. Only the group's leader can do this.
+pub async fn promote(raft: &Raft, node: NodeId) -> Result<(), WriteError> {
+    let change = openraft::ChangeMembers::AddVoterIds(std::collections::BTreeSet::from([node]));
+    raft.change_membership(change, false).await.map(|_| ())
+}
+
+/// Takes `node` out of `raft`'s group, as a voter and as a learner. Only the group's leader
+/// can do this.
+pub async fn remove(raft: &Raft, node: NodeId) -> Result<(), WriteError> {
+    let ids = std::collections::BTreeSet::from([node]);
+    let is_voter =
+        MetricsWatch::new(raft).read(|metrics| metrics.membership_config.voter_ids().any(|voter| voter == node));
+    let change =
+        if is_voter { openraft::ChangeMembers::RemoveVoters(ids) } else { openraft::ChangeMembers::RemoveNodes(ids) };
+    raft.change_membership(change, false).await.map(|_| ())
+}
+
+/// The voters of the membership in force, in increasing id order.
+pub fn voters(metrics: &Metrics) -> Vec<NodeId> {
+    let mut voters: Vec<NodeId> = metrics.membership_config.voter_ids().collect();
+    voters.sort_unstable();
+    voters.dedup();
+    voters
+}
+
+/// The learners of the membership in force, in increasing id order.
+pub fn learners(metrics: &Metrics) -> Vec<NodeId> {
+    let mut learners: Vec<NodeId> = metrics.membership_config.membership().learner_ids().collect();
+    learners.sort_unstable();
+    learners
+}
+
+/// Every member of the membership in force with its address.
+pub fn member_addresses(metrics: &Metrics) -> Vec<(NodeId, String)> {
+    metrics.membership_config.nodes().map(|(&id, node)| (id, node.addr.clone())).collect()
+}
+
+/// The log index of the membership in force (changes whenever the membership does).
+pub fn membership_index(metrics: &Metrics) -> Option<u64> {
+    metrics.membership_config.log_id().as_ref().map(|log_id| log_id.index)
+}
+
+/// On a leader: each member and the last log index it is known to hold.
+pub fn replication(metrics: &Metrics) -> Vec<(NodeId, Option<u64>)> {
+    metrics
+        .replication
+        .as_ref()
+        .map(|members| members.iter().map(|(&id, matched)| (id, matched.as_ref().map(|log_id| log_id.index))).collect())
+        .unwrap_or_default()
+}
+
+/// The metrics' term, committed and applied positions: (term, committed, applied).
+pub fn positions(metrics: &Metrics) -> (u64, Option<u64>, Option<u64>) {
+    (
+        metrics.current_term,
+        metrics.local_committed.as_ref().map(|log_id| log_id.index),
+        metrics.last_applied.as_ref().map(|log_id| log_id.index),
+    )
 }
 
 /// The raft settings pkd uses, with the given snapshot interval (in log entries).

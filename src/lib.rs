@@ -2,6 +2,7 @@
 //! tokens, replication (consensus, replica, groups, node, leader ticker), the WebSocket
 //! gateway and — as the work goes on — the result sinks.
 
+pub mod admin;
 pub mod cli;
 pub mod consensus;
 pub mod gateway;
@@ -15,5 +16,5 @@ mod ticker;
 pub mod tokens;
 
 pub use group::ProposeError;
-pub use node::{LOBBY, Node, NodeConfig, NodeError};
+pub use node::{AdminError, LOBBY, Node, NodeConfig, NodeError};
 pub use replica::{ReplicaHandle, TaggedEffect};

@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -92,6 +92,8 @@ enum Request {
     TransferLeader(TransferLeaderRequest),
     /// A proposal for a group this node leads, from a node that does not.
     Propose(Action),
+    /// A membership or leadership change for a group this node leads.
+    Change(GroupChange),
 }
 
 /// The answer to a [`Request`], in the same variant.
@@ -102,6 +104,29 @@ enum Reply {
     Snapshot(SnapshotResponse),
     TransferLeader(TransferLeaderResponse),
     Proposed(Response),
+    Changed(Result<(), ChangeFailure>),
+}
+
+/// A change to one group that only its leader can make (the admin API's operations).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupChange {
+    /// Add a node, reachable at `address`, as a learner; done once it has caught up.
+    AddLearner { node: NodeId, address: String },
+    /// Make a learner a voter.
+    Promote { node: NodeId },
+    /// Take a node out of the group.
+    Remove { node: NodeId },
+    /// Hand leadership to a voter.
+    TransferLeader { to: NodeId },
+}
+
+/// Why a [`GroupChange`] was not made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ChangeFailure {
+    /// The change may succeed if sent again (to the new leader, once one is known).
+    pub retry: bool,
+    pub message: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -121,6 +146,13 @@ enum Handshake {
 pub(crate) type ProposeHandler =
     Arc<dyn Fn(GroupId, Action) -> BoxFuture<'static, Result<Response, String>> + Send + Sync>;
 
+/// Group changes arriving from other nodes are handed to this.
+pub(crate) type ChangeHandler =
+    Arc<dyn Fn(GroupId, GroupChange) -> BoxFuture<'static, Result<(), ChangeFailure>> + Send + Sync>;
+
+/// How long a forwarded group change may take (adding a learner waits for it to catch up).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The node's side of the network: its connections, and the local groups that answer
 /// requests. Cheap to clone.
 #[derive(Clone)]
@@ -135,6 +167,11 @@ struct Inner {
     /// Local raft groups, registered as they start.
     groups: Mutex<BTreeMap<u64, Raft>>,
     proposals: OnceLock<ProposeHandler>,
+    changes: OnceLock<ChangeHandler>,
+    /// The peers this node dials (those with larger ids), as they become known.
+    dialing: Mutex<BTreeMap<NodeId, String>>,
+    /// Set by `shutdown`: no new dialing from then on.
+    stopped: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -142,15 +179,27 @@ impl Network {
     /// Starts accepting connections on `listener` and dialing every peer with a larger id.
     pub fn start(config: NetworkConfig, listener: TcpListener) -> Network {
         let network = Network::new(config);
-        let mut tasks = vec![tokio::spawn(accept_loop(network.clone(), listener))];
-        let me = network.inner.config.node_id;
+        lock(&network.inner.tasks).push(tokio::spawn(accept_loop(network.clone(), listener)));
         for (&peer, address) in &network.inner.config.peers {
-            if peer > me {
-                tasks.push(tokio::spawn(dial_loop(network.clone(), peer, address.clone())));
-            }
+            network.add_peer(peer, address.clone());
         }
-        lock(&network.inner.tasks).extend(tasks);
         network
+    }
+
+    /// Makes `peer` known at `address` (from the configuration, or from a group's
+    /// membership as nodes join): the smaller id of a pair dials the larger, so this node
+    /// starts dialing `peer` if its id is larger and it is not dialed yet.
+    pub fn add_peer(&self, peer: NodeId, address: String) {
+        if peer <= self.node_id() || address.is_empty() {
+            return;
+        }
+        let mut dialing = lock(&self.inner.dialing);
+        if dialing.contains_key(&peer) || self.inner.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!(peer, %address, "dialing a new peer");
+        dialing.insert(peer, address.clone());
+        lock(&self.inner.tasks).push(tokio::spawn(dial_loop(self.clone(), peer, address)));
     }
 
     /// A network with no connections and no tasks yet.
@@ -161,6 +210,9 @@ impl Network {
                 links: Mutex::new(HashMap::new()),
                 groups: Mutex::new(BTreeMap::new()),
                 proposals: OnceLock::new(),
+                changes: OnceLock::new(),
+                dialing: Mutex::new(BTreeMap::new()),
+                stopped: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),
             }),
         }
@@ -178,6 +230,23 @@ impl Network {
     /// Makes `handler` take the proposals other nodes forward to this one.
     pub(crate) fn set_propose_handler(&self, handler: ProposeHandler) {
         let _ = self.inner.proposals.set(handler);
+    }
+
+    /// Makes `handler` take the group changes other nodes forward to this one.
+    pub(crate) fn set_change_handler(&self, handler: ChangeHandler) {
+        let _ = self.inner.changes.set(handler);
+    }
+
+    /// Sends a group change to `leader`, which leads `group`.
+    pub async fn change(&self, leader: NodeId, group: GroupId, change: GroupChange) -> Result<(), ChangeFailure> {
+        let reply = self
+            .call(leader, group, Request::Change(change), CHANGE_TIMEOUT)
+            .await
+            .map_err(|error| ChangeFailure { retry: true, message: error.to_string() })?;
+        match reply {
+            Reply::Changed(result) => result,
+            other => Err(ChangeFailure { retry: false, message: format!("unexpected reply to a change: {other:?}") }),
+        }
     }
 
     /// The raft network of one group, for `Raft::new`.
@@ -204,6 +273,11 @@ impl Network {
 
     /// Closes every connection and stops dialing and accepting.
     pub async fn shutdown(&self) {
+        {
+            // Under the dialing lock, so that no dial loop starts after the tasks are taken.
+            let _dialing = lock(&self.inner.dialing);
+            self.inner.stopped.store(true, Ordering::SeqCst);
+        }
         let tasks: Vec<_> = lock(&self.inner.tasks).drain(..).collect();
         for task in tasks {
             task.abort();
@@ -257,6 +331,12 @@ impl Network {
             };
             return handler(GroupId(group), action).await.map(Reply::Proposed);
         }
+        if let Request::Change(change) = request {
+            let Some(handler) = self.inner.changes.get() else {
+                return Err("this node takes no group changes yet".to_owned());
+            };
+            return Ok(Reply::Changed(handler(GroupId(group), change).await));
+        }
         let raft = lock(&self.inner.groups).get(&group).cloned();
         let Some(raft) = raft else {
             return Err(format!("no group {group} on node {}", self.node_id()));
@@ -274,7 +354,7 @@ impl Network {
             Request::TransferLeader(rpc) => {
                 raft.handle_transfer_leader(rpc).await.map(Reply::TransferLeader).map_err(|e| failed(&e))
             }
-            Request::Propose(_) => Err("handled above".to_owned()),
+            Request::Propose(_) | Request::Change(_) => Err("handled above".to_owned()),
         }
     }
 }
@@ -592,7 +672,9 @@ pub struct PeerClient {
 impl RaftNetworkFactory<crate::consensus::TypeConfig> for GroupNetwork {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        // A member added at run time is learned here, on the leader that replicates to it.
+        self.network.add_peer(target, node.addr.clone());
         PeerClient { network: self.network.clone(), group: self.group, peer: target }
     }
 }

@@ -19,10 +19,12 @@ use pkd_storage::Store;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use crate::consensus::WriteFailure;
 use crate::consensus::{self, BasicNode, GroupId, NoNetwork, NodeId, Raft};
 use crate::group::{Group, ProposeError, is_leader_in};
-use crate::network::{Network, NetworkConfig};
+use crate::network::{ChangeFailure, GroupChange, Network, NetworkConfig};
 use crate::replica::{Replica, ReplicaHandle, TaggedEffect};
+use pkd_cluster::api::{GroupKind, GroupStatus, MemberLag, NodeStatus};
 
 /// The lobby's group id.
 pub const LOBBY: GroupId = GroupId(0);
@@ -47,6 +49,9 @@ pub struct NodeConfig {
     /// Room for effects on the broadcast channel; a subscriber further behind loses the
     /// oldest and is told how many.
     pub effect_capacity: usize,
+    /// In a cluster: initialize nothing and wait for nothing at start. The node waits to be
+    /// made a member through the admin API (`init`, or `learners` then `promote`).
+    pub join: bool,
 }
 
 impl NodeConfig {
@@ -59,6 +64,7 @@ impl NodeConfig {
             cluster_name: "pkd".to_owned(),
             snapshot_every: 5_000,
             effect_capacity: 65_536,
+            join: false,
         }
     }
 }
@@ -86,9 +92,24 @@ pub(crate) struct Shared {
     pub(crate) groups: Vec<Group>,
     /// The network to the other nodes, in a cluster.
     pub(crate) network: Option<Network>,
-    /// Every node of the cluster, in increasing id order (this one alone when alone).
-    pub(crate) members: Vec<NodeId>,
 }
+
+/// Why an admin operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("this node runs alone: membership changes need a cluster (--peers)")]
+    NotClustered,
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("no group {0} on this node")]
+    UnknownGroup(GroupId),
+    #[error("group {group}: {message}")]
+    Failed { group: GroupId, message: String },
+}
+
+/// How long a group change keeps being retried while the group has no leader or its
+/// leader changes.
+const CHANGE_PATIENCE: Duration = Duration::from_secs(20);
 
 impl Shared {
     pub(crate) fn group(&self, group: GroupId) -> Result<&Group, ProposeError> {
@@ -137,11 +158,103 @@ impl Shared {
     }
 
     /// The node that should lead `group` when it is up, so that leaders are spread over the
-    /// nodes: the lobby on the first node, arena `i` on node `i` (modulo the node count).
+    /// nodes: the lobby on the first voter, arena `i` on voter `i` (modulo the voter count),
+    /// voters in increasing id order as the group's membership stands.
     pub(crate) fn preferred_leader(&self, group: GroupId) -> Option<NodeId> {
-        let count = u64::try_from(self.members.len()).ok().filter(|&count| count > 0)?;
+        let voters = self.group(group).ok()?.metrics().read(consensus::voters);
+        let count = u64::try_from(voters.len()).ok().filter(|&count| count > 0)?;
         let index = usize::try_from(group.0 % count).ok()?;
-        self.members.get(index).copied()
+        voters.get(index).copied()
+    }
+
+    /// Makes `change` in `group` at its leader: here if this node leads it, over the
+    /// network otherwise. While the group has no leader, or its leader moves, it tries
+    /// again for a while.
+    async fn change(&self, group: GroupId, change: GroupChange) -> Result<(), AdminError> {
+        let local = self.group(group).map_err(|_| AdminError::UnknownGroup(group))?;
+        let network = self.network.as_ref().ok_or(AdminError::NotClustered)?;
+        let deadline = tokio::time::Instant::now() + CHANGE_PATIENCE;
+        loop {
+            let result = match local.leader() {
+                Some(leader) if leader == self.id => self.change_here(group, change.clone()).await,
+                Some(leader) => network.change(leader, group, change.clone()).await,
+                None => Err(ChangeFailure { retry: true, message: "the group has no leader".to_owned() }),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(failure) if failure.retry && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%group, ?change, %failure, "group change not made yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(failure) => return Err(AdminError::Failed { group, message: failure.message }),
+            }
+        }
+    }
+
+    /// Makes `change` in `group`, which this node should lead.
+    async fn change_here(&self, group: GroupId, change: GroupChange) -> Result<(), ChangeFailure> {
+        let local = self.group(group).map_err(|error| ChangeFailure { retry: false, message: error.to_string() })?;
+        let raft = local.raft();
+        let written = match change {
+            GroupChange::AddLearner { node, address } => {
+                if let Some(network) = &self.network {
+                    network.add_peer(node, address.clone());
+                }
+                consensus::add_learner(raft, node, address).await
+            }
+            GroupChange::Promote { node } => consensus::promote(raft, node).await,
+            GroupChange::Remove { node } => consensus::remove(raft, node).await,
+            GroupChange::TransferLeader { to } => {
+                if !local.is_leader() {
+                    return Err(ChangeFailure { retry: true, message: "this node does not lead the group".to_owned() });
+                }
+                return local
+                    .transfer_leadership(to)
+                    .await
+                    .map_err(|error| ChangeFailure { retry: false, message: error.to_string() });
+            }
+        };
+        written.map_err(|error| {
+            let retry = matches!(consensus::classify_write_error(&error), WriteFailure::NotLeader(_))
+                || consensus::is_membership_change_in_progress(&error);
+            ChangeFailure { retry, message: error.to_string() }
+        })
+    }
+
+    /// Every group as this node sees it.
+    fn status(&self) -> NodeStatus {
+        let groups = self
+            .groups
+            .iter()
+            .map(|group| {
+                group.metrics().read(|metrics| {
+                    let (term, committed, applied) = consensus::positions(metrics);
+                    let last = metrics.last_log_index;
+                    let replication = consensus::replication(metrics)
+                        .into_iter()
+                        .map(|(node, matched)| MemberLag {
+                            node,
+                            matched,
+                            lag: last.unwrap_or(0).saturating_sub(matched.unwrap_or(0)),
+                        })
+                        .collect();
+                    GroupStatus {
+                        id: group.id().0,
+                        kind: if group.id() == LOBBY { GroupKind::Lobby } else { GroupKind::Arena },
+                        state: format!("{:?}", metrics.state).to_lowercase(),
+                        leader: metrics.current_leader,
+                        term,
+                        last_log_index: last,
+                        committed,
+                        applied,
+                        voters: consensus::voters(metrics),
+                        learners: consensus::learners(metrics),
+                        replication,
+                    }
+                })
+            })
+            .collect();
+        NodeStatus { node: self.id, groups }
     }
 
     /// The arena group that hosts `pk`.
@@ -218,8 +331,10 @@ impl Node {
                 (members, Some(Network::start(network_config, listener)))
             }
         };
-        // Alone, this node initializes its groups; in a cluster, the smallest id does.
-        let initializer = members.keys().next() == Some(&config.node_id);
+        // Alone, this node initializes its groups; in a cluster, the smallest id does (unless
+        // the nodes join through the admin API).
+        let joining = config.join && network.is_some();
+        let initializer = !joining && members.keys().next() == Some(&config.node_id);
         let (effects, _) = broadcast::channel(config.effect_capacity);
         let mut groups = Vec::with_capacity(config.arena_count as usize + 1);
         for index in 0..=u64::from(config.arena_count) {
@@ -244,16 +359,12 @@ impl Node {
             }
             groups.push(Group::new(group, config.node_id, raft, handle));
         }
-        for group in &groups {
-            wait_until_ready(group, network.is_none()).await?;
+        if !joining {
+            for group in &groups {
+                wait_until_ready(group, network.is_none()).await?;
+            }
         }
-        let shared = Arc::new(Shared {
-            id: config.node_id,
-            arena_count: config.arena_count,
-            groups,
-            network,
-            members: members.keys().copied().collect(),
-        });
+        let shared = Arc::new(Shared { id: config.node_id, arena_count: config.arena_count, groups, network });
         if let Some(network) = &shared.network {
             let weak = Arc::downgrade(&shared);
             network.set_propose_handler(Arc::new(move |group, action| {
@@ -265,11 +376,24 @@ impl Node {
                     }
                 })
             }));
+            let weak = Arc::downgrade(&shared);
+            network.set_change_handler(Arc::new(move |group, change| {
+                let shared = weak.upgrade();
+                Box::pin(async move {
+                    match shared {
+                        Some(shared) => shared.change_here(group, change).await,
+                        None => Err(ChangeFailure { retry: false, message: "the node is stopping".to_owned() }),
+                    }
+                })
+            }));
         }
         let (stop, stopped) = watch::channel(false);
         let mut duties = Vec::new();
         for group in &shared.groups {
             duties.extend(crate::ticker::spawn_leader_duties(Arc::clone(&shared), group.id(), stopped.clone()));
+            if let Some(network) = &shared.network {
+                duties.push(tokio::spawn(learn_peers(network.clone(), group.metrics())));
+            }
         }
         tracing::info!(node = config.node_id, "node ready");
         Ok(Node { shared, effects, stop, duties })
@@ -321,6 +445,104 @@ impl Node {
         self.shared.group(group)?.transfer_leadership(to).await
     }
 
+    /// Every group as this node sees it: leader, term, log positions, members and, in the
+    /// groups this node leads, each member's replication lag.
+    pub fn status(&self) -> NodeStatus {
+        self.shared.status()
+    }
+
+    /// Makes `members` (id → cluster address) the voters of every group of a fresh
+    /// cluster. Groups initialized before are left as they are.
+    pub async fn initialize_cluster(&self, members: &BTreeMap<NodeId, String>) -> Result<Vec<u64>, AdminError> {
+        let network = self.shared.network.as_ref().ok_or(AdminError::NotClustered)?;
+        if !members.contains_key(&self.shared.id) {
+            return Err(AdminError::Invalid(format!("the members must include this node ({})", self.shared.id)));
+        }
+        for (&id, address) in members {
+            network.add_peer(id, address.clone());
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> =
+            members.iter().map(|(&id, address)| (id, BasicNode::new(address.clone()))).collect();
+        for group in &self.shared.groups {
+            initialize(group.id(), &nodes, group.raft())
+                .await
+                .map_err(|error| AdminError::Failed { group: group.id(), message: error.to_string() })?;
+        }
+        Ok(self.group_ids())
+    }
+
+    /// Adds `node`, reachable at cluster address `address`, to every group as a learner;
+    /// returns once it has caught up with every group.
+    pub async fn add_learner(&self, node: NodeId, address: &str) -> Result<Vec<u64>, AdminError> {
+        if address.is_empty() {
+            return Err(AdminError::Invalid("the learner's address is empty".to_owned()));
+        }
+        self.change_every_group(GroupChange::AddLearner { node, address: address.to_owned() }).await
+    }
+
+    /// Makes learner `node` a voter in every group.
+    pub async fn promote(&self, node: NodeId) -> Result<Vec<u64>, AdminError> {
+        self.change_every_group(GroupChange::Promote { node }).await
+    }
+
+    /// Takes `node` out of every group.
+    pub async fn remove(&self, node: NodeId) -> Result<Vec<u64>, AdminError> {
+        self.change_every_group(GroupChange::Remove { node }).await
+    }
+
+    /// Asks `group`'s leader, wherever it is, to hand leadership to `to`.
+    pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), AdminError> {
+        let voters =
+            self.shared.group(group).map_err(|_| AdminError::UnknownGroup(group))?.metrics().read(consensus::voters);
+        if !voters.contains(&to) {
+            return Err(AdminError::Invalid(format!("node {to} is not a voter of group {group}")));
+        }
+        if self.leader(group) == Some(to) {
+            return Ok(());
+        }
+        self.shared.change(group, GroupChange::TransferLeader { to }).await
+    }
+
+    /// Proposes the `t_config` row `key` = `value` to every group. Refused without effect
+    /// when the value does not parse.
+    pub async fn set_config(&self, key: &str, value: &str) -> Result<Vec<u64>, AdminError> {
+        pkd_raft::Config::default().with(key, value).map_err(|error| AdminError::Invalid(error.to_string()))?;
+        for group in &self.shared.groups {
+            let failed = |message: String| AdminError::Failed { group: group.id(), message };
+            let deadline = tokio::time::Instant::now() + CHANGE_PATIENCE;
+            loop {
+                let action = Action::SetConfig { key: key.to_owned(), value: value.to_owned() };
+                match self.shared.propose(group.id(), action).await {
+                    Ok(Response::Rejected(reason)) => return Err(failed(format!("refused: {reason:?}"))),
+                    Ok(_) => break,
+                    // Setting a row to the same value twice is harmless, so a proposal whose
+                    // leader was unreachable or changed is simply sent again.
+                    Err(
+                        error @ (ProposeError::NotLeader { .. }
+                        | ProposeError::Forward { .. }
+                        | ProposeError::OutcomeUnknown(_)),
+                    ) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(%error, "config row not set yet; trying again");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(error) => return Err(failed(error.to_string())),
+                }
+            }
+        }
+        Ok(self.group_ids())
+    }
+
+    fn group_ids(&self) -> Vec<u64> {
+        self.shared.groups.iter().map(|group| group.id().0).collect()
+    }
+
+    async fn change_every_group(&self, change: GroupChange) -> Result<Vec<u64>, AdminError> {
+        for group in &self.shared.groups {
+            self.shared.change(group.id(), change.clone()).await?;
+        }
+        Ok(self.group_ids())
+    }
+
     /// Stops the leader duties and every group, and closes the database once the last
     /// handle on it is gone.
     pub async fn shutdown(self) {
@@ -355,6 +577,27 @@ async fn initialize(group: GroupId, members: &BTreeMap<NodeId, BasicNode>, raft:
         }
         Err(error) if consensus::is_already_initialized(&error) => Ok(()),
         Err(error) => Err(NodeError::Raft { group, message: error.to_string() }),
+    }
+}
+
+/// Tells the network about every member of the group's membership, as it changes, so that
+/// this node dials the members that joined after it started.
+async fn learn_peers(network: Network, mut metrics: crate::consensus::MetricsWatch) {
+    let mut seen = None;
+    loop {
+        let membership = metrics.read(|metrics| {
+            let index = consensus::membership_index(metrics);
+            (index != seen).then(|| (index, consensus::member_addresses(metrics)))
+        });
+        if let Some((index, members)) = membership {
+            seen = index;
+            for (id, address) in members {
+                network.add_peer(id, address);
+            }
+        }
+        if !metrics.changed().await {
+            return;
+        }
     }
 }
 

@@ -74,3 +74,37 @@ fn rtm_tokens_are_access_token_2() {
     assert_eq!(claims.rtm().unwrap().0, "2100216");
     assert_eq!(claims.expire_seconds, 600);
 }
+
+#[test]
+fn serve_refuses_incomplete_or_weak_cluster_and_admin_settings() {
+    let base = ["serve", "--dev-auth", "--data-dir", "/nonexistent/pkd-cli-test", "--listen", "127.0.0.1:0"];
+    let cases: [(&[&str], &str); 5] = [
+        (&["--cluster-listen", "127.0.0.1:0"], "set all of --cluster-listen, --peers and --cluster-secret"),
+        (
+            &["--cluster-listen", "127.0.0.1:0", "--peers", "1=127.0.0.1:7700", "--cluster-secret", "short"],
+            "at least 16 bytes",
+        ),
+        (
+            &["--cluster-listen", "127.0.0.1:0", "--peers", "2=127.0.0.1:7700", "--cluster-secret", "0123456789abcdef"],
+            "must include this node",
+        ),
+        (&["--admin-listen", "127.0.0.1:0"], "--admin-listen needs --admin-token"),
+        (&["--join"], "--join needs the cluster settings"),
+    ];
+    for (extra, expected) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (ok, _, err) = pkd(&args);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    let (ok, _, err) = pkd(&["cluster", "status", "--admin", "127.0.0.1:1", "--token", "x"]);
+    assert!(!ok);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(["cluster", "status"])
+        .env_remove("PKD_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("set --token"));
+}

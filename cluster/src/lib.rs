@@ -1,1 +1,13 @@
-//! Cluster administration for pkd: admin API types, client and local launcher. Filled in by the replication work.
+//! pkd-cluster: what the admin API of a pkd node speaks ([`api`]), a typed client for it
+//! ([`client`]), and [`LocalCluster`], which runs real `pkd serve` processes on loopback
+//! for tests, benches and fault drills.
+//!
+//! The crate does not depend on the `pkd` package: the server depends on it for the
+//! request and response types, so both sides share one definition.
+
+pub mod api;
+pub mod client;
+pub mod local;
+
+pub use client::{AdminClient, ClientError};
+pub use local::{LocalCluster, LocalNode, LocalOptions};

@@ -1,0 +1,144 @@
+//! The admin HTTP API: cluster status, membership, leadership and `t_config` rows. Every
+//! route needs `Authorization: Bearer <admin token>`; the request and response types live
+//! in `pkd_cluster::api`, shared with the typed client and `pkd cluster`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pkd_cluster::api::{
+    AddLearnerRequest, ConfigReply, ConfigRequest, ErrorReply, InitRequest, LeaderReply, MembershipReply, NodeRequest,
+    NodeStatus, TransferLeaderRequest,
+};
+
+use crate::consensus::GroupId;
+use crate::node::{AdminError, Node};
+
+/// How long a leadership transfer may take before the API answers with the leader it sees.
+const TRANSFER_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+struct AdminState {
+    node: Arc<Node>,
+    token: Arc<str>,
+}
+
+/// The admin API's router for `node`, guarded by `token`.
+pub fn router(node: Arc<Node>, token: &str) -> Router {
+    let state = AdminState { node, token: Arc::from(token) };
+    Router::new()
+        .route("/admin/status", get(status))
+        .route("/admin/groups/{id}/transfer-leader", post(transfer_leader))
+        .route("/admin/init", post(init))
+        .route("/admin/learners", post(add_learner))
+        .route("/admin/promote", post(promote))
+        .route("/admin/remove", post(remove))
+        .route("/admin/config", post(set_config))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+/// Refuses a request without the admin token with 401.
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => next.run(request).await,
+        _ => failure(StatusCode::UNAUTHORIZED, "missing or wrong admin token".to_owned()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn failure(status: StatusCode, error: String) -> Response {
+    (status, Json(ErrorReply { error })).into_response()
+}
+
+/// An [`AdminError`] as an HTTP answer.
+struct Failed(AdminError);
+
+impl IntoResponse for Failed {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            AdminError::NotClustered => StatusCode::CONFLICT,
+            AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AdminError::UnknownGroup(_) => StatusCode::NOT_FOUND,
+            AdminError::Failed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        tracing::warn!(error = %self.0, "admin request failed");
+        failure(status, self.0.to_string())
+    }
+}
+
+async fn status(State(state): State<AdminState>) -> Json<NodeStatus> {
+    Json(state.node.status())
+}
+
+async fn transfer_leader(
+    State(state): State<AdminState>,
+    Path(id): Path<u64>,
+    Json(request): Json<TransferLeaderRequest>,
+) -> Result<Json<LeaderReply>, Failed> {
+    let group = GroupId(id);
+    state.node.transfer_leader(group, request.to).await.map_err(Failed)?;
+    let deadline = tokio::time::Instant::now() + TRANSFER_WAIT;
+    while state.node.leader(group) != Some(request.to) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Json(LeaderReply { group: id, leader: state.node.leader(group) }))
+}
+
+async fn init(
+    State(state): State<AdminState>,
+    Json(request): Json<InitRequest>,
+) -> Result<Json<MembershipReply>, Failed> {
+    let groups = state.node.initialize_cluster(&request.members).await.map_err(Failed)?;
+    tracing::info!(members = ?request.members, "cluster initialized through the admin API");
+    Ok(Json(MembershipReply { groups }))
+}
+
+async fn add_learner(
+    State(state): State<AdminState>,
+    Json(request): Json<AddLearnerRequest>,
+) -> Result<Json<MembershipReply>, Failed> {
+    let groups = state.node.add_learner(request.node, &request.addr).await.map_err(Failed)?;
+    tracing::info!(node = request.node, addr = %request.addr, "learner added to every group");
+    Ok(Json(MembershipReply { groups }))
+}
+
+async fn promote(
+    State(state): State<AdminState>,
+    Json(request): Json<NodeRequest>,
+) -> Result<Json<MembershipReply>, Failed> {
+    let groups = state.node.promote(request.node).await.map_err(Failed)?;
+    tracing::info!(node = request.node, "node promoted to voter in every group");
+    Ok(Json(MembershipReply { groups }))
+}
+
+async fn remove(
+    State(state): State<AdminState>,
+    Json(request): Json<NodeRequest>,
+) -> Result<Json<MembershipReply>, Failed> {
+    let groups = state.node.remove(request.node).await.map_err(Failed)?;
+    tracing::info!(node = request.node, "node removed from every group");
+    Ok(Json(MembershipReply { groups }))
+}
+
+async fn set_config(
+    State(state): State<AdminState>,
+    Json(request): Json<ConfigRequest>,
+) -> Result<Json<ConfigReply>, Failed> {
+    let groups = state.node.set_config(&request.key, &request.value).await.map_err(Failed)?;
+    tracing::info!(key = %request.key, value = %request.value, "config row set in every group");
+    Ok(Json(ConfigReply { groups }))
+}
