@@ -223,7 +223,11 @@ async fn serve(
     let node = Arc::new(node.context("starting the node")?);
     let gateway = Gateway::start(node.clone(), gateway_config);
     let sinks = crate::sinks::Sinks::start(node.clone(), args.sinks_config());
-    let router = gateway.router().merge(crate::sinks::http::router(node.clone(), sinks.results()));
+    let metrics = sinks.metrics();
+    let router = gateway
+        .router()
+        .merge(crate::sinks::http::router(node.clone(), sinks.results()))
+        .route("/metrics", axum::routing::get(move || async move { metrics.snapshot().to_prometheus() }));
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let address = listener.local_addr()?;

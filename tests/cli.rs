@@ -108,3 +108,31 @@ fn serve_refuses_incomplete_or_weak_cluster_and_admin_settings() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("set --token"));
 }
+
+#[test]
+fn serve_exposes_the_sink_counters_on_metrics() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(["serve", "--dev-auth", "--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("pkd exited").unwrap();
+        if let Some(addr) = line.strip_prefix("pkd listening on ") {
+            break addr.to_owned();
+        }
+    };
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: pkd\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("# TYPE pkd_results_repaired_total counter"), "{response}");
+    assert!(response.contains("pkd_cache_errors_total 0"), "{response}");
+}

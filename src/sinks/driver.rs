@@ -100,6 +100,48 @@ pub struct SinkCounters {
     pub cache_lagged: u64,
 }
 
+impl SinkCounters {
+    /// The counters in Prometheus' text format (`GET /metrics`). Names follow
+    /// `pkd_<subsystem>_<what>_<unit>`; no label carries a user or PK id.
+    pub fn to_prometheus(&self) -> String {
+        let rows: [(&str, &str, &str, u64); 13] = [
+            ("pkd_results_written_total", "counter", "settled PKs written to the results store", self.results_written),
+            (
+                "pkd_results_confirmed_total",
+                "counter",
+                "settled PKs confirmed persisted through raft",
+                self.results_confirmed,
+            ),
+            (
+                "pkd_results_repaired_total",
+                "counter",
+                "settled PKs whose stored rows differed and were rewritten",
+                self.results_repaired,
+            ),
+            ("pkd_results_errors_total", "counter", "failed results store operations", self.results_errors),
+            ("pkd_results_started_written_total", "counter", "running PKs' start rows written", self.started_written),
+            (
+                "pkd_results_gift_totals_written_total",
+                "counter",
+                "running PKs' gifter totals written",
+                self.gift_totals_written,
+            ),
+            ("pkd_results_lag_last_milliseconds", "gauge", "settlement to stored, last PK", self.result_lag_last_ms),
+            ("pkd_results_lag_max_milliseconds", "gauge", "settlement to stored, worst PK", self.result_lag_max_ms),
+            ("pkd_cache_batches_total", "counter", "pipelined Redis batches", self.cache_batches),
+            ("pkd_cache_changes_total", "counter", "cache changes applied to Redis", self.cache_changes),
+            ("pkd_cache_rebuilds_total", "counter", "full Redis rebuilds from the replicas", self.cache_rebuilds),
+            ("pkd_cache_errors_total", "counter", "failed Redis operations", self.cache_errors),
+            ("pkd_cache_lagged_total", "counter", "times the cache driver fell behind the effects", self.cache_lagged),
+        ];
+        let mut text = String::new();
+        for (name, kind, help, value) in rows {
+            text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+        }
+        text
+    }
+}
+
 impl SinkMetrics {
     pub fn snapshot(&self) -> SinkCounters {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -812,5 +854,19 @@ impl CacheDriver {
             }
             changes
         })
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_as_prometheus_text() {
+        let counters = SinkCounters { results_repaired: 3, cache_errors: 7, ..SinkCounters::default() };
+        let text = counters.to_prometheus();
+        assert!(text.contains("# TYPE pkd_results_repaired_total counter\npkd_results_repaired_total 3\n"), "{text}");
+        assert!(text.contains("pkd_cache_errors_total 7\n"));
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 13);
     }
 }
