@@ -491,3 +491,58 @@ async fn nodes_started_to_join_form_a_cluster_through_admin_init() -> anyhow::Re
     ensure!(all.iter().all(|status| status.groups.iter().all(|group| group.voters == vec![1, 2, 3])), "{all:?}");
     Ok(())
 }
+
+/// One flow spread over the three nodes: the anchors on nodes 1 and 2, a viewer on node
+/// 3, gifts through node 2's gift API, a second viewer entering on node 1 mid-PK. Every
+/// client gets every push of its room from its own node, and the anchors' presence on
+/// nodes other than the arena leader's keeps the PK alive (it ends normally, status 2,
+/// though the grace period is shorter than the battle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_spread_over_three_nodes_reaches_every_client() -> anyhow::Result<()> {
+    let cluster = start_cluster()?;
+    short_pks(&cluster.admin(1)?, 5_000).await?;
+    cluster.admin(1)?.set_config("pk_limits", "{'anchorGraceMs':1500}").await?;
+    let (a, b) = (801, 802);
+    let mut source = Client::connect(&cluster, 1, a).await?;
+    let mut target = Client::connect(&cluster, 2, b).await?;
+    let mut viewer = Client::connect(&cluster, 3, 9_801).await?;
+    source.enter(a, true).await?;
+    target.enter(b, true).await?;
+    viewer.enter(a, false).await?;
+    let queued = source.matching(a, a).await?;
+    ensure!(queued["code"] == "000000", "{queued}");
+    let (_, started) = source.state_any(13).await?;
+    ensure!(started["content"]["msg"] == a, "{started}");
+    let matched = target.matching(b, b).await?;
+    ensure!(matched["code"] == "902004", "{matched}");
+    // The first state reaches the viewer on node 3 and the anchors on nodes 1 and 2.
+    let (_, first) = viewer.state_any(10).await?;
+    let pk = first["content"]["pkId"].as_u64().context("pkId")?;
+    let end_time = first["content"]["endTime"].as_i64().context("endTime")?;
+    ensure!(first["content"]["sourceUser"] == a && first["content"]["targetUser"] == b, "{first}");
+    source.state_any(10).await?;
+    target.state_any(10).await?;
+    // A gift through node 2 shows on node 3.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let counted = gift(&cluster, 2, 88_001, a, 9_901, 700).await?;
+    ensure!(counted["code"] == "000000", "{counted}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, push) = viewer.state_any(10).await?;
+        if push["content"]["sourceGifts"] == 700 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the gift never reached node 3's viewer");
+    }
+    // A viewer entering on node 1 gets the current state in the reply.
+    let mut late = Client::connect(&cluster, 1, 9_802).await?;
+    let entered = late.enter(a, false).await?;
+    ensure!(entered["result"]["pkId"] == pk && entered["result"]["sourceGifts"] == 700, "{entered}");
+    // Both anchors stay connected to nodes that may not lead the arena: the PK ends
+    // normally, with a winner, at its end time.
+    let end = ends_once(&mut viewer, pk, end_time).await?;
+    ensure!(end["content"]["winner"] == a, "{end}");
+    ensure!(end["content"]["sourceOnline"] == true && end["content"]["targetOnline"] == true, "{end}");
+    late.state(pk, 2, WAIT).await?;
+    Ok(())
+}
