@@ -423,3 +423,84 @@ async fn an_anchor_leaving_mid_pk_ends_it_abnormally_after_the_grace_period() {
     assert_eq!(end["content"]["targetOnline"], false);
     assert_eq!(end["content"]["winner"], 0);
 }
+
+impl Server {
+    async fn connect_as(&self, user: u64, country: &str, platform: &str, version: u32) -> Client {
+        let token = token(user, country, platform, version);
+        self.connect_with(&format!("Bearer {token}"), "").await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn invitations_the_accept_race_refusals_and_give_up_over_websocket() {
+    let server = start().await;
+    server.config("pk_config", "{'interveningTime':600,'endTime':4000,'inviteNum':2,'inviteColdDown':60000}").await;
+    // Four live anchors who could be invited, in the order they went live.
+    let mut invitees = Vec::new();
+    for user in [702, 703, 704, 705] {
+        let mut client = server.connect(user).await;
+        client.enter(user, true).await;
+        invitees.push(client);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut inviter = server.connect(701).await;
+    inviter.enter(701, true).await;
+    assert_eq!(inviter.matching(1, 701, 701, 0).await["code"], "000000");
+    // After interveningTime the first two are invited (push 12, mode "u").
+    for client in &mut invitees[..2] {
+        let invitation = client.push(12).await;
+        assert_eq!((invitation["mode"].clone(), invitation["content"]["source"].clone()), (json!("u"), json!(701)));
+    }
+    // Both refuse: a new batch goes to the next two.
+    assert_eq!(invitees[0].matching(3, 702, 701, 702).await["code"], "000000");
+    assert_eq!(invitees[1].matching(3, 703, 701, 703).await["code"], "000000");
+    for client in &mut invitees[2..] {
+        assert_eq!(client.push(12).await["content"]["source"], 701);
+    }
+    // They race to accept: one wins, the other is told it was taken.
+    let first = invitees[2].matching(2, 704, 701, 704).await;
+    let second = invitees[3].matching(2, 705, 701, 705).await;
+    assert_eq!(first["code"], "902004", "{first}");
+    assert_eq!(second["code"], "902003", "{second}");
+    // Answering for someone else is refused.
+    assert_eq!(invitees[0].matching(2, 702, 701, 703).await["code"], "900006");
+    let state = inviter.push(10).await;
+    assert_eq!(state["content"]["targetUser"], 704);
+
+    // Give-up: nobody to invite (all cooling down or busy), so after endTime, push 14.
+    let mut lonely = server.connect(706).await;
+    lonely.enter(706, true).await;
+    assert_eq!(lonely.matching(1, 706, 706, 0).await["code"], "000000");
+    let failed = lonely.push(14).await;
+    assert_eq!(failed["content"]["source"], 706, "{failed}");
+    // Stop when not matching.
+    assert_eq!(lonely.matching(4, 706, 706, 0).await["code"], "902006");
+}
+
+#[tokio::test]
+async fn filters_versions_and_the_pk_switch_over_websocket() {
+    let server = start().await;
+    // Country filter, both ways: an IN anchor and a PK anchor never meet.
+    let mut india = server.connect_as(711, "IN", "android", 300).await;
+    let mut pakistan = server.connect_as(712, "PK", "android", 300).await;
+    india.enter(711, true).await;
+    pakistan.enter(712, true).await;
+    assert_eq!(india.matching(1, 711, 711, 0).await["code"], "000000");
+    assert_eq!(pakistan.matching(1, 712, 712, 0).await["code"], "000000", "queued, not matched");
+    let mut other = server.connect_as(713, "US", "ios", 1).await;
+    other.enter(713, true).await;
+    assert_eq!(other.matching(1, 713, 713, 0).await["code"], "902004", "takes the longest waiter it may meet");
+    // Version gate: android below 207 cannot match.
+    let mut old = server.connect_as(714, "US", "android", 206).await;
+    old.enter(714, true).await;
+    assert_eq!(old.matching(1, 714, 714, 0).await["code"], "902002");
+    // The switch: off stops new matching and drops the waiting (push 14); on again works.
+    server.config("pk_enable", "false").await;
+    let failed = pakistan.push(14).await;
+    assert_eq!(failed["content"]["source"], 712);
+    let mut late = server.connect_as(715, "US", "ios", 1).await;
+    late.enter(715, true).await;
+    assert_eq!(late.matching(1, 715, 715, 0).await["code"], "902001");
+    server.config("pk_enable", "true").await;
+    assert_eq!(late.matching(1, 715, 715, 0).await["code"], "000000");
+}
