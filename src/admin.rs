@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -45,19 +45,11 @@ pub fn router(node: Arc<Node>, token: &str) -> Router {
 
 /// Refuses a request without the admin token with 401.
 async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => next.run(request).await,
-        _ => failure(StatusCode::UNAUTHORIZED, "missing or wrong admin token".to_owned()),
+    if crate::bearer::presents(request.headers(), &state.token) {
+        next.run(request).await
+    } else {
+        failure(StatusCode::UNAUTHORIZED, "missing or wrong admin token".to_owned())
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn failure(status: StatusCode, error: String) -> Response {

@@ -3,6 +3,7 @@
 //! gateway and — as the work goes on — the result sinks.
 
 pub mod admin;
+pub mod bearer;
 pub mod cli;
 pub mod consensus;
 pub mod gateway;
@@ -10,6 +11,7 @@ pub mod group;
 pub mod network;
 pub mod node;
 pub mod replica;
+pub mod retry;
 pub mod serve;
 pub mod sinks;
 mod ticker;

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::consensus::{GroupId, MetricsWatch, NodeId};
 use crate::group::{ProposeError, is_leader_in};
 use crate::node::{LOBBY, Shared, wall_clock};
+use crate::retry::Backoff;
 
 /// The first wait after a failed proposal; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
@@ -83,7 +84,7 @@ async fn run_ticker(shared: Arc<Shared>, group_id: GroupId) {
     let mut applied = group.replica().applied();
     while wait_for_leadership(&mut metrics, node).await {
         tracing::info!(group = %group_id, "leading: timer loop running");
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         while still_leader(&metrics, node) {
             applied.borrow_and_update();
             // The log's time may be ahead of this node's clock (a previous leader's clock
@@ -95,11 +96,10 @@ async fn run_ticker(shared: Arc<Shared>, group_id: GroupId) {
             });
             if !due.is_empty() {
                 match fire_all(&shared, group_id, due).await {
-                    Ok(()) => backoff = MIN_BACKOFF,
+                    Ok(()) => backoff.reset(),
                     Err(error) => {
                         tracing::debug!(group = %group_id, %error, "firing timers failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        tokio::time::sleep(backoff.next_wait()).await;
                     }
                 }
                 continue;
@@ -162,7 +162,7 @@ async fn run_pump(shared: Arc<Shared>, group_id: GroupId) {
     let mut applied = group.replica().applied();
     while wait_for_leadership(&mut metrics, node).await {
         tracing::info!(group = %group_id, "leading: hand-over pump running");
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         while still_leader(&metrics, node) {
             applied.borrow_and_update();
             let outbox = group.replica().read(|machine| match machine.as_lobby() {
@@ -182,11 +182,11 @@ async fn run_pump(shared: Arc<Shared>, group_id: GroupId) {
                 continue;
             }
             match deliver(&shared, group_id, outbox).await {
-                Ok(()) => backoff = MIN_BACKOFF,
+                Ok(()) => backoff.reset(),
                 Err(error) => {
-                    tracing::warn!(group = %group_id, %error, ?backoff, "hand-over failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let wait = backoff.next_wait();
+                    tracing::warn!(group = %group_id, %error, ?wait, "hand-over failed; retrying");
+                    tokio::time::sleep(wait).await;
                 }
             }
         }

@@ -8,7 +8,7 @@ use super::Gateway;
 use super::protocol::code;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response as HttpResponse};
 use pkd_raft::{Action, Gift, GiftId, GifterProfile, PkId, Response, UserId};
 use serde::Deserialize;
@@ -77,12 +77,7 @@ pub(super) async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap
     let Some(expected) = &gateway.config.gift_token else {
         return refuse(StatusCode::UNAUTHORIZED, code::NOT_AUTHENTICATED, "the gift API is not enabled on this node");
     };
-    let offered = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(offered.as_bytes(), expected.as_bytes()) {
+    if !crate::bearer::presents(&headers, expected) {
         return refuse(StatusCode::UNAUTHORIZED, code::NOT_AUTHENTICATED, "missing or wrong service token");
     }
     let value: Value = match serde_json::from_slice(&body) {
@@ -208,8 +203,4 @@ async fn apply(gateway: &Gateway, gift: &GiftIn) -> Outcome {
         }
     }
     outcome
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

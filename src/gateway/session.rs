@@ -12,7 +12,7 @@ use crate::node::LOBBY;
 use crate::tokens::{login, rtm};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use pkd_raft::{Action, AnchorProfile, RoomId, UserId};
 use std::collections::HashMap;
@@ -87,12 +87,7 @@ pub(super) async fn upgrade(
     Query(query): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> HttpResponse {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = bearer.or(query.get("token").map(String::as_str)) else {
+    let Some(token) = crate::bearer::bearer(&headers).or(query.get("token").map(String::as_str)) else {
         return (StatusCode::UNAUTHORIZED, "900005 a login token is required").into_response();
     };
     let identity = match authenticate(&gateway, token) {

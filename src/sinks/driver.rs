@@ -36,6 +36,7 @@ use super::{CacheError, CacheSnapshot, RedisCache, ResultsStore, RunningPk, Stor
 use crate::consensus::GroupId;
 use crate::group::ProposeError;
 use crate::node::{LOBBY, Node, wall_clock};
+use crate::retry::Backoff;
 
 /// Why one round of a driver failed. The driver logs it, counts it and tries again.
 #[derive(Debug, thiserror::Error)]
@@ -311,29 +312,8 @@ async fn until_stopped(mut stop: watch::Receiver<bool>, duty: impl Future<Output
     }
 }
 
-/// Doubling waits after failures, from 50 ms up to a cap.
-struct Backoff {
-    next: Duration,
-    cap: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(50);
-
-    fn new(cap: Duration) -> Backoff {
-        Backoff { next: Backoff::FIRST, cap }
-    }
-
-    fn reset(&mut self) {
-        self.next = Backoff::FIRST;
-    }
-
-    fn next_wait(&mut self) -> Duration {
-        let wait = self.next.min(self.cap);
-        self.next = (self.next * 2).min(self.cap);
-        wait
-    }
-}
+/// The first wait after a failed sink operation.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 
 async fn timed<T, E>(
     what: &'static str,
@@ -361,7 +341,7 @@ async fn run_results_sink(
     slot: ResultsSlot,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(config.max_backoff);
+    let mut backoff = Backoff::new(FIRST_BACKOFF, config.max_backoff);
     let connect = async {
         loop {
             match timed("connecting the results store", config.operation_timeout, ResultsStore::connect(&url)).await {
@@ -453,7 +433,7 @@ impl ResultsDriver {
     }
 
     async fn run(mut self) {
-        let mut backoff = Backoff::new(self.config.max_backoff);
+        let mut backoff = Backoff::new(FIRST_BACKOFF, self.config.max_backoff);
         let mut leading = false;
         loop {
             if !self.node.is_leader(self.group) {
@@ -623,7 +603,7 @@ impl ResultsDriver {
 /// Connects to Redis (retrying while it is down), then runs the cache driver until
 /// stopped.
 async fn run_cache_sink(node: Arc<Node>, url: String, config: CacheDriverConfig, metrics: Arc<SinkMetrics>) {
-    let mut backoff = Backoff::new(config.max_backoff);
+    let mut backoff = Backoff::new(FIRST_BACKOFF, config.max_backoff);
     let cache = loop {
         match timed("connecting to Redis", config.operation_timeout, RedisCache::connect(&url)).await {
             Ok(cache) => break cache,
@@ -665,7 +645,7 @@ struct CacheDriver {
 
 impl CacheDriver {
     fn new(node: Arc<Node>, cache: RedisCache, config: CacheDriverConfig, metrics: Arc<SinkMetrics>) -> CacheDriver {
-        let backoff = Backoff::new(config.max_backoff);
+        let backoff = Backoff::new(FIRST_BACKOFF, config.max_backoff);
         CacheDriver {
             node,
             cache,
