@@ -4,7 +4,8 @@
 //! committed on a majority (fsynced on two of three disks) and applied.
 //!
 //! `cargo bench --bench replication` prints one line per concurrency (1, 64, 256
-//! clients). `REPLICATION_SECONDS` sets each run's length (default 10).
+//! clients). `REPLICATION_SECONDS` sets each run's length (default 10);
+//! `REPLICATION_CLIENTS=64,512` picks other concurrencies.
 //!
 //! `REPLICATION_SOAK=5000000 cargo bench --bench replication` instead runs the sled soak
 //! on one node: that many gift entries with snapshots and log purges, then reports the
@@ -115,6 +116,11 @@ async fn load(node: Arc<Node>, pks: Arc<Vec<(PkId, UserId)>>, clients: u64, seco
     (all.len() as u64, all)
 }
 
+/// The sum of every group's last log index on `node` (entries written so far).
+fn log_entries(node: &Node) -> u64 {
+    node.status().groups.iter().map(|group| group.last_log_index.unwrap_or(0)).sum()
+}
+
 fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6
 }
@@ -153,6 +159,17 @@ fn disk_bytes(path: &Path) -> u64 {
         total += if meta.is_dir() { disk_bytes(&entry.path()) } else { meta.len() };
     }
     total
+}
+
+/// The CPU time (user and system) this process has used so far, in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 = fields.get(11..13).map(|t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum()).unwrap_or(0.0);
+    // The kernel reports these in clock ticks of 1/100 s on Linux.
+    ticks / 100.0
 }
 
 fn resident_mib() -> f64 {
@@ -205,14 +222,38 @@ fn main() {
         let pks = Arc::new(make_pks(&nodes[0]).await);
         // Warm up: connections dialled, leaders settled on their preferred nodes.
         load(nodes[0].clone(), pks.clone(), 16, 3).await;
-        for clients in [1, 64, 256] {
+        let concurrency: Vec<u64> = std::env::var("REPLICATION_CLIENTS")
+            .ok()
+            .map(|list| list.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![1, 64, 256]);
+        for clients in concurrency {
+            let before: Vec<_> = nodes.iter().map(|node| node.flush_totals()).collect();
+            let entries_before = log_entries(&nodes[0]);
+            let cpu_before = cpu_seconds();
             let (acks, mut latencies) = load(nodes[0].clone(), pks.clone(), clients, seconds).await;
             latencies.sort();
+            let flushes: Vec<String> = nodes
+                .iter()
+                .zip(&before)
+                .map(|(node, before)| {
+                    let after = node.flush_totals();
+                    let count = after.count - before.count;
+                    let mean = (after.busy - before.busy).as_secs_f64() * 1e6 / count.max(1) as f64;
+                    format!("{:.0}/s of {mean:.0} µs", count as f64 / seconds as f64)
+                })
+                .collect();
+            let entries = log_entries(&nodes[0]) - entries_before;
+            let cpu = cpu_seconds() - cpu_before;
             println!(
-                "3 nodes, {clients:>3} clients: {:>8.0} acked gifts/s, ack p50 {:>7.0} µs, p99 {:>7.0} µs",
+                "3 nodes, {clients:>3} clients: {:>8.0} acked gifts/s, ack p50 {:>7.0} µs, p99 {:>7.0} µs; \
+                 {:.1} gifts per raft entry; CPU {:.2} cores, {:.1} µs per gift; flushes per node: {}",
                 acks as f64 / seconds as f64,
                 percentile(&latencies, 0.5),
-                percentile(&latencies, 0.99)
+                percentile(&latencies, 0.99),
+                acks as f64 / entries.max(1) as f64,
+                cpu / seconds as f64,
+                cpu * 1e6 / acks.max(1) as f64,
+                flushes.join(", ")
             );
         }
     });

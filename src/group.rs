@@ -5,16 +5,22 @@
 //! them in one raft entry (a [`Batch`]), writes it, and hands each proposer its own
 //! response. While one entry is being committed (and fsynced) the next proposals gather, so
 //! under load each fsync carries many commands.
+//!
+//! On a node that does not lead the group, the queue task forwards what gathered to the
+//! leader in one message, and the leader queues it as one run of proposals: a forwarded
+//! gift costs a share of one round trip, not a round trip of its own.
 
 use std::sync::{Arc, Mutex};
 
-use pkd_raft::{Action, Command, Response, TimestampMs};
+use pkd_raft::{Action, Command, Response};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::consensus::{
     Batch, GroupId, Metrics, MetricsWatch, NodeId, Raft, ServerState, WriteError, WriteFailure, classify_write_error,
 };
+use crate::network::Network;
+use crate::node::wall_clock;
 use crate::replica::ReplicaHandle;
 
 /// At most this many commands in one raft entry.
@@ -40,9 +46,21 @@ pub enum ProposeError {
     Raft { group: GroupId, message: String },
 }
 
-/// A command waiting for its entry.
+/// Where a proposal may be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// At the group's leader, wherever it is: forwarded if this node does not lead.
+    AnyLeader,
+    /// Only here, only while this node leads (a timer of this leader, or a proposal another
+    /// node forwarded, which is never forwarded twice).
+    HereOnly,
+}
+
+/// An action waiting for its entry. It is stamped with the leader's clock when the entry is
+/// cut, so that a forwarded proposal carries the time of the node that orders it.
 struct Proposal {
-    command: Command,
+    action: Action,
+    route: Route,
     reply: oneshot::Sender<Result<Response, ProposeError>>,
 }
 
@@ -59,9 +77,10 @@ pub struct Group {
 
 impl Group {
     /// Wraps a running raft instance and starts its proposal queue task.
-    pub fn new(id: GroupId, node: NodeId, raft: Raft, replica: ReplicaHandle) -> Group {
+    pub fn new(id: GroupId, node: NodeId, raft: Raft, replica: ReplicaHandle, network: Option<Network>) -> Group {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        let batcher = tokio::spawn(run_batcher(id, raft.clone(), receiver));
+        let writer = Writer { group: id, node, raft: raft.clone(), network };
+        let batcher = tokio::spawn(run_batcher(writer, receiver));
         Group { id, node, raft, replica, queue, batcher: Mutex::new(Some(batcher)) }
     }
 
@@ -103,12 +122,35 @@ impl Group {
         self.raft.trigger().transfer_leader(to).await.map_err(|_| ProposeError::Stopped(self.id))
     }
 
-    /// Proposes `action` stamped with time `at`, and waits for the machine's response.
-    pub async fn propose_at(&self, at: TimestampMs, action: Action) -> Result<Response, ProposeError> {
+    /// Proposes `action` and waits for the machine's response. The leader stamps it with
+    /// its clock when it cuts the entry.
+    pub async fn propose(&self, action: Action, route: Route) -> Result<Response, ProposeError> {
         let (reply, response) = oneshot::channel();
-        let proposal = Proposal { command: Command { at, action }, reply };
-        self.queue.send(proposal).await.map_err(|_| ProposeError::Stopped(self.id))?;
+        self.queue.send(Proposal { action, route, reply }).await.map_err(|_| ProposeError::Stopped(self.id))?;
         response.await.map_err(|_| ProposeError::Stopped(self.id))?
+    }
+
+    /// Proposes `actions` as one run (they go into the same entry unless it is full), only
+    /// if this node leads the group; one result per action, in order.
+    pub async fn propose_here(&self, actions: Vec<Action>) -> Vec<Result<Response, ProposeError>> {
+        let mut waiting = Vec::with_capacity(actions.len());
+        for action in actions {
+            let (reply, response) = oneshot::channel();
+            if self.queue.send(Proposal { action, route: Route::HereOnly, reply }).await.is_err() {
+                waiting.push(None);
+                continue;
+            }
+            waiting.push(Some(response));
+        }
+        let mut results = Vec::with_capacity(waiting.len());
+        for response in waiting {
+            let result = match response {
+                Some(response) => response.await.unwrap_or(Err(ProposeError::Stopped(self.id))),
+                None => Err(ProposeError::Stopped(self.id)),
+            };
+            results.push(result);
+        }
+        results
     }
 
     /// Stops the queue task and raft. Proposals still queued are answered `Stopped`.
@@ -131,68 +173,163 @@ pub fn is_leader_in(metrics: &Metrics, node: NodeId) -> bool {
 
 /// Raft entries a group has in flight at once. Each entry holds every proposal that was
 /// waiting when it was cut, so under load entries fill up while earlier ones commit.
-pub const MAX_IN_FLIGHT: usize = 8;
+pub const MAX_IN_FLIGHT: usize = 1;
 
-/// The queue task: cuts an entry from every proposal waiting (up to `MAX_BATCH`), and
-/// keeps up to `MAX_IN_FLIGHT` entries committing at once (a pipeline, so throughput is
-/// not one commit latency per entry).
-async fn run_batcher(group: GroupId, raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
+/// How many times the queue task lets other tasks run while it waits for the proposers of
+/// its last entry to come back (see `run_batcher`).
+const LINGER_YIELDS: usize = 4;
+
+/// What the queue task needs to write or forward a batch.
+#[derive(Clone)]
+struct Writer {
+    group: GroupId,
+    node: NodeId,
+    raft: Raft,
+    network: Option<Network>,
+}
+
+/// The queue task: cuts a batch from every proposal waiting (up to `MAX_BATCH`), and keeps
+/// up to `MAX_IN_FLIGHT` batches committing (or forwarded) at once: a pipeline, so
+/// throughput is not one commit latency per entry.
+async fn run_batcher(writer: Writer, mut queue: mpsc::Receiver<Proposal>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut waiting = Vec::with_capacity(MAX_BATCH);
+    let mut last_cut = 0;
     while queue.recv_many(&mut waiting, MAX_BATCH).await > 0 {
-        let (commands, replies): (Vec<Command>, Vec<_>) =
-            waiting.drain(..).map(|proposal| (proposal.command, proposal.reply)).unzip();
+        // The proposers answered by the last entry are usually about to propose again (a
+        // busy gift service keeps its connections full): when only a few of them are back,
+        // let the runtime run the others first, so that they share this entry rather than
+        // each waiting a whole commit for the next one. A lone proposer never waits.
+        for _ in 0..LINGER_YIELDS {
+            if waiting.len() * 2 >= last_cut || waiting.len() >= MAX_BATCH {
+                break;
+            }
+            tokio::task::yield_now().await;
+            while waiting.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(proposal) => waiting.push(proposal),
+                    Err(_) => break,
+                }
+            }
+        }
+        last_cut = waiting.len();
+        let batch: Vec<Proposal> = std::mem::take(&mut waiting);
         if stopped.load(std::sync::atomic::Ordering::Acquire) {
-            answer_all(replies, ProposeError::Stopped(group));
+            answer_all(batch.into_iter().map(|proposal| proposal.reply), ProposeError::Stopped(writer.group));
             queue.close();
             continue;
         }
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
-        let raft = raft.clone();
+        let writer = writer.clone();
         let stopped = stopped.clone();
         tokio::spawn(async move {
-            write_batch(group, &raft, commands, replies, &stopped).await;
+            writer.route(batch, &stopped).await;
             drop(permit);
         });
     }
 }
 
-async fn write_batch(
-    group: GroupId,
-    raft: &Raft,
-    commands: Vec<Command>,
-    replies: Vec<oneshot::Sender<Result<Response, ProposeError>>>,
-    stopped: &std::sync::atomic::AtomicBool,
-) {
-    let count = commands.len();
-    match raft.client_write(Batch(commands)).await {
-        Ok(written) if written.data.len() == count => {
-            for (reply, response) in replies.into_iter().zip(written.data) {
-                let _ = reply.send(Ok(response));
+impl Writer {
+    /// The leader this node knows of.
+    fn leader(&self) -> Option<NodeId> {
+        MetricsWatch::new(&self.raft).read(|metrics| metrics.current_leader)
+    }
+
+    /// Writes `batch` here if this node leads the group, forwards what may be forwarded to
+    /// the leader otherwise.
+    async fn route(&self, batch: Vec<Proposal>, stopped: &std::sync::atomic::AtomicBool) {
+        match (self.leader(), &self.network) {
+            (Some(leader), Some(_)) if leader != self.node => self.forward_or_refuse(leader, batch).await,
+            _ => {
+                if let Some(refused) = self.write(batch, stopped).await {
+                    // This node lost the lead before the entry reached its log.
+                    match refused.1 {
+                        Some(leader) if leader != self.node && self.network.is_some() => {
+                            self.forward_or_refuse(leader, refused.0).await
+                        }
+                        leader => answer_all(
+                            refused.0.into_iter().map(|proposal| proposal.reply),
+                            ProposeError::NotLeader { group: self.group, leader },
+                        ),
+                    }
+                }
             }
         }
-        Ok(written) => {
-            tracing::error!(%group, sent = count, answered = written.data.len(), "a batch's responses do not match its commands");
-            let error =
-                ProposeError::Raft { group, message: "the replica answered a different number of commands".to_owned() };
-            answer_all(replies, error);
+    }
+
+    /// Writes `batch` as one raft entry and answers every proposer. If this node does not
+    /// lead the group, nothing is answered: the batch comes back with the leader's id.
+    async fn write(
+        &self,
+        batch: Vec<Proposal>,
+        stopped: &std::sync::atomic::AtomicBool,
+    ) -> Option<(Vec<Proposal>, Option<NodeId>)> {
+        let group = self.group;
+        let at = wall_clock();
+        let count = batch.len();
+        let commands = batch.iter().map(|proposal| Command { at, action: proposal.action.clone() }).collect();
+        match self.raft.client_write(Batch(commands)).await {
+            Ok(written) if written.data.len() == count => {
+                for (proposal, response) in batch.into_iter().zip(written.data) {
+                    let _ = proposal.reply.send(Ok(response));
+                }
+                None
+            }
+            Ok(written) => {
+                tracing::error!(%group, sent = count, answered = written.data.len(), "a batch's responses do not match its commands");
+                let message = "the replica answered a different number of commands".to_owned();
+                answer_all(batch.into_iter().map(|proposal| proposal.reply), ProposeError::Raft { group, message });
+                None
+            }
+            Err(error) => {
+                let failure = propose_error(group, &error);
+                match failure {
+                    ProposeError::NotLeader { leader, .. } => return Some((batch, leader)),
+                    ProposeError::Raft { .. } => tracing::warn!(%group, %error, "raft write failed"),
+                    // Raft has stopped: whatever is still queued is answered the same way.
+                    ProposeError::Stopped(_) => stopped.store(true, std::sync::atomic::Ordering::Release),
+                    _ => {}
+                }
+                answer_all(batch.into_iter().map(|proposal| proposal.reply), failure);
+                None
+            }
         }
-        Err(error) => {
-            let failure = propose_error(group, &error);
-            if matches!(failure, ProposeError::Raft { .. }) {
-                tracing::warn!(%group, %error, "raft write failed");
+    }
+
+    /// Sends the forwardable proposals of `batch` to `leader` in one message; refuses the
+    /// others (they may only be written here).
+    async fn forward_or_refuse(&self, leader: NodeId, batch: Vec<Proposal>) {
+        let group = self.group;
+        let (forwardable, here_only): (Vec<Proposal>, Vec<Proposal>) =
+            batch.into_iter().partition(|proposal| proposal.route == Route::AnyLeader);
+        answer_all(
+            here_only.into_iter().map(|proposal| proposal.reply),
+            ProposeError::NotLeader { group, leader: Some(leader) },
+        );
+        if forwardable.is_empty() {
+            return;
+        }
+        let Some(network) = &self.network else { return };
+        let (actions, replies): (Vec<Action>, Vec<_>) =
+            forwardable.into_iter().map(|proposal| (proposal.action, proposal.reply)).unzip();
+        let count = actions.len();
+        match network.forward(leader, group, actions).await {
+            Ok(results) if results.len() == count => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result.map_err(|message| ProposeError::Forward { group, leader, message }));
+                }
             }
-            if failure == ProposeError::Stopped(group) {
-                // Raft has stopped: whatever is still queued is answered the same way.
-                stopped.store(true, std::sync::atomic::Ordering::Release);
+            Ok(results) => {
+                let message = format!("the leader answered {} of {count} proposals", results.len());
+                answer_all(replies, ProposeError::Forward { group, leader, message });
             }
-            answer_all(replies, failure);
+            Err(message) => answer_all(replies, ProposeError::Forward { group, leader, message }),
         }
     }
 }
 
-fn answer_all(replies: Vec<oneshot::Sender<Result<Response, ProposeError>>>, error: ProposeError) {
+fn answer_all(replies: impl IntoIterator<Item = oneshot::Sender<Result<Response, ProposeError>>>, error: ProposeError) {
     for reply in replies {
         let _ = reply.send(Err(error.clone()));
     }

@@ -20,12 +20,12 @@
 //! A frame is a big-endian `u32` length and that many bytes of postcard. A length above
 //! [`MAX_FRAME`] closes the connection; a frame that does not decode closes it too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use hmac::{Hmac, KeyInit, Mac};
@@ -44,8 +44,18 @@ use crate::consensus::{
     streaming_error,
 };
 
-/// The largest frame accepted (a snapshot travels in one frame).
-pub const MAX_FRAME: usize = 256 * 1024 * 1024;
+/// The largest frame accepted.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Snapshots travel in pieces of this size, so that a large one does not hold up the
+/// heartbeats of the other groups sharing the connection.
+pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+
+/// The largest snapshot a node accepts.
+pub const MAX_SNAPSHOT: u64 = 4 * 1024 * 1024 * 1024;
+
+/// A snapshot being received is dropped if no piece of it came for this long.
+const SNAPSHOT_IDLE: Duration = Duration::from_secs(60);
 
 /// How long a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,14 +94,23 @@ enum Request {
     Append(AppendRequest),
     Vote(VoteRequest),
     PreVote(VoteRequest),
+    /// One piece of a snapshot on its way, at `offset` in it (pieces come in order, each
+    /// after the previous one was acknowledged, so other groups' frames pass in between).
+    SnapshotChunk {
+        transfer: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// Install the snapshot whose pieces came under `transfer`.
     Snapshot {
         vote: Vote,
         meta: SnapshotMeta,
-        data: Vec<u8>,
+        transfer: u64,
     },
     TransferLeader(TransferLeaderRequest),
-    /// A proposal for a group this node leads, from a node that does not.
-    Propose(Action),
+    /// Proposals for a group this node leads, from a node that does not, gathered while
+    /// the previous ones were in flight.
+    Propose(Vec<Action>),
     /// A membership or leadership change for a group this node leads.
     Change(GroupChange),
 }
@@ -102,8 +121,10 @@ enum Reply {
     Append(AppendResponse),
     Vote(VoteResponse),
     Snapshot(SnapshotResponse),
+    ChunkReceived,
     TransferLeader(TransferLeaderResponse),
-    Proposed(Response),
+    /// One result per proposal, in order.
+    Proposed(Vec<Result<Response, String>>),
     Changed(Result<(), ChangeFailure>),
 }
 
@@ -142,9 +163,9 @@ enum Handshake {
     Proof { proof: Vec<u8> },
 }
 
-/// Proposals arriving from other nodes are handed to this.
+/// Proposals arriving from other nodes are handed to this; one result per proposal.
 pub(crate) type ProposeHandler =
-    Arc<dyn Fn(GroupId, Action) -> BoxFuture<'static, Result<Response, String>> + Send + Sync>;
+    Arc<dyn Fn(GroupId, Vec<Action>) -> BoxFuture<'static, Vec<Result<Response, String>>> + Send + Sync>;
 
 /// Group changes arriving from other nodes are handed to this.
 pub(crate) type ChangeHandler =
@@ -168,8 +189,17 @@ struct Inner {
     groups: Mutex<BTreeMap<u64, Raft>>,
     proposals: OnceLock<ProposeHandler>,
     changes: OnceLock<ChangeHandler>,
-    /// The peers this node dials (those with larger ids), as they become known.
-    dialing: Mutex<BTreeMap<NodeId, String>>,
+    /// The peers this node dials (those with larger ids), as they become known, with the
+    /// task that dials each.
+    dialing: Mutex<BTreeMap<NodeId, (String, tokio::task::AbortHandle)>>,
+    /// Each local group's members, as its membership log says.
+    members: Mutex<BTreeMap<u64, BTreeSet<NodeId>>>,
+    /// Snapshots being received, by transfer id: the bytes so far and when the last piece
+    /// came.
+    transfers: Mutex<HashMap<u64, (Vec<u8>, Instant)>>,
+    /// Nodes removed from every group: their connections are refused until a group counts
+    /// them again.
+    removed: Mutex<BTreeSet<NodeId>>,
     /// Set by `shutdown`: no new dialing from then on.
     stopped: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -198,8 +228,56 @@ impl Network {
             return;
         }
         tracing::info!(peer, %address, "dialing a new peer");
-        dialing.insert(peer, address.clone());
-        lock(&self.inner.tasks).push(tokio::spawn(dial_loop(self.clone(), peer, address)));
+        let task = tokio::spawn(dial_loop(self.clone(), peer, address.clone()));
+        dialing.insert(peer, (address, task.abort_handle()));
+        lock(&self.inner.tasks).push(task);
+    }
+
+    /// Records `group`'s members (id → address): new peers are dialed, and a peer that no
+    /// group counts among its members any more (a removed node) is dropped: its connection
+    /// closed, no longer dialed. While any group's membership is not known yet, nobody is
+    /// dropped.
+    pub fn set_members(&self, group: GroupId, members: &[(NodeId, String)]) {
+        for (id, address) in members {
+            lock(&self.inner.removed).remove(id);
+            self.add_peer(*id, address.clone());
+        }
+        let forgotten: Vec<NodeId> = {
+            let mut known = lock(&self.inner.members);
+            known.insert(group.0, members.iter().map(|(id, _)| *id).collect());
+            let registered: Vec<u64> = lock(&self.inner.groups).keys().copied().collect();
+            let all_known = registered.iter().all(|g| known.get(g).is_some_and(|set| !set.is_empty()));
+            if !all_known {
+                return;
+            }
+            let mut dialing = lock(&self.inner.dialing);
+            let peers: BTreeSet<NodeId> =
+                dialing.keys().copied().chain(lock(&self.inner.links).keys().copied()).collect();
+            peers
+                .into_iter()
+                .filter(|peer| *peer != self.node_id() && !known.values().any(|set| set.contains(peer)))
+                .inspect(|peer| {
+                    if let Some((_, task)) = dialing.remove(peer) {
+                        task.abort();
+                    }
+                })
+                .collect()
+        };
+        for peer in forgotten {
+            lock(&self.inner.removed).insert(peer);
+            if let Some(link) = self.set_link(peer, None) {
+                tracing::info!(peer, "the node is no longer a member of any group: connection closed");
+                link.close();
+            }
+        }
+    }
+
+    /// The peers with a live connection, in increasing id order.
+    pub fn connected_peers(&self) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> =
+            lock(&self.inner.links).iter().filter(|(_, link)| link.borrow().is_some()).map(|(id, _)| *id).collect();
+        peers.sort_unstable();
+        peers
     }
 
     /// A network with no connections and no tasks yet.
@@ -212,6 +290,9 @@ impl Network {
                 proposals: OnceLock::new(),
                 changes: OnceLock::new(),
                 dialing: Mutex::new(BTreeMap::new()),
+                members: Mutex::new(BTreeMap::new()),
+                removed: Mutex::new(BTreeSet::new()),
+                transfers: Mutex::new(HashMap::new()),
                 stopped: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),
             }),
@@ -254,10 +335,16 @@ impl Network {
         GroupNetwork { network: self.clone(), group }
     }
 
-    /// Forwards a proposal to `leader`, which leads `group`.
-    pub async fn forward(&self, leader: NodeId, group: GroupId, action: Action) -> Result<Response, String> {
+    /// Forwards proposals to `leader`, which leads `group`: one result per proposal, or
+    /// why none got through.
+    pub async fn forward(
+        &self,
+        leader: NodeId,
+        group: GroupId,
+        actions: Vec<Action>,
+    ) -> Result<Vec<Result<Response, String>>, String> {
         let reply = self
-            .call(leader, group, Request::Propose(action), PROPOSE_TIMEOUT)
+            .call(leader, group, Request::Propose(actions), PROPOSE_TIMEOUT)
             .await
             .map_err(|error| error.to_string())?;
         match reply {
@@ -323,13 +410,33 @@ impl Network {
         }
     }
 
+    /// Adds one piece to a snapshot being received. Pieces must come in order; a transfer
+    /// idle for [`SNAPSHOT_IDLE`] is dropped.
+    fn receive_chunk(&self, transfer: u64, offset: u64, bytes: Vec<u8>) -> Result<(), String> {
+        let mut transfers = lock(&self.inner.transfers);
+        transfers.retain(|_, (_, last)| last.elapsed() < SNAPSHOT_IDLE);
+        let (data, last) = transfers.entry(transfer).or_insert_with(|| (Vec::new(), Instant::now()));
+        if data.len() as u64 != offset {
+            let held = data.len();
+            transfers.remove(&transfer);
+            return Err(format!("snapshot piece at {offset}, but {held} bytes came before it"));
+        }
+        if offset + bytes.len() as u64 > MAX_SNAPSHOT {
+            transfers.remove(&transfer);
+            return Err(format!("snapshot over {MAX_SNAPSHOT} bytes"));
+        }
+        data.extend_from_slice(&bytes);
+        *last = Instant::now();
+        Ok(())
+    }
+
     /// Answers one request from a peer with the local group.
     async fn answer(&self, group: u64, request: Request) -> Result<Reply, String> {
-        if let Request::Propose(action) = request {
+        if let Request::Propose(actions) = request {
             let Some(handler) = self.inner.proposals.get() else {
                 return Err("this node takes no proposals yet".to_owned());
             };
-            return handler(GroupId(group), action).await.map(Reply::Proposed);
+            return Ok(Reply::Proposed(handler(GroupId(group), actions).await));
         }
         if let Request::Change(change) = request {
             let Some(handler) = self.inner.changes.get() else {
@@ -346,11 +453,18 @@ impl Network {
             Request::Append(rpc) => raft.append_entries(rpc).await.map(Reply::Append).map_err(|e| failed(&e)),
             Request::Vote(rpc) => raft.vote(rpc).await.map(Reply::Vote).map_err(|e| failed(&e)),
             Request::PreVote(rpc) => raft.pre_vote(rpc).await.map(Reply::Vote).map_err(|e| failed(&e)),
-            Request::Snapshot { vote, meta, data } => raft
-                .install_full_snapshot(vote, Snapshot { meta, snapshot: data })
-                .await
-                .map(Reply::Snapshot)
-                .map_err(|e| failed(&e)),
+            Request::SnapshotChunk { transfer, offset, bytes } => {
+                self.receive_chunk(transfer, offset, bytes).map(|()| Reply::ChunkReceived)
+            }
+            Request::Snapshot { vote, meta, transfer } => {
+                let Some((data, _)) = lock(&self.inner.transfers).remove(&transfer) else {
+                    return Err(format!("no snapshot transfer {transfer} under way"));
+                };
+                raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data })
+                    .await
+                    .map(Reply::Snapshot)
+                    .map_err(|e| failed(&e))
+            }
             Request::TransferLeader(rpc) => {
                 raft.handle_transfer_leader(rpc).await.map(Reply::TransferLeader).map_err(|e| failed(&e))
             }
@@ -421,6 +535,9 @@ async fn accept_loop(network: Network, listener: TcpListener) {
                 let network = network.clone();
                 tokio::spawn(async move {
                     match accept_handshake(&network, stream).await {
+                        Ok((peer, _)) if lock(&network.inner.removed).contains(&peer) => {
+                            tracing::debug!(peer, %address, "refused a node removed from every group");
+                        }
                         Ok((peer, stream)) => {
                             tracing::info!(peer, %address, "peer connected");
                             run_connection(network, peer, stream).await;
@@ -717,10 +834,35 @@ impl RaftNetworkV2<crate::consensus::TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse, StreamingError> {
-        let request = Request::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
-        let call = self.network.call(self.peer, self.group, request, option.hard_ttl());
+        let network = self.network.clone();
+        let (peer, group) = (self.peer, self.group);
+        let send = async move {
+            let deadline = tokio::time::Instant::now() + option.hard_ttl();
+            let mut transfer = [0; 8];
+            getrandom::fill(&mut transfer).map_err(|error| rpc_failed(error.to_string()))?;
+            let transfer = u64::from_le_bytes(transfer);
+            let data = snapshot.snapshot;
+            // Even an empty snapshot sends one piece, which opens the transfer.
+            let mut offset = 0;
+            loop {
+                let end = (offset + SNAPSHOT_CHUNK).min(data.len());
+                let request =
+                    Request::SnapshotChunk { transfer, offset: offset as u64, bytes: data[offset..end].to_vec() };
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match network.call(peer, group, request, left).await? {
+                    Reply::ChunkReceived => {}
+                    other => return Err(unexpected(other)),
+                }
+                offset = end;
+                if offset >= data.len() {
+                    break;
+                }
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            network.call(peer, group, Request::Snapshot { vote, meta: snapshot.meta, transfer }, left).await
+        };
         let reply = tokio::select! {
-            reply = call => reply.map_err(streaming_error)?,
+            reply = send => reply.map_err(streaming_error)?,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
         match reply {

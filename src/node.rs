@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::consensus::WriteFailure;
 use crate::consensus::{self, BasicNode, GroupId, NoNetwork, NodeId, Raft};
-use crate::group::{Group, ProposeError, is_leader_in};
+use crate::group::{Group, ProposeError, Route, is_leader_in};
 use crate::network::{ChangeFailure, GroupChange, Network, NetworkConfig};
 use crate::replica::{Replica, ReplicaHandle, TaggedEffect};
 use pkd_cluster::api::{GroupKind, GroupStatus, MemberLag, NodeStatus};
@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     pub(crate) groups: Vec<Group>,
     /// The network to the other nodes, in a cluster.
     pub(crate) network: Option<Network>,
+    /// The node's database (every group's log and snapshots).
+    pub(crate) store: Store,
 }
 
 /// Why an admin operation failed.
@@ -116,45 +118,30 @@ impl Shared {
         usize::try_from(group.0).ok().and_then(|index| self.groups.get(index)).ok_or(ProposeError::UnknownGroup(group))
     }
 
-    /// Proposes `action` to `group` through its leader: stamped with this node's clock and
-    /// written here if this node leads the group, forwarded to the leader otherwise.
+    /// Proposes `action` to `group` through its leader: written here if this node leads
+    /// the group, forwarded to the leader otherwise (with whatever else is waiting for it).
     pub(crate) async fn propose(&self, group: GroupId, action: Action) -> Result<Response, ProposeError> {
-        let local = self.group(group)?;
-        let leader = local.metrics().read(|metrics| metrics.current_leader);
-        match (leader, &self.network) {
-            (Some(leader), Some(network)) if leader != self.id => self.forward(network, leader, group, action).await,
-            _ => match local.propose_at(wall_clock(), action.clone()).await {
-                Err(ProposeError::NotLeader { leader: Some(leader), .. })
-                    if leader != self.id && self.network.is_some() =>
-                {
-                    match &self.network {
-                        Some(network) => self.forward(network, leader, group, action).await,
-                        None => Err(ProposeError::NotLeader { group, leader: Some(leader) }),
-                    }
-                }
-                other => other,
-            },
-        }
+        self.group(group)?.propose(action, Route::AnyLeader).await
     }
 
-    async fn forward(
-        &self,
-        network: &Network,
-        leader: NodeId,
-        group: GroupId,
-        action: Action,
-    ) -> Result<Response, ProposeError> {
-        network.forward(leader, group, action).await.map_err(|message| ProposeError::Forward { group, leader, message })
+    /// Proposes `action` to `group` only if this node leads it (a leader's own timers: a
+    /// node that lost the lead must not have them written by its successor).
+    pub(crate) async fn propose_here(&self, group: GroupId, action: Action) -> Result<Response, ProposeError> {
+        self.group(group)?.propose(action, Route::HereOnly).await
     }
 
-    /// Proposes a command forwarded by another node: only if this node leads the group, so
+    /// Proposes commands forwarded by another node: only if this node leads the group, so
     /// that a proposal is never forwarded twice.
-    async fn propose_forwarded(&self, group: GroupId, action: Action) -> Result<Response, String> {
-        self.group(group)
-            .map_err(|error| error.to_string())?
-            .propose_at(wall_clock(), action)
-            .await
-            .map_err(|error| error.to_string())
+    async fn propose_forwarded(&self, group: GroupId, actions: Vec<Action>) -> Vec<Result<Response, String>> {
+        match self.group(group) {
+            Ok(local) => local
+                .propose_here(actions)
+                .await
+                .into_iter()
+                .map(|result| result.map_err(|error| error.to_string()))
+                .collect(),
+            Err(error) => actions.iter().map(|_| Err(error.to_string())).collect(),
+        }
     }
 
     /// The node that should lead `group` when it is up, so that leaders are spread over the
@@ -254,7 +241,8 @@ impl Shared {
                 })
             })
             .collect();
-        NodeStatus { node: self.id, groups }
+        let connected = self.network.as_ref().map(Network::connected_peers).unwrap_or_default();
+        NodeStatus { node: self.id, groups, connected }
     }
 
     /// The arena group that hosts `pk`.
@@ -357,22 +345,22 @@ impl Node {
             if initializer {
                 initialize(group, &members, &raft).await?;
             }
-            groups.push(Group::new(group, config.node_id, raft, handle));
+            groups.push(Group::new(group, config.node_id, raft, handle, network.clone()));
         }
         if !joining {
             for group in &groups {
                 wait_until_ready(group, network.is_none()).await?;
             }
         }
-        let shared = Arc::new(Shared { id: config.node_id, arena_count: config.arena_count, groups, network });
+        let shared = Arc::new(Shared { id: config.node_id, arena_count: config.arena_count, groups, network, store });
         if let Some(network) = &shared.network {
             let weak = Arc::downgrade(&shared);
-            network.set_propose_handler(Arc::new(move |group, action| {
+            network.set_propose_handler(Arc::new(move |group, actions| {
                 let shared = weak.upgrade();
                 Box::pin(async move {
                     match shared {
-                        Some(shared) => shared.propose_forwarded(group, action).await,
-                        None => Err("the node is stopping".to_owned()),
+                        Some(shared) => shared.propose_forwarded(group, actions).await,
+                        None => actions.iter().map(|_| Err("the node is stopping".to_owned())).collect(),
                     }
                 })
             }));
@@ -392,7 +380,7 @@ impl Node {
         for group in &shared.groups {
             duties.extend(crate::ticker::spawn_leader_duties(Arc::clone(&shared), group.id(), stopped.clone()));
             if let Some(network) = &shared.network {
-                duties.push(tokio::spawn(learn_peers(network.clone(), group.metrics())));
+                duties.push(tokio::spawn(learn_peers(network.clone(), group.id(), group.metrics())));
             }
         }
         tracing::info!(node = config.node_id, "node ready");
@@ -418,6 +406,11 @@ impl Node {
     /// machine's response once the command is committed and applied.
     pub async fn propose(&self, group: GroupId, action: Action) -> Result<Response, ProposeError> {
         self.shared.propose(group, action).await
+    }
+
+    /// The disk flushes (fsyncs) of the node's database so far and the time they took.
+    pub fn flush_totals(&self) -> pkd_storage::FlushTotals {
+        self.shared.store.flush_totals()
     }
 
     /// A read handle on `group`'s replica.
@@ -582,7 +575,7 @@ async fn initialize(group: GroupId, members: &BTreeMap<NodeId, BasicNode>, raft:
 
 /// Tells the network about every member of the group's membership, as it changes, so that
 /// this node dials the members that joined after it started.
-async fn learn_peers(network: Network, mut metrics: crate::consensus::MetricsWatch) {
+async fn learn_peers(network: Network, group: GroupId, mut metrics: crate::consensus::MetricsWatch) {
     let mut seen = None;
     loop {
         let membership = metrics.read(|metrics| {
@@ -591,9 +584,7 @@ async fn learn_peers(network: Network, mut metrics: crate::consensus::MetricsWat
         });
         if let Some((index, members)) = membership {
             seen = index;
-            for (id, address) in members {
-                network.add_peer(id, address);
-            }
+            network.set_members(group, &members);
         }
         if !metrics.changed().await {
             return;

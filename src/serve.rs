@@ -224,10 +224,15 @@ async fn serve(
     let gateway = Gateway::start(node.clone(), gateway_config);
     let sinks = crate::sinks::Sinks::start(node.clone(), args.sinks_config());
     let metrics = sinks.metrics();
-    let router = gateway
-        .router()
-        .merge(crate::sinks::http::router(node.clone(), sinks.results()))
-        .route("/metrics", axum::routing::get(move || async move { metrics.snapshot().to_prometheus() }));
+    let metrics_node = node.clone();
+    let router = gateway.router().merge(crate::sinks::http::router(node.clone(), sinks.results())).route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            let mut text = metrics.snapshot().to_prometheus();
+            text.push_str(&storage_metrics(metrics_node.flush_totals()));
+            text
+        }),
+    );
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let address = listener.local_addr()?;
@@ -289,4 +294,18 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     interrupt.await.unwrap_or(());
+}
+
+/// The database's flush counters in Prometheus text format.
+fn storage_metrics(totals: pkd_storage::FlushTotals) -> String {
+    format!(
+        "# HELP pkd_storage_flushes_total Disk flushes (fsyncs) of the node's database.\n\
+         # TYPE pkd_storage_flushes_total counter\n\
+         pkd_storage_flushes_total {}\n\
+         # HELP pkd_storage_flush_seconds_total Time spent in those flushes.\n\
+         # TYPE pkd_storage_flush_seconds_total counter\n\
+         pkd_storage_flush_seconds_total {}\n",
+        totals.count,
+        totals.busy.as_secs_f64()
+    )
 }

@@ -125,7 +125,7 @@ async fn run_ticker(shared: Arc<Shared>, group_id: GroupId) {
 
 async fn fire_all(shared: &Shared, group: GroupId, timers: Vec<pkd_raft::Timer>) -> Result<(), ProposeError> {
     for timer in timers {
-        let response = shared.propose(group, Action::Fire(timer)).await?;
+        let response = shared.propose_here(group, Action::Fire(timer)).await?;
         tracing::debug!(%group, ?timer, ?response, "timer fired");
     }
     Ok(())

@@ -61,6 +61,9 @@ pub struct GroupStatus {
 pub struct NodeStatus {
     pub node: NodeId,
     pub groups: Vec<GroupStatus>,
+    /// The nodes this node has a live connection to, in increasing id order.
+    #[serde(default)]
+    pub connected: Vec<NodeId>,
 }
 
 impl NodeStatus {

@@ -77,7 +77,21 @@ struct Inner {
     /// Requests for the flush thread; `None` only while dropping.
     flush_requests: Option<mpsc::Sender<FlushDone>>,
     flush_thread: Option<thread::JoinHandle<()>>,
-    flush_count: Arc<AtomicU64>,
+    flushes: Arc<FlushStats>,
+}
+
+/// What the flush thread has done so far.
+#[derive(Default)]
+struct FlushStats {
+    count: AtomicU64,
+    nanos: AtomicU64,
+}
+
+/// How many flushes the flush thread has done and how long they took in all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushTotals {
+    pub count: u64,
+    pub busy: Duration,
 }
 
 impl Store {
@@ -106,17 +120,17 @@ impl Store {
             }
         };
         let (sender, receiver) = mpsc::channel();
-        let flush_count = Arc::new(AtomicU64::new(0));
+        let flushes = Arc::new(FlushStats::default());
         let flush_thread = thread::Builder::new()
             .name("pkd-storage-flush".to_owned())
             .spawn({
                 let db = db.clone();
-                let flush_count = Arc::clone(&flush_count);
-                move || run_flush_thread(db, receiver, flush_count)
+                let flushes = Arc::clone(&flushes);
+                move || run_flush_thread(db, receiver, flushes)
             })
             .map_err(|error| Error::Sled(error.into()))?;
         Ok(Store {
-            inner: Arc::new(Inner { db, flush_requests: Some(sender), flush_thread: Some(flush_thread), flush_count }),
+            inner: Arc::new(Inner { db, flush_requests: Some(sender), flush_thread: Some(flush_thread), flushes }),
         })
     }
 
@@ -165,7 +179,16 @@ impl Store {
     /// How many flushes (fsyncs) the flush thread has done since the store was opened.
     /// With concurrent writers it is smaller than the number of flush requests.
     pub fn flush_count(&self) -> u64 {
-        self.inner.flush_count.load(Ordering::Relaxed)
+        self.inner.flushes.count.load(Ordering::Relaxed)
+    }
+
+    /// Flushes done so far and the time spent in them (for metrics: their mean duration is
+    /// the disk's share of every commit's latency).
+    pub fn flush_totals(&self) -> FlushTotals {
+        FlushTotals {
+            count: self.inner.flushes.count.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(self.inner.flushes.nanos.load(Ordering::Relaxed)),
+        }
     }
 
     /// The underlying sled database, for inspection and tools.
@@ -203,12 +226,15 @@ impl Drop for Inner {
 
 /// Body of the flush thread: wait for a request, take all the others already waiting, flush
 /// once, answer them all.
-fn run_flush_thread(db: sled::Db, requests: mpsc::Receiver<FlushDone>, flush_count: Arc<AtomicU64>) {
+fn run_flush_thread(db: sled::Db, requests: mpsc::Receiver<FlushDone>, flushes: Arc<FlushStats>) {
     while let Ok(first) = requests.recv() {
         let mut waiting = vec![first];
         waiting.extend(requests.try_iter());
+        let started = Instant::now();
         let result = db.flush();
-        flush_count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        flushes.nanos.fetch_add(nanos, Ordering::Relaxed);
+        flushes.count.fetch_add(1, Ordering::Relaxed);
         for done in waiting {
             let outcome = match &result {
                 Ok(_) => Ok(()),
