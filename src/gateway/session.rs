@@ -245,6 +245,9 @@ impl Connection {
                     if let Err(error) = gateway.node.propose(LOBBY, live).await {
                         return unavailable(echo, &error.to_string());
                     }
+                    // An anchor back in its room (maybe on another node) while it is
+                    // matching is told so again.
+                    self.push_if_matching(*room);
                 }
                 let state =
                     gateway.room_view(*room).map(|view| Box::new(protocol::PkStateContent::from_view(&view, now_ms())));
@@ -264,18 +267,23 @@ impl Connection {
             }
             ClientCommand::GoOnMic { room } => {
                 // The source pushes 13 to a user going on mic while the room is matching.
-                let anchor = UserId(room.0);
-                if gateway.lobby(|lobby| lobby.is_waiting(anchor)).unwrap_or(false) {
-                    let push = pkd_raft::effect::Push {
-                        to: pkd_raft::effect::Audience::User { user: self.identity.user, room: *room },
-                        message: pkd_raft::effect::PushMessage::MatchingStarted { anchor },
-                    };
-                    let frame: Outbound = Arc::from(protocol::render_push(&push, now_ms()));
-                    gateway.hub.send_to_user(self.identity.user, &frame);
-                }
+                self.push_if_matching(*room);
                 Reply::success(echo, ReplyResult::Null)
             }
             ClientCommand::Heartbeat { .. } => Reply::success(echo, ReplyResult::ServerTime(now_ms())),
+        }
+    }
+
+    /// Push 13 to this connection's user if `room`'s anchor is matching.
+    fn push_if_matching(&self, room: RoomId) {
+        let anchor = UserId(room.0);
+        if self.gateway.lobby(|lobby| lobby.is_waiting(anchor)).unwrap_or(false) {
+            let push = pkd_raft::effect::Push {
+                to: pkd_raft::effect::Audience::User { user: self.identity.user, room },
+                message: pkd_raft::effect::PushMessage::MatchingStarted { anchor },
+            };
+            let frame: Outbound = Arc::from(protocol::render_push(&push, now_ms()));
+            self.gateway.hub.send_to_user(self.identity.user, &frame);
         }
     }
 
