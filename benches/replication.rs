@@ -142,6 +142,7 @@ async fn three_nodes(dirs: &[TempDir]) -> Vec<Arc<Node>> {
             cluster: "bench".into(),
             secret: b"bench-secret-0123456789".to_vec(),
             peers: peers.clone(),
+            snapshot_chunk: pkd::network::SNAPSHOT_CHUNK,
         };
         starting.push(tokio::spawn(Node::start_clustered(config, network, listener)));
     }

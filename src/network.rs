@@ -86,6 +86,9 @@ pub struct NetworkConfig {
     pub secret: Vec<u8>,
     /// Every node's address ("host:port"), this one included.
     pub peers: BTreeMap<NodeId, String>,
+    /// The size of the pieces snapshots are sent in ([`SNAPSHOT_CHUNK`] unless a test wants
+    /// many pieces).
+    pub snapshot_chunk: usize,
 }
 
 /// What one node asks another.
@@ -836,6 +839,7 @@ impl RaftNetworkV2<crate::consensus::TypeConfig> for PeerClient {
     ) -> Result<SnapshotResponse, StreamingError> {
         let network = self.network.clone();
         let (peer, group) = (self.peer, self.group);
+        let chunk = network.inner.config.snapshot_chunk.clamp(1, MAX_FRAME / 2);
         let send = async move {
             let deadline = tokio::time::Instant::now() + option.hard_ttl();
             let mut transfer = [0; 8];
@@ -845,7 +849,7 @@ impl RaftNetworkV2<crate::consensus::TypeConfig> for PeerClient {
             // Even an empty snapshot sends one piece, which opens the transfer.
             let mut offset = 0;
             loop {
-                let end = (offset + SNAPSHOT_CHUNK).min(data.len());
+                let end = (offset + chunk).min(data.len());
                 let request =
                     Request::SnapshotChunk { transfer, offset: offset as u64, bytes: data[offset..end].to_vec() };
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -890,7 +894,13 @@ mod tests {
     use super::*;
 
     fn config(node_id: NodeId, secret: &[u8]) -> NetworkConfig {
-        NetworkConfig { node_id, cluster: "test".to_owned(), secret: secret.to_vec(), peers: BTreeMap::new() }
+        NetworkConfig {
+            node_id,
+            cluster: "test".to_owned(),
+            secret: secret.to_vec(),
+            peers: BTreeMap::new(),
+            snapshot_chunk: SNAPSHOT_CHUNK,
+        }
     }
 
     async fn pair(
@@ -908,6 +918,20 @@ mod tests {
         let dialed = dial(&dialer, &address.to_string()).await.map(|(peer, _)| peer);
         let accepted = accepting.await.map_err(io::Error::other)?;
         Ok((dialed, accepted))
+    }
+
+    #[tokio::test]
+    async fn snapshot_pieces_are_put_together_in_order_only() {
+        let network = Network::new(config(1, b"secret"));
+        network.receive_chunk(7, 0, vec![1, 2, 3]).unwrap();
+        network.receive_chunk(7, 3, vec![4]).unwrap();
+        assert_eq!(lock(&network.inner.transfers).get(&7).map(|(data, _)| data.clone()), Some(vec![1, 2, 3, 4]));
+        // A piece out of order drops the transfer: the sender starts again.
+        let error = network.receive_chunk(7, 9, vec![5]).unwrap_err();
+        assert!(error.contains("at 9, but 4 bytes came before it"), "{error}");
+        assert!(lock(&network.inner.transfers).get(&7).is_none());
+        network.receive_chunk(8, 0, Vec::new()).unwrap();
+        assert_eq!(lock(&network.inner.transfers).get(&8).map(|(data, _)| data.len()), Some(0));
     }
 
     #[tokio::test]

@@ -127,6 +127,7 @@ impl ServeArgs {
             cluster: self.cluster_name.clone(),
             secret: secret.as_bytes().to_vec(),
             peers,
+            snapshot_chunk: crate::network::SNAPSHOT_CHUNK,
         };
         Ok(Some(ClusterSettings { listen, network }))
     }

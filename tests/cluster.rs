@@ -60,8 +60,14 @@ impl Cluster {
             let dir = TempDir::new()?;
             let config =
                 NodeConfig { node_id: id, arena_count: 2, snapshot_every: 16, ..NodeConfig::single(dir.path()) };
-            let network =
-                NetworkConfig { node_id: id, cluster: "test".into(), secret: secret.to_vec(), peers: peers.clone() };
+            let network = NetworkConfig {
+                node_id: id,
+                cluster: "test".into(),
+                secret: secret.to_vec(),
+                peers: peers.clone(),
+                // Small pieces: the snapshots these tests send travel in many of them.
+                snapshot_chunk: 256,
+            };
             dirs.push(dir);
             configs.push((config.clone(), network.clone()));
             starting.push(tokio::spawn(Node::start_clustered(config, network, listener)));

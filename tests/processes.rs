@@ -219,6 +219,18 @@ async fn a_fourth_node_joins_and_an_old_one_leaves_while_a_pk_runs() -> anyhow::
             ensure!(group.voters == vec![2, 3, 4] && group.learners.is_empty(), "{group:?}");
         }
     }
+    // Node 1 still runs, but the others close its connections and refuse it: a removed
+    // node is not dialled or heard any more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = statuses(&cluster, &remaining).await?;
+        if all.iter().all(|status| !status.connected.contains(&1)) {
+            ensure!(all.iter().all(|status| status.connected.len() == 2), "{all:?}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "node 1 is still connected: {all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::task::block_in_place(|| cluster.kill(1))?;
     ends_once(&mut pk.source, pk.id, pk.end_time).await?;
     converged(&cluster, &remaining, Duration::from_secs(10)).await?;

@@ -679,6 +679,7 @@ impl ClusterWithSinks {
                 cluster: "sinks".into(),
                 secret: b"sinks secret".to_vec(),
                 peers: peers.clone(),
+                snapshot_chunk: pkd::network::SNAPSHOT_CHUNK,
             };
             dirs.push(dir);
             starting.push(tokio::spawn(Node::start_clustered(config, network, listener)));
