@@ -227,19 +227,22 @@ async fn deliver(shared: &Shared, from: GroupId, outbox: Outbox) -> Result<(), P
 }
 
 /// The balancer of one group: while this node leads the group but another node is the
-/// group's preferred leader and is connected, hand leadership over to it.
+/// group's preferred leader and is connected, hand leadership over to it. The preferred
+/// leader is worked out from the membership in force each time, so the balance follows
+/// nodes joining and leaving (and a cluster formed through the admin API's `init`).
 async fn run_balancer(shared: Arc<Shared>, group_id: GroupId) {
     let (Ok(group), Some(network)) = (shared.group(group_id), shared.network.as_ref()) else {
         return;
     };
     let node = shared.id;
-    let Some(preferred) = shared.preferred_leader(group_id).filter(|&preferred| preferred != node) else {
-        return;
-    };
     let mut metrics = group.metrics();
     while wait_for_leadership(&mut metrics, node).await {
         tokio::time::sleep(BALANCE_DELAY).await;
-        if still_leader(&metrics, node) && network.is_connected(preferred) {
+        let preferred = shared.preferred_leader(group_id).filter(|&preferred| preferred != node);
+        if let Some(preferred) = preferred
+            && still_leader(&metrics, node)
+            && network.is_connected(preferred)
+        {
             tracing::info!(group = %group_id, to = preferred, "handing leadership to the preferred node");
             if let Err(error) = group.transfer_leadership(preferred).await {
                 tracing::warn!(group = %group_id, %error, "leadership transfer failed");

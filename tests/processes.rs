@@ -245,8 +245,11 @@ async fn nodes_started_to_join_form_a_cluster_through_admin_init() -> anyhow::Re
     let members = cluster.members();
     let initialized = cluster.admin(2)?.init(&pkd_cluster::api::InitRequest { members }).await?;
     ensure!(initialized.groups == vec![0, 1, 2], "{initialized:?}");
+    // Leadership spreads over the nodes as in a cluster started with its peers: the lobby
+    // on node 1, arena 1 on node 2, arena 2 on node 3.
     for group in 0..=2 {
         agreed_leader(&cluster, &[1, 2, 3], group, Duration::from_secs(10)).await?;
+        settled_leader(&cluster, group).await?;
     }
     short_pks(&cluster.admin(3)?, 1_000).await?;
     let mut pk = start_pk(&cluster, 1, 601).await?;
