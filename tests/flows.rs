@@ -696,12 +696,10 @@ async fn clients_on_three_nodes_keep_their_pushes_when_the_arena_leader_is_kille
     Ok(())
 }
 
-/// A matching anchor that moved to another node must stay in the queue after the node it
-/// left takes "its" connection off air (`GatewayConfig::off_air_grace`, 10 s). It does
-/// not yet: that node proposes `GoOffAir` because the anchor is not in *its* hub, and the
-/// lobby cannot tell that the anchor went live again elsewhere meanwhile.
+/// A matching anchor that moved to another node stays in the queue after the node it left
+/// takes "its" connection off air (`GatewayConfig::off_air_grace`, 10 s): the lobby knows
+/// the anchor went live again on another node since, and ignores the late report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: the node an anchor left takes it off air although it is back on another node"]
 async fn a_matching_anchor_stays_in_the_queue_after_moving_to_another_node() -> anyhow::Result<()> {
     let cluster = start_cluster().await?;
     set_config(&cluster.admin(1)?, "pk_config", MATCHING).await?;

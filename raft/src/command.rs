@@ -32,10 +32,11 @@ pub enum Action {
     Accept { inviter: UserId, invitee: UserId },
     /// Command 28 type 3: `invitee` refuses the invitation sent by `inviter`.
     Refuse { inviter: UserId, invitee: UserId },
-    /// The anchor is streaming and connected: it may be invited.
-    GoLive { anchor: UserId, profile: AnchorProfile },
-    /// The anchor stopped streaming: it leaves the queue and cannot be invited.
-    GoOffAir { anchor: UserId },
+    /// The anchor is streaming and connected to node `node`: it may be invited.
+    GoLive { anchor: UserId, profile: AnchorProfile, node: u64 },
+    /// The anchor is no longer connected to node `node`: unless it has gone live on another
+    /// node since, it is off air: it leaves the queue and cannot be invited.
+    GoOffAir { anchor: UserId, node: u64 },
     /// The arena hosting `pk` has created it: the lobby drops its order from the outbox.
     ConfirmPkCreated { pk: PkId },
     /// The PK is over: release both rooms.

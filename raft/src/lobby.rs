@@ -51,6 +51,8 @@ pub struct Lobby {
 struct Live {
     profile: AnchorProfile,
     since: TimestampMs,
+    /// The node the anchor last went live on (its connection moves with it).
+    node: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,8 +114,8 @@ impl Lobby {
             Action::StopMatch { anchor } => self.stop(*anchor, effects),
             Action::Accept { inviter, invitee } => self.accept(*inviter, *invitee, effects),
             Action::Refuse { inviter, invitee } => self.refuse(*inviter, *invitee, effects),
-            Action::GoLive { anchor, profile } => self.go_live(*anchor, profile),
-            Action::GoOffAir { anchor } => self.go_off_air(*anchor, effects),
+            Action::GoLive { anchor, profile, node } => self.go_live(*anchor, profile, *node),
+            Action::GoOffAir { anchor, node } => self.go_off_air(*anchor, *node, effects),
             Action::ConfirmPkCreated { pk } => match self.pks.get_mut(pk) {
                 Some(held) if held.order.is_some() => {
                     held.order = None;
@@ -474,17 +476,22 @@ impl Lobby {
 
     // ---- presence ------------------------------------------------------------------
 
-    fn go_live(&mut self, anchor: UserId, profile: &AnchorProfile) -> Response {
+    fn go_live(&mut self, anchor: UserId, profile: &AnchorProfile, node: u64) -> Response {
         let since = match self.live.get(&anchor) {
             Some(live) => live.since,
             None => self.now,
         };
-        self.live.insert(anchor, Live { profile: profile.clone(), since });
+        self.live.insert(anchor, Live { profile: profile.clone(), since, node });
         self.live_order.insert((since, anchor));
         Response::Done
     }
 
-    fn go_off_air(&mut self, anchor: UserId, effects: &mut Vec<Effect>) -> Response {
+    fn go_off_air(&mut self, anchor: UserId, node: u64, effects: &mut Vec<Effect>) -> Response {
+        if self.live.get(&anchor).is_some_and(|live| live.node != node) {
+            // The anchor has gone live on another node since: the report of the node it
+            // left comes too late to count.
+            return Response::Ignored;
+        }
         let was_live = match self.live.remove(&anchor) {
             Some(live) => self.live_order.remove(&(live.since, anchor)),
             None => false,

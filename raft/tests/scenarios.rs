@@ -639,6 +639,40 @@ fn answers_to_invitations_that_are_gone() {
 }
 
 #[test]
+fn an_anchor_moving_to_another_node_stays_live_and_matching() {
+    check(
+        "
+        live a1 node=1 at=0
+        start a1 at=10
+        live a1 node=2 at=500
+        offair a1 node=1 at=600
+        state
+        offair a1 node=2 at=700
+        state
+        ",
+        expect![[r#"
+            > live a1 node=1 at=0
+              [lobby] done
+            > start a1 at=10
+              [lobby] waiting
+                cache pkm a1 10
+                push a1@room1 type13 matching a1
+            > live a1 node=2 at=500
+              [lobby] done
+            > offair a1 node=1 at=600
+              [lobby] ignored
+            > state
+              lobby: now=600 waiting=[a1] in_pk=[] live=1 open_invitations=[] cooldowns=0 outbox=[] next=Some(1010)
+            > offair a1 node=2 at=700
+              [lobby] done
+                cache pkm a1 -
+            > state
+              lobby: now=700 waiting=[] in_pk=[] live=0 open_invitations=[] cooldowns=0 outbox=[] next=None
+        "#]],
+    );
+}
+
+#[test]
 fn invitee_going_off_air_counts_as_a_refusal_and_a_leaving_matcher_is_dropped() {
     check(
         "

@@ -21,7 +21,7 @@ fn profile(room: u64) -> AnchorProfile {
 fn lobby_snapshot_bytes_are_stable() {
     let mut lobby = Machine::lobby(Config::default());
     let mut effects = Vec::new();
-    lobby.apply(&Command::new(1_000, Action::GoLive { anchor: UserId(3), profile: profile(3) }), &mut effects);
+    lobby.apply(&Command::new(1_000, Action::GoLive { anchor: UserId(3), profile: profile(3), node: 2 }), &mut effects);
     lobby.apply(&Command::new(2_000, Action::StartMatch { anchor: UserId(1), profile: profile(1) }), &mut effects);
     lobby.apply(&Command::new(3_000, Action::StartMatch { anchor: UserId(2), profile: profile(2) }), &mut effects);
     let bytes = lobby.snapshot();
@@ -29,9 +29,9 @@ fn lobby_snapshot_bytes_are_stable() {
     expect![[r#"
         0100f02e01b817c0cf2400809f4909e58cb9e9858de8b59b80d30e809f490a80
         dddb010202494e0102504b02504b0102494e0107616e64726f6964cf018084af
-        5fe0d403c0843d030101030302494e07616e64726f6964ac02d00f01d00f0300
-        000100000201010201020101020101010101020201010101020200f02eb817c0
-        cf2400809f4901e8cfdc030401010401e8cfdc03"#]]
+        5fe0d403c0843d030101030302494e07616e64726f6964ac02d00f0201d00f03
+        00000100000201010201020101020101010101020201010101020200f02eb817
+        c0cf2400809f4901e8cfdc030401010401e8cfdc03"#]]
     .assert_eq(&hex(&bytes));
     assert_eq!(Machine::restore(&bytes).unwrap(), lobby);
 }

@@ -241,7 +241,11 @@ impl Connection {
                 gateway.hub.enter(self.session, *room, anchor);
                 self.room = Some((*room, anchor));
                 if anchor {
-                    let live = Action::GoLive { anchor: self.identity.user, profile: self.identity.profile() };
+                    let live = Action::GoLive {
+                        anchor: self.identity.user,
+                        profile: self.identity.profile(),
+                        node: gateway.node.id(),
+                    };
                     if let Err(error) = gateway.node.propose(LOBBY, live).await {
                         return unavailable(echo, &error.to_string());
                     }
@@ -329,7 +333,8 @@ impl Connection {
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             if !gateway.hub.anchor_present(user, room)
-                && let Err(error) = gateway.node.propose(LOBBY, Action::GoOffAir { anchor: user }).await
+                && let Err(error) =
+                    gateway.node.propose(LOBBY, Action::GoOffAir { anchor: user, node: gateway.node.id() }).await
             {
                 tracing::warn!(%error, %user, "could not take an anchor off air");
             }

@@ -3,8 +3,8 @@
 //! once unless the script says `hold`.
 //!
 //! Script lines (times in ms; `at=` defaults to the previous line's time):
-//!   live a1 [country=IN platform=android vc=300]   the anchor goes live
-//!   offair a1                                     the anchor stops streaming
+//!   live a1 [country=IN platform=android vc=300 node=1]   the anchor goes live (on a node)
+//!   offair a1 [node=1]                            the anchor left that node
 //!   start a1 [country=.. platform=.. vc=..]       command 28 type 1
 //!   stop a1 / accept a1 a2 / refuse a1 a2         types 4, 2, 3 (inviter, invitee)
 //!   gift pk=1 to=a1 from=v1 beans=100 id=7        a gift from the gift service
@@ -126,9 +126,13 @@ impl World {
             "live" => {
                 let anchor = user(&words[1]);
                 let profile = self.profile_for(anchor, &args);
-                Action::GoLive { anchor, profile }
+                let node = args.get("node").map_or(1, |node| node.parse().expect("node= takes a node id"));
+                Action::GoLive { anchor, profile, node }
             }
-            "offair" => Action::GoOffAir { anchor: user(&words[1]) },
+            "offair" => {
+                let node = args.get("node").map_or(1, |node| node.parse().expect("node= takes a node id"));
+                Action::GoOffAir { anchor: user(&words[1]), node }
+            }
             "start" => {
                 let anchor = user(&words[1]);
                 let profile = self.profile_for(anchor, &args);
