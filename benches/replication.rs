@@ -5,7 +5,10 @@
 //!
 //! `cargo bench --bench replication` prints one line per concurrency (1, 64, 256
 //! clients). `REPLICATION_SECONDS` sets each run's length (default 10);
-//! `REPLICATION_CLIENTS=64,512` picks other concurrencies.
+//! `REPLICATION_CLIENTS=64,512` picks other concurrencies, `REPLICATION_IN_FLIGHT=4`
+//! another number of entries in flight per group (`NodeConfig::in_flight`). Clients send
+//! every gift to the first node, which forwards what it does not lead;
+//! `REPLICATION_VIA=leader` sends each to its arena's leader instead.
 //!
 //! `REPLICATION_SOAK=5000000 cargo bench --bench replication` instead runs the sled soak
 //! on one node: that many gift entries with snapshots and log purges, then reports the
@@ -73,12 +76,28 @@ async fn make_pks(node: &Node) -> Vec<(PkId, UserId)> {
 }
 
 /// `clients` tasks propose gifts back to back for `seconds`; returns (acks, latencies).
-async fn load(node: Arc<Node>, pks: Arc<Vec<(PkId, UserId)>>, clients: u64, seconds: u64) -> (u64, Vec<Duration>) {
+/// Where the clients send their gifts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Every gift to the first node, which forwards what it does not lead (as a gateway
+    /// or gift API on any node does).
+    FirstNode,
+    /// Every gift to the node that leads its arena (no forwarding hop).
+    Leader,
+}
+
+async fn load(
+    nodes: &[Arc<Node>],
+    via: Via,
+    pks: Arc<Vec<(PkId, UserId)>>,
+    clients: u64,
+    seconds: u64,
+) -> (u64, Vec<Duration>) {
     static NEXT_GIFT: AtomicU64 = AtomicU64::new(1);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for client in 0..clients {
-        let node = node.clone();
+        let nodes = nodes.to_vec();
         let pks = pks.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -94,6 +113,11 @@ async fn load(node: Arc<Node>, pks: Arc<Vec<(PkId, UserId)>>, clients: u64, seco
                     sender: UserId(1_000_000 + id % 5000),
                     beans: 1,
                     profile: None,
+                };
+                let arena = nodes[0].arena_of(pk);
+                let node = match via {
+                    Via::Leader => nodes.iter().find(|node| node.is_leader(arena)).unwrap_or(&nodes[0]),
+                    Via::FirstNode => &nodes[0],
                 };
                 let started = Instant::now();
                 // A client retries what did not go through (a leader moving, a connection
@@ -136,7 +160,12 @@ async fn three_nodes(dirs: &[TempDir]) -> Vec<Arc<Node>> {
     let mut starting = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
         let id = index as u64 + 1;
-        let config = NodeConfig { node_id: id, arena_count: 4, ..NodeConfig::single(dirs[index].path()) };
+        let config = NodeConfig {
+            node_id: id,
+            arena_count: 4,
+            in_flight: env("REPLICATION_IN_FLIGHT", pkd::group::DEFAULT_IN_FLIGHT as u64) as usize,
+            ..NodeConfig::single(dirs[index].path())
+        };
         let network = NetworkConfig {
             node_id: id,
             cluster: "bench".into(),
@@ -191,7 +220,7 @@ async fn soak(entries: u64) {
     let started = Instant::now();
     let mut done = 0;
     while done < entries {
-        let (acks, _) = load(node.clone(), pks.clone(), 256, 5).await;
+        let (acks, _) = load(std::slice::from_ref(&node), Via::FirstNode, pks.clone(), 256, 5).await;
         done += acks;
         eprintln!(
             "{done} gifts, {:.0} s: disk {:.1} MiB, resident {:.0} MiB",
@@ -222,7 +251,9 @@ fn main() {
         let nodes = three_nodes(&dirs).await;
         let pks = Arc::new(make_pks(&nodes[0]).await);
         // Warm up: connections dialled, leaders settled on their preferred nodes.
-        load(nodes[0].clone(), pks.clone(), 16, 3).await;
+        load(&nodes, Via::FirstNode, pks.clone(), 16, 3).await;
+        let via =
+            if std::env::var("REPLICATION_VIA").as_deref() == Ok("leader") { Via::Leader } else { Via::FirstNode };
         let concurrency: Vec<u64> = std::env::var("REPLICATION_CLIENTS")
             .ok()
             .map(|list| list.split(',').filter_map(|n| n.trim().parse().ok()).collect())
@@ -231,7 +262,7 @@ fn main() {
             let before: Vec<_> = nodes.iter().map(|node| node.flush_totals()).collect();
             let entries_before = log_entries(&nodes[0]);
             let cpu_before = cpu_seconds();
-            let (acks, mut latencies) = load(nodes[0].clone(), pks.clone(), clients, seconds).await;
+            let (acks, mut latencies) = load(&nodes, via, pks.clone(), clients, seconds).await;
             latencies.sort();
             let flushes: Vec<String> = nodes
                 .iter()
@@ -246,8 +277,9 @@ fn main() {
             let entries = log_entries(&nodes[0]) - entries_before;
             let cpu = cpu_seconds() - cpu_before;
             println!(
-                "3 nodes, {clients:>3} clients: {:>8.0} acked gifts/s, ack p50 {:>7.0} µs, p99 {:>7.0} µs; \
+                "3 nodes, {clients:>3} clients{}: {:>8.0} acked gifts/s, ack p50 {:>7.0} µs, p99 {:>7.0} µs; \
                  {:.1} gifts per raft entry; CPU {:.2} cores, {:.1} µs per gift; flushes per node: {}",
+                if via == Via::Leader { " on the leaders" } else { "" },
                 acks as f64 / seconds as f64,
                 percentile(&latencies, 0.5),
                 percentile(&latencies, 0.99),

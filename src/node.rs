@@ -52,6 +52,9 @@ pub struct NodeConfig {
     /// In a cluster: initialize nothing and wait for nothing at start. The node waits to be
     /// made a member through the admin API (`init`, or `learners` then `promote`).
     pub join: bool,
+    /// Raft entries (or forwarded batches) a group has in flight from this node at once
+    /// (see [`crate::group::DEFAULT_IN_FLIGHT`]).
+    pub in_flight: usize,
 }
 
 impl NodeConfig {
@@ -65,6 +68,7 @@ impl NodeConfig {
             snapshot_every: 5_000,
             effect_capacity: 65_536,
             join: false,
+            in_flight: crate::group::DEFAULT_IN_FLIGHT,
         }
     }
 }
@@ -288,6 +292,9 @@ impl Node {
         if config.arena_count == 0 {
             return Err(NodeError::Config("arena_count must be at least 1".to_owned()));
         }
+        if config.in_flight == 0 {
+            return Err(NodeError::Config("in_flight must be at least 1".to_owned()));
+        }
         if config.effect_capacity == 0 {
             return Err(NodeError::Config("effect_capacity must be at least 1".to_owned()));
         }
@@ -345,7 +352,7 @@ impl Node {
             if initializer {
                 initialize(group, &members, &raft).await?;
             }
-            groups.push(Group::new(group, config.node_id, raft, handle, network.clone()));
+            groups.push(Group::new(group, config.node_id, raft, handle, network.clone(), config.in_flight));
         }
         if !joining {
             for group in &groups {
