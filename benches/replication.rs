@@ -8,7 +8,8 @@
 //! `REPLICATION_CLIENTS=64,512` picks other concurrencies, `REPLICATION_IN_FLIGHT=4`
 //! another number of entries in flight per group (`NodeConfig::in_flight`). Clients send
 //! every gift to the first node, which forwards what it does not lead;
-//! `REPLICATION_VIA=leader` sends each to its arena's leader instead.
+//! `REPLICATION_VIA=leader` sends each to its arena's leader instead. `REPLICATION_NODES=1`
+//! runs the same load on one node alone (no replication: the floor of the other figures).
 //!
 //! `REPLICATION_SOAK=5000000 cargo bench --bench replication` instead runs the sled soak
 //! on one node: that many gift entries with snapshots and log purges, then reports the
@@ -247,17 +248,22 @@ fn main() {
             return soak(soak_entries).await;
         }
         let seconds = env("REPLICATION_SECONDS", 10);
-        let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
-        let nodes = three_nodes(&dirs).await;
-        let pks = Arc::new(make_pks(&nodes[0]).await);
-        // Warm up: connections dialled, leaders settled on their preferred nodes.
-        load(&nodes, Via::FirstNode, pks.clone(), 16, 3).await;
         let via =
             if std::env::var("REPLICATION_VIA").as_deref() == Ok("leader") { Via::Leader } else { Via::FirstNode };
         let concurrency: Vec<u64> = std::env::var("REPLICATION_CLIENTS")
             .ok()
             .map(|list| list.split(',').filter_map(|n| n.trim().parse().ok()).collect())
             .unwrap_or_else(|| vec![1, 64, 256]);
+        let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
+        let nodes = if env("REPLICATION_NODES", 3) == 1 {
+            let config = NodeConfig { arena_count: 4, ..NodeConfig::single(dirs[0].path()) };
+            vec![Arc::new(Node::start(config).await.unwrap())]
+        } else {
+            three_nodes(&dirs).await
+        };
+        let pks = Arc::new(make_pks(&nodes[0]).await);
+        // Warm up: connections dialled, leaders settled on their preferred nodes.
+        load(&nodes, Via::FirstNode, pks.clone(), 16, 3).await;
         for clients in concurrency {
             let before: Vec<_> = nodes.iter().map(|node| node.flush_totals()).collect();
             let entries_before = log_entries(&nodes[0]);
@@ -277,8 +283,9 @@ fn main() {
             let entries = log_entries(&nodes[0]) - entries_before;
             let cpu = cpu_seconds() - cpu_before;
             println!(
-                "3 nodes, {clients:>3} clients{}: {:>8.0} acked gifts/s, ack p50 {:>7.0} µs, p99 {:>7.0} µs; \
+                "{} node(s), {clients:>3} clients{}: {:>8.0} acked gifts/s, ack p50 {:>7.0} µs, p99 {:>7.0} µs; \
                  {:.1} gifts per raft entry; CPU {:.2} cores, {:.1} µs per gift; flushes per node: {}",
+                nodes.len(),
                 if via == Via::Leader { " on the leaders" } else { "" },
                 acks as f64 / seconds as f64,
                 percentile(&latencies, 0.5),
