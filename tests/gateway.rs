@@ -316,6 +316,44 @@ async fn a_gift_storm_is_coalesced_into_few_pushes() {
 }
 
 #[tokio::test]
+async fn push_10_keeps_the_cooldown_under_steady_gifts_and_the_period_when_quiet() {
+    let server = start().await;
+    server.config("pk_duration", "300,20000,0,600000").await;
+    let mut a1 = server.connect(801).await;
+    let mut a2 = server.connect(802).await;
+    let mut viewer = server.connect(8001).await;
+    a1.enter(801, true).await;
+    a2.enter(802, true).await;
+    a1.matching(1, 801, 801, 0).await;
+    assert_eq!(a2.matching(1, 802, 802, 0).await["code"], "902004");
+    viewer.enter(801, false).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Quiet: a push every period (2 s), though nothing changes.
+    let quiet = viewer.count_pushes(10, Duration::from_millis(4500)).await;
+    assert!(quiet.len() >= 2, "{} pushes in 4.5 s", quiet.len());
+    // A gift every 100 ms for 3 s: pushes keep to the cool-down (500 ms) between any two,
+    // the periodic ones included, and the last one shows every gift.
+    let gifts = async {
+        for i in 0..30 {
+            server.gift(20_000 + i, 801, 8100 + i % 3, 5).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (_, busy) = tokio::join!(gifts, viewer.count_pushes(10, Duration::from_millis(3600)));
+    assert!(busy.len() >= 3, "{} pushes in 3.6 s of gifts", busy.len());
+    let versions: Vec<i64> = busy.iter().map(|push| push["version"].as_i64().unwrap()).collect();
+    // `version` is the server's clock in whole ms when the push was rendered.
+    assert!(versions.windows(2).all(|w| w[1] - w[0] >= 498), "pushes closer than the cool-down: {versions:?}");
+    let last = loop {
+        let push = viewer.push(10).await;
+        if push["content"]["sourceGifts"] == 150 {
+            break push;
+        }
+    };
+    assert_eq!(last["content"]["status"], 1);
+}
+
+#[tokio::test]
 async fn the_gift_api_refuses_bad_requests_without_applying_anything() {
     let server = start().await;
     let (status, reply) = server.gifts(None, r#"{"id":1,"receiver":1,"sender":2,"beans":5}"#).await;

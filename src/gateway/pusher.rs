@@ -1,96 +1,138 @@
 //! Pushes for this node's own clients, rendered from this node's own replicas.
 //!
 //! - Transition pushes (PK start and end, invitations, matching started, match
-//!   failed) are effects of committed commands: rendered and sent as they come.
-//! - After a change (`PkChanged`: a gift, a presence change), a PK's state is pushed
-//!   at most once per `push_cooldown`, so a gift storm is not a push storm.
-//! - Every running PK with clients on this node gets its state every `push_period`.
-//! - Presence: this node's share (its clients: anchors online, viewers) is compared
-//!   with the share the engine holds for it every `presence_interval`, and
-//!   differences proposed in one batch per arena (a bounded rate, not one entry per
-//!   connection event). The arena combines every node's fresh share.
+//!   failed) are effects of committed commands: rendered once and sent as they come.
+//! - Push 10 of a running PK follows that PK's own deadline ([`Schedule`]). After a
+//!   change (`PkChanged`: a gift, a presence change) the state goes out at
+//!   `last push + push_cooldown`, or at once if the PK has been quiet that long;
+//!   without a change, at `last push + push_period`. Every push 10 counts for both
+//!   rules, transition pushes included: a change never waits longer than the rest of
+//!   the cool-down, no PK gets more than one push per cool-down after changes, and a
+//!   quiet PK still gets one every period. The deadlines are exact and per PK, so the
+//!   pushes of many PKs spread over time instead of leaving in one burst.
+//! - A push renders the PK's state once per room; the frame is shared by every
+//!   session in the room. A PK with no client in its rooms on this node is not
+//!   rendered at all.
+//! - Presence, in a task of its own so that a slow proposal never holds a push back:
+//!   this node's share (its clients: anchors online, viewers) is compared with the
+//!   share the engine holds for it every `presence_interval`, and differences proposed
+//!   in one batch per arena (a bounded rate, not one entry per connection event). The
+//!   arena combines every node's fresh share.
 
 use super::hub::Outbound;
 use super::protocol;
 use super::{Gateway, now_ms};
+use crate::consensus::GroupId;
 use pkd_raft::effect::{Audience, Effect, PushMessage};
-use pkd_raft::{Action, PkId, PkView, Presence};
-use std::collections::{HashMap, HashSet};
+use pkd_raft::{Action, PkId, PkStatus, PkView, Presence, RoomId, UserId};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
-use tokio::sync::broadcast::error::RecvError;
+use std::time::Duration;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::time::Instant;
+
+/// Effects taken in one pass before due pushes are sent: a burst of changes (one
+/// batch of gifts) becomes one push per PK, and a flood cannot hold pushes back.
+const EFFECTS_PER_PASS: usize = 4096;
 
 pub(super) async fn run(gateway: Weak<Gateway>) {
     let Some(strong) = gateway.upgrade() else { return };
     let mut effects = strong.node.subscribe_effects();
     let config = strong.config.clone();
     drop(strong);
-    let mut dirty: HashSet<PkId> = HashSet::new();
-    let mut last_push: HashMap<PkId, Instant> = HashMap::new();
-    // Checks for due change pushes 20 times per cool-down, so a change waits at most the
-    // cool-down plus 5 % of it.
-    let mut coalesce = tokio::time::interval((config.push_cooldown / 20).max(std::time::Duration::from_millis(5)));
-    coalesce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut periodic = tokio::time::interval(config.push_period);
-    let mut presence = tokio::time::interval(config.presence_interval);
+    tokio::spawn(report_presence_every(gateway.clone(), config.presence_interval));
+    let mut schedule = Schedule::new(config.push_cooldown, config.push_period);
+    // Finds running PKs this node has not seen start (a restart, a snapshot installed)
+    // and forgets ended ones whose settlement was missed.
+    let mut discover = tokio::time::interval(config.push_period);
+    discover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let wake = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(wake);
     loop {
+        let next = schedule.next_due();
+        if let Some(next) = next
+            && wake.deadline() != next
+        {
+            wake.as_mut().reset(next);
+        }
         tokio::select! {
-            tagged = effects.recv() => {
+            first = effects.recv() => {
                 let Some(gateway) = gateway.upgrade() else { return };
-                match tagged {
-                    Ok(tagged) => match &tagged.effect {
-                        Effect::Pushed(push) => {
-                            let frame: Outbound = Arc::from(protocol::render_push(push, now_ms()));
-                            match push.to {
-                                Audience::Room(room) => gateway.hub.send_to_room(room, &frame),
-                                Audience::User { user, .. } => gateway.hub.send_to_user(user, &frame),
-                            };
-                            if let PushMessage::PkState(view) = &push.message {
-                                last_push.insert(view.pk, Instant::now());
-                                dirty.remove(&view.pk);
-                            }
+                let mut received = first;
+                for _ in 0..EFFECTS_PER_PASS {
+                    match received {
+                        Ok(tagged) => on_effect(&gateway, &mut schedule, &tagged.effect),
+                        // Pushes are states: pushing every PK again heals what was missed.
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "pusher fell behind the effects");
+                            schedule.all_changed(Instant::now());
                         }
-                        Effect::PkChanged { pk } => {
-                            dirty.insert(*pk);
-                        }
-                        Effect::PkSettled(result) => {
-                            last_push.remove(&result.pk);
-                            dirty.remove(&result.pk);
-                        }
-                        _ => {}
-                    },
-                    // Pushes are states: the next one heals what was missed.
-                    Err(RecvError::Lagged(missed)) => tracing::warn!(missed, "pusher fell behind the effects"),
-                    Err(RecvError::Closed) => return,
-                }
-            }
-            _ = coalesce.tick() => {
-                let Some(gateway) = gateway.upgrade() else { return };
-                let due: Vec<PkId> = dirty
-                    .iter()
-                    .copied()
-                    .filter(|pk| last_push.get(pk).is_none_or(|at| at.elapsed() >= config.push_cooldown))
-                    .collect();
-                for pk in due {
-                    dirty.remove(&pk);
-                    if let Some(view) = gateway.pk_view(pk) {
-                        push_state(&gateway, &view);
-                        last_push.insert(pk, Instant::now());
+                        Err(RecvError::Closed) => return,
                     }
+                    received = match effects.try_recv() {
+                        Ok(tagged) => Ok(tagged),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                    };
                 }
             }
-            _ = periodic.tick() => {
+            _ = &mut wake, if next.is_some() => {}
+            _ = discover.tick() => {
                 let Some(gateway) = gateway.upgrade() else { return };
-                for view in running_views(&gateway) {
-                    if push_state(&gateway, &view) > 0 {
-                        last_push.insert(view.pk, Instant::now());
-                    }
+                discover_running(&gateway, &mut schedule);
+            }
+        }
+        let Some(gateway) = gateway.upgrade() else { return };
+        push_due(&gateway, &mut schedule);
+    }
+}
+
+fn on_effect(gateway: &Gateway, schedule: &mut Schedule, effect: &Effect) {
+    match effect {
+        Effect::Pushed(push) => {
+            let frame: Outbound = Arc::from(protocol::render_push(push, now_ms()));
+            match push.to {
+                Audience::Room(room) => gateway.hub.send_to_room(room, &frame),
+                Audience::User { user, .. } => gateway.hub.send_to_user(user, &frame),
+            };
+            if let PushMessage::PkState(view) = &push.message {
+                if matches!(view.status, PkStatus::Done | PkStatus::Error) {
+                    schedule.forget(view.pk);
+                } else {
+                    schedule.pushed(view.pk, rooms_of(view), Instant::now());
                 }
             }
-            _ = presence.tick() => {
-                let Some(gateway) = gateway.upgrade() else { return };
-                report_presence(&gateway).await;
+        }
+        Effect::PkChanged { pk } => {
+            let now = Instant::now();
+            if !schedule.changed(*pk, now)
+                && let Some(view) = gateway.pk_view(*pk)
+            {
+                schedule.track(*pk, rooms_of(&view), now);
+                schedule.changed(*pk, now);
             }
+        }
+        Effect::PkSettled(result) => schedule.forget(result.pk),
+        _ => {}
+    }
+}
+
+/// Sends every push 10 that is due.
+fn push_due(gateway: &Gateway, schedule: &mut Schedule) {
+    let now = Instant::now();
+    while let Some((pk, rooms)) = schedule.pop_due(now) {
+        if !rooms.iter().any(|room| gateway.hub.has_room(*room)) {
+            // Nobody to tell on this node; a client entering gets the state in its reply.
+            schedule.skipped(pk, now);
+            continue;
+        }
+        match gateway.pk_view(pk) {
+            Some(view) => {
+                push_state(gateway, &view);
+                schedule.pushed(pk, rooms, Instant::now());
+            }
+            None => schedule.forget(pk),
         }
     }
 }
@@ -98,47 +140,228 @@ pub(super) async fn run(gateway: Weak<Gateway>) {
 /// Pushes a PK's state to both its rooms on this node; returns the sessions reached.
 fn push_state(gateway: &Gateway, view: &PkView) -> usize {
     let now = now_ms();
-    [view.source.room, view.target.room]
+    rooms_of(view)
         .into_iter()
         .filter(|room| gateway.hub.has_room(*room))
         .map(|room| gateway.hub.send_to_room(room, &Arc::from(protocol::render_pk_state(room, view, now))))
         .sum()
 }
 
-/// Every running PK on this node's replicas.
-fn running_views(gateway: &Gateway) -> Vec<PkView> {
-    let node = &gateway.node;
-    (1..=u64::from(node.arena_count()))
-        .filter_map(|group| node.replica(crate::consensus::GroupId(group)))
-        .flat_map(|replica| {
-            replica.read(|machine| {
-                machine
-                    .as_arena()
-                    .map(|arena| arena.running().filter_map(|pk| arena.view(pk)).collect::<Vec<_>>())
-                    .unwrap_or_default()
-            })
-        })
-        .collect()
+fn rooms_of(view: &PkView) -> [RoomId; 2] {
+    [view.source.room, view.target.room]
+}
+
+/// The arenas this node holds a replica of.
+fn arena_groups(gateway: &Gateway) -> impl Iterator<Item = GroupId> {
+    (1..=u64::from(gateway.node.arena_count())).map(GroupId)
+}
+
+/// Puts running PKs the schedule does not know on it, spread over one period, and
+/// takes off the ones that are no longer running.
+fn discover_running(gateway: &Gateway, schedule: &mut Schedule) {
+    let mut running = HashSet::new();
+    let mut found = Vec::new();
+    for group in arena_groups(gateway) {
+        let Some(replica) = gateway.node.replica(group) else { continue };
+        replica.read(|machine| {
+            let Some(arena) = machine.as_arena() else { return };
+            for pk in arena.running() {
+                running.insert(pk);
+                if !schedule.knows(pk)
+                    && let Some(view) = arena.view(pk)
+                {
+                    found.push((pk, rooms_of(&view)));
+                }
+            }
+        });
+    }
+    schedule.retain(|pk| running.contains(&pk));
+    schedule.discovered(found, Instant::now());
+}
+
+/// When each running PK's state is pushed next (see the module's documentation).
+///
+/// Pure bookkeeping: time is an argument, nothing here sleeps or reads a clock.
+#[derive(Debug)]
+struct Schedule {
+    cooldown: Duration,
+    period: Duration,
+    pks: HashMap<PkId, Planned>,
+    /// Every PK's next push, earliest first.
+    queue: BTreeSet<(Instant, PkId)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Planned {
+    rooms: [RoomId; 2],
+    /// The last push 10 of this PK from this node, of any kind.
+    last_push: Option<Instant>,
+    /// Changed since the last push.
+    changed: bool,
+    due: Instant,
+}
+
+impl Schedule {
+    fn new(cooldown: Duration, period: Duration) -> Schedule {
+        Schedule { cooldown, period, pks: HashMap::new(), queue: BTreeSet::new() }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.queue.first().map(|(at, _)| *at)
+    }
+
+    fn knows(&self, pk: PkId) -> bool {
+        self.pks.contains_key(&pk)
+    }
+
+    fn set_due(&mut self, pk: PkId, due: Instant) {
+        let Some(planned) = self.pks.get_mut(&pk) else { return };
+        self.queue.remove(&(planned.due, pk));
+        planned.due = due;
+        self.queue.insert((due, pk));
+    }
+
+    /// Starts following a running PK that has not been pushed from here yet.
+    fn track(&mut self, pk: PkId, rooms: [RoomId; 2], now: Instant) {
+        if self.knows(pk) {
+            return;
+        }
+        let due = now + self.period;
+        self.pks.insert(pk, Planned { rooms, last_push: None, changed: false, due });
+        self.queue.insert((due, pk));
+    }
+
+    /// Running PKs found in the replicas: their first pushes are spread over one period
+    /// rather than sent together.
+    fn discovered(&mut self, mut found: Vec<(PkId, [RoomId; 2])>, now: Instant) {
+        found.retain(|(pk, _)| !self.knows(*pk));
+        let count = found.len() as u32;
+        for (i, (pk, rooms)) in found.into_iter().enumerate() {
+            self.track(pk, rooms, now);
+            self.set_due(pk, now + self.period * i as u32 / count);
+        }
+    }
+
+    /// A push 10 of `pk` went out at `now`: the next one is a period away, unless it
+    /// changes.
+    fn pushed(&mut self, pk: PkId, rooms: [RoomId; 2], now: Instant) {
+        self.track(pk, rooms, now);
+        if let Some(planned) = self.pks.get_mut(&pk) {
+            planned.last_push = Some(now);
+            planned.changed = false;
+        }
+        self.set_due(pk, now + self.period);
+    }
+
+    /// A push came due with nobody to send it to: nothing was sent, so the cool-down
+    /// does not start.
+    fn skipped(&mut self, pk: PkId, now: Instant) {
+        if let Some(planned) = self.pks.get_mut(&pk) {
+            planned.changed = false;
+        }
+        self.set_due(pk, now + self.period);
+    }
+
+    /// `pk` changed at `now`: it is pushed when its cool-down ends, at once if it has
+    /// ended. Returns false if the PK is not followed.
+    fn changed(&mut self, pk: PkId, now: Instant) -> bool {
+        let Some(planned) = self.pks.get_mut(&pk) else { return false };
+        if !planned.changed {
+            planned.changed = true;
+            let earliest = planned.last_push.map_or(now, |at| (at + self.cooldown).max(now));
+            let due = planned.due.min(earliest);
+            self.set_due(pk, due);
+        }
+        true
+    }
+
+    /// Every followed PK may have changed (effects were missed).
+    fn all_changed(&mut self, now: Instant) {
+        let pks: Vec<PkId> = self.pks.keys().copied().collect();
+        for pk in pks {
+            self.changed(pk, now);
+        }
+    }
+
+    /// Takes the earliest PK due at `now` off the queue, with its rooms. The caller
+    /// reports what it did with [`Schedule::pushed`], [`Schedule::skipped`] or
+    /// [`Schedule::forget`].
+    fn pop_due(&mut self, now: Instant) -> Option<(PkId, [RoomId; 2])> {
+        let (due, pk) = *self.queue.first()?;
+        if due > now {
+            return None;
+        }
+        self.queue.pop_first();
+        // Not due again until the caller says what happened.
+        let planned = self.pks.get_mut(&pk)?;
+        planned.due = now + self.period;
+        self.queue.insert((planned.due, pk));
+        Some((pk, planned.rooms))
+    }
+
+    fn forget(&mut self, pk: PkId) {
+        if let Some(planned) = self.pks.remove(&pk) {
+            self.queue.remove(&(planned.due, pk));
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(PkId) -> bool) {
+        let gone: Vec<PkId> = self.pks.keys().copied().filter(|pk| !keep(*pk)).collect();
+        for pk in gone {
+            self.forget(pk);
+        }
+    }
 }
 
 /// A node repeats an unchanged presence report this often, well within
 /// `pkd_raft::arena::PRESENCE_FRESH_MS`, so its share keeps counting.
 const PRESENCE_HEARTBEAT_MS: i64 = 10_000;
 
+async fn report_presence_every(gateway: Weak<Gateway>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seats = HashMap::new();
+    loop {
+        tick.tick().await;
+        let Some(gateway) = gateway.upgrade() else { return };
+        report_presence(&gateway, &mut seats).await;
+    }
+}
+
 /// Proposes this node's share of each running PK's presence where it differs from what
 /// the engine holds for this node (or is due for its heartbeat). Every node reports its
 /// own clients; the arena combines the shares, so an anchor connected to any node is
-/// online and audiences are summed over the cluster.
-async fn report_presence(gateway: &Gateway) {
+/// online and audiences are summed over the cluster. `seats` remembers each running
+/// PK's anchors and rooms, so no PK's full state is built for this.
+async fn report_presence(gateway: &Gateway, seats: &mut HashMap<PkId, [(UserId, RoomId); 2]>) {
     let me = gateway.node.id();
     let now = now_ms();
-    let mut reports: HashMap<crate::consensus::GroupId, Vec<Presence>> = HashMap::new();
-    for view in running_views(gateway) {
-        let group = gateway.node.arena_of(view.pk);
+    let mut running = HashSet::new();
+    let mut reports: HashMap<GroupId, Vec<Presence>> = HashMap::new();
+    for group in arena_groups(gateway) {
         let Some(replica) = gateway.node.replica(group) else { continue };
-        for side in [&view.source, &view.target] {
-            let seen = gateway.hub.presence(side.room, side.anchor);
-            let held = replica.read(|machine| machine.as_arena().and_then(|a| a.report_of(view.pk, side.anchor, me)));
+        // What the engine holds for this node, for every side of every running PK.
+        let held = replica.read(|machine| {
+            let Some(arena) = machine.as_arena() else { return Vec::new() };
+            let mut held = Vec::new();
+            for pk in arena.running() {
+                let Some(sides) = seats.get(&pk).copied().or_else(|| {
+                    let view = arena.view(pk)?;
+                    let sides = [(view.source.anchor, view.source.room), (view.target.anchor, view.target.room)];
+                    seats.insert(pk, sides);
+                    Some(sides)
+                }) else {
+                    continue;
+                };
+                running.insert(pk);
+                for (anchor, room) in sides {
+                    held.push((pk, anchor, room, arena.report_of(pk, anchor, me)));
+                }
+            }
+            held
+        });
+        for (pk, anchor, room, held) in held {
+            let seen = gateway.hub.presence(room, anchor);
             // Every node reports every side, zeros included: "away" is only known when
             // every node with a fresh share says so.
             let due = match held {
@@ -151,8 +374,8 @@ async fn report_presence(gateway: &Gateway) {
             };
             if due {
                 reports.entry(group).or_default().push(Presence {
-                    pk: view.pk,
-                    anchor: side.anchor,
+                    pk,
+                    anchor,
                     node: me,
                     online: seen.anchor_online,
                     audience: seen.viewers,
@@ -160,9 +383,115 @@ async fn report_presence(gateway: &Gateway) {
             }
         }
     }
+    seats.retain(|pk, _| running.contains(pk));
     for (group, batch) in reports {
         if let Err(error) = gateway.node.propose(group, Action::ReportPresence(batch)).await {
             tracing::warn!(%error, %group, "presence report not applied");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COOLDOWN: Duration = Duration::from_secs(1);
+    const PERIOD: Duration = Duration::from_secs(5);
+    const ROOMS: [RoomId; 2] = [RoomId(1), RoomId(2)];
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Every PK popped at `now`, as the pusher would push them.
+    fn push_due(schedule: &mut Schedule, now: Instant) -> Vec<PkId> {
+        let mut pushed = Vec::new();
+        while let Some((pk, rooms)) = schedule.pop_due(now) {
+            schedule.pushed(pk, rooms, now);
+            pushed.push(pk);
+        }
+        pushed
+    }
+
+    #[test]
+    fn a_change_to_a_quiet_pk_is_pushed_at_once_then_once_per_cooldown() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new(COOLDOWN, PERIOD);
+        let pk = PkId(7);
+        // The start (a transition push), then quiet for longer than the cool-down.
+        schedule.pushed(pk, ROOMS, t0);
+        assert!(schedule.changed(pk, t0 + ms(1500)));
+        assert_eq!(schedule.next_due(), Some(t0 + ms(1500)), "quiet long enough: at once");
+        assert_eq!(push_due(&mut schedule, t0 + ms(1500)), [pk]);
+        // A change right after a push waits exactly the rest of the cool-down ...
+        schedule.changed(pk, t0 + ms(1510));
+        schedule.changed(pk, t0 + ms(1900));
+        assert_eq!(schedule.next_due(), Some(t0 + ms(2500)));
+        assert!(push_due(&mut schedule, t0 + ms(2499)).is_empty());
+        assert_eq!(push_due(&mut schedule, t0 + ms(2500)), [pk]);
+        // ... and without a change the next push is a period later.
+        assert_eq!(schedule.next_due(), Some(t0 + ms(7500)));
+    }
+
+    #[test]
+    fn every_push_counts_for_both_the_cooldown_and_the_period() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new(COOLDOWN, PERIOD);
+        let pk = PkId(7);
+        schedule.pushed(pk, ROOMS, t0);
+        // The periodic push at 5 s starts a cool-down: a change just after it waits 1 s.
+        assert_eq!(push_due(&mut schedule, t0 + PERIOD), [pk]);
+        schedule.changed(pk, t0 + ms(5001));
+        assert_eq!(schedule.next_due(), Some(t0 + ms(6000)));
+        // A PK that changes all the time is pushed once per cool-down, and never by the
+        // period on top of that.
+        let mut pushes = Vec::new();
+        let mut now = t0 + ms(5001);
+        while now < t0 + ms(20_000) {
+            schedule.changed(pk, now);
+            if !push_due(&mut schedule, now).is_empty() {
+                pushes.push(now);
+            }
+            now += ms(50);
+        }
+        assert_eq!(pushes.len(), 14, "{pushes:?}");
+        assert!(pushes.windows(2).all(|w| w[1] - w[0] == COOLDOWN), "{pushes:?}");
+        // A transition push also counts: a change right after it waits the cool-down.
+        schedule.pushed(pk, ROOMS, t0 + ms(20_100));
+        schedule.changed(pk, t0 + ms(20_200));
+        assert_eq!(schedule.next_due(), Some(t0 + ms(21_100)));
+    }
+
+    #[test]
+    fn quiet_pks_are_pushed_every_period_each_on_its_own_deadline() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new(COOLDOWN, PERIOD);
+        schedule.pushed(PkId(1), ROOMS, t0);
+        schedule.pushed(PkId(2), ROOMS, t0 + ms(2000));
+        assert_eq!(push_due(&mut schedule, t0 + ms(5000)), [PkId(1)]);
+        assert_eq!(push_due(&mut schedule, t0 + ms(7000)), [PkId(2)]);
+        assert_eq!(push_due(&mut schedule, t0 + ms(10_000)), [PkId(1)]);
+        // Nobody in the rooms: skipped, and a change after it is not held back.
+        let (pk, _) = schedule.pop_due(t0 + ms(12_000)).unwrap();
+        schedule.skipped(pk, t0 + ms(12_000));
+        assert_eq!(schedule.next_due(), Some(t0 + ms(15_000)));
+        schedule.changed(PkId(2), t0 + ms(12_001));
+        assert_eq!(schedule.next_due(), Some(t0 + ms(12_001)));
+    }
+
+    #[test]
+    fn discovered_pks_are_spread_over_a_period_and_ended_ones_forgotten() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new(COOLDOWN, PERIOD);
+        schedule.discovered((1..=5).map(|pk| (PkId(pk), ROOMS)).collect(), t0);
+        let firsts: Vec<Instant> = schedule.queue.iter().map(|(at, _)| *at).collect();
+        assert_eq!(firsts, (0..5).map(|i| t0 + ms(1000 * i)).collect::<Vec<_>>());
+        schedule.retain(|pk| pk != PkId(1));
+        schedule.forget(PkId(2));
+        assert!(!schedule.knows(PkId(1)) && !schedule.knows(PkId(2)));
+        assert_eq!(schedule.queue.len(), 3);
+        assert!(!schedule.changed(PkId(1), t0), "a forgotten PK is not followed");
+        schedule.all_changed(t0 + ms(10));
+        assert_eq!(push_due(&mut schedule, t0 + ms(10)), [PkId(3), PkId(4), PkId(5)]);
     }
 }

@@ -25,6 +25,11 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 pub const CLOSE_IDLE: u16 = 4002;
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 
+/// A connection's read buffer. Commands are small; the WebSocket library's default
+/// (128 KiB) is zero-filled on every poll of the connection, i.e. for every push sent,
+/// and held by every connection.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// Who a connection acts for, from its login token.
 #[derive(Clone, Debug)]
 struct Identity {
@@ -98,6 +103,7 @@ pub(super) async fn upgrade(
         }
     };
     upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(protocol::MAX_FRAME_BYTES * 2)
         .on_upgrade(move |socket| run(gateway, identity, socket))
         .into_response()
