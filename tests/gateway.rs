@@ -28,6 +28,11 @@ struct Server {
 }
 
 async fn start() -> Server {
+    start_with(|_| {}).await
+}
+
+/// A server whose gateway settings `tweak` changes from the tests' usual ones.
+async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Server {
     let dir = TempDir::new().unwrap();
     let node = Arc::new(Node::start(NodeConfig { arena_count: 2, ..NodeConfig::single(dir.path()) }).await.unwrap());
     let config = GatewayConfig {
@@ -42,6 +47,8 @@ async fn start() -> Server {
         presence_interval: Duration::from_millis(200),
         ..GatewayConfig::default()
     };
+    let mut config = config;
+    tweak(&mut config);
     let gateway = Gateway::start(node.clone(), config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -206,6 +213,21 @@ async fn upgrades_without_a_valid_token_are_refused() {
     ] {
         let err = server.connect_with(authorization, query).await.err().expect("must be refused");
         assert!(err.contains("401"), "{authorization:?} {query:?}: {err}");
+    }
+    // A well-formed token that expired a second ago, and one signed with another secret.
+    let mut expired = login::Claims {
+        user_id: login::UserId::new("42").unwrap(),
+        expires_at_ms: u64::try_from(pkd::node::wall_clock().0).unwrap() - 1_000,
+        country: None,
+        platform: None,
+        client_version: None,
+    };
+    let stale = login::mint(SECRET, &expired);
+    expired.expires_at_ms += 3_600_000;
+    let forged = login::mint(b"some other secret entirely", &expired);
+    for token in [stale, forged] {
+        let err = server.connect_with(&format!("Bearer {token}"), "").await.err().expect("must be refused");
+        assert!(err.contains("401"), "{token}: {err}");
     }
     // The query-parameter fallback works with a real token.
     let mut client = server.connect_with("", &format!("?token={}", token(42, "IN", "ios", 1))).await.unwrap();
@@ -424,6 +446,28 @@ async fn a_flood_is_answered_with_rate_limit_replies() {
     // The limit refills: after a pause the connection is served again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(client.command(44, 1, json!({})).await["code"], "000000");
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_as_idle() {
+    let server = start_with(|config| config.idle_timeout = Duration::from_millis(600)).await;
+    let mut client = server.connect(451).await;
+    assert_eq!(client.command(44, 1, json!({})).await["code"], "000000");
+    // The client stops reading (so it answers no ping) and sends nothing.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(message) = client.socket.next().await {
+            match message {
+                Ok(Message::Close(frame)) => return frame.map(|frame| u16::from(frame.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("no close frame");
+    assert_eq!(close, Some(pkd::gateway::CLOSE_IDLE));
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ use crate::node::Node;
 use axum::Router;
 use axum::routing::{get, post};
 use pkd_raft::{Machine, PkId, PkView, RoomId};
+pub use session::{CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_SLOW};
 use std::sync::Arc;
 use std::time::Duration;
 
