@@ -60,6 +60,21 @@ async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Server {
 }
 
 impl Server {
+    /// Anchors `a` and `b` matched into a PK, with `viewer` in `a`'s room, once its
+    /// opening (300 ms) is over: gifts count from now on.
+    async fn battle(&self, a: u64, b: u64, viewer: u64) -> (Client, Client, Client) {
+        let mut source = self.connect(a).await;
+        let mut target = self.connect(b).await;
+        let mut watcher = self.connect(viewer).await;
+        source.enter(a, true).await;
+        target.enter(b, true).await;
+        source.matching(1, a, a, 0).await;
+        assert_eq!(target.matching(1, b, b, 0).await["code"], "902004");
+        watcher.enter(a, false).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        (source, target, watcher)
+    }
+
     async fn config(&self, key: &str, value: &str) {
         for group in 0..=2u64 {
             let action = Action::SetConfig { key: key.into(), value: value.into() };
@@ -314,15 +329,7 @@ async fn a_match_a_pk_with_gifts_and_its_end_reach_every_client() {
 #[tokio::test]
 async fn a_gift_storm_is_coalesced_into_few_pushes() {
     let server = start().await;
-    let mut a1 = server.connect(201).await;
-    let mut a2 = server.connect(202).await;
-    let mut viewer = server.connect(6001).await;
-    a1.enter(201, true).await;
-    a2.enter(202, true).await;
-    a1.matching(1, 201, 201, 0).await;
-    assert_eq!(a2.matching(1, 202, 202, 0).await["code"], "902004");
-    viewer.enter(201, false).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_a1, _a2, mut viewer) = server.battle(201, 202, 6001).await;
     // 100 gifts in one batch request.
     let gifts: Vec<Value> =
         (1..=100).map(|i| json!({"id": 10_000 + i, "receiver": 201, "sender": 7000 + i % 7, "beans": 2})).collect();
@@ -341,15 +348,7 @@ async fn a_gift_storm_is_coalesced_into_few_pushes() {
 async fn push_10_keeps_the_cooldown_under_steady_gifts_and_the_period_when_quiet() {
     let server = start().await;
     server.config("pk_duration", "300,20000,0,600000").await;
-    let mut a1 = server.connect(801).await;
-    let mut a2 = server.connect(802).await;
-    let mut viewer = server.connect(8001).await;
-    a1.enter(801, true).await;
-    a2.enter(802, true).await;
-    a1.matching(1, 801, 801, 0).await;
-    assert_eq!(a2.matching(1, 802, 802, 0).await["code"], "902004");
-    viewer.enter(801, false).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_a1, _a2, mut viewer) = server.battle(801, 802, 8001).await;
     // Quiet: a push every period (2 s), though nothing changes.
     let quiet = viewer.count_pushes(10, Duration::from_millis(4500)).await;
     assert!(quiet.len() >= 2, "{} pushes in 4.5 s", quiet.len());
