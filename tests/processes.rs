@@ -70,7 +70,9 @@ async fn three_nodes_replicate_a_pk_to_the_same_applied_index() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pk_ends_once_after_its_arena_leader_is_killed() -> anyhow::Result<()> {
     let mut cluster = start_cluster().await?;
-    short_pks(&cluster.admin(1)?, 4_000).await?;
+    // A battle long enough for the set-up below to finish before the kill, even on a
+    // loaded machine.
+    short_pks(&cluster.admin(1)?, 7_000).await?;
     // The clients are on node 1, which never leads an arena once leadership settles.
     let mut pk = start_pk(&cluster, 1, 201).await?;
     let arena = arena_of(pk.id);
