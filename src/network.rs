@@ -44,8 +44,9 @@ use crate::consensus::{
     streaming_error,
 };
 
-/// The largest frame accepted.
-pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// The largest frame accepted: room for a full append (openraft sends up to 300 entries of
+/// up to 256 commands) many times over; snapshots travel in pieces.
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
 /// Snapshots travel in pieces of this size, so that a large one does not hold up the
 /// heartbeats of the other groups sharing the connection.
