@@ -225,7 +225,7 @@ pub fn status_table(status: &NodeStatus) -> String {
     let list = |ids: &[u64]| {
         if ids.is_empty() { "-".to_owned() } else { ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",") }
     };
-    let mut out = format!("node {}\n", status.node);
+    let mut out = format!("node {} (connected to: {})\n", status.node, list(&status.connected));
     out.push_str(&format!(
         "{:<6} {:<6} {:<10} {:<7} {:>5} {:>9} {:>9} {:>9}  {:<9} {:<9} {}\n",
         "group", "kind", "state", "leader", "term", "last log", "committed", "applied", "voters", "learners", "lag"

@@ -45,6 +45,7 @@ async fn three_nodes_replicate_a_pk_to_the_same_applied_index() -> anyhow::Resul
     ensure!(output.status.success(), "{table} {}", String::from_utf8_lossy(&output.stderr));
     ensure!(table.lines().filter(|line| line.contains(" lobby ") || line.contains(" arena ")).count() == 3, "{table}");
     ensure!(table.contains("1,2,3"), "{table}");
+    ensure!(table.starts_with("node 1 (connected to: 2,3)"), "{table}");
     // Leadership moves on request ...
     let moved = cluster.admin(3)?.transfer_leader(0, 2).await?;
     ensure!(moved.leader == Some(2), "{moved:?}");
