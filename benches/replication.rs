@@ -16,16 +16,13 @@
 //! data directory's size on disk and the process's resident memory.
 
 use pkd::consensus::GroupId;
-use pkd::network::NetworkConfig;
 use pkd::{Node, NodeConfig};
 use pkd_raft::{Action, AnchorProfile, Gift, GiftId, PkId, Response, RoomId, UserId};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
-use tokio::net::TcpListener;
 
 const PKS: u64 = 64;
 
@@ -151,36 +148,12 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
 }
 
 async fn three_nodes(dirs: &[TempDir]) -> Vec<Arc<Node>> {
-    let mut listeners = Vec::new();
-    let mut peers = BTreeMap::new();
-    for id in 1..=3u64 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        peers.insert(id, listener.local_addr().unwrap().to_string());
-        listeners.push(listener);
-    }
-    let mut starting = Vec::new();
-    for (index, listener) in listeners.into_iter().enumerate() {
-        let id = index as u64 + 1;
-        let config = NodeConfig {
-            node_id: id,
-            arena_count: 4,
-            in_flight: env("REPLICATION_IN_FLIGHT", pkd::group::DEFAULT_IN_FLIGHT as u64) as usize,
-            ..NodeConfig::single(dirs[index].path())
-        };
-        let network = NetworkConfig {
-            node_id: id,
-            cluster: "bench".into(),
-            secret: b"bench-secret-0123456789".to_vec(),
-            peers: peers.clone(),
-            snapshot_chunk: pkd::network::SNAPSHOT_CHUNK,
-        };
-        starting.push(tokio::spawn(Node::start_clustered(config, network, listener)));
-    }
-    let mut nodes = Vec::new();
-    for task in starting {
-        nodes.push(Arc::new(task.await.unwrap().unwrap()));
-    }
-    nodes
+    let in_flight = env("REPLICATION_IN_FLIGHT", pkd::group::DEFAULT_IN_FLIGHT as u64) as usize;
+    let configs =
+        dirs.iter().map(|dir| NodeConfig { arena_count: 4, in_flight, ..NodeConfig::single(dir.path()) }).collect();
+    let started =
+        pkd::node::start_loopback_cluster(configs, "bench", b"bench-secret-0123456789", |_| {}).await.unwrap();
+    started.into_iter().map(|started| Arc::new(started.node)).collect()
 }
 
 fn disk_bytes(path: &Path) -> u64 {

@@ -92,6 +92,19 @@ pub struct NetworkConfig {
     pub snapshot_chunk: usize,
 }
 
+impl NetworkConfig {
+    /// The settings of node `node_id` in the cluster `cluster` of `peers`, snapshots in
+    /// pieces of [`SNAPSHOT_CHUNK`].
+    pub fn new(
+        node_id: NodeId,
+        cluster: impl Into<String>,
+        secret: impl Into<Vec<u8>>,
+        peers: BTreeMap<NodeId, String>,
+    ) -> NetworkConfig {
+        NetworkConfig { node_id, cluster: cluster.into(), secret: secret.into(), peers, snapshot_chunk: SNAPSHOT_CHUNK }
+    }
+}
+
 /// What one node asks another.
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
@@ -895,13 +908,7 @@ mod tests {
     use super::*;
 
     fn config(node_id: NodeId, secret: &[u8]) -> NetworkConfig {
-        NetworkConfig {
-            node_id,
-            cluster: "test".to_owned(),
-            secret: secret.to_vec(),
-            peers: BTreeMap::new(),
-            snapshot_chunk: SNAPSHOT_CHUNK,
-        }
+        NetworkConfig::new(node_id, "test", secret, BTreeMap::new())
     }
 
     async fn pair(

@@ -86,6 +86,51 @@ pub enum NodeError {
     Raft { group: GroupId, message: String },
     #[error("group {0} did not elect this node and catch up in time")]
     NotReady(GroupId),
+    #[error("binding the cluster port: {0}")]
+    Bind(io::Error),
+    #[error("a node's start-up task failed: {0}")]
+    Task(String),
+}
+
+/// A node of a cluster started by [`start_loopback_cluster`], with the settings it started
+/// with (to start it again on the same port and data).
+pub struct LoopbackNode {
+    pub node: Node,
+    pub config: NodeConfig,
+    pub network: NetworkConfig,
+}
+
+/// Starts one node per entry of `configs` in this process, as a cluster on loopback: node
+/// ids 1, 2, ... in order, each with a cluster port the kernel picks, and the network
+/// settings of [`NetworkConfig::new`] for `cluster` and `secret`, changed by `tune`. For
+/// tests, benchmarks and drills; `pkd_cluster::LocalCluster` does the same with processes.
+pub async fn start_loopback_cluster(
+    configs: Vec<NodeConfig>,
+    cluster: &str,
+    secret: &[u8],
+    tune: impl Fn(&mut NetworkConfig),
+) -> Result<Vec<LoopbackNode>, NodeError> {
+    let mut listeners = Vec::new();
+    let mut peers = BTreeMap::new();
+    for id in (1..).take(configs.len()) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(NodeError::Bind)?;
+        peers.insert(id, listener.local_addr().map_err(NodeError::Bind)?.to_string());
+        listeners.push(listener);
+    }
+    let mut starting = Vec::new();
+    for ((id, config), listener) in (1..).zip(configs).zip(listeners) {
+        let config = NodeConfig { node_id: id, ..config };
+        let mut network = NetworkConfig::new(id, cluster, secret, peers.clone());
+        tune(&mut network);
+        let start = tokio::spawn(Node::start_clustered(config.clone(), network.clone(), listener));
+        starting.push((start, config, network));
+    }
+    let mut nodes = Vec::new();
+    for (start, config, network) in starting {
+        let node = start.await.map_err(|error| NodeError::Task(error.to_string()))??;
+        nodes.push(LoopbackNode { node, config, network });
+    }
+    Ok(nodes)
 }
 
 /// What the node's tasks share.

@@ -122,13 +122,7 @@ impl ServeArgs {
         if !peers.contains_key(&self.node_id) {
             bail!("--peers must include this node ({})", self.node_id);
         }
-        let network = NetworkConfig {
-            node_id: self.node_id,
-            cluster: self.cluster_name.clone(),
-            secret: secret.as_bytes().to_vec(),
-            peers,
-            snapshot_chunk: crate::network::SNAPSHOT_CHUNK,
-        };
+        let network = NetworkConfig::new(self.node_id, self.cluster_name.clone(), secret.as_bytes(), peers);
         Ok(Some(ClusterSettings { listen, network }))
     }
 

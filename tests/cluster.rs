@@ -2,11 +2,11 @@
 //! the leaders, leaders spread over the nodes, PKs handed over between groups led by
 //! different nodes, failover, and catching up by snapshot.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pkd::consensus::GroupId;
 use pkd::network::NetworkConfig;
+use pkd::node::start_loopback_cluster;
 use pkd::{LOBBY, Node, NodeConfig};
 use pkd_raft::{Action, AnchorProfile, Gift, GiftId, PkId, Response, RoomId, UserId};
 use tempfile::TempDir;
@@ -45,37 +45,15 @@ struct Cluster {
 
 impl Cluster {
     async fn start(secret: &[u8]) -> Result<Cluster, Box<dyn std::error::Error>> {
-        let mut listeners = Vec::new();
-        let mut peers = BTreeMap::new();
-        for id in 1..=3u64 {
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
-            peers.insert(id, listener.local_addr()?.to_string());
-            listeners.push(listener);
-        }
-        let mut dirs = Vec::new();
-        let mut configs = Vec::new();
-        let mut starting = Vec::new();
-        for (index, listener) in listeners.into_iter().enumerate() {
-            let id = index as u64 + 1;
-            let dir = TempDir::new()?;
-            let config =
-                NodeConfig { node_id: id, arena_count: 2, snapshot_every: 16, ..NodeConfig::single(dir.path()) };
-            let network = NetworkConfig {
-                node_id: id,
-                cluster: "test".into(),
-                secret: secret.to_vec(),
-                peers: peers.clone(),
-                // Small pieces: the snapshots these tests send travel in many of them.
-                snapshot_chunk: 256,
-            };
-            dirs.push(dir);
-            configs.push((config.clone(), network.clone()));
-            starting.push(tokio::spawn(Node::start_clustered(config, network, listener)));
-        }
-        let mut nodes = Vec::new();
-        for task in starting {
-            nodes.push(Some(task.await??));
-        }
+        let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new()).collect::<Result<_, _>>()?;
+        let configs = dirs
+            .iter()
+            .map(|dir| NodeConfig { arena_count: 2, snapshot_every: 16, ..NodeConfig::single(dir.path()) })
+            .collect();
+        // Small pieces: the snapshots these tests send travel in many of them.
+        let started = start_loopback_cluster(configs, "test", secret, |network| network.snapshot_chunk = 256).await?;
+        let (nodes, configs) =
+            started.into_iter().map(|started| (Some(started.node), (started.config, started.network))).unzip();
         Ok(Cluster { nodes, configs, _dirs: dirs })
     }
 

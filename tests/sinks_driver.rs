@@ -659,34 +659,14 @@ struct ClusterWithSinks {
 
 impl ClusterWithSinks {
     async fn start(results_url: &str) -> anyhow::Result<ClusterWithSinks> {
-        use pkd::network::NetworkConfig;
-        let mut listeners = Vec::new();
-        let mut peers = BTreeMap::new();
-        for id in 1..=3u64 {
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
-            peers.insert(id, listener.local_addr()?.to_string());
-            listeners.push(listener);
-        }
-        let mut dirs = Vec::new();
-        let mut starting = Vec::new();
-        for (index, listener) in listeners.into_iter().enumerate() {
-            let id = index as u64 + 1;
-            let dir = TempDir::new()?;
-            let config =
-                NodeConfig { node_id: id, arena_count: 2, snapshot_every: 1_000, ..NodeConfig::single(dir.path()) };
-            let network = NetworkConfig {
-                node_id: id,
-                cluster: "sinks".into(),
-                secret: b"sinks secret".to_vec(),
-                peers: peers.clone(),
-                snapshot_chunk: pkd::network::SNAPSHOT_CHUNK,
-            };
-            dirs.push(dir);
-            starting.push(tokio::spawn(Node::start_clustered(config, network, listener)));
-        }
+        let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new()).collect::<Result<_, _>>()?;
+        let configs = dirs
+            .iter()
+            .map(|dir| NodeConfig { arena_count: 2, snapshot_every: 1_000, ..NodeConfig::single(dir.path()) })
+            .collect();
         let mut nodes = Vec::new();
-        for task in starting {
-            let node = Arc::new(task.await??);
+        for started in pkd::node::start_loopback_cluster(configs, "sinks", b"sinks secret", |_| {}).await? {
+            let node = Arc::new(started.node);
             let config = SinksConfig {
                 results_url: Some(results_url.to_owned()),
                 results: quick_results(),
