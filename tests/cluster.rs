@@ -2,39 +2,22 @@
 //! the leaders, leaders spread over the nodes, PKs handed over between groups led by
 //! different nodes, failover, and catching up by snapshot.
 
+mod engine;
+
+use engine::{eventually, lobby_holds, pk_running, start_match};
 use std::time::Duration;
 
 use pkd::consensus::GroupId;
 use pkd::network::NetworkConfig;
 use pkd::node::start_loopback_cluster;
 use pkd::{LOBBY, Node, NodeConfig};
-use pkd_raft::{Action, AnchorProfile, Gift, GiftId, PkId, Response, RoomId, UserId};
+use pkd_raft::{Action, Gift, GiftId, Response, UserId};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const MATCHING: &str = "{'name':'test','interveningTime':5000,'endTime':8000,'inviteNum':2,'inviteColdDown':3000}";
-
-fn start(anchor: u64) -> Action {
-    Action::StartMatch {
-        anchor: UserId(anchor),
-        profile: AnchorProfile {
-            room: RoomId(anchor + 1000),
-            country: "IN".into(),
-            platform: "android".into(),
-            version_code: 300,
-        },
-    }
-}
-
-async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Three nodes, and what it takes to start each of them again.
 struct Cluster {
@@ -126,18 +109,6 @@ fn all_equal(items: &[Vec<u8>]) -> bool {
     items.windows(2).all(|pair| pair[0] == pair[1])
 }
 
-fn pk_running(node: &Node, pk: PkId) -> bool {
-    node.replica(node.arena_of(pk)).is_some_and(|replica| {
-        replica.read(|machine| machine.as_arena().is_some_and(|arena| arena.running().any(|id| id == pk)))
-    })
-}
-
-fn lobby_holds(node: &Node, anchor: u64) -> bool {
-    node.replica(LOBBY).is_some_and(|replica| {
-        replica.read(|machine| machine.as_lobby().is_some_and(|lobby| lobby.pk_of(UserId(anchor)).is_some()))
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_run_a_pk_together() -> TestResult {
     let cluster = Cluster::start(b"cluster secret").await?;
@@ -147,8 +118,8 @@ async fn three_nodes_run_a_pk_together() -> TestResult {
 
     // Configuration through one node, matching through another: forwarded to the leaders.
     set_config(third, 1_500).await?;
-    assert_eq!(second.propose(LOBBY, start(1)).await?, Response::Waiting);
-    let pk = match third.propose(LOBBY, start(2)).await? {
+    assert_eq!(second.propose(LOBBY, start_match(1)).await?, Response::Waiting);
+    let pk = match third.propose(LOBBY, start_match(2)).await? {
         Response::Matched { pk, .. } => pk,
         other => return Err(format!("expected a match, got {other:?}").into()),
     };
@@ -196,8 +167,8 @@ async fn survive_a_stopped_leader(stop: Stop) -> TestResult {
     let mut cluster = Cluster::start(b"cluster secret").await?;
     wait_for_spread_leaders(&cluster).await;
     set_config(cluster.node(2)?, 2_000).await?;
-    assert_eq!(cluster.node(2)?.propose(LOBBY, start(1)).await?, Response::Waiting);
-    let pk = match cluster.node(3)?.propose(LOBBY, start(2)).await? {
+    assert_eq!(cluster.node(2)?.propose(LOBBY, start_match(1)).await?, Response::Waiting);
+    let pk = match cluster.node(3)?.propose(LOBBY, start_match(2)).await? {
         Response::Matched { pk, .. } => pk,
         other => return Err(format!("expected a match, got {other:?}").into()),
     };
@@ -226,7 +197,7 @@ async fn survive_a_stopped_leader(stop: Stop) -> TestResult {
     // Enough new entries for the survivors to snapshot and purge what the stopped node
     // misses.
     for anchor in 100..150 {
-        cluster.node(survivor)?.propose(LOBBY, start(anchor)).await?;
+        cluster.node(survivor)?.propose(LOBBY, start_match(anchor)).await?;
     }
 
     cluster.restart(leader).await?;

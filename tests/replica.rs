@@ -1,12 +1,15 @@
 //! A single node on a real sled database: matching, the hand-over of PKs between the lobby
 //! and the arenas, gifts, timers fired by the leader, and recovery after a restart.
 
+mod engine;
+
+use engine::{eventually, lobby_holds, pk_running, start_match};
 use std::time::Duration;
 
 use pkd::consensus::GroupId;
 use pkd::{LOBBY, Node, NodeConfig};
 use pkd_raft::effect::Effect;
-use pkd_raft::{Action, AnchorProfile, Gift, GiftId, PkId, PkStatus, Response, RoomId, UserId};
+use pkd_raft::{Action, Gift, GiftId, PkId, PkStatus, Response, UserId};
 use tempfile::TempDir;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -37,53 +40,20 @@ async fn set_config(node: &Node, battle_ms: u64) -> TestResult {
     Ok(())
 }
 
-fn start(anchor: u64) -> Action {
-    Action::StartMatch {
-        anchor: UserId(anchor),
-        profile: AnchorProfile {
-            room: RoomId(anchor + 1000),
-            country: "IN".into(),
-            platform: "android".into(),
-            version_code: 300,
-        },
-    }
-}
-
 fn gift(id: u64, pk: PkId, receiver: u64, beans: i64) -> Action {
     Action::Gift(Gift { id: GiftId(id), pk, receiver: UserId(receiver), sender: UserId(77), beans, profile: None })
 }
 
-/// Polls `check` every 20 ms until it holds, for at most `limit`.
-async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Matches anchors `a` and `b` and returns the PK.
 async fn match_pair(node: &Node, a: u64, b: u64) -> Result<PkId, Box<dyn std::error::Error>> {
-    assert_eq!(node.propose(LOBBY, start(a)).await?, Response::Waiting);
-    match node.propose(LOBBY, start(b)).await? {
+    assert_eq!(node.propose(LOBBY, start_match(a)).await?, Response::Waiting);
+    match node.propose(LOBBY, start_match(b)).await? {
         Response::Matched { pk, source, target } => {
             assert_eq!((source, target), (UserId(a), UserId(b)));
             Ok(pk)
         }
         other => Err(format!("expected a match, got {other:?}").into()),
     }
-}
-
-fn pk_running(node: &Node, pk: PkId) -> bool {
-    node.replica(node.arena_of(pk)).is_some_and(|replica| {
-        replica.read(|machine| machine.as_arena().is_some_and(|arena| arena.running().any(|id| id == pk)))
-    })
-}
-
-fn lobby_holds(node: &Node, anchor: u64) -> bool {
-    node.replica(LOBBY).is_some_and(|replica| {
-        replica.read(|machine| machine.as_lobby().is_some_and(|lobby| lobby.pk_of(UserId(anchor)).is_some()))
-    })
 }
 
 fn lobby_outbox_empty(node: &Node) -> bool {
@@ -139,7 +109,7 @@ async fn a_whole_pk_on_one_node() -> TestResult {
 
     // While the PK runs, both anchors are busy.
     assert!(lobby_holds(&node, 1) && lobby_holds(&node, 2));
-    assert!(matches!(node.propose(LOBBY, start(1)).await?, Response::Rejected(_)));
+    assert!(matches!(node.propose(LOBBY, start_match(1)).await?, Response::Rejected(_)));
 
     // The leader's ticker ends the battle and settles; the pump releases the rooms.
     eventually(Duration::from_secs(5), "the PK settles and its rooms are released", || {
@@ -182,7 +152,7 @@ async fn concurrent_proposals_share_entries() -> TestResult {
     let mut tasks = Vec::new();
     for anchor in 1..=proposals {
         let node = std::sync::Arc::clone(&node);
-        tasks.push(tokio::spawn(async move { node.propose(LOBBY, start(anchor * 10)).await }));
+        tasks.push(tokio::spawn(async move { node.propose(LOBBY, start_match(anchor * 10)).await }));
     }
     let mut matched = 0;
     for task in tasks {
@@ -216,7 +186,7 @@ async fn a_restarted_node_recovers_and_finishes_its_pks() -> TestResult {
     for id in 1..=12 {
         node.propose(arena, gift(id, pk, 1 + id % 2, 10)).await?;
     }
-    assert_eq!(node.propose(LOBBY, start(5)).await?, Response::Waiting);
+    assert_eq!(node.propose(LOBBY, start_match(5)).await?, Response::Waiting);
 
     let summaries = |node: &Node| {
         let lobby =
@@ -252,7 +222,7 @@ async fn a_restarted_node_recovers_and_finishes_its_pks() -> TestResult {
     })
     .await;
     // Anchor 5 is still waiting from before the restart: a new start matches it.
-    match node.propose(LOBBY, start(1)).await? {
+    match node.propose(LOBBY, start_match(1)).await? {
         Response::Matched { source, target, .. } => {
             assert_eq!((source, target), (UserId(5), UserId(1)));
         }

@@ -3,6 +3,9 @@
 //! 9, like `sinks_redis.rs`; the tests of this binary that use it take turns) flushed
 //! under a running PK or unreachable altogether.
 
+mod engine;
+
+use engine::{eventually, start_match};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -12,7 +15,7 @@ use std::time::Duration;
 use pkd::consensus::GroupId;
 use pkd::sinks::{CacheDriverConfig, ResultsDriverConfig, ResultsStore, Sinks, SinksConfig};
 use pkd::{LOBBY, Node, NodeConfig};
-use pkd_raft::{Action, AnchorProfile, Effect, Gift, GiftId, PkId, Response, RoomId, SettledPk, UserId};
+use pkd_raft::{Action, Effect, Gift, GiftId, PkId, Response, SettledPk, UserId};
 use sqlx::Row;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,7 +89,7 @@ impl Engine {
             }
         }
         for pk in &pks {
-            eventually(Duration::from_secs(5), "the PK reaches its arena", || self.running(*pk)).await?;
+            eventually(Duration::from_secs(5), "the PK reaches its arena", || self.running(*pk)).await;
         }
         Ok(pks)
     }
@@ -147,29 +150,9 @@ impl Engine {
             let settled = self.settled();
             pks.iter().all(|pk| settled.contains_key(pk))
         })
-        .await
+        .await;
+        Ok(())
     }
-}
-
-fn start_match(anchor: u64) -> Action {
-    Action::StartMatch {
-        anchor: UserId(anchor),
-        profile: AnchorProfile {
-            room: RoomId(anchor + 1000),
-            country: "IN".into(),
-            platform: "android".into(),
-            version_code: 300,
-        },
-    }
-}
-
-async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> TestResult {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check() {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Ok(())
 }
 
 fn quick_results() -> ResultsDriverConfig {
@@ -248,10 +231,10 @@ async fn settled_pks_reach_sqlite_and_leave_the_outbox() -> TestResult {
         let counters = sinks.metrics().snapshot();
         counters.started_written >= 3 && counters.gift_totals_written >= 3
     })
-    .await?;
+    .await;
 
     engine.wait_settled(&pks, Duration::from_secs(10)).await?;
-    eventually(Duration::from_secs(10), "the outbox drains", || engine.pending_results() == 0).await?;
+    eventually(Duration::from_secs(10), "the outbox drains", || engine.pending_results() == 0).await;
     assert_exactly(&store, &engine.settled()).await?;
     assert_eq!(sinks.metrics().snapshot().results_confirmed, 3);
 
@@ -269,7 +252,7 @@ async fn settled_pks_reach_sqlite_and_leave_the_outbox() -> TestResult {
 
 async fn eventually_store(sinks: &Sinks) -> anyhow::Result<ResultsStore> {
     let slot = sinks.results();
-    eventually(Duration::from_secs(10), "the results store connects", || slot.get().is_some()).await?;
+    eventually(Duration::from_secs(10), "the results store connects", || slot.get().is_some()).await;
     slot.get().cloned().ok_or_else(|| anyhow::anyhow!("no store"))
 }
 
@@ -367,7 +350,7 @@ async fn mysql_cut_and_heal(database: &str) -> TestResult {
     let first = engine.start_pks(200, 2).await?;
     engine.gifts(&first, 4).await?;
     engine.wait_settled(&first, Duration::from_secs(10)).await?;
-    eventually(Duration::from_secs(10), "the first results are stored", || engine.pending_results() == 0).await?;
+    eventually(Duration::from_secs(10), "the first results are stored", || engine.pending_results() == 0).await;
 
     // Cut the link while PKs run; they settle meanwhile and wait in the outbox.
     let second = engine.start_pks(300, 3).await?;
@@ -381,7 +364,7 @@ async fn mysql_cut_and_heal(database: &str) -> TestResult {
 
     proxy.heal();
     eventually(Duration::from_secs(20), "the outbox drains after the link heals", || engine.pending_results() == 0)
-        .await?;
+        .await;
     // Read through a direct connection: the rows are there, once each.
     let direct = ResultsStore::connect(&format!("{server}/{database}")).await?;
     let settled = engine.settled();
@@ -491,7 +474,7 @@ async fn an_unreachable_redis_stops_nothing() -> TestResult {
     engine.wait_settled(&pks, Duration::from_secs(10)).await?;
     let settled = engine.settled();
     assert!(settled.values().all(|result| result.source.beans > 0 && result.target.beans > 0));
-    eventually(Duration::from_secs(5), "errors are counted", || sinks.metrics().snapshot().cache_errors >= 2).await?;
+    eventually(Duration::from_secs(5), "errors are counted", || sinks.metrics().snapshot().cache_errors >= 2).await;
     sinks.shutdown().await;
     Ok(())
 }
@@ -528,11 +511,11 @@ async fn measure_throughput(database: &str) -> TestResult {
     let pks = engine.start_pks(10_000, count).await?;
     engine.gifts(&pks, 1).await?;
     // The first settlement, then the drained outbox.
-    eventually(Duration::from_secs(30), "a first PK settles", || !engine.settled().is_empty()).await?;
+    eventually(Duration::from_secs(30), "a first PK settles", || !engine.settled().is_empty()).await;
     let first_settled = std::time::Instant::now();
     engine.wait_settled(&pks, Duration::from_secs(60)).await?;
     let all_settled = first_settled.elapsed().as_secs_f64();
-    eventually(Duration::from_secs(300), "the outbox drains", || engine.pending_results() == 0).await?;
+    eventually(Duration::from_secs(300), "the outbox drains", || engine.pending_results() == 0).await;
     let drained = first_settled.elapsed().as_secs_f64();
     let counters = sinks.metrics().snapshot();
     println!(
@@ -632,7 +615,7 @@ async fn measure_lag(database: &str) -> TestResult {
     let gifts = counted.load(Ordering::Relaxed);
     let during = sinks.metrics().snapshot();
     engine.wait_settled(&all, Duration::from_secs(60)).await?;
-    eventually(Duration::from_secs(300), "the outbox drains", || engine.pending_results() == 0).await?;
+    eventually(Duration::from_secs(300), "the outbox drains", || engine.pending_results() == 0).await;
     let counters = sinks.metrics().snapshot();
     println!(
         "{} PKs in {waves} waves, {gifts} gifts counted in {seconds:.1} s: {:.0} gifts/s; while gifting: {} results \
@@ -731,7 +714,7 @@ async fn new_leader_resumes(database: &str) -> TestResult {
         eventually(Duration::from_secs(10), "leaders spread over the nodes", || {
             cluster.running().all(|node| node.leader(GroupId(group)) == Some(wanted))
         })
-        .await?;
+        .await;
     }
     let first = cluster.node(1)?.clone();
     for group in 0..=2u64 {
@@ -767,7 +750,7 @@ async fn new_leader_resumes(database: &str) -> TestResult {
                 replica.read(|machine| machine.as_arena().is_some_and(|arena| arena.view(*pk).is_some()))
             })
         })
-        .await?;
+        .await;
     }
     tokio::time::sleep(Duration::from_millis(250)).await;
     let mut gift_id = 1;
@@ -814,7 +797,7 @@ async fn new_leader_resumes(database: &str) -> TestResult {
             .find(|id| cluster.sinks(*id).is_some_and(|sinks| sinks.metrics().snapshot().results_written > 0));
         victim.is_some()
     })
-    .await?;
+    .await;
     let victim = victim.ok_or_else(|| anyhow::anyhow!("no victim"))?;
     cluster.stop(victim).await;
 
@@ -837,7 +820,7 @@ async fn new_leader_resumes(database: &str) -> TestResult {
         let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
         all.iter().all(|pk| settled.contains_key(pk)) && pending(&cluster) == 0
     })
-    .await?;
+    .await;
     let direct = ResultsStore::connect(&url).await?;
     let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
     assert_eq!(settled.len(), 12);
