@@ -74,8 +74,24 @@ fn still_leader(metrics: &MetricsWatch, node: NodeId) -> bool {
     metrics.read(|metrics| is_leader_in(metrics, node))
 }
 
-/// The timer loop of one group.
-async fn run_ticker(shared: Arc<Shared>, group_id: GroupId) {
+/// What one step of a leader's duty did.
+enum Step {
+    /// Work was done: step again at once.
+    Worked,
+    /// The work failed (and was logged): step again after a growing wait.
+    Failed,
+    /// Nothing to do: step again once the replica applies an entry, leadership changes, or
+    /// (if given) this long has passed.
+    Idle(Option<Duration>),
+}
+
+/// Runs `step` over and over while this node leads `group_id`: paused while another node
+/// leads, ended when raft stops. `name` is for the log.
+async fn run_while_leading<F, Fut>(shared: Arc<Shared>, group_id: GroupId, name: &str, mut step: F)
+where
+    F: FnMut(Arc<Shared>, GroupId) -> Fut,
+    Fut: Future<Output = Step>,
+{
     let Ok(group) = shared.group(group_id) else {
         return;
     };
@@ -83,44 +99,53 @@ async fn run_ticker(shared: Arc<Shared>, group_id: GroupId) {
     let mut metrics = group.metrics();
     let mut applied = group.replica().applied();
     while wait_for_leadership(&mut metrics, node).await {
-        tracing::info!(group = %group_id, "leading: timer loop running");
+        tracing::info!(group = %group_id, "leading: {name} running");
         let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         while still_leader(&metrics, node) {
             applied.borrow_and_update();
-            // The log's time may be ahead of this node's clock (a previous leader's clock
-            // ran fast): what the machine already considers due fires now, not once this
-            // clock catches up.
-            let (now, due) = group.replica().read(|machine| {
-                let now = wall_clock().max(machine.now());
-                (now, machine.due_timers(now))
-            });
-            if !due.is_empty() {
-                match fire_all(&shared, group_id, due).await {
-                    Ok(()) => backoff.reset(),
-                    Err(error) => {
-                        tracing::debug!(group = %group_id, %error, "firing timers failed; retrying");
-                        tokio::time::sleep(backoff.next_wait()).await;
+            match step(Arc::clone(&shared), group_id).await {
+                Step::Worked => backoff.reset(),
+                Step::Failed => tokio::time::sleep(backoff.next_wait()).await,
+                Step::Idle(wait) => {
+                    let running = tokio::select! {
+                        () = tokio::time::sleep(wait.unwrap_or(IDLE)) => true,
+                        changed = applied.changed() => changed.is_ok(),
+                        running = metrics.changed() => running,
+                    };
+                    if !running {
+                        return;
                     }
                 }
-                continue;
-            }
-            let next = group.replica().read(|machine| machine.next_deadline());
-            let wait = match next {
-                // One millisecond more: the deadline is due at, not before, its time.
-                Some(deadline) => duration_ms(deadline.since(now) + 1),
-                None => IDLE,
-            };
-            let running = tokio::select! {
-                () = tokio::time::sleep(wait) => true,
-                changed = applied.changed() => changed.is_ok(),
-                running = metrics.changed() => running,
-            };
-            if !running {
-                return;
             }
         }
-        tracing::info!(group = %group_id, "no longer leading: timer loop paused");
+        tracing::info!(group = %group_id, "no longer leading: {name} paused");
     }
+}
+
+/// The timer loop of one group.
+async fn run_ticker(shared: Arc<Shared>, group_id: GroupId) {
+    run_while_leading(shared, group_id, "timer loop", |shared, group_id| async move {
+        let Ok(group) = shared.group(group_id) else { return Step::Idle(None) };
+        // The log's time may be ahead of this node's clock (a previous leader's clock ran
+        // fast): what the machine already considers due fires now, not once this clock
+        // catches up.
+        let (now, due, next) = group.replica().read(|machine| {
+            let now = wall_clock().max(machine.now());
+            (now, machine.due_timers(now), machine.next_deadline())
+        });
+        if due.is_empty() {
+            // One millisecond more: the deadline is due at, not before, its time.
+            return Step::Idle(next.map(|deadline| duration_ms(deadline.since(now) + 1)));
+        }
+        match fire_all(&shared, group_id, due).await {
+            Ok(()) => Step::Worked,
+            Err(error) => {
+                tracing::debug!(group = %group_id, %error, "firing timers failed; retrying");
+                Step::Failed
+            }
+        }
+    })
+    .await
 }
 
 async fn fire_all(shared: &Shared, group: GroupId, timers: Vec<pkd_raft::Timer>) -> Result<(), ProposeError> {
@@ -154,44 +179,26 @@ impl Outbox {
 
 /// The hand-over pump of one group.
 async fn run_pump(shared: Arc<Shared>, group_id: GroupId) {
-    let Ok(group) = shared.group(group_id) else {
-        return;
-    };
-    let node = shared.id;
-    let mut metrics = group.metrics();
-    let mut applied = group.replica().applied();
-    while wait_for_leadership(&mut metrics, node).await {
-        tracing::info!(group = %group_id, "leading: hand-over pump running");
-        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
-        while still_leader(&metrics, node) {
-            applied.borrow_and_update();
-            let outbox = group.replica().read(|machine| match machine.as_lobby() {
-                Some(lobby) => Outbox::Orders(lobby.pending_orders().cloned().collect()),
-                None => Outbox::Releases(
-                    machine.as_arena().map(|arena| arena.pending_releases().collect()).unwrap_or_default(),
-                ),
-            });
-            if outbox.is_empty() {
-                let running = tokio::select! {
-                    changed = applied.changed() => changed.is_ok(),
-                    running = metrics.changed() => running,
-                };
-                if !running {
-                    return;
-                }
-                continue;
+    run_while_leading(shared, group_id, "hand-over pump", |shared, group_id| async move {
+        let Ok(group) = shared.group(group_id) else { return Step::Idle(None) };
+        let outbox = group.replica().read(|machine| match machine.as_lobby() {
+            Some(lobby) => Outbox::Orders(lobby.pending_orders().cloned().collect()),
+            None => {
+                Outbox::Releases(machine.as_arena().map(|arena| arena.pending_releases().collect()).unwrap_or_default())
             }
-            match deliver(&shared, group_id, outbox).await {
-                Ok(()) => backoff.reset(),
-                Err(error) => {
-                    let wait = backoff.next_wait();
-                    tracing::warn!(group = %group_id, %error, ?wait, "hand-over failed; retrying");
-                    tokio::time::sleep(wait).await;
-                }
+        });
+        if outbox.is_empty() {
+            return Step::Idle(None);
+        }
+        match deliver(&shared, group_id, outbox).await {
+            Ok(()) => Step::Worked,
+            Err(error) => {
+                tracing::warn!(group = %group_id, %error, "hand-over failed; retrying");
+                Step::Failed
             }
         }
-        tracing::info!(group = %group_id, "no longer leading: hand-over pump paused");
-    }
+    })
+    .await
 }
 
 /// Delivers every item of `outbox` and confirms it to its group.
