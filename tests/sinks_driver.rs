@@ -322,6 +322,19 @@ impl TestDatabase {
     async fn drop_database(self) {
         let _ = sqlx::query(&format!("DROP DATABASE {}", self.name)).execute(&self.admin).await;
     }
+
+    /// Runs `body` on a fresh database (given its name) and drops the database, whatever
+    /// the outcome.
+    async fn around<F, Fut>(body: F) -> TestResult
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = TestResult>,
+    {
+        let database = TestDatabase::create().await?;
+        let outcome = body(database.name.clone()).await;
+        database.drop_database().await;
+        outcome
+    }
 }
 
 fn upstream_of(server: &str) -> anyhow::Result<SocketAddr> {
@@ -331,10 +344,7 @@ fn upstream_of(server: &str) -> anyhow::Result<SocketAddr> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_holds_exactly_the_results_after_the_link_is_cut_and_healed() -> TestResult {
-    let database = TestDatabase::create().await?;
-    let outcome = mysql_cut_and_heal(&database.name).await;
-    database.drop_database().await;
-    outcome
+    TestDatabase::around(|name| async move { mysql_cut_and_heal(&name).await }).await
 }
 
 async fn mysql_cut_and_heal(database: &str) -> TestResult {
@@ -492,10 +502,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]
 async fn measure_results_sink_throughput_into_mysql() -> TestResult {
-    let database = TestDatabase::create().await?;
-    let outcome = measure_throughput(&database.name).await;
-    database.drop_database().await;
-    outcome
+    TestDatabase::around(|name| async move { measure_throughput(&name).await }).await
 }
 
 async fn measure_throughput(database: &str) -> TestResult {
@@ -538,10 +545,7 @@ async fn measure_throughput(database: &str) -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]
 async fn measure_results_sink_lag_under_gifts() -> TestResult {
-    let database = TestDatabase::create().await?;
-    let outcome = measure_lag(&database.name).await;
-    database.drop_database().await;
-    outcome
+    TestDatabase::around(|name| async move { measure_lag(&name).await }).await
 }
 
 /// A PK and its two anchors.
@@ -701,10 +705,7 @@ impl ClusterWithSinks {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_arena_leader_resumes_the_results_exactly() -> TestResult {
-    let database = TestDatabase::create().await?;
-    let outcome = new_leader_resumes(&database.name).await;
-    database.drop_database().await;
-    outcome
+    TestDatabase::around(|name| async move { new_leader_resumes(&name).await }).await
 }
 
 async fn new_leader_resumes(database: &str) -> TestResult {
