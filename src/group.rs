@@ -120,7 +120,7 @@ impl Group {
 
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<NodeId> {
-        self.metrics().read(|metrics| metrics.current_leader)
+        known_leader(&self.raft)
     }
 
     /// Asks the group to hand leadership to `to` (only the leader acts on it). Returns at
@@ -171,6 +171,11 @@ impl Group {
             tracing::warn!(group = %self.id, %error, "raft did not shut down cleanly");
         }
     }
+}
+
+/// The leader of `raft`'s group as this node knows it.
+fn known_leader(raft: &Raft) -> Option<NodeId> {
+    MetricsWatch::new(raft).read(|metrics| metrics.current_leader)
 }
 
 /// Whether the metrics say `node` is the leader.
@@ -242,15 +247,10 @@ async fn run_batcher(writer: Writer, mut queue: mpsc::Receiver<Proposal>, in_fli
 }
 
 impl Writer {
-    /// The leader this node knows of.
-    fn leader(&self) -> Option<NodeId> {
-        MetricsWatch::new(&self.raft).read(|metrics| metrics.current_leader)
-    }
-
     /// Writes `batch` here if this node leads the group, forwards what may be forwarded to
     /// the leader otherwise.
     async fn route(&self, batch: Vec<Proposal>, stopped: &std::sync::atomic::AtomicBool) {
-        match (self.leader(), &self.network) {
+        match (known_leader(&self.raft), &self.network) {
             (Some(leader), Some(_)) if leader != self.node => self.forward_or_refuse(leader, batch).await,
             _ => {
                 if let Some(refused) = self.write(batch, stopped).await {
