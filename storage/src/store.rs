@@ -13,10 +13,22 @@
 //! with one flush. A sled flush covers every write made to the database before it starts, in any
 //! tree, so when many groups append at the same time one fsync completes all of them (group
 //! commit), and the cost of durability does not grow with the number of groups.
+//!
+//! sled's own flush writes its buffers with `sync_file_range` on Linux: the data reaches the
+//! device, but neither the device's write cache nor the file's size and block map are made
+//! durable, so a power cut could still take back the end of the log. After every sled flush
+//! the flush thread therefore calls `fdatasync` on sled's log file too (through a handle of
+//! its own: a sync covers the file, not one descriptor). Values too large for sled's log (a
+//! snapshot, a large tree page) go to separate "blob" files that sled never syncs: the flush
+//! thread syncs each new one, and their folder, before it answers.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -85,6 +97,7 @@ struct Inner {
 struct FlushStats {
     count: AtomicU64,
     nanos: AtomicU64,
+    blobs: AtomicU64,
 }
 
 /// How many flushes the flush thread has done and how long they took in all.
@@ -92,6 +105,8 @@ struct FlushStats {
 pub struct FlushTotals {
     pub count: u64,
     pub busy: Duration,
+    /// Blob files (sled's files for values too large for its log) synced.
+    pub blobs_synced: u64,
 }
 
 impl Store {
@@ -119,6 +134,18 @@ impl Store {
                 Err(error) => return Err(error.into()),
             }
         };
+        // sled's log file, for the `fdatasync` after each sled flush. Its directory is synced
+        // once here, so that a database created just now keeps its files after a power cut.
+        // A temporary database is never synced.
+        let disk = if config.temporary {
+            None
+        } else {
+            let path = config.get_path();
+            let file = File::open(path.join(SLED_LOG_FILE)).map_err(sled::Error::from)?;
+            file.sync_all().map_err(sled::Error::from)?;
+            sync_directory(&path).map_err(sled::Error::from)?;
+            Some(Disk { path, log_file: file, synced_blobs: HashSet::new() })
+        };
         let (sender, receiver) = mpsc::channel();
         let flushes = Arc::new(FlushStats::default());
         let flush_thread = thread::Builder::new()
@@ -126,7 +153,7 @@ impl Store {
             .spawn({
                 let db = db.clone();
                 let flushes = Arc::clone(&flushes);
-                move || run_flush_thread(db, receiver, flushes)
+                move || run_flush_thread(db, disk, receiver, flushes)
             })
             .map_err(|error| Error::Sled(error.into()))?;
         Ok(Store {
@@ -188,6 +215,7 @@ impl Store {
         FlushTotals {
             count: self.inner.flushes.count.load(Ordering::Relaxed),
             busy: Duration::from_nanos(self.inner.flushes.nanos.load(Ordering::Relaxed)),
+            blobs_synced: self.inner.flushes.blobs.load(Ordering::Relaxed),
         }
     }
 
@@ -224,21 +252,88 @@ impl Drop for Inner {
     }
 }
 
+/// The file in a sled directory that holds its log.
+const SLED_LOG_FILE: &str = "db";
+
+/// The folder in a sled directory that holds values too large for the log.
+const SLED_BLOB_DIR: &str = "blobs";
+
+fn sync_directory(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// What the flush thread syncs after sled's flush.
+struct Disk {
+    path: PathBuf,
+    log_file: File,
+    /// The blob files synced so far (sled never rewrites one: a new value gets a new file).
+    synced_blobs: HashSet<OsString>,
+}
+
+impl Disk {
+    /// `fdatasync` of the log file, then a sync of every blob file not synced yet; returns
+    /// how many blob files it synced.
+    fn sync(&mut self) -> io::Result<u64> {
+        self.log_file.sync_data()?;
+        let blobs = self.path.join(SLED_BLOB_DIR);
+        let entries = match std::fs::read_dir(&blobs) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(error) => return Err(error),
+        };
+        let mut present = HashSet::new();
+        let mut new = 0;
+        for entry in entries {
+            let name = entry?.file_name();
+            if !self.synced_blobs.contains(&name) {
+                match File::open(blobs.join(&name)) {
+                    Ok(file) => file.sync_all()?,
+                    // sled removes the blobs of replaced values as it goes.
+                    Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                    Err(error) => return Err(error),
+                }
+                new += 1;
+            }
+            present.insert(name);
+        }
+        self.synced_blobs = present;
+        if new > 0 {
+            sync_directory(&blobs)?;
+        }
+        Ok(new)
+    }
+}
+
+/// sled's flush, then the syncs sled leaves out (see the module documentation).
+fn flush_durably(db: &sled::Db, disk: Option<&mut Disk>, stats: &FlushStats) -> io::Result<()> {
+    db.flush().map_err(|error| io::Error::other(format!("sled flush failed: {error}")))?;
+    if let Some(disk) = disk {
+        let blobs = disk.sync().map_err(|error| io::Error::new(error.kind(), format!("sync failed: {error}")))?;
+        stats.blobs.fetch_add(blobs, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 /// Body of the flush thread: wait for a request, take all the others already waiting, flush
 /// once, answer them all.
-fn run_flush_thread(db: sled::Db, requests: mpsc::Receiver<FlushDone>, flushes: Arc<FlushStats>) {
+fn run_flush_thread(
+    db: sled::Db,
+    mut disk: Option<Disk>,
+    requests: mpsc::Receiver<FlushDone>,
+    flushes: Arc<FlushStats>,
+) {
     while let Ok(first) = requests.recv() {
         let mut waiting = vec![first];
         waiting.extend(requests.try_iter());
         let started = Instant::now();
-        let result = db.flush();
+        let result = flush_durably(&db, disk.as_mut(), &flushes);
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         flushes.nanos.fetch_add(nanos, Ordering::Relaxed);
         flushes.count.fetch_add(1, Ordering::Relaxed);
         for done in waiting {
             let outcome = match &result {
-                Ok(_) => Ok(()),
-                Err(error) => Err(io::Error::other(format!("sled flush failed: {error}"))),
+                Ok(()) => Ok(()),
+                Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
             };
             done(outcome);
         }

@@ -174,7 +174,12 @@ async fn a_saved_snapshot_reads_back_intact_after_reopen() -> TestResult {
         let snapshots = store.snapshot_store::<KvConfig>(5)?;
         let older = SnapshotMetaOf::<KvConfig> { last_log_id: Some(id(4, 10)), last_membership: membership.clone() };
         snapshots.save(&older, b"older").await?;
+        assert_eq!(store.flush_totals().blobs_synced, 0, "a small snapshot stays in sled's log");
         snapshots.save(&meta, &data).await?;
+        // Too large for sled's log: it went to a blob file, which sled itself never syncs.
+        let blobs = std::fs::read_dir(dir.path().join("blobs"))?.count();
+        assert!(blobs >= 1, "no blob file for a 3 MB value");
+        assert!(store.flush_totals().blobs_synced >= 1, "the save returned before its blob file was synced");
     }
 
     let store = Store::open(dir.path())?;
