@@ -22,6 +22,7 @@ mod store;
 pub use error::Error;
 pub use log_store::LogStore;
 pub use snapshot_store::SnapshotStore;
+pub use store::DEFERRED_FLUSH_WAIT;
 pub use store::FlushTotals;
 pub use store::GroupId;
 pub use store::LOCK_WAIT;

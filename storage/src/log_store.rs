@@ -6,6 +6,9 @@ use std::io;
 use std::marker::PhantomData;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 
 use openraft::LogState;
 use openraft::OptionalSend;
@@ -24,6 +27,7 @@ use crate::GroupId;
 use crate::Store;
 use crate::codec;
 use crate::keys;
+use crate::store::Urgency;
 
 /// The raft log of one group, stored in the group's own tree of the node's shared database
 /// (see the [`keys`](crate::keys) module for the layout).
@@ -46,12 +50,21 @@ pub struct LogStore<C> {
     store: Store,
     group: GroupId,
     tree: sled::Tree,
+    /// Whether appends ask for a flush at once (see [`LogStore::set_urgent`]); shared by
+    /// every handle on this group's log.
+    urgent: Arc<AtomicBool>,
     _config: PhantomData<fn() -> C>,
 }
 
 impl<C> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        LogStore { store: self.store.clone(), group: self.group, tree: self.tree.clone(), _config: PhantomData }
+        LogStore {
+            store: self.store.clone(),
+            group: self.group,
+            tree: self.tree.clone(),
+            urgent: Arc::clone(&self.urgent),
+            _config: PhantomData,
+        }
     }
 }
 
@@ -66,7 +79,21 @@ where
     C: RaftTypeConfig,
 {
     pub(crate) fn new(store: Store, group: GroupId, tree: sled::Tree) -> Self {
-        LogStore { store, group, tree, _config: PhantomData }
+        LogStore { store, group, tree, urgent: Arc::new(AtomicBool::new(true)), _config: PhantomData }
+    }
+
+    /// Whether appended entries are flushed at once (the default) or may wait up to
+    /// [`DEFERRED_FLUSH_WAIT`](crate::DEFERRED_FLUSH_WAIT) to share a flush with other
+    /// writes. Either way an append is acknowledged only once it is on disk; deferring
+    /// suits a follower whose acknowledgement its leader does not need for a majority.
+    /// Votes, truncations and snapshots are always flushed at once.
+    pub fn set_urgent(&self, urgent: bool) {
+        self.urgent.store(urgent, Ordering::Relaxed);
+    }
+
+    /// Whether appends are flushed at once (see [`LogStore::set_urgent`]).
+    pub fn is_urgent(&self) -> bool {
+        self.urgent.load(Ordering::Relaxed)
     }
 
     /// The raft group this log belongs to.
@@ -230,15 +257,18 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        // One insert per entry, in index order, not one sled batch: sled writes out its
+        // buffer twice for every batch (to frame it on disk), which costs more than the
+        // fsync. Without a batch, a crash may keep only the first entries of an append; that
+        // is still a log without holes, and none of them was acknowledged.
         for entry in entries {
             let (_, index) = entry.log_id_parts();
             let bytes = codec::encode(&entry, "log entry", self.group)?;
-            batch.insert(&keys::entry(index), bytes);
+            self.tree.insert(keys::entry(index), bytes).map_err(Error::from)?;
         }
-        self.tree.apply_batch(batch).map_err(Error::from)?;
         // The entries are readable now; the callback waits for the disk.
-        self.store.request_flush(Box::new(move |result| callback.io_completed(result)))?;
+        let urgency = if self.urgent.load(Ordering::Relaxed) { Urgency::Now } else { Urgency::Soon };
+        self.store.request_flush(Box::new(move |result| callback.io_completed(result)), urgency)?;
         Ok(())
     }
 

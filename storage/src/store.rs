@@ -74,6 +74,26 @@ fn is_lock_conflict(error: &io::Error) -> bool {
 /// What the flush thread calls once the flush covering a request has finished.
 pub(crate) type FlushDone = Box<dyn FnOnce(io::Result<()>) + Send + 'static>;
 
+/// How soon a write must reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Urgency {
+    /// Flush at once: somebody waits for it (a leader's own entries, a follower whose
+    /// acknowledgement the leader needs for its majority, a vote).
+    Now,
+    /// The next flush may carry it, whoever asks for that one, but no later than
+    /// [`DEFERRED_FLUSH_WAIT`] from now: a follower whose acknowledgement the leader does
+    /// not need for its majority. It still acknowledges nothing before the flush.
+    Soon,
+}
+
+/// The longest a [`Urgency::Soon`] write waits for a flush to share.
+pub const DEFERRED_FLUSH_WAIT: Duration = Duration::from_millis(2);
+
+struct FlushRequest {
+    done: FlushDone,
+    urgency: Urgency,
+}
+
 /// The node's sled database, shared by all raft groups of the node.
 ///
 /// Cheap to clone: clones share the database and the flush thread. The database is closed (and
@@ -87,7 +107,7 @@ pub struct Store {
 struct Inner {
     db: sled::Db,
     /// Requests for the flush thread; `None` only while dropping.
-    flush_requests: Option<mpsc::Sender<FlushDone>>,
+    flush_requests: Option<mpsc::Sender<FlushRequest>>,
     flush_thread: Option<thread::JoinHandle<()>>,
     flushes: Arc<FlushStats>,
 }
@@ -193,9 +213,12 @@ impl Store {
     /// Makes every write done so far, in every group, durable.
     pub async fn flush(&self) -> Result<(), Error> {
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.request_flush(Box::new(move |result| {
-            let _ = sender.send(result);
-        }))?;
+        self.request_flush(
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+            Urgency::Now,
+        )?;
         match receiver.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(io_error)) => Err(Error::Sled(io_error.into())),
@@ -224,13 +247,14 @@ impl Store {
         &self.inner.db
     }
 
-    /// Queues `done` to run after the next flush has finished. The flush covers every write made
-    /// before this call. If the flush thread is gone, `done` is not run and an error is returned.
-    pub(crate) fn request_flush(&self, done: FlushDone) -> Result<(), Error> {
+    /// Queues `done` to run after a flush that covers every write made before this call: the
+    /// next one, or for [`Urgency::Soon`] possibly a later one. If the flush thread is gone,
+    /// `done` is not run and an error is returned.
+    pub(crate) fn request_flush(&self, done: FlushDone, urgency: Urgency) -> Result<(), Error> {
         let Some(requests) = &self.inner.flush_requests else {
             return Err(Error::FlusherStopped);
         };
-        requests.send(done).map_err(|_| Error::FlusherStopped)
+        requests.send(FlushRequest { done, urgency }).map_err(|_| Error::FlusherStopped)
     }
 }
 
@@ -315,22 +339,54 @@ fn flush_durably(db: &sled::Db, disk: Option<&mut Disk>, stats: &FlushStats) -> 
 }
 
 /// Body of the flush thread: wait for a request, take all the others already waiting, flush
-/// once, answer them all.
+/// once, answer them all. Requests that may wait ([`Urgency::Soon`]) are held until an urgent
+/// one comes or the oldest of them has waited [`DEFERRED_FLUSH_WAIT`].
 fn run_flush_thread(
     db: sled::Db,
     mut disk: Option<Disk>,
-    requests: mpsc::Receiver<FlushDone>,
+    requests: mpsc::Receiver<FlushRequest>,
     flushes: Arc<FlushStats>,
 ) {
-    while let Ok(first) = requests.recv() {
-        let mut waiting = vec![first];
-        waiting.extend(requests.try_iter());
+    let mut waiting: Vec<FlushDone> = Vec::new();
+    // When the oldest deferred request must be flushed, while one is held.
+    let mut due: Option<Instant> = None;
+    let mut open = true;
+    while open {
+        let first = match due {
+            None => requests.recv().ok(),
+            Some(due) => match requests.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                Ok(request) => Some(request),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    None
+                }
+            },
+        };
+        if first.is_none() && due.is_none() {
+            // The channel closed with nothing held: done.
+            break;
+        }
+        let mut urgent = false;
+        for request in first.into_iter().chain(requests.try_iter()) {
+            match request.urgency {
+                Urgency::Now => urgent = true,
+                Urgency::Soon => {
+                    due.get_or_insert_with(|| Instant::now() + DEFERRED_FLUSH_WAIT);
+                }
+            }
+            waiting.push(request.done);
+        }
+        if open && !urgent && due.is_some_and(|due| Instant::now() < due) {
+            continue;
+        }
+        due = None;
         let started = Instant::now();
         let result = flush_durably(&db, disk.as_mut(), &flushes);
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         flushes.nanos.fetch_add(nanos, Ordering::Relaxed);
         flushes.count.fetch_add(1, Ordering::Relaxed);
-        for done in waiting {
+        for done in waiting.drain(..) {
             let outcome = match &result {
                 Ok(()) => Ok(()),
                 Err(error) => Err(io::Error::new(error.kind(), error.to_string())),

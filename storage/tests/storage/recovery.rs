@@ -289,3 +289,57 @@ async fn concurrent_appends_of_many_groups_share_flushes() -> TestResult {
     }
     Ok(())
 }
+
+/// Appends `index` to `log` and returns a receiver that fires when the append is on disk.
+async fn append_one(
+    log: &mut LogStore<KvConfig>,
+    group: u64,
+    index: u64,
+) -> Result<tokio::sync::oneshot::Receiver<Result<(), io::Error>>, io::Error> {
+    let (done, flushed) = KvConfig::oneshot();
+    let callback = IOFlushed::<KvConfig>::signal(done);
+    log.append([put(group, 1, index)], callback).await?;
+    Ok(flushed)
+}
+
+#[tokio::test]
+async fn a_deferred_append_is_still_acknowledged_only_after_a_flush() -> TestResult {
+    let dir = TempDir::new()?;
+    let store = Store::open(dir.path())?;
+    let mut log = log_of(&store, 1)?;
+    log.set_urgent(false);
+    for index in 1..=3 {
+        let before = store.flush_count();
+        let asked = std::time::Instant::now();
+        let flushed = append_one(&mut log, 1, index).await?;
+        // Nothing else writes: the flush comes once the deferral runs out, not before.
+        tokio::time::timeout(std::time::Duration::from_secs(10), flushed).await??.map_err(|e| e.to_string())?;
+        assert!(asked.elapsed() >= pkd_storage::DEFERRED_FLUSH_WAIT, "append {index} was not deferred");
+        assert!(store.flush_count() > before, "append {index} acknowledged without a flush");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn deferred_appends_ride_on_the_next_urgent_flush() -> TestResult {
+    let dir = TempDir::new()?;
+    let store = Store::open(dir.path())?;
+    let mut deferring = log_of(&store, 1)?;
+    deferring.set_urgent(false);
+    let mut urgent = log_of(&store, 2)?;
+    assert!(urgent.is_urgent(), "appends are urgent unless told otherwise");
+    let mut shared = 0;
+    for index in 1..=20 {
+        let before = store.flush_count();
+        let mut flushed = append_one(&mut deferring, 1, index).await?;
+        urgent.save_vote(&Vote::new(index, 2)).await?;
+        // The vote's flush answered the deferred append that was queued before it (unless
+        // the deferral ran out first and a flush of its own did).
+        assert!(matches!(flushed.try_recv(), Ok(Ok(()))), "round {index}: the deferred append is still waiting");
+        if store.flush_count() - before == 1 {
+            shared += 1;
+        }
+    }
+    assert!(shared > 0, "a deferred append never shared the urgent flush that followed it");
+    Ok(())
+}
