@@ -377,6 +377,7 @@ impl Node {
         let initializer = !joining && members.keys().next() == Some(&config.node_id);
         let (effects, _) = broadcast::channel(config.effect_capacity);
         let mut groups = Vec::with_capacity(config.arena_count as usize + 1);
+        let mut logs = Vec::with_capacity(config.arena_count as usize + 1);
         for index in 0..=u64::from(config.arena_count) {
             let group = GroupId(index);
             let fresh =
@@ -384,6 +385,7 @@ impl Node {
             let (replica, handle) = Replica::open(group, store.snapshot_store(group)?, fresh, effects.clone())
                 .map_err(|source| NodeError::Replica { group, source })?;
             let log = store.log_store(group)?;
+            logs.push(log.clone());
             let started = match &network {
                 None => Raft::new(config.node_id, Arc::clone(&raft_config), NoNetwork, log, replica).await,
                 Some(network) => {
@@ -429,10 +431,11 @@ impl Node {
         }
         let (stop, stopped) = watch::channel(false);
         let mut duties = Vec::new();
-        for group in &shared.groups {
+        for (group, log) in shared.groups.iter().zip(logs) {
             duties.extend(crate::ticker::spawn_leader_duties(Arc::clone(&shared), group.id(), stopped.clone()));
             if let Some(network) = &shared.network {
                 duties.push(tokio::spawn(learn_peers(network.clone(), group.id(), group.metrics())));
+                duties.push(tokio::spawn(pace_flushes(network.clone(), group.metrics(), log)));
             }
         }
         tracing::info!(node = config.node_id, "node ready");
@@ -644,6 +647,51 @@ async fn learn_peers(network: Network, group: GroupId, mut metrics: crate::conse
     }
 }
 
+/// How often [`pace_flushes`] looks again at the connections when nothing else changed.
+const PACE_RECHECK: Duration = Duration::from_millis(200);
+
+/// Keeps `log`'s flush urgency in step with this node's part in the group: its appends are
+/// flushed at once when the leader needs them for its majority, and otherwise may wait a
+/// moment to share a flush with other writes (see [`urgent_appends`]).
+async fn pace_flushes(network: Network, mut metrics: crate::consensus::MetricsWatch, log: consensus::LogStore) {
+    let me = network.node_id();
+    loop {
+        let (leader, voters) = metrics.read(|metrics| (metrics.current_leader, consensus::voters(metrics)));
+        let urgent = urgent_appends(me, leader, &voters, |peer| network.is_connected(peer));
+        if urgent != log.is_urgent() {
+            tracing::debug!(group = %log.group(), urgent, "flush pacing changed");
+            log.set_urgent(urgent);
+        }
+        tokio::select! {
+            changed = metrics.changed() => if !changed { return },
+            _ = tokio::time::sleep(PACE_RECHECK) => {}
+        }
+    }
+}
+
+/// Whether node `me` must flush its appends at once, given the group's leader and voters.
+/// A leader commits an entry once a majority of the voters hold it on disk: itself and, of
+/// `n` voters, `n / 2` followers. Those followers are the ones after the leader in id
+/// order, wrapping around; the others defer their flushes, so that each node does fewer of
+/// them. Everything else flushes at once: the leader, a learner, a node that knows no
+/// leader, and a deferring follower not connected to one of the followers the leader
+/// counts on (that one may be down).
+pub(crate) fn urgent_appends(
+    me: NodeId,
+    leader: Option<NodeId>,
+    voters: &[NodeId],
+    connected: impl Fn(NodeId) -> bool,
+) -> bool {
+    let Some(leader) = leader else { return true };
+    if leader == me || !voters.contains(&me) {
+        return true;
+    }
+    let Some(at) = voters.iter().position(|&voter| voter == leader) else { return true };
+    let counted: Vec<NodeId> =
+        (1..voters.len()).map(|step| voters[(at + step) % voters.len()]).take(voters.len() / 2).collect();
+    counted.contains(&me) || counted.iter().any(|&peer| !connected(peer))
+}
+
 /// Waits until `group` has a leader and, if this node leads it (always when `alone`), has
 /// applied every entry of its log.
 async fn wait_until_ready(group: &Group, alone: bool) -> Result<(), NodeError> {
@@ -679,4 +727,45 @@ async fn wait_until_ready(group: &Group, alone: bool) -> Result<(), NodeError> {
 pub fn wall_clock() -> TimestampMs {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     TimestampMs(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::urgent_appends;
+
+    fn everyone(_: u64) -> bool {
+        true
+    }
+
+    #[test]
+    fn of_three_voters_the_leader_and_the_next_one_flush_at_once() {
+        let voters = [1, 2, 3];
+        // (leader, the follower it counts on, the follower that defers)
+        for (leader, counted, deferring) in [(1, 2, 3), (2, 3, 1), (3, 1, 2)] {
+            assert!(urgent_appends(leader, Some(leader), &voters, everyone), "leader {leader}");
+            assert!(urgent_appends(counted, Some(leader), &voters, everyone), "leader {leader}, node {counted}");
+            assert!(!urgent_appends(deferring, Some(leader), &voters, everyone), "leader {leader}, node {deferring}");
+        }
+    }
+
+    #[test]
+    fn of_five_voters_two_followers_flush_at_once() {
+        let voters = [1, 2, 4, 7, 9];
+        let urgent: Vec<u64> =
+            voters.into_iter().filter(|&me| urgent_appends(me, Some(7), &voters, everyone)).collect();
+        assert_eq!(urgent, vec![1, 7, 9]);
+    }
+
+    #[test]
+    fn without_a_known_leader_a_learner_or_a_counted_peer_everyone_flushes_at_once() {
+        let voters = [1, 2, 3];
+        assert!(urgent_appends(3, None, &voters, everyone), "no leader known");
+        assert!(urgent_appends(4, Some(1), &voters, everyone), "a learner");
+        assert!(
+            urgent_appends(3, Some(1), &voters, |peer| peer != 2),
+            "node 2, which leader 1 counts on, is unreachable"
+        );
+        assert!(!urgent_appends(3, Some(1), &voters, |peer| peer != 1), "only the leader is unreachable from here");
+        assert!(urgent_appends(1, Some(1), &[1], everyone), "a single voter");
+    }
 }
