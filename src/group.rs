@@ -10,6 +10,7 @@
 //! leader in one message, and the leader queues it as one run of proposals: a forwarded
 //! gift costs a share of one round trip, not a round trip of its own.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use pkd_raft::{Action, Command, Response};
@@ -26,7 +27,7 @@ use crate::replica::ReplicaHandle;
 /// At most this many commands in one raft entry.
 pub const MAX_BATCH: usize = 256;
 
-/// Proposals waiting for the queue task; a full queue makes proposers wait.
+/// Runs of proposals waiting for the queue task; a full queue makes proposers wait.
 const QUEUE_CAPACITY: usize = 4_096;
 
 /// Why a proposal did not get a response from the machine.
@@ -70,7 +71,9 @@ pub struct Group {
     node: NodeId,
     raft: Raft,
     replica: ReplicaHandle,
-    queue: mpsc::Sender<Proposal>,
+    /// Runs of proposals: a run is cut into entries as a whole (unless it is larger than
+    /// an entry), never mixed with proposals that came after it.
+    queue: mpsc::Sender<Vec<Proposal>>,
     /// The queue task, taken when the group shuts down.
     batcher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -133,29 +136,28 @@ impl Group {
     /// its clock when it cuts the entry.
     pub async fn propose(&self, action: Action, route: Route) -> Result<Response, ProposeError> {
         let (reply, response) = oneshot::channel();
-        self.queue.send(Proposal { action, route, reply }).await.map_err(|_| ProposeError::Stopped(self.id))?;
+        self.queue.send(vec![Proposal { action, route, reply }]).await.map_err(|_| ProposeError::Stopped(self.id))?;
         response.await.map_err(|_| ProposeError::Stopped(self.id))?
     }
 
     /// Proposes `actions` as one run (they go into the same entry unless it is full), only
     /// if this node leads the group; one result per action, in order.
     pub async fn propose_here(&self, actions: Vec<Action>) -> Vec<Result<Response, ProposeError>> {
-        let mut waiting = Vec::with_capacity(actions.len());
-        for action in actions {
-            let (reply, response) = oneshot::channel();
-            if self.queue.send(Proposal { action, route: Route::HereOnly, reply }).await.is_err() {
-                waiting.push(None);
-                continue;
-            }
-            waiting.push(Some(response));
+        let (run, responses): (Vec<Proposal>, Vec<_>) = actions
+            .into_iter()
+            .map(|action| {
+                let (reply, response) = oneshot::channel();
+                (Proposal { action, route: Route::HereOnly, reply }, response)
+            })
+            .unzip();
+        // One message for the whole run, so that the queue task cuts it into as few
+        // entries as it can.
+        if self.queue.send(run).await.is_err() {
+            return responses.iter().map(|_| Err(ProposeError::Stopped(self.id))).collect();
         }
-        let mut results = Vec::with_capacity(waiting.len());
-        for response in waiting {
-            let result = match response {
-                Some(response) => response.await.unwrap_or(Err(ProposeError::Stopped(self.id))),
-                None => Err(ProposeError::Stopped(self.id)),
-            };
-            results.push(result);
+        let mut results = Vec::with_capacity(responses.len());
+        for response in responses {
+            results.push(response.await.unwrap_or(Err(ProposeError::Stopped(self.id))));
         }
         results
     }
@@ -207,12 +209,24 @@ struct Writer {
 
 /// The queue task: cuts a batch from every proposal waiting (up to `MAX_BATCH`), and keeps
 /// up to `in_flight` batches committing (or forwarded) at once.
-async fn run_batcher(writer: Writer, mut queue: mpsc::Receiver<Proposal>, in_flight: usize) {
+async fn run_batcher(writer: Writer, mut queue: mpsc::Receiver<Vec<Proposal>>, in_flight: usize) {
     let permits = Arc::new(tokio::sync::Semaphore::new(in_flight));
     let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut waiting = Vec::with_capacity(MAX_BATCH);
+    // Proposals taken from the queue and not yet cut into a batch (the rest of a run that
+    // did not fit the last entry).
+    let mut waiting: VecDeque<Proposal> = VecDeque::new();
     let mut last_cut = 0;
-    while queue.recv_many(&mut waiting, MAX_BATCH).await > 0 {
+    loop {
+        // A slot first, then the batch: while every slot is taken, proposals gather in the
+        // queue, and the entry cut when one frees up carries all of them.
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        if waiting.is_empty() {
+            match queue.recv().await {
+                Some(run) => waiting.extend(run),
+                None => break,
+            }
+        }
+        take_ready(&mut queue, &mut waiting);
         // The proposers answered by the last entry are usually about to propose again (a
         // busy gift service keeps its connections full): when only a few of them are back,
         // let the runtime run the others first, so that they share this entry rather than
@@ -222,27 +236,31 @@ async fn run_batcher(writer: Writer, mut queue: mpsc::Receiver<Proposal>, in_fli
                 break;
             }
             tokio::task::yield_now().await;
-            while waiting.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(proposal) => waiting.push(proposal),
-                    Err(_) => break,
-                }
-            }
+            take_ready(&mut queue, &mut waiting);
         }
-        last_cut = waiting.len();
-        let batch: Vec<Proposal> = std::mem::take(&mut waiting);
+        let batch: Vec<Proposal> = waiting.drain(..waiting.len().min(MAX_BATCH)).collect();
+        last_cut = batch.len();
         if stopped.load(std::sync::atomic::Ordering::Acquire) {
             answer_all(batch.into_iter().map(|proposal| proposal.reply), ProposeError::Stopped(writer.group));
             queue.close();
             continue;
         }
-        let Ok(permit) = permits.clone().acquire_owned().await else { break };
         let writer = writer.clone();
         let stopped = stopped.clone();
         tokio::spawn(async move {
             writer.route(batch, &stopped).await;
             drop(permit);
         });
+    }
+}
+
+/// Moves the runs already in the queue to `waiting`, while it holds less than an entry.
+fn take_ready(queue: &mut mpsc::Receiver<Vec<Proposal>>, waiting: &mut VecDeque<Proposal>) {
+    while waiting.len() < MAX_BATCH {
+        match queue.try_recv() {
+            Ok(run) => waiting.extend(run),
+            Err(_) => break,
+        }
     }
 }
 
