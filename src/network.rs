@@ -32,7 +32,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use pkd_raft::{Action, Response};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -60,6 +60,9 @@ const SNAPSHOT_IDLE: Duration = Duration::from_secs(60);
 
 /// How long a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The read buffer of a connection.
+const READ_BUFFER: usize = 64 * 1024;
 
 /// Frames waiting to be written on one connection.
 const OUTGOING_CAPACITY: usize = 1_024;
@@ -718,7 +721,9 @@ async fn run_connection(network: Network, peer: NodeId, stream: TcpStream) {
     }
 }
 
-async fn read_loop(network: &Network, link: &Arc<Link>, mut reader: tokio::net::tcp::OwnedReadHalf) -> io::Result<()> {
+async fn read_loop(network: &Network, link: &Arc<Link>, reader: tokio::net::tcp::OwnedReadHalf) -> io::Result<()> {
+    // Buffered: one read takes in every frame that has arrived, not two reads per frame.
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     loop {
         match read_frame::<Frame>(&mut reader).await? {
             Frame::Request { id, group, request } => {
