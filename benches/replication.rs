@@ -12,8 +12,9 @@
 //! runs the same load on one node alone (no replication: the floor of the other figures).
 //!
 //! `REPLICATION_SOAK=5000000 cargo bench --bench replication` instead runs the sled soak
-//! on one node: that many gift entries with snapshots and log purges, then reports the
-//! data directory's size on disk and the process's resident memory.
+//! on one node: gifts from `REPLICATION_SOAK_CLIENTS` clients (default 16) until the log
+//! has taken that many raft entries, with snapshots and log purges on the way, then
+//! reports the data directory's size on disk and the process's resident memory.
 
 use pkd::consensus::GroupId;
 use pkd::{Node, NodeConfig};
@@ -188,25 +189,32 @@ fn resident_mib() -> f64 {
 }
 
 async fn soak(entries: u64) {
+    let clients = env("REPLICATION_SOAK_CLIENTS", 16);
     let dir = TempDir::new().unwrap();
     let node = Arc::new(Node::start(NodeConfig { arena_count: 4, ..NodeConfig::single(dir.path()) }).await.unwrap());
     let pks = Arc::new(make_pks(&node).await);
     let started = Instant::now();
-    let mut done = 0;
-    while done < entries {
-        let (acks, _) = load(std::slice::from_ref(&node), Via::FirstNode, pks.clone(), 256, 5).await;
-        done += acks;
+    let first = log_entries(&node);
+    let mut gifts = 0;
+    loop {
+        let written = log_entries(&node) - first;
         eprintln!(
-            "{done} gifts, {:.0} s: disk {:.1} MiB, resident {:.0} MiB",
+            "{written} raft entries, {gifts} gifts, {:.0} s: disk {:.1} MiB, resident {:.0} MiB",
             started.elapsed().as_secs_f64(),
             disk_bytes(dir.path()) as f64 / 1048576.0,
             resident_mib()
         );
+        if written >= entries {
+            break;
+        }
+        gifts += load(std::slice::from_ref(&node), Via::FirstNode, pks.clone(), clients, 10).await.0;
     }
+    let seconds = started.elapsed().as_secs_f64();
     println!(
-        "sled soak: {done} gift entries in {:.0} s ({:.0}/s), snapshots every {} entries: data dir {:.1} MiB, resident {:.0} MiB",
-        started.elapsed().as_secs_f64(),
-        done as f64 / started.elapsed().as_secs_f64(),
+        "sled soak: {} raft entries holding {gifts} gifts in {seconds:.0} s ({:.0} entries/s, {clients} clients), \
+         snapshots every {} entries: data dir {:.1} MiB, resident {:.0} MiB",
+        log_entries(&node) - first,
+        (log_entries(&node) - first) as f64 / seconds,
         NodeConfig::single(dir.path()).snapshot_every,
         disk_bytes(dir.path()) as f64 / 1048576.0,
         resident_mib()

@@ -3,8 +3,8 @@
 //!
 //! Proposals go through a small queue task: it takes whatever proposals are waiting, puts
 //! them in one raft entry (a [`Batch`]), writes it, and hands each proposer its own
-//! response. While one entry is being committed (and fsynced) the next proposals gather, so
-//! under load each fsync carries many commands.
+//! response. While one entry is being committed (and flushed to disk) the next proposals
+//! gather, so under load each flush carries many commands.
 //!
 //! On a node that does not lead the group, the queue task forwards what gathered to the
 //! leader in one message, and the leader queues it as one run of proposals: a forwarded
@@ -190,7 +190,7 @@ pub fn is_leader_in(metrics: &Metrics, node: NodeId) -> bool {
 /// waiting when it was cut, so while some commit the next fills. Too few starve the
 /// leader: a forwarding node sends nothing while its batch is out, and the leader's
 /// entries stay small. Too many cut the load into small entries, and the CPU an entry
-/// costs on every node (its fsync above all) is what bounds throughput. Four measured
+/// costs on every node (its disk flush above all) is what bounds throughput. Four measured
 /// best on three nodes sharing two cores (README, "Replication").
 pub const DEFAULT_IN_FLIGHT: usize = 4;
 

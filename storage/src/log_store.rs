@@ -39,13 +39,15 @@ use crate::store::Urgency;
 ///
 /// - `append` makes the entries readable before it returns and signals its `IOFlushed` callback
 ///   only after a flush that covers them has reached the disk (see [`Store`] for how flushes are
-///   shared between groups).
+///   shared between groups). With [`LogStore::set_urgent`]`(false)` that flush may come up to
+///   [`DEFERRED_FLUSH_WAIT`](crate::DEFERRED_FLUSH_WAIT) later; the promise is the same.
 /// - `save_vote` and `truncate_after` return only after a flush.
 /// - `save_committed` and `purge` are not flushed on their own; the next flush of any group
 ///   carries them. Losing them in a crash is harmless: the committed id is only a hint that may
 ///   lag, and a purge that did not happen leaves entries that a snapshot already covers.
 /// - A purge removes entries and moves the purge mark in one atomic batch, and truncation removes
-///   a suffix in one atomic batch, so the log never has a hole.
+///   a suffix in one atomic batch. An append inserts its entries one by one in index order, so
+///   a crash keeps a prefix of them. The log never has a hole.
 pub struct LogStore<C> {
     store: Store,
     group: GroupId,

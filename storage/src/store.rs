@@ -7,12 +7,14 @@
 //! hundred milliseconds. That is not good enough for raft: a node must not acknowledge a log
 //! entry or a vote that a crash could take back. So every write that raft needs to be durable
 //! asks the store's flush thread for a flush, and the caller is told only after that flush
-//! (sled's `flush`, which writes the dirty buffers and fsyncs) has returned.
+//! (sled's `flush`, which writes the dirty buffers, then an `fdatasync`) has returned.
 //!
 //! The flush thread takes every request that is waiting when it wakes up and answers all of them
 //! with one flush. A sled flush covers every write made to the database before it starts, in any
-//! tree, so when many groups append at the same time one fsync completes all of them (group
-//! commit), and the cost of durability does not grow with the number of groups.
+//! tree, so when many groups append at the same time one flush completes all of them (group
+//! commit), and the cost of durability does not grow with the number of groups. A request may
+//! also say it can wait (`Urgency::Soon`): it is then held until another request needs a
+//! flush, or until it has waited [`DEFERRED_FLUSH_WAIT`].
 //!
 //! sled's own flush writes its buffers with `sync_file_range` on Linux: the data reaches the
 //! device, but neither the device's write cache nor the file's size and block map are made
@@ -86,7 +88,8 @@ pub(crate) enum Urgency {
     Soon,
 }
 
-/// The longest a [`Urgency::Soon`] write waits for a flush to share.
+/// The longest a write that may wait (an append of a log with `set_urgent(false)`) waits
+/// for a flush to share.
 pub const DEFERRED_FLUSH_WAIT: Duration = Duration::from_millis(2);
 
 struct FlushRequest {
