@@ -24,6 +24,7 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Server {
     addr: SocketAddr,
     node: Arc<Node>,
+    gateway: Arc<Gateway>,
     _dir: TempDir,
 }
 
@@ -52,8 +53,9 @@ async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Server {
     let gateway = Gateway::start(node.clone(), config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, gateway.router()).await });
-    let server = Server { addr, node, _dir: dir };
+    let router = gateway.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let server = Server { addr, node, gateway, _dir: dir };
     // Short phases so a whole PK fits in a test: opening 300 ms, battle 3 s.
     server.config("pk_duration", "300,3000,0,600000").await;
     server
@@ -97,6 +99,20 @@ impl Server {
             Ok((socket, _)) => Ok(Client { socket, sequence: 0, pushes: Vec::new() }),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// A client whose socket has a small receive buffer, so that what it leaves unread
+    /// fills the connection quickly.
+    async fn connect_small_buffer(&self, user: u64) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(self.addr).await.unwrap();
+        let mut request = format!("ws://{}/ws", self.addr).into_client_request().unwrap();
+        let authorization = format!("Bearer {}", token(user, "IN", "android", 300));
+        request.headers_mut().insert(http::header::AUTHORIZATION, authorization.parse().unwrap());
+        let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+        let (socket, _) = tokio_tungstenite::client_async(request, stream).await.unwrap();
+        Client { socket, sequence: 0, pushes: Vec::new() }
     }
 
     /// One HTTP request to the gift API; returns (status, body).
@@ -177,6 +193,19 @@ impl Client {
         assert_eq!(reply["commandId"], -command_id, "{reply}");
         assert_eq!(reply["sequence"], self.sequence, "{reply}");
         reply
+    }
+
+    /// From now on the client only sends (command 44, over and over) and reads nothing;
+    /// the task ends once the server has dropped the connection.
+    fn stop_reading(self, room: u64) -> tokio::task::JoinHandle<()> {
+        let (mut commands, replies) = self.socket.split();
+        tokio::spawn(async move {
+            let _unread = replies;
+            let frame = json!({"commandId": 44, "msgType": "command", "roomId": room, "sequence": 1,
+                               "initTime": 1626146346120i64, "logId": "t"})
+            .to_string();
+            while commands.send(Message::Text(frame.clone().into())).await.is_ok() {}
+        })
     }
 
     async fn enter(&mut self, room: u64, anchor: bool) -> Value {
@@ -467,6 +496,51 @@ async fn a_silent_connection_is_closed_as_idle() {
     .await
     .expect("no close frame");
     assert_eq!(close, Some(pkd::gateway::CLOSE_IDLE));
+}
+
+/// Waits (at most a minute) for `writer`, a client that stopped reading, to find its
+/// connection dropped by the server.
+async fn dropped(writer: tokio::task::JoinHandle<()>) {
+    tokio::time::timeout(Duration::from_secs(60), writer)
+        .await
+        .expect("the server still holds a connection that reads nothing")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped() {
+    let server = start_with(|config| config.send_timeout = Duration::from_millis(500)).await;
+    let client = server.connect_small_buffer(460).await;
+    assert_eq!(server.gateway.hub().session_count(), 1);
+    // Its replies fill the connection; after 500 ms without progress the session gives up.
+    dropped(client.stop_reading(460)).await;
+    assert_eq!(server.gateway.hub().session_count(), 0);
+}
+
+#[tokio::test]
+async fn a_viewer_whose_pushes_pile_up_is_dropped() {
+    // A send timeout far beyond the test: what drops the viewer is its full push queue.
+    let server = start_with(|config| {
+        config.send_timeout = Duration::from_secs(600);
+        config.queue_capacity = 2;
+    })
+    .await;
+    let (_source, _target, _watcher) = server.battle(461, 462, 463).await;
+    let mut viewer = server.connect_small_buffer(464).await;
+    assert_eq!(viewer.enter(461, false).await["code"], "000000");
+    let writer = viewer.stop_reading(461);
+    // Gifts keep the scoreboard changing, so pushes for the viewer keep coming.
+    let gifts = async {
+        for id in 1.. {
+            server.gift(id, 461, 9_000 + id, 1).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = dropped(writer) => {}
+        _ = gifts => unreachable!(),
+    }
+    assert_eq!(server.gateway.hub().session_count(), 3, "only the viewer that stopped reading goes");
 }
 
 #[tokio::test]

@@ -55,6 +55,9 @@ pub struct GatewayConfig {
     pub command_burst: u32,
     /// A connection silent this long (no frame, no pong) is closed.
     pub idle_timeout: Duration,
+    /// A reply or push the client has not taken within this long (it stopped reading and
+    /// the socket's buffers are full) drops the connection.
+    pub send_timeout: Duration,
     pub ping_interval: Duration,
     /// After a change, a PK's state is pushed at most this often.
     pub push_cooldown: Duration,
@@ -77,6 +80,7 @@ impl Default for GatewayConfig {
             commands_per_second: 20,
             command_burst: 40,
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             push_cooldown: Duration::from_secs(1),
             push_period: Duration::from_secs(5),

@@ -3,7 +3,8 @@
 //! The upgrade is refused (HTTP 401) without a valid login token. Then one task per
 //! connection reads commands, answers each with exactly one reply (in order), forwards
 //! pushes from the hub, pings the client, closes an idle or too-slow connection, and
-//! answers floods with `900007`.
+//! answers floods with `900007`. A client that stops reading altogether is dropped once a
+//! reply or push has waited `send_timeout` for it.
 
 use super::hub::{Outbound, SessionId};
 use super::protocol::{self, ClientCommand, ClientMessage, MatchAction, ProtocolError, Reply, ReplyResult, RoomRole};
@@ -157,7 +158,7 @@ async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocket) {
     let mut last_heard = Instant::now();
     let close = loop {
         let idle_left = config.idle_timeout.saturating_sub(last_heard.elapsed());
-        tokio::select! {
+        let sent = tokio::select! {
             incoming = socket.recv() => {
                 let Some(Ok(message)) = incoming else { break None };
                 last_heard = Instant::now();
@@ -168,31 +169,55 @@ async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocket) {
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
                 let (reply, close) = connection.handle(frame, &mut limit).await;
-                if socket.send(Message::Text(reply.render().into())).await.is_err() {
-                    break None;
-                }
-                if let Some(close) = close {
-                    break Some(close);
+                let sent = send(&mut socket, Message::Text(reply.render().into()), &kicked, config.send_timeout).await;
+                match (sent, close) {
+                    (Sent::Done, Some(close)) => break Some(close),
+                    (sent, _) => sent,
                 }
             }
             Some(frame) = outbound.recv() => {
-                if socket.send(Message::Text(frame.as_ref().into())).await.is_err() {
-                    break None;
-                }
+                send(&mut socket, Message::Text(frame.as_ref().into()), &kicked, config.send_timeout).await
             }
             _ = kicked.notified() => break Some((CLOSE_TOO_SLOW, "too slow: pushes were not read")),
-            _ = ping.tick() => {
-                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
-                    break None;
-                }
-            }
+            _ = ping.tick() => send(&mut socket, Message::Ping(Vec::new().into()), &kicked, config.send_timeout).await,
             _ = tokio::time::sleep(idle_left) => break Some((CLOSE_IDLE, "idle")),
+        };
+        match sent {
+            Sent::Done => {}
+            Sent::Failed => break None,
+            Sent::Stalled => {
+                // The connection takes nothing: a close frame would wait like the rest.
+                tracing::info!(session, "client stopped reading: connection dropped");
+                break None;
+            }
         }
     };
     if let Some((code, reason)) = close {
-        let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+        let frame = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+        let _ = tokio::time::timeout(config.send_timeout, socket.send(frame)).await;
     }
     connection.closed();
+}
+
+/// How a send to the client ended.
+enum Sent {
+    Done,
+    /// The connection is broken.
+    Failed,
+    /// The client took nothing for the whole send timeout, or the hub gave up on it (its
+    /// pushes piled up) while the send waited.
+    Stalled,
+}
+
+/// Sends `message`, for at most `timeout`, and gives up early if the hub kicks the session.
+/// A client that stops reading fills the socket's buffers; without a bound the session
+/// would wait on it for ever, and never see its idle timeout or the kick.
+async fn send(socket: &mut WebSocket, message: Message, kicked: &Notify, timeout: std::time::Duration) -> Sent {
+    tokio::select! {
+        sent = socket.send(message) => if sent.is_ok() { Sent::Done } else { Sent::Failed },
+        _ = kicked.notified() => Sent::Stalled,
+        _ = tokio::time::sleep(timeout) => Sent::Stalled,
+    }
 }
 
 impl Connection {
