@@ -127,9 +127,41 @@ pub async fn remove(raft: &Raft, node: NodeId) -> Result<(), WriteError> {
     raft.change_membership(change, false).await.map(|_| ())
 }
 
+/// What both a group's full [`Metrics`] and the [`ServerMetrics`] a [`ServerWatch`] reads
+/// say: the node's state, the leader it knows, and the membership in force.
+pub trait Membership {
+    fn membership_in_force(&self) -> &StoredMembership;
+    fn server_state(&self) -> ServerState;
+    fn known_leader(&self) -> Option<NodeId>;
+}
+
+impl Membership for Metrics {
+    fn membership_in_force(&self) -> &StoredMembership {
+        &self.membership_config
+    }
+    fn server_state(&self) -> ServerState {
+        self.state
+    }
+    fn known_leader(&self) -> Option<NodeId> {
+        self.current_leader
+    }
+}
+
+impl Membership for ServerMetrics {
+    fn membership_in_force(&self) -> &StoredMembership {
+        &self.membership_config
+    }
+    fn server_state(&self) -> ServerState {
+        self.state
+    }
+    fn known_leader(&self) -> Option<NodeId> {
+        self.current_leader
+    }
+}
+
 /// The voters of the membership in force, in increasing id order.
-pub fn voters(metrics: &Metrics) -> Vec<NodeId> {
-    let mut voters: Vec<NodeId> = metrics.membership_config.voter_ids().collect();
+pub fn voters(metrics: &impl Membership) -> Vec<NodeId> {
+    let mut voters: Vec<NodeId> = metrics.membership_in_force().voter_ids().collect();
     voters.sort_unstable();
     voters.dedup();
     voters
@@ -143,13 +175,13 @@ pub fn learners(metrics: &Metrics) -> Vec<NodeId> {
 }
 
 /// Every member of the membership in force with its address.
-pub fn member_addresses(metrics: &Metrics) -> Vec<(NodeId, String)> {
-    metrics.membership_config.nodes().map(|(&id, node)| (id, node.addr.clone())).collect()
+pub fn member_addresses(metrics: &impl Membership) -> Vec<(NodeId, String)> {
+    metrics.membership_in_force().nodes().map(|(&id, node)| (id, node.addr.clone())).collect()
 }
 
 /// The log index of the membership in force (changes whenever the membership does).
-pub fn membership_index(metrics: &Metrics) -> Option<u64> {
-    metrics.membership_config.log_id().as_ref().map(|log_id| log_id.index)
+pub fn membership_index(metrics: &impl Membership) -> Option<u64> {
+    metrics.membership_in_force().log_id().as_ref().map(|log_id| log_id.index)
 }
 
 /// On a leader: each member and the last log index it is known to hold.
@@ -245,6 +277,31 @@ impl MetricsWatch {
 
     /// Runs `read` on the latest metrics.
     pub fn read<T>(&self, read: impl FnOnce(&Metrics) -> T) -> T {
+        use openraft::async_runtime::WatchReceiver;
+        read(&self.0.borrow_watched())
+    }
+
+    /// Waits for the next change; `false` once raft has stopped publishing.
+    pub async fn changed(&mut self) -> bool {
+        use openraft::async_runtime::WatchReceiver;
+        self.0.changed().await.is_ok()
+    }
+}
+
+/// The part of a group's metrics that changes with its leader, state and membership only.
+pub type ServerMetrics = openraft::metrics::RaftServerMetrics<TypeConfig>;
+
+/// A watch on one group's leader, state and membership. Unlike [`MetricsWatch`] it does
+/// not wake for every entry written or applied.
+pub struct ServerWatch(openraft::type_config::alias::WatchReceiverOf<TypeConfig, ServerMetrics>);
+
+impl ServerWatch {
+    pub fn new(raft: &Raft) -> ServerWatch {
+        ServerWatch(raft.server_metrics())
+    }
+
+    /// Runs `read` on the latest server metrics.
+    pub fn read<T>(&self, read: impl FnOnce(&ServerMetrics) -> T) -> T {
         use openraft::async_runtime::WatchReceiver;
         read(&self.0.borrow_watched())
     }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::consensus::{
-    Batch, GroupId, Metrics, MetricsWatch, NodeId, Raft, ServerState, WriteError, WriteFailure, classify_write_error,
+    Batch, GroupId, Membership, MetricsWatch, NodeId, Raft, ServerState, WriteError, WriteFailure, classify_write_error,
 };
 use crate::network::Network;
 use crate::node::wall_clock;
@@ -181,8 +181,8 @@ fn known_leader(raft: &Raft) -> Option<NodeId> {
 }
 
 /// Whether the metrics say `node` is the leader.
-pub fn is_leader_in(metrics: &Metrics, node: NodeId) -> bool {
-    metrics.state == ServerState::Leader && metrics.current_leader == Some(node)
+pub fn is_leader_in(metrics: &impl Membership, node: NodeId) -> bool {
+    metrics.server_state() == ServerState::Leader && metrics.known_leader() == Some(node)
 }
 
 /// Raft entries (or, on a node that does not lead the group, forwarded batches) a group

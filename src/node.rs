@@ -434,8 +434,9 @@ impl Node {
         for (group, log) in shared.groups.iter().zip(logs) {
             duties.extend(crate::ticker::spawn_leader_duties(Arc::clone(&shared), group.id(), stopped.clone()));
             if let Some(network) = &shared.network {
-                duties.push(tokio::spawn(learn_peers(network.clone(), group.id(), group.metrics())));
-                duties.push(tokio::spawn(pace_flushes(network.clone(), group.metrics(), log)));
+                let watch = || consensus::ServerWatch::new(group.raft());
+                duties.push(tokio::spawn(learn_peers(network.clone(), group.id(), watch())));
+                duties.push(tokio::spawn(pace_flushes(network.clone(), watch(), log)));
             }
         }
         tracing::info!(node = config.node_id, "node ready");
@@ -630,7 +631,7 @@ async fn initialize(group: GroupId, members: &BTreeMap<NodeId, BasicNode>, raft:
 
 /// Tells the network about every member of the group's membership, as it changes, so that
 /// this node dials the members that joined after it started.
-async fn learn_peers(network: Network, group: GroupId, mut metrics: crate::consensus::MetricsWatch) {
+async fn learn_peers(network: Network, group: GroupId, mut metrics: consensus::ServerWatch) {
     let mut seen = None;
     loop {
         let membership = metrics.read(|metrics| {
@@ -653,7 +654,7 @@ const PACE_RECHECK: Duration = Duration::from_millis(200);
 /// Keeps `log`'s flush urgency in step with this node's part in the group: its appends are
 /// flushed at once when the leader needs them for its majority, and otherwise may wait a
 /// moment to share a flush with other writes (see [`urgent_appends`]).
-async fn pace_flushes(network: Network, mut metrics: crate::consensus::MetricsWatch, log: consensus::LogStore) {
+async fn pace_flushes(network: Network, mut metrics: consensus::ServerWatch, log: consensus::LogStore) {
     let me = network.node_id();
     loop {
         let (leader, voters) = metrics.read(|metrics| (metrics.current_leader, consensus::voters(metrics)));

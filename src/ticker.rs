@@ -21,7 +21,7 @@ use pkd_raft::{Action, PkId, PkOrder, Response};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::consensus::{GroupId, MetricsWatch, NodeId};
+use crate::consensus::{GroupId, NodeId, ServerWatch};
 use crate::group::{ProposeError, is_leader_in};
 use crate::node::{LOBBY, Shared, wall_clock};
 use crate::retry::Backoff;
@@ -59,7 +59,7 @@ async fn until_stopped(mut stop: watch::Receiver<bool>, duty: impl Future<Output
 }
 
 /// Waits until this node leads the group; `false` if raft stopped first.
-async fn wait_for_leadership(metrics: &mut MetricsWatch, node: NodeId) -> bool {
+async fn wait_for_leadership(metrics: &mut ServerWatch, node: NodeId) -> bool {
     loop {
         if metrics.read(|metrics| is_leader_in(metrics, node)) {
             return true;
@@ -70,7 +70,7 @@ async fn wait_for_leadership(metrics: &mut MetricsWatch, node: NodeId) -> bool {
     }
 }
 
-fn still_leader(metrics: &MetricsWatch, node: NodeId) -> bool {
+fn still_leader(metrics: &ServerWatch, node: NodeId) -> bool {
     metrics.read(|metrics| is_leader_in(metrics, node))
 }
 
@@ -96,7 +96,8 @@ where
         return;
     };
     let node = shared.id;
-    let mut metrics = group.metrics();
+    // Leadership only: the full metrics change with every entry.
+    let mut metrics = ServerWatch::new(group.raft());
     let mut applied = group.replica().applied();
     while wait_for_leadership(&mut metrics, node).await {
         tracing::info!(group = %group_id, "leading: {name} running");
@@ -242,7 +243,7 @@ async fn run_balancer(shared: Arc<Shared>, group_id: GroupId) {
         return;
     };
     let node = shared.id;
-    let mut metrics = group.metrics();
+    let mut metrics = ServerWatch::new(group.raft());
     while wait_for_leadership(&mut metrics, node).await {
         tokio::time::sleep(BALANCE_DELAY).await;
         let preferred = shared.preferred_leader(group_id).filter(|&preferred| preferred != node);
