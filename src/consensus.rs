@@ -135,29 +135,24 @@ pub trait Membership {
     fn known_leader(&self) -> Option<NodeId>;
 }
 
-impl Membership for Metrics {
-    fn membership_in_force(&self) -> &StoredMembership {
-        &self.membership_config
-    }
-    fn server_state(&self) -> ServerState {
-        self.state
-    }
-    fn known_leader(&self) -> Option<NodeId> {
-        self.current_leader
-    }
+/// Both kinds of metrics name these fields alike.
+macro_rules! membership_from_fields {
+    ($($metrics:ty),*) => {$(
+        impl Membership for $metrics {
+            fn membership_in_force(&self) -> &StoredMembership {
+                &self.membership_config
+            }
+            fn server_state(&self) -> ServerState {
+                self.state
+            }
+            fn known_leader(&self) -> Option<NodeId> {
+                self.current_leader
+            }
+        }
+    )*};
 }
 
-impl Membership for ServerMetrics {
-    fn membership_in_force(&self) -> &StoredMembership {
-        &self.membership_config
-    }
-    fn server_state(&self) -> ServerState {
-        self.state
-    }
-    fn known_leader(&self) -> Option<NodeId> {
-        self.current_leader
-    }
-}
+membership_from_fields!(Metrics, ServerMetrics);
 
 /// The voters of the membership in force, in increasing id order.
 pub fn voters(metrics: &impl Membership) -> Vec<NodeId> {
@@ -267,41 +262,34 @@ impl openraft::RaftNetworkV2<TypeConfig> for NoNetwork {
     }
 }
 
-/// A watch on one group's raft metrics (leadership, log and applied positions).
-pub struct MetricsWatch(openraft::type_config::alias::WatchReceiverOf<TypeConfig, Metrics>);
-
-impl MetricsWatch {
-    pub fn new(raft: &Raft) -> MetricsWatch {
-        MetricsWatch(raft.metrics())
-    }
-
-    /// Runs `read` on the latest metrics.
-    pub fn read<T>(&self, read: impl FnOnce(&Metrics) -> T) -> T {
-        use openraft::async_runtime::WatchReceiver;
-        read(&self.0.borrow_watched())
-    }
-
-    /// Waits for the next change; `false` once raft has stopped publishing.
-    pub async fn changed(&mut self) -> bool {
-        use openraft::async_runtime::WatchReceiver;
-        self.0.changed().await.is_ok()
-    }
-}
-
 /// The part of a group's metrics that changes with its leader, state and membership only.
 pub type ServerMetrics = openraft::metrics::RaftServerMetrics<TypeConfig>;
 
+/// A watch on metrics that one group's raft publishes.
+pub struct Watch<M: OptionalSend + Sync + 'static>(openraft::type_config::alias::WatchReceiverOf<TypeConfig, M>);
+
+/// A watch on one group's raft metrics (leadership, log and applied positions).
+pub type MetricsWatch = Watch<Metrics>;
+
 /// A watch on one group's leader, state and membership. Unlike [`MetricsWatch`] it does
 /// not wake for every entry written or applied.
-pub struct ServerWatch(openraft::type_config::alias::WatchReceiverOf<TypeConfig, ServerMetrics>);
+pub type ServerWatch = Watch<ServerMetrics>;
 
-impl ServerWatch {
-    pub fn new(raft: &Raft) -> ServerWatch {
-        ServerWatch(raft.server_metrics())
+impl Watch<Metrics> {
+    pub fn new(raft: &Raft) -> MetricsWatch {
+        Watch(raft.metrics())
     }
+}
 
-    /// Runs `read` on the latest server metrics.
-    pub fn read<T>(&self, read: impl FnOnce(&ServerMetrics) -> T) -> T {
+impl Watch<ServerMetrics> {
+    pub fn new(raft: &Raft) -> ServerWatch {
+        Watch(raft.server_metrics())
+    }
+}
+
+impl<M: OptionalSend + Sync + 'static> Watch<M> {
+    /// Runs `read` on the latest metrics.
+    pub fn read<T>(&self, read: impl FnOnce(&M) -> T) -> T {
         use openraft::async_runtime::WatchReceiver;
         read(&self.0.borrow_watched())
     }
