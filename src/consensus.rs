@@ -92,6 +92,29 @@ pub fn classify_write_error(error: &WriteError) -> WriteFailure {
     }
 }
 
+/// Why the leader could not give a read index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadIndexFailure {
+    /// This node does not lead the group (the leader, if known, is named).
+    NotLeader(Option<NodeId>),
+    /// It could not confirm its leadership with a quorum, or raft stopped.
+    Unavailable(String),
+}
+
+/// On the group's leader: confirms with a quorum of voters that it still leads (one round
+/// of heartbeats, raft's ReadIndex), and returns the log index a replica must have applied
+/// to answer a read that reflects every write acknowledged before this call.
+pub async fn read_index(raft: &Raft) -> Result<u64, ReadIndexFailure> {
+    use openraft::error::{LinearizableReadError, RaftError};
+    match raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex).await {
+        Ok(linearizer) => Ok(linearizer.read_log_id().index()),
+        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
+            Err(ReadIndexFailure::NotLeader(forward.leader_id))
+        }
+        Err(other) => Err(ReadIndexFailure::Unavailable(other.to_string())),
+    }
+}
+
 /// Whether a membership change was refused only because the previous one is not complete
 /// yet (worth trying again shortly).
 pub fn is_membership_change_in_progress(error: &WriteError) -> bool {

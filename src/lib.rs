@@ -18,5 +18,5 @@ mod ticker;
 pub mod tokens;
 
 pub use group::ProposeError;
-pub use node::{AdminError, LOBBY, Node, NodeConfig, NodeError};
+pub use node::{AdminError, Consistency, LOBBY, Node, NodeConfig, NodeError};
 pub use replica::{ReplicaHandle, TaggedEffect};

@@ -39,9 +39,9 @@ use tokio::task::JoinHandle;
 
 use crate::consensus::{
     AppendRequest, AppendResponse, BasicNode, GroupId, NodeId, OptionalSend, RPCOption, Raft, RaftNetworkFactory,
-    RaftNetworkV2, ReplicationClosed, RpcError, Snapshot, SnapshotMeta, SnapshotResponse, StreamingError,
-    TransferLeaderRequest, TransferLeaderResponse, Vote, VoteRequest, VoteResponse, rpc_failed, rpc_unreachable,
-    streaming_error,
+    RaftNetworkV2, ReadIndexFailure, ReplicationClosed, RpcError, Snapshot, SnapshotMeta, SnapshotResponse,
+    StreamingError, TransferLeaderRequest, TransferLeaderResponse, Vote, VoteRequest, VoteResponse, rpc_failed,
+    rpc_unreachable, streaming_error,
 };
 
 /// The largest frame accepted: room for a full append (openraft sends up to 300 entries of
@@ -133,6 +133,8 @@ enum Request {
     Propose(Vec<Action>),
     /// A membership or leadership change for a group this node leads.
     Change(GroupChange),
+    /// The read index of a group this node leads, for a linearizable read elsewhere.
+    ReadIndex,
 }
 
 /// The answer to a [`Request`], in the same variant.
@@ -146,6 +148,7 @@ enum Reply {
     /// One result per proposal, in order.
     Proposed(Vec<Result<Response, String>>),
     Changed(Result<(), ChangeFailure>),
+    ReadIndex(Result<u64, ReadIndexFailure>),
 }
 
 /// A change to one group that only its leader can make (the admin API's operations).
@@ -373,6 +376,18 @@ impl Network {
         }
     }
 
+    /// Asks `leader` for `group`'s read index (see [`crate::consensus::read_index`]).
+    pub async fn read_index(&self, leader: NodeId, group: GroupId) -> Result<u64, ReadIndexFailure> {
+        let reply = self
+            .call(leader, group, Request::ReadIndex, PROPOSE_TIMEOUT)
+            .await
+            .map_err(|error| ReadIndexFailure::Unavailable(error.to_string()))?;
+        match reply {
+            Reply::ReadIndex(result) => result,
+            other => Err(ReadIndexFailure::Unavailable(format!("unexpected reply to a read index: {other:?}"))),
+        }
+    }
+
     /// Whether a connection to `peer` is up.
     pub fn is_connected(&self, peer: NodeId) -> bool {
         self.link(peer).is_some()
@@ -488,6 +503,7 @@ impl Network {
             Request::TransferLeader(rpc) => {
                 raft.handle_transfer_leader(rpc).await.map(Reply::TransferLeader).map_err(|e| failed(&e))
             }
+            Request::ReadIndex => Ok(Reply::ReadIndex(crate::consensus::read_index(&raft).await)),
             Request::Propose(_) | Request::Change(_) => Err("handled above".to_owned()),
         }
     }

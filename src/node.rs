@@ -133,6 +133,28 @@ pub async fn start_loopback_cluster(
     Ok(nodes)
 }
 
+/// How fresh a read of a replica must be (see [`Node::read`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// This node's replica as it stands: no message, no wait. On the leader it holds every
+    /// acknowledged write. A follower's replica trails the leader by the time the leader
+    /// takes to tell it that an entry committed: the next append or heartbeat, so at most
+    /// one heartbeat interval (50 ms) plus a round trip while the cluster is healthy. A node
+    /// cut off from its leader keeps serving its last state, however old.
+    Local,
+    /// Reflects every write acknowledged before the read began, wherever it was made. The
+    /// leader confirms with a quorum that it still leads and names a log index (raft's
+    /// ReadIndex); this node waits until its replica has applied that index. It costs a
+    /// round of heartbeats, plus a round trip when this node does not lead the group.
+    Linearizable,
+}
+
+/// How long a linearizable read may take to get its read index, and then to catch up.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pause before asking again for a read index while the leadership moves.
+const READ_RETRY: Duration = Duration::from_millis(20);
+
 /// What the node's tasks share.
 pub(crate) struct Shared {
     pub(crate) id: NodeId,
@@ -177,6 +199,33 @@ impl Shared {
     /// node that lost the lead must not have them written by its successor).
     pub(crate) async fn propose_here(&self, group: GroupId, action: Action) -> Result<Response, ProposeError> {
         self.group(group)?.propose(action, Route::HereOnly).await
+    }
+
+    /// The log index this node's replica of `group` must have applied for a linearizable
+    /// read: from the leader, here or over the network, after it has confirmed its
+    /// leadership with a quorum. Tries again while the leadership moves, up to
+    /// [`READ_TIMEOUT`].
+    async fn read_index(&self, group: GroupId) -> Result<u64, ProposeError> {
+        let local = self.group(group)?;
+        let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+        loop {
+            let result = match (local.leader(), &self.network) {
+                (Some(leader), Some(network)) if leader != self.id => network.read_index(leader, group).await,
+                _ => consensus::read_index(local.raft()).await,
+            };
+            let failure = match result {
+                Ok(index) => return Ok(index),
+                Err(consensus::ReadIndexFailure::NotLeader(leader)) => {
+                    format!("leadership moving (leader: {leader:?})")
+                }
+                Err(consensus::ReadIndexFailure::Unavailable(message)) => message,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                let message = format!("no linearizable read within {READ_TIMEOUT:?}: {failure}");
+                return Err(ProposeError::Raft { group, message });
+            }
+            tokio::time::sleep(READ_RETRY).await;
+        }
     }
 
     /// Proposes commands forwarded by another node: only if this node leads the group, so
@@ -467,6 +516,34 @@ impl Node {
     /// The disk flushes (fsyncs) of the node's database so far and the time they took.
     pub fn flush_totals(&self) -> pkd_storage::FlushTotals {
         self.shared.store.flush_totals()
+    }
+
+    /// Runs `read` on this node's replica of `group`, as fresh as `consistency` asks.
+    ///
+    /// [`Consistency::Linearizable`] fails rather than answer from a replica it cannot
+    /// prove current: no leader reachable, no quorum behind it, or the replica not caught up
+    /// within [`READ_TIMEOUT`].
+    pub async fn read<T>(
+        &self,
+        group: GroupId,
+        consistency: Consistency,
+        read: impl FnOnce(&Machine) -> T,
+    ) -> Result<T, ProposeError> {
+        let replica = self.shared.group(group)?.replica();
+        if consistency == Consistency::Linearizable {
+            let index = self.shared.read_index(group).await?;
+            let mut applied = replica.applied();
+            let caught_up = applied.wait_for(|applied| applied.is_some_and(|applied| applied >= index));
+            match tokio::time::timeout(READ_TIMEOUT, caught_up).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(ProposeError::Stopped(group)),
+                Err(_) => {
+                    let message = format!("the replica did not apply index {index} within {READ_TIMEOUT:?}");
+                    return Err(ProposeError::Raft { group, message });
+                }
+            }
+        }
+        Ok(replica.read(read))
     }
 
     /// A read handle on `group`'s replica.

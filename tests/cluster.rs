@@ -216,3 +216,50 @@ async fn survive_a_stopped_leader(stop: Stop) -> TestResult {
     cluster.shutdown().await;
     Ok(())
 }
+
+/// The beans of `pk`'s source side in `machine`, if `pk` is running there.
+fn source_beans(machine: &pkd_raft::Machine, pk: pkd_raft::PkId) -> Option<i64> {
+    machine.as_arena().and_then(|arena| arena.view(pk)).map(|view| view.source.beans)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_reads_see_every_acknowledged_write_and_fail_without_a_quorum() -> TestResult {
+    let mut cluster = Cluster::start(b"cluster secret").await?;
+    wait_for_spread_leaders(&cluster).await;
+    set_config(cluster.node(1)?, 600_000).await?;
+    assert_eq!(cluster.node(1)?.propose(LOBBY, start_match(1)).await?, Response::Waiting);
+    let pk = match cluster.node(1)?.propose(LOBBY, start_match(2)).await? {
+        Response::Matched { pk, .. } => pk,
+        other => return Err(format!("expected a match, got {other:?}").into()),
+    };
+    let arena = cluster.node(1)?.arena_of(pk);
+    eventually(Duration::from_secs(5), "the PK in its battle", || cluster.running().all(|node| pk_running(node, pk)))
+        .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let leader = cluster.node(1)?.leader(arena).ok_or("the arena has no leader")?;
+
+    // Each gift is acknowledged by the arena's leader; at once, every node (the two
+    // followers included, one of them through a forwarded read index) reads it back.
+    for id in 1..=20 {
+        let gift =
+            Action::Gift(Gift { id: GiftId(id), pk, receiver: UserId(1), sender: UserId(9), beans: 1, profile: None });
+        assert!(matches!(cluster.node(leader)?.propose(arena, gift).await?, Response::GiftCounted { .. }));
+        for node in cluster.running() {
+            let beans = node.read(arena, pkd::Consistency::Linearizable, |machine| source_beans(machine, pk)).await?;
+            assert_eq!(beans, Some(id as i64), "node {} read a state older than gift {id}", node.id());
+        }
+    }
+
+    // Without a quorum no read is linearizable: the last node refuses rather than answer
+    // from a replica it cannot prove current. A local read still answers.
+    let alone = if leader == 3 { 2 } else { 3 };
+    for id in [1, 2, 3].into_iter().filter(|&id| id != alone) {
+        cluster.stop(id).await;
+    }
+    let node = cluster.node(alone)?;
+    let refused = node.read(arena, pkd::Consistency::Linearizable, |machine| source_beans(machine, pk)).await;
+    assert!(refused.is_err(), "a linearizable read without a quorum answered {refused:?}");
+    assert_eq!(node.read(arena, pkd::Consistency::Local, |machine| source_beans(machine, pk)).await?, Some(20));
+    cluster.shutdown().await;
+    Ok(())
+}
