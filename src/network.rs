@@ -70,8 +70,11 @@ const OUTGOING_CAPACITY: usize = 1_024;
 const MIN_REDIAL: Duration = Duration::from_millis(50);
 const MAX_REDIAL: Duration = Duration::from_secs(2);
 
-/// Requests in a row that may time out before the connection is dropped and dialed again.
-const TIMEOUTS_BEFORE_CLOSING: u64 = 3;
+/// A connection on which a request timed out and nothing at all has come for this long is
+/// dropped and dialed again: the peer vanished without closing it. A peer that is only slow
+/// (a long fsync, an overloaded machine) keeps its connection, and with it the answers to
+/// the requests still in flight on it.
+const SILENCE_BEFORE_CLOSING: Duration = Duration::from_secs(2);
 
 /// How long a forwarded proposal may take.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -428,16 +431,13 @@ impl Network {
             return Err(rpc_unreachable(format!("no connection to node {peer}")));
         };
         match tokio::time::timeout(ttl, link.call(group, request)).await {
-            Ok(result) => {
-                link.timeouts.store(0, Ordering::Relaxed);
-                result
-            }
+            Ok(result) => result,
             Err(_) => {
                 // A peer that vanished without closing the connection leaves reads hanging
-                // forever: after a few timeouts in a row, drop the connection so that it is
-                // dialed again.
-                if link.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_CLOSING {
-                    tracing::warn!(peer, "peer stopped answering; closing the connection");
+                // forever: once it has been silent for long, drop the connection so that it
+                // is dialed again.
+                if link.silent_for() >= SILENCE_BEFORE_CLOSING {
+                    tracing::warn!(peer, "peer silent; closing the connection");
                     link.close();
                 }
                 Err(rpc_failed(format!("node {peer} did not answer within {ttl:?}")))
@@ -519,8 +519,9 @@ struct Link {
     outgoing: mpsc::Sender<Frame>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<Reply, String>>>>,
     next_id: AtomicU64,
-    /// Requests in a row that timed out.
-    timeouts: AtomicU64,
+    /// When the connection was made, and how long after that its last frame came (ms).
+    opened: Instant,
+    last_heard: AtomicU64,
     /// Dropping it (or sending) ends the connection's tasks.
     closed: watch::Sender<bool>,
 }
@@ -544,6 +545,17 @@ impl Link {
             Ok(Err(remote)) => Err(rpc_failed(format!("node {}: {remote}", self.peer))),
             Err(_) => Err(lost()),
         }
+    }
+
+    /// Notes that a frame came from the peer.
+    fn heard(&self) {
+        let since_opened = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_heard.store(since_opened, Ordering::Relaxed);
+    }
+
+    /// How long since the peer's last frame (or since the connection was made).
+    fn silent_for(&self) -> Duration {
+        self.opened.elapsed().saturating_sub(Duration::from_millis(self.last_heard.load(Ordering::Relaxed)))
     }
 
     fn close(&self) {
@@ -706,7 +718,8 @@ async fn run_connection(network: Network, peer: NodeId, stream: TcpStream) {
         outgoing,
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(0),
-        timeouts: AtomicU64::new(0),
+        opened: Instant::now(),
+        last_heard: AtomicU64::new(0),
         closed,
     });
     if let Some(old) = network.set_link(peer, Some(Arc::clone(&link))) {
@@ -741,7 +754,9 @@ async fn read_loop(network: &Network, link: &Arc<Link>, reader: tokio::net::tcp:
     // Buffered: one read takes in every frame that has arrived, not two reads per frame.
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
     loop {
-        match read_frame::<Frame>(&mut reader).await? {
+        let frame = read_frame::<Frame>(&mut reader).await?;
+        link.heard();
+        match frame {
             Frame::Request { id, group, request } => {
                 let network = network.clone();
                 let outgoing = link.outgoing.clone();
@@ -947,6 +962,24 @@ mod tests {
         let dialed = dial(&dialer, &address.to_string()).await.map(|(peer, _)| peer);
         let accepted = accepting.await.map_err(io::Error::other)?;
         Ok((dialed, accepted))
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_silent_from_its_last_frame_on() {
+        let (outgoing, _queue) = mpsc::channel(1);
+        let link = Link {
+            peer: 2,
+            outgoing,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            opened: Instant::now(),
+            last_heard: AtomicU64::new(0),
+            closed: watch::channel(false).0,
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(link.silent_for() >= Duration::from_millis(200), "silent since it was opened");
+        link.heard();
+        assert!(link.silent_for() < Duration::from_millis(200), "a frame ends the silence");
     }
 
     #[tokio::test]

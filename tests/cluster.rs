@@ -11,7 +11,7 @@ use pkd::consensus::GroupId;
 use pkd::network::NetworkConfig;
 use pkd::node::start_loopback_cluster;
 use pkd::{LOBBY, Node, NodeConfig};
-use pkd_raft::{Action, Gift, GiftId, Response, UserId};
+use pkd_raft::{Action, Gift, GiftId, PkId, Response, UserId};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
@@ -96,6 +96,25 @@ async fn wait_for_spread_leaders(cluster: &Cluster) {
     }
 }
 
+/// Anchor 1 starts matching through node `waiting`, anchor 2 through node `matching`;
+/// returns their PK and its arena once the PK runs on every node.
+async fn match_two(
+    cluster: &Cluster,
+    waiting: u64,
+    matching: u64,
+) -> Result<(PkId, GroupId), Box<dyn std::error::Error>> {
+    assert_eq!(cluster.node(waiting)?.propose(LOBBY, start_match(1)).await?, Response::Waiting);
+    let pk = match cluster.node(matching)?.propose(LOBBY, start_match(2)).await? {
+        Response::Matched { pk, .. } => pk,
+        other => return Err(format!("expected a match, got {other:?}").into()),
+    };
+    eventually(Duration::from_secs(5), "the PK reaches every node", || {
+        cluster.running().all(|node| pk_running(node, pk))
+    })
+    .await;
+    Ok((pk, cluster.node(waiting)?.arena_of(pk)))
+}
+
 /// The machine of `group` on every running node, as snapshot bytes.
 fn machines(cluster: &Cluster, group: GroupId) -> Vec<Vec<u8>> {
     cluster
@@ -112,24 +131,15 @@ fn all_equal(items: &[Vec<u8>]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_run_a_pk_together() -> TestResult {
     let cluster = Cluster::start(b"cluster secret").await?;
-    let (first, second, third) = (cluster.node(1)?, cluster.node(2)?, cluster.node(3)?);
+    let (second, third) = (cluster.node(2)?, cluster.node(3)?);
     // Hand-overs between the lobby and the arenas cross nodes.
     wait_for_spread_leaders(&cluster).await;
 
     // Configuration through one node, matching through another: forwarded to the leaders.
     set_config(third, 1_500).await?;
-    assert_eq!(second.propose(LOBBY, start_match(1)).await?, Response::Waiting);
-    let pk = match third.propose(LOBBY, start_match(2)).await? {
-        Response::Matched { pk, .. } => pk,
-        other => return Err(format!("expected a match, got {other:?}").into()),
-    };
-    eventually(Duration::from_secs(5), "the PK reaches every node's arena", || {
-        cluster.running().all(|node| pk_running(node, pk))
-    })
-    .await;
+    let (pk, arena) = match_two(&cluster, 2, 3).await?;
 
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let arena = first.arena_of(pk);
     let gift =
         Action::Gift(Gift { id: GiftId(1), pk, receiver: UserId(1), sender: UserId(9), beans: 30, profile: None });
     assert_eq!(second.propose(arena, gift).await?, Response::GiftCounted { duplicate: false, side_beans: 30 });
@@ -167,16 +177,7 @@ async fn survive_a_stopped_leader(stop: Stop) -> TestResult {
     let mut cluster = Cluster::start(b"cluster secret").await?;
     wait_for_spread_leaders(&cluster).await;
     set_config(cluster.node(2)?, 2_000).await?;
-    assert_eq!(cluster.node(2)?.propose(LOBBY, start_match(1)).await?, Response::Waiting);
-    let pk = match cluster.node(3)?.propose(LOBBY, start_match(2)).await? {
-        Response::Matched { pk, .. } => pk,
-        other => return Err(format!("expected a match, got {other:?}").into()),
-    };
-    let arena = cluster.node(1)?.arena_of(pk);
-    eventually(Duration::from_secs(5), "the PK reaches every node", || {
-        cluster.running().all(|node| pk_running(node, pk))
-    })
-    .await;
+    let (pk, arena) = match_two(&cluster, 2, 3).await?;
 
     // Node 1 leads the lobby; nodes 2 and 3 lead the arenas.
     let stopped_group = match stop {
@@ -218,7 +219,7 @@ async fn survive_a_stopped_leader(stop: Stop) -> TestResult {
 }
 
 /// The beans of `pk`'s source side in `machine`, if `pk` is running there.
-fn source_beans(machine: &pkd_raft::Machine, pk: pkd_raft::PkId) -> Option<i64> {
+fn source_beans(machine: &pkd_raft::Machine, pk: PkId) -> Option<i64> {
     machine.as_arena().and_then(|arena| arena.view(pk)).map(|view| view.source.beans)
 }
 
@@ -227,14 +228,7 @@ async fn linearizable_reads_see_every_acknowledged_write_and_fail_without_a_quor
     let mut cluster = Cluster::start(b"cluster secret").await?;
     wait_for_spread_leaders(&cluster).await;
     set_config(cluster.node(1)?, 600_000).await?;
-    assert_eq!(cluster.node(1)?.propose(LOBBY, start_match(1)).await?, Response::Waiting);
-    let pk = match cluster.node(1)?.propose(LOBBY, start_match(2)).await? {
-        Response::Matched { pk, .. } => pk,
-        other => return Err(format!("expected a match, got {other:?}").into()),
-    };
-    let arena = cluster.node(1)?.arena_of(pk);
-    eventually(Duration::from_secs(5), "the PK in its battle", || cluster.running().all(|node| pk_running(node, pk)))
-        .await;
+    let (pk, arena) = match_two(&cluster, 1, 1).await?;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let leader = cluster.node(1)?.leader(arena).ok_or("the arena has no leader")?;
 
