@@ -184,6 +184,36 @@ pub enum AdminError {
 /// leader changes.
 const CHANGE_PATIENCE: Duration = Duration::from_secs(20);
 
+/// How an attempt of [`patiently`] failed.
+enum Failed<E> {
+    /// Worth trying again (the leader moving, unknown or out of reach).
+    Again(E),
+    ForGood(E),
+}
+
+/// Calls `attempt` until it succeeds or fails for good. A failure worth trying again is
+/// tried again after `pause`, until `patience` has passed; then its error is returned.
+async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, Failed<E>>>>(
+    patience: Duration,
+    pause: Duration,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(Failed::Again(error)) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%error, "not done yet; trying again");
+                tokio::time::sleep(pause).await;
+            }
+            Err(Failed::Again(error) | Failed::ForGood(error)) => return Err(error),
+        }
+    }
+}
+
+/// The pause between attempts of an admin operation while its group's leader moves.
+const CHANGE_PAUSE: Duration = Duration::from_millis(200);
+
 impl Shared {
     pub(crate) fn group(&self, group: GroupId) -> Result<&Group, ProposeError> {
         usize::try_from(group.0).ok().and_then(|index| self.groups.get(index)).ok_or(ProposeError::UnknownGroup(group))
@@ -207,25 +237,23 @@ impl Shared {
     /// [`READ_TIMEOUT`].
     async fn read_index(&self, group: GroupId) -> Result<u64, ProposeError> {
         let local = self.group(group)?;
-        let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
-        loop {
+        patiently(READ_TIMEOUT, READ_RETRY, || async move {
             let result = match (local.leader(), &self.network) {
                 (Some(leader), Some(network)) if leader != self.id => network.read_index(leader, group).await,
                 _ => consensus::read_index(local.raft()).await,
             };
-            let failure = match result {
-                Ok(index) => return Ok(index),
-                Err(consensus::ReadIndexFailure::NotLeader(leader)) => {
-                    format!("leadership moving (leader: {leader:?})")
-                }
-                Err(consensus::ReadIndexFailure::Unavailable(message)) => message,
-            };
-            if tokio::time::Instant::now() >= deadline {
-                let message = format!("no linearizable read within {READ_TIMEOUT:?}: {failure}");
-                return Err(ProposeError::Raft { group, message });
-            }
-            tokio::time::sleep(READ_RETRY).await;
-        }
+            result.map_err(|failure| {
+                Failed::Again(match failure {
+                    consensus::ReadIndexFailure::NotLeader(leader) => format!("leadership moving (leader: {leader:?})"),
+                    consensus::ReadIndexFailure::Unavailable(message) => message,
+                })
+            })
+        })
+        .await
+        .map_err(|failure| ProposeError::Raft {
+            group,
+            message: format!("no linearizable read within {READ_TIMEOUT:?}: {failure}"),
+        })
     }
 
     /// Proposes commands forwarded by another node: only if this node leads the group, so
@@ -258,22 +286,17 @@ impl Shared {
     async fn change(&self, group: GroupId, change: GroupChange) -> Result<(), AdminError> {
         let local = self.group(group).map_err(|_| AdminError::UnknownGroup(group))?;
         let network = self.network.as_ref().ok_or(AdminError::NotClustered)?;
-        let deadline = tokio::time::Instant::now() + CHANGE_PATIENCE;
-        loop {
+        let change = &change;
+        patiently(CHANGE_PATIENCE, CHANGE_PAUSE, || async move {
             let result = match local.leader() {
                 Some(leader) if leader == self.id => self.change_here(group, change.clone()).await,
                 Some(leader) => network.change(leader, group, change.clone()).await,
                 None => Err(ChangeFailure { retry: true, message: "the group has no leader".to_owned() }),
             };
-            match result {
-                Ok(()) => return Ok(()),
-                Err(failure) if failure.retry && tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(%group, ?change, %failure, "group change not made yet; trying again");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(failure) => return Err(AdminError::Failed { group, message: failure.message }),
-            }
-        }
+            result.map_err(|failure| if failure.retry { Failed::Again(failure) } else { Failed::ForGood(failure) })
+        })
+        .await
+        .map_err(|failure| AdminError::Failed { group, message: failure.message })
     }
 
     /// Makes `change` in `group`, which this node should lead.
@@ -483,9 +506,8 @@ impl Node {
         for (group, log) in shared.groups.iter().zip(logs) {
             duties.extend(crate::ticker::spawn_leader_duties(Arc::clone(&shared), group.id(), stopped.clone()));
             if let Some(network) = &shared.network {
-                let watch = || consensus::ServerWatch::new(group.raft());
-                duties.push(tokio::spawn(learn_peers(network.clone(), group.id(), watch())));
-                duties.push(tokio::spawn(pace_flushes(network.clone(), watch(), log)));
+                let watch = consensus::ServerWatch::new(group.raft());
+                duties.push(tokio::spawn(follow_membership(network.clone(), group.id(), watch, log)));
             }
         }
         tracing::info!(node = config.node_id, "node ready");
@@ -634,26 +656,22 @@ impl Node {
     pub async fn set_config(&self, key: &str, value: &str) -> Result<Vec<u64>, AdminError> {
         pkd_raft::Config::default().with(key, value).map_err(|error| AdminError::Invalid(error.to_string()))?;
         for group in &self.shared.groups {
-            let failed = |message: String| AdminError::Failed { group: group.id(), message };
-            let deadline = tokio::time::Instant::now() + CHANGE_PATIENCE;
-            loop {
+            let set = patiently(CHANGE_PATIENCE, CHANGE_PAUSE, || async move {
                 let action = Action::SetConfig { key: key.to_owned(), value: value.to_owned() };
                 match self.shared.propose(group.id(), action).await {
-                    Ok(Response::Rejected(reason)) => return Err(failed(format!("refused: {reason:?}"))),
-                    Ok(_) => break,
+                    Ok(Response::Rejected(reason)) => Err(Failed::ForGood(format!("refused: {reason:?}"))),
+                    Ok(_) => Ok(()),
                     // Setting a row to the same value twice is harmless, so a proposal whose
                     // leader was unreachable or changed is simply sent again.
                     Err(
                         error @ (ProposeError::NotLeader { .. }
                         | ProposeError::Forward { .. }
                         | ProposeError::OutcomeUnknown(_)),
-                    ) if tokio::time::Instant::now() < deadline => {
-                        tracing::debug!(%error, "config row not set yet; trying again");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(error) => return Err(failed(error.to_string())),
+                    ) => Err(Failed::Again(error.to_string())),
+                    Err(error) => Err(Failed::ForGood(error.to_string())),
                 }
-            }
+            });
+            set.await.map_err(|message| AdminError::Failed { group: group.id(), message })?;
         }
         Ok(self.group_ids())
     }
@@ -706,38 +724,35 @@ async fn initialize(group: GroupId, members: &BTreeMap<NodeId, BasicNode>, raft:
     }
 }
 
-/// Tells the network about every member of the group's membership, as it changes, so that
-/// this node dials the members that joined after it started.
-async fn learn_peers(network: Network, group: GroupId, mut metrics: consensus::ServerWatch) {
+/// How often [`follow_membership`] looks again at the connections when nothing else changed.
+const PACE_RECHECK: Duration = Duration::from_millis(200);
+
+/// Follows one group's leader and membership as they change: tells the network about every
+/// member (so that this node dials the members that joined after it started, and drops
+/// removed ones), and keeps `log`'s flush urgency in step with this node's part in the
+/// group. Its appends are flushed at once when the leader needs them for its majority, and
+/// may otherwise wait a moment to share a flush with other writes (see [`urgent_appends`]).
+async fn follow_membership(
+    network: Network,
+    group: GroupId,
+    mut metrics: consensus::ServerWatch,
+    log: consensus::LogStore,
+) {
+    let me = network.node_id();
     let mut seen = None;
     loop {
-        let membership = metrics.read(|metrics| {
+        let (membership, leader, voters) = metrics.read(|metrics| {
             let index = consensus::membership_index(metrics);
-            (index != seen).then(|| (index, consensus::member_addresses(metrics)))
+            let membership = (index != seen).then(|| (index, consensus::member_addresses(metrics)));
+            (membership, metrics.current_leader, consensus::voters(metrics))
         });
         if let Some((index, members)) = membership {
             seen = index;
             network.set_members(group, &members);
         }
-        if !metrics.changed().await {
-            return;
-        }
-    }
-}
-
-/// How often [`pace_flushes`] looks again at the connections when nothing else changed.
-const PACE_RECHECK: Duration = Duration::from_millis(200);
-
-/// Keeps `log`'s flush urgency in step with this node's part in the group: its appends are
-/// flushed at once when the leader needs them for its majority, and otherwise may wait a
-/// moment to share a flush with other writes (see [`urgent_appends`]).
-async fn pace_flushes(network: Network, mut metrics: consensus::ServerWatch, log: consensus::LogStore) {
-    let me = network.node_id();
-    loop {
-        let (leader, voters) = metrics.read(|metrics| (metrics.current_leader, consensus::voters(metrics)));
         let urgent = urgent_appends(me, leader, &voters, |peer| network.is_connected(peer));
         if urgent != log.is_urgent() {
-            tracing::debug!(group = %log.group(), urgent, "flush pacing changed");
+            tracing::debug!(%group, urgent, "flush pacing changed");
             log.set_urgent(urgent);
         }
         tokio::select! {
