@@ -1,22 +1,26 @@
-//! pkd: the PK engine. The shell around the pure core (`pkd_raft`): the command line,
-//! tokens, replication (consensus, replica, groups, node, leader ticker), the WebSocket
-//! gateway and — as the work goes on — the result sinks.
+//! pkd: the PK engine. The shell around the pure core (`pkd_raft`).
+//!
+//! - [`app`]: the one seam that starts a node and everything around it; [`serve`] and
+//!   [`cli`] are the command line over it.
+//! - [`replication`]: raft groups (openraft over sled), the node, the node network.
+//! - [`duties`]: what a group's leader does: timers, hand-overs, balancing, sinks.
+//! - [`gateway`]: WebSocket sessions, pushes; [`http`]: every HTTP route.
+//! - [`sinks`]: the SQL results store and the Redis read cache.
+//! - [`topology`], [`clock`], [`retry`], [`tokens`]: what the rest shares.
 
-pub mod admin;
-pub mod bearer;
+pub mod app;
 pub mod cli;
-pub mod consensus;
+pub mod clock;
+pub mod duties;
 pub mod gateway;
-pub mod group;
-pub mod network;
-pub mod node;
-pub mod replica;
+pub mod http;
+pub mod replication;
 pub mod retry;
 pub mod serve;
 pub mod sinks;
-mod ticker;
 pub mod tokens;
+pub mod topology;
 
-pub use group::ProposeError;
-pub use node::{AdminError, Consistency, LOBBY, Node, NodeConfig, NodeError};
-pub use replica::{ReplicaHandle, TaggedEffect};
+pub use replication::{AdminError, Consistency, GroupId, Node, NodeConfig, NodeError, ProposeError};
+pub use replication::{ReplicaHandle, TaggedEffect};
+pub use topology::{LOBBY, Topology};

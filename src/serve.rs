@@ -1,14 +1,17 @@
-//! `pkd serve`: one node (alone, or in a cluster), its raft groups, the gateway and the admin
-//! API, until SIGINT or SIGTERM.
+//! `pkd serve`: flags and environment into an [`AppConfig`], the listeners bound, then
+//! [`app::start`] until SIGINT or SIGTERM.
 
-use crate::gateway::{Gateway, GatewayConfig, RtmCredentials};
-use crate::network::NetworkConfig;
-use crate::node::{Node, NodeConfig};
+use crate::app::{self, AppConfig, Listeners};
+use crate::duties::sinks::SinksConfig;
+use crate::gateway::{GatewayConfig, RtmCredentials};
+use crate::replication::network::NetworkConfig;
+use crate::replication::node::NodeConfig;
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Every setting is a flag and a `PKD_*` environment variable.
 #[derive(Debug, clap::Args)]
@@ -79,15 +82,10 @@ pub struct ServeArgs {
     pub admin_token: Option<String>,
 }
 
-/// A cluster's settings, checked.
-struct ClusterSettings {
-    listen: SocketAddr,
-    network: NetworkConfig,
-}
 
 impl ServeArgs {
     /// Where the sinks write: MySQL if given, else SQLite in the data directory.
-    fn sinks_config(&self) -> crate::sinks::SinksConfig {
+    fn sinks_config(&self) -> SinksConfig {
         let results_url = match &self.mysql_url {
             Some(url) => url.clone(),
             None => {
@@ -95,24 +93,34 @@ impl ServeArgs {
                 format!("sqlite://{}?mode=rwc", path.display())
             }
         };
-        crate::sinks::SinksConfig {
-            results_url: Some(results_url),
-            redis_url: self.redis_url.clone(),
-            ..crate::sinks::SinksConfig::default()
-        }
+        SinksConfig { results_url: Some(results_url), redis_url: self.redis_url.clone(), ..SinksConfig::default() }
     }
 
-    /// The cluster settings, if any: all three of `--cluster-listen`, `--peers` and
-    /// `--cluster-secret`, or none of them.
-    fn cluster_settings(&self) -> anyhow::Result<Option<ClusterSettings>> {
-        let (listen, peers, secret) = match (self.cluster_listen, &self.peers, &self.cluster_secret) {
+    /// Every setting, checked: what [`app::start`] needs besides its listeners.
+    pub fn app_config(&self) -> anyhow::Result<AppConfig> {
+        let gateway = self.gateway_config()?;
+        let network = self.network_config()?;
+        let admin_token = self.admin_token()?;
+        let node = NodeConfig {
+            node_id: self.node_id,
+            arena_count: self.arenas,
+            join: self.join,
+            ..NodeConfig::single(&self.data_dir)
+        };
+        Ok(AppConfig { node, network, gateway, sinks: self.sinks_config(), admin_token })
+    }
+
+    /// The cluster's network settings, if any: all three of `--cluster-listen`, `--peers`
+    /// and `--cluster-secret`, or none of them.
+    fn network_config(&self) -> anyhow::Result<Option<NetworkConfig>> {
+        let (peers, secret) = match (self.cluster_listen, &self.peers, &self.cluster_secret) {
             (None, None, None) => {
                 if self.join {
                     bail!("--join needs the cluster settings (--cluster-listen, --peers, --cluster-secret)");
                 }
                 return Ok(None);
             }
-            (Some(listen), Some(peers), Some(secret)) => (listen, peers, secret),
+            (Some(_), Some(peers), Some(secret)) => (peers, secret),
             _ => bail!("set all of --cluster-listen, --peers and --cluster-secret, or none of them"),
         };
         if secret.len() < 16 {
@@ -122,17 +130,16 @@ impl ServeArgs {
         if !peers.contains_key(&self.node_id) {
             bail!("--peers must include this node ({})", self.node_id);
         }
-        let network = NetworkConfig::new(self.node_id, self.cluster_name.clone(), secret.as_bytes(), peers);
-        Ok(Some(ClusterSettings { listen, network }))
+        Ok(Some(NetworkConfig::new(self.node_id, self.cluster_name.clone(), secret.as_bytes(), peers)))
     }
 
-    /// The admin API's address and token, if it is on.
-    fn admin_settings(&self) -> anyhow::Result<Option<(SocketAddr, String)>> {
+    /// The admin API's token, if the admin API is on.
+    fn admin_token(&self) -> anyhow::Result<Option<String>> {
         match (self.admin_listen, &self.admin_token) {
             (None, _) => Ok(None),
             (Some(_), None) => bail!("--admin-listen needs --admin-token (PKD_ADMIN_TOKEN)"),
             (Some(_), Some(token)) if token.len() < 16 => bail!("the admin token must be at least 16 bytes"),
-            (Some(listen), Some(token)) => Ok(Some((listen, token.clone()))),
+            (Some(_), Some(token)) => Ok(Some(token.clone())),
         }
     }
 
@@ -189,88 +196,44 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?)
         .init();
-    let gateway_config = args.gateway_config()?;
-    let cluster = args.cluster_settings()?;
-    let admin = args.admin_settings()?;
+    let config = args.app_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(args, gateway_config, cluster, admin))
+    runtime.block_on(serve(&args, config))
 }
 
-async fn serve(
-    args: ServeArgs,
-    gateway_config: GatewayConfig,
-    cluster: Option<ClusterSettings>,
-    admin: Option<(SocketAddr, String)>,
-) -> anyhow::Result<()> {
-    let mut node_config = NodeConfig::single(&args.data_dir);
-    node_config.node_id = args.node_id;
-    node_config.arena_count = args.arenas;
-    node_config.join = args.join;
-    let node = match cluster {
-        None => Node::start(node_config).await,
-        Some(ClusterSettings { listen, network }) => {
-            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-            let address = listener.local_addr()?;
-            println!("pkd cluster listening on {address}");
-            Node::start_clustered(node_config, network, listener).await
-        }
+/// Binds every listener first, so that a port in use is found before any state is created;
+/// then starts the app and runs it until SIGINT or SIGTERM.
+async fn serve(args: &ServeArgs, config: AppConfig) -> anyhow::Result<()> {
+    let bind = |address: SocketAddr| async move {
+        TcpListener::bind(address).await.with_context(|| format!("binding {address}"))
     };
-    let node = Arc::new(node.context("starting the node")?);
-    let gateway = Gateway::start(node.clone(), gateway_config);
-    let sinks = crate::sinks::Sinks::start(node.clone(), args.sinks_config());
-    let metrics = sinks.metrics();
-    let metrics_node = node.clone();
-    let router = gateway.router().merge(crate::sinks::http::router(node.clone(), sinks.results())).route(
-        "/metrics",
-        axum::routing::get(move || async move {
-            let mut text = metrics.snapshot().to_prometheus();
-            text.push_str(&storage_metrics(metrics_node.flush_totals()));
-            text
-        }),
-    );
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    let address = listener.local_addr()?;
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let admin_server = match admin {
+    let cluster = match &config.network {
+        Some(_) => Some(bind(args.cluster_listen.context("a cluster needs --cluster-listen")?).await?),
         None => None,
-        Some((listen, token)) => {
-            let admin_listener =
-                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-            let admin_address = admin_listener.local_addr()?;
-            println!("pkd admin listening on {admin_address}");
-            tracing::info!(address = %admin_address, "admin API on");
-            let router = crate::admin::router(node.clone(), &token);
-            let mut stopping = stopping.clone();
-            Some(tokio::spawn(async move {
-                axum::serve(admin_listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopping.wait_for(|stopped| *stopped).await;
-                    })
-                    .await
-            }))
-        }
     };
-    // Tests and launchers read these lines to find the ports when an address ends in :0.
-    println!("pkd listening on {address}");
-    tracing::info!(%address, node = args.node_id, arenas = args.arenas, "serving");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            let _ = stop.send(true);
-        })
-        .await?;
-    if let Some(admin_server) = admin_server {
-        let _ = admin_server.await;
+    let client = bind(args.listen).await?;
+    let admin = match args.admin_listen {
+        Some(address) if config.admin_token.is_some() => Some(bind(address).await?),
+        _ => None,
+    };
+    // Launchers read these lines to find the ports when an address ends in :0: the cluster
+    // port at once (the other nodes need it to elect), the others once the node is ready.
+    if let Some(cluster) = &cluster {
+        println!("pkd cluster listening on {}", cluster.local_addr()?);
     }
-    drop(stopping);
-    tracing::info!("shutting down");
-    sinks.shutdown().await;
-    drop(gateway);
-    match Arc::try_unwrap(node) {
-        Ok(node) => node.shutdown().await,
-        Err(_) => tracing::warn!("node still in use at shutdown; its data is safe, the log is flushed per entry"),
+    let shutdown = CancellationToken::new();
+    let app = app::start(config, Listeners { client, admin, cluster }, shutdown.clone())
+        .await
+        .context("starting the node")?;
+    if let Some(address) = app.admin_addr() {
+        println!("pkd admin listening on {address}");
     }
+    println!("pkd listening on {}", app.client_addr());
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        shutdown.cancel();
+    });
+    app.stopped().await;
     Ok(())
 }
 
@@ -289,18 +252,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     interrupt.await.unwrap_or(());
-}
-
-/// The database's flush counters in Prometheus text format.
-fn storage_metrics(totals: pkd_storage::FlushTotals) -> String {
-    format!(
-        "# HELP pkd_storage_flushes_total Disk flushes (fsyncs) of the node's database.\n\
-         # TYPE pkd_storage_flushes_total counter\n\
-         pkd_storage_flushes_total {}\n\
-         # HELP pkd_storage_flush_seconds_total Time spent in those flushes.\n\
-         # TYPE pkd_storage_flush_seconds_total counter\n\
-         pkd_storage_flush_seconds_total {}\n",
-        totals.count,
-        totals.busy.as_secs_f64()
-    )
 }

@@ -1,27 +1,27 @@
-//! The WebSocket gateway: how app clients and the gift service talk to pkd.
+//! The WebSocket gateway: how app clients talk to pkd once their connection is upgraded
+//! (the HTTP side, `/ws` and the gift API, is in `crate::http`).
 //!
 //! - [`protocol`]: the wire format as pure functions (see `docs/protocol.md`).
 //! - [`hub`]: who is connected to this node and in which room; bounded queues.
-//! - `session`: one WebSocket connection: authentication, rate limit, idle timeout,
+//! - [`session`]: one WebSocket connection: authentication, rate limit, idle timeout,
 //!   commands turned into proposals, replies in order.
 //! - `pusher`: the node's effects turned into pushes for its own clients (every node
 //!   pushes from its own replica), the 1 s coalescing and the 5 s cadence of push 10,
 //!   and presence reports.
-//! - `gifts`: `POST /internal/gifts` for the app's gift service.
 
-mod gifts;
 pub mod hub;
 pub mod protocol;
 mod pusher;
-mod session;
+pub mod session;
 
-use crate::node::Node;
-use axum::Router;
-use axum::routing::{get, post};
+use crate::replication::node::Node;
+use crate::topology::LOBBY;
 use pkd_raft::{Machine, PkId, PkView, RoomId};
-pub use session::{CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_SLOW};
+pub use session::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_SLOW};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Credentials for RTM tokens (command 27).
 #[derive(Clone)]
@@ -102,25 +102,59 @@ impl std::fmt::Debug for GatewayConfig {
     }
 }
 
-/// What the gateway's handlers share.
+/// What the gateway's sessions share.
 pub struct Gateway {
-    node: Arc<Node>,
+    node: Node,
     hub: hub::Hub,
     config: GatewayConfig,
+    /// The pusher, the presence reports and the sessions' delayed work.
+    tasks: TaskTracker,
+    stopping: CancellationToken,
 }
 
 impl Gateway {
-    /// The gateway over `node`. Starts the pusher on the current runtime.
-    pub fn start(node: Arc<Node>, config: GatewayConfig) -> Arc<Gateway> {
+    /// The gateway over `node`. Starts the pusher on the current runtime; it runs until
+    /// [`Gateway::stop`].
+    pub fn start(node: &Node, config: GatewayConfig) -> Arc<Gateway> {
         if config.dev_auth {
             tracing::warn!(
                 "DEVELOPMENT AUTHENTICATION IS ON: any client can act as any user with a `dev:<user id>` token. \
                  Never run this in production."
             );
         }
-        let gateway = Arc::new(Gateway { node, hub: hub::Hub::new(), config });
-        tokio::spawn(pusher::run(Arc::downgrade(&gateway)));
+        let gateway = Arc::new(Gateway {
+            node: node.clone(),
+            hub: hub::Hub::new(),
+            config,
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+        });
+        let stopping = gateway.stopping.clone();
+        let pushing = pusher::run(Arc::downgrade(&gateway));
+        gateway.tasks.spawn(async move {
+            tokio::select! {
+                () = pushing => {}
+                () = stopping.cancelled() => {}
+            }
+        });
         gateway
+    }
+
+    /// Stops the pusher and the sessions' delayed work, and waits for them.
+    pub async fn stop(&self) {
+        self.stopping.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The gateway's tasks: [`Gateway::stop`] waits for every one of them, sessions
+    /// included.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
     }
 
     pub fn hub(&self) -> &hub::Hub {
@@ -131,19 +165,9 @@ impl Gateway {
         &self.node
     }
 
-    /// The HTTP routes: `/ws`, `/internal/gifts`, `/healthz`.
-    pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route("/ws", get(session::upgrade))
-            .route("/internal/gifts", post(gifts::post))
-            .layer(axum::extract::DefaultBodyLimit::max(gifts::MAX_BODY_BYTES))
-            .route("/healthz", get(|| async { "ok" }))
-            .with_state(self.clone())
-    }
-
     /// Reads the lobby replica.
-    fn lobby<T>(&self, read: impl FnOnce(&pkd_raft::Lobby) -> T) -> Option<T> {
-        let replica = self.node.replica(crate::node::LOBBY)?;
+    pub fn lobby<T>(&self, read: impl FnOnce(&pkd_raft::Lobby) -> T) -> Option<T> {
+        let replica = self.node.replica(LOBBY)?;
         replica.read(|machine| machine.as_lobby().map(read))
     }
 
@@ -158,9 +182,4 @@ impl Gateway {
         let pk = self.lobby(|lobby| lobby.pk_of_room(room)).flatten()?;
         self.pk_view(pk)
     }
-}
-
-/// Milliseconds since the Unix epoch, by this node's clock.
-fn now_ms() -> i64 {
-    crate::node::wall_clock().0
 }

@@ -21,8 +21,9 @@
 
 use super::hub::Outbound;
 use super::protocol;
-use super::{Gateway, now_ms};
-use crate::consensus::GroupId;
+use super::Gateway;
+use crate::clock::now_ms;
+use crate::replication::consensus::GroupId;
 use pkd_raft::effect::{Audience, Effect, PushMessage};
 use pkd_raft::{Action, PkId, PkStatus, PkView, Presence, RoomId, UserId};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -39,8 +40,15 @@ pub(super) async fn run(gateway: Weak<Gateway>) {
     let Some(strong) = gateway.upgrade() else { return };
     let mut effects = strong.node.subscribe_effects();
     let config = strong.config.clone();
+    let stopping = strong.stopping.clone();
+    let reporting = report_presence_every(gateway.clone(), config.presence_interval);
+    strong.tasks.spawn(async move {
+        tokio::select! {
+            () = reporting => {}
+            () = stopping.cancelled() => {}
+        }
+    });
     drop(strong);
-    tokio::spawn(report_presence_every(gateway.clone(), config.presence_interval));
     let mut schedule = Schedule::new(config.push_cooldown, config.push_period);
     // Finds running PKs this node has not seen start (a restart, a snapshot installed)
     // and forgets ended ones whose settlement was missed.
@@ -152,8 +160,8 @@ fn rooms_of(view: &PkView) -> [RoomId; 2] {
 }
 
 /// The arenas this node holds a replica of.
-fn arena_groups(gateway: &Gateway) -> impl Iterator<Item = GroupId> {
-    (1..=u64::from(gateway.node.arena_count())).map(GroupId)
+fn arena_groups(gateway: &Gateway) -> impl Iterator<Item = GroupId> + use<> {
+    gateway.node.topology().arenas()
 }
 
 /// Puts running PKs the schedule does not know on it, spread over one period, and

@@ -1,22 +1,19 @@
 //! One WebSocket connection.
 //!
-//! The upgrade is refused (HTTP 401) without a valid login token. Then one task per
-//! connection reads commands, answers each with exactly one reply (in order), forwards
+//! The upgrade (`crate::http`) is refused (HTTP 401) without a valid login token
+//! ([`authenticate`]). Then one task per connection ([`run`]) reads commands, answers each with exactly one reply (in order), forwards
 //! pushes from the hub, pings the client, closes an idle or too-slow connection, and
 //! answers floods with `900007`. A client that stops reading altogether is dropped once a
 //! reply or push has waited `send_timeout` for it.
 
 use super::hub::{Outbound, SessionId};
 use super::protocol::{self, ClientCommand, ClientMessage, MatchAction, ProtocolError, Reply, ReplyResult, RoomRole};
-use super::{Gateway, now_ms};
-use crate::node::LOBBY;
+use super::Gateway;
+use crate::clock::now_ms;
 use crate::tokens::{login, rtm};
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response as HttpResponse};
+use crate::topology::LOBBY;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use pkd_raft::{Action, AnchorProfile, RoomId, UserId};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
@@ -25,15 +22,17 @@ use tokio::sync::{Notify, mpsc};
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 pub const CLOSE_IDLE: u16 = 4002;
 pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// The server is stopping (RFC 6455's "going away"): reconnect, to another node if need be.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// A connection's read buffer. Commands are small; the WebSocket library's default
 /// (128 KiB) is zero-filled on every poll of the connection, i.e. for every push sent,
 /// and held by every connection.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Who a connection acts for, from its login token.
 #[derive(Clone, Debug)]
-struct Identity {
+pub struct Identity {
     user: UserId,
     expires_at_ms: i64,
     country: String,
@@ -53,7 +52,8 @@ impl Identity {
     }
 }
 
-fn authenticate(gateway: &Gateway, token: &str) -> Result<Identity, String> {
+/// Who `token` says the client is, if the token is valid now.
+pub fn authenticate(gateway: &Gateway, token: &str) -> Result<Identity, String> {
     if gateway.config.dev_auth
         && let Some(user) = token.strip_prefix("dev:")
     {
@@ -86,30 +86,6 @@ fn parse_user(text: &str) -> Result<UserId, String> {
     }
 }
 
-/// `GET /ws`: checks the token, then upgrades.
-pub(super) async fn upgrade(
-    State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-    upgrade: WebSocketUpgrade,
-) -> HttpResponse {
-    let Some(token) = crate::bearer::bearer(&headers).or(query.get("token").map(String::as_str)) else {
-        return (StatusCode::UNAUTHORIZED, "900005 a login token is required").into_response();
-    };
-    let identity = match authenticate(&gateway, token) {
-        Ok(identity) => identity,
-        Err(why) => {
-            tracing::debug!(%why, "login token refused");
-            return (StatusCode::UNAUTHORIZED, format!("900005 {why}")).into_response();
-        }
-    };
-    upgrade
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(protocol::MAX_FRAME_BYTES * 2)
-        .on_upgrade(move |socket| run(gateway, identity, socket))
-        .into_response()
-}
-
 /// A token bucket: `burst` commands at once, refilled at `rate` per second.
 struct RateLimit {
     tokens: f64,
@@ -140,7 +116,8 @@ struct Connection {
     room: Option<(RoomId, bool)>,
 }
 
-async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocket) {
+/// Serves one upgraded connection until it closes.
+pub async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocket) {
     let config = gateway.config.clone();
     let (queue, mut outbound) = mpsc::channel::<Outbound>(config.queue_capacity);
     let kicked = Arc::new(Notify::new());
@@ -179,6 +156,7 @@ async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocket) {
                 send(&mut socket, Message::Text(frame.as_ref().into()), &kicked, config.send_timeout).await
             }
             _ = kicked.notified() => break Some((CLOSE_TOO_SLOW, "too slow: pushes were not read")),
+            () = gateway.stopping.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
             _ = ping.tick() => send(&mut socket, Message::Ping(Vec::new().into()), &kicked, config.send_timeout).await,
             _ = tokio::time::sleep(idle_left) => break Some((CLOSE_IDLE, "idle")),
         };
@@ -361,7 +339,7 @@ impl Connection {
         let gateway = self.gateway.clone();
         let user = self.identity.user;
         let grace = gateway.config.off_air_grace;
-        tokio::spawn(async move {
+        self.gateway.tasks.spawn(async move {
             tokio::time::sleep(grace).await;
             if !gateway.hub.anchor_present(user, room)
                 && let Err(error) =

@@ -1,17 +1,20 @@
-//! Where committed effects leave the cluster: the SQL results tables and the Redis
-//! read cache of the source design (SPEC §5).
+//! Where committed state leaves the cluster: the SQL results tables and the Redis read
+//! cache of the source design (SPEC §5), and the counters of the duties that write them
+//! (`crate::duties::results`, `crate::duties::cache`).
 //!
-//! Both sinks are called from a group leader, after commit, and may see the same
-//! effect twice (a restart replays the log, a new leader re-sends its outbox): every
-//! write is an idempotent upsert of absolute values.
+//! Both stores are written from a group's leader, after commit, and may be given the same
+//! data twice (a restart replays the log, a new leader resumes its outbox): every write is
+//! an idempotent upsert of absolute values.
 
-pub mod driver;
-pub mod http;
+pub mod metrics;
 pub mod redis_cache;
 pub mod sql;
 
-pub use driver::{
-    CacheDriverConfig, DriverError, ResultsDriverConfig, ResultsSlot, SinkCounters, SinkMetrics, Sinks, SinksConfig,
-};
+use std::sync::{Arc, OnceLock};
+
+pub use metrics::{SinkCounters, SinkMetrics};
 pub use redis_cache::{CacheError, CacheSnapshot, RebuildReport, RedisCache, RunningPk};
 pub use sql::{Dialect, Mismatch, PkRecord, ResultsStore, StoreError};
+
+/// The results store once connected (the history API reads it; empty until then).
+pub type ResultsSlot = Arc<OnceLock<ResultsStore>>;

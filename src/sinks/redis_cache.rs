@@ -164,38 +164,25 @@ impl RedisCache {
         self.run(&pipe).await
     }
 
-    /// Rewrites the whole cache from the replicated state: `pkm`, `pkr`,
-    /// `room_pk_invited`, and `pk_`/`pkg_` keys of the running PKs, in one MULTI/EXEC
-    /// block; `pk_<id>` and `pkg_<id>_<anchor>` keys of other PKs are deleted (found
-    /// by SCAN; keys that merely start with `pk_` but do not have that exact shape,
-    /// such as other services' keys, are left alone).
+    /// Rewrites the whole cache from the replicated state: the directory keys
+    /// ([`RedisCache::rebuild_directory`]) and the keys of every PK
+    /// ([`RedisCache::rebuild_pks`]).
     pub async fn rebuild(&self, snapshot: &CacheSnapshot) -> Result<RebuildReport> {
-        let mut keep = BTreeSet::new();
-        for running in &snapshot.pks {
-            let view = &running.view;
-            keep.insert(pk_key(view.pk));
-            keep.insert(gifters_key(view.pk, view.source.anchor));
-            keep.insert(gifters_key(view.pk, view.target.anchor));
-        }
-        let mut stale = BTreeSet::new();
-        for pattern in ["pk_*", "pkg_*"] {
-            let mut connection = self.connection.clone();
-            let mut keys = connection.scan_match::<_, String>(pattern).await?;
-            while let Some(key) = keys.next_item().await {
-                if is_pk_key(&key) && !keep.contains(&key) {
-                    stale.insert(key);
-                }
-            }
-        }
+        let directory = self.rebuild_directory(snapshot).await?;
+        let pks = self.rebuild_pks(&snapshot.pks, |_| true).await?;
+        Ok(RebuildReport {
+            stale_keys_removed: pks.stale_keys_removed,
+            keys_written: directory.keys_written + pks.keys_written,
+        })
+    }
 
-        let mut report = RebuildReport { stale_keys_removed: stale.len(), keys_written: 0 };
+    /// Rewrites `pkm`, `pkr` and `room_pk_invited` from the lobby's state (the PKs in
+    /// `snapshot` are not looked at), in one MULTI/EXEC block.
+    pub async fn rebuild_directory(&self, snapshot: &CacheSnapshot) -> Result<RebuildReport> {
+        let mut report = RebuildReport::default();
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut deleted: Vec<String> = vec![MATCHING_KEY.into(), ROOMS_KEY.into(), INVITED_KEY.into()];
-        deleted.extend(stale);
-        deleted.extend(keep.iter().cloned());
-        pipe.del(deleted).ignore();
-
+        pipe.del(&[MATCHING_KEY, ROOMS_KEY, INVITED_KEY]).ignore();
         let matching: Vec<(u64, String)> =
             snapshot.matching.iter().map(|(anchor, since)| (anchor.0, matching_json(*anchor, *since))).collect();
         if !matching.is_empty() {
@@ -215,7 +202,40 @@ impl RedisCache {
             pipe.expire(INVITED_KEY, DIRECTORY_TTL_SECONDS).ignore();
             report.keys_written += 1;
         }
-        for running in &snapshot.pks {
+        self.run(&pipe).await?;
+        Ok(report)
+    }
+
+    /// Rewrites the `pk_` and `pkg_` keys of the running PKs `running`, in one MULTI/EXEC
+    /// block, and deletes the `pk_<id>` and `pkg_<id>_<anchor>` keys of every other PK that
+    /// `owned` accepts (found by SCAN; keys that merely start with `pk_` but do not have
+    /// that exact shape, such as other services' keys, are left alone).
+    pub async fn rebuild_pks(&self, running: &[RunningPk], owned: impl Fn(PkId) -> bool) -> Result<RebuildReport> {
+        let mut keep = BTreeSet::new();
+        for running in running {
+            let view = &running.view;
+            keep.insert(pk_key(view.pk));
+            keep.insert(gifters_key(view.pk, view.source.anchor));
+            keep.insert(gifters_key(view.pk, view.target.anchor));
+        }
+        let mut stale = BTreeSet::new();
+        for pattern in ["pk_*", "pkg_*"] {
+            let mut connection = self.connection.clone();
+            let mut keys = connection.scan_match::<_, String>(pattern).await?;
+            while let Some(key) = keys.next_item().await {
+                if pk_of_key(&key).is_some_and(&owned) && !keep.contains(&key) {
+                    stale.insert(key);
+                }
+            }
+        }
+        let mut report = RebuildReport { stale_keys_removed: stale.len(), keys_written: 0 };
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let deleted: Vec<String> = stale.into_iter().chain(keep).collect();
+        if !deleted.is_empty() {
+            pipe.del(deleted).ignore();
+        }
+        for running in running {
             let view = &running.view;
             push_pk(&mut pipe, view);
             report.keys_written += 1;
@@ -252,15 +272,15 @@ pub fn gifters_key(pk: PkId, anchor: UserId) -> String {
     format!("pkg_{pk}_{anchor}")
 }
 
-/// Whether `key` is exactly `pk_<digits>` or `pkg_<digits>_<digits>`.
-fn is_pk_key(key: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+/// The PK of a key that is exactly `pk_<digits>` or `pkg_<digits>_<digits>`.
+fn pk_of_key(key: &str) -> Option<PkId> {
+    let number = |s: &str| (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten();
     if let Some(rest) = key.strip_prefix("pkg_") {
-        rest.split_once('_').is_some_and(|(pk, anchor)| digits(pk) && digits(anchor))
-    } else if let Some(rest) = key.strip_prefix("pk_") {
-        digits(rest)
+        let (pk, anchor) = rest.split_once('_')?;
+        number(anchor)?;
+        number(pk).map(PkId)
     } else {
-        false
+        key.strip_prefix("pk_").and_then(number).map(PkId)
     }
 }
 
@@ -328,12 +348,12 @@ mod tests {
 
     #[test]
     fn only_exact_pk_key_shapes_are_ours() {
-        assert!(is_pk_key("pk_12"));
-        assert!(is_pk_key("pkg_12_2099955"));
-        assert!(!is_pk_key("pk_config"));
-        assert!(!is_pk_key("pk_"));
-        assert!(!is_pk_key("pkg_12"));
-        assert!(!is_pk_key("pkg_12_x"));
-        assert!(!is_pk_key("pkr"));
+        assert_eq!(pk_of_key("pk_12"), Some(PkId(12)));
+        assert_eq!(pk_of_key("pkg_12_2099955"), Some(PkId(12)));
+        assert_eq!(pk_of_key("pk_config"), None);
+        assert_eq!(pk_of_key("pk_"), None);
+        assert_eq!(pk_of_key("pkg_12"), None);
+        assert_eq!(pk_of_key("pkg_12_x"), None);
+        assert_eq!(pk_of_key("pkr"), None);
     }
 }

@@ -8,6 +8,8 @@
 //!   entries, the vote, the committed log id and the last purged log id;
 //! - a [`SnapshotStore`], a helper the group's state machine uses to keep its latest snapshot.
 //!
+//! [`pacing`] decides which replicas of a group flush their appends at once.
+//!
 //! Values are encoded with postcard. Writes that raft needs to be durable (appended entries,
 //! votes, snapshots) are acknowledged only after sled has flushed them to disk; concurrent
 //! groups share flushes. See [`Store`] for the durability design and [`keys`] for the layout.
@@ -16,6 +18,7 @@ mod codec;
 mod error;
 pub mod keys;
 mod log_store;
+pub mod pacing;
 mod snapshot_store;
 mod store;
 

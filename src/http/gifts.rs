@@ -4,8 +4,8 @@
 //! service's id, so a retried gift counts once. A batch's gifts are proposed together
 //! and so share raft entries (group commit).
 
-use super::Gateway;
-use super::protocol::code;
+use crate::gateway::Gateway;
+use crate::gateway::protocol::{self, code};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -73,11 +73,12 @@ impl GiftIn {
     }
 }
 
-pub(super) async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> HttpResponse {
-    let Some(expected) = &gateway.config.gift_token else {
+/// `POST /internal/gifts`.
+pub async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    let Some(expected) = &gateway.config().gift_token else {
         return refuse(StatusCode::UNAUTHORIZED, code::NOT_AUTHENTICATED, "the gift API is not enabled on this node");
     };
-    if !crate::bearer::presents(&headers, expected) {
+    if !super::bearer::presents(&headers, expected) {
         return refuse(StatusCode::UNAUTHORIZED, code::NOT_AUTHENTICATED, "missing or wrong service token");
     }
     let value: Value = match serde_json::from_slice(&body) {
@@ -118,7 +119,7 @@ pub(super) async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap
         return Json(json!({ "code": outcome.code, "desc": outcome.desc, "result": result })).into_response();
     }
     let results: Vec<Value> = outcomes.iter().map(Outcome::entry).collect();
-    Json(json!({ "code": code::SUCCESS, "desc": super::protocol::SUCCESS_DESC, "result": results })).into_response()
+    Json(json!({ "code": code::SUCCESS, "desc": protocol::SUCCESS_DESC, "result": results })).into_response()
 }
 
 struct Outcome {
@@ -146,7 +147,7 @@ async fn apply(gateway: &Gateway, gift: &GiftIn) -> Outcome {
         id: gift.id,
         pk: gift.pk_id,
         code: code::SUCCESS.to_owned(),
-        desc: super::protocol::SUCCESS_DESC.to_owned(),
+        desc: protocol::SUCCESS_DESC.to_owned(),
         duplicate: false,
         side_beans: None,
     };
@@ -182,7 +183,7 @@ async fn apply(gateway: &Gateway, gift: &GiftIn) -> Outcome {
         beans: gift.beans,
         profile,
     });
-    match gateway.node.propose(gateway.node.arena_of(pk), action).await {
+    match gateway.node().propose(gateway.node().arena_of(pk), action).await {
         Ok(Response::GiftCounted { duplicate, side_beans }) => {
             outcome.duplicate = duplicate;
             outcome.side_beans = Some(side_beans);

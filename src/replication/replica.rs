@@ -21,10 +21,13 @@ use pkd_raft::{Effect, Machine, Response};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
-use crate::consensus::{
-    EntryPayload, EntryResponder, GroupId, LogId, OptionalSend, Payload, RaftSnapshotBuilder, RaftStateMachine,
+use super::consensus::{
+    EntryPayload, EntryResponder, GroupId, LogId, OptionalSend, Payload, RaftOf, RaftSnapshotBuilder, RaftStateMachine,
     Snapshot, SnapshotMeta, SnapshotStore, StoredMembership, TypeConfig,
 };
+
+/// One group's raft instance, driving its [`Replica`].
+pub type Raft = RaftOf<Replica>;
 
 /// One effect of a committed command, with where it came from. The pair (group, index)
 /// identifies the entry: an effect seen again with the same pair is a replay.
@@ -35,6 +38,9 @@ pub struct TaggedEffect {
     pub index: u64,
     pub effect: Effect,
 }
+
+/// Room for one group's own effects; a subscriber further behind loses the oldest.
+const GROUP_EFFECT_CAPACITY: usize = 16_384;
 
 /// The state of one group's replica: what a snapshot holds.
 #[derive(Clone, Debug)]
@@ -78,6 +84,7 @@ pub struct ReplicaHandle {
     group: GroupId,
     state: Arc<RwLock<ReplicaState>>,
     applied: watch::Receiver<Option<u64>>,
+    group_effects: broadcast::Sender<TaggedEffect>,
 }
 
 impl ReplicaHandle {
@@ -101,6 +108,12 @@ impl ReplicaHandle {
         self.applied.clone()
     }
 
+    /// Every effect this group applies from now on (the node's own channel carries every
+    /// group's).
+    pub fn subscribe_effects(&self) -> broadcast::Receiver<TaggedEffect> {
+        self.group_effects.subscribe()
+    }
+
     fn lock(&self) -> RwLockReadGuard<'_, ReplicaState> {
         // A panic while applying poisons the lock; the state itself is still whole
         // (the machine never panics half-way on purpose), so reads carry on.
@@ -113,7 +126,10 @@ pub struct Replica {
     group: GroupId,
     state: Arc<RwLock<ReplicaState>>,
     snapshots: SnapshotStore,
+    /// Every group's effects, for the node.
     effects: broadcast::Sender<TaggedEffect>,
+    /// This group's effects only.
+    group_effects: broadcast::Sender<TaggedEffect>,
     applied: watch::Sender<Option<u64>>,
     /// Reused for each command's effects.
     buffer: Vec<Effect>,
@@ -139,8 +155,14 @@ impl Replica {
         let last_index = state.last_applied.map(|log_id| log_id.index);
         let (applied, applied_watch) = watch::channel(last_index);
         let state = Arc::new(RwLock::new(state));
-        let handle = ReplicaHandle { group, state: Arc::clone(&state), applied: applied_watch };
-        let replica = Replica { group, state, snapshots, effects, applied, buffer: Vec::new() };
+        let (group_effects, _) = broadcast::channel(GROUP_EFFECT_CAPACITY);
+        let handle = ReplicaHandle {
+            group,
+            state: Arc::clone(&state),
+            applied: applied_watch,
+            group_effects: group_effects.clone(),
+        };
+        let replica = Replica { group, state, snapshots, effects, group_effects, applied, buffer: Vec::new() };
         Ok((replica, handle))
     }
 
@@ -218,9 +240,14 @@ impl RaftStateMachine<TypeConfig> for Replica {
             let (entry, responder) = item?;
             let log_id = entry.log_id;
             let (responses, effects) = self.apply_entry(log_id, entry.payload);
+            let group_subscribed = self.group_effects.receiver_count() > 0;
             for effect in effects {
+                let tagged = TaggedEffect { group: self.group, index: log_id.index, effect };
                 // No subscriber is not an error: the sinks may not be running yet.
-                let _ = self.effects.send(TaggedEffect { group: self.group, index: log_id.index, effect });
+                if group_subscribed {
+                    let _ = self.group_effects.send(tagged.clone());
+                }
+                let _ = self.effects.send(tagged);
             }
             self.applied.send_replace(Some(log_id.index));
             if let Some(responder) = responder {

@@ -7,45 +7,30 @@ use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use pkd_cluster::api::{
     AddLearnerRequest, ConfigReply, ConfigRequest, ErrorReply, InitRequest, LeaderReply, MembershipReply, NodeRequest,
     NodeStatus, TransferLeaderRequest,
 };
 
-use crate::consensus::GroupId;
-use crate::node::{AdminError, Node};
+use crate::replication::consensus::GroupId;
+use crate::replication::node::{AdminError, Node};
 
 /// How long a leadership transfer may take before the API answers with the leader it sees.
 const TRANSFER_WAIT: Duration = Duration::from_secs(5);
 
+/// What the admin routes share: the node, and the token every request must present.
 #[derive(Clone)]
-struct AdminState {
-    node: Arc<Node>,
-    token: Arc<str>,
-}
-
-/// The admin API's router for `node`, guarded by `token`.
-pub fn router(node: Arc<Node>, token: &str) -> Router {
-    let state = AdminState { node, token: Arc::from(token) };
-    Router::new()
-        .route("/admin/status", get(status))
-        .route("/admin/groups/{id}/transfer-leader", post(transfer_leader))
-        .route("/admin/init", post(init))
-        .route("/admin/learners", post(add_learner))
-        .route("/admin/promote", post(promote))
-        .route("/admin/remove", post(remove))
-        .route("/admin/config", post(set_config))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .with_state(state)
+pub struct AdminState {
+    pub node: Node,
+    pub token: Arc<str>,
 }
 
 /// Refuses a request without the admin token with 401.
-async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    if crate::bearer::presents(request.headers(), &state.token) {
+pub async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if super::bearer::presents(request.headers(), &state.token) {
         next.run(request).await
     } else {
         failure(StatusCode::UNAUTHORIZED, "missing or wrong admin token".to_owned())
@@ -57,7 +42,7 @@ fn failure(status: StatusCode, error: String) -> Response {
 }
 
 /// An [`AdminError`] as an HTTP answer.
-struct Failed(AdminError);
+pub struct Failed(AdminError);
 
 impl IntoResponse for Failed {
     fn into_response(self) -> Response {
@@ -72,11 +57,11 @@ impl IntoResponse for Failed {
     }
 }
 
-async fn status(State(state): State<AdminState>) -> Json<NodeStatus> {
+pub async fn status(State(state): State<AdminState>) -> Json<NodeStatus> {
     Json(state.node.status())
 }
 
-async fn transfer_leader(
+pub async fn transfer_leader(
     State(state): State<AdminState>,
     Path(id): Path<u64>,
     Json(request): Json<TransferLeaderRequest>,
@@ -90,7 +75,7 @@ async fn transfer_leader(
     Ok(Json(LeaderReply { group: id, leader: state.node.leader(group) }))
 }
 
-async fn init(
+pub async fn init(
     State(state): State<AdminState>,
     Json(request): Json<InitRequest>,
 ) -> Result<Json<MembershipReply>, Failed> {
@@ -99,7 +84,7 @@ async fn init(
     Ok(Json(MembershipReply { groups }))
 }
 
-async fn add_learner(
+pub async fn add_learner(
     State(state): State<AdminState>,
     Json(request): Json<AddLearnerRequest>,
 ) -> Result<Json<MembershipReply>, Failed> {
@@ -108,7 +93,7 @@ async fn add_learner(
     Ok(Json(MembershipReply { groups }))
 }
 
-async fn promote(
+pub async fn promote(
     State(state): State<AdminState>,
     Json(request): Json<NodeRequest>,
 ) -> Result<Json<MembershipReply>, Failed> {
@@ -117,7 +102,7 @@ async fn promote(
     Ok(Json(MembershipReply { groups }))
 }
 
-async fn remove(
+pub async fn remove(
     State(state): State<AdminState>,
     Json(request): Json<NodeRequest>,
 ) -> Result<Json<MembershipReply>, Failed> {
@@ -126,7 +111,7 @@ async fn remove(
     Ok(Json(MembershipReply { groups }))
 }
 
-async fn set_config(
+pub async fn set_config(
     State(state): State<AdminState>,
     Json(request): Json<ConfigRequest>,
 ) -> Result<Json<ConfigReply>, Failed> {

@@ -14,6 +14,8 @@ use std::future::Future;
 use pkd_raft::{Command, Response};
 use serde::{Deserialize, Serialize};
 
+use super::error::{ChangeRefused, ReadIndexFailure};
+
 pub use openraft::storage::{EntryResponder, RaftStateMachine};
 pub use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 pub use openraft::{
@@ -40,8 +42,9 @@ openraft::declare_raft_types!(
 
 /// A node's id in the cluster (the same in every group the node belongs to).
 pub type NodeId = u64;
-/// One group's raft instance, driving a [`crate::replica::Replica`].
-pub type Raft = openraft::Raft<TypeConfig, crate::replica::Replica>;
+/// One group's raft instance over the state machine `SM` (the shell has one:
+/// `replica::Raft`).
+pub type RaftOf<SM> = openraft::Raft<TypeConfig, SM>;
 /// What one log entry carries: a batch, a membership change, or nothing.
 pub type Payload = EntryPayload<Batch, NodeId, BasicNode>;
 /// A log position: term, leader and index.
@@ -64,6 +67,19 @@ pub type WriteError = openraft::error::RaftError<TypeConfig, openraft::error::Cl
 pub type InitializeError = openraft::error::RaftError<TypeConfig, openraft::error::InitializeError<TypeConfig>>;
 /// openraft stopped for good (storage failure, panic, shutdown).
 pub type Fatal = openraft::error::Fatal<TypeConfig>;
+
+/// The fatal error behind a failed raft RPC handler (they fail in no other way).
+pub fn fatal_of(error: openraft::error::RaftError<TypeConfig>) -> Fatal {
+    match error {
+        openraft::error::RaftError::APIError(never) => match never {},
+        openraft::error::RaftError::Fatal(fatal) => fatal,
+    }
+}
+
+/// Whether raft stopped because it was shut down (rather than failed).
+pub fn is_stopped(fatal: &Fatal) -> bool {
+    matches!(fatal, openraft::error::Fatal::Stopped)
+}
 
 /// What a failed write means for the proposer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,34 +108,51 @@ pub fn classify_write_error(error: &WriteError) -> WriteFailure {
     }
 }
 
-/// Why the leader could not give a read index.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ReadIndexFailure {
-    /// This node does not lead the group (the leader, if known, is named).
-    NotLeader(Option<NodeId>),
-    /// It could not confirm its leadership with a quorum, or raft stopped.
-    Unavailable(String),
-}
-
 /// On the group's leader: confirms with a quorum of voters that it still leads (one round
 /// of heartbeats, raft's ReadIndex), and returns the log index a replica must have applied
 /// to answer a read that reflects every write acknowledged before this call.
-pub async fn read_index(raft: &Raft) -> Result<u64, ReadIndexFailure> {
+pub async fn read_index<SM: RaftStateMachine<TypeConfig>>(raft: &RaftOf<SM>) -> Result<u64, ReadIndexFailure> {
     use openraft::error::{LinearizableReadError, RaftError};
     match raft.get_read_linearizer(openraft::ReadPolicy::ReadIndex).await {
         Ok(linearizer) => Ok(linearizer.read_log_id().index()),
         Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
             Err(ReadIndexFailure::NotLeader(forward.leader_id))
         }
-        Err(other) => Err(ReadIndexFailure::Unavailable(other.to_string())),
+        Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => Err(ReadIndexFailure::NoQuorum),
+        Err(RaftError::Fatal(fatal)) => {
+            tracing::warn!(error = %fatal, "a read index failed: raft has stopped");
+            Err(ReadIndexFailure::Stopped)
+        }
     }
 }
 
-/// Whether a membership change was refused only because the previous one is not complete
-/// yet (worth trying again shortly).
-pub fn is_membership_change_in_progress(error: &WriteError) -> bool {
+/// What a failed membership change means for the admin who asked. Details that only the
+/// leader's operator needs are logged here.
+pub fn classify_change_error(error: &WriteError) -> ChangeRefused {
     use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-    matches!(error, RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))))
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            ChangeRefused::NotLeader { leader: forward.leader_id }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(change)) => match change {
+            ChangeMembershipError::InProgress(_) => ChangeRefused::InProgress,
+            ChangeMembershipError::EmptyMembership(_) => ChangeRefused::EmptyMembership,
+            ChangeMembershipError::LearnerNotFound(missing) => ChangeRefused::LearnerNotFound(missing.node_id),
+            ChangeMembershipError::UncommittedLeaderLog(_) => ChangeRefused::LeaderNotReady,
+            other => {
+                tracing::warn!(error = %other, "membership change refused");
+                ChangeRefused::Unsupported
+            }
+        },
+        RaftError::APIError(other) => {
+            tracing::warn!(error = %other, "membership change failed");
+            ChangeRefused::Failed
+        }
+        RaftError::Fatal(fatal) => {
+            tracing::warn!(error = %fatal, "membership change failed: raft has stopped");
+            ChangeRefused::Stopped
+        }
+    }
 }
 
 /// Whether `initialize` failed only because the group was initialized already.
@@ -129,19 +162,20 @@ pub fn is_already_initialized(error: &InitializeError) -> bool {
 
 /// Adds `node`, reachable at `address`, to `raft`'s group as a learner, and waits until it
 /// has caught up with the log. Only the group's leader can do this.
-pub async fn add_learner(raft: &Raft, node: NodeId, address: String) -> Result<(), WriteError> {
+pub async fn add_learner<SM: RaftStateMachine<TypeConfig>>(
+    raft: &RaftOf<SM>, node: NodeId, address: String) -> Result<(), WriteError> {
     raft.add_learner(node, BasicNode::new(address), true).await.map(|_| ())
 }
 
 /// Makes learner `node` a voter of `raft`'s group. Only the group's leader can do this.
-pub async fn promote(raft: &Raft, node: NodeId) -> Result<(), WriteError> {
+pub async fn promote<SM: RaftStateMachine<TypeConfig>>(raft: &RaftOf<SM>, node: NodeId) -> Result<(), WriteError> {
     let change = openraft::ChangeMembers::AddVoterIds(std::collections::BTreeSet::from([node]));
     raft.change_membership(change, false).await.map(|_| ())
 }
 
 /// Takes `node` out of `raft`'s group, as a voter and as a learner. Only the group's leader
 /// can do this.
-pub async fn remove(raft: &Raft, node: NodeId) -> Result<(), WriteError> {
+pub async fn remove<SM: RaftStateMachine<TypeConfig>>(raft: &RaftOf<SM>, node: NodeId) -> Result<(), WriteError> {
     let ids = std::collections::BTreeSet::from([node]);
     let is_voter =
         MetricsWatch::new(raft).read(|metrics| metrics.membership_config.voter_ids().any(|voter| voter == node));
@@ -299,13 +333,13 @@ pub type MetricsWatch = Watch<Metrics>;
 pub type ServerWatch = Watch<ServerMetrics>;
 
 impl Watch<Metrics> {
-    pub fn new(raft: &Raft) -> MetricsWatch {
+    pub fn new<SM: RaftStateMachine<TypeConfig>>(raft: &RaftOf<SM>) -> MetricsWatch {
         Watch(raft.metrics())
     }
 }
 
 impl Watch<ServerMetrics> {
-    pub fn new(raft: &Raft) -> ServerWatch {
+    pub fn new<SM: RaftStateMachine<TypeConfig>>(raft: &RaftOf<SM>) -> ServerWatch {
         Watch(raft.server_metrics())
     }
 }

@@ -1,57 +1,48 @@
-//! Read-only HTTP routes over the sinks' data, merged into the gateway's router by
-//! `pkd serve` (described in `docs/openapi.yaml`):
+//! Read-only routes over the results store and the room directory (described in
+//! `docs/openapi.yaml`):
 //!
 //! - `GET /api/anchors/{id}/pks?page=1&size=20`: an anchor's PK history (the source's
 //!   "in-app PK records"), newest first, from the results store.
 //! - `GET /api/rooms-in-pk`: every room in a PK, from this node's lobby replica (the
 //!   home page's PK tag, without Redis).
 
-use std::sync::Arc;
-
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use pkd_raft::UserId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::ResultsSlot;
-use crate::node::{LOBBY, Node};
+use crate::replication::node::Node;
+use crate::sinks::ResultsSlot;
+use crate::topology::LOBBY;
 
 /// The page size when none is given.
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
 /// The largest page size served; larger requests are cut to it.
 pub const MAX_PAGE_SIZE: u32 = 100;
 
+/// What the routes read: `node`'s replicas, and the results store in `results`
+/// (answering 503 until it is connected).
 #[derive(Clone)]
-struct ApiState {
-    node: Arc<Node>,
-    results: ResultsSlot,
-}
-
-/// The routes, over `node`'s replicas and the results store in `results` (answering
-/// 503 until it is connected).
-pub fn router(node: Arc<Node>, results: ResultsSlot) -> Router {
-    Router::new()
-        .route("/api/anchors/{id}/pks", get(history))
-        .route("/api/rooms-in-pk", get(rooms_in_pk))
-        .with_state(ApiState { node, results })
+pub struct ApiState {
+    pub node: Node,
+    pub results: ResultsSlot,
 }
 
 #[derive(Debug, Deserialize)]
-struct Paging {
-    page: Option<u32>,
-    size: Option<u32>,
+pub struct Paging {
+    pub page: Option<u32>,
+    pub size: Option<u32>,
 }
 
 fn unavailable(message: String) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": message }))).into_response()
 }
 
-async fn history(State(state): State<ApiState>, Path(anchor): Path<u64>, Query(paging): Query<Paging>) -> Response {
+/// `GET /api/anchors/{id}/pks?page=1&size=20`.
+pub async fn history(State(state): State<ApiState>, Path(anchor): Path<u64>, Query(paging): Query<Paging>) -> Response {
     let page = paging.page.unwrap_or(1).max(1);
     let size = paging.size.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
     let Some(store) = state.results.get() else {
@@ -76,7 +67,8 @@ struct RoomInPk {
     anchor: u64,
 }
 
-async fn rooms_in_pk(State(state): State<ApiState>) -> Response {
+/// `GET /api/rooms-in-pk`.
+pub async fn rooms_in_pk(State(state): State<ApiState>) -> Response {
     let Some(lobby) = state.node.replica(LOBBY) else {
         return unavailable("no lobby on this node".to_owned());
     };

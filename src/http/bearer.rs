@@ -2,6 +2,7 @@
 //! gift API (service token) and the admin API (admin token) all read them the same way.
 
 use axum::http::{HeaderMap, header};
+use subtle::ConstantTimeEq;
 
 /// The token of an `Authorization: Bearer <token>` header, if there is one.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -14,11 +15,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Whether the request presents exactly `expected`, compared in constant time.
 pub fn presents(headers: &HeaderMap, expected: &str) -> bool {
-    bearer(headers).is_some_and(|offered| constant_time_eq(offered.as_bytes(), expected.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bearer(headers).is_some_and(|offered| bool::from(offered.as_bytes().ct_eq(expected.as_bytes())))
 }
 
 #[cfg(test)]

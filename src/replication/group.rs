@@ -17,35 +17,19 @@ use pkd_raft::{Action, Command, Response};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::consensus::{
-    Batch, GroupId, Membership, MetricsWatch, NodeId, Raft, ServerState, WriteError, WriteFailure, classify_write_error,
+use super::consensus::{
+    Batch, GroupId, Membership, MetricsWatch, NodeId, ServerState, WriteError, WriteFailure, classify_write_error,
 };
-use crate::network::Network;
-use crate::node::wall_clock;
-use crate::replica::ReplicaHandle;
+use super::error::ProposeError;
+use super::network::Network;
+use super::replica::{Raft, ReplicaHandle};
+use crate::clock::wall_clock;
 
 /// At most this many commands in one raft entry.
 pub const MAX_BATCH: usize = 256;
 
 /// Runs of proposals waiting for the queue task; a full queue makes proposers wait.
 const QUEUE_CAPACITY: usize = 4_096;
-
-/// Why a proposal did not get a response from the machine.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProposeError {
-    #[error("no group {0} on this node")]
-    UnknownGroup(GroupId),
-    #[error("this node is not the leader of group {group} (leader: {leader:?})")]
-    NotLeader { group: GroupId, leader: Option<NodeId> },
-    #[error("forwarding to node {leader}, the leader of group {group}, failed: {message}")]
-    Forward { group: GroupId, leader: NodeId, message: String },
-    #[error("group {0} changed leader while the command was in flight: it may or may not have been applied")]
-    OutcomeUnknown(GroupId),
-    #[error("group {0} is shutting down")]
-    Stopped(GroupId),
-    #[error("raft failed in group {group}: {message}")]
-    Raft { group: GroupId, message: String },
-}
 
 /// Where a proposal may be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,18 +326,8 @@ impl Writer {
         let Some(network) = &self.network else { return };
         let (actions, replies): (Vec<Action>, Vec<_>) =
             forwardable.into_iter().map(|proposal| (proposal.action, proposal.reply)).unzip();
-        let count = actions.len();
-        match network.forward(leader, group, actions).await {
-            Ok(results) if results.len() == count => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result.map_err(|message| ProposeError::Forward { group, leader, message }));
-                }
-            }
-            Ok(results) => {
-                let message = format!("the leader answered {} of {count} proposals", results.len());
-                answer_all(replies, ProposeError::Forward { group, leader, message });
-            }
-            Err(message) => answer_all(replies, ProposeError::Forward { group, leader, message }),
+        for (reply, result) in replies.into_iter().zip(network.forward(leader, group, actions).await) {
+            let _ = reply.send(result);
         }
     }
 }

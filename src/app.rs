@@ -1,0 +1,146 @@
+//! The one seam to start pkd: [`start`] runs everything a node serves (its groups, their
+//! duties, the sinks, the gateway, the HTTP servers) on sockets the caller has bound, until
+//! the caller's shutdown token is cancelled. `pkd serve` parses, binds, waits for signals
+//! and calls it; tests call it on port 0 and stop it at will.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::duties::Duties;
+use crate::duties::sinks::{Sinks, SinksConfig};
+use crate::gateway::{Gateway, GatewayConfig};
+use crate::http::{self, ClientState};
+use crate::replication::network::NetworkConfig;
+use crate::replication::node::{Node, NodeConfig, NodeError};
+
+/// Everything a node needs besides its sockets.
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    pub node: NodeConfig,
+    /// In a cluster: the network's settings (its listener comes in [`Listeners::cluster`]).
+    pub network: Option<NetworkConfig>,
+    pub gateway: GatewayConfig,
+    pub sinks: SinksConfig,
+    /// The admin API's bearer token (its listener comes in [`Listeners::admin`]).
+    pub admin_token: Option<String>,
+}
+
+/// The sockets a node serves on, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// App clients (`/ws`), the gift service and the read API.
+    pub client: TcpListener,
+    /// The admin API, if it is on.
+    pub admin: Option<TcpListener>,
+    /// Node-to-node traffic, in a cluster.
+    pub cluster: Option<TcpListener>,
+}
+
+/// Why the app did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("reading a listener's address: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running node and everything around it.
+pub struct App {
+    node: Node,
+    duties: Duties,
+    sinks: Sinks,
+    gateway: Arc<Gateway>,
+    client_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    servers: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Starts the node on `listeners` and returns once it is ready (every group has a leader
+/// and, where this node leads, has applied its log) and its servers accept requests. It
+/// runs until `shutdown` is cancelled; then [`App::stopped`] returns once everything has
+/// stopped.
+pub async fn start(config: AppConfig, listeners: Listeners, shutdown: CancellationToken) -> Result<App, AppError> {
+    let admin = match (listeners.admin, config.admin_token) {
+        (Some(listener), Some(token)) => Some((listener, token)),
+        (None, _) => None,
+        (Some(_), None) => return Err(AppError::Config("the admin listener needs an admin token".to_owned())),
+    };
+    let client_addr = listeners.client.local_addr()?;
+    let admin_addr = admin.as_ref().map(|(listener, _)| listener.local_addr()).transpose()?;
+    let node = match (config.network, listeners.cluster) {
+        (None, None) => Node::start(config.node).await?,
+        (Some(network), Some(listener)) => Node::start_clustered(config.node, network, listener).await?,
+        _ => return Err(AppError::Config("a cluster needs both its settings and its listener".to_owned())),
+    };
+    let duties = Duties::start(&node);
+    let sinks = Sinks::start(&node, config.sinks);
+    let gateway = Gateway::start(&node, config.gateway);
+    let servers = TaskTracker::new();
+    let client_router = http::client_router(ClientState::new(gateway.clone(), sinks.results(), sinks.metrics()));
+    servers.spawn(serve(listeners.client, client_router, shutdown.clone()));
+    if let Some((listener, token)) = admin {
+        servers.spawn(serve(listener, http::admin_router(node.clone(), &token), shutdown.clone()));
+    }
+    tracing::info!(node = node.id(), %client_addr, ?admin_addr, "serving");
+    Ok(App { node, duties, sinks, gateway, client_addr, admin_addr, servers, shutdown })
+}
+
+async fn serve(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
+    let address = listener.local_addr().ok();
+    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    if let Err(error) = served {
+        tracing::error!(?address, %error, "an HTTP server failed");
+    }
+}
+
+impl App {
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    pub fn sinks(&self) -> &Sinks {
+        &self.sinks
+    }
+
+    /// The client listener's address (app clients, the gift API, the read API).
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The admin listener's address, if the admin API is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Waits for the shutdown token, then stops everything in order: the HTTP servers
+    /// (they finish the requests under way), the sinks, the duties, the gateway, and last
+    /// the node's groups.
+    pub async fn stopped(self) {
+        self.shutdown.cancelled().await;
+        self.servers.close();
+        self.servers.wait().await;
+        tracing::info!("shutting down");
+        self.sinks.shutdown().await;
+        self.duties.stop().await;
+        self.gateway.stop().await;
+        self.node.shutdown().await;
+    }
+
+    /// Cancels the shutdown token and waits until everything has stopped.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.stopped().await;
+    }
+}

@@ -1,0 +1,97 @@
+//! Every HTTP route pkd serves, declared here, one router per listener, each route with
+//! the credential it needs.
+//!
+//! The client listener (public):
+//!
+//! | route | who | handler |
+//! |---|---|---|
+//! | `GET /ws` | app clients, with a login token | [`ws::upgrade`] |
+//! | `POST /internal/gifts` | the gift service, with its service token | [`gifts::post`] |
+//! | `GET /api/anchors/{id}/pks` | anyone | [`api::history`] |
+//! | `GET /api/rooms-in-pk` | anyone | [`api::rooms_in_pk`] |
+//! | `GET /metrics` | anyone | [`metrics::render`] |
+//! | `GET /healthz` | anyone | "ok" |
+//!
+//! The admin listener: every route under `/admin/` needs the admin token ([`admin`]).
+
+pub mod admin;
+pub mod api;
+pub mod bearer;
+pub mod gifts;
+pub mod metrics;
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::middleware;
+use axum::routing::{get, post};
+
+use crate::gateway::Gateway;
+use crate::replication::node::Node;
+use crate::sinks::{ResultsSlot, SinkMetrics};
+
+/// What the client listener's handlers read.
+#[derive(Clone)]
+pub struct ClientState {
+    pub gateway: Arc<Gateway>,
+    pub api: api::ApiState,
+    pub metrics: metrics::MetricsState,
+}
+
+impl ClientState {
+    pub fn new(gateway: Arc<Gateway>, results: ResultsSlot, sinks: Arc<SinkMetrics>) -> ClientState {
+        let node: Node = gateway.node().clone();
+        ClientState {
+            gateway,
+            api: api::ApiState { node: node.clone(), results },
+            metrics: metrics::MetricsState { node, sinks },
+        }
+    }
+}
+
+impl FromRef<ClientState> for Arc<Gateway> {
+    fn from_ref(state: &ClientState) -> Arc<Gateway> {
+        state.gateway.clone()
+    }
+}
+
+impl FromRef<ClientState> for api::ApiState {
+    fn from_ref(state: &ClientState) -> api::ApiState {
+        state.api.clone()
+    }
+}
+
+impl FromRef<ClientState> for metrics::MetricsState {
+    fn from_ref(state: &ClientState) -> metrics::MetricsState {
+        state.metrics.clone()
+    }
+}
+
+/// The client listener's routes.
+pub fn client_router(state: ClientState) -> Router {
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/internal/gifts", post(gifts::post).layer(DefaultBodyLimit::max(gifts::MAX_BODY_BYTES)))
+        .route("/api/anchors/{id}/pks", get(api::history))
+        .route("/api/rooms-in-pk", get(api::rooms_in_pk))
+        .route("/metrics", get(metrics::render))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// The admin listener's routes, every one behind `token`.
+pub fn admin_router(node: Node, token: &str) -> Router {
+    let state = admin::AdminState { node, token: Arc::from(token) };
+    Router::new()
+        .route("/admin/status", get(admin::status))
+        .route("/admin/groups/{id}/transfer-leader", post(admin::transfer_leader))
+        .route("/admin/init", post(admin::init))
+        .route("/admin/learners", post(admin::add_learner))
+        .route("/admin/promote", post(admin::promote))
+        .route("/admin/remove", post(admin::remove))
+        .route("/admin/config", post(admin::set_config))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin::authorize))
+        .with_state(state)
+}

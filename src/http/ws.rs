@@ -1,0 +1,40 @@
+//! `GET /ws`: the login token is checked before the upgrade (HTTP 401 without a valid
+//! one), then the connection is the gateway's (`crate::gateway::session`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::gateway::session::{self, READ_BUFFER_BYTES};
+use crate::gateway::{Gateway, protocol};
+
+/// Checks the token (a bearer header, or `?token=`), then upgrades.
+pub async fn upgrade(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(token) = super::bearer::bearer(&headers).or(query.get("token").map(String::as_str)) else {
+        return (StatusCode::UNAUTHORIZED, "900005 a login token is required").into_response();
+    };
+    let identity = match session::authenticate(&gateway, token) {
+        Ok(identity) => identity,
+        Err(why) => {
+            tracing::debug!(%why, "login token refused");
+            return (StatusCode::UNAUTHORIZED, format!("900005 {why}")).into_response();
+        }
+    };
+    upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(protocol::MAX_FRAME_BYTES * 2)
+        .on_upgrade(move |socket| {
+            let tasks = gateway.tasks().clone();
+            tasks.track_future(session::run(gateway, identity, socket))
+        })
+        .into_response()
+}

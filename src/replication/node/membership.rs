@@ -1,0 +1,208 @@
+//! Membership and leadership changes (the admin API's operations), made at each group's
+//! leader: here if this node leads the group, sent over the node network otherwise; and the
+//! task that follows each group's membership as it changes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pkd_raft::{Action, Response};
+use pkd_storage::pacing::urgent_appends;
+
+use super::Node;
+use super::start::initialize;
+use crate::replication::consensus::{self, BasicNode, GroupId, LogStore, NodeId, ServerWatch};
+use crate::replication::error::{ChangeRefused, ProposeError};
+use crate::replication::network::{GroupChange, Network};
+use crate::retry::{Attempt, patiently};
+
+/// How long a group change keeps being retried while the group has no leader or its
+/// leader changes.
+const CHANGE_PATIENCE: Duration = Duration::from_secs(20);
+
+/// The pause between attempts of an admin operation while its group's leader moves.
+const CHANGE_PAUSE: Duration = Duration::from_millis(200);
+
+/// How often [`follow_membership`] looks again at the connections when nothing else changed.
+const PACE_RECHECK: Duration = Duration::from_millis(200);
+
+/// Why an admin operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("this node runs alone: membership changes need a cluster (--peers)")]
+    NotClustered,
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("no group {0} on this node")]
+    UnknownGroup(GroupId),
+    #[error("group {group}: {message}")]
+    Failed { group: GroupId, message: String },
+}
+
+impl Node {
+    /// Makes `members` (id → cluster address) the voters of every group of a fresh
+    /// cluster. Groups initialized before are left as they are.
+    pub async fn initialize_cluster(&self, members: &BTreeMap<NodeId, String>) -> Result<Vec<u64>, AdminError> {
+        let network = self.network().ok_or(AdminError::NotClustered)?;
+        if !members.contains_key(&self.id()) {
+            return Err(AdminError::Invalid(format!("the members must include this node ({})", self.id())));
+        }
+        for (&id, address) in members {
+            network.add_peer(id, address.clone());
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> =
+            members.iter().map(|(&id, address)| (id, BasicNode::new(address.clone()))).collect();
+        for group in self.groups() {
+            initialize(group.id(), &nodes, group.raft())
+                .await
+                .map_err(|error| AdminError::Failed { group: group.id(), message: error.to_string() })?;
+        }
+        Ok(self.group_ids())
+    }
+
+    /// Adds `node`, reachable at cluster address `address`, to every group as a learner;
+    /// returns once it has caught up with every group.
+    pub async fn add_learner(&self, node: NodeId, address: &str) -> Result<Vec<u64>, AdminError> {
+        if address.is_empty() {
+            return Err(AdminError::Invalid("the learner's address is empty".to_owned()));
+        }
+        self.change_every_group(GroupChange::AddLearner { node, address: address.to_owned() }).await
+    }
+
+    /// Makes learner `node` a voter in every group.
+    pub async fn promote(&self, node: NodeId) -> Result<Vec<u64>, AdminError> {
+        self.change_every_group(GroupChange::Promote { node }).await
+    }
+
+    /// Takes `node` out of every group.
+    pub async fn remove(&self, node: NodeId) -> Result<Vec<u64>, AdminError> {
+        self.change_every_group(GroupChange::Remove { node }).await
+    }
+
+    /// Asks `group`'s leader, wherever it is, to hand leadership to `to`.
+    pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), AdminError> {
+        let voters = self.group(group).map_err(|_| AdminError::UnknownGroup(group))?.metrics().read(consensus::voters);
+        if !voters.contains(&to) {
+            return Err(AdminError::Invalid(format!("node {to} is not a voter of group {group}")));
+        }
+        if self.leader(group) == Some(to) {
+            return Ok(());
+        }
+        self.change(group, GroupChange::TransferLeader { to }).await
+    }
+
+    /// Proposes the `t_config` row `key` = `value` to every group. Refused without effect
+    /// when the value does not parse.
+    pub async fn set_config(&self, key: &str, value: &str) -> Result<Vec<u64>, AdminError> {
+        pkd_raft::Config::default().with(key, value).map_err(|error| AdminError::Invalid(error.to_string()))?;
+        for group in self.groups() {
+            let set = patiently(CHANGE_PATIENCE, CHANGE_PAUSE, || async move {
+                let action = Action::SetConfig { key: key.to_owned(), value: value.to_owned() };
+                match self.propose(group.id(), action).await {
+                    Ok(Response::Rejected(reason)) => Err(Attempt::ForGood(format!("refused: {reason:?}"))),
+                    Ok(_) => Ok(()),
+                    // Setting a row to the same value twice is harmless, so a proposal whose
+                    // leader was unreachable or changed is simply sent again.
+                    Err(error) if error.is_transient() => Err(Attempt::Again(error.to_string())),
+                    Err(error) => Err(Attempt::ForGood(error.to_string())),
+                }
+            });
+            set.await.map_err(|message| AdminError::Failed { group: group.id(), message })?;
+        }
+        Ok(self.group_ids())
+    }
+
+    fn group_ids(&self) -> Vec<u64> {
+        self.groups().iter().map(|group| group.id().0).collect()
+    }
+
+    async fn change_every_group(&self, change: GroupChange) -> Result<Vec<u64>, AdminError> {
+        for group in self.groups() {
+            self.change(group.id(), change.clone()).await?;
+        }
+        Ok(self.group_ids())
+    }
+
+    /// Makes `change` in `group` at its leader: here if this node leads it, over the
+    /// network otherwise. While the group has no leader, or its leader moves, it tries
+    /// again for a while.
+    async fn change(&self, group: GroupId, change: GroupChange) -> Result<(), AdminError> {
+        let local = self.group(group).map_err(|_| AdminError::UnknownGroup(group))?;
+        let network = self.network().ok_or(AdminError::NotClustered)?;
+        let change = &change;
+        patiently(CHANGE_PATIENCE, CHANGE_PAUSE, || async move {
+            let result = match local.leader() {
+                Some(leader) if leader == self.id() => self.change_here(group, change.clone()).await,
+                Some(leader) => match network.change(leader, group, change.clone()).await {
+                    Ok(()) => Ok(()),
+                    Err(Ok(refused)) => Err(refused),
+                    Err(Err(unreachable)) => return Err(Attempt::Again(unreachable.to_string())),
+                },
+                None => Err(ChangeRefused::NoLeader),
+            };
+            result.map_err(|refused| {
+                if refused.is_transient() {
+                    Attempt::Again(refused.to_string())
+                } else {
+                    Attempt::ForGood(refused.to_string())
+                }
+            })
+        })
+        .await
+        .map_err(|message| AdminError::Failed { group, message })
+    }
+
+    /// Makes `change` in `group`, which this node should lead.
+    pub(super) async fn change_here(&self, group: GroupId, change: GroupChange) -> Result<(), ChangeRefused> {
+        let local = self.group(group).map_err(|_| ChangeRefused::UnknownGroup)?;
+        let raft = local.raft();
+        let written = match change {
+            GroupChange::AddLearner { node, address } => {
+                if let Some(network) = self.network() {
+                    network.add_peer(node, address.clone());
+                }
+                consensus::add_learner(raft, node, address).await
+            }
+            GroupChange::Promote { node } => consensus::promote(raft, node).await,
+            GroupChange::Remove { node } => consensus::remove(raft, node).await,
+            GroupChange::TransferLeader { to } => {
+                if !local.is_leader() {
+                    return Err(ChangeRefused::NotLeader { leader: local.leader() });
+                }
+                return local.transfer_leadership(to).await.map_err(|error| match error {
+                    ProposeError::Stopped(_) => ChangeRefused::Stopped,
+                    _ => ChangeRefused::Failed,
+                });
+            }
+        };
+        written.map_err(|error| consensus::classify_change_error(&error))
+    }
+}
+
+/// Follows one group's leader and membership as they change: tells the network about every
+/// member (so that this node dials the members that joined after it started, and drops
+/// removed ones), and keeps `log`'s flush urgency in step with this node's part in the
+/// group (`pkd_storage::pacing`).
+pub(super) async fn follow_membership(network: Network, group: GroupId, mut metrics: ServerWatch, log: LogStore) {
+    let me = network.node_id();
+    let mut seen = None;
+    loop {
+        let (membership, leader, voters) = metrics.read(|metrics| {
+            let index = consensus::membership_index(metrics);
+            let membership = (index != seen).then(|| (index, consensus::member_addresses(metrics)));
+            (membership, metrics.current_leader, consensus::voters(metrics))
+        });
+        if let Some((index, members)) = membership {
+            seen = index;
+            network.set_members(group, &members);
+        }
+        let urgent = urgent_appends(me, leader, &voters, |peer| network.is_connected(peer));
+        if urgent != log.is_urgent() {
+            tracing::debug!(%group, urgent, "flush pacing changed");
+            log.set_urgent(urgent);
+        }
+        tokio::select! {
+            changed = metrics.changed() => if !changed { return },
+            _ = tokio::time::sleep(PACE_RECHECK) => {}
+        }
+    }
+}
