@@ -107,6 +107,20 @@ impl Pk {
         }
     }
 
+    /// The PK's state as pushed to clients, listing `top` gifters on each side.
+    fn view(&self, status: PkStatus, top: usize, now: TimestampMs) -> PkView {
+        PkView {
+            pk: self.order.pk,
+            status,
+            interfered: self.order.interfered,
+            start_time: self.order.created_at,
+            end_time: self.battle_end(),
+            source: self.sides[0].view(top, now),
+            target: self.sides[1].view(top, now),
+            winner: self.winner,
+        }
+    }
+
     fn side_of(&self, anchor: UserId) -> Option<usize> {
         self.sides.iter().position(|side| side.seat.anchor == anchor)
     }
@@ -225,21 +239,12 @@ impl Arena {
     /// The PK's state as pushed to clients, or `None` if it is not running here.
     pub fn view(&self, pk: PkId) -> Option<PkView> {
         let pk = self.pks.get(&pk)?;
-        Some(self.view_of(pk, pk.status(self.now)))
+        Some(pk.view(pk.status(self.now), self.top_gifters(), self.now))
     }
 
-    fn view_of(&self, pk: &Pk, status: PkStatus) -> PkView {
-        let top = self.config.limits.top_gifters as usize;
-        PkView {
-            pk: pk.order.pk,
-            status,
-            interfered: pk.order.interfered,
-            start_time: pk.order.created_at,
-            end_time: pk.battle_end(),
-            source: pk.sides[0].view(top, self.now),
-            target: pk.sides[1].view(top, self.now),
-            winner: pk.winner,
-        }
+    /// How many top gifters a view lists.
+    fn top_gifters(&self) -> usize {
+        self.config.limits.top_gifters as usize
     }
 
     pub fn running(&self) -> impl Iterator<Item = PkId> + '_ {
@@ -302,7 +307,7 @@ impl Arena {
             gift_ids: GiftIdSet::default(),
         };
         self.deadlines.arm(created.battle_end(), Timer::EndBattle { pk });
-        let view = self.view_of(&created, created.status(self.now));
+        let view = created.view(created.status(self.now), self.top_gifters(), self.now);
         self.pks.insert(pk, created);
         push_state(view, effects);
         effects.push(Effect::CacheChanged(CacheChange::Pk { pk }));
@@ -399,6 +404,7 @@ impl Arena {
 
     fn end_battle(&mut self, pk_id: PkId, effects: &mut Vec<Effect>) {
         let now = self.now;
+        let top = self.top_gifters();
         let Some(pk) = self.pks.get_mut(&pk_id) else {
             return;
         };
@@ -411,8 +417,7 @@ impl Arena {
         if pk.order.timing.ending_ms > 0 && now < pk.pk_end() {
             let pk_end = pk.pk_end();
             self.deadlines.arm(pk_end, Timer::EndPk { pk: pk_id });
-            let view = self.view_of(&self.pks[&pk_id], PkStatus::Ending);
-            push_state(view, effects);
+            push_state(pk.view(PkStatus::Ending, top, now), effects);
             effects.push(Effect::CacheChanged(CacheChange::Pk { pk: pk_id }));
         } else {
             self.settle(pk_id, None, effects);
@@ -432,7 +437,7 @@ impl Arena {
             self.deadlines.disarm(Timer::AnchorAway { pk: pk_id, anchor: side.seat.anchor });
         }
         let status = if abnormal.is_some() { PkStatus::Error } else { PkStatus::Done };
-        let mut view = self.view_of(&pk, status);
+        let mut view = pk.view(status, self.top_gifters(), now);
         // An abnormal end has no winner.
         let winner = if abnormal.is_some() { UserId(0) } else { pk.winner.unwrap_or(UserId(0)) };
         view.winner = Some(winner);

@@ -230,12 +230,12 @@ impl Lobby {
         if !self.config.versions.allows(&profile.platform, profile.version_code) {
             return Response::Rejected(Reason::VersionTooOld);
         }
-        if let Some(opponent) = self.oldest_compatible(&profile.country) {
-            // The claim: the opponent leaves the queue in this same step, so no other
-            // start can see it. Commands apply one at a time; this is the atomic part.
-            let opponent_profile = self.waiting[&opponent].profile.clone();
-            self.leave_queue(opponent, InvitationState::Taken, effects);
-            let source = Seat { anchor: opponent, room: opponent_profile.room };
+        // The claim: the opponent leaves the queue in this same step, so no other start
+        // can see it. Commands apply one at a time; this is the atomic part.
+        if let Some(opponent) = self.oldest_compatible(&profile.country)
+            && let Some(opponent_waited) = self.leave_queue(opponent, InvitationState::Taken, effects)
+        {
+            let source = Seat { anchor: opponent, room: opponent_waited.profile.room };
             let target = Seat { anchor, room: profile.room };
             return self.make_pk(source, target, false, effects);
         }
@@ -281,11 +281,10 @@ impl Lobby {
         Response::Done
     }
 
-    /// Removes a waiting anchor from the queue and closes its open invitations.
-    fn leave_queue(&mut self, anchor: UserId, close_as: InvitationState, effects: &mut Vec<Effect>) {
-        let Some(waiting) = self.waiting.remove(&anchor) else {
-            return;
-        };
+    /// Removes a waiting anchor from the queue and closes its open invitations; returns
+    /// its entry, or `None` if it was not waiting.
+    fn leave_queue(&mut self, anchor: UserId, close_as: InvitationState, effects: &mut Vec<Effect>) -> Option<Waiting> {
+        let waiting = self.waiting.remove(&anchor)?;
         if let Some(queue) = self.queues.get_mut(&waiting.profile.country) {
             queue.remove(&(waiting.since, waiting.ticket));
             if queue.is_empty() {
@@ -302,6 +301,7 @@ impl Lobby {
             }
         }
         effects.push(Effect::CacheChanged(CacheChange::Matching { anchor, since: None }));
+        Some(waiting)
     }
 
     fn fail(&mut self, anchor: UserId, why: MatchFailure, effects: &mut Vec<Effect>) {
@@ -352,14 +352,14 @@ impl Lobby {
     fn intervene(&mut self, inviter: UserId, effects: &mut Vec<Effect>) {
         let now = self.now;
         let matching = self.config.matching.clone();
-        let Some(waiting) = self.waiting.get(&inviter) else {
+        // The inviter's entry leaves the map while its new batch is chosen among the other
+        // anchors, and goes back with the batch.
+        let Some(mut waiting) = self.waiting.remove(&inviter) else {
             return;
         };
-        let profile = waiting.profile.clone();
         let give_up_at = waiting.since.plus(matching.give_up_ms);
-        let old_invitees: Vec<UserId> = waiting.invitees.keys().copied().collect();
-        for invitee in old_invitees {
-            if let Some(invitation) = self.invitations.get_mut(&(invitee, inviter))
+        for invitee in waiting.invitees.keys() {
+            if let Some(invitation) = self.invitations.get_mut(&(*invitee, inviter))
                 && invitation.state == InvitationState::Open
             {
                 invitation.state = InvitationState::Lapsed;
@@ -368,34 +368,33 @@ impl Lobby {
         // Longest live first; skip whoever cannot or may not be invited.
         let filter = &self.config.country_filter;
         let versions = &self.config.versions;
-        let chosen: Vec<(UserId, AnchorProfile)> = self
+        let chosen: Vec<(UserId, RoomId)> = self
             .live_order
             .iter()
-            .map(|(_, anchor)| *anchor)
-            .filter(|candidate| {
-                let live = &self.live[candidate];
+            .filter_map(|(_, candidate)| Some((*candidate, self.live.get(candidate)?)))
+            .filter(|(candidate, live)| {
                 *candidate != inviter
                     && !self.waiting.contains_key(candidate)
                     && !self.in_pk.contains_key(candidate)
                     && !self.invited_at.contains_key(candidate)
-                    && filter.allows(&profile.country, &live.profile.country)
+                    && filter.allows(&waiting.profile.country, &live.profile.country)
                     && versions.allows(&live.profile.platform, live.profile.version_code)
             })
             .take(matching.invite_count as usize)
-            .map(|candidate| (candidate, self.live[&candidate].profile.clone()))
+            .map(|(candidate, live)| (candidate, live.profile.room))
             .collect();
-        let waiting = self.waiting.get_mut(&inviter).expect("checked above");
         waiting.batch += 1;
         let batch = waiting.batch;
         waiting.invitees = chosen.iter().map(|(invitee, _)| (*invitee, false)).collect();
+        self.waiting.insert(inviter, waiting);
         let forget_at = now.plus(matching.intervening_ms + INVITATION_RECORD_MS);
-        for (invitee, invitee_profile) in chosen {
+        for (invitee, invitee_room) in chosen {
             self.invitations.insert((invitee, inviter), Invitation { batch, state: InvitationState::Open });
             self.deadlines.arm(forget_at, Timer::ExpireInvitation { inviter, invitee });
             self.invited_at.insert(invitee, now);
             self.deadlines.arm(now.plus(matching.invite_cooldown_ms), Timer::EndCooldown { anchor: invitee });
             effects.push(Effect::CacheChanged(CacheChange::Invited { anchor: invitee, at: Some(now) }));
-            effects.push(push_to(invitee, invitee_profile.room, PushMessage::Invitation { inviter }));
+            effects.push(push_to(invitee, invitee_room, PushMessage::Invitation { inviter }));
         }
         let next = now.plus(matching.intervening_ms);
         if next < give_up_at {
@@ -405,11 +404,12 @@ impl Lobby {
         }
     }
 
-    /// Checks an answer to an invitation; returns the inviter's waiting entry's batch.
-    fn open_invitation(&self, inviter: UserId, invitee: UserId) -> Result<(), Reason> {
+    /// Checks an answer to an invitation; returns the inviter's waiting entry.
+    fn open_invitation(&self, inviter: UserId, invitee: UserId) -> Result<&Waiting, Reason> {
         match self.invitations.get(&(invitee, inviter)).map(|inv| inv.state) {
             None => Err(Reason::NoSuchInvitation),
-            Some(InvitationState::Open) => Ok(()),
+            // An open invitation belongs to its inviter's current batch: the inviter waits.
+            Some(InvitationState::Open) => self.waiting.get(&inviter).ok_or(Reason::InvitationWithdrawn),
             Some(InvitationState::Taken) => Err(Reason::InvitationTaken),
             Some(InvitationState::Refused | InvitationState::Accepted) => Err(Reason::AlreadyAnswered),
             Some(InvitationState::Withdrawn) => Err(Reason::InvitationWithdrawn),
@@ -424,28 +424,28 @@ impl Lobby {
         if self.in_pk.contains_key(&invitee) {
             return Response::Rejected(Reason::AnchorBusy);
         }
-        if let Err(reason) = self.open_invitation(inviter, invitee) {
-            return Response::Rejected(reason);
-        }
+        let inviter_profile = match self.open_invitation(inviter, invitee) {
+            Ok(waiting) => &waiting.profile,
+            Err(reason) => return Response::Rejected(reason),
+        };
         let Some(live) = self.live.get(&invitee) else {
             return Response::Rejected(Reason::NotLive);
         };
-        let invitee_profile = live.profile.clone();
-        let inviter_profile = self.waiting[&inviter].profile.clone();
+        let invitee_profile = &live.profile;
         if !self.config.country_filter.allows(&inviter_profile.country, &invitee_profile.country) {
             return Response::Rejected(Reason::CountryFiltered);
         }
         if !self.config.versions.allows(&invitee_profile.platform, invitee_profile.version_code) {
             return Response::Rejected(Reason::VersionTooOld);
         }
+        let source = Seat { anchor: inviter, room: inviter_profile.room };
+        let target = Seat { anchor: invitee, room: invitee_profile.room };
         self.leave_queue(inviter, InvitationState::Taken, effects);
         if let Some(invitation) = self.invitations.get_mut(&(invitee, inviter)) {
             invitation.state = InvitationState::Accepted;
         }
         // An invitee who started matching meanwhile stops matching: it has its PK.
         self.leave_queue(invitee, InvitationState::Taken, effects);
-        let source = Seat { anchor: inviter, room: inviter_profile.room };
-        let target = Seat { anchor: invitee, room: invitee_profile.room };
         self.make_pk(source, target, true, effects)
     }
 
