@@ -61,7 +61,7 @@ fn arena_with(pks: u64) -> Machine {
     let mut arena = Machine::arena(Config::default());
     let mut effects = Vec::new();
     for pk in 1..=pks {
-        arena.apply(&Command::new(0, Action::CreatePk(order(pk))), &mut effects);
+        arena.apply(&Command::new(0, ArenaAction::CreatePk(order(pk))), &mut effects);
     }
     effects.clear();
     arena
@@ -81,7 +81,7 @@ fn gifts(c: &mut Criterion) {
                         let pk = i % 500 + 1;
                         Command::new(
                             2_000,
-                            Action::Gift(Gift {
+                            ArenaAction::Gift(Gift {
                                 id: GiftId(i),
                                 pk: PkId(pk),
                                 receiver: UserId(pk * 2 + (i / 500) % 2),
@@ -142,7 +142,7 @@ fn start_match_latency() {
         at += 1;
         apply(
             &mut lobby,
-            Action::StartMatch { anchor: UserId(next_anchor), profile: profile(next_anchor, "A") },
+            LobbyAction::StartMatch { anchor: UserId(next_anchor), profile: profile(next_anchor, "A") }.into(),
             at,
             &mut effects,
         );
@@ -154,7 +154,7 @@ fn start_match_latency() {
             at += 1;
             let anchor = next_anchor;
             next_anchor += 1;
-            let action = Action::StartMatch { anchor: UserId(anchor), profile: profile(anchor, country) };
+            let action = LobbyAction::StartMatch { anchor: UserId(anchor), profile: profile(anchor, country) };
             let command = Command::new(at, action);
             effects.clear();
             let started = Instant::now();
@@ -166,9 +166,9 @@ fn start_match_latency() {
             let refill = if country == "B" {
                 let anchor = next_anchor;
                 next_anchor += 1;
-                Action::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A") }
+                LobbyAction::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A") }
             } else {
-                Action::StopMatch { anchor: UserId(anchor) }
+                LobbyAction::StopMatch { anchor: UserId(anchor) }
             };
             effects.clear();
             lobby.apply(&Command::new(at, refill), &mut effects);
@@ -210,7 +210,7 @@ fn memory() {
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     for anchor in 1..=WAITERS {
         effects.clear();
-        let action = Action::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A") };
+        let action = LobbyAction::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A") };
         lobby.apply(&Command::new(anchor as i64, action), &mut effects);
     }
     effects.clear();

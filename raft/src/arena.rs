@@ -3,8 +3,11 @@
 //! PKs arrive as [`PkOrder`]s from the lobby, idempotently by id. When a PK settles, its
 //! result waits in the outbox until the lobby has released the rooms and the results
 //! sink has stored it; a new leader resumes from there.
+//!
+//! It takes [`ArenaAction`]s and fires [`ArenaTimer`]s only: the machine refuses a
+//! lobby action or timer before it gets here.
 
-use crate::command::{Action, Gift, GifterProfile, PkOrder, Presence, Seat, Timer};
+use crate::command::{ArenaAction, ArenaTimer, Gift, GifterProfile, PkOrder, Presence, Seat, Timer};
 use crate::config::Config;
 use crate::deadlines::Deadlines;
 use crate::effect::{
@@ -36,7 +39,7 @@ pub struct Arena {
     settled: BTreeMap<PkId, Settlement>,
     /// Ids of settled PKs, remembered until the order horizon passes.
     settled_ids: BTreeMap<PkId, TimestampMs>,
-    deadlines: Deadlines,
+    deadlines: Deadlines<ArenaTimer>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,23 +209,20 @@ impl Arena {
         Arena { config, ..Arena::default() }
     }
 
-    pub(crate) fn apply(&mut self, action: &Action, effects: &mut Vec<Effect>) -> Response {
+    pub(crate) fn apply(&mut self, action: &ArenaAction, effects: &mut Vec<Effect>) -> Response {
         match action {
-            Action::Gift(gift) => self.gift(gift, effects),
-            Action::CreatePk(order) => self.create(order, effects),
-            Action::ReportPresence(reports) => self.presence(reports, effects),
-            Action::AbortPk { pk } => {
+            ArenaAction::Gift(gift) => self.gift(gift, effects),
+            ArenaAction::CreatePk(order) => self.create(order, effects),
+            ArenaAction::ReportPresence(reports) => self.presence(reports, effects),
+            ArenaAction::AbortPk { pk } => {
                 if !self.pks.contains_key(pk) {
                     return Response::Rejected(Reason::NoSuchPk);
                 }
                 self.settle(*pk, Some(AbnormalEnd::Aborted), effects);
                 Response::Done
             }
-            Action::ConfirmRoomsReleased { pk } => self.confirm(*pk, |s| &mut s.rooms_released),
-            Action::ConfirmResultPersisted { pk } => self.confirm(*pk, |s| &mut s.persisted),
-            Action::Fire(timer) => self.fire(*timer, effects),
-            Action::SetConfig { .. } => unreachable!("the machine applies config"),
-            _ => Response::Rejected(Reason::WrongGroup),
+            ArenaAction::ConfirmRoomsReleased { pk } => self.confirm(*pk, |s| &mut s.rooms_released),
+            ArenaAction::ConfirmResultPersisted { pk } => self.confirm(*pk, |s| &mut s.persisted),
         }
     }
 
@@ -231,7 +231,7 @@ impl Arena {
     }
 
     pub fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
-        self.deadlines.due(now).collect()
+        self.deadlines.due(now).map(Timer::Arena).collect()
     }
 
     // ---- queries -------------------------------------------------------------------
@@ -306,7 +306,7 @@ impl Arena {
             sides: [Side::new(order.source), Side::new(order.target)],
             gift_ids: GiftIdSet::default(),
         };
-        self.deadlines.arm(created.battle_end(), Timer::EndBattle { pk });
+        self.deadlines.arm(created.battle_end(), ArenaTimer::EndBattle { pk });
         let view = created.view(created.status(self.now), self.top_gifters(), self.now);
         self.pks.insert(pk, created);
         push_state(view, effects);
@@ -379,7 +379,7 @@ impl Arena {
             // Reports of nodes that stopped reporting are dropped once stale.
             side.reports.retain(|_, r| now.since(r.at) < PRESENCE_FRESH_MS);
             let online = side.combined_online(now);
-            let timer = Timer::AnchorAway { pk: report.pk, anchor: report.anchor };
+            let timer = ArenaTimer::AnchorAway { pk: report.pk, anchor: report.anchor };
             if side.online && !online {
                 self.deadlines.arm(now.plus(grace), timer);
             } else if !side.online && online {
@@ -416,7 +416,7 @@ impl Arena {
         });
         if pk.order.timing.ending_ms > 0 && now < pk.pk_end() {
             let pk_end = pk.pk_end();
-            self.deadlines.arm(pk_end, Timer::EndPk { pk: pk_id });
+            self.deadlines.arm(pk_end, ArenaTimer::EndPk { pk: pk_id });
             push_state(pk.view(PkStatus::Ending, top, now), effects);
             effects.push(Effect::CacheChanged(CacheChange::Pk { pk: pk_id }));
         } else {
@@ -430,11 +430,11 @@ impl Arena {
             return;
         };
         let now = self.now;
-        for timer in [Timer::EndBattle { pk: pk_id }, Timer::EndPk { pk: pk_id }] {
+        for timer in [ArenaTimer::EndBattle { pk: pk_id }, ArenaTimer::EndPk { pk: pk_id }] {
             self.deadlines.disarm(timer);
         }
         for side in &pk.sides {
-            self.deadlines.disarm(Timer::AnchorAway { pk: pk_id, anchor: side.seat.anchor });
+            self.deadlines.disarm(ArenaTimer::AnchorAway { pk: pk_id, anchor: side.seat.anchor });
         }
         let status = if abnormal.is_some() { PkStatus::Error } else { PkStatus::Done };
         let mut view = pk.view(status, self.top_gifters(), now);
@@ -456,7 +456,7 @@ impl Arena {
         };
         let forget_at = pk.pk_end().max(now).plus(ORDER_HORIZON_MS);
         self.settled_ids.insert(pk_id, forget_at);
-        self.deadlines.arm(forget_at, Timer::ForgetPk { pk: pk_id });
+        self.deadlines.arm(forget_at, ArenaTimer::ForgetPk { pk: pk_id });
         self.settled.insert(pk_id, Settlement { result: result.clone(), rooms_released: false, persisted: false });
         push_state(view, effects);
         effects.push(Effect::CacheChanged(CacheChange::PkEnded {
@@ -481,22 +481,17 @@ impl Arena {
         Response::Done
     }
 
-    fn fire(&mut self, timer: Timer, effects: &mut Vec<Effect>) -> Response {
+    pub(crate) fn fire(&mut self, timer: ArenaTimer, effects: &mut Vec<Effect>) -> Response {
         if !self.deadlines.take_due(timer, self.now) {
             return Response::Ignored;
         }
         match timer {
-            Timer::EndBattle { pk } => self.end_battle(pk, effects),
-            Timer::EndPk { pk } => self.settle(pk, None, effects),
-            Timer::AnchorAway { pk, anchor } => self.settle(pk, Some(AbnormalEnd::AnchorLeft { anchor }), effects),
-            Timer::ForgetPk { pk } => {
+            ArenaTimer::EndBattle { pk } => self.end_battle(pk, effects),
+            ArenaTimer::EndPk { pk } => self.settle(pk, None, effects),
+            ArenaTimer::AnchorAway { pk, anchor } => self.settle(pk, Some(AbnormalEnd::AnchorLeft { anchor }), effects),
+            ArenaTimer::ForgetPk { pk } => {
                 self.settled_ids.remove(&pk);
             }
-            Timer::Intervene { .. }
-            | Timer::GiveUp { .. }
-            | Timer::ExpireInvitation { .. }
-            | Timer::EndCooldown { .. }
-            | Timer::AbandonPk { .. } => unreachable!("lobby timers are never armed in an arena"),
         }
         Response::Done
     }
@@ -513,7 +508,7 @@ impl Arena {
                     ));
                 }
             }
-            if pk.winner.is_none() && self.deadlines.when(Timer::EndBattle { pk: *id }) != Some(pk.battle_end()) {
+            if pk.winner.is_none() && self.deadlines.when(ArenaTimer::EndBattle { pk: *id }) != Some(pk.battle_end()) {
                 return Err(format!("{id}: battle running without its end timer"));
             }
         }

@@ -9,7 +9,9 @@
 //! Two kinds of machine, so that the cluster can shard: one [`Lobby`] (matchmaking and
 //! the room directory: the one authority on who is matching and who is in a PK) and
 //! any number of [`Arena`]s (the PKs themselves: gifts, presence, results), a PK living
-//! on the arena [`arena_for`] its id.
+//! on the arena [`arena_for`] its id. Each kind has its own actions and timers
+//! ([`LobbyAction`], [`LobbyTimer`], [`ArenaAction`], [`ArenaTimer`]), so a command for
+//! the wrong kind of group cannot be written.
 
 pub mod arena;
 pub mod command;
@@ -24,7 +26,10 @@ pub mod pseudo_json;
 pub mod response;
 
 pub use arena::Arena;
-pub use command::{Action, AnchorProfile, Command, Gift, GifterProfile, PkOrder, Presence, Seat, Timer};
+pub use command::{
+    Action, AnchorProfile, ArenaAction, ArenaTimer, Command, Gift, GifterProfile, LobbyAction, LobbyTimer, PkOrder,
+    Presence, Seat, Timer,
+};
 pub use config::{Config, ConfigKey};
 pub use effect::{Effect, PkStatus, PkView, SettledPk};
 pub use ids::{GiftId, PkId, RoomId, TimestampMs, UserId, arena_for};

@@ -4,8 +4,11 @@
 //! global rule "an anchor is in at most one match" holds however many arena groups run
 //! the PKs themselves. A match allocates a PK id and puts a [`PkOrder`] in the outbox;
 //! the arena's `ReleaseRooms` frees the rooms when the PK is over.
+//!
+//! It takes [`LobbyAction`]s and fires [`LobbyTimer`]s only: the machine refuses an
+//! arena's action or timer before it gets here.
 
-use crate::command::{Action, AnchorProfile, PkOrder, Seat, Timer};
+use crate::command::{AnchorProfile, LobbyAction, LobbyTimer, PkOrder, Seat, Timer};
 use crate::config::Config;
 use crate::deadlines::Deadlines;
 use crate::effect::{Audience, CacheChange, Effect, MatchFailure, Push, PushMessage};
@@ -44,7 +47,7 @@ pub struct Lobby {
     rooms_in_pk: BTreeMap<RoomId, PkId>,
     /// PKs whose rooms are held, with their order while the arena has not confirmed it.
     pks: BTreeMap<PkId, HeldPk>,
-    deadlines: Deadlines,
+    deadlines: Deadlines<LobbyTimer>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,25 +111,22 @@ impl Lobby {
         Lobby { config, ..Lobby::default() }
     }
 
-    pub(crate) fn apply(&mut self, action: &Action, effects: &mut Vec<Effect>) -> Response {
+    pub(crate) fn apply(&mut self, action: &LobbyAction, effects: &mut Vec<Effect>) -> Response {
         match action {
-            Action::StartMatch { anchor, profile } => self.start(*anchor, profile, effects),
-            Action::StopMatch { anchor } => self.stop(*anchor, effects),
-            Action::Accept { inviter, invitee } => self.accept(*inviter, *invitee, effects),
-            Action::Refuse { inviter, invitee } => self.refuse(*inviter, *invitee, effects),
-            Action::GoLive { anchor, profile, node } => self.go_live(*anchor, profile, *node),
-            Action::GoOffAir { anchor, node } => self.go_off_air(*anchor, *node, effects),
-            Action::ConfirmPkCreated { pk } => match self.pks.get_mut(pk) {
+            LobbyAction::StartMatch { anchor, profile } => self.start(*anchor, profile, effects),
+            LobbyAction::StopMatch { anchor } => self.stop(*anchor, effects),
+            LobbyAction::Accept { inviter, invitee } => self.accept(*inviter, *invitee, effects),
+            LobbyAction::Refuse { inviter, invitee } => self.refuse(*inviter, *invitee, effects),
+            LobbyAction::GoLive { anchor, profile, node } => self.go_live(*anchor, profile, *node),
+            LobbyAction::GoOffAir { anchor, node } => self.go_off_air(*anchor, *node, effects),
+            LobbyAction::ConfirmPkCreated { pk } => match self.pks.get_mut(pk) {
                 Some(held) if held.order.is_some() => {
                     held.order = None;
                     Response::Done
                 }
                 _ => Response::Ignored,
             },
-            Action::ReleaseRooms { pk } => self.release(*pk, effects),
-            Action::Fire(timer) => self.fire(*timer, effects),
-            Action::SetConfig { .. } => unreachable!("the machine applies config"),
-            _ => Response::Rejected(Reason::WrongGroup),
+            LobbyAction::ReleaseRooms { pk } => self.release(*pk, effects),
         }
     }
 
@@ -155,7 +155,7 @@ impl Lobby {
     }
 
     pub fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
-        self.deadlines.due(now).collect()
+        self.deadlines.due(now).map(Timer::Lobby).collect()
     }
 
     // ---- queries -------------------------------------------------------------------
@@ -253,9 +253,9 @@ impl Lobby {
             },
         );
         let matching = &self.config.matching;
-        self.deadlines.arm(now.plus(matching.give_up_ms), Timer::GiveUp { anchor });
+        self.deadlines.arm(now.plus(matching.give_up_ms), LobbyTimer::GiveUp { anchor });
         if matching.intervening_ms < matching.give_up_ms {
-            self.deadlines.arm(now.plus(matching.intervening_ms), Timer::Intervene { anchor });
+            self.deadlines.arm(now.plus(matching.intervening_ms), LobbyTimer::Intervene { anchor });
         }
         effects.push(Effect::CacheChanged(CacheChange::Matching { anchor, since: Some(now) }));
         effects.push(push_to(anchor, profile.room, PushMessage::MatchingStarted { anchor }));
@@ -291,8 +291,8 @@ impl Lobby {
                 self.queues.remove(&waiting.profile.country);
             }
         }
-        self.deadlines.disarm(Timer::GiveUp { anchor });
-        self.deadlines.disarm(Timer::Intervene { anchor });
+        self.deadlines.disarm(LobbyTimer::GiveUp { anchor });
+        self.deadlines.disarm(LobbyTimer::Intervene { anchor });
         for invitee in waiting.invitees.keys() {
             if let Some(invitation) = self.invitations.get_mut(&(*invitee, anchor))
                 && invitation.state == InvitationState::Open
@@ -323,7 +323,7 @@ impl Lobby {
         }
         let timing = &order.timing;
         let scheduled_end = self.now.plus(timing.opening_ms + timing.battle_ms + timing.ending_ms);
-        self.deadlines.arm(scheduled_end.plus(crate::arena::ORDER_HORIZON_MS), Timer::AbandonPk { pk });
+        self.deadlines.arm(scheduled_end.plus(crate::arena::ORDER_HORIZON_MS), LobbyTimer::AbandonPk { pk });
         self.pks.insert(pk, HeldPk { seats: [source, target], order: Some(order.clone()) });
         effects.push(Effect::PkOrdered(order));
         Response::Matched { pk, source: source.anchor, target: target.anchor }
@@ -333,7 +333,7 @@ impl Lobby {
         let Some(held) = self.pks.remove(&pk) else {
             return Response::Ignored;
         };
-        self.deadlines.disarm(Timer::AbandonPk { pk });
+        self.deadlines.disarm(LobbyTimer::AbandonPk { pk });
         for seat in held.seats {
             if self.in_pk.get(&seat.anchor) == Some(&pk) {
                 self.in_pk.remove(&seat.anchor);
@@ -390,17 +390,17 @@ impl Lobby {
         let forget_at = now.plus(matching.intervening_ms + INVITATION_RECORD_MS);
         for (invitee, invitee_room) in chosen {
             self.invitations.insert((invitee, inviter), Invitation { batch, state: InvitationState::Open });
-            self.deadlines.arm(forget_at, Timer::ExpireInvitation { inviter, invitee });
+            self.deadlines.arm(forget_at, LobbyTimer::ExpireInvitation { inviter, invitee });
             self.invited_at.insert(invitee, now);
-            self.deadlines.arm(now.plus(matching.invite_cooldown_ms), Timer::EndCooldown { anchor: invitee });
+            self.deadlines.arm(now.plus(matching.invite_cooldown_ms), LobbyTimer::EndCooldown { anchor: invitee });
             effects.push(Effect::CacheChanged(CacheChange::Invited { anchor: invitee, at: Some(now) }));
             effects.push(push_to(invitee, invitee_room, PushMessage::Invitation { inviter }));
         }
         let next = now.plus(matching.intervening_ms);
         if next < give_up_at {
-            self.deadlines.arm(next, Timer::Intervene { anchor: inviter });
+            self.deadlines.arm(next, LobbyTimer::Intervene { anchor: inviter });
         } else {
-            self.deadlines.disarm(Timer::Intervene { anchor: inviter });
+            self.deadlines.disarm(LobbyTimer::Intervene { anchor: inviter });
         }
     }
 
@@ -517,25 +517,22 @@ impl Lobby {
 
     // ---- timers --------------------------------------------------------------------
 
-    fn fire(&mut self, timer: Timer, effects: &mut Vec<Effect>) -> Response {
+    pub(crate) fn fire(&mut self, timer: LobbyTimer, effects: &mut Vec<Effect>) -> Response {
         if !self.deadlines.take_due(timer, self.now) {
             return Response::Ignored;
         }
         match timer {
-            Timer::Intervene { anchor } => self.intervene(anchor, effects),
-            Timer::GiveUp { anchor } => self.fail(anchor, MatchFailure::TimedOut, effects),
-            Timer::ExpireInvitation { inviter, invitee } => {
+            LobbyTimer::Intervene { anchor } => self.intervene(anchor, effects),
+            LobbyTimer::GiveUp { anchor } => self.fail(anchor, MatchFailure::TimedOut, effects),
+            LobbyTimer::ExpireInvitation { inviter, invitee } => {
                 self.invitations.remove(&(invitee, inviter));
             }
-            Timer::EndCooldown { anchor } => {
+            LobbyTimer::EndCooldown { anchor } => {
                 self.invited_at.remove(&anchor);
                 effects.push(Effect::CacheChanged(CacheChange::Invited { anchor, at: None }));
             }
-            Timer::AbandonPk { pk } => {
+            LobbyTimer::AbandonPk { pk } => {
                 self.release(pk, effects);
-            }
-            Timer::EndBattle { .. } | Timer::EndPk { .. } | Timer::AnchorAway { .. } | Timer::ForgetPk { .. } => {
-                unreachable!("arena timers are never armed in the lobby")
             }
         }
         Response::Done

@@ -10,8 +10,12 @@ use crate::response::{Reason, Response};
 use serde::{Deserialize, Serialize};
 
 /// The first byte of every snapshot. Bump it when the encoding of [`Machine`] changes,
-/// and teach [`Machine::restore`] the old one.
-pub const SNAPSHOT_FORMAT: u8 = 1;
+/// and teach [`Machine::restore`] the old one, or refuse it by name.
+///
+/// Format 2 holds each kind's own timer type in its deadlines (format 1 held one timer
+/// type for both kinds). This version reads format 2 only: a format-1 snapshot is
+/// refused with [`SnapshotError::UnknownFormat`].
+pub const SNAPSHOT_FORMAT: u8 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Machine {
@@ -23,7 +27,7 @@ pub enum Machine {
 pub enum SnapshotError {
     #[error("empty snapshot")]
     Empty,
-    #[error("snapshot format {0} is not known to this version (it reads {SNAPSHOT_FORMAT})")]
+    #[error("snapshot format {0} is not known to this version (it reads format {SNAPSHOT_FORMAT} only)")]
     UnknownFormat(u8),
     #[error("snapshot does not decode: {0}")]
     Decode(#[from] postcard::Error),
@@ -38,17 +42,24 @@ impl Machine {
         Machine::Arena(Arena::new(config))
     }
 
-    /// Applies one committed command. Effects are appended to `effects` (a buffer the
-    /// caller reuses, so the hot path does not allocate).
+    /// Applies one committed command: `now = max(now, at)`, then `SetConfig`, this
+    /// kind's own actions and timers. The other kind's actions and timers are refused
+    /// with `Response::Rejected(Reason::WrongGroup)` and change nothing else (they can
+    /// only arrive in a corrupted or misrouted message). Effects are appended to
+    /// `effects` (a buffer the caller reuses, so the hot path does not allocate).
     pub fn apply(&mut self, command: &Command, effects: &mut Vec<Effect>) -> Response {
         let now = self.now_mut();
         *now = (*now).max(command.at);
-        match &command.action {
-            Action::SetConfig { key, value } => self.set_config(key, value, effects),
-            action => match self {
-                Machine::Lobby(lobby) => lobby.apply(action, effects),
-                Machine::Arena(arena) => arena.apply(action, effects),
-            },
+        match (self, &command.action) {
+            (machine, Action::SetConfig { key, value }) => machine.set_config(key, value, effects),
+            (Machine::Lobby(lobby), Action::Lobby(action)) => lobby.apply(action, effects),
+            (Machine::Lobby(lobby), Action::Fire(Timer::Lobby(timer))) => lobby.fire(*timer, effects),
+            (Machine::Arena(arena), Action::Arena(action)) => arena.apply(action, effects),
+            (Machine::Arena(arena), Action::Fire(Timer::Arena(timer))) => arena.fire(*timer, effects),
+            (Machine::Lobby(_), Action::Arena(_) | Action::Fire(Timer::Arena(_)))
+            | (Machine::Arena(_), Action::Lobby(_) | Action::Fire(Timer::Lobby(_))) => {
+                Response::Rejected(Reason::WrongGroup)
+            }
         }
     }
 
