@@ -57,8 +57,8 @@ fn order(pk: u64) -> PkOrder {
 }
 
 /// An arena with `pks` PKs in their battle phase.
-fn arena_with(pks: u64) -> Machine {
-    let mut arena = Machine::arena(Config::default());
+fn arena_with(pks: u64) -> Arena {
+    let mut arena = Arena::fresh(Config::default());
     let mut effects = Vec::new();
     for pk in 1..=pks {
         arena.apply(&Command::new(0, ArenaAction::CreatePk(order(pk))), &mut effects);
@@ -115,10 +115,10 @@ fn start_match_latency() {
     // Country "A" blocks itself: waiting "A" anchors never match each other, so the
     // queue can be filled; a "B" newcomer matches one of them; a second "A" newcomer
     // finds nobody and queues.
-    let mut lobby = Machine::lobby(Config::default());
+    let mut lobby = Lobby::fresh(Config::default());
     let mut effects = Vec::new();
     let mut at = 0i64;
-    let apply = |lobby: &mut Machine, action: Action, at: i64, effects: &mut Vec<Effect>| {
+    let apply = |lobby: &mut Lobby, action: Action, at: i64, effects: &mut Vec<Effect>| {
         effects.clear();
         lobby.apply(&Command::new(at, action), effects)
     };
@@ -175,7 +175,7 @@ fn start_match_latency() {
         }
         samples.sort_unstable();
         let p = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
-        let waiting = lobby.as_lobby().unwrap().summary().waiting.len();
+        let waiting = lobby.summary().waiting.len();
         println!(
             "start-match with {waiting} waiting, {label}: p50 {:.2} µs, p99 {:.2} µs, max {:.2} µs ({SAMPLES} samples)",
             p(0.5),
@@ -201,7 +201,7 @@ fn memory() {
     drop(arena);
 
     const WAITERS: u64 = 100_000;
-    let mut lobby = Machine::lobby(Config::default());
+    let mut lobby = Lobby::fresh(Config::default());
     let mut effects = Vec::new();
     lobby.apply(
         &Command::new(0, Action::SetConfig { key: "pk_filter_country".into(), value: "{'A':['A']}".into() }),

@@ -4,10 +4,10 @@
 //! result waits in the outbox until the lobby has released the rooms and the results
 //! sink has stored it; a new leader resumes from there.
 //!
-//! It takes [`ArenaAction`]s and fires [`ArenaTimer`]s only: the machine refuses a
-//! lobby action or timer before it gets here.
+//! It takes [`ArenaAction`]s and fires [`ArenaTimer`]s; a lobby action or timer is
+//! refused (see [`StateMachine::apply`]).
 
-use crate::command::{ArenaAction, ArenaTimer, Gift, GifterProfile, PkOrder, Presence, Seat, Timer};
+use crate::command::{Action, ArenaAction, ArenaTimer, Command, Gift, GifterProfile, PkOrder, Presence, Seat, Timer};
 use crate::config::Config;
 use crate::deadlines::Deadlines;
 use crate::effect::{
@@ -16,6 +16,9 @@ use crate::effect::{
 };
 use crate::gift_ids::GiftIdSet;
 use crate::ids::{PkId, TimestampMs, UserId};
+use crate::machine::{
+    Machine, MachineKind, MachineRef, SingleKind, SnapshotError, StateMachine, decode_snapshot, encode_snapshot,
+};
 use crate::response::{Reason, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -32,8 +35,8 @@ pub const ORDER_HORIZON_MS: i64 = 60 * 60 * 1000;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Arena {
-    pub(crate) now: TimestampMs,
-    pub(crate) config: Config,
+    now: TimestampMs,
+    config: Config,
     pks: BTreeMap<PkId, Pk>,
     /// The outbox: settled PKs not yet fully handed over.
     settled: BTreeMap<PkId, Settlement>,
@@ -204,12 +207,85 @@ pub struct ArenaSummary {
     pub remembered: usize,
 }
 
-impl Arena {
-    pub fn new(config: Config) -> Arena {
-        Arena { config, ..Arena::default() }
+impl StateMachine for Arena {
+    fn kind(&self) -> MachineKind {
+        Self::KIND
     }
 
-    pub(crate) fn apply(&mut self, action: &ArenaAction, effects: &mut Vec<Effect>) -> Response {
+    fn apply(&mut self, command: &Command, effects: &mut Vec<Effect>) -> Response {
+        self.now = self.now.max(command.at);
+        match &command.action {
+            Action::Arena(action) => self.apply_action(action, effects),
+            Action::Fire(Timer::Arena(timer)) => self.fire(*timer, effects),
+            Action::SetConfig { key, value } => match self.config.with(key, value) {
+                Ok(next) => {
+                    self.config = next;
+                    Response::Done
+                }
+                Err(e) => Response::Rejected(Reason::InvalidConfig(e.to_string())),
+            },
+            Action::Lobby(_) | Action::Fire(Timer::Lobby(_)) => Response::Rejected(Reason::WrongGroup),
+        }
+    }
+
+    fn now(&self) -> TimestampMs {
+        self.now
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn next_deadline(&self) -> Option<TimestampMs> {
+        self.deadlines.next()
+    }
+
+    fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
+        self.deadlines.due(now).map(Timer::Arena).collect()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        encode_snapshot(&MachineRef::Arena(self))
+    }
+
+    fn restore(bytes: &[u8]) -> Result<Arena, SnapshotError> {
+        match decode_snapshot(bytes)? {
+            Machine::Arena(arena) => Ok(arena),
+            Machine::Lobby(_) => {
+                Err(SnapshotError::WrongKind { expected: MachineKind::Arena, found: MachineKind::Lobby })
+            }
+        }
+    }
+
+    fn check_invariants(&self) -> Result<(), String> {
+        for (id, pk) in &self.pks {
+            for side in &pk.sides {
+                let sum: i64 = side.senders.values().map(|s| s.beans).sum();
+                if sum != side.beans {
+                    return Err(format!(
+                        "{id}: side {} has {} beans but its senders sum to {sum}",
+                        side.seat.anchor, side.beans
+                    ));
+                }
+            }
+            if pk.winner.is_none() && self.deadlines.when(ArenaTimer::EndBattle { pk: *id }) != Some(pk.battle_end()) {
+                return Err(format!("{id}: battle running without its end timer"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SingleKind for Arena {
+    const KIND: MachineKind = MachineKind::Arena;
+
+    fn fresh(config: Config) -> Arena {
+        Arena { config, ..Arena::default() }
+    }
+}
+
+impl Arena {
+    fn apply_action(&mut self, action: &ArenaAction, effects: &mut Vec<Effect>) -> Response {
         match action {
             ArenaAction::Gift(gift) => self.gift(gift, effects),
             ArenaAction::CreatePk(order) => self.create(order, effects),
@@ -224,14 +300,6 @@ impl Arena {
             ArenaAction::ConfirmRoomsReleased { pk } => self.confirm(*pk, |s| &mut s.rooms_released),
             ArenaAction::ConfirmResultPersisted { pk } => self.confirm(*pk, |s| &mut s.persisted),
         }
-    }
-
-    pub fn next_deadline(&self) -> Option<TimestampMs> {
-        self.deadlines.next()
-    }
-
-    pub fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
-        self.deadlines.due(now).map(Timer::Arena).collect()
     }
 
     // ---- queries -------------------------------------------------------------------
@@ -481,7 +549,7 @@ impl Arena {
         Response::Done
     }
 
-    pub(crate) fn fire(&mut self, timer: ArenaTimer, effects: &mut Vec<Effect>) -> Response {
+    fn fire(&mut self, timer: ArenaTimer, effects: &mut Vec<Effect>) -> Response {
         if !self.deadlines.take_due(timer, self.now) {
             return Response::Ignored;
         }
@@ -494,25 +562,6 @@ impl Arena {
             }
         }
         Response::Done
-    }
-
-    /// Checks the arena's internal invariants; used by tests after every step.
-    pub fn check_invariants(&self) -> Result<(), String> {
-        for (id, pk) in &self.pks {
-            for side in &pk.sides {
-                let sum: i64 = side.senders.values().map(|s| s.beans).sum();
-                if sum != side.beans {
-                    return Err(format!(
-                        "{id}: side {} has {} beans but its senders sum to {sum}",
-                        side.seat.anchor, side.beans
-                    ));
-                }
-            }
-            if pk.winner.is_none() && self.deadlines.when(ArenaTimer::EndBattle { pk: *id }) != Some(pk.battle_end()) {
-                return Err(format!("{id}: battle running without its end timer"));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -5,14 +5,17 @@
 //! the PKs themselves. A match allocates a PK id and puts a [`PkOrder`] in the outbox;
 //! the arena's `ReleaseRooms` frees the rooms when the PK is over.
 //!
-//! It takes [`LobbyAction`]s and fires [`LobbyTimer`]s only: the machine refuses an
-//! arena's action or timer before it gets here.
+//! It takes [`LobbyAction`]s and fires [`LobbyTimer`]s; an arena's action or timer is
+//! refused (see [`StateMachine::apply`]).
 
-use crate::command::{AnchorProfile, LobbyAction, LobbyTimer, PkOrder, Seat, Timer};
+use crate::command::{Action, AnchorProfile, Command, LobbyAction, LobbyTimer, PkOrder, Seat, Timer};
 use crate::config::Config;
 use crate::deadlines::Deadlines;
 use crate::effect::{Audience, CacheChange, Effect, MatchFailure, Push, PushMessage};
 use crate::ids::{PkId, RoomId, TimestampMs, UserId};
+use crate::machine::{
+    Machine, MachineKind, MachineRef, SingleKind, SnapshotError, StateMachine, decode_snapshot, encode_snapshot,
+};
 use crate::response::{Reason, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,8 +26,8 @@ pub const INVITATION_RECORD_MS: i64 = 60_000;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lobby {
-    pub(crate) now: TimestampMs,
-    pub(crate) config: Config,
+    now: TimestampMs,
+    config: Config,
     /// The last PK id handed out.
     last_pk: u64,
     /// Anchors streaming now: the pool for invitations.
@@ -106,12 +109,106 @@ pub struct LobbySummary {
     pub outbox: Vec<PkId>,
 }
 
-impl Lobby {
-    pub fn new(config: Config) -> Lobby {
-        Lobby { config, ..Lobby::default() }
+impl StateMachine for Lobby {
+    fn kind(&self) -> MachineKind {
+        Self::KIND
     }
 
-    pub(crate) fn apply(&mut self, action: &LobbyAction, effects: &mut Vec<Effect>) -> Response {
+    fn apply(&mut self, command: &Command, effects: &mut Vec<Effect>) -> Response {
+        self.now = self.now.max(command.at);
+        match &command.action {
+            Action::Lobby(action) => self.apply_action(action, effects),
+            Action::Fire(Timer::Lobby(timer)) => self.fire(*timer, effects),
+            Action::SetConfig { key, value } => match self.config.with(key, value) {
+                Ok(next) => {
+                    let old = std::mem::replace(&mut self.config, next);
+                    self.config_changed(&old, effects);
+                    Response::Done
+                }
+                Err(e) => Response::Rejected(Reason::InvalidConfig(e.to_string())),
+            },
+            Action::Arena(_) | Action::Fire(Timer::Arena(_)) => Response::Rejected(Reason::WrongGroup),
+        }
+    }
+
+    fn now(&self) -> TimestampMs {
+        self.now
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn next_deadline(&self) -> Option<TimestampMs> {
+        self.deadlines.next()
+    }
+
+    fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
+        self.deadlines.due(now).map(Timer::Lobby).collect()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        encode_snapshot(&MachineRef::Lobby(self))
+    }
+
+    fn restore(bytes: &[u8]) -> Result<Lobby, SnapshotError> {
+        match decode_snapshot(bytes)? {
+            Machine::Lobby(lobby) => Ok(lobby),
+            Machine::Arena(_) => {
+                Err(SnapshotError::WrongKind { expected: MachineKind::Lobby, found: MachineKind::Arena })
+            }
+        }
+    }
+
+    fn check_invariants(&self) -> Result<(), String> {
+        for anchor in self.waiting.keys() {
+            if self.in_pk.contains_key(anchor) {
+                return Err(format!("{anchor} is both waiting and in a PK"));
+            }
+        }
+        let queued: usize = self.queues.values().map(BTreeMap::len).sum();
+        if queued != self.waiting.len() {
+            return Err(format!("{queued} queued but {} waiting", self.waiting.len()));
+        }
+        for (pk, held) in &self.pks {
+            for seat in held.seats {
+                if self.in_pk.get(&seat.anchor) != Some(pk) {
+                    return Err(format!("{pk} holds {} which the directory does not", seat.anchor));
+                }
+            }
+        }
+        for ((invitee, inviter), invitation) in &self.invitations {
+            if invitation.state != InvitationState::Open {
+                continue;
+            }
+            let current = self
+                .waiting
+                .get(inviter)
+                .is_some_and(|w| w.batch == invitation.batch && w.invitees.contains_key(invitee));
+            if !current {
+                return Err(format!("open invitation {inviter}->{invitee} outside its inviter's current batch"));
+            }
+        }
+        if self.rooms_in_pk.len() != self.pks.len() * 2 {
+            return Err(format!("{} rooms in PKs for {} PKs", self.rooms_in_pk.len(), self.pks.len()));
+        }
+        if self.in_pk.len() != self.pks.len() * 2 {
+            return Err(format!("{} anchors in PKs for {} PKs", self.in_pk.len(), self.pks.len()));
+        }
+        Ok(())
+    }
+}
+
+impl SingleKind for Lobby {
+    const KIND: MachineKind = MachineKind::Lobby;
+
+    fn fresh(config: Config) -> Lobby {
+        Lobby { config, ..Lobby::default() }
+    }
+}
+
+impl Lobby {
+    fn apply_action(&mut self, action: &LobbyAction, effects: &mut Vec<Effect>) -> Response {
         match action {
             LobbyAction::StartMatch { anchor, profile } => self.start(*anchor, profile, effects),
             LobbyAction::StopMatch { anchor } => self.stop(*anchor, effects),
@@ -130,8 +227,8 @@ impl Lobby {
         }
     }
 
-    /// Called by the machine after the config changed.
-    pub(crate) fn config_changed(&mut self, old: &Config, effects: &mut Vec<Effect>) {
+    /// Called after the config changed.
+    fn config_changed(&mut self, old: &Config, effects: &mut Vec<Effect>) {
         if old.enabled && !self.config.enabled {
             for anchor in self.waiting.keys().copied().collect::<Vec<_>>() {
                 self.fail(anchor, MatchFailure::Disabled, effects);
@@ -150,20 +247,7 @@ impl Lobby {
         }
     }
 
-    pub fn next_deadline(&self) -> Option<TimestampMs> {
-        self.deadlines.next()
-    }
-
-    pub fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
-        self.deadlines.due(now).map(Timer::Lobby).collect()
-    }
-
     // ---- queries -------------------------------------------------------------------
-
-    /// The config in force at the last applied command.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
 
     pub fn is_waiting(&self, anchor: UserId) -> bool {
         self.waiting.contains_key(&anchor)
@@ -517,7 +601,7 @@ impl Lobby {
 
     // ---- timers --------------------------------------------------------------------
 
-    pub(crate) fn fire(&mut self, timer: LobbyTimer, effects: &mut Vec<Effect>) -> Response {
+    fn fire(&mut self, timer: LobbyTimer, effects: &mut Vec<Effect>) -> Response {
         if !self.deadlines.take_due(timer, self.now) {
             return Response::Ignored;
         }
@@ -536,45 +620,6 @@ impl Lobby {
             }
         }
         Response::Done
-    }
-
-    /// Checks the lobby's internal invariants; used by tests after every step.
-    pub fn check_invariants(&self) -> Result<(), String> {
-        for anchor in self.waiting.keys() {
-            if self.in_pk.contains_key(anchor) {
-                return Err(format!("{anchor} is both waiting and in a PK"));
-            }
-        }
-        let queued: usize = self.queues.values().map(BTreeMap::len).sum();
-        if queued != self.waiting.len() {
-            return Err(format!("{queued} queued but {} waiting", self.waiting.len()));
-        }
-        for (pk, held) in &self.pks {
-            for seat in held.seats {
-                if self.in_pk.get(&seat.anchor) != Some(pk) {
-                    return Err(format!("{pk} holds {} which the directory does not", seat.anchor));
-                }
-            }
-        }
-        for ((invitee, inviter), invitation) in &self.invitations {
-            if invitation.state != InvitationState::Open {
-                continue;
-            }
-            let current = self
-                .waiting
-                .get(inviter)
-                .is_some_and(|w| w.batch == invitation.batch && w.invitees.contains_key(invitee));
-            if !current {
-                return Err(format!("open invitation {inviter}->{invitee} outside its inviter's current batch"));
-            }
-        }
-        if self.rooms_in_pk.len() != self.pks.len() * 2 {
-            return Err(format!("{} rooms in PKs for {} PKs", self.rooms_in_pk.len(), self.pks.len()));
-        }
-        if self.in_pk.len() != self.pks.len() * 2 {
-            return Err(format!("{} anchors in PKs for {} PKs", self.in_pk.len(), self.pks.len()));
-        }
-        Ok(())
     }
 }
 

@@ -100,4 +100,39 @@ fn format_1_snapshots_are_refused_with_the_format_this_version_reads() {
     let error = Machine::restore(&bytes).unwrap_err();
     assert!(matches!(error, SnapshotError::UnknownFormat(1)));
     assert_eq!(error.to_string(), "snapshot format 1 is not known to this version (it reads format 2 only)");
+    assert!(matches!(Lobby::restore(&bytes), Err(SnapshotError::UnknownFormat(1))));
+}
+
+#[test]
+fn a_lobby_or_an_arena_snapshots_to_the_bytes_of_its_machine() {
+    let mut lobby = Lobby::fresh(Config::default());
+    let mut arena = Arena::fresh(Config::default());
+    let mut effects = Vec::new();
+    lobby.apply(&Command::new(2_000, LobbyAction::StartMatch { anchor: UserId(1), profile: profile(1) }), &mut effects);
+    lobby.apply(&Command::new(3_000, LobbyAction::StartMatch { anchor: UserId(2), profile: profile(2) }), &mut effects);
+    let order = lobby.pending_orders().next().unwrap().clone();
+    arena.apply(&Command::new(3_000, ArenaAction::CreatePk(order)), &mut effects);
+
+    let bytes = lobby.snapshot();
+    assert_eq!(bytes, Machine::Lobby(lobby.clone()).snapshot());
+    assert_eq!(Lobby::restore(&bytes).unwrap(), lobby);
+    assert_eq!(Machine::restore(&bytes).unwrap(), Machine::Lobby(lobby));
+
+    let bytes = arena.snapshot();
+    assert_eq!(bytes, Machine::Arena(arena.clone()).snapshot());
+    assert_eq!(Arena::restore(&bytes).unwrap(), arena);
+    assert_eq!(Machine::restore(&bytes).unwrap(), Machine::Arena(arena));
+}
+
+#[test]
+fn a_snapshot_of_the_other_kind_is_refused() {
+    let lobby = Lobby::fresh(Config::default()).snapshot();
+    let arena = Arena::fresh(Config::default()).snapshot();
+    let error = Arena::restore(&lobby).unwrap_err();
+    assert!(matches!(error, SnapshotError::WrongKind { expected: MachineKind::Arena, found: MachineKind::Lobby }));
+    assert_eq!(error.to_string(), "snapshot is of kind lobby, expected kind arena");
+    assert!(matches!(
+        Lobby::restore(&arena),
+        Err(SnapshotError::WrongKind { expected: MachineKind::Lobby, found: MachineKind::Arena })
+    ));
 }
