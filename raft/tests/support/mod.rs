@@ -13,6 +13,9 @@
 //!   config KEY VALUE                              SetConfig on every group
 //!   fire lobby|arena TIMER ...                    one timer command, e.g.
 //!                                                 `fire lobby intervene a1`, `fire arena end-battle pk=1`
+//!                                                 (`fire lobby end-battle pk=1` misroutes it)
+//!   to lobby|arenaN LINE                          LINE's command, sent to that group
+//!                                                 whatever its kind (a misrouted message)
 //!   tick                                          the leaders fire every due timer
 //!   hold / deliver                                hold hand-overs / deliver them (and stop holding)
 //!   state                                         print a summary of every group
@@ -38,6 +41,8 @@ pub struct World {
     pub out: String,
     pub effects_seen: Vec<Effect>,
     pub responses_seen: Vec<Response>,
+    /// The group the line being run names with `to`, instead of its command's own.
+    send_to: Option<Group>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +89,7 @@ impl World {
             out: String::new(),
             effects_seen: Vec::new(),
             responses_seen: Vec::new(),
+            send_to: None,
         }
     }
 
@@ -117,6 +123,18 @@ impl World {
     }
 
     pub fn step(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("to ") {
+            let (group, line) = rest.split_once(' ').expect("to GROUP LINE");
+            self.send_to = Some(match group {
+                "lobby" => Group::Lobby,
+                arena => Group::Arena(
+                    arena.strip_prefix("arena").and_then(|i| i.parse().ok()).expect("to lobby|arenaN LINE"),
+                ),
+            });
+            self.step(line);
+            self.send_to = None;
+            return;
+        }
         let args = Args::parse(line);
         if let Some(at) = args.get("at") {
             self.at = at.parse().expect("at= takes milliseconds");
@@ -221,13 +239,14 @@ impl World {
             }
             other => panic!("unknown script word '{other}'"),
         };
-        let group = match &action {
-            Action::Arena(ArenaAction::Gift(g)) => self.arena_of(g.pk),
-            Action::Arena(ArenaAction::ReportPresence(p)) => self.arena_of(p[0].pk),
-            Action::Arena(ArenaAction::AbortPk { pk } | ArenaAction::ConfirmResultPersisted { pk }) => {
+        let group = match (self.send_to, &action) {
+            (Some(group), _) => group,
+            (None, Action::Arena(ArenaAction::Gift(g))) => self.arena_of(g.pk),
+            (None, Action::Arena(ArenaAction::ReportPresence(p))) => self.arena_of(p[0].pk),
+            (None, Action::Arena(ArenaAction::AbortPk { pk } | ArenaAction::ConfirmResultPersisted { pk })) => {
                 self.arena_of(*pk)
             }
-            _ => Group::Lobby,
+            (None, _) => Group::Lobby,
         };
         self.apply(group, action);
     }
