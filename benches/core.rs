@@ -57,11 +57,11 @@ fn order(pk: u64) -> PkOrder {
 }
 
 /// An arena with `pks` PKs in their battle phase.
-fn arena_with(pks: u64) -> Machine {
-    let mut arena = Machine::arena(Config::default());
+fn arena_with(pks: u64) -> Arena {
+    let mut arena = Arena::fresh(Config::default());
     let mut effects = Vec::new();
     for pk in 1..=pks {
-        arena.apply(&Command::new(0, Action::CreatePk(order(pk))), &mut effects);
+        arena.apply(&Command::new(0, ArenaAction::CreatePk(order(pk))), &mut effects);
     }
     effects.clear();
     arena
@@ -81,7 +81,7 @@ fn gifts(c: &mut Criterion) {
                         let pk = i % 500 + 1;
                         Command::new(
                             2_000,
-                            Action::Gift(Gift {
+                            ArenaAction::Gift(Gift {
                                 id: GiftId(i),
                                 pk: PkId(pk),
                                 receiver: UserId(pk * 2 + (i / 500) % 2),
@@ -115,10 +115,10 @@ fn start_match_latency() {
     // Country "A" blocks itself: waiting "A" anchors never match each other, so the
     // queue can be filled; a "B" newcomer matches one of them; a second "A" newcomer
     // finds nobody and queues.
-    let mut lobby = Machine::lobby(Config::default());
+    let mut lobby = Lobby::fresh(Config::default());
     let mut effects = Vec::new();
     let mut at = 0i64;
-    let apply = |lobby: &mut Machine, action: Action, at: i64, effects: &mut Vec<Effect>| {
+    let apply = |lobby: &mut Lobby, action: Action, at: i64, effects: &mut Vec<Effect>| {
         effects.clear();
         lobby.apply(&Command::new(at, action), effects)
     };
@@ -142,7 +142,7 @@ fn start_match_latency() {
         at += 1;
         apply(
             &mut lobby,
-            Action::StartMatch { anchor: UserId(next_anchor), profile: profile(next_anchor, "A") },
+            LobbyAction::StartMatch { anchor: UserId(next_anchor), profile: profile(next_anchor, "A") }.into(),
             at,
             &mut effects,
         );
@@ -154,7 +154,7 @@ fn start_match_latency() {
             at += 1;
             let anchor = next_anchor;
             next_anchor += 1;
-            let action = Action::StartMatch { anchor: UserId(anchor), profile: profile(anchor, country) };
+            let action = LobbyAction::StartMatch { anchor: UserId(anchor), profile: profile(anchor, country) };
             let command = Command::new(at, action);
             effects.clear();
             let started = Instant::now();
@@ -166,16 +166,16 @@ fn start_match_latency() {
             let refill = if country == "B" {
                 let anchor = next_anchor;
                 next_anchor += 1;
-                Action::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A") }
+                LobbyAction::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A") }
             } else {
-                Action::StopMatch { anchor: UserId(anchor) }
+                LobbyAction::StopMatch { anchor: UserId(anchor) }
             };
             effects.clear();
             lobby.apply(&Command::new(at, refill), &mut effects);
         }
         samples.sort_unstable();
         let p = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
-        let waiting = lobby.as_lobby().unwrap().summary().waiting.len();
+        let waiting = lobby.summary().waiting.len();
         println!(
             "start-match with {waiting} waiting, {label}: p50 {:.2} µs, p99 {:.2} µs, max {:.2} µs ({SAMPLES} samples)",
             p(0.5),
@@ -201,7 +201,7 @@ fn memory() {
     drop(arena);
 
     const WAITERS: u64 = 100_000;
-    let mut lobby = Machine::lobby(Config::default());
+    let mut lobby = Lobby::fresh(Config::default());
     let mut effects = Vec::new();
     lobby.apply(
         &Command::new(0, Action::SetConfig { key: "pk_filter_country".into(), value: "{'A':['A']}".into() }),
@@ -210,7 +210,7 @@ fn memory() {
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     for anchor in 1..=WAITERS {
         effects.clear();
-        let action = Action::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A") };
+        let action = LobbyAction::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A") };
         lobby.apply(&Command::new(anchor as i64, action), &mut effects);
     }
     effects.clear();

@@ -3,8 +3,11 @@
 //! PKs arrive as [`PkOrder`]s from the lobby, idempotently by id. When a PK settles, its
 //! result waits in the outbox until the lobby has released the rooms and the results
 //! sink has stored it; a new leader resumes from there.
+//!
+//! It takes [`ArenaAction`]s and fires [`ArenaTimer`]s; a lobby action or timer is
+//! refused (see [`StateMachine::apply`]).
 
-use crate::command::{Action, Gift, GifterProfile, PkOrder, Presence, Seat, Timer};
+use crate::command::{Action, ArenaAction, ArenaTimer, Command, Gift, GifterProfile, PkOrder, Presence, Seat, Timer};
 use crate::config::Config;
 use crate::deadlines::Deadlines;
 use crate::effect::{
@@ -13,6 +16,9 @@ use crate::effect::{
 };
 use crate::gift_ids::GiftIdSet;
 use crate::ids::{PkId, TimestampMs, UserId};
+use crate::machine::{
+    Machine, MachineKind, MachineRef, SingleKind, SnapshotError, StateMachine, decode_snapshot, encode_snapshot,
+};
 use crate::response::{Reason, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,14 +35,14 @@ pub const ORDER_HORIZON_MS: i64 = 60 * 60 * 1000;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Arena {
-    pub(crate) now: TimestampMs,
-    pub(crate) config: Config,
+    now: TimestampMs,
+    config: Config,
     pks: BTreeMap<PkId, Pk>,
     /// The outbox: settled PKs not yet fully handed over.
     settled: BTreeMap<PkId, Settlement>,
     /// Ids of settled PKs, remembered until the order horizon passes.
     settled_ids: BTreeMap<PkId, TimestampMs>,
-    deadlines: Deadlines,
+    deadlines: Deadlines<ArenaTimer>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +110,20 @@ impl Pk {
             PkStatus::Opening
         } else {
             PkStatus::Battle
+        }
+    }
+
+    /// The PK's state as pushed to clients, listing `top` gifters on each side.
+    fn view(&self, status: PkStatus, top: usize, now: TimestampMs) -> PkView {
+        PkView {
+            pk: self.order.pk,
+            status,
+            interfered: self.order.interfered,
+            start_time: self.order.created_at,
+            end_time: self.battle_end(),
+            source: self.sides[0].view(top, now),
+            target: self.sides[1].view(top, now),
+            winner: self.winner,
         }
     }
 
@@ -187,37 +207,99 @@ pub struct ArenaSummary {
     pub remembered: usize,
 }
 
-impl Arena {
-    pub fn new(config: Config) -> Arena {
-        Arena { config, ..Arena::default() }
+impl StateMachine for Arena {
+    fn kind(&self) -> MachineKind {
+        Self::KIND
     }
 
-    pub(crate) fn apply(&mut self, action: &Action, effects: &mut Vec<Effect>) -> Response {
+    fn apply(&mut self, command: &Command, effects: &mut Vec<Effect>) -> Response {
+        self.now = self.now.max(command.at);
+        match &command.action {
+            Action::Arena(action) => self.apply_action(action, effects),
+            Action::Fire(Timer::Arena(timer)) => self.fire(*timer, effects),
+            Action::SetConfig { key, value } => match self.config.with(key, value) {
+                Ok(next) => {
+                    self.config = next;
+                    Response::Done
+                }
+                Err(e) => Response::Rejected(Reason::InvalidConfig(e.to_string())),
+            },
+            Action::Lobby(_) | Action::Fire(Timer::Lobby(_)) => Response::Rejected(Reason::WrongGroup),
+        }
+    }
+
+    fn now(&self) -> TimestampMs {
+        self.now
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn next_deadline(&self) -> Option<TimestampMs> {
+        self.deadlines.next()
+    }
+
+    fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
+        self.deadlines.due(now).map(Timer::Arena).collect()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        encode_snapshot(&MachineRef::Arena(self))
+    }
+
+    fn restore(bytes: &[u8]) -> Result<Arena, SnapshotError> {
+        match decode_snapshot(bytes)? {
+            Machine::Arena(arena) => Ok(arena),
+            Machine::Lobby(_) => {
+                Err(SnapshotError::WrongKind { expected: MachineKind::Arena, found: MachineKind::Lobby })
+            }
+        }
+    }
+
+    fn check_invariants(&self) -> Result<(), String> {
+        for (id, pk) in &self.pks {
+            for side in &pk.sides {
+                let sum: i64 = side.senders.values().map(|s| s.beans).sum();
+                if sum != side.beans {
+                    return Err(format!(
+                        "{id}: side {} has {} beans but its senders sum to {sum}",
+                        side.seat.anchor, side.beans
+                    ));
+                }
+            }
+            if pk.winner.is_none() && self.deadlines.when(ArenaTimer::EndBattle { pk: *id }) != Some(pk.battle_end()) {
+                return Err(format!("{id}: battle running without its end timer"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SingleKind for Arena {
+    const KIND: MachineKind = MachineKind::Arena;
+
+    fn fresh(config: Config) -> Arena {
+        Arena { config, ..Arena::default() }
+    }
+}
+
+impl Arena {
+    fn apply_action(&mut self, action: &ArenaAction, effects: &mut Vec<Effect>) -> Response {
         match action {
-            Action::Gift(gift) => self.gift(gift, effects),
-            Action::CreatePk(order) => self.create(order, effects),
-            Action::ReportPresence(reports) => self.presence(reports, effects),
-            Action::AbortPk { pk } => {
+            ArenaAction::Gift(gift) => self.gift(gift, effects),
+            ArenaAction::CreatePk(order) => self.create(order, effects),
+            ArenaAction::ReportPresence(reports) => self.presence(reports, effects),
+            ArenaAction::AbortPk { pk } => {
                 if !self.pks.contains_key(pk) {
                     return Response::Rejected(Reason::NoSuchPk);
                 }
                 self.settle(*pk, Some(AbnormalEnd::Aborted), effects);
                 Response::Done
             }
-            Action::ConfirmRoomsReleased { pk } => self.confirm(*pk, |s| &mut s.rooms_released),
-            Action::ConfirmResultPersisted { pk } => self.confirm(*pk, |s| &mut s.persisted),
-            Action::Fire(timer) => self.fire(*timer, effects),
-            Action::SetConfig { .. } => unreachable!("the machine applies config"),
-            _ => Response::Rejected(Reason::WrongGroup),
+            ArenaAction::ConfirmRoomsReleased { pk } => self.confirm(*pk, |s| &mut s.rooms_released),
+            ArenaAction::ConfirmResultPersisted { pk } => self.confirm(*pk, |s| &mut s.persisted),
         }
-    }
-
-    pub fn next_deadline(&self) -> Option<TimestampMs> {
-        self.deadlines.next()
-    }
-
-    pub fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
-        self.deadlines.due(now).collect()
     }
 
     // ---- queries -------------------------------------------------------------------
@@ -225,21 +307,12 @@ impl Arena {
     /// The PK's state as pushed to clients, or `None` if it is not running here.
     pub fn view(&self, pk: PkId) -> Option<PkView> {
         let pk = self.pks.get(&pk)?;
-        Some(self.view_of(pk, pk.status(self.now)))
+        Some(pk.view(pk.status(self.now), self.top_gifters(), self.now))
     }
 
-    fn view_of(&self, pk: &Pk, status: PkStatus) -> PkView {
-        let top = self.config.limits.top_gifters as usize;
-        PkView {
-            pk: pk.order.pk,
-            status,
-            interfered: pk.order.interfered,
-            start_time: pk.order.created_at,
-            end_time: pk.battle_end(),
-            source: pk.sides[0].view(top, self.now),
-            target: pk.sides[1].view(top, self.now),
-            winner: pk.winner,
-        }
+    /// How many top gifters a view lists.
+    fn top_gifters(&self) -> usize {
+        self.config.limits.top_gifters as usize
     }
 
     pub fn running(&self) -> impl Iterator<Item = PkId> + '_ {
@@ -301,8 +374,8 @@ impl Arena {
             sides: [Side::new(order.source), Side::new(order.target)],
             gift_ids: GiftIdSet::default(),
         };
-        self.deadlines.arm(created.battle_end(), Timer::EndBattle { pk });
-        let view = self.view_of(&created, created.status(self.now));
+        self.deadlines.arm(created.battle_end(), ArenaTimer::EndBattle { pk });
+        let view = created.view(created.status(self.now), self.top_gifters(), self.now);
         self.pks.insert(pk, created);
         push_state(view, effects);
         effects.push(Effect::CacheChanged(CacheChange::Pk { pk }));
@@ -374,7 +447,7 @@ impl Arena {
             // Reports of nodes that stopped reporting are dropped once stale.
             side.reports.retain(|_, r| now.since(r.at) < PRESENCE_FRESH_MS);
             let online = side.combined_online(now);
-            let timer = Timer::AnchorAway { pk: report.pk, anchor: report.anchor };
+            let timer = ArenaTimer::AnchorAway { pk: report.pk, anchor: report.anchor };
             if side.online && !online {
                 self.deadlines.arm(now.plus(grace), timer);
             } else if !side.online && online {
@@ -399,6 +472,7 @@ impl Arena {
 
     fn end_battle(&mut self, pk_id: PkId, effects: &mut Vec<Effect>) {
         let now = self.now;
+        let top = self.top_gifters();
         let Some(pk) = self.pks.get_mut(&pk_id) else {
             return;
         };
@@ -410,9 +484,8 @@ impl Arena {
         });
         if pk.order.timing.ending_ms > 0 && now < pk.pk_end() {
             let pk_end = pk.pk_end();
-            self.deadlines.arm(pk_end, Timer::EndPk { pk: pk_id });
-            let view = self.view_of(&self.pks[&pk_id], PkStatus::Ending);
-            push_state(view, effects);
+            self.deadlines.arm(pk_end, ArenaTimer::EndPk { pk: pk_id });
+            push_state(pk.view(PkStatus::Ending, top, now), effects);
             effects.push(Effect::CacheChanged(CacheChange::Pk { pk: pk_id }));
         } else {
             self.settle(pk_id, None, effects);
@@ -425,14 +498,14 @@ impl Arena {
             return;
         };
         let now = self.now;
-        for timer in [Timer::EndBattle { pk: pk_id }, Timer::EndPk { pk: pk_id }] {
+        for timer in [ArenaTimer::EndBattle { pk: pk_id }, ArenaTimer::EndPk { pk: pk_id }] {
             self.deadlines.disarm(timer);
         }
         for side in &pk.sides {
-            self.deadlines.disarm(Timer::AnchorAway { pk: pk_id, anchor: side.seat.anchor });
+            self.deadlines.disarm(ArenaTimer::AnchorAway { pk: pk_id, anchor: side.seat.anchor });
         }
         let status = if abnormal.is_some() { PkStatus::Error } else { PkStatus::Done };
-        let mut view = self.view_of(&pk, status);
+        let mut view = pk.view(status, self.top_gifters(), now);
         // An abnormal end has no winner.
         let winner = if abnormal.is_some() { UserId(0) } else { pk.winner.unwrap_or(UserId(0)) };
         view.winner = Some(winner);
@@ -451,7 +524,7 @@ impl Arena {
         };
         let forget_at = pk.pk_end().max(now).plus(ORDER_HORIZON_MS);
         self.settled_ids.insert(pk_id, forget_at);
-        self.deadlines.arm(forget_at, Timer::ForgetPk { pk: pk_id });
+        self.deadlines.arm(forget_at, ArenaTimer::ForgetPk { pk: pk_id });
         self.settled.insert(pk_id, Settlement { result: result.clone(), rooms_released: false, persisted: false });
         push_state(view, effects);
         effects.push(Effect::CacheChanged(CacheChange::PkEnded {
@@ -476,43 +549,19 @@ impl Arena {
         Response::Done
     }
 
-    fn fire(&mut self, timer: Timer, effects: &mut Vec<Effect>) -> Response {
+    fn fire(&mut self, timer: ArenaTimer, effects: &mut Vec<Effect>) -> Response {
         if !self.deadlines.take_due(timer, self.now) {
             return Response::Ignored;
         }
         match timer {
-            Timer::EndBattle { pk } => self.end_battle(pk, effects),
-            Timer::EndPk { pk } => self.settle(pk, None, effects),
-            Timer::AnchorAway { pk, anchor } => self.settle(pk, Some(AbnormalEnd::AnchorLeft { anchor }), effects),
-            Timer::ForgetPk { pk } => {
+            ArenaTimer::EndBattle { pk } => self.end_battle(pk, effects),
+            ArenaTimer::EndPk { pk } => self.settle(pk, None, effects),
+            ArenaTimer::AnchorAway { pk, anchor } => self.settle(pk, Some(AbnormalEnd::AnchorLeft { anchor }), effects),
+            ArenaTimer::ForgetPk { pk } => {
                 self.settled_ids.remove(&pk);
             }
-            Timer::Intervene { .. }
-            | Timer::GiveUp { .. }
-            | Timer::ExpireInvitation { .. }
-            | Timer::EndCooldown { .. }
-            | Timer::AbandonPk { .. } => unreachable!("lobby timers are never armed in an arena"),
         }
         Response::Done
-    }
-
-    /// Checks the arena's internal invariants; used by tests after every step.
-    pub fn check_invariants(&self) -> Result<(), String> {
-        for (id, pk) in &self.pks {
-            for side in &pk.sides {
-                let sum: i64 = side.senders.values().map(|s| s.beans).sum();
-                if sum != side.beans {
-                    return Err(format!(
-                        "{id}: side {} has {} beans but its senders sum to {sum}",
-                        side.seat.anchor, side.beans
-                    ));
-                }
-            }
-            if pk.winner.is_none() && self.deadlines.when(Timer::EndBattle { pk: *id }) != Some(pk.battle_end()) {
-                return Err(format!("{id}: battle running without its end timer"));
-            }
-        }
-        Ok(())
     }
 }
 

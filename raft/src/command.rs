@@ -1,4 +1,8 @@
 //! What goes into the log: a leader-stamped [`Command`] with one [`Action`].
+//!
+//! Each kind of machine has its own action and timer types ([`LobbyAction`] and
+//! [`LobbyTimer`], [`ArenaAction`] and [`ArenaTimer`]), so a caller names the kind of
+//! group a command is for in its type.
 
 use crate::config::PkTiming;
 use crate::ids::{GiftId, PkId, RoomId, TimestampMs, UserId};
@@ -13,17 +17,34 @@ pub struct Command {
 }
 
 impl Command {
-    pub fn new(at: i64, action: Action) -> Command {
-        Command { at: TimestampMs(at), action }
+    /// A command stamped `at` (ms): `Command::new(at, LobbyAction::StopMatch { anchor })`.
+    pub fn new(at: i64, action: impl Into<Action>) -> Command {
+        Command { at: TimestampMs(at), action: action.into() }
     }
 }
 
-/// Everything the engine can be asked to do. The lobby group takes the matchmaking
-/// actions, an arena group the PK actions; both take `SetConfig` and `Fire`. An action
-/// sent to the wrong kind of group is refused (`Reason::WrongGroup`) and changes nothing.
+/// Everything the engine can be asked to do. The lobby group takes [`LobbyAction`]s and
+/// lobby timers, an arena group [`ArenaAction`]s and arena timers; both take `SetConfig`.
+/// A typed caller cannot address an action to the wrong kind of group; one that arrives
+/// there all the same (a corrupted or misrouted message) is refused with
+/// `Reason::WrongGroup` and changes nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
-    // ---- lobby -------------------------------------------------------------------
+    /// Matchmaking and the room directory: for the lobby.
+    Lobby(LobbyAction),
+    /// The PKs themselves: for an arena.
+    Arena(ArenaAction),
+    /// Set a `t_config` row (`pk_enable`, `pk_duration`, `pk_config`,
+    /// `pk_filter_country`, `version_control`) or pkd's `pk_limits`, in its source format.
+    /// Every group takes it.
+    SetConfig { key: String, value: String },
+    /// A timer the leader saw fall due. A no-op unless that very timer is due now.
+    Fire(Timer),
+}
+
+/// What the lobby can be asked to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LobbyAction {
     /// Command 28 type 1: `anchor` starts matching.
     StartMatch { anchor: UserId, profile: AnchorProfile },
     /// Command 28 type 4: `anchor` stops matching.
@@ -41,8 +62,11 @@ pub enum Action {
     ConfirmPkCreated { pk: PkId },
     /// The PK is over: release both rooms.
     ReleaseRooms { pk: PkId },
+}
 
-    // ---- arena -------------------------------------------------------------------
+/// What an arena can be asked to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArenaAction {
     /// Create a PK decided by the lobby. Idempotent by PK id.
     CreatePk(PkOrder),
     /// A gift from the app's gift service.
@@ -55,13 +79,25 @@ pub enum Action {
     ConfirmRoomsReleased { pk: PkId },
     /// The results sink has stored the settled PK.
     ConfirmResultPersisted { pk: PkId },
+}
 
-    // ---- both --------------------------------------------------------------------
-    /// Set a `t_config` row (`pk_enable`, `pk_duration`, `pk_config`,
-    /// `pk_filter_country`, `version_control`) or pkd's `pk_limits`, in its source format.
-    SetConfig { key: String, value: String },
-    /// A timer the leader saw fall due. A no-op unless that very timer is due now.
-    Fire(Timer),
+impl From<LobbyAction> for Action {
+    fn from(action: LobbyAction) -> Action {
+        Action::Lobby(action)
+    }
+}
+
+impl From<ArenaAction> for Action {
+    fn from(action: ArenaAction) -> Action {
+        Action::Arena(action)
+    }
+}
+
+/// Firing a timer: `Action::from(timer)` is `Action::Fire(timer)`.
+impl From<Timer> for Action {
+    fn from(timer: Timer) -> Action {
+        Action::Fire(timer)
+    }
 }
 
 /// What the engine knows of an anchor for matching: where it streams and what the
@@ -141,23 +177,47 @@ pub struct Presence {
 /// no-op when the timer is not due (early), or no longer scheduled (late or repeated).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Timer {
-    /// Lobby: invite anchors for a waiting anchor; its previous batch lapses.
+    Lobby(LobbyTimer),
+    Arena(ArenaTimer),
+}
+
+/// The lobby's timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LobbyTimer {
+    /// Invite anchors for a waiting anchor; its previous batch lapses.
     Intervene { anchor: UserId },
-    /// Lobby: a waiting anchor gives up and is told matching failed.
+    /// A waiting anchor gives up and is told matching failed.
     GiveUp { anchor: UserId },
-    /// Lobby: forget an invitation record (kept a while so late answers get a precise code).
+    /// Forget an invitation record (kept a while so late answers get a precise code).
     ExpireInvitation { inviter: UserId, invitee: UserId },
-    /// Lobby: an anchor's invitation cool-down is over.
+    /// An anchor's invitation cool-down is over.
     EndCooldown { anchor: UserId },
-    /// Lobby: a PK's rooms are still held long past its scheduled end (its arena never
-    /// took the order, e.g. after a long outage): release them.
+    /// A PK's rooms are still held long past its scheduled end (its arena never took the
+    /// order, e.g. after a long outage): release them.
     AbandonPk { pk: PkId },
-    /// Arena: the battle is over: decide the winner.
+}
+
+/// An arena's timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ArenaTimer {
+    /// The battle is over: decide the winner.
     EndBattle { pk: PkId },
-    /// Arena: the after-battle stage is over: settle.
+    /// The after-battle stage is over: settle.
     EndPk { pk: PkId },
-    /// Arena: an anchor has been away longer than the grace period: end abnormally.
+    /// An anchor has been away longer than the grace period: end abnormally.
     AnchorAway { pk: PkId, anchor: UserId },
-    /// Arena: forget a settled PK's id (it guarded against a late duplicate `CreatePk`).
+    /// Forget a settled PK's id (it guarded against a late duplicate `CreatePk`).
     ForgetPk { pk: PkId },
+}
+
+impl From<LobbyTimer> for Timer {
+    fn from(timer: LobbyTimer) -> Timer {
+        Timer::Lobby(timer)
+    }
+}
+
+impl From<ArenaTimer> for Timer {
+    fn from(timer: ArenaTimer) -> Timer {
+        Timer::Arena(timer)
+    }
 }

@@ -4,12 +4,18 @@
 //! global rule "an anchor is in at most one match" holds however many arena groups run
 //! the PKs themselves. A match allocates a PK id and puts a [`PkOrder`] in the outbox;
 //! the arena's `ReleaseRooms` frees the rooms when the PK is over.
+//!
+//! It takes [`LobbyAction`]s and fires [`LobbyTimer`]s; an arena's action or timer is
+//! refused (see [`StateMachine::apply`]).
 
-use crate::command::{Action, AnchorProfile, PkOrder, Seat, Timer};
+use crate::command::{Action, AnchorProfile, Command, LobbyAction, LobbyTimer, PkOrder, Seat, Timer};
 use crate::config::Config;
 use crate::deadlines::Deadlines;
 use crate::effect::{Audience, CacheChange, Effect, MatchFailure, Push, PushMessage};
 use crate::ids::{PkId, RoomId, TimestampMs, UserId};
+use crate::machine::{
+    Machine, MachineKind, MachineRef, SingleKind, SnapshotError, StateMachine, decode_snapshot, encode_snapshot,
+};
 use crate::response::{Reason, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,8 +26,8 @@ pub const INVITATION_RECORD_MS: i64 = 60_000;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lobby {
-    pub(crate) now: TimestampMs,
-    pub(crate) config: Config,
+    now: TimestampMs,
+    config: Config,
     /// The last PK id handed out.
     last_pk: u64,
     /// Anchors streaming now: the pool for invitations.
@@ -44,7 +50,7 @@ pub struct Lobby {
     rooms_in_pk: BTreeMap<RoomId, PkId>,
     /// PKs whose rooms are held, with their order while the arena has not confirmed it.
     pks: BTreeMap<PkId, HeldPk>,
-    deadlines: Deadlines,
+    deadlines: Deadlines<LobbyTimer>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,35 +109,126 @@ pub struct LobbySummary {
     pub outbox: Vec<PkId>,
 }
 
-impl Lobby {
-    pub fn new(config: Config) -> Lobby {
-        Lobby { config, ..Lobby::default() }
+impl StateMachine for Lobby {
+    fn kind(&self) -> MachineKind {
+        Self::KIND
     }
 
-    pub(crate) fn apply(&mut self, action: &Action, effects: &mut Vec<Effect>) -> Response {
+    fn apply(&mut self, command: &Command, effects: &mut Vec<Effect>) -> Response {
+        self.now = self.now.max(command.at);
+        match &command.action {
+            Action::Lobby(action) => self.apply_action(action, effects),
+            Action::Fire(Timer::Lobby(timer)) => self.fire(*timer, effects),
+            Action::SetConfig { key, value } => match self.config.with(key, value) {
+                Ok(next) => {
+                    let old = std::mem::replace(&mut self.config, next);
+                    self.config_changed(&old, effects);
+                    Response::Done
+                }
+                Err(e) => Response::Rejected(Reason::InvalidConfig(e.to_string())),
+            },
+            Action::Arena(_) | Action::Fire(Timer::Arena(_)) => Response::Rejected(Reason::WrongGroup),
+        }
+    }
+
+    fn now(&self) -> TimestampMs {
+        self.now
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn next_deadline(&self) -> Option<TimestampMs> {
+        self.deadlines.next()
+    }
+
+    fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
+        self.deadlines.due(now).map(Timer::Lobby).collect()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        encode_snapshot(&MachineRef::Lobby(self))
+    }
+
+    fn restore(bytes: &[u8]) -> Result<Lobby, SnapshotError> {
+        match decode_snapshot(bytes)? {
+            Machine::Lobby(lobby) => Ok(lobby),
+            Machine::Arena(_) => {
+                Err(SnapshotError::WrongKind { expected: MachineKind::Lobby, found: MachineKind::Arena })
+            }
+        }
+    }
+
+    fn check_invariants(&self) -> Result<(), String> {
+        for anchor in self.waiting.keys() {
+            if self.in_pk.contains_key(anchor) {
+                return Err(format!("{anchor} is both waiting and in a PK"));
+            }
+        }
+        let queued: usize = self.queues.values().map(BTreeMap::len).sum();
+        if queued != self.waiting.len() {
+            return Err(format!("{queued} queued but {} waiting", self.waiting.len()));
+        }
+        for (pk, held) in &self.pks {
+            for seat in held.seats {
+                if self.in_pk.get(&seat.anchor) != Some(pk) {
+                    return Err(format!("{pk} holds {} which the directory does not", seat.anchor));
+                }
+            }
+        }
+        for ((invitee, inviter), invitation) in &self.invitations {
+            if invitation.state != InvitationState::Open {
+                continue;
+            }
+            let current = self
+                .waiting
+                .get(inviter)
+                .is_some_and(|w| w.batch == invitation.batch && w.invitees.contains_key(invitee));
+            if !current {
+                return Err(format!("open invitation {inviter}->{invitee} outside its inviter's current batch"));
+            }
+        }
+        if self.rooms_in_pk.len() != self.pks.len() * 2 {
+            return Err(format!("{} rooms in PKs for {} PKs", self.rooms_in_pk.len(), self.pks.len()));
+        }
+        if self.in_pk.len() != self.pks.len() * 2 {
+            return Err(format!("{} anchors in PKs for {} PKs", self.in_pk.len(), self.pks.len()));
+        }
+        Ok(())
+    }
+}
+
+impl SingleKind for Lobby {
+    const KIND: MachineKind = MachineKind::Lobby;
+
+    fn fresh(config: Config) -> Lobby {
+        Lobby { config, ..Lobby::default() }
+    }
+}
+
+impl Lobby {
+    fn apply_action(&mut self, action: &LobbyAction, effects: &mut Vec<Effect>) -> Response {
         match action {
-            Action::StartMatch { anchor, profile } => self.start(*anchor, profile, effects),
-            Action::StopMatch { anchor } => self.stop(*anchor, effects),
-            Action::Accept { inviter, invitee } => self.accept(*inviter, *invitee, effects),
-            Action::Refuse { inviter, invitee } => self.refuse(*inviter, *invitee, effects),
-            Action::GoLive { anchor, profile, node } => self.go_live(*anchor, profile, *node),
-            Action::GoOffAir { anchor, node } => self.go_off_air(*anchor, *node, effects),
-            Action::ConfirmPkCreated { pk } => match self.pks.get_mut(pk) {
+            LobbyAction::StartMatch { anchor, profile } => self.start(*anchor, profile, effects),
+            LobbyAction::StopMatch { anchor } => self.stop(*anchor, effects),
+            LobbyAction::Accept { inviter, invitee } => self.accept(*inviter, *invitee, effects),
+            LobbyAction::Refuse { inviter, invitee } => self.refuse(*inviter, *invitee, effects),
+            LobbyAction::GoLive { anchor, profile, node } => self.go_live(*anchor, profile, *node),
+            LobbyAction::GoOffAir { anchor, node } => self.go_off_air(*anchor, *node, effects),
+            LobbyAction::ConfirmPkCreated { pk } => match self.pks.get_mut(pk) {
                 Some(held) if held.order.is_some() => {
                     held.order = None;
                     Response::Done
                 }
                 _ => Response::Ignored,
             },
-            Action::ReleaseRooms { pk } => self.release(*pk, effects),
-            Action::Fire(timer) => self.fire(*timer, effects),
-            Action::SetConfig { .. } => unreachable!("the machine applies config"),
-            _ => Response::Rejected(Reason::WrongGroup),
+            LobbyAction::ReleaseRooms { pk } => self.release(*pk, effects),
         }
     }
 
-    /// Called by the machine after the config changed.
-    pub(crate) fn config_changed(&mut self, old: &Config, effects: &mut Vec<Effect>) {
+    /// Called after the config changed.
+    fn config_changed(&mut self, old: &Config, effects: &mut Vec<Effect>) {
         if old.enabled && !self.config.enabled {
             for anchor in self.waiting.keys().copied().collect::<Vec<_>>() {
                 self.fail(anchor, MatchFailure::Disabled, effects);
@@ -150,20 +247,7 @@ impl Lobby {
         }
     }
 
-    pub fn next_deadline(&self) -> Option<TimestampMs> {
-        self.deadlines.next()
-    }
-
-    pub fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
-        self.deadlines.due(now).collect()
-    }
-
     // ---- queries -------------------------------------------------------------------
-
-    /// The config in force at the last applied command.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
 
     pub fn is_waiting(&self, anchor: UserId) -> bool {
         self.waiting.contains_key(&anchor)
@@ -230,12 +314,12 @@ impl Lobby {
         if !self.config.versions.allows(&profile.platform, profile.version_code) {
             return Response::Rejected(Reason::VersionTooOld);
         }
-        if let Some(opponent) = self.oldest_compatible(&profile.country) {
-            // The claim: the opponent leaves the queue in this same step, so no other
-            // start can see it. Commands apply one at a time; this is the atomic part.
-            let opponent_profile = self.waiting[&opponent].profile.clone();
-            self.leave_queue(opponent, InvitationState::Taken, effects);
-            let source = Seat { anchor: opponent, room: opponent_profile.room };
+        // The claim: the opponent leaves the queue in this same step, so no other start
+        // can see it. Commands apply one at a time; this is the atomic part.
+        if let Some(opponent) = self.oldest_compatible(&profile.country)
+            && let Some(opponent_waited) = self.leave_queue(opponent, InvitationState::Taken, effects)
+        {
+            let source = Seat { anchor: opponent, room: opponent_waited.profile.room };
             let target = Seat { anchor, room: profile.room };
             return self.make_pk(source, target, false, effects);
         }
@@ -253,9 +337,9 @@ impl Lobby {
             },
         );
         let matching = &self.config.matching;
-        self.deadlines.arm(now.plus(matching.give_up_ms), Timer::GiveUp { anchor });
+        self.deadlines.arm(now.plus(matching.give_up_ms), LobbyTimer::GiveUp { anchor });
         if matching.intervening_ms < matching.give_up_ms {
-            self.deadlines.arm(now.plus(matching.intervening_ms), Timer::Intervene { anchor });
+            self.deadlines.arm(now.plus(matching.intervening_ms), LobbyTimer::Intervene { anchor });
         }
         effects.push(Effect::CacheChanged(CacheChange::Matching { anchor, since: Some(now) }));
         effects.push(push_to(anchor, profile.room, PushMessage::MatchingStarted { anchor }));
@@ -281,19 +365,18 @@ impl Lobby {
         Response::Done
     }
 
-    /// Removes a waiting anchor from the queue and closes its open invitations.
-    fn leave_queue(&mut self, anchor: UserId, close_as: InvitationState, effects: &mut Vec<Effect>) {
-        let Some(waiting) = self.waiting.remove(&anchor) else {
-            return;
-        };
+    /// Removes a waiting anchor from the queue and closes its open invitations; returns
+    /// its entry, or `None` if it was not waiting.
+    fn leave_queue(&mut self, anchor: UserId, close_as: InvitationState, effects: &mut Vec<Effect>) -> Option<Waiting> {
+        let waiting = self.waiting.remove(&anchor)?;
         if let Some(queue) = self.queues.get_mut(&waiting.profile.country) {
             queue.remove(&(waiting.since, waiting.ticket));
             if queue.is_empty() {
                 self.queues.remove(&waiting.profile.country);
             }
         }
-        self.deadlines.disarm(Timer::GiveUp { anchor });
-        self.deadlines.disarm(Timer::Intervene { anchor });
+        self.deadlines.disarm(LobbyTimer::GiveUp { anchor });
+        self.deadlines.disarm(LobbyTimer::Intervene { anchor });
         for invitee in waiting.invitees.keys() {
             if let Some(invitation) = self.invitations.get_mut(&(*invitee, anchor))
                 && invitation.state == InvitationState::Open
@@ -302,6 +385,7 @@ impl Lobby {
             }
         }
         effects.push(Effect::CacheChanged(CacheChange::Matching { anchor, since: None }));
+        Some(waiting)
     }
 
     fn fail(&mut self, anchor: UserId, why: MatchFailure, effects: &mut Vec<Effect>) {
@@ -323,7 +407,7 @@ impl Lobby {
         }
         let timing = &order.timing;
         let scheduled_end = self.now.plus(timing.opening_ms + timing.battle_ms + timing.ending_ms);
-        self.deadlines.arm(scheduled_end.plus(crate::arena::ORDER_HORIZON_MS), Timer::AbandonPk { pk });
+        self.deadlines.arm(scheduled_end.plus(crate::arena::ORDER_HORIZON_MS), LobbyTimer::AbandonPk { pk });
         self.pks.insert(pk, HeldPk { seats: [source, target], order: Some(order.clone()) });
         effects.push(Effect::PkOrdered(order));
         Response::Matched { pk, source: source.anchor, target: target.anchor }
@@ -333,7 +417,7 @@ impl Lobby {
         let Some(held) = self.pks.remove(&pk) else {
             return Response::Ignored;
         };
-        self.deadlines.disarm(Timer::AbandonPk { pk });
+        self.deadlines.disarm(LobbyTimer::AbandonPk { pk });
         for seat in held.seats {
             if self.in_pk.get(&seat.anchor) == Some(&pk) {
                 self.in_pk.remove(&seat.anchor);
@@ -352,14 +436,14 @@ impl Lobby {
     fn intervene(&mut self, inviter: UserId, effects: &mut Vec<Effect>) {
         let now = self.now;
         let matching = self.config.matching.clone();
-        let Some(waiting) = self.waiting.get(&inviter) else {
+        // The inviter's entry leaves the map while its new batch is chosen among the other
+        // anchors, and goes back with the batch.
+        let Some(mut waiting) = self.waiting.remove(&inviter) else {
             return;
         };
-        let profile = waiting.profile.clone();
         let give_up_at = waiting.since.plus(matching.give_up_ms);
-        let old_invitees: Vec<UserId> = waiting.invitees.keys().copied().collect();
-        for invitee in old_invitees {
-            if let Some(invitation) = self.invitations.get_mut(&(invitee, inviter))
+        for invitee in waiting.invitees.keys() {
+            if let Some(invitation) = self.invitations.get_mut(&(*invitee, inviter))
                 && invitation.state == InvitationState::Open
             {
                 invitation.state = InvitationState::Lapsed;
@@ -368,48 +452,48 @@ impl Lobby {
         // Longest live first; skip whoever cannot or may not be invited.
         let filter = &self.config.country_filter;
         let versions = &self.config.versions;
-        let chosen: Vec<(UserId, AnchorProfile)> = self
+        let chosen: Vec<(UserId, RoomId)> = self
             .live_order
             .iter()
-            .map(|(_, anchor)| *anchor)
-            .filter(|candidate| {
-                let live = &self.live[candidate];
+            .filter_map(|(_, candidate)| Some((*candidate, self.live.get(candidate)?)))
+            .filter(|(candidate, live)| {
                 *candidate != inviter
                     && !self.waiting.contains_key(candidate)
                     && !self.in_pk.contains_key(candidate)
                     && !self.invited_at.contains_key(candidate)
-                    && filter.allows(&profile.country, &live.profile.country)
+                    && filter.allows(&waiting.profile.country, &live.profile.country)
                     && versions.allows(&live.profile.platform, live.profile.version_code)
             })
             .take(matching.invite_count as usize)
-            .map(|candidate| (candidate, self.live[&candidate].profile.clone()))
+            .map(|(candidate, live)| (candidate, live.profile.room))
             .collect();
-        let waiting = self.waiting.get_mut(&inviter).expect("checked above");
         waiting.batch += 1;
         let batch = waiting.batch;
         waiting.invitees = chosen.iter().map(|(invitee, _)| (*invitee, false)).collect();
+        self.waiting.insert(inviter, waiting);
         let forget_at = now.plus(matching.intervening_ms + INVITATION_RECORD_MS);
-        for (invitee, invitee_profile) in chosen {
+        for (invitee, invitee_room) in chosen {
             self.invitations.insert((invitee, inviter), Invitation { batch, state: InvitationState::Open });
-            self.deadlines.arm(forget_at, Timer::ExpireInvitation { inviter, invitee });
+            self.deadlines.arm(forget_at, LobbyTimer::ExpireInvitation { inviter, invitee });
             self.invited_at.insert(invitee, now);
-            self.deadlines.arm(now.plus(matching.invite_cooldown_ms), Timer::EndCooldown { anchor: invitee });
+            self.deadlines.arm(now.plus(matching.invite_cooldown_ms), LobbyTimer::EndCooldown { anchor: invitee });
             effects.push(Effect::CacheChanged(CacheChange::Invited { anchor: invitee, at: Some(now) }));
-            effects.push(push_to(invitee, invitee_profile.room, PushMessage::Invitation { inviter }));
+            effects.push(push_to(invitee, invitee_room, PushMessage::Invitation { inviter }));
         }
         let next = now.plus(matching.intervening_ms);
         if next < give_up_at {
-            self.deadlines.arm(next, Timer::Intervene { anchor: inviter });
+            self.deadlines.arm(next, LobbyTimer::Intervene { anchor: inviter });
         } else {
-            self.deadlines.disarm(Timer::Intervene { anchor: inviter });
+            self.deadlines.disarm(LobbyTimer::Intervene { anchor: inviter });
         }
     }
 
-    /// Checks an answer to an invitation; returns the inviter's waiting entry's batch.
-    fn open_invitation(&self, inviter: UserId, invitee: UserId) -> Result<(), Reason> {
+    /// Checks an answer to an invitation; returns the inviter's waiting entry.
+    fn open_invitation(&self, inviter: UserId, invitee: UserId) -> Result<&Waiting, Reason> {
         match self.invitations.get(&(invitee, inviter)).map(|inv| inv.state) {
             None => Err(Reason::NoSuchInvitation),
-            Some(InvitationState::Open) => Ok(()),
+            // An open invitation belongs to its inviter's current batch: the inviter waits.
+            Some(InvitationState::Open) => self.waiting.get(&inviter).ok_or(Reason::InvitationWithdrawn),
             Some(InvitationState::Taken) => Err(Reason::InvitationTaken),
             Some(InvitationState::Refused | InvitationState::Accepted) => Err(Reason::AlreadyAnswered),
             Some(InvitationState::Withdrawn) => Err(Reason::InvitationWithdrawn),
@@ -424,28 +508,28 @@ impl Lobby {
         if self.in_pk.contains_key(&invitee) {
             return Response::Rejected(Reason::AnchorBusy);
         }
-        if let Err(reason) = self.open_invitation(inviter, invitee) {
-            return Response::Rejected(reason);
-        }
+        let inviter_profile = match self.open_invitation(inviter, invitee) {
+            Ok(waiting) => &waiting.profile,
+            Err(reason) => return Response::Rejected(reason),
+        };
         let Some(live) = self.live.get(&invitee) else {
             return Response::Rejected(Reason::NotLive);
         };
-        let invitee_profile = live.profile.clone();
-        let inviter_profile = self.waiting[&inviter].profile.clone();
+        let invitee_profile = &live.profile;
         if !self.config.country_filter.allows(&inviter_profile.country, &invitee_profile.country) {
             return Response::Rejected(Reason::CountryFiltered);
         }
         if !self.config.versions.allows(&invitee_profile.platform, invitee_profile.version_code) {
             return Response::Rejected(Reason::VersionTooOld);
         }
+        let source = Seat { anchor: inviter, room: inviter_profile.room };
+        let target = Seat { anchor: invitee, room: invitee_profile.room };
         self.leave_queue(inviter, InvitationState::Taken, effects);
         if let Some(invitation) = self.invitations.get_mut(&(invitee, inviter)) {
             invitation.state = InvitationState::Accepted;
         }
         // An invitee who started matching meanwhile stops matching: it has its PK.
         self.leave_queue(invitee, InvitationState::Taken, effects);
-        let source = Seat { anchor: inviter, room: inviter_profile.room };
-        let target = Seat { anchor: invitee, room: invitee_profile.room };
         self.make_pk(source, target, true, effects)
     }
 
@@ -517,67 +601,25 @@ impl Lobby {
 
     // ---- timers --------------------------------------------------------------------
 
-    fn fire(&mut self, timer: Timer, effects: &mut Vec<Effect>) -> Response {
+    fn fire(&mut self, timer: LobbyTimer, effects: &mut Vec<Effect>) -> Response {
         if !self.deadlines.take_due(timer, self.now) {
             return Response::Ignored;
         }
         match timer {
-            Timer::Intervene { anchor } => self.intervene(anchor, effects),
-            Timer::GiveUp { anchor } => self.fail(anchor, MatchFailure::TimedOut, effects),
-            Timer::ExpireInvitation { inviter, invitee } => {
+            LobbyTimer::Intervene { anchor } => self.intervene(anchor, effects),
+            LobbyTimer::GiveUp { anchor } => self.fail(anchor, MatchFailure::TimedOut, effects),
+            LobbyTimer::ExpireInvitation { inviter, invitee } => {
                 self.invitations.remove(&(invitee, inviter));
             }
-            Timer::EndCooldown { anchor } => {
+            LobbyTimer::EndCooldown { anchor } => {
                 self.invited_at.remove(&anchor);
                 effects.push(Effect::CacheChanged(CacheChange::Invited { anchor, at: None }));
             }
-            Timer::AbandonPk { pk } => {
+            LobbyTimer::AbandonPk { pk } => {
                 self.release(pk, effects);
-            }
-            Timer::EndBattle { .. } | Timer::EndPk { .. } | Timer::AnchorAway { .. } | Timer::ForgetPk { .. } => {
-                unreachable!("arena timers are never armed in the lobby")
             }
         }
         Response::Done
-    }
-
-    /// Checks the lobby's internal invariants; used by tests after every step.
-    pub fn check_invariants(&self) -> Result<(), String> {
-        for anchor in self.waiting.keys() {
-            if self.in_pk.contains_key(anchor) {
-                return Err(format!("{anchor} is both waiting and in a PK"));
-            }
-        }
-        let queued: usize = self.queues.values().map(BTreeMap::len).sum();
-        if queued != self.waiting.len() {
-            return Err(format!("{queued} queued but {} waiting", self.waiting.len()));
-        }
-        for (pk, held) in &self.pks {
-            for seat in held.seats {
-                if self.in_pk.get(&seat.anchor) != Some(pk) {
-                    return Err(format!("{pk} holds {} which the directory does not", seat.anchor));
-                }
-            }
-        }
-        for ((invitee, inviter), invitation) in &self.invitations {
-            if invitation.state != InvitationState::Open {
-                continue;
-            }
-            let current = self
-                .waiting
-                .get(inviter)
-                .is_some_and(|w| w.batch == invitation.batch && w.invitees.contains_key(invitee));
-            if !current {
-                return Err(format!("open invitation {inviter}->{invitee} outside its inviter's current batch"));
-            }
-        }
-        if self.rooms_in_pk.len() != self.pks.len() * 2 {
-            return Err(format!("{} rooms in PKs for {} PKs", self.rooms_in_pk.len(), self.pks.len()));
-        }
-        if self.in_pk.len() != self.pks.len() * 2 {
-            return Err(format!("{} anchors in PKs for {} PKs", self.in_pk.len(), self.pks.len()));
-        }
-        Ok(())
     }
 }
 

@@ -1,108 +1,145 @@
 //! A group's state machine: the lobby or an arena, behind one interface for the shell.
+//!
+//! [`StateMachine`] is that interface. [`Lobby`] and [`Arena`] implement it, and so does
+//! [`Machine`], which holds either (for code that handles both kinds alike, such as the
+//! tests). The lobby and the arena also implement [`SingleKind`]: their kind is known
+//! from their type, and they can start empty.
 
 use crate::arena::Arena;
-use crate::command::{Action, Command, Timer};
+use crate::command::{Command, Timer};
 use crate::config::Config;
 use crate::effect::Effect;
 use crate::ids::TimestampMs;
 use crate::lobby::Lobby;
-use crate::response::{Reason, Response};
+use crate::response::Response;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// The first byte of every snapshot. Bump it when the encoding of [`Machine`] changes,
-/// and teach [`Machine::restore`] the old one.
-pub const SNAPSHOT_FORMAT: u8 = 1;
+/// and teach [`StateMachine::restore`] the old one, or refuse it by name.
+///
+/// Format 2 holds each kind's own timer type in its deadlines (format 1 held one timer
+/// type for both kinds). This version reads format 2 only: a format-1 snapshot is
+/// refused with [`SnapshotError::UnknownFormat`].
+pub const SNAPSHOT_FORMAT: u8 = 2;
 
+/// The two kinds of group: the one lobby and the arenas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MachineKind {
+    /// The one lobby: matchmaking and the room directory.
+    Lobby,
+    /// An arena: the PKs it hosts.
+    Arena,
+}
+
+impl fmt::Display for MachineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MachineKind::Lobby => "lobby",
+            MachineKind::Arena => "arena",
+        })
+    }
+}
+
+/// What the shell needs of a group's state machine: apply committed commands, tell when
+/// the next timer falls due, and take and restore snapshots.
+pub trait StateMachine: Sized {
+    /// Which kind of group this machine serves.
+    fn kind(&self) -> MachineKind;
+
+    /// Applies one committed command: `now = max(now, at)`, then `SetConfig`, this
+    /// kind's own actions and timers. The other kind's actions and timers are refused
+    /// with `Response::Rejected(Reason::WrongGroup)` and change nothing else (they can
+    /// only arrive in a corrupted or misrouted message). Effects are appended to
+    /// `effects`, a buffer the caller reuses so that the hot path does not allocate.
+    fn apply(&mut self, command: &Command, effects: &mut Vec<Effect>) -> Response;
+
+    /// The latest time the log has shown this machine.
+    fn now(&self) -> TimestampMs;
+
+    /// The config in force at the last applied command.
+    fn config(&self) -> &Config;
+
+    /// When the earliest armed timer falls due; the leader's ticker sleeps until then.
+    fn next_deadline(&self) -> Option<TimestampMs>;
+
+    /// The timers due at `now`, in due order: the leader proposes `Fire` for each.
+    fn due_timers(&self, now: TimestampMs) -> Vec<Timer>;
+
+    /// The whole state as bytes: the format byte, then postcard. Replicas that applied
+    /// the same log produce identical bytes, and a lobby's or an arena's bytes are those
+    /// of the [`Machine`] holding it, so either type restores them.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Reads a snapshot. A lobby or an arena refuses a snapshot of the other kind
+    /// ([`SnapshotError::WrongKind`]).
+    fn restore(bytes: &[u8]) -> Result<Self, SnapshotError>;
+
+    /// Checks the machine's internal invariants (tests call it after every step).
+    fn check_invariants(&self) -> Result<(), String>;
+}
+
+/// A state machine of a single kind, known from its type: [`Lobby`] or [`Arena`] (not
+/// [`Machine`], which may be either).
+pub trait SingleKind: StateMachine {
+    /// Which kind of group this type serves.
+    const KIND: MachineKind;
+
+    /// A fresh machine of this kind, as a group starts before its first command.
+    fn fresh(config: Config) -> Self;
+}
+
+/// Either kind of machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Machine {
     Lobby(Lobby),
     Arena(Arena),
 }
 
+/// [`Machine`]'s shape over borrowed state: a lobby or an arena serializes through it
+/// to exactly the bytes of the [`Machine`] holding it, without being cloned.
+#[derive(Serialize)]
+pub(crate) enum MachineRef<'a> {
+    Lobby(&'a Lobby),
+    Arena(&'a Arena),
+}
+
+/// Why a snapshot was not restored.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("empty snapshot")]
     Empty,
-    #[error("snapshot format {0} is not known to this version (it reads {SNAPSHOT_FORMAT})")]
+    #[error("snapshot format {0} is not known to this version (it reads format {SNAPSHOT_FORMAT} only)")]
     UnknownFormat(u8),
     #[error("snapshot does not decode: {0}")]
     Decode(#[from] postcard::Error),
+    #[error("snapshot is of kind {found}, expected kind {expected}")]
+    WrongKind { expected: MachineKind, found: MachineKind },
+}
+
+/// The format byte, then postcard.
+pub(crate) fn encode_snapshot(machine: &impl Serialize) -> Vec<u8> {
+    // Every type in the state has a derived encoding or one that writes a sequence of
+    // known length, and a Vec always takes the bytes: postcard has no way to fail here.
+    postcard::to_extend(machine, vec![SNAPSHOT_FORMAT]).expect("the state always encodes into a Vec")
+}
+
+/// Reads a snapshot of either kind.
+pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<Machine, SnapshotError> {
+    match bytes.split_first() {
+        None => Err(SnapshotError::Empty),
+        Some((&SNAPSHOT_FORMAT, body)) => Ok(postcard::from_bytes(body)?),
+        Some((&format, _)) => Err(SnapshotError::UnknownFormat(format)),
+    }
 }
 
 impl Machine {
     pub fn lobby(config: Config) -> Machine {
-        Machine::Lobby(Lobby::new(config))
+        Machine::Lobby(Lobby::fresh(config))
     }
 
     pub fn arena(config: Config) -> Machine {
-        Machine::Arena(Arena::new(config))
-    }
-
-    /// Applies one committed command. Effects are appended to `effects` (a buffer the
-    /// caller reuses, so the hot path does not allocate).
-    pub fn apply(&mut self, command: &Command, effects: &mut Vec<Effect>) -> Response {
-        let now = self.now_mut();
-        *now = (*now).max(command.at);
-        match &command.action {
-            Action::SetConfig { key, value } => self.set_config(key, value, effects),
-            action => match self {
-                Machine::Lobby(lobby) => lobby.apply(action, effects),
-                Machine::Arena(arena) => arena.apply(action, effects),
-            },
-        }
-    }
-
-    fn set_config(&mut self, key: &str, value: &str, effects: &mut Vec<Effect>) -> Response {
-        let next = match self.config().with(key, value) {
-            Ok(next) => next,
-            Err(e) => return Response::Rejected(Reason::InvalidConfig(e.to_string())),
-        };
-        match self {
-            Machine::Lobby(lobby) => {
-                let old = std::mem::replace(&mut lobby.config, next);
-                lobby.config_changed(&old, effects);
-            }
-            Machine::Arena(arena) => arena.config = next,
-        }
-        Response::Done
-    }
-
-    /// The latest time the log has shown this machine.
-    pub fn now(&self) -> TimestampMs {
-        match self {
-            Machine::Lobby(lobby) => lobby.now,
-            Machine::Arena(arena) => arena.now,
-        }
-    }
-
-    fn now_mut(&mut self) -> &mut TimestampMs {
-        match self {
-            Machine::Lobby(lobby) => &mut lobby.now,
-            Machine::Arena(arena) => &mut arena.now,
-        }
-    }
-
-    pub fn config(&self) -> &Config {
-        match self {
-            Machine::Lobby(lobby) => &lobby.config,
-            Machine::Arena(arena) => &arena.config,
-        }
-    }
-
-    /// When the earliest armed timer falls due; the leader's ticker sleeps until then.
-    pub fn next_deadline(&self) -> Option<TimestampMs> {
-        match self {
-            Machine::Lobby(lobby) => lobby.next_deadline(),
-            Machine::Arena(arena) => arena.next_deadline(),
-        }
-    }
-
-    /// The timers due at `now`, in due order: the leader proposes `Fire` for each.
-    pub fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
-        match self {
-            Machine::Lobby(lobby) => lobby.due_timers(now),
-            Machine::Arena(arena) => arena.due_timers(now),
-        }
+        Machine::Arena(Arena::fresh(config))
     }
 
     pub fn as_lobby(&self) -> Option<&Lobby> {
@@ -118,25 +155,60 @@ impl Machine {
             Machine::Lobby(_) => None,
         }
     }
+}
 
-    /// The whole state as bytes: the format byte, then postcard. Replicas that applied
-    /// the same log produce identical bytes.
-    pub fn snapshot(&self) -> Vec<u8> {
-        let mut bytes = vec![SNAPSHOT_FORMAT];
-        postcard::to_io(self, &mut bytes).expect("writing to a Vec cannot fail");
-        bytes
-    }
-
-    pub fn restore(bytes: &[u8]) -> Result<Machine, SnapshotError> {
-        match bytes.split_first() {
-            None => Err(SnapshotError::Empty),
-            Some((&SNAPSHOT_FORMAT, body)) => Ok(postcard::from_bytes(body)?),
-            Some((&format, _)) => Err(SnapshotError::UnknownFormat(format)),
+impl StateMachine for Machine {
+    fn kind(&self) -> MachineKind {
+        match self {
+            Machine::Lobby(_) => MachineKind::Lobby,
+            Machine::Arena(_) => MachineKind::Arena,
         }
     }
 
-    /// Checks the machine's internal invariants (tests call it after every step).
-    pub fn check_invariants(&self) -> Result<(), String> {
+    fn apply(&mut self, command: &Command, effects: &mut Vec<Effect>) -> Response {
+        match self {
+            Machine::Lobby(lobby) => lobby.apply(command, effects),
+            Machine::Arena(arena) => arena.apply(command, effects),
+        }
+    }
+
+    fn now(&self) -> TimestampMs {
+        match self {
+            Machine::Lobby(lobby) => lobby.now(),
+            Machine::Arena(arena) => arena.now(),
+        }
+    }
+
+    fn config(&self) -> &Config {
+        match self {
+            Machine::Lobby(lobby) => lobby.config(),
+            Machine::Arena(arena) => arena.config(),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<TimestampMs> {
+        match self {
+            Machine::Lobby(lobby) => lobby.next_deadline(),
+            Machine::Arena(arena) => arena.next_deadline(),
+        }
+    }
+
+    fn due_timers(&self, now: TimestampMs) -> Vec<Timer> {
+        match self {
+            Machine::Lobby(lobby) => lobby.due_timers(now),
+            Machine::Arena(arena) => arena.due_timers(now),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        encode_snapshot(self)
+    }
+
+    fn restore(bytes: &[u8]) -> Result<Machine, SnapshotError> {
+        decode_snapshot(bytes)
+    }
+
+    fn check_invariants(&self) -> Result<(), String> {
         match self {
             Machine::Lobby(lobby) => lobby.check_invariants(),
             Machine::Arena(arena) => arena.check_invariants(),

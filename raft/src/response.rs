@@ -82,7 +82,8 @@ pub enum Reason {
     BeansOverflow,
     /// 900010: a config value that does not parse (the message says why).
     InvalidConfig(String),
-    /// 900011: the action belongs to the other kind of group.
+    /// 900011: the action or timer belongs to the other kind of group. The types keep
+    /// pkd's own callers from sending one; only a corrupted or misrouted message can.
     WrongGroup,
 }
 

@@ -164,8 +164,12 @@ fn run(ops: &[Op]) -> Result<World, TestCaseError> {
                 );
             }
             (Op::Gift { .. } | Op::GiftRunning { .. }, Response::GiftCounted { duplicate, .. }) => {
-                let Some(Command { action: Action::Gift(gift), .. }) =
-                    world.log.iter().rev().map(|(_, c)| c).find(|c| matches!(c.action, Action::Gift(_)))
+                let Some(Command { action: Action::Arena(ArenaAction::Gift(gift)), .. }) = world
+                    .log
+                    .iter()
+                    .rev()
+                    .map(|(_, c)| c)
+                    .find(|c| matches!(c.action, Action::Arena(ArenaAction::Gift(_))))
                 else {
                     unreachable!("a gift response without a gift")
                 };

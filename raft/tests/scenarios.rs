@@ -1629,3 +1629,69 @@ fn presence_combines_every_nodes_fresh_report() {
         "#]],
     );
 }
+
+/// The action and timer types keep a caller from sending a command to the wrong kind of
+/// group. One that arrives there all the same (a corrupted or misrouted message) is
+/// refused with 900011 and changes nothing.
+#[test]
+fn commands_for_the_other_kind_of_group_are_refused_and_change_nothing() {
+    check(
+        "
+        live a3 at=0
+        start a1
+        start a2 at=100
+        start a4
+        state
+        to lobby gift pk=1 to=a2 from=v1 beans=50 id=1
+        to lobby abort pk=1
+        fire lobby end-battle pk=1
+        to arena1 stop a4
+        to arena1 accept a4 a3
+        fire arena give-up a4 pk=1
+        state
+        ",
+        expect![[r#"
+            > live a3 at=0
+              [lobby] done
+            > start a1
+              [lobby] waiting
+                cache pkm a1 0
+                push a1@room1 type13 matching a1
+            > start a2 at=100
+              [lobby] matched pk1 source=a1 target=a2 (902004)
+                cache pkm a1 -
+                cache pkr room1 1
+                cache pkr room2 1
+                ordered pk1 a1 vs a2 at=100 -> arena1
+              [arena1] create pk1 done
+                push room1 type10 pk1 Opening/0 100..11100 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+                push room2 type10 pk1 Opening/0 100..11100 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+                cache pk_1
+              [lobby] confirm-created pk1 done
+            > start a4
+              [lobby] waiting
+                cache pkm a4 100
+                push a4@room4 type13 matching a4
+            > state
+              lobby: now=100 waiting=[a4] in_pk=[a1:pk1,a2:pk1] live=1 open_invitations=[] cooldowns=0 outbox=[] next=Some(1100)
+              arena1: running=[1] outbox=[] remembered=0 next=Some(11100)
+                pk1 Opening/0 100..11100 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+            > to lobby gift pk=1 to=a2 from=v1 beans=50 id=1
+              [lobby] rejected 900011 WrongGroup
+            > to lobby abort pk=1
+              [lobby] rejected 900011 WrongGroup
+            > fire lobby end-battle pk=1
+              [lobby] end-battle pk1 rejected 900011 WrongGroup
+            > to arena1 stop a4
+              [arena1] rejected 900011 WrongGroup
+            > to arena1 accept a4 a3
+              [arena1] rejected 900011 WrongGroup
+            > fire arena give-up a4 pk=1
+              [arena1] give-up a4 rejected 900011 WrongGroup
+            > state
+              lobby: now=100 waiting=[a4] in_pk=[a1:pk1,a2:pk1] live=1 open_invitations=[] cooldowns=0 outbox=[] next=Some(1100)
+              arena1: running=[1] outbox=[] remembered=0 next=Some(11100)
+                pk1 Opening/0 100..11100 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+        "#]],
+    );
+}

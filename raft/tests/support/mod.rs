@@ -13,6 +13,9 @@
 //!   config KEY VALUE                              SetConfig on every group
 //!   fire lobby|arena TIMER ...                    one timer command, e.g.
 //!                                                 `fire lobby intervene a1`, `fire arena end-battle pk=1`
+//!                                                 (`fire lobby end-battle pk=1` misroutes it)
+//!   to lobby|arenaN LINE                          LINE's command, sent to that group
+//!                                                 whatever its kind (a misrouted message)
 //!   tick                                          the leaders fire every due timer
 //!   hold / deliver                                hold hand-overs / deliver them (and stop holding)
 //!   state                                         print a summary of every group
@@ -38,6 +41,8 @@ pub struct World {
     pub out: String,
     pub effects_seen: Vec<Effect>,
     pub responses_seen: Vec<Response>,
+    /// The group the line being run names with `to`, instead of its command's own.
+    send_to: Option<Group>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +89,7 @@ impl World {
             out: String::new(),
             effects_seen: Vec::new(),
             responses_seen: Vec::new(),
+            send_to: None,
         }
     }
 
@@ -117,31 +123,43 @@ impl World {
     }
 
     pub fn step(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("to ") {
+            let (group, line) = rest.split_once(' ').expect("to GROUP LINE");
+            self.send_to = Some(match group {
+                "lobby" => Group::Lobby,
+                arena => Group::Arena(
+                    arena.strip_prefix("arena").and_then(|i| i.parse().ok()).expect("to lobby|arenaN LINE"),
+                ),
+            });
+            self.step(line);
+            self.send_to = None;
+            return;
+        }
         let args = Args::parse(line);
         if let Some(at) = args.get("at") {
             self.at = at.parse().expect("at= takes milliseconds");
         }
         let words = &args.words;
-        let action = match words[0].as_str() {
+        let action: Action = match words[0].as_str() {
             "live" => {
                 let anchor = user(&words[1]);
                 let profile = self.profile_for(anchor, &args);
                 let node = args.get("node").map_or(1, |node| node.parse().expect("node= takes a node id"));
-                Action::GoLive { anchor, profile, node }
+                LobbyAction::GoLive { anchor, profile, node }.into()
             }
             "offair" => {
                 let node = args.get("node").map_or(1, |node| node.parse().expect("node= takes a node id"));
-                Action::GoOffAir { anchor: user(&words[1]), node }
+                LobbyAction::GoOffAir { anchor: user(&words[1]), node }.into()
             }
             "start" => {
                 let anchor = user(&words[1]);
                 let profile = self.profile_for(anchor, &args);
-                Action::StartMatch { anchor, profile }
+                LobbyAction::StartMatch { anchor, profile }.into()
             }
-            "stop" => Action::StopMatch { anchor: user(&words[1]) },
-            "accept" => Action::Accept { inviter: user(&words[1]), invitee: user(&words[2]) },
-            "refuse" => Action::Refuse { inviter: user(&words[1]), invitee: user(&words[2]) },
-            "gift" => Action::Gift(Gift {
+            "stop" => LobbyAction::StopMatch { anchor: user(&words[1]) }.into(),
+            "accept" => LobbyAction::Accept { inviter: user(&words[1]), invitee: user(&words[2]) }.into(),
+            "refuse" => LobbyAction::Refuse { inviter: user(&words[1]), invitee: user(&words[2]) }.into(),
+            "gift" => ArenaAction::Gift(Gift {
                 id: GiftId(args.num("id")),
                 pk: PkId(args.num("pk")),
                 receiver: user(args.get("to").unwrap()),
@@ -150,16 +168,18 @@ impl World {
                 profile: args.get("nick").map(|nick| {
                     Box::new(GifterProfile { nickname: nick.to_string(), level: 1, ..GifterProfile::default() })
                 }),
-            }),
-            "presence" => Action::ReportPresence(vec![Presence {
+            })
+            .into(),
+            "presence" => ArenaAction::ReportPresence(vec![Presence {
                 pk: PkId(args.num("pk")),
                 anchor: user(&words[1]),
                 node: args.get("node").map_or(1, |n| n.parse().unwrap()),
                 online: args.get("online") != Some("false"),
                 audience: args.num("audience") as u32,
-            }]),
-            "abort" => Action::AbortPk { pk: PkId(args.num("pk")) },
-            "persisted" => Action::ConfirmResultPersisted { pk: PkId(args.num("pk")) },
+            }])
+            .into(),
+            "abort" => ArenaAction::AbortPk { pk: PkId(args.num("pk")) }.into(),
+            "persisted" => ArenaAction::ConfirmResultPersisted { pk: PkId(args.num("pk")) }.into(),
             "config" => {
                 let rest = line.splitn(3, ' ').nth(2).unwrap();
                 let value = rest.rsplit_once(" at=").map_or(rest, |(v, _)| v);
@@ -172,11 +192,11 @@ impl World {
             }
             "fire" => {
                 let group = if words[1] == "lobby" { Group::Lobby } else { self.arena_of(PkId(args.num("pk"))) };
-                let timer = match words[2].as_str() {
-                    "intervene" => Timer::Intervene { anchor: user(&words[3]) },
-                    "give-up" => Timer::GiveUp { anchor: user(&words[3]) },
-                    "end-battle" => Timer::EndBattle { pk: PkId(args.num("pk")) },
-                    "end-pk" => Timer::EndPk { pk: PkId(args.num("pk")) },
+                let timer: Timer = match words[2].as_str() {
+                    "intervene" => LobbyTimer::Intervene { anchor: user(&words[3]) }.into(),
+                    "give-up" => LobbyTimer::GiveUp { anchor: user(&words[3]) }.into(),
+                    "end-battle" => ArenaTimer::EndBattle { pk: PkId(args.num("pk")) }.into(),
+                    "end-pk" => ArenaTimer::EndPk { pk: PkId(args.num("pk")) }.into(),
                     other => panic!("unknown timer {other}"),
                 };
                 self.apply(group, Action::Fire(timer));
@@ -219,11 +239,14 @@ impl World {
             }
             other => panic!("unknown script word '{other}'"),
         };
-        let group = match &action {
-            Action::Gift(g) => self.arena_of(g.pk),
-            Action::ReportPresence(p) => self.arena_of(p[0].pk),
-            Action::AbortPk { pk } | Action::ConfirmResultPersisted { pk } => self.arena_of(*pk),
-            _ => Group::Lobby,
+        let group = match (self.send_to, &action) {
+            (Some(group), _) => group,
+            (None, Action::Arena(ArenaAction::Gift(g))) => self.arena_of(g.pk),
+            (None, Action::Arena(ArenaAction::ReportPresence(p))) => self.arena_of(p[0].pk),
+            (None, Action::Arena(ArenaAction::AbortPk { pk } | ArenaAction::ConfirmResultPersisted { pk })) => {
+                self.arena_of(*pk)
+            }
+            (None, _) => Group::Lobby,
         };
         self.apply(group, action);
     }
@@ -269,10 +292,10 @@ impl World {
         if !matches!(command.action, Action::Fire(_)) || response != Response::Ignored {
             let what = match &command.action {
                 Action::Fire(timer) => format!(" {}", show_timer(timer)),
-                Action::CreatePk(order) => format!(" create pk{}", order.pk),
-                Action::ReleaseRooms { pk } => format!(" release pk{pk}"),
-                Action::ConfirmPkCreated { pk } => format!(" confirm-created pk{pk}"),
-                Action::ConfirmRoomsReleased { pk } => format!(" confirm-released pk{pk}"),
+                Action::Arena(ArenaAction::CreatePk(order)) => format!(" create pk{}", order.pk),
+                Action::Lobby(LobbyAction::ReleaseRooms { pk }) => format!(" release pk{pk}"),
+                Action::Lobby(LobbyAction::ConfirmPkCreated { pk }) => format!(" confirm-created pk{pk}"),
+                Action::Arena(ArenaAction::ConfirmRoomsReleased { pk }) => format!(" confirm-released pk{pk}"),
                 _ => String::new(),
             };
             writeln!(self.out, "  [{label}]{what} {}", show_response(&response)).unwrap();
@@ -298,11 +321,14 @@ impl World {
                 Effect::PkOrdered(order) => {
                     let arena = self.arena_of(order.pk);
                     let pk = order.pk;
-                    vec![(arena, Action::CreatePk(order)), (Group::Lobby, Action::ConfirmPkCreated { pk })]
+                    vec![
+                        (arena, ArenaAction::CreatePk(order).into()),
+                        (Group::Lobby, LobbyAction::ConfirmPkCreated { pk }.into()),
+                    ]
                 }
                 Effect::PkSettled(result) => vec![
-                    (Group::Lobby, Action::ReleaseRooms { pk: result.pk }),
-                    (group, Action::ConfirmRoomsReleased { pk: result.pk }),
+                    (Group::Lobby, LobbyAction::ReleaseRooms { pk: result.pk }.into()),
+                    (group, ArenaAction::ConfirmRoomsReleased { pk: result.pk }.into()),
                 ],
                 _ => continue,
             };
@@ -363,17 +389,17 @@ impl World {
 
 pub fn show_timer(timer: &Timer) -> String {
     match timer {
-        Timer::Intervene { anchor } => format!("intervene {}", name(*anchor)),
-        Timer::GiveUp { anchor } => format!("give-up {}", name(*anchor)),
-        Timer::ExpireInvitation { inviter, invitee } => {
+        Timer::Lobby(LobbyTimer::Intervene { anchor }) => format!("intervene {}", name(*anchor)),
+        Timer::Lobby(LobbyTimer::GiveUp { anchor }) => format!("give-up {}", name(*anchor)),
+        Timer::Lobby(LobbyTimer::ExpireInvitation { inviter, invitee }) => {
             format!("expire-invitation {}->{}", name(*inviter), name(*invitee))
         }
-        Timer::EndCooldown { anchor } => format!("end-cooldown {}", name(*anchor)),
-        Timer::AbandonPk { pk } => format!("abandon pk{pk}"),
-        Timer::EndBattle { pk } => format!("end-battle pk{pk}"),
-        Timer::EndPk { pk } => format!("end-pk pk{pk}"),
-        Timer::AnchorAway { pk, anchor } => format!("anchor-away pk{pk} {}", name(*anchor)),
-        Timer::ForgetPk { pk } => format!("forget pk{pk}"),
+        Timer::Lobby(LobbyTimer::EndCooldown { anchor }) => format!("end-cooldown {}", name(*anchor)),
+        Timer::Lobby(LobbyTimer::AbandonPk { pk }) => format!("abandon pk{pk}"),
+        Timer::Arena(ArenaTimer::EndBattle { pk }) => format!("end-battle pk{pk}"),
+        Timer::Arena(ArenaTimer::EndPk { pk }) => format!("end-pk pk{pk}"),
+        Timer::Arena(ArenaTimer::AnchorAway { pk, anchor }) => format!("anchor-away pk{pk} {}", name(*anchor)),
+        Timer::Arena(ArenaTimer::ForgetPk { pk }) => format!("forget pk{pk}"),
     }
 }
 
