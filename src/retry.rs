@@ -75,12 +75,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn patience_retries_transient_failures_until_it_runs_out() {
         let mut tries = 0;
-        let outcome: Result<(), String> =
-            patiently(Duration::from_secs(1), Duration::from_millis(300), || {
-                tries += 1;
-                async { Err(Attempt::Again("moving".to_owned())) }
-            })
-            .await;
+        let outcome: Result<(), String> = patiently(Duration::from_secs(1), Duration::from_millis(300), || {
+            tries += 1;
+            async { Err(Attempt::Again("moving".to_owned())) }
+        })
+        .await;
         assert_eq!(outcome, Err("moving".to_owned()));
         assert_eq!(tries, 5, "at 0, 300, 600, 900 and 1200 ms");
         let mut tries = 0;

@@ -82,7 +82,6 @@ pub struct ServeArgs {
     pub admin_token: Option<String>,
 }
 
-
 impl ServeArgs {
     /// Where the sinks write: MySQL if given, else SQLite in the data directory.
     fn sinks_config(&self) -> SinksConfig {

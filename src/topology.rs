@@ -3,19 +3,12 @@
 //! living on arena `pkd_raft::arena_for(pk, N)`. Every part of the shell that needs a group
 //! id asks here rather than working it out again.
 
-use pkd_raft::PkId;
+use pkd_raft::{MachineKind, PkId};
 
 use crate::replication::consensus::GroupId;
 
 /// The lobby's group id.
 pub const LOBBY: GroupId = GroupId(0);
-
-/// What a group is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GroupKind {
-    Lobby,
-    Arena,
-}
 
 /// The groups of a cluster: fixed for its whole life, since a PK's arena follows from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,10 +53,10 @@ impl Topology {
     }
 
     /// What `group` is for, if it is one of this topology's.
-    pub fn kind(&self, group: GroupId) -> Option<GroupKind> {
+    pub fn kind(&self, group: GroupId) -> Option<MachineKind> {
         match group.0 {
-            0 => Some(GroupKind::Lobby),
-            id if id <= u64::from(self.arenas) => Some(GroupKind::Arena),
+            0 => Some(MachineKind::Lobby),
+            id if id <= u64::from(self.arenas) => Some(MachineKind::Arena),
             _ => None,
         }
     }
@@ -84,12 +77,12 @@ mod tests {
         let topology = Topology::new(3).unwrap();
         assert_eq!(topology.groups().map(|g| g.0).collect::<Vec<_>>(), [0, 1, 2, 3]);
         assert_eq!(topology.arenas().map(|g| g.0).collect::<Vec<_>>(), [1, 2, 3]);
-        assert_eq!(topology.kind(GroupId(0)), Some(GroupKind::Lobby));
-        assert_eq!(topology.kind(GroupId(3)), Some(GroupKind::Arena));
+        assert_eq!(topology.kind(GroupId(0)), Some(MachineKind::Lobby));
+        assert_eq!(topology.kind(GroupId(3)), Some(MachineKind::Arena));
         assert_eq!(topology.kind(GroupId(4)), None);
         for pk in 1..100 {
             let arena = topology.arena_of(PkId(pk));
-            assert_eq!(topology.kind(arena), Some(GroupKind::Arena), "pk {pk}");
+            assert_eq!(topology.kind(arena), Some(MachineKind::Arena), "pk {pk}");
             assert_eq!(arena.0, u64::from(pkd_raft::arena_for(PkId(pk), 3)) + 1);
         }
     }

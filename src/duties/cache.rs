@@ -15,19 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pkd_raft::effect::CacheChange;
-use pkd_raft::{Effect, Machine, PkView};
+use pkd_raft::{Arena, Effect, Lobby, PkView};
 use tokio::sync::broadcast::{self, error::TryRecvError};
 use tokio::time::Instant;
 
 use super::results::timed;
 use super::{Duty, MIN_BACKOFF, Step};
 use crate::replication::consensus::GroupId;
-use crate::replication::error::ProposeError;
 use crate::replication::node::Node;
 use crate::replication::replica::{ReplicaHandle, TaggedEffect};
 use crate::retry::Backoff;
 use crate::sinks::{CacheSnapshot, RedisCache, RunningPk, SinkMetrics};
-use crate::topology::{GroupKind, Topology};
+use crate::topology::Topology;
 
 /// How the cache duty paces itself.
 #[derive(Clone, Debug)]
@@ -54,11 +53,19 @@ impl Default for CacheConfig {
     }
 }
 
+/// Whose keys a cache duty writes.
+enum Keys {
+    /// The lobby's: `pkm`, `pkr`, `room_pk_invited`.
+    Directory(ReplicaHandle<Lobby>),
+    /// An arena's: `pk_` and `pkg_` of its PKs.
+    Arena(ReplicaHandle<Arena>),
+}
+
 /// The cache duty of one group.
 pub struct Cache {
-    node: Node,
     group: GroupId,
     topology: Topology,
+    keys: Keys,
     cache: RedisCache,
     config: CacheConfig,
     metrics: Arc<SinkMetrics>,
@@ -69,30 +76,46 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// The cache duty of `group`, one of `node`'s groups.
-    pub fn new(
+    /// The lobby's cache duty: the directory keys.
+    pub fn directory(node: &Node, cache: RedisCache, config: CacheConfig, metrics: Arc<SinkMetrics>) -> Cache {
+        let effects = node.lobby().subscribe_effects();
+        Cache::new(node, Keys::Directory(node.lobby().clone()), effects, cache, config, metrics)
+    }
+
+    /// An arena's cache duty: its PKs' keys.
+    pub fn arena(
         node: &Node,
-        group: GroupId,
+        replica: &ReplicaHandle<Arena>,
         cache: RedisCache,
         config: CacheConfig,
         metrics: Arc<SinkMetrics>,
-    ) -> Result<Cache, ProposeError> {
-        let effects = node.group(group)?.replica().subscribe_effects();
-        Ok(Cache {
-            node: node.clone(),
+    ) -> Cache {
+        Cache::new(node, Keys::Arena(replica.clone()), replica.subscribe_effects(), cache, config, metrics)
+    }
+
+    fn new(
+        node: &Node,
+        keys: Keys,
+        effects: broadcast::Receiver<TaggedEffect>,
+        cache: RedisCache,
+        config: CacheConfig,
+        metrics: Arc<SinkMetrics>,
+    ) -> Cache {
+        let group = match &keys {
+            Keys::Directory(replica) => replica.group(),
+            Keys::Arena(replica) => replica.group(),
+        };
+        Cache {
             group,
             topology: node.topology(),
+            keys,
             cache,
             next_refresh: Instant::now() + config.refresh_every,
             config,
             metrics,
             effects,
             stale: true,
-        })
-    }
-
-    fn replica(&self) -> Option<&ReplicaHandle> {
-        self.node.replica(self.group)
+        }
     }
 
     /// The group's pending cache changes, up to a batch; `None` if effects were lost.
@@ -117,8 +140,11 @@ impl Cache {
             _ => true,
         });
         let count = changes.len() as u64;
-        let replica = self.replica().cloned();
-        let render = |pk| replica.as_ref().and_then(|replica| render(replica, pk));
+        let arena = match &self.keys {
+            Keys::Arena(replica) => Some(replica.clone()),
+            Keys::Directory(_) => None,
+        };
+        let render = |pk| arena.as_ref().and_then(|replica| render(replica, pk));
         let write = self.cache.apply(&changes, render);
         match timed("applying cache changes", self.config.operation_timeout, write).await {
             Ok(()) => {
@@ -134,13 +160,12 @@ impl Cache {
     /// running PKs' keys (and no other keys of this arena's PKs) for an arena.
     async fn refresh(&mut self) -> Step {
         let limit = self.config.operation_timeout;
-        let Some(replica) = self.replica().cloned() else { return Step::Idle(None) };
-        let outcome = match self.topology.kind(self.group) {
-            Some(GroupKind::Lobby) => {
+        let outcome = match &self.keys {
+            Keys::Directory(replica) => {
                 let snapshot = replica.read(directory);
                 timed("rewriting the directory keys", limit, self.cache.rebuild_directory(&snapshot)).await
             }
-            _ => {
+            Keys::Arena(replica) => {
                 let running = replica.read(running_pks);
                 let (topology, group) = (self.topology, self.group);
                 let write = self.cache.rebuild_pks(&running, |pk| topology.arena_of(pk) == group);
@@ -204,25 +229,25 @@ impl Duty for Cache {
     }
 }
 
-fn render(replica: &ReplicaHandle, pk: pkd_raft::PkId) -> Option<PkView> {
-    replica.read(|machine| machine.as_arena()?.view(pk))
+fn render(replica: &ReplicaHandle<Arena>, pk: pkd_raft::PkId) -> Option<PkView> {
+    replica.read(|arena| arena.view(pk))
 }
 
 /// The directory keys' content from the lobby's replica.
-fn directory(machine: &Machine) -> CacheSnapshot {
-    let mut snapshot = CacheSnapshot::default();
-    if let Some(lobby) = machine.as_lobby() {
-        snapshot.matching = lobby.waiting_anchors().collect();
-        snapshot.invited = lobby.cooldowns().collect();
-        snapshot.rooms_in_pk =
-            lobby.held_pks().flat_map(|(pk, seats)| seats.into_iter().map(move |seat| (seat.room, pk))).collect();
+fn directory(lobby: &Lobby) -> CacheSnapshot {
+    CacheSnapshot {
+        matching: lobby.waiting_anchors().collect(),
+        invited: lobby.cooldowns().collect(),
+        rooms_in_pk: lobby
+            .held_pks()
+            .flat_map(|(pk, seats)| seats.into_iter().map(move |seat| (seat.room, pk)))
+            .collect(),
+        pks: Vec::new(),
     }
-    snapshot
 }
 
 /// An arena's running PKs, with every gifter's total on each side.
-fn running_pks(machine: &Machine) -> Vec<RunningPk> {
-    let Some(arena) = machine.as_arena() else { return Vec::new() };
+fn running_pks(arena: &Arena) -> Vec<RunningPk> {
     arena
         .running()
         .filter_map(|pk| {

@@ -1,100 +1,107 @@
 //! Carrying outboxes between groups, on the sending group's leader.
 //!
 //! The lobby's leader creates each ordered PK on its arena and then confirms it to the
-//! lobby; each arena's leader releases a settled PK's rooms in the lobby and then confirms
-//! that to itself. Every step is idempotent, and an item stays in its outbox until
-//! confirmed, so a failed delivery is simply tried again.
+//! lobby ([`Orders`]); each arena's leader releases a settled PK's rooms in the lobby and
+//! then confirms that to itself ([`Releases`]). Every step is idempotent, and an item stays
+//! in its outbox until confirmed, so a failed delivery is simply tried again.
 
-use pkd_raft::{Action, PkId, PkOrder, Response};
+use pkd_raft::{ArenaAction, LobbyAction, PkOrder, Response};
 
 use super::{Duty, Step};
 use crate::replication::consensus::GroupId;
 use crate::replication::error::ProposeError;
 use crate::replication::node::Node;
-use crate::topology::LOBBY;
 
-/// The hand-over duty of one group.
-pub struct Handover {
+/// The lobby's hand-over duty: PK orders to their arenas.
+pub struct Orders {
     node: Node,
-    group: GroupId,
 }
 
-/// What a group's outbox holds for other groups.
-enum Outbox {
-    /// The lobby's PKs to create on their arenas.
-    Orders(Vec<PkOrder>),
-    /// An arena's settled PKs whose rooms the lobby must release.
-    Releases(Vec<PkId>),
-}
-
-impl Outbox {
-    fn is_empty(&self) -> bool {
-        match self {
-            Outbox::Orders(orders) => orders.is_empty(),
-            Outbox::Releases(pks) => pks.is_empty(),
-        }
-    }
-}
-
-impl Handover {
-    pub fn new(node: &Node, group: GroupId) -> Handover {
-        Handover { node: node.clone(), group }
+impl Orders {
+    pub fn new(node: &Node) -> Orders {
+        Orders { node: node.clone() }
     }
 
-    /// Delivers every item of `outbox` and confirms it to its group.
-    async fn deliver(&self, outbox: Outbox) -> Result<(), ProposeError> {
+    /// Creates each PK on its arena, then confirms it to the lobby.
+    async fn deliver(&self, orders: Vec<PkOrder>) -> Result<(), ProposeError> {
         let node = &self.node;
-        match outbox {
-            Outbox::Orders(orders) => {
-                for order in orders {
-                    let pk = order.pk;
-                    let arena = node.arena_of(pk);
-                    let created = node.propose(arena, Action::CreatePk(order)).await?;
-                    if let Response::Rejected(reason) = &created {
-                        // The arena refuses for good (e.g. a misrouted order): confirming
-                        // keeps the outbox from retrying forever; the lobby's abandon timer
-                        // frees the rooms.
-                        tracing::error!(%pk, %arena, ?reason, "arena refused a PK order");
-                    }
-                    node.propose(self.group, Action::ConfirmPkCreated { pk }).await?;
-                    tracing::debug!(%pk, %arena, "PK handed over to its arena");
-                }
+        for order in orders {
+            let pk = order.pk;
+            let arena = node.arena_of(pk);
+            let created = node.propose_arena(arena, ArenaAction::CreatePk(order)).await?;
+            if let Response::Rejected(reason) = &created {
+                // The arena refuses for good (e.g. a misrouted order): confirming keeps the
+                // outbox from retrying forever; the lobby's abandon timer frees the rooms.
+                tracing::error!(%pk, %arena, ?reason, "arena refused a PK order");
             }
-            Outbox::Releases(pks) => {
-                for pk in pks {
-                    let released = node.propose(LOBBY, Action::ReleaseRooms { pk }).await?;
-                    if let Response::Rejected(reason) = &released {
-                        tracing::error!(%pk, ?reason, "lobby refused to release a PK's rooms");
-                    }
-                    node.propose(self.group, Action::ConfirmRoomsReleased { pk }).await?;
-                    tracing::debug!(%pk, "PK's rooms released in the lobby");
-                }
-            }
+            node.propose_lobby(LobbyAction::ConfirmPkCreated { pk }).await?;
+            tracing::debug!(%pk, %arena, "PK handed over to its arena");
         }
         Ok(())
     }
 }
 
-impl Duty for Handover {
+impl Duty for Orders {
     fn name(&self) -> &'static str {
-        "hand-over"
+        "hand-over of PK orders"
     }
 
     async fn step(&mut self) -> Step {
-        let Some(replica) = self.node.replica(self.group) else { return Step::Idle(None) };
-        let outbox = replica.read(|machine| match machine.as_lobby() {
-            Some(lobby) => Outbox::Orders(lobby.pending_orders().cloned().collect()),
-            None => {
-                Outbox::Releases(machine.as_arena().map(|arena| arena.pending_releases().collect()).unwrap_or_default())
-            }
-        });
-        if outbox.is_empty() {
+        let orders: Vec<PkOrder> = self.node.lobby().read(|lobby| lobby.pending_orders().cloned().collect());
+        if orders.is_empty() {
             return Step::Idle(None);
         }
-        match self.deliver(outbox).await {
+        match self.deliver(orders).await {
             Ok(()) => Step::Worked,
             Err(error) => {
-                tracing::warn!(group = %self.group, %error, "hand-over failed; retrying");
+                tracing::warn!(%error, "hand-over of PK orders failed; retrying");
+                Step::Failed
+            }
+        }
+    }
+}
+
+/// An arena's hand-over duty: settled PKs' rooms released in the lobby.
+pub struct Releases {
+    node: Node,
+    arena: GroupId,
+}
+
+impl Releases {
+    pub fn new(node: &Node, arena: GroupId) -> Releases {
+        Releases { node: node.clone(), arena }
+    }
+
+    /// Releases each PK's rooms in the lobby, then confirms that to the arena.
+    async fn deliver(&self, pks: Vec<pkd_raft::PkId>) -> Result<(), ProposeError> {
+        let node = &self.node;
+        for pk in pks {
+            let released = node.propose_lobby(LobbyAction::ReleaseRooms { pk }).await?;
+            if let Response::Rejected(reason) = &released {
+                tracing::error!(%pk, ?reason, "lobby refused to release a PK's rooms");
+            }
+            node.propose_arena(self.arena, ArenaAction::ConfirmRoomsReleased { pk }).await?;
+            tracing::debug!(%pk, "PK's rooms released in the lobby");
+        }
+        Ok(())
+    }
+}
+
+impl Duty for Releases {
+    fn name(&self) -> &'static str {
+        "hand-over of room releases"
+    }
+
+    async fn step(&mut self) -> Step {
+        let Some(replica) = self.node.arena(self.arena) else { return Step::Idle(None) };
+        let pks: Vec<pkd_raft::PkId> = replica.read(|arena| arena.pending_releases().collect());
+        if pks.is_empty() {
+            return Step::Idle(None);
+        }
+        match self.deliver(pks).await {
+            Ok(()) => Step::Worked,
+            Err(error) => {
+                tracing::warn!(arena = %self.arena, %error, "hand-over of room releases failed; retrying");
                 Step::Failed
             }
         }

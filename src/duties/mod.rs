@@ -90,10 +90,15 @@ impl Duties {
     /// cluster, leader balancing.
     pub fn start(node: &Node) -> Duties {
         let duties = Duties::new(node);
-        for group in node.topology().groups() {
-            duties.run(group, timers::Timers::new(node, group));
-            duties.run(group, handover::Handover::new(node, group));
-            if node.network().is_some() {
+        let lobby = node.topology().lobby();
+        duties.run(lobby, timers::Timers::new(node, node.lobby()));
+        duties.run(lobby, handover::Orders::new(node));
+        for replica in node.arenas() {
+            duties.run(replica.group(), timers::Timers::new(node, replica));
+            duties.run(replica.group(), handover::Releases::new(node, replica.group()));
+        }
+        if node.network().is_some() {
+            for group in node.topology().groups() {
                 duties.run(group, balancer::Balancer::new(node, group));
             }
         }
@@ -107,7 +112,7 @@ impl Duties {
             return;
         };
         let leadership = ServerWatch::new(raft_group.raft());
-        let applied = raft_group.replica().applied();
+        let applied = raft_group.applied();
         let node = self.node.id();
         let stop = self.stop.clone();
         self.tasks.spawn(async move {

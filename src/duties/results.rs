@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pkd_raft::effect::SettledPk;
-use pkd_raft::{Action, PkId, PkView};
+use pkd_raft::{Arena, ArenaAction, PkId, PkView, StateMachine};
 use tokio::time::Instant;
 
 use super::{Duty, MIN_BACKOFF, Step};
@@ -24,6 +24,7 @@ use crate::clock::wall_clock;
 use crate::replication::consensus::GroupId;
 use crate::replication::error::ProposeError;
 use crate::replication::node::Node;
+use crate::replication::replica::ReplicaHandle;
 use crate::retry::Backoff;
 use crate::sinks::{CacheError, ResultsStore, SinkMetrics, StoreError};
 
@@ -84,6 +85,7 @@ enum Round {
 pub struct Results {
     node: Node,
     group: GroupId,
+    replica: ReplicaHandle<Arena>,
     store: ResultsStore,
     config: ResultsConfig,
     metrics: Arc<SinkMetrics>,
@@ -97,16 +99,18 @@ pub struct Results {
 }
 
 impl Results {
+    /// The results duty of the arena `replica` belongs to.
     pub fn new(
         node: &Node,
-        group: GroupId,
+        replica: &ReplicaHandle<Arena>,
         store: ResultsStore,
         config: ResultsConfig,
         metrics: Arc<SinkMetrics>,
     ) -> Results {
         Results {
             node: node.clone(),
-            group,
+            group: replica.group(),
+            replica: replica.clone(),
             store,
             config,
             metrics,
@@ -117,11 +121,8 @@ impl Results {
         }
     }
 
-    fn read<T: Default>(&self, read: impl FnOnce(&pkd_raft::Arena) -> T) -> T {
-        match self.node.replica(self.group) {
-            Some(replica) => replica.read(|machine| machine.as_arena().map(read).unwrap_or_default()),
-            None => T::default(),
-        }
+    fn read<T>(&self, read: impl FnOnce(&Arena) -> T) -> T {
+        self.replica.read(read)
     }
 
     async fn round(&mut self) -> Result<Round, SinkError> {
@@ -165,7 +166,7 @@ impl Results {
             let node = &self.node;
             let group = self.group;
             let pk = settled.pk;
-            async move { node.propose(group, Action::ConfirmResultPersisted { pk }).await }
+            async move { node.propose_arena(group, ArenaAction::ConfirmResultPersisted { pk }).await }
         });
         let outcomes = futures_util::future::join_all(confirmations).await;
         for settled in pending {
@@ -216,12 +217,10 @@ impl Results {
     /// Writes the gifter totals of the next [`ResultsConfig::step`] PKs of the
     /// pass whose side totals changed since their last write; `true` if more wait.
     async fn store_gifts(&mut self) -> Result<bool, SinkError> {
-        let Some(replica) = self.node.replica(self.group) else { return Ok(false) };
         let take = self.config.step.min(self.gifts_due.len());
         let due: Vec<PkId> = self.gifts_due.drain(..take).collect();
         let written = &self.gifts_written;
-        let (at, changed) = replica.read(|machine| {
-            let Some(arena) = machine.as_arena() else { return (machine.now(), Vec::new()) };
+        let (at, changed) = self.replica.read(|arena| {
             let changed: Vec<_> = due
                 .iter()
                 .filter_map(|pk| {
@@ -233,7 +232,7 @@ impl Results {
                     Some((*pk, totals, arena.gifter_totals(*pk)?))
                 })
                 .collect();
-            (machine.now(), changed)
+            (arena.now(), changed)
         });
         for (pk, totals, [source, target]) in changed {
             let write = self.store.record_gifts(pk, at, &source, &target);
@@ -287,4 +286,3 @@ where
         Err(_) => Err(SinkError::Timeout(what, limit)),
     }
 }
-

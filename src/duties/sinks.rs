@@ -45,7 +45,8 @@ impl Sinks {
         let results: ResultsSlot = Arc::new(OnceLock::new());
         let metrics = Arc::new(SinkMetrics::default());
         if let Some(url) = config.results_url.clone() {
-            let connecting = connect_results(duties.clone(), url, config.results.clone(), metrics.clone(), results.clone());
+            let connecting =
+                connect_results(duties.clone(), url, config.results.clone(), metrics.clone(), results.clone());
             duties.spawn(connecting);
         }
         if let Some(url) = config.redis_url.clone() {
@@ -92,8 +93,8 @@ async fn connect_results(
     tracing::info!(dialect = ?store.dialect(), "results store connected");
     let _ = slot.set(store.clone());
     let node = duties.node().clone();
-    for arena in node.topology().arenas() {
-        duties.run(arena, Results::new(&node, arena, store.clone(), config.clone(), metrics.clone()));
+    for arena in node.arenas() {
+        duties.run(arena.group(), Results::new(&node, arena, store.clone(), config.clone(), metrics.clone()));
     }
 }
 
@@ -112,10 +113,8 @@ async fn connect_cache(duties: Arc<Duties>, url: String, config: CacheConfig, me
     };
     tracing::info!("Redis cache connected");
     let node = duties.node().clone();
-    for group in node.topology().groups() {
-        match Cache::new(&node, group, cache.clone(), config.clone(), metrics.clone()) {
-            Ok(duty) => duties.run(group, duty),
-            Err(error) => tracing::error!(%group, %error, "cache duty not started"),
-        }
+    duties.run(node.topology().lobby(), Cache::directory(&node, cache.clone(), config.clone(), metrics.clone()));
+    for arena in node.arenas() {
+        duties.run(arena.group(), Cache::arena(&node, arena, cache.clone(), config.clone(), metrics.clone()));
     }
 }

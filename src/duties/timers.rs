@@ -8,23 +8,26 @@
 
 use std::time::Duration;
 
-use pkd_raft::{Action, Timer};
+use pkd_raft::{Action, StateMachine, Timer};
 
 use super::{Duty, Step};
 use crate::clock::wall_clock;
 use crate::replication::consensus::GroupId;
 use crate::replication::error::ProposeError;
 use crate::replication::node::Node;
+use crate::replication::replica::ReplicaHandle;
 
-/// The timer duty of one group.
-pub struct Timers {
+/// The timer duty of one group, whose machine is an `M`.
+pub struct Timers<M> {
     node: Node,
     group: GroupId,
+    replica: ReplicaHandle<M>,
 }
 
-impl Timers {
-    pub fn new(node: &Node, group: GroupId) -> Timers {
-        Timers { node: node.clone(), group }
+impl<M: StateMachine> Timers<M> {
+    /// The timers of the group `replica` belongs to.
+    pub fn new(node: &Node, replica: &ReplicaHandle<M>) -> Timers<M> {
+        Timers { node: node.clone(), group: replica.group(), replica: replica.clone() }
     }
 
     async fn fire_all(&self, timers: Vec<Timer>) -> Result<(), ProposeError> {
@@ -36,17 +39,16 @@ impl Timers {
     }
 }
 
-impl Duty for Timers {
+impl<M: StateMachine + Send + Sync + 'static> Duty for Timers<M> {
     fn name(&self) -> &'static str {
         "timers"
     }
 
     async fn step(&mut self) -> Step {
-        let Some(replica) = self.node.replica(self.group) else { return Step::Idle(None) };
         // The log's time may be ahead of this node's clock (a previous leader's clock ran
         // fast): what the machine already considers due fires now, not once this clock
         // catches up.
-        let (now, due, next) = replica.read(|machine| {
+        let (now, due, next) = self.replica.read(|machine| {
             let now = wall_clock().max(machine.now());
             (now, machine.due_timers(now), machine.next_deadline())
         });

@@ -15,8 +15,7 @@ mod pusher;
 pub mod session;
 
 use crate::replication::node::Node;
-use crate::topology::LOBBY;
-use pkd_raft::{Machine, PkId, PkView, RoomId};
+use pkd_raft::{PkId, PkView, RoomId};
 pub use session::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_SLOW};
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,21 +164,19 @@ impl Gateway {
         &self.node
     }
 
-    /// Reads the lobby replica.
-    pub fn lobby<T>(&self, read: impl FnOnce(&pkd_raft::Lobby) -> T) -> Option<T> {
-        let replica = self.node.replica(LOBBY)?;
-        replica.read(|machine| machine.as_lobby().map(read))
+    /// Reads this node's lobby replica.
+    pub fn lobby<T>(&self, read: impl FnOnce(&pkd_raft::Lobby) -> T) -> T {
+        self.node.lobby().read(read)
     }
 
     /// A running PK's state from this node's replica of its arena.
     fn pk_view(&self, pk: PkId) -> Option<PkView> {
-        let replica = self.node.replica(self.node.arena_of(pk))?;
-        replica.read(|machine: &Machine| machine.as_arena().and_then(|arena| arena.view(pk)))
+        self.node.arena_for(pk).read(|arena| arena.view(pk))
     }
 
     /// The PK state of a room, if the room is in a running PK.
     fn room_view(&self, room: RoomId) -> Option<PkView> {
-        let pk = self.lobby(|lobby| lobby.pk_of_room(room)).flatten()?;
+        let pk = self.lobby(|lobby| lobby.pk_of_room(room))?;
         self.pk_view(pk)
     }
 }

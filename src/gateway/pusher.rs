@@ -19,13 +19,13 @@
 //!   in one batch per arena (a bounded rate, not one entry per connection event). The
 //!   arena combines every node's fresh share.
 
+use super::Gateway;
 use super::hub::Outbound;
 use super::protocol;
-use super::Gateway;
 use crate::clock::now_ms;
 use crate::replication::consensus::GroupId;
 use pkd_raft::effect::{Audience, Effect, PushMessage};
-use pkd_raft::{Action, PkId, PkStatus, PkView, Presence, RoomId, UserId};
+use pkd_raft::{ArenaAction, PkId, PkStatus, PkView, Presence, RoomId, UserId};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -159,20 +159,13 @@ fn rooms_of(view: &PkView) -> [RoomId; 2] {
     [view.source.room, view.target.room]
 }
 
-/// The arenas this node holds a replica of.
-fn arena_groups(gateway: &Gateway) -> impl Iterator<Item = GroupId> + use<> {
-    gateway.node.topology().arenas()
-}
-
 /// Puts running PKs the schedule does not know on it, spread over one period, and
 /// takes off the ones that are no longer running.
 fn discover_running(gateway: &Gateway, schedule: &mut Schedule) {
     let mut running = HashSet::new();
     let mut found = Vec::new();
-    for group in arena_groups(gateway) {
-        let Some(replica) = gateway.node.replica(group) else { continue };
-        replica.read(|machine| {
-            let Some(arena) = machine.as_arena() else { return };
+    for replica in gateway.node.arenas() {
+        replica.read(|arena| {
             for pk in arena.running() {
                 running.insert(pk);
                 if !schedule.knows(pk)
@@ -346,11 +339,10 @@ async fn report_presence(gateway: &Gateway, seats: &mut HashMap<PkId, [(UserId, 
     let now = now_ms();
     let mut running = HashSet::new();
     let mut reports: HashMap<GroupId, Vec<Presence>> = HashMap::new();
-    for group in arena_groups(gateway) {
-        let Some(replica) = gateway.node.replica(group) else { continue };
+    for replica in gateway.node.arenas() {
+        let group = replica.group();
         // What the engine holds for this node, for every side of every running PK.
-        let held = replica.read(|machine| {
-            let Some(arena) = machine.as_arena() else { return Vec::new() };
+        let held = replica.read(|arena| {
             let mut held = Vec::new();
             for pk in arena.running() {
                 let Some(sides) = seats.get(&pk).copied().or_else(|| {
@@ -393,7 +385,7 @@ async fn report_presence(gateway: &Gateway, seats: &mut HashMap<PkId, [(UserId, 
     }
     seats.retain(|pk, _| running.contains(pk));
     for (group, batch) in reports {
-        if let Err(error) = gateway.node.propose(group, Action::ReportPresence(batch)).await {
+        if let Err(error) = gateway.node.propose_arena(group, ArenaAction::ReportPresence(batch)).await {
             tracing::warn!(%error, %group, "presence report not applied");
         }
     }

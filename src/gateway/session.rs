@@ -6,14 +6,13 @@
 //! answers floods with `900007`. A client that stops reading altogether is dropped once a
 //! reply or push has waited `send_timeout` for it.
 
+use super::Gateway;
 use super::hub::{Outbound, SessionId};
 use super::protocol::{self, ClientCommand, ClientMessage, MatchAction, ProtocolError, Reply, ReplyResult, RoomRole};
-use super::Gateway;
 use crate::clock::now_ms;
 use crate::tokens::{login, rtm};
-use crate::topology::LOBBY;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use pkd_raft::{Action, AnchorProfile, RoomId, UserId};
+use pkd_raft::{AnchorProfile, LobbyAction, RoomId, StateMachine, UserId};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
@@ -234,12 +233,14 @@ impl Connection {
         match &message.command {
             ClientCommand::Match { action, .. } => {
                 let action = match *action {
-                    MatchAction::Start { anchor } => Action::StartMatch { anchor, profile: self.identity.profile() },
-                    MatchAction::Stop { anchor } => Action::StopMatch { anchor },
-                    MatchAction::Accept { inviter, invitee } => Action::Accept { inviter, invitee },
-                    MatchAction::Refuse { inviter, invitee } => Action::Refuse { inviter, invitee },
+                    MatchAction::Start { anchor } => {
+                        LobbyAction::StartMatch { anchor, profile: self.identity.profile() }
+                    }
+                    MatchAction::Stop { anchor } => LobbyAction::StopMatch { anchor },
+                    MatchAction::Accept { inviter, invitee } => LobbyAction::Accept { inviter, invitee },
+                    MatchAction::Refuse { inviter, invitee } => LobbyAction::Refuse { inviter, invitee },
                 };
-                match gateway.node.propose(LOBBY, action).await {
+                match gateway.node.propose_lobby(action).await {
                     Ok(response) => Reply::for_response(echo, &response),
                     Err(error) => unavailable(echo, &error.to_string()),
                 }
@@ -250,12 +251,12 @@ impl Connection {
                 gateway.hub.enter(self.session, *room, anchor);
                 self.room = Some((*room, anchor));
                 if anchor {
-                    let live = Action::GoLive {
+                    let live = LobbyAction::GoLive {
                         anchor: self.identity.user,
                         profile: self.identity.profile(),
                         node: gateway.node.id(),
                     };
-                    if let Err(error) = gateway.node.propose(LOBBY, live).await {
+                    if let Err(error) = gateway.node.propose_lobby(live).await {
                         return unavailable(echo, &error.to_string());
                     }
                     // An anchor back in its room (maybe on another node) while it is
@@ -290,7 +291,7 @@ impl Connection {
     /// Push 13 to this connection's user if `room`'s anchor is matching.
     fn push_if_matching(&self, room: RoomId) {
         let anchor = UserId(room.0);
-        if self.gateway.lobby(|lobby| lobby.is_waiting(anchor)).unwrap_or(false) {
+        if self.gateway.lobby(|lobby| lobby.is_waiting(anchor)) {
             let push = pkd_raft::effect::Push {
                 to: pkd_raft::effect::Audience::User { user: self.identity.user, room },
                 message: pkd_raft::effect::PushMessage::MatchingStarted { anchor },
@@ -309,7 +310,7 @@ impl Connection {
                 ReplyResult::Null,
             );
         };
-        let validity_ms = self.gateway.lobby(|lobby| lobby.config().timing.rtm_token_validity_ms).unwrap_or(600_000);
+        let validity_ms = self.gateway.lobby(|lobby| lobby.config().timing.rtm_token_validity_ms);
         let issued_at = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX);
         let request = rtm::RtmTokenRequest {
             app_id: &credentials.app_id,
@@ -343,7 +344,7 @@ impl Connection {
             tokio::time::sleep(grace).await;
             if !gateway.hub.anchor_present(user, room)
                 && let Err(error) =
-                    gateway.node.propose(LOBBY, Action::GoOffAir { anchor: user, node: gateway.node.id() }).await
+                    gateway.node.propose_lobby(LobbyAction::GoOffAir { anchor: user, node: gateway.node.id() }).await
             {
                 tracing::warn!(%error, %user, "could not take an anchor off air");
             }

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use pkd_cluster::api::{
     AddLearnerRequest, ConfigReply, ConfigRequest, ErrorReply, InitRequest, LeaderReply, MembershipReply, NodeRequest,
     NodeStatus, TransferLeaderRequest,

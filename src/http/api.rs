@@ -16,7 +16,6 @@ use serde_json::json;
 
 use crate::replication::node::Node;
 use crate::sinks::ResultsSlot;
-use crate::topology::LOBBY;
 
 /// The page size when none is given.
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
@@ -69,11 +68,7 @@ struct RoomInPk {
 
 /// `GET /api/rooms-in-pk`.
 pub async fn rooms_in_pk(State(state): State<ApiState>) -> Response {
-    let Some(lobby) = state.node.replica(LOBBY) else {
-        return unavailable("no lobby on this node".to_owned());
-    };
-    let rooms: Vec<RoomInPk> = lobby.read(|machine| {
-        let Some(lobby) = machine.as_lobby() else { return Vec::new() };
+    let rooms: Vec<RoomInPk> = state.node.lobby().read(|lobby| {
         lobby
             .held_pks()
             .flat_map(|(pk, seats)| {

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response as HttpResponse};
-use pkd_raft::{Action, Gift, GiftId, GifterProfile, PkId, Response, UserId};
+use pkd_raft::{ArenaAction, Gift, GiftId, GifterProfile, PkId, Response, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -154,7 +154,7 @@ async fn apply(gateway: &Gateway, gift: &GiftIn) -> Outcome {
     let receiver = UserId(gift.receiver);
     let pk = match gift.pk_id {
         Some(pk) => PkId(pk),
-        None => match gateway.lobby(|lobby| lobby.pk_of(receiver)).flatten() {
+        None => match gateway.lobby(|lobby| lobby.pk_of(receiver)) {
             Some(pk) => pk,
             None => {
                 let reason = pkd_raft::Reason::NoSuchPk;
@@ -175,7 +175,7 @@ async fn apply(gateway: &Gateway, gift: &GiftIn) -> Outcome {
             sex: p.sex,
         })
     });
-    let action = Action::Gift(Gift {
+    let action = ArenaAction::Gift(Gift {
         id: GiftId(gift.id),
         pk,
         receiver,
@@ -183,7 +183,7 @@ async fn apply(gateway: &Gateway, gift: &GiftIn) -> Outcome {
         beans: gift.beans,
         profile,
     });
-    match gateway.node().propose(gateway.node().arena_of(pk), action).await {
+    match gateway.node().propose_arena(gateway.node().arena_of(pk), action).await {
         Ok(Response::GiftCounted { duplicate, side_beans }) => {
             outcome.duplicate = duplicate;
             outcome.side_beans = Some(side_beans);

@@ -163,7 +163,10 @@ pub fn is_already_initialized(error: &InitializeError) -> bool {
 /// Adds `node`, reachable at `address`, to `raft`'s group as a learner, and waits until it
 /// has caught up with the log. Only the group's leader can do this.
 pub async fn add_learner<SM: RaftStateMachine<TypeConfig>>(
-    raft: &RaftOf<SM>, node: NodeId, address: String) -> Result<(), WriteError> {
+    raft: &RaftOf<SM>,
+    node: NodeId,
+    address: String,
+) -> Result<(), WriteError> {
     raft.add_learner(node, BasicNode::new(address), true).await.map(|_| ())
 }
 

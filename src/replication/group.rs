@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use pkd_raft::{Action, Command, Response};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::consensus::{
@@ -22,7 +22,7 @@ use super::consensus::{
 };
 use super::error::ProposeError;
 use super::network::Network;
-use super::replica::{Raft, ReplicaHandle};
+use super::replica::{Raft, TaggedEffect};
 use crate::clock::wall_clock;
 
 /// At most this many commands in one raft entry.
@@ -54,7 +54,10 @@ pub struct Group {
     id: GroupId,
     node: NodeId,
     raft: Raft,
-    replica: ReplicaHandle,
+    /// The replica's last applied index.
+    applied: watch::Receiver<Option<u64>>,
+    /// The group's own effects.
+    effects: broadcast::Sender<TaggedEffect>,
     /// Runs of proposals: a run is cut into entries as a whole (unless it is larger than
     /// an entry), never mixed with proposals that came after it.
     queue: mpsc::Sender<Vec<Proposal>>,
@@ -63,19 +66,20 @@ pub struct Group {
 }
 
 impl Group {
-    /// Wraps a running raft instance and starts its proposal queue task.
+    /// Wraps a running raft instance and starts its proposal queue task. `applied` and
+    /// `effects` come from the group's replica.
     pub fn new(
         id: GroupId,
         node: NodeId,
         raft: Raft,
-        replica: ReplicaHandle,
+        (applied, effects): (watch::Receiver<Option<u64>>, broadcast::Sender<TaggedEffect>),
         network: Option<Network>,
         in_flight: usize,
     ) -> Group {
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let writer = Writer { group: id, node, raft: raft.clone(), network };
         let batcher = tokio::spawn(run_batcher(writer, receiver, in_flight.max(1)));
-        Group { id, node, raft, replica, queue, batcher: Mutex::new(Some(batcher)) }
+        Group { id, node, raft, applied, effects, queue, batcher: Mutex::new(Some(batcher)) }
     }
 
     pub fn id(&self) -> GroupId {
@@ -86,8 +90,14 @@ impl Group {
         &self.raft
     }
 
-    pub fn replica(&self) -> &ReplicaHandle {
-        &self.replica
+    /// A watch on the replica's last applied index.
+    pub fn applied(&self) -> watch::Receiver<Option<u64>> {
+        self.applied.clone()
+    }
+
+    /// Every effect this group applies from now on.
+    pub fn subscribe_effects(&self) -> broadcast::Receiver<TaggedEffect> {
+        self.effects.subscribe()
     }
 
     /// A watch on this group's raft metrics.

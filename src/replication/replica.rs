@@ -1,23 +1,25 @@
-//! The replica: openraft's state machine for one group, wrapped around a
-//! [`pkd_raft::Machine`].
+//! The replica: openraft's state machine for one group, wrapped around the group's
+//! machine from the core, a [`Lobby`] or an [`Arena`].
 //!
 //! Raft hands the replica committed entries; the replica applies each entry's commands in
 //! order to the machine, answers the proposer with the machine's responses, and publishes
-//! every effect, tagged with the group and the log index that produced it, on a broadcast
-//! channel for the sinks and the gateway. A restart restores the stored snapshot and raft
+//! every effect, tagged with the group and the log index that produced it, on the node's
+//! broadcast channel and the group's own. A restart restores the stored snapshot and raft
 //! replays the log after it, so the effects of replayed entries are published again: every
 //! consumer must be idempotent (see `pkd_raft::effect`).
 //!
 //! Snapshots hold the last applied log id, the membership and the machine's own snapshot
-//! bytes, and are saved through the group's [`SnapshotStore`].
+//! bytes, and are saved through the group's [`SnapshotStore`]. A snapshot of the other kind
+//! of machine is refused, so a group's machine keeps its kind for life.
 //!
-//! Local reads go through a [`ReplicaHandle`], which shares the machine with the replica.
+//! Reads go through a [`ReplicaHandle`], typed by the machine's kind, which shares the
+//! machine with the replica.
 
 use std::io;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures_util::{Stream, StreamExt};
-use pkd_raft::{Effect, Machine, Response};
+use pkd_raft::{Arena, Config, Effect, Lobby, Response, SingleKind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
@@ -29,6 +31,9 @@ use super::consensus::{
 /// One group's raft instance, driving its [`Replica`].
 pub type Raft = RaftOf<Replica>;
 
+/// Room for one group's own effects; a subscriber further behind loses the oldest.
+const GROUP_EFFECT_CAPACITY: usize = 16_384;
+
 /// One effect of a committed command, with where it came from. The pair (group, index)
 /// identifies the entry: an effect seen again with the same pair is a replay.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,15 +44,12 @@ pub struct TaggedEffect {
     pub effect: Effect,
 }
 
-/// Room for one group's own effects; a subscriber further behind loses the oldest.
-const GROUP_EFFECT_CAPACITY: usize = 16_384;
-
 /// The state of one group's replica: what a snapshot holds.
 #[derive(Clone, Debug)]
-pub struct ReplicaState {
-    pub machine: Machine,
-    pub last_applied: Option<LogId>,
-    pub membership: StoredMembership,
+pub(crate) struct ReplicaState<M> {
+    machine: M,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
 }
 
 /// The encoding of a snapshot's data.
@@ -55,11 +57,11 @@ pub struct ReplicaState {
 struct SnapshotData {
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    /// [`Machine::snapshot`] bytes.
+    /// The machine's snapshot bytes.
     machine: Vec<u8>,
 }
 
-impl ReplicaState {
+impl<M: SingleKind> ReplicaState<M> {
     fn encode(&self) -> io::Result<Vec<u8>> {
         let data = SnapshotData {
             last_applied: self.last_applied,
@@ -69,41 +71,75 @@ impl ReplicaState {
         postcard::to_allocvec(&data).map_err(io::Error::other)
     }
 
-    fn decode(bytes: &[u8]) -> io::Result<ReplicaState> {
+    fn decode(bytes: &[u8]) -> io::Result<ReplicaState<M>> {
         let invalid = |error: String| io::Error::new(io::ErrorKind::InvalidData, error);
         let data: SnapshotData = postcard::from_bytes(bytes)
             .map_err(|error| invalid(format!("replica snapshot does not decode: {error}")))?;
-        let machine = Machine::restore(&data.machine).map_err(|error| invalid(format!("machine snapshot: {error}")))?;
+        let machine = M::restore(&data.machine).map_err(|error| invalid(format!("machine snapshot: {error}")))?;
         Ok(ReplicaState { machine, last_applied: data.last_applied, membership: data.membership })
+    }
+
+    /// Applies one entry; returns the responses, and appends the effects to `effects`.
+    fn apply_entry(&mut self, log_id: LogId, payload: Payload, effects: &mut Vec<Effect>) -> Vec<Response> {
+        self.last_applied = Some(log_id);
+        match payload {
+            EntryPayload::Blank => Vec::new(),
+            EntryPayload::Normal(batch) => batch.0.iter().map(|command| self.machine.apply(command, effects)).collect(),
+            EntryPayload::Membership(membership) => {
+                self.membership = StoredMembership::new(Some(log_id), membership);
+                Vec::new()
+            }
+        }
     }
 }
 
-/// A read handle on a group's replica, cheap to clone.
-#[derive(Clone, Debug)]
-pub struct ReplicaHandle {
+fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // A panic while applying poisons the lock; the state itself is still whole (the
+    // machine never panics half-way on purpose), so reads carry on.
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A read handle on a group's replica, of a machine of kind `M`; cheap to clone.
+#[derive(Debug)]
+pub struct ReplicaHandle<M> {
     group: GroupId,
-    state: Arc<RwLock<ReplicaState>>,
+    state: Arc<RwLock<ReplicaState<M>>>,
     applied: watch::Receiver<Option<u64>>,
     group_effects: broadcast::Sender<TaggedEffect>,
 }
 
-impl ReplicaHandle {
+impl<M> Clone for ReplicaHandle<M> {
+    fn clone(&self) -> Self {
+        ReplicaHandle {
+            group: self.group,
+            state: Arc::clone(&self.state),
+            applied: self.applied.clone(),
+            group_effects: self.group_effects.clone(),
+        }
+    }
+}
+
+impl<M> ReplicaHandle<M> {
     pub fn group(&self) -> GroupId {
         self.group
     }
 
     /// Runs `read` on the machine as it stands now (the last applied entry).
-    pub fn read<T>(&self, read: impl FnOnce(&Machine) -> T) -> T {
-        read(&self.lock().machine)
+    pub fn read<T>(&self, read: impl FnOnce(&M) -> T) -> T {
+        read(&read_lock(&self.state).machine)
     }
 
     /// The index of the last applied entry.
     pub fn last_applied_index(&self) -> Option<u64> {
-        self.lock().last_applied.map(|log_id| log_id.index)
+        read_lock(&self.state).last_applied.map(|log_id| log_id.index)
     }
 
-    /// A watch on the last applied index: it changes after every applied entry, so
-    /// timers and hand-overs can look at the state again.
+    /// A watch on the last applied index: it changes after every applied entry, so that
+    /// duties can look at the state again.
     pub fn applied(&self) -> watch::Receiver<Option<u64>> {
         self.applied.clone()
     }
@@ -114,46 +150,80 @@ impl ReplicaHandle {
         self.group_effects.subscribe()
     }
 
-    fn lock(&self) -> RwLockReadGuard<'_, ReplicaState> {
-        // A panic while applying poisons the lock; the state itself is still whole
-        // (the machine never panics half-way on purpose), so reads carry on.
-        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The sender of the group's own effects, for its [`super::group::Group`].
+    pub(crate) fn effect_sender(&self) -> broadcast::Sender<TaggedEffect> {
+        self.group_effects.clone()
     }
+}
+
+/// The machine behind a replica, of either kind.
+pub(crate) enum Kind {
+    Lobby(Arc<RwLock<ReplicaState<Lobby>>>),
+    Arena(Arc<RwLock<ReplicaState<Arena>>>),
+}
+
+/// The kinds of machine a replica may hold.
+pub(crate) trait Hosted: SingleKind + Send + Sync + 'static {
+    fn wrap(state: Arc<RwLock<ReplicaState<Self>>>) -> Kind;
+}
+
+impl Hosted for Lobby {
+    fn wrap(state: Arc<RwLock<ReplicaState<Lobby>>>) -> Kind {
+        Kind::Lobby(state)
+    }
+}
+
+impl Hosted for Arena {
+    fn wrap(state: Arc<RwLock<ReplicaState<Arena>>>) -> Kind {
+        Kind::Arena(state)
+    }
+}
+
+/// Runs `$body` with `$state` bound to the replica's state, whatever its kind.
+macro_rules! with_state {
+    ($kind:expr, $state:ident => $body:expr) => {
+        match $kind {
+            Kind::Lobby($state) => $body,
+            Kind::Arena($state) => $body,
+        }
+    };
 }
 
 /// openraft's state machine for one group.
 pub struct Replica {
     group: GroupId,
-    state: Arc<RwLock<ReplicaState>>,
+    kind: Kind,
     snapshots: SnapshotStore,
     /// Every group's effects, for the node.
     effects: broadcast::Sender<TaggedEffect>,
     /// This group's effects only.
     group_effects: broadcast::Sender<TaggedEffect>,
     applied: watch::Sender<Option<u64>>,
-    /// Reused for each command's effects.
+    /// Reused for each entry's effects.
     buffer: Vec<Effect>,
 }
 
 impl Replica {
-    /// The replica of `group`, restored from its stored snapshot, or `fresh` if the group has
-    /// none. Also returns the read handle.
-    pub fn open(
+    /// The replica of `group`, a machine of kind `M`, restored from its stored snapshot or
+    /// fresh if the group has none. Also returns the read handle.
+    pub(crate) fn open<M: Hosted>(
         group: GroupId,
         snapshots: SnapshotStore,
-        fresh: Machine,
         effects: broadcast::Sender<TaggedEffect>,
-    ) -> io::Result<(Replica, ReplicaHandle)> {
+    ) -> io::Result<(Replica, ReplicaHandle<M>)> {
         let state = match snapshots.load()? {
             Some(snapshot) => {
-                let state = ReplicaState::decode(&snapshot.snapshot)?;
+                let state = ReplicaState::<M>::decode(&snapshot.snapshot)?;
                 tracing::info!(%group, last_applied = ?state.last_applied, "replica restored from snapshot");
                 state
             }
-            None => ReplicaState { machine: fresh, last_applied: None, membership: StoredMembership::default() },
+            None => ReplicaState {
+                machine: M::fresh(Config::default()),
+                last_applied: None,
+                membership: Default::default(),
+            },
         };
-        let last_index = state.last_applied.map(|log_id| log_id.index);
-        let (applied, applied_watch) = watch::channel(last_index);
+        let (applied, applied_watch) = watch::channel(state.last_applied.map(|log_id| log_id.index));
         let state = Arc::new(RwLock::new(state));
         let (group_effects, _) = broadcast::channel(GROUP_EFFECT_CAPACITY);
         let handle = ReplicaHandle {
@@ -162,40 +232,12 @@ impl Replica {
             applied: applied_watch,
             group_effects: group_effects.clone(),
         };
-        let replica = Replica { group, state, snapshots, effects, group_effects, applied, buffer: Vec::new() };
-        Ok((replica, handle))
+        let kind = M::wrap(state);
+        Ok((Replica { group, kind, snapshots, effects, group_effects, applied, buffer: Vec::new() }, handle))
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ReplicaState> {
-        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn read(&self) -> RwLockReadGuard<'_, ReplicaState> {
-        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Applies one entry; returns the responses and the effects to publish.
-    fn apply_entry(&mut self, log_id: LogId, payload: Payload) -> (Vec<Response>, Vec<Effect>) {
-        let mut state = self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.last_applied = Some(log_id);
-        let mut effects = Vec::new();
-        let responses = match payload {
-            EntryPayload::Blank => Vec::new(),
-            EntryPayload::Normal(batch) => {
-                let mut responses = Vec::with_capacity(batch.0.len());
-                for command in &batch.0 {
-                    self.buffer.clear();
-                    responses.push(state.machine.apply(command, &mut self.buffer));
-                    effects.append(&mut self.buffer);
-                }
-                responses
-            }
-            EntryPayload::Membership(membership) => {
-                state.membership = StoredMembership::new(Some(log_id), membership);
-                Vec::new()
-            }
-        };
-        (responses, effects)
+    fn applied_index(&self) -> Option<u64> {
+        with_state!(&self.kind, state => read_lock(state).last_applied.map(|log_id| log_id.index))
     }
 }
 
@@ -228,8 +270,10 @@ impl RaftStateMachine<TypeConfig> for Replica {
     type SnapshotBuilder = ReplicaSnapshotBuilder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        let state = self.read();
-        Ok((state.last_applied, state.membership.clone()))
+        Ok(with_state!(&self.kind, state => {
+            let state = read_lock(state);
+            (state.last_applied, state.membership.clone())
+        }))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
@@ -239,9 +283,12 @@ impl RaftStateMachine<TypeConfig> for Replica {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let log_id = entry.log_id;
-            let (responses, effects) = self.apply_entry(log_id, entry.payload);
+            let buffer = &mut self.buffer;
+            buffer.clear();
+            let responses =
+                with_state!(&self.kind, state => write_lock(state).apply_entry(log_id, entry.payload, buffer));
             let group_subscribed = self.group_effects.receiver_count() > 0;
-            for effect in effects {
+            for effect in self.buffer.drain(..) {
                 let tagged = TaggedEffect { group: self.group, index: log_id.index, effect };
                 // No subscriber is not an error: the sinks may not be running yet.
                 if group_subscribed {
@@ -258,21 +305,22 @@ impl RaftStateMachine<TypeConfig> for Replica {
     }
 
     async fn get_snapshot_builder(&mut self) -> ReplicaSnapshotBuilder {
-        let state = self.read();
-        ReplicaSnapshotBuilder {
-            group: self.group,
-            meta: SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone() },
-            data: Some(state.encode()),
-            snapshots: self.snapshots.clone(),
-        }
+        let (meta, data) = with_state!(&self.kind, state => {
+            let state = read_lock(state);
+            let meta = SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone() };
+            (meta, state.encode())
+        });
+        ReplicaSnapshotBuilder { group: self.group, meta, data: Some(data), snapshots: self.snapshots.clone() }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> io::Result<()> {
-        let state = ReplicaState::decode(&snapshot)?;
-        self.snapshots.save(meta, &snapshot).await?;
-        let index = state.last_applied.map(|log_id| log_id.index);
-        *self.write() = state;
-        self.applied.send_replace(index);
+        // Decoded as this replica's own kind: a snapshot of the other kind is refused.
+        with_state!(&self.kind, state => {
+            let installed = decode_like(state, &snapshot)?;
+            self.snapshots.save(meta, &snapshot).await?;
+            *write_lock(state) = installed;
+        });
+        self.applied.send_replace(self.applied_index());
         tracing::info!(group = %self.group, last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }
@@ -280,4 +328,9 @@ impl RaftStateMachine<TypeConfig> for Replica {
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         Ok(self.snapshots.load()?)
     }
+}
+
+/// Decodes `bytes` as a state of the same kind as `_like`.
+fn decode_like<M: SingleKind>(_like: &RwLock<ReplicaState<M>>, bytes: &[u8]) -> io::Result<ReplicaState<M>> {
+    ReplicaState::<M>::decode(bytes)
 }

@@ -270,13 +270,16 @@ impl Network {
         actions: Vec<Action>,
     ) -> Vec<Result<Response, ProposeError>> {
         let count = actions.len();
-        let failed = |message: String| (0..count).map(|_| Err(ProposeError::Forward { group, leader, message: message.clone() })).collect();
+        let failed = |message: String| {
+            (0..count).map(|_| Err(ProposeError::Forward { group, leader, message: message.clone() })).collect()
+        };
         match self.call(leader, group, Request::Propose(actions), PROPOSE_TIMEOUT).await {
-            Ok(Reply::Proposed(results)) if results.len() == count => results
-                .into_iter()
-                .map(|result| result.map_err(|refused| refused.into_error(group, leader)))
-                .collect(),
-            Ok(Reply::Proposed(results)) => failed(format!("the leader answered {} of {count} proposals", results.len())),
+            Ok(Reply::Proposed(results)) if results.len() == count => {
+                results.into_iter().map(|result| result.map_err(|refused| refused.into_error(group, leader))).collect()
+            }
+            Ok(Reply::Proposed(results)) => {
+                failed(format!("the leader answered {} of {count} proposals", results.len()))
+            }
             Ok(other) => failed(format!("unexpected reply to a proposal: {other:?}")),
             Err(error) => failed(error.to_string()),
         }

@@ -154,7 +154,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 }
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            network.call(peer, group, Request::Raft(RaftRequest::Snapshot { vote, meta: snapshot.meta, transfer }), left).await
+            network
+                .call(peer, group, Request::Raft(RaftRequest::Snapshot { vote, meta: snapshot.meta, transfer }), left)
+                .await
         };
         let reply = tokio::select! {
             reply = send => reply.map_err(streaming_error)?,

@@ -7,8 +7,8 @@
 
 use bytes::Bytes;
 use pkd_raft::{Action, Response};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::io;
 use tokio_util::codec::LengthDelimitedCodec;
 
@@ -45,7 +45,11 @@ pub(super) enum RaftRequest {
     Vote(VoteRequest),
     PreVote(VoteRequest),
     /// Install the snapshot whose pieces came under `transfer`.
-    Snapshot { vote: Vote, meta: SnapshotMeta, transfer: u64 },
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        transfer: u64,
+    },
     TransferLeader(TransferLeaderRequest),
     /// The read index of a group the asked node leads, for a linearizable read elsewhere.
     ReadIndex,

@@ -18,8 +18,8 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pkd_cluster::api::{GroupKind as ApiGroupKind, GroupStatus, MemberLag, NodeStatus};
-use pkd_raft::{Action, Response};
+use pkd_cluster::api::{GroupKind, GroupStatus, MemberLag, NodeStatus};
+use pkd_raft::{Action, Arena, ArenaAction, Lobby, LobbyAction, MachineKind, PkId, Response};
 use pkd_storage::Store;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ use super::error::ProposeError;
 use super::group::{Group, Route};
 use super::network::Network;
 use super::replica::{ReplicaHandle, TaggedEffect};
-use crate::topology::{GroupKind, Topology};
+use crate::topology::Topology;
 
 /// What a node needs to start.
 #[derive(Clone, Debug)]
@@ -107,6 +107,10 @@ struct Inner {
     topology: Topology,
     /// In [`Topology::groups`] order: the lobby first, then the arenas.
     groups: Vec<Group>,
+    /// The lobby's replica.
+    lobby: ReplicaHandle<Lobby>,
+    /// The arenas' replicas, in [`Topology::arenas`] order.
+    arenas: Vec<ReplicaHandle<Arena>>,
     /// The network to the other nodes, in a cluster.
     network: Option<Network>,
     /// The node's database (every group's log and snapshots).
@@ -129,8 +133,30 @@ impl Node {
     }
 
     /// The arena group that hosts `pk`.
-    pub fn arena_of(&self, pk: pkd_raft::PkId) -> GroupId {
+    pub fn arena_of(&self, pk: PkId) -> GroupId {
         self.inner.topology.arena_of(pk)
+    }
+
+    /// This node's replica of the lobby.
+    pub fn lobby(&self) -> &ReplicaHandle<Lobby> {
+        &self.inner.lobby
+    }
+
+    /// This node's replica of arena `group`, if it is one.
+    pub fn arena(&self, group: GroupId) -> Option<&ReplicaHandle<Arena>> {
+        let index = usize::try_from(group.0).ok()?.checked_sub(1)?;
+        self.inner.arenas.get(index)
+    }
+
+    /// This node's replica of the arena that hosts `pk`.
+    pub fn arena_for(&self, pk: PkId) -> &ReplicaHandle<Arena> {
+        // `arena_of` names one of the topology's arenas, and there is a replica for each.
+        &self.inner.arenas[(self.arena_of(pk).0 - 1) as usize]
+    }
+
+    /// This node's replicas of every arena, in id order.
+    pub fn arenas(&self) -> &[ReplicaHandle<Arena>] {
+        &self.inner.arenas
     }
 
     /// One of this node's groups.
@@ -166,9 +192,17 @@ impl Node {
         self.group(group)?.propose(action, Route::HereOnly).await
     }
 
-    /// A read handle on `group`'s replica.
-    pub fn replica(&self, group: GroupId) -> Option<&ReplicaHandle> {
-        self.group(group).ok().map(Group::replica)
+    /// Proposes a lobby action, through the lobby's leader.
+    pub async fn propose_lobby(&self, action: LobbyAction) -> Result<Response, ProposeError> {
+        self.propose(self.inner.topology.lobby(), Action::Lobby(action)).await
+    }
+
+    /// Proposes an arena action to arena `arena`, through its leader.
+    pub async fn propose_arena(&self, arena: GroupId, action: ArenaAction) -> Result<Response, ProposeError> {
+        match self.inner.topology.kind(arena) {
+            Some(MachineKind::Arena) => self.propose(arena, Action::Arena(action)).await,
+            _ => Err(ProposeError::UnknownGroup(arena)),
+        }
     }
 
     /// Every effect applied from now on, in every group, tagged with its group and log
@@ -219,8 +253,8 @@ impl Node {
                     GroupStatus {
                         id: group.id().0,
                         kind: match self.inner.topology.kind(group.id()) {
-                            Some(GroupKind::Lobby) => ApiGroupKind::Lobby,
-                            _ => ApiGroupKind::Arena,
+                            Some(MachineKind::Lobby) => GroupKind::Lobby,
+                            _ => GroupKind::Arena,
                         },
                         state: format!("{:?}", metrics.state).to_lowercase(),
                         leader: metrics.current_leader,

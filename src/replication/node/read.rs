@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use pkd_raft::Machine;
+use pkd_raft::{Arena, Lobby};
+use tokio::sync::watch;
 
 use super::Node;
 use crate::replication::consensus::{self, GroupId};
@@ -32,32 +33,54 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_RETRY: Duration = Duration::from_millis(20);
 
 impl Node {
-    /// Runs `read` on this node's replica of `group`, as fresh as `consistency` asks.
+    /// Runs `read` on this node's replica of the lobby, as fresh as `consistency` asks.
     ///
     /// [`Consistency::Linearizable`] fails rather than answer from a replica it cannot
     /// prove current: no leader reachable, no quorum behind it, or the replica not caught up
     /// within [`READ_TIMEOUT`].
-    pub async fn read<T>(
+    pub async fn read_lobby<T>(
+        &self,
+        consistency: Consistency,
+        read: impl FnOnce(&Lobby) -> T,
+    ) -> Result<T, ProposeError> {
+        let replica = self.lobby();
+        self.caught_up(replica.group(), replica.applied(), consistency).await?;
+        Ok(replica.read(read))
+    }
+
+    /// Runs `read` on this node's replica of arena `arena`, as fresh as `consistency` asks
+    /// (see [`Node::read_lobby`]).
+    pub async fn read_arena<T>(
+        &self,
+        arena: GroupId,
+        consistency: Consistency,
+        read: impl FnOnce(&Arena) -> T,
+    ) -> Result<T, ProposeError> {
+        let replica = self.arena(arena).ok_or(ProposeError::UnknownGroup(arena))?;
+        self.caught_up(arena, replica.applied(), consistency).await?;
+        Ok(replica.read(read))
+    }
+
+    /// Returns once a read of `group`'s replica may answer as `consistency` asks.
+    async fn caught_up(
         &self,
         group: GroupId,
+        mut applied: watch::Receiver<Option<u64>>,
         consistency: Consistency,
-        read: impl FnOnce(&Machine) -> T,
-    ) -> Result<T, ProposeError> {
-        let replica = self.group(group)?.replica();
-        if consistency == Consistency::Linearizable {
-            let index = self.read_index(group).await?;
-            let mut applied = replica.applied();
-            let caught_up = applied.wait_for(|applied| applied.is_some_and(|applied| applied >= index));
-            match tokio::time::timeout(READ_TIMEOUT, caught_up).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => return Err(ProposeError::Stopped(group)),
-                Err(_) => {
-                    let message = format!("the replica did not apply index {index} within {READ_TIMEOUT:?}");
-                    return Err(ProposeError::Raft { group, message });
-                }
+    ) -> Result<(), ProposeError> {
+        if consistency == Consistency::Local {
+            return Ok(());
+        }
+        let index = self.read_index(group).await?;
+        let caught_up = applied.wait_for(|applied| applied.is_some_and(|applied| applied >= index));
+        match tokio::time::timeout(READ_TIMEOUT, caught_up).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ProposeError::Stopped(group)),
+            Err(_) => {
+                let message = format!("the replica did not apply index {index} within {READ_TIMEOUT:?}");
+                Err(ProposeError::Raft { group, message })
             }
         }
-        Ok(replica.read(read))
     }
 
     /// The log index this node's replica of `group` must have applied for a linearizable

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use pkd_raft::{Config, Machine};
+use pkd_raft::{Arena, Lobby, MachineKind};
 use pkd_storage::Store;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -22,8 +22,8 @@ use crate::replication::consensus::{self, BasicNode, GroupId, NoNetwork, NodeId,
 use crate::replication::error::{ChangeRefused, ProposalRefused};
 use crate::replication::group::{Group, is_leader_in};
 use crate::replication::network::{Network, NetworkConfig};
-use crate::replication::replica::{Raft, Replica};
-use crate::topology::{GroupKind, Topology};
+use crate::replication::replica::{Raft, Replica, ReplicaHandle};
+use crate::topology::Topology;
 
 /// How long a start waits for every group to have a leader and, where this node leads, to
 /// have applied its log.
@@ -95,13 +95,25 @@ async fn start(config: NodeConfig, cluster: Option<(NetworkConfig, TcpListener)>
     let (effects, _) = broadcast::channel(config.effect_capacity);
     let mut groups = Vec::with_capacity(topology.group_count());
     let mut logs = Vec::with_capacity(topology.group_count());
+    let mut lobby: Option<ReplicaHandle<Lobby>> = None;
+    let mut arenas: Vec<ReplicaHandle<Arena>> = Vec::with_capacity(topology.arena_count() as usize);
     for group in topology.groups() {
-        let fresh = match topology.kind(group) {
-            Some(GroupKind::Lobby) => Machine::lobby(Config::default()),
-            _ => Machine::arena(Config::default()),
+        let snapshots = store.snapshot_store(group)?;
+        let opened = match topology.kind(group) {
+            Some(MachineKind::Lobby) => {
+                Replica::open::<Lobby>(group, snapshots, effects.clone()).map(|(replica, handle)| {
+                    let watch = (handle.applied(), handle.effect_sender());
+                    lobby = Some(handle);
+                    (replica, watch)
+                })
+            }
+            _ => Replica::open::<Arena>(group, snapshots, effects.clone()).map(|(replica, handle)| {
+                let watch = (handle.applied(), handle.effect_sender());
+                arenas.push(handle);
+                (replica, watch)
+            }),
         };
-        let (replica, handle) = Replica::open(group, store.snapshot_store(group)?, fresh, effects.clone())
-            .map_err(|source| NodeError::Replica { group, source })?;
+        let (replica, watch) = opened.map_err(|source| NodeError::Replica { group, source })?;
         let log = store.log_store(group)?;
         logs.push(log.clone());
         let started = match &network {
@@ -117,17 +129,20 @@ async fn start(config: NodeConfig, cluster: Option<(NetworkConfig, TcpListener)>
         if initializer {
             initialize(group, &members, &raft).await?;
         }
-        groups.push(Group::new(group, config.node_id, raft, handle, network.clone(), config.in_flight));
+        groups.push(Group::new(group, config.node_id, raft, watch, network.clone(), config.in_flight));
     }
     if !joining {
         for group in &groups {
             wait_until_ready(group, network.is_none()).await?;
         }
     }
+    let lobby = lobby.ok_or_else(|| NodeError::Config("the topology has no lobby".to_owned()))?;
     let inner = Arc::new(Inner {
         id: config.node_id,
         topology,
         groups,
+        lobby,
+        arenas,
         network,
         store,
         effects,
