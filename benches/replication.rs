@@ -16,9 +16,9 @@
 //! has taken that many raft entries, with snapshots and log purges on the way, then
 //! reports the data directory's size on disk and the process's resident memory.
 
-use pkd::consensus::GroupId;
+use pkd::duties::Duties;
 use pkd::{Node, NodeConfig};
-use pkd_raft::{Action, AnchorProfile, Gift, GiftId, PkId, Response, RoomId, UserId};
+use pkd_raft::{Action, AnchorProfile, ArenaAction, Gift, GiftId, LobbyAction, PkId, Response, RoomId, UserId};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,10 +36,10 @@ fn profile(anchor: u64) -> AnchorProfile {
 }
 
 async fn set_config(node: &Node, key: &str, value: &str) {
-    for group in 0..=u64::from(node.arena_count()) {
+    for group in node.topology().groups() {
         let action = Action::SetConfig { key: key.into(), value: value.into() };
         loop {
-            match node.propose(GroupId(group), action.clone()).await {
+            match node.propose(group, action.clone()).await {
                 Ok(response) => break assert_eq!(response, Response::Done),
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -54,20 +54,18 @@ async fn make_pks(node: &Node) -> Vec<(PkId, UserId)> {
     let mut pks = Vec::new();
     for i in 0..PKS {
         let (a, b) = (2 * i + 1, 2 * i + 2);
-        let lobby = pkd::LOBBY;
         assert_eq!(
-            node.propose(lobby, Action::StartMatch { anchor: UserId(a), profile: profile(a) }).await.unwrap(),
+            node.propose_lobby(LobbyAction::StartMatch { anchor: UserId(a), profile: profile(a) }).await.unwrap(),
             Response::Waiting
         );
-        match node.propose(lobby, Action::StartMatch { anchor: UserId(b), profile: profile(b) }).await.unwrap() {
+        match node.propose_lobby(LobbyAction::StartMatch { anchor: UserId(b), profile: profile(b) }).await.unwrap() {
             Response::Matched { pk, .. } => pks.push((pk, UserId(a))),
             other => panic!("no match: {other:?}"),
         }
     }
     // Wait until every arena has its PKs (the hand-over is asynchronous).
     for (pk, _) in &pks {
-        let group = node.arena_of(*pk);
-        while node.replica(group).unwrap().read(|m| m.as_arena().unwrap().view(*pk).is_none()) {
+        while node.arena_for(*pk).read(|arena| arena.view(*pk).is_none()) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -122,7 +120,7 @@ async fn load(
                 // A client retries what did not go through (a leader moving, a connection
                 // being dialled); the gift id makes the retry safe.
                 loop {
-                    match node.propose(node.arena_of(pk), Action::Gift(gift.clone())).await {
+                    match node.propose_arena(node.arena_of(pk), ArenaAction::Gift(gift.clone())).await {
                         Ok(Response::GiftCounted { .. }) => break latencies.push(started.elapsed()),
                         Ok(other) => panic!("gift not counted: {other:?}"),
                         Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -148,13 +146,22 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1e6
 }
 
+/// Three nodes on loopback, each with its leader duties (kept running until the end).
 async fn three_nodes(dirs: &[TempDir]) -> Vec<Arc<Node>> {
-    let in_flight = env("REPLICATION_IN_FLIGHT", pkd::group::DEFAULT_IN_FLIGHT as u64) as usize;
+    let in_flight = env("REPLICATION_IN_FLIGHT", pkd::replication::group::DEFAULT_IN_FLIGHT as u64) as usize;
     let configs =
         dirs.iter().map(|dir| NodeConfig { arena_count: 4, in_flight, ..NodeConfig::single(dir.path()) }).collect();
-    let started =
-        pkd::node::start_loopback_cluster(configs, "bench", b"bench-secret-0123456789", |_| {}).await.unwrap();
-    started.into_iter().map(|started| Arc::new(started.node)).collect()
+    let started = pkd::replication::node::start_loopback_cluster(configs, "bench", b"bench-secret-0123456789", |_| {})
+        .await
+        .unwrap();
+    started.into_iter().map(|started| with_duties(started.node)).collect()
+}
+
+/// `node`, with its timers, hand-overs and balancing running for the rest of the run
+/// (dropping `Duties` leaves them running).
+fn with_duties(node: Node) -> Arc<Node> {
+    drop(Duties::start(&node));
+    Arc::new(node)
 }
 
 fn disk_bytes(path: &Path) -> u64 {
@@ -191,7 +198,7 @@ fn resident_mib() -> f64 {
 async fn soak(entries: u64) {
     let clients = env("REPLICATION_SOAK_CLIENTS", 16);
     let dir = TempDir::new().unwrap();
-    let node = Arc::new(Node::start(NodeConfig { arena_count: 4, ..NodeConfig::single(dir.path()) }).await.unwrap());
+    let node = with_duties(Node::start(NodeConfig { arena_count: 4, ..NodeConfig::single(dir.path()) }).await.unwrap());
     let pks = Arc::new(make_pks(&node).await);
     let started = Instant::now();
     let first = log_entries(&node);
@@ -238,7 +245,7 @@ fn main() {
         let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().unwrap()).collect();
         let nodes = if env("REPLICATION_NODES", 3) == 1 {
             let config = NodeConfig { arena_count: 4, ..NodeConfig::single(dirs[0].path()) };
-            vec![Arc::new(Node::start(config).await.unwrap())]
+            vec![with_duties(Node::start(config).await.unwrap())]
         } else {
             three_nodes(&dirs).await
         };

@@ -5,7 +5,7 @@
 
 use pkd_raft::{MachineKind, PkId};
 
-use crate::replication::consensus::GroupId;
+use pkd_storage::GroupId;
 
 /// The lobby's group id.
 pub const LOBBY: GroupId = GroupId(0);

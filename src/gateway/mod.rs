@@ -1,5 +1,5 @@
 //! The WebSocket gateway: how app clients talk to pkd once their connection is upgraded
-//! (the HTTP side, `/ws` and the gift API, is in `crate::http`).
+//! (the HTTP side, `/ws` and the gift API, is served by the HTTP module).
 //!
 //! - [`protocol`]: the wire format as pure functions (see `docs/protocol.md`).
 //! - [`hub`]: who is connected to this node and in which room; bounded queues.

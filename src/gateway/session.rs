@@ -1,6 +1,6 @@
 //! One WebSocket connection.
 //!
-//! The upgrade (`crate::http`) is refused (HTTP 401) without a valid login token
+//! The upgrade is refused (HTTP 401) without a valid login token
 //! ([`authenticate`]). Then one task per connection ([`run`]) reads commands, answers each with exactly one reply (in order), forwards
 //! pushes from the hub, pings the client, closes an idle or too-slow connection, and
 //! answers floods with `900007`. A client that stops reading altogether is dropped once a

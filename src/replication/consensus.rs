@@ -21,7 +21,7 @@ pub use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, Stor
 pub use openraft::{
     BasicNode, Config as RaftConfig, EntryPayload, OptionalSend, RaftSnapshotBuilder, ServerState, SnapshotPolicy,
 };
-pub use pkd_storage::GroupId;
+pub use pkd_storage::{GroupId, NodeId};
 
 /// The commands of one raft entry, applied in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,8 +40,6 @@ openraft::declare_raft_types!(
         R = Vec<Response>,
 );
 
-/// A node's id in the cluster (the same in every group the node belongs to).
-pub type NodeId = u64;
 /// One group's raft instance over the state machine `SM` (the shell has one:
 /// `replica::Raft`).
 pub type RaftOf<SM> = openraft::Raft<TypeConfig, SM>;

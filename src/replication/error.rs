@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::consensus::{GroupId, NodeId};
+use pkd_storage::{GroupId, NodeId};
 
 /// Why a proposal did not get a response from the machine.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -150,7 +150,7 @@ impl<M> ReplicaHandle<M> {
         self.group_effects.subscribe()
     }
 
-    /// The sender of the group's own effects, for its [`super::group::Group`].
+    /// The sender of the group's own effects, for the group that owns the replica.
     pub(crate) fn effect_sender(&self) -> broadcast::Sender<TaggedEffect> {
         self.group_effects.clone()
     }

@@ -1,6 +1,6 @@
 //! Where committed state leaves the cluster: the SQL results tables and the Redis read
 //! cache of the source design (SPEC §5), and the counters of the duties that write them
-//! (`crate::duties::results`, `crate::duties::cache`).
+//! (the results and cache duties).
 //!
 //! Both stores are written from a group's leader, after commit, and may be given the same
 //! data twice (a restart replays the log, a new leader resumes its outbox): every write is

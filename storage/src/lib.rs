@@ -28,5 +28,8 @@ pub use snapshot_store::SnapshotStore;
 pub use store::DEFERRED_FLUSH_WAIT;
 pub use store::FlushTotals;
 pub use store::GroupId;
+
+/// A node's id in the cluster (the same in every raft group the node belongs to).
+pub type NodeId = u64;
 pub use store::LOCK_WAIT;
 pub use store::Store;

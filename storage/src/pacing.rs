@@ -8,8 +8,7 @@
 //! them; none of them acknowledges anything before its flush. A pure function of the
 //! group's view and of which peers answer, tested without a cluster.
 
-/// A node's id in the cluster.
-pub type NodeId = u64;
+use crate::NodeId;
 
 /// Whether node `me` must flush its appends at once, given the group's leader and voters
 /// (`voters` in increasing id order) and which peers it is connected to. Everything flushes

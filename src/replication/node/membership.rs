@@ -8,11 +8,11 @@ use std::time::Duration;
 use pkd_raft::{Action, Response};
 use pkd_storage::pacing::urgent_appends;
 
-use super::Node;
-use super::start::initialize;
+use super::{Node, NodeError};
 use crate::replication::consensus::{self, BasicNode, GroupId, LogStore, NodeId, ServerWatch};
 use crate::replication::error::{ChangeRefused, ProposeError};
 use crate::replication::network::{GroupChange, Network};
+use crate::replication::replica::Raft;
 use crate::retry::{Attempt, patiently};
 
 /// How long a group change keeps being retried while the group has no leader or its
@@ -175,6 +175,28 @@ impl Node {
             }
         };
         written.map_err(|error| consensus::classify_change_error(&error))
+    }
+}
+
+/// Makes `members` the members of `group`, unless the group was initialized before.
+pub(super) async fn initialize(
+    group: GroupId,
+    members: &BTreeMap<NodeId, BasicNode>,
+    raft: &Raft,
+) -> Result<(), NodeError> {
+    let initialized =
+        raft.is_initialized().await.map_err(|error| NodeError::Raft { group, message: error.to_string() })?;
+    if initialized {
+        return Ok(());
+    }
+    match raft.initialize(members.clone()).await {
+        Ok(()) => {
+            let members: Vec<NodeId> = members.keys().copied().collect();
+            tracing::info!(%group, ?members, "group initialized");
+            Ok(())
+        }
+        Err(error) if consensus::is_already_initialized(&error) => Ok(()),
+        Err(error) => Err(NodeError::Raft { group, message: error.to_string() }),
     }
 }
 

@@ -8,7 +8,7 @@
 //! - Membership and leadership changes run at each group's leader (`membership.rs`).
 //!
 //! A `Node` is a cheap handle: clones share the node. The leader duties (timers,
-//! hand-overs, balancing, sinks) are not started here; see `crate::duties`.
+//! hand-overs, balancing, sinks) are not started here: they run on top of a node.
 
 mod membership;
 mod read;

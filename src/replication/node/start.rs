@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::membership::follow_membership;
+use super::membership::{follow_membership, initialize};
 use super::{Inner, Node, NodeConfig, NodeError};
 use crate::replication::consensus::{self, BasicNode, GroupId, NoNetwork, NodeId, ServerWatch};
 use crate::replication::error::{ChangeRefused, ProposalRefused};
@@ -209,28 +209,6 @@ impl Node {
                 .collect(),
             Err(_) => actions.iter().map(|_| Err(ProposalRefused::UnknownGroup)).collect(),
         }
-    }
-}
-
-/// Makes `members` the members of `group`, unless the group was initialized before.
-pub(super) async fn initialize(
-    group: GroupId,
-    members: &BTreeMap<NodeId, BasicNode>,
-    raft: &Raft,
-) -> Result<(), NodeError> {
-    let initialized =
-        raft.is_initialized().await.map_err(|error| NodeError::Raft { group, message: error.to_string() })?;
-    if initialized {
-        return Ok(());
-    }
-    match raft.initialize(members.clone()).await {
-        Ok(()) => {
-            let members: Vec<NodeId> = members.keys().copied().collect();
-            tracing::info!(%group, ?members, "group initialized");
-            Ok(())
-        }
-        Err(error) if consensus::is_already_initialized(&error) => Ok(()),
-        Err(error) => Err(NodeError::Raft { group, message: error.to_string() }),
     }
 }
 
