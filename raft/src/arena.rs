@@ -174,7 +174,7 @@ impl Side {
             anchor: self.seat.anchor,
             room: self.seat.room,
             beans: self.beans,
-            online: self.online,
+            online: self.combined_online(now),
             audience: self.audience(now),
             top_gifters: best
                 .into_iter()
@@ -294,7 +294,7 @@ impl Arena {
                 if !self.pks.contains_key(pk) {
                     return Response::Rejected(Reason::NoSuchPk);
                 }
-                self.settle(*pk, Some(AbnormalEnd::Aborted), effects);
+                self.end_early(*pk, AbnormalEnd::Aborted, effects);
                 Response::Done
             }
             ArenaAction::ConfirmRoomsReleased { pk } => self.confirm(*pk, |s| &mut s.rooms_released),
@@ -304,10 +304,20 @@ impl Arena {
 
     // ---- queries -------------------------------------------------------------------
 
-    /// The PK's state as pushed to clients, or `None` if it is not running here.
+    /// The PK's state as of the last applied command, or `None` if it is not running
+    /// here.
     pub fn view(&self, pk: PkId) -> Option<PkView> {
+        self.view_at(pk, self.now)
+    }
+
+    /// The PK's state as it stands at `now`, a renderer's clock: the phase (the opening
+    /// ends at its time, with no command to mark it), the presence still fresh at `now`.
+    /// Everything the log decides (totals, the winner, the end) is as last applied; a
+    /// `now` behind the log's time counts as the log's time.
+    pub fn view_at(&self, pk: PkId, now: TimestampMs) -> Option<PkView> {
         let pk = self.pks.get(&pk)?;
-        Some(pk.view(pk.status(self.now), self.top_gifters(), self.now))
+        let now = now.max(self.now);
+        Some(pk.view(pk.status(now), self.top_gifters(), now))
     }
 
     /// How many top gifters a view lists.
@@ -488,12 +498,24 @@ impl Arena {
             push_state(pk.view(PkStatus::Ending, top, now), effects);
             effects.push(Effect::CacheChanged(CacheChange::Pk { pk: pk_id }));
         } else {
-            self.settle(pk_id, None, effects);
+            self.settle(pk_id, None, Announce::Result, effects);
         }
     }
 
-    /// Ends a PK for good: final push, rooms released, result queued for storage.
-    fn settle(&mut self, pk_id: PkId, abnormal: Option<AbnormalEnd>, effects: &mut Vec<Effect>) {
+    /// An abort or an anchor gone too long. Before the battle's end the PK ends abnormally
+    /// (status 3, no winner); in the after-battle stage the announced result stands and the
+    /// stage ends at once.
+    fn end_early(&mut self, pk_id: PkId, why: AbnormalEnd, effects: &mut Vec<Effect>) {
+        match self.pks.get(&pk_id) {
+            Some(pk) if pk.winner.is_some() => self.settle(pk_id, None, Announce::Closed, effects),
+            Some(_) => self.settle(pk_id, Some(why), Announce::Result, effects),
+            None => {}
+        }
+    }
+
+    /// Ends a PK for good: its rooms released, its result queued for storage, and its
+    /// final state pushed, unless `announce` says the result went out at the battle's end.
+    fn settle(&mut self, pk_id: PkId, abnormal: Option<AbnormalEnd>, announce: Announce, effects: &mut Vec<Effect>) {
         let Some(pk) = self.pks.remove(&pk_id) else {
             return;
         };
@@ -526,7 +548,14 @@ impl Arena {
         self.settled_ids.insert(pk_id, forget_at);
         self.deadlines.arm(forget_at, ArenaTimer::ForgetPk { pk: pk_id });
         self.settled.insert(pk_id, Settlement { result: result.clone(), rooms_released: false, persisted: false });
-        push_state(view, effects);
+        let rooms = [view.source.room, view.target.room];
+        if announce == Announce::Result {
+            push_state(view, effects);
+        }
+        for room in rooms {
+            let message = PushMessage::PkClosed { pk: pk_id, status };
+            effects.push(Effect::Pushed(Push { to: Audience::Room(room), message }));
+        }
         effects.push(Effect::CacheChanged(CacheChange::PkEnded {
             pk: pk_id,
             anchors: [pk.sides[0].seat.anchor, pk.sides[1].seat.anchor],
@@ -555,14 +584,23 @@ impl Arena {
         }
         match timer {
             ArenaTimer::EndBattle { pk } => self.end_battle(pk, effects),
-            ArenaTimer::EndPk { pk } => self.settle(pk, None, effects),
-            ArenaTimer::AnchorAway { pk, anchor } => self.settle(pk, Some(AbnormalEnd::AnchorLeft { anchor }), effects),
+            ArenaTimer::EndPk { pk } => self.settle(pk, None, Announce::Closed, effects),
+            ArenaTimer::AnchorAway { pk, anchor } => self.end_early(pk, AbnormalEnd::AnchorLeft { anchor }, effects),
             ArenaTimer::ForgetPk { pk } => {
                 self.settled_ids.remove(&pk);
             }
         }
         Response::Done
     }
+}
+
+/// Whether a settlement pushes the PK's final state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Announce {
+    /// The final state (status 2 or 3) goes out now.
+    Result,
+    /// The result went out when the battle ended: only the close is pushed.
+    Closed,
 }
 
 fn push_state(view: PkView, effects: &mut Vec<Effect>) {

@@ -51,6 +51,9 @@ pub enum PushMessage {
     MatchingStarted { anchor: UserId },
     /// pub type 14 (pkd's): matching ended without a match.
     MatchFailed { anchor: UserId, why: MatchFailure },
+    /// pub type 15 (pkd's): the PK is over, after its after-battle stage if it had one;
+    /// its rooms are free. `status` is `Done` or `Error`.
+    PkClosed { pk: PkId, status: PkStatus },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

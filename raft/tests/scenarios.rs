@@ -5,6 +5,7 @@
 mod support;
 
 use expect_test::{Expect, expect};
+use pkd_raft::{PkId, PkStatus, TimestampMs};
 use support::World;
 
 /// Short timings for readable scripts: opening 1 s, battle 10 s, no after-stage;
@@ -64,6 +65,8 @@ fn immediate_match_and_a_whole_pk() {
               [arena1] end-battle pk1 done
                 push room1 type10 pk1 Done/2 100..11100 | a1[room1] 0 aud=0 top=[] | a2[room2] 50 aud=0 top=[v1:50] | winner=a2
                 push room2 type10 pk1 Done/2 100..11100 | a1[room1] 0 aud=0 top=[] | a2[room2] 50 aud=0 top=[v1:50] | winner=a2
+                push room1 type15 pk1 closed Done
+                push room2 type15 pk1 closed Done
                 cache drop pk_1 pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 100..11100 dur=11000 | a1 0 aud=0 [] | a2 50 aud=0 [#1 v1:50x1] | winner=a2
               [lobby] release pk1 done
@@ -830,6 +833,8 @@ fn pk_enable_off_mid_matching_and_mid_pk() {
               [arena1] end-battle pk1 done
                 push room1 type10 pk1 Done/2 0..11000 | a1[room1] 10 aud=0 top=[v1:10] | a2[room2] 0 aud=0 top=[] | winner=a1
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 10 aud=0 top=[v1:10] | a2[room2] 0 aud=0 top=[] | winner=a1
+                push room1 type15 pk1 closed Done
+                push room2 type15 pk1 closed Done
                 cache drop pk_1 pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 10 aud=0 [#1 v1:10x1] | a2 0 aud=0 [] | winner=a1
               [lobby] release pk1 done
@@ -908,6 +913,8 @@ fn gifts_before_during_and_after_the_battle() {
               [arena1] end-battle pk1 done
                 push room1 type10 pk1 Done/2 0..11000 | a1[room1] 20 aud=0 top=[v1:20] | a2[room2] 0 aud=0 top=[] | winner=a1
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 20 aud=0 top=[v1:20] | a2[room2] 0 aud=0 top=[] | winner=a1
+                push room1 type15 pk1 closed Done
+                push room2 type15 pk1 closed Done
                 cache drop pk_1 pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 20 aud=0 [#1 v1:20x2] | a2 0 aud=0 [] | winner=a1
               [lobby] release pk1 done
@@ -1031,6 +1038,8 @@ fn top_gifters_and_ranks_with_ties_to_the_earliest() {
               [arena1] end-battle pk1 done
                 push room1 type10 pk1 Done/2 0..11000 | a1[room1] 1100 aud=0 top=[v2(bob):300,v4:300,v1(ann):300] | a2[room2] 1000 aud=0 top=[v5:1000] | winner=a1
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 1100 aud=0 top=[v2(bob):300,v4:300,v1(ann):300] | a2[room2] 1000 aud=0 top=[v5:1000] | winner=a1
+                push room1 type15 pk1 closed Done
+                push room2 type15 pk1 closed Done
                 cache drop pk_1 pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 1100 aud=0 [#1 v2:300x1 #2 v4:300x1 #3 v1:300x2 #4 v3:200x1] | a2 1000 aud=0 [#1 v5:1000x1] | winner=a1
               [lobby] release pk1 done
@@ -1079,6 +1088,8 @@ fn equal_beans_is_a_draw() {
               [arena1] end-battle pk1 done
                 push room1 type10 pk1 Done/2 0..11000 | a1[room1] 70 aud=0 top=[v1:70] | a2[room2] 70 aud=0 top=[v2:70] | winner=none
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 70 aud=0 top=[v1:70] | a2[room2] 70 aud=0 top=[v2:70] | winner=none
+                push room1 type15 pk1 closed Done
+                push room2 type15 pk1 closed Done
                 cache drop pk_1 pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 70 aud=0 [#1 v1:70x1] | a2 70 aud=0 [#1 v2:70x1] | winner=none
               [lobby] release pk1 done
@@ -1125,6 +1136,8 @@ fn admin_abort_ends_abnormally_without_a_winner() {
               [arena1] done
                 push room1 type10 pk1 Error/3 0..11000 | a1[room1] 70 aud=0 top=[v1:70] | a2[room2] 0 aud=0 top=[] | winner=none
                 push room2 type10 pk1 Error/3 0..11000 | a1[room1] 70 aud=0 top=[v1:70] | a2[room2] 0 aud=0 top=[] | winner=none
+                push room1 type15 pk1 closed Error
+                push room2 type15 pk1 closed Error
                 cache drop pk_1 pkg_1_1 pkg_1_2
                 settled pk1 Error(t_pk 3) Aborted 0..6000 dur=6000 | a1 70 aud=0 [#1 v1:70x1] | a2 0 aud=0 [] | winner=none
               [lobby] release pk1 done
@@ -1199,6 +1212,8 @@ fn an_anchor_away_past_the_grace_period_ends_the_pk_abnormally() {
               [arena1] anchor-away pk1 a2 done
                 push room1 type10 pk1 Error/3 0..11000 | a1[room1] 0 aud=12 top=[] | a2[room2] 0 away aud=6 top=[] | winner=none
                 push room2 type10 pk1 Error/3 0..11000 | a1[room1] 0 aud=12 top=[] | a2[room2] 0 away aud=6 top=[] | winner=none
+                push room1 type15 pk1 closed Error
+                push room2 type15 pk1 closed Error
                 cache drop pk_1 pkg_1_1 pkg_1_2
                 settled pk1 Error(t_pk 3) AnchorLeft { anchor: UserId(2) } 0..7000 dur=7000 | a1 0 aud=40 [] | a2 0 aud=6 [] | winner=none
               [lobby] release pk1 done
@@ -1244,6 +1259,8 @@ fn timer_commands_early_late_and_twice_are_no_ops() {
               [arena1] end-battle pk1 done
                 push room1 type10 pk1 Done/2 0..11000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
+                push room1 type15 pk1 closed Done
+                push room2 type15 pk1 closed Done
                 cache drop pk_1 pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
               [lobby] release pk1 done
@@ -1294,6 +1311,8 @@ fn a_late_timer_still_fires_and_time_never_goes_back() {
               [arena1] end-battle pk1 done
                 push room1 type10 pk1 Done/2 0..11000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
+                push room1 type15 pk1 closed Done
+                push room2 type15 pk1 closed Done
                 cache drop pk_1 pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..15000 dur=15000 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
               [lobby] release pk1 done
@@ -1355,8 +1374,8 @@ fn an_after_battle_stage_keeps_the_rooms_until_it_ends() {
               [lobby] rejected 905033 AnchorBusy
             > tick at=14000
               [arena1] end-pk pk1 done
-                push room1 type10 pk1 Done/2 0..11000 | a1[room1] 5 aud=0 top=[v1:5] | a2[room2] 0 aud=0 top=[] | winner=a1
-                push room2 type10 pk1 Done/2 0..11000 | a1[room1] 5 aud=0 top=[v1:5] | a2[room2] 0 aud=0 top=[] | winner=a1
+                push room1 type15 pk1 closed Done
+                push room2 type15 pk1 closed Done
                 cache drop pk_1 pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..14000 dur=14000 | a1 5 aud=0 [#1 v1:5x1] | a2 0 aud=0 [] | winner=a1
               [lobby] release pk1 done
@@ -1475,6 +1494,8 @@ fn hand_overs_are_idempotent_and_safe_late() {
               [arena1] end-battle pk1 done
                 push room1 type10 pk1 Done/2 0..11000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
+                push room1 type15 pk1 closed Done
+                push room2 type15 pk1 closed Done
                 cache drop pk_1 pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
             > deliver twice
@@ -1620,6 +1641,8 @@ fn presence_combines_every_nodes_fresh_report() {
               [arena1] anchor-away pk1 a1 done
                 push room1 type10 pk1 Error/3 0..101000 | a1[room1] 0 away aud=12 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
                 push room2 type10 pk1 Error/3 0..101000 | a1[room1] 0 away aud=12 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
+                push room1 type15 pk1 closed Error
+                push room2 type15 pk1 closed Error
                 cache drop pk_1 pkg_1_1 pkg_1_2
                 settled pk1 Error(t_pk 3) AnchorLeft { anchor: UserId(1) } 0..36001 dur=36001 | a1 0 aud=17 [] | a2 0 aud=0 [] | winner=none
               [lobby] release pk1 done
@@ -1694,4 +1717,75 @@ fn commands_for_the_other_kind_of_group_are_refused_and_change_nothing() {
                 pk1 Opening/0 100..11100 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
         "#]],
     );
+}
+
+#[test]
+fn an_abort_in_the_after_battle_stage_keeps_the_announced_result() {
+    check(
+        "
+        config pk_duration 1000,10000,3000
+        start a1 at=0
+        start a2 at=0
+        gift pk=1 to=a1 from=v1 beans=5 id=1 at=1000
+        tick at=11000
+        abort pk=1 at=12000
+        ",
+        expect![[r#"
+            > config pk_duration 1000,10000,3000
+              [lobby] done
+              [arena0] done
+              [arena1] done
+            > start a1 at=0
+              [lobby] waiting
+                cache pkm a1 0
+                push a1@room1 type13 matching a1
+            > start a2 at=0
+              [lobby] matched pk1 source=a1 target=a2 (902004)
+                cache pkm a1 -
+                cache pkr room1 1
+                cache pkr room2 1
+                ordered pk1 a1 vs a2 at=0 -> arena1
+              [arena1] create pk1 done
+                push room1 type10 pk1 Opening/0 0..11000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+                push room2 type10 pk1 Opening/0 0..11000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+                cache pk_1
+              [lobby] confirm-created pk1 done
+            > gift pk=1 to=a1 from=v1 beans=5 id=1 at=1000
+              [arena1] counted side=5
+                cache pkg_1_1 v1=5
+                changed pk1
+            > tick at=11000
+              [arena1] end-battle pk1 done
+                push room1 type10 pk1 Ending/2 0..11000 | a1[room1] 5 aud=0 top=[v1:5] | a2[room2] 0 aud=0 top=[] | winner=a1
+                push room2 type10 pk1 Ending/2 0..11000 | a1[room1] 5 aud=0 top=[v1:5] | a2[room2] 0 aud=0 top=[] | winner=a1
+                cache pk_1
+            > abort pk=1 at=12000
+              [arena1] done
+                push room1 type15 pk1 closed Done
+                push room2 type15 pk1 closed Done
+                cache drop pk_1 pkg_1_1 pkg_1_2
+                settled pk1 Done(t_pk 2) 0..12000 dur=12000 | a1 5 aud=0 [#1 v1:5x1] | a2 0 aud=0 [] | winner=a1
+              [lobby] release pk1 done
+                cache pkr room1 -
+                cache pkr room2 -
+              [arena1] confirm-released pk1 done
+        "#]],
+    );
+}
+
+/// A view rendered at a clock's time is right at that time, although no command marked
+/// the end of the opening: the phase follows the renderer's clock, never the log's past.
+#[test]
+fn a_view_at_a_later_time_shows_the_phase_of_that_time() {
+    let mut world = World::new();
+    world.run("config pk_duration 1000,10000,3000\nstart a1 at=0\nstart a2 at=0");
+    let arena = world.arenas.iter().find_map(|arena| arena.as_arena().filter(|arena| arena.running().count() == 1));
+    let arena = arena.expect("the PK runs on one arena");
+    let pk = PkId(1);
+    assert_eq!(arena.view(pk).map(|view| view.status), Some(PkStatus::Opening), "as of the log's last command");
+    let status_at = |ms| arena.view_at(pk, TimestampMs(ms)).map(|view| view.status);
+    assert_eq!(status_at(999), Some(PkStatus::Opening));
+    assert_eq!(status_at(1_000), Some(PkStatus::Battle), "the opening ends at its time");
+    assert_eq!(status_at(10_999), Some(PkStatus::Battle));
+    assert_eq!(status_at(-5), Some(PkStatus::Opening), "a clock behind the log counts as the log's time");
 }

@@ -471,6 +471,7 @@ pub fn show_effect(effect: &Effect) -> String {
                 PushMessage::MatchFailed { anchor, why } => {
                     format!("type14 match failed {} {why:?}", name(*anchor))
                 }
+                PushMessage::PkClosed { pk, status } => format!("type15 pk{pk} closed {status:?}"),
             };
             format!("push {to} {message}")
         }
