@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::results::timed;
 use super::{Duty, MIN_BACKOFF, Step};
+use crate::clock::wall_clock;
 use crate::replication::consensus::GroupId;
 use crate::replication::node::Node;
 use crate::replication::replica::{ReplicaHandle, TaggedEffect};
@@ -229,8 +230,10 @@ impl Duty for Cache {
     }
 }
 
+/// A PK's state as it stands now (the phase follows the clock).
 fn render(replica: &ReplicaHandle<Arena>, pk: pkd_raft::PkId) -> Option<PkView> {
-    replica.read(|arena| arena.view(pk))
+    let now = wall_clock();
+    replica.read(|arena| arena.view_at(pk, now))
 }
 
 /// The directory keys' content from the lobby's replica.
@@ -248,10 +251,11 @@ fn directory(lobby: &Lobby) -> CacheSnapshot {
 
 /// An arena's running PKs, with every gifter's total on each side.
 fn running_pks(arena: &Arena) -> Vec<RunningPk> {
+    let now = wall_clock();
     arena
         .running()
         .filter_map(|pk| {
-            let view = arena.view(pk)?;
+            let view = arena.view_at(pk, now)?;
             let [source_gifters, target_gifters] = arena.gifter_totals(pk)?;
             Some(RunningPk { view, source_gifters, target_gifters })
         })

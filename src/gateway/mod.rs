@@ -169,9 +169,11 @@ impl Gateway {
         self.node.lobby().read(read)
     }
 
-    /// A running PK's state from this node's replica of its arena.
+    /// A running PK's state from this node's replica of its arena, as it stands now by
+    /// this node's clock.
     fn pk_view(&self, pk: PkId) -> Option<PkView> {
-        self.node.arena_for(pk).read(|arena| arena.view(pk))
+        let now = crate::clock::wall_clock();
+        self.node.arena_for(pk).read(|arena| arena.view_at(pk, now))
     }
 
     /// The PK state of a room, if the room is in a running PK.

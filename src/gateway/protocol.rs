@@ -55,6 +55,9 @@ pub mod push_type {
     pub const MATCHING_STARTED: u8 = 13;
     /// pkd's type 14: matching ended without a match.
     pub const MATCH_FAILED: u8 = 14;
+    /// pkd's type 15: the PK is over (after its after-battle stage, if any); its rooms
+    /// are free.
+    pub const PK_CLOSED: u8 = 15;
 }
 
 /// Reply codes of the protocol layer. The engine's own codes come from
@@ -866,9 +869,21 @@ struct PushWire<C: Serialize> {
 #[serde(untagged)]
 enum PushContent {
     PkState(Box<PkStateContent>),
-    Invitation { source: u64 },
-    MatchingStarted { msg: u64 },
-    MatchFailed { source: u64, reason: &'static str },
+    Invitation {
+        source: u64,
+    },
+    MatchingStarted {
+        msg: u64,
+    },
+    MatchFailed {
+        source: u64,
+        reason: &'static str,
+    },
+    #[serde(rename_all = "camelCase")]
+    PkClosed {
+        pk_id: u64,
+        status: u8,
+    },
 }
 
 /// The `reason` of push type 14.
@@ -899,6 +914,9 @@ pub fn render_push(push: &Push, now_ms: i64) -> String {
         }
         PushMessage::MatchFailed { anchor, why } => {
             (push_type::MATCH_FAILED, PushContent::MatchFailed { source: anchor.0, reason: match_failure_reason(*why) })
+        }
+        PushMessage::PkClosed { pk, status } => {
+            (push_type::PK_CLOSED, PushContent::PkClosed { pk_id: pk.0, status: status.push_code() })
         }
     };
     render_push_wire(room, mode, kind, content, now_ms)

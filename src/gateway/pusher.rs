@@ -104,18 +104,18 @@ fn on_effect(gateway: &Gateway, schedule: &mut Schedule, effect: &Effect) {
                 Audience::Room(room) => gateway.hub.send_to_room(room, &frame),
                 Audience::User { user, .. } => gateway.hub.send_to_user(user, &frame),
             };
-            if let PushMessage::PkState(view) = &push.message {
-                if matches!(view.status, PkStatus::Done | PkStatus::Error) {
-                    schedule.forget(view.pk);
-                } else {
-                    schedule.pushed(view.pk, rooms_of(view), Instant::now());
-                }
+            match &push.message {
+                // Once its result is out (status 2 or 3), a PK's state is pushed no more.
+                PushMessage::PkState(view) if !is_live(view) => schedule.forget(view.pk),
+                PushMessage::PkState(view) => schedule.pushed(view.pk, rooms_of(view), Instant::now()),
+                PushMessage::PkClosed { pk, .. } => schedule.forget(*pk),
+                _ => {}
             }
         }
         Effect::PkChanged { pk } => {
             let now = Instant::now();
             if !schedule.changed(*pk, now)
-                && let Some(view) = gateway.pk_view(*pk)
+                && let Some(view) = gateway.pk_view(*pk).filter(is_live)
             {
                 schedule.track(*pk, rooms_of(&view), now);
                 schedule.changed(*pk, now);
@@ -135,7 +135,7 @@ fn push_due(gateway: &Gateway, schedule: &mut Schedule) {
             schedule.skipped(pk, now);
             continue;
         }
-        match gateway.pk_view(pk) {
+        match gateway.pk_view(pk).filter(is_live) {
             Some(view) => {
                 push_state(gateway, &view);
                 schedule.pushed(pk, rooms, Instant::now());
@@ -159,6 +159,13 @@ fn rooms_of(view: &PkView) -> [RoomId; 2] {
     [view.source.room, view.target.room]
 }
 
+/// Whether a PK's state is still pushed: in its opening or its battle. Its result (status
+/// 2 or 3) is pushed once, when it is decided, and the after-battle stage then waits in
+/// silence for the close (push 15).
+fn is_live(view: &PkView) -> bool {
+    matches!(view.status, PkStatus::Opening | PkStatus::Battle)
+}
+
 /// Puts running PKs the schedule does not know on it, spread over one period, and
 /// takes off the ones that are no longer running.
 fn discover_running(gateway: &Gateway, schedule: &mut Schedule) {
@@ -169,7 +176,7 @@ fn discover_running(gateway: &Gateway, schedule: &mut Schedule) {
             for pk in arena.running() {
                 running.insert(pk);
                 if !schedule.knows(pk)
-                    && let Some(view) = arena.view(pk)
+                    && let Some(view) = arena.view(pk).filter(is_live)
                 {
                     found.push((pk, rooms_of(&view)));
                 }

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::membership::{follow_membership, initialize};
 use super::{Inner, Node, NodeConfig, NodeError};
-use crate::replication::consensus::{self, BasicNode, GroupId, NoNetwork, NodeId, ServerWatch};
+use crate::replication::consensus::{self, BasicNode, GroupId, NoNetwork, ServerWatch};
 use crate::replication::error::{ChangeRefused, ProposalRefused};
 use crate::replication::group::{Group, is_leader_in};
 use crate::replication::network::{Network, NetworkConfig};
