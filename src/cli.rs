@@ -71,13 +71,16 @@ pub enum ClusterCommand {
         #[arg(long)]
         node: u64,
     },
-    /// Hand a group's leadership to a node.
+    /// Place a group's leadership on a node: it stays there (and comes back there after a
+    /// failure) until placed elsewhere or `balance` is run.
     TransferLeader {
         #[arg(long)]
         group: u64,
         #[arg(long)]
         to: u64,
     },
+    /// Clear every leader placement: leaders are spread over the nodes again.
+    Balance,
     /// Print every group as the node sees it.
     Status,
     /// Set a `t_config` row in every group.
@@ -214,6 +217,7 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
             }
         }
         ClusterCommand::SetConfig { key, value } => done(client.set_config(&key, &value).await?.groups),
+        ClusterCommand::Balance => done(client.balance().await?.groups),
         ClusterCommand::Status => print!("{}", status_table(&client.status().await?)),
     }
     Ok(())

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `GET /admin/status` | | [`NodeStatus`] |
 //! | `POST /admin/groups/{id}/transfer-leader` | [`TransferLeaderRequest`] | [`LeaderReply`] |
+//! | `POST /admin/balance` | | [`MembershipReply`] |
 //! | `POST /admin/init` | [`InitRequest`] | [`MembershipReply`] |
 //! | `POST /admin/learners` | [`AddLearnerRequest`] | [`MembershipReply`] |
 //! | `POST /admin/promote` | [`NodeRequest`] | [`MembershipReply`] |

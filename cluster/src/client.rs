@@ -67,6 +67,11 @@ impl AdminClient {
         self.call("POST", &path, Some(&TransferLeaderRequest { to })).await
     }
 
+    /// `POST /admin/balance`: clears every group's leader placement.
+    pub async fn balance(&self) -> Result<MembershipReply, ClientError> {
+        self.call("POST", "/admin/balance", None::<&()>).await
+    }
+
     /// `POST /admin/init`.
     pub async fn init(&self, request: &InitRequest) -> Result<MembershipReply, ClientError> {
         self.call("POST", "/admin/init", Some(request)).await

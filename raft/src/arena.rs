@@ -43,6 +43,8 @@ pub struct Arena {
     /// Ids of settled PKs, remembered until the order horizon passes.
     settled_ids: BTreeMap<PkId, TimestampMs>,
     deadlines: Deadlines<ArenaTimer>,
+    /// The leader the operator placed this group on, if any.
+    placement: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +219,10 @@ impl StateMachine for Arena {
         match &command.action {
             Action::Arena(action) => self.apply_action(action, effects),
             Action::Fire(Timer::Arena(timer)) => self.fire(*timer, effects),
+            Action::PlaceLeader { node } => {
+                self.placement = *node;
+                Response::Done
+            }
             Action::SetConfig { key, value } => match self.config.with(key, value) {
                 Ok(next) => {
                     self.config = next;
@@ -234,6 +240,10 @@ impl StateMachine for Arena {
 
     fn config(&self) -> &Config {
         &self.config
+    }
+
+    fn placement(&self) -> Option<u64> {
+        self.placement
     }
 
     fn next_deadline(&self) -> Option<TimestampMs> {

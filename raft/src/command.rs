@@ -40,6 +40,10 @@ pub enum Action {
     SetConfig { key: String, value: String },
     /// A timer the leader saw fall due. A no-op unless that very timer is due now.
     Fire(Timer),
+    /// The operator's choice of this group's leader (`None`: leaders spread by the
+    /// balancer's rule). Every group takes it; it changes nothing but where the shell's
+    /// balancer moves the leadership.
+    PlaceLeader { node: Option<u64> },
 }
 
 /// What the lobby can be asked to do.

@@ -51,6 +51,8 @@ pub struct Lobby {
     /// PKs whose rooms are held, with their order while the arena has not confirmed it.
     pks: BTreeMap<PkId, HeldPk>,
     deadlines: Deadlines<LobbyTimer>,
+    /// The leader the operator placed this group on, if any.
+    placement: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +121,10 @@ impl StateMachine for Lobby {
         match &command.action {
             Action::Lobby(action) => self.apply_action(action, effects),
             Action::Fire(Timer::Lobby(timer)) => self.fire(*timer, effects),
+            Action::PlaceLeader { node } => {
+                self.placement = *node;
+                Response::Done
+            }
             Action::SetConfig { key, value } => match self.config.with(key, value) {
                 Ok(next) => {
                     let old = std::mem::replace(&mut self.config, next);
@@ -137,6 +143,10 @@ impl StateMachine for Lobby {
 
     fn config(&self) -> &Config {
         &self.config
+    }
+
+    fn placement(&self) -> Option<u64> {
+        self.placement
     }
 
     fn next_deadline(&self) -> Option<TimestampMs> {

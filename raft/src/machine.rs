@@ -60,6 +60,10 @@ pub trait StateMachine: Sized {
     /// The config in force at the last applied command.
     fn config(&self) -> &Config;
 
+    /// The node the operator placed this group's leadership on, if any
+    /// (`Action::PlaceLeader`).
+    fn placement(&self) -> Option<u64>;
+
     /// When the earliest armed timer falls due; the leader's ticker sleeps until then.
     fn next_deadline(&self) -> Option<TimestampMs>;
 
@@ -183,6 +187,13 @@ impl StateMachine for Machine {
         match self {
             Machine::Lobby(lobby) => lobby.config(),
             Machine::Arena(arena) => arena.config(),
+        }
+    }
+
+    fn placement(&self) -> Option<u64> {
+        match self {
+            Machine::Lobby(lobby) => lobby.placement(),
+            Machine::Arena(arena) => arena.placement(),
         }
     }
 

@@ -1789,3 +1789,21 @@ fn a_view_at_a_later_time_shows_the_phase_of_that_time() {
     assert_eq!(status_at(10_999), Some(PkStatus::Battle));
     assert_eq!(status_at(-5), Some(PkStatus::Opening), "a clock behind the log counts as the log's time");
 }
+
+/// The operator's placement of a group's leader is replicated state of every kind of
+/// group: set, replaced, cleared, kept in snapshots.
+#[test]
+fn a_leader_placement_is_kept_by_both_kinds_of_group() {
+    use pkd_raft::{Action, Command, Config, Lobby, Machine, SingleKind, StateMachine};
+    for mut machine in [Machine::Lobby(Lobby::fresh(Config::default())), Machine::arena(Config::default())] {
+        let mut effects = Vec::new();
+        assert_eq!(machine.placement(), None);
+        let placed = machine.apply(&Command::new(1, Action::PlaceLeader { node: Some(3) }), &mut effects);
+        assert_eq!((placed, machine.placement()), (pkd_raft::Response::Done, Some(3)));
+        let restored = Machine::restore(&machine.snapshot()).expect("restores");
+        assert_eq!(restored.placement(), Some(3));
+        machine.apply(&Command::new(2, Action::PlaceLeader { node: None }), &mut effects);
+        assert_eq!(machine.placement(), None);
+        assert!(effects.is_empty(), "a placement has no effect on the PKs");
+    }
+}

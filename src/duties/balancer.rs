@@ -1,42 +1,52 @@
 //! Spreading leadership over the nodes: while this node leads a group whose preferred
 //! node is another one, and that node is connected, hand the leadership to it. The
-//! preferred node is worked out from the membership in force each time, so the balance
-//! follows nodes joining and leaving (and a cluster formed through the admin API's `init`).
+//! preferred node is the operator's placement of the group, if there is one
+//! (`Action::PlaceLeader`, replicated, so it holds whoever leads), and otherwise worked out
+//! from the membership in force each time, so the balance follows nodes joining and
+//! leaving (and a cluster formed through the admin API's `init`).
 
 use std::time::Duration;
+
+use pkd_raft::StateMachine;
 
 use super::{Duty, Step};
 use crate::replication::consensus::{self, GroupId, NodeId};
 use crate::replication::node::Node;
+use crate::replication::replica::ReplicaHandle;
 
 /// How long a new leader waits before handing leadership to the group's preferred node.
 const BALANCE_DELAY: Duration = Duration::from_millis(500);
 /// How long before looking again if the preferred node did not take over.
 const BALANCE_RETRY: Duration = Duration::from_secs(2);
 
-/// The node that should lead `group` when it is up, so that leaders are spread over the
-/// nodes: the lobby on the first voter, arena `i` on voter `i` (modulo the voter count),
-/// `voters` in increasing id order.
-pub fn preferred_leader(group: GroupId, voters: &[NodeId]) -> Option<NodeId> {
+/// The node that should lead `group` when it is up: the voter the operator placed it on,
+/// if any; otherwise leaders are spread over the nodes: the lobby on the first voter,
+/// arena `i` on voter `i` (modulo the voter count), `voters` in increasing id order.
+pub fn preferred_leader(group: GroupId, voters: &[NodeId], placement: Option<NodeId>) -> Option<NodeId> {
+    if let Some(placed) = placement.filter(|placed| voters.contains(placed)) {
+        return Some(placed);
+    }
     let count = u64::try_from(voters.len()).ok().filter(|&count| count > 0)?;
     voters.get(usize::try_from(group.0 % count).ok()?).copied()
 }
 
-/// The balancer of one group.
-pub struct Balancer {
+/// The balancer of one group, whose machine is an `M`.
+pub struct Balancer<M> {
     node: Node,
     group: GroupId,
+    replica: ReplicaHandle<M>,
     /// The next step waits [`BALANCE_DELAY`] first: leadership has just changed.
     settling: bool,
 }
 
-impl Balancer {
-    pub fn new(node: &Node, group: GroupId) -> Balancer {
-        Balancer { node: node.clone(), group, settling: true }
+impl<M: StateMachine> Balancer<M> {
+    /// The balancer of the group `replica` belongs to.
+    pub fn new(node: &Node, replica: &ReplicaHandle<M>) -> Balancer<M> {
+        Balancer { node: node.clone(), group: replica.group(), replica: replica.clone(), settling: true }
     }
 }
 
-impl Duty for Balancer {
+impl<M: StateMachine + Send + Sync + 'static> Duty for Balancer<M> {
     fn name(&self) -> &'static str {
         "balancer"
     }
@@ -54,8 +64,9 @@ impl Duty for Balancer {
             return Step::Sleep(BALANCE_RETRY);
         };
         let voters = group.metrics().read(consensus::voters);
+        let placement = self.replica.read(|machine| machine.placement());
         let me = self.node.id();
-        if let Some(preferred) = preferred_leader(self.group, &voters).filter(|&preferred| preferred != me)
+        if let Some(preferred) = preferred_leader(self.group, &voters, placement).filter(|&preferred| preferred != me)
             && network.is_connected(preferred)
         {
             tracing::info!(group = %self.group, to = preferred, "handing leadership to the preferred node");
@@ -74,9 +85,16 @@ mod tests {
     #[test]
     fn leaders_are_spread_over_the_voters() {
         let voters = [1, 2, 3];
-        let preferred: Vec<Option<NodeId>> = (0..5).map(|group| preferred_leader(GroupId(group), &voters)).collect();
+        let preferred: Vec<Option<NodeId>> =
+            (0..5).map(|group| preferred_leader(GroupId(group), &voters, None)).collect();
         assert_eq!(preferred, [Some(1), Some(2), Some(3), Some(1), Some(2)]);
-        assert_eq!(preferred_leader(GroupId(2), &[4, 9]), Some(4));
-        assert_eq!(preferred_leader(GroupId(0), &[]), None);
+        assert_eq!(preferred_leader(GroupId(2), &[4, 9], None), Some(4));
+        assert_eq!(preferred_leader(GroupId(0), &[], None), None);
+    }
+
+    #[test]
+    fn an_operator_placement_wins_while_the_node_is_a_voter() {
+        assert_eq!(preferred_leader(GroupId(1), &[1, 2, 3], Some(3)), Some(3));
+        assert_eq!(preferred_leader(GroupId(1), &[1, 2], Some(3)), Some(2), "node 3 was removed: spread again");
     }
 }

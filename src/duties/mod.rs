@@ -98,8 +98,9 @@ impl Duties {
             duties.run(replica.group(), handover::Releases::new(node, replica.group()));
         }
         if node.network().is_some() {
-            for group in node.topology().groups() {
-                duties.run(group, balancer::Balancer::new(node, group));
+            duties.run(lobby, balancer::Balancer::new(node, node.lobby()));
+            for replica in node.arenas() {
+                duties.run(replica.group(), balancer::Balancer::new(node, replica));
             }
         }
         duties

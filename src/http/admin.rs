@@ -75,6 +75,13 @@ pub async fn transfer_leader(
     Ok(Json(LeaderReply { group: id, leader: state.node.leader(group) }))
 }
 
+/// Clears every group's leader placement: the balancer spreads leaders again.
+pub async fn balance(State(state): State<AdminState>) -> Result<Json<MembershipReply>, Failed> {
+    let groups = state.node.clear_placements().await.map_err(Failed)?;
+    tracing::info!("leader placements cleared");
+    Ok(Json(MembershipReply { groups }))
+}
+
 pub async fn init(
     State(state): State<AdminState>,
     Json(request): Json<InitRequest>,

@@ -87,6 +87,7 @@ pub fn admin_router(node: Node, token: &str) -> Router {
     Router::new()
         .route("/admin/status", get(admin::status))
         .route("/admin/groups/{id}/transfer-leader", post(admin::transfer_leader))
+        .route("/admin/balance", post(admin::balance))
         .route("/admin/init", post(admin::init))
         .route("/admin/learners", post(admin::add_learner))
         .route("/admin/promote", post(admin::promote))

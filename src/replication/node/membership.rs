@@ -78,16 +78,29 @@ impl Node {
         self.change_every_group(GroupChange::Remove { node }).await
     }
 
-    /// Asks `group`'s leader, wherever it is, to hand leadership to `to`.
+    /// Places `group`'s leadership on `to`, for good: the placement is replicated, so the
+    /// leader balancer keeps the group there (and brings it back after a failure) until the
+    /// operator places it elsewhere or clears the placement ([`Node::clear_placements`]).
+    /// Then asks the group's leader, wherever it is, to hand leadership to `to`.
     pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), AdminError> {
         let voters = self.group(group).map_err(|_| AdminError::UnknownGroup(group))?.metrics().read(consensus::voters);
         if !voters.contains(&to) {
             return Err(AdminError::Invalid(format!("node {to} is not a voter of group {group}")));
         }
+        self.propose_patiently(group, Action::PlaceLeader { node: Some(to) }).await?;
         if self.leader(group) == Some(to) {
             return Ok(());
         }
         self.change(group, GroupChange::TransferLeader { to }).await
+    }
+
+    /// Clears every group's leader placement: leaders are spread again by the balancer's
+    /// rule.
+    pub async fn clear_placements(&self) -> Result<Vec<u64>, AdminError> {
+        for group in self.groups() {
+            self.propose_patiently(group.id(), Action::PlaceLeader { node: None }).await?;
+        }
+        Ok(self.group_ids())
     }
 
     /// Proposes the `t_config` row `key` = `value` to every group. Refused without effect
@@ -95,20 +108,25 @@ impl Node {
     pub async fn set_config(&self, key: &str, value: &str) -> Result<Vec<u64>, AdminError> {
         pkd_raft::Config::default().with(key, value).map_err(|error| AdminError::Invalid(error.to_string()))?;
         for group in self.groups() {
-            let set = patiently(CHANGE_PATIENCE, CHANGE_PAUSE, || async move {
-                let action = Action::SetConfig { key: key.to_owned(), value: value.to_owned() };
-                match self.propose(group.id(), action).await {
-                    Ok(Response::Rejected(reason)) => Err(Attempt::ForGood(format!("refused: {reason:?}"))),
-                    Ok(_) => Ok(()),
-                    // Setting a row to the same value twice is harmless, so a proposal whose
-                    // leader was unreachable or changed is simply sent again.
-                    Err(error) if error.is_transient() => Err(Attempt::Again(error.to_string())),
-                    Err(error) => Err(Attempt::ForGood(error.to_string())),
-                }
-            });
-            set.await.map_err(|message| AdminError::Failed { group: group.id(), message })?;
+            let action = Action::SetConfig { key: key.to_owned(), value: value.to_owned() };
+            self.propose_patiently(group.id(), action).await?;
         }
         Ok(self.group_ids())
+    }
+
+    /// Proposes `action`, which must be idempotent, to `group` until it is applied: a
+    /// proposal whose leader was unreachable or changed is simply sent again.
+    async fn propose_patiently(&self, group: GroupId, action: Action) -> Result<(), AdminError> {
+        let action = &action;
+        let proposed = patiently(CHANGE_PATIENCE, CHANGE_PAUSE, || async move {
+            match self.propose(group, action.clone()).await {
+                Ok(Response::Rejected(reason)) => Err(Attempt::ForGood(format!("refused: {reason:?}"))),
+                Ok(_) => Ok(()),
+                Err(error) if error.is_transient() => Err(Attempt::Again(error.to_string())),
+                Err(error) => Err(Attempt::ForGood(error.to_string())),
+            }
+        });
+        proposed.await.map_err(|message| AdminError::Failed { group, message })
     }
 
     fn group_ids(&self) -> Vec<u64> {
