@@ -240,7 +240,17 @@ impl VersionGate {
         Ok(VersionGate { minimum })
     }
 
+    /// Whether a client on `platform` at `version_code` may take part in PKs. A platform
+    /// without a rule passes. While the gate has any rule, a client that does not say its
+    /// platform (empty) or its version (0) is refused: an unknown client might be one the
+    /// gate exists to keep out.
     pub fn allows(&self, platform: &str, version_code: u32) -> bool {
+        if self.minimum.is_empty() {
+            return true;
+        }
+        if platform.is_empty() || version_code == 0 {
+            return false;
+        }
         self.minimum.get(platform).is_none_or(|min| version_code >= *min)
     }
 }

@@ -1807,3 +1807,44 @@ fn a_leader_placement_is_kept_by_both_kinds_of_group() {
         assert!(effects.is_empty(), "a placement has no effect on the PKs");
     }
 }
+
+/// While `version_control` has any rule, a client that does not say its platform or its
+/// version is refused (902002): it might be one the gate keeps out. Without rules, anyone
+/// may match.
+#[test]
+fn an_unknown_client_version_is_refused_while_the_gate_has_rules() {
+    check(
+        "
+        start a1 platform= vc=0 at=0
+        start a2 platform=android vc=0 at=1
+        start a3 platform=web vc=5 at=2
+        config version_control {pk:[]}
+        start a1 platform= vc=0 at=10
+        ",
+        expect![[r#"
+            > start a1 platform= vc=0 at=0
+              [lobby] rejected 902002 VersionTooOld
+            > start a2 platform=android vc=0 at=1
+              [lobby] rejected 902002 VersionTooOld
+            > start a3 platform=web vc=5 at=2
+              [lobby] waiting
+                cache pkm a3 2
+                push a3@room3 type13 matching a3
+            > config version_control {pk:[]}
+              [lobby] done
+              [arena0] done
+              [arena1] done
+            > start a1 platform= vc=0 at=10
+              [lobby] matched pk1 source=a3 target=a1 (902004)
+                cache pkm a3 -
+                cache pkr room3 1
+                cache pkr room1 1
+                ordered pk1 a3 vs a1 at=10 -> arena1
+              [arena1] create pk1 done
+                push room3 type10 pk1 Opening/0 10..11010 | a3[room3] 0 aud=0 top=[] | a1[room1] 0 aud=0 top=[]
+                push room1 type10 pk1 Opening/0 10..11010 | a3[room3] 0 aud=0 top=[] | a1[room1] 0 aud=0 top=[]
+                cache pk_1
+              [lobby] confirm-created pk1 done
+        "#]],
+    );
+}
