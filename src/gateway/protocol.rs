@@ -83,6 +83,8 @@ pub mod code {
     /// pkd cannot serve the request right now (no leader reachable, shutting
     /// down); retry later, with the same gift id for gifts.
     pub const UNAVAILABLE: &str = "900008";
+    /// Command 27 from a user who is not an anchor of a running PK.
+    pub const NOT_IN_PK: &str = "905047";
 }
 
 /// The `desc` of a successful reply, as in the source.

@@ -315,7 +315,18 @@ impl Connection {
                 ReplyResult::Null,
             );
         };
-        let validity_ms = self.gateway.lobby(|lobby| lobby.config().timing.rtm_token_validity_ms);
+        // The token is for co-hosting: only an anchor whose PK has not ended gets one.
+        let (in_pk, validity_ms) = self
+            .gateway
+            .lobby(|lobby| (lobby.pk_of(self.identity.user).is_some(), lobby.config().timing.rtm_token_validity_ms));
+        if !in_pk {
+            return Reply::new(
+                echo,
+                protocol::code::NOT_IN_PK,
+                "RTM tokens are for the anchors of a running PK",
+                ReplyResult::Null,
+            );
+        }
         let issued_at = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX);
         let request = rtm::RtmTokenRequest {
             app_id: &credentials.app_id,
