@@ -9,6 +9,7 @@ use pkd_raft::{RoomId, UserId};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 
 pub type SessionId = u64;
@@ -27,6 +28,9 @@ struct HubState {
     sessions: HashMap<SessionId, Session>,
     rooms: HashMap<RoomId, HashSet<SessionId>>,
     users: HashMap<UserId, HashSet<SessionId>>,
+    /// When an anchor's connection in its room last closed (not by leaving the room):
+    /// it may be reconnecting, here or to another node.
+    dropped: HashMap<(UserId, RoomId), Instant>,
 }
 
 struct Session {
@@ -66,33 +70,58 @@ impl Hub {
         id
     }
 
-    /// Removes a session (disconnect, or too slow).
+    /// Removes a session (disconnect, or too slow). An anchor's connection in its room
+    /// is remembered as dropped (see [`Hub::dropped_within`]).
     pub fn disconnect(&self, id: SessionId) {
         let mut state = self.lock();
+        if let Some(session) = state.sessions.get(&id)
+            && session.anchor
+            && let Some(room) = session.room
+        {
+            let key = (session.user, room);
+            state.dropped.insert(key, Instant::now());
+        }
         remove(&mut state, id);
+    }
+
+    /// Whether `anchor`'s connection in `room` dropped less than `grace` before `now`: it
+    /// may be reconnecting, to this node or another, and still counts as online. Drops
+    /// older than `grace` are forgotten.
+    pub fn dropped_within(&self, anchor: UserId, room: RoomId, now: Instant, grace: Duration) -> bool {
+        let mut state = self.lock();
+        state.dropped.retain(|_, at| now.saturating_duration_since(*at) < grace);
+        state.dropped.contains_key(&(anchor, room))
     }
 
     /// Puts the session in `room` (leaving the room it was in).
     pub fn enter(&self, id: SessionId, room: RoomId, anchor: bool) {
         let mut state = self.lock();
         let Some(session) = state.sessions.get_mut(&id) else { return };
+        let user = session.user;
         let previous = session.room.replace(room);
         session.anchor = anchor;
         if let Some(previous) = previous {
             leave_room(&mut state, id, previous);
         }
         state.rooms.entry(room).or_default().insert(id);
+        if anchor {
+            state.dropped.remove(&(user, room));
+        }
     }
 
-    /// Takes the session out of `room`, if it is there.
+    /// Takes the session out of `room`, if it is there. An anchor that leaves its room
+    /// this way is gone at once: it is not reconnecting.
     pub fn leave(&self, id: SessionId, room: RoomId) {
         let mut state = self.lock();
         let Some(session) = state.sessions.get_mut(&id) else { return };
-        if session.room == Some(room) {
-            session.room = None;
-            session.anchor = false;
-            leave_room(&mut state, id, room);
+        if session.room != Some(room) {
+            return;
         }
+        session.room = None;
+        session.anchor = false;
+        let user = session.user;
+        state.dropped.remove(&(user, room));
+        leave_room(&mut state, id, room);
     }
 
     pub fn has_room(&self, room: RoomId) -> bool {
@@ -213,5 +242,33 @@ mod tests {
         hub.disconnect(anchor);
         assert!(!hub.has_room(RoomId(1)));
         assert!(!hub.anchor_present(UserId(1), RoomId(1)));
+    }
+
+    #[test]
+    fn a_dropped_anchor_counts_as_reconnecting_for_its_grace_but_one_that_left_does_not() {
+        let hub = Hub::new();
+        let grace = Duration::from_secs(5);
+        let (queue, _outbound) = mpsc::channel(8);
+        let dropping = hub.connect(UserId(1), queue.clone(), Arc::new(Notify::new()));
+        hub.enter(dropping, RoomId(1), true);
+        hub.disconnect(dropping);
+        let now = Instant::now();
+        assert!(hub.dropped_within(UserId(1), RoomId(1), now, grace));
+        assert!(!hub.dropped_within(UserId(1), RoomId(1), now + grace, grace), "the grace is over");
+        // Back in the room: no longer dropped, even if it drops again later.
+        let leaving = hub.connect(UserId(1), queue.clone(), Arc::new(Notify::new()));
+        hub.enter(leaving, RoomId(1), true);
+        hub.disconnect(leaving);
+        let back = hub.connect(UserId(1), queue.clone(), Arc::new(Notify::new()));
+        hub.enter(back, RoomId(1), true);
+        assert!(!hub.dropped_within(UserId(1), RoomId(1), Instant::now(), grace));
+        // Leaving the room (command 41) is not a drop; neither is a viewer's disconnect.
+        hub.leave(back, RoomId(1));
+        hub.disconnect(back);
+        let viewer = hub.connect(UserId(2), queue, Arc::new(Notify::new()));
+        hub.enter(viewer, RoomId(1), false);
+        hub.disconnect(viewer);
+        assert!(!hub.dropped_within(UserId(1), RoomId(1), Instant::now(), grace));
+        assert!(!hub.dropped_within(UserId(2), RoomId(1), Instant::now(), grace));
     }
 }

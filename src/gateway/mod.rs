@@ -64,6 +64,9 @@ pub struct GatewayConfig {
     pub push_period: Duration,
     /// How often presence (anchors online, audiences) is compared with the engine.
     pub presence_interval: Duration,
+    /// An anchor whose connection dropped is still reported online this long: it may be
+    /// reconnecting, to this node or another.
+    pub presence_grace: Duration,
     /// An anchor whose last connection closed is taken off air after this long.
     pub off_air_grace: Duration,
 }
@@ -84,6 +87,7 @@ impl Default for GatewayConfig {
             push_cooldown: Duration::from_secs(1),
             push_period: Duration::from_secs(5),
             presence_interval: Duration::from_secs(1),
+            presence_grace: Duration::from_secs(5),
             off_air_grace: Duration::from_secs(10),
         }
     }

@@ -367,8 +367,13 @@ async fn report_presence(gateway: &Gateway, seats: &mut HashMap<PkId, [(UserId, 
             }
             held
         });
+        let instant = std::time::Instant::now();
+        let grace = gateway.config.presence_grace;
         for (pk, anchor, room, held) in held {
-            let seen = gateway.hub.presence(room, anchor);
+            let mut seen = gateway.hub.presence(room, anchor);
+            // An anchor whose connection just dropped may be reconnecting, maybe to another
+            // node: it stays online for the grace, so that viewers see no flicker.
+            seen.anchor_online |= gateway.hub.dropped_within(anchor, room, instant, grace);
             // Every node reports every side, zeros included: "away" is only known when
             // every node with a fresh share says so.
             let due = match held {
