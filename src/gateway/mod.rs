@@ -16,7 +16,7 @@ pub mod session;
 
 use crate::replication::node::Node;
 use pkd_raft::{PkId, PkView, RoomId};
-pub use session::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_SLOW};
+pub use session::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_TOO_SLOW};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

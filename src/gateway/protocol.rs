@@ -27,6 +27,12 @@ use serde_json::{Map, Value};
 /// is a few hundred bytes.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024;
 
+/// The longest WebSocket message pkd reads at all. A command frame longer than
+/// [`MAX_FRAME_BYTES`] and up to this is read and answered with
+/// [`code::FRAME_TOO_LARGE`]; a longer one cannot be read, and the connection is closed
+/// with close code 1009 (message too big).
+pub const MAX_READ_BYTES: usize = 64 * 1024;
+
 /// The `commandId`s pkd understands. A reply carries the negated id.
 pub mod command_id {
     /// The source's command 27: an RTM token for the co-hosting channel.

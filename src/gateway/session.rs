@@ -23,6 +23,8 @@ pub const CLOSE_IDLE: u16 = 4002;
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 /// The server is stopping (RFC 6455's "going away"): reconnect, to another node if need be.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// A message longer than `protocol::MAX_READ_BYTES` (RFC 6455's "message too big").
+pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// A connection's read buffer. Commands are small; the WebSocket library's default
 /// (128 KiB) is zero-filled on every poll of the connection, i.e. for every push sent,
@@ -141,7 +143,13 @@ pub async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocke
         let idle_left = config.idle_timeout.saturating_sub(last_heard.elapsed());
         let sent = tokio::select! {
             incoming = socket.recv() => {
-                let Some(Ok(message)) = incoming else { break None };
+                let message = match incoming {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) if too_big(&error) => {
+                        break Some((CLOSE_TOO_BIG, "frame over the size limit"));
+                    }
+                    Some(Err(_)) | None => break None,
+                };
                 last_heard = Instant::now();
                 let frame: &[u8] = match &message {
                     Message::Text(text) => text.as_bytes(),
@@ -179,6 +187,13 @@ pub async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocke
         let _ = tokio::time::timeout(config.send_timeout, socket.send(frame)).await;
     }
     connection.closed();
+}
+
+/// Whether a read failed on a message over the size limit.
+fn too_big(error: &axum::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)))
 }
 
 /// How a send to the client ended.

@@ -8,6 +8,7 @@ use crate::gateway::Gateway;
 use crate::gateway::protocol::{self, code};
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response as HttpResponse};
 use pkd_raft::{ArenaAction, Gift, GiftId, GifterProfile, PkId, Response, UserId};
@@ -74,13 +75,25 @@ impl GiftIn {
 }
 
 /// `POST /internal/gifts`.
-pub async fn post(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+pub async fn post(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResponse {
     let Some(expected) = &gateway.config().gift_token else {
         return refuse(StatusCode::UNAUTHORIZED, code::NOT_AUTHENTICATED, "the gift API is not enabled on this node");
     };
     if !super::bearer::presents(&headers, expected) {
         return refuse(StatusCode::UNAUTHORIZED, code::NOT_AUTHENTICATED, "missing or wrong service token");
     }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let why = format!("the body is over {MAX_BODY_BYTES} bytes");
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, code::FRAME_TOO_LARGE, why);
+        }
+        Err(rejection) => return refuse(rejection.status(), code::MALFORMED_JSON, rejection.body_text()),
+    };
     let value: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, code::MALFORMED_JSON, format!("malformed JSON: {e}")),

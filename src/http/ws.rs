@@ -31,7 +31,8 @@ pub async fn upgrade(
     };
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(protocol::MAX_FRAME_BYTES * 2)
+        .max_message_size(protocol::MAX_READ_BYTES)
+        .max_frame_size(protocol::MAX_READ_BYTES)
         .on_upgrade(move |socket| {
             let tasks = gateway.tasks().clone();
             tasks.track_future(session::run(gateway, identity, socket))
