@@ -84,10 +84,10 @@ pub async fn start(config: AppConfig, listeners: Listeners, shutdown: Cancellati
     let sinks = Sinks::start(&node, config.sinks);
     let gateway = Gateway::start(&node, config.gateway);
     let servers = TaskTracker::new();
-    let client_router = http::client_router(ClientState::new(gateway.clone(), sinks.results(), sinks.metrics()));
+    let client_router = http::client_router(ClientState::new(gateway.clone(), sinks.results()));
     servers.spawn(serve(listeners.client, client_router, shutdown.clone()));
     if let Some((listener, token)) = admin {
-        servers.spawn(serve(listener, http::admin_router(node.clone(), &token), shutdown.clone()));
+        servers.spawn(serve(listener, http::admin_router(node.clone(), &token, sinks.metrics()), shutdown.clone()));
     }
     tracing::info!(node = node.id(), %client_addr, ?admin_addr, "serving");
     Ok(App { node, duties, sinks, gateway, client_addr, admin_addr, servers, shutdown })

@@ -12,15 +12,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 
+use super::limits::TokenBucket;
+
 pub type SessionId = u64;
 
 /// A text frame shared by every session it goes to.
 pub type Outbound = Arc<str>;
 
-#[derive(Default)]
 pub struct Hub {
     next_id: AtomicU64,
     state: Mutex<HubState>,
+    /// Each user's command budget over all of its connections here: rate and burst.
+    user_rate: (u32, u32),
 }
 
 #[derive(Default)]
@@ -31,6 +34,8 @@ struct HubState {
     /// When an anchor's connection in its room last closed (not by leaving the room):
     /// it may be reconnecting, here or to another node.
     dropped: HashMap<(UserId, RoomId), Instant>,
+    /// The command budget of each user with a connection here.
+    budgets: HashMap<UserId, TokenBucket>,
 }
 
 struct Session {
@@ -53,8 +58,22 @@ pub struct RoomPresence {
 }
 
 impl Hub {
-    pub fn new() -> Hub {
-        Hub::default()
+    /// An empty hub; each user may send `rate` commands per second (`burst` at once) over
+    /// all of its connections.
+    pub fn new(rate: u32, burst: u32) -> Hub {
+        Hub { next_id: AtomicU64::new(0), state: Mutex::default(), user_rate: (rate, burst) }
+    }
+
+    /// Takes one command from `user`'s budget at `now`, if there is one.
+    pub fn allow_command(&self, user: UserId, now: Instant) -> bool {
+        let (rate, burst) = self.user_rate;
+        let mut state = self.lock();
+        state.budgets.entry(user).or_insert_with(|| TokenBucket::new(rate, burst, now)).allow(now)
+    }
+
+    /// How many connections `user` has here.
+    pub fn connections_of(&self, user: UserId) -> usize {
+        self.lock().users.get(&user).map_or(0, HashSet::len)
     }
 
     fn lock(&self) -> MutexGuard<'_, HubState> {
@@ -196,6 +215,7 @@ fn remove(state: &mut HubState, id: SessionId) {
         ids.remove(&id);
         if ids.is_empty() {
             state.users.remove(&session.user);
+            state.budgets.remove(&session.user);
         }
     }
 }
@@ -215,7 +235,7 @@ mod tests {
 
     #[test]
     fn rooms_users_presence_and_slow_sessions() {
-        let hub = Hub::new();
+        let hub = Hub::new(20, 40);
         let (fast_tx, mut fast_rx) = mpsc::channel(8);
         let (slow_tx, _slow_rx) = mpsc::channel(1);
         let (anchor_tx, _anchor_rx) = mpsc::channel(8);
@@ -246,7 +266,7 @@ mod tests {
 
     #[test]
     fn a_dropped_anchor_counts_as_reconnecting_for_its_grace_but_one_that_left_does_not() {
-        let hub = Hub::new();
+        let hub = Hub::new(20, 40);
         let grace = Duration::from_secs(5);
         let (queue, _outbound) = mpsc::channel(8);
         let dropping = hub.connect(UserId(1), queue.clone(), Arc::new(Notify::new()));

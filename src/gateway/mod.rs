@@ -10,6 +10,7 @@
 //!   and presence reports.
 
 pub mod hub;
+pub mod limits;
 pub mod protocol;
 mod pusher;
 pub mod session;
@@ -48,10 +49,14 @@ pub struct GatewayConfig {
     pub rtm: Option<RtmCredentials>,
     /// Frames waiting for one client; past it the client is disconnected (4008).
     pub queue_capacity: usize,
-    /// Commands a connection may send per second, sustained.
+    /// Commands a connection may send per second, sustained; a user gets the same over
+    /// all of its connections to this node.
     pub commands_per_second: u32,
     /// ... and in a burst.
     pub command_burst: u32,
+    /// Connections one user may hold to this node at once; an upgrade past it gets
+    /// HTTP 429.
+    pub connections_per_user: usize,
     /// A connection silent this long (no frame, no pong) is closed.
     pub idle_timeout: Duration,
     /// A reply or push the client has not taken within this long (it stopped reading and
@@ -81,6 +86,7 @@ impl Default for GatewayConfig {
             queue_capacity: 256,
             commands_per_second: 20,
             command_burst: 40,
+            connections_per_user: 8,
             idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
@@ -127,7 +133,7 @@ impl Gateway {
         }
         let gateway = Arc::new(Gateway {
             node: node.clone(),
-            hub: hub::Hub::new(),
+            hub: hub::Hub::new(config.commands_per_second, config.command_burst),
             config,
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),

@@ -8,6 +8,7 @@
 
 use super::Gateway;
 use super::hub::{Outbound, SessionId};
+use super::limits::TokenBucket;
 use super::protocol::{self, ClientCommand, ClientMessage, MatchAction, ProtocolError, Reply, ReplyResult, RoomRole};
 use crate::clock::now_ms;
 use crate::tokens::{login, rtm};
@@ -45,6 +46,11 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The user the connection acts for.
+    pub fn user(&self) -> UserId {
+        self.user
+    }
+
     /// The anchor profile matchmaking filters on; an anchor's room is its user id.
     fn profile(&self) -> AnchorProfile {
         AnchorProfile {
@@ -92,28 +98,6 @@ fn parse_user(text: &str) -> Result<UserId, String> {
     }
 }
 
-/// A token bucket: `burst` commands at once, refilled at `rate` per second.
-struct RateLimit {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl RateLimit {
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 struct Connection {
     gateway: Arc<Gateway>,
     identity: Identity,
@@ -130,12 +114,7 @@ pub async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocke
     let session = gateway.hub.connect(identity.user, queue, kicked.clone());
     tracing::debug!(session, user = %identity.user, "client connected");
     let mut connection = Connection { gateway: gateway.clone(), identity, session, room: None };
-    let mut limit = RateLimit {
-        tokens: f64::from(config.command_burst),
-        rate: f64::from(config.commands_per_second),
-        burst: f64::from(config.command_burst),
-        last: Instant::now(),
-    };
+    let mut limit = TokenBucket::new(config.commands_per_second, config.command_burst, Instant::now());
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.tick().await;
     let mut last_heard = Instant::now();
@@ -219,10 +198,12 @@ async fn send(socket: &mut WebSocket, message: Message, kicked: &Notify, timeout
 
 impl Connection {
     /// Answers one frame; a `Some` second value closes the connection after the reply.
-    async fn handle(&mut self, frame: &[u8], limit: &mut RateLimit) -> (Reply, Option<(u16, &'static str)>) {
+    async fn handle(&mut self, frame: &[u8], limit: &mut TokenBucket) -> (Reply, Option<(u16, &'static str)>) {
         let started = Instant::now();
-        // Every frame counts against the rate, well-formed or not.
-        let allowed = limit.allow();
+        // Every frame counts against the rate, well-formed or not: this connection's and
+        // its user's over all of the user's connections on this node.
+        let now = Instant::now();
+        let allowed = limit.allow(now) & self.gateway.hub.allow_command(self.identity.user, now);
         let message = match protocol::parse_frame(frame) {
             Ok(message) => message,
             Err(error) if allowed => return (Reply::for_error(&error).to_user(self.identity.user), None),

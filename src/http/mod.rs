@@ -7,12 +7,12 @@
 //! |---|---|---|
 //! | `GET /ws` | app clients, with a login token | [`ws::upgrade`] |
 //! | `POST /internal/gifts` | the gift service, with its service token | [`gifts::post`] |
-//! | `GET /api/anchors/{id}/pks` | anyone | [`api::history`] |
-//! | `GET /api/rooms-in-pk` | anyone | [`api::rooms_in_pk`] |
-//! | `GET /metrics` | anyone | [`metrics::render`] |
+//! | `GET /api/anchors/{id}/pks` | app users, with a login token | [`api::history`] |
+//! | `GET /api/rooms-in-pk` | app users, with a login token | [`api::rooms_in_pk`] |
 //! | `GET /healthz` | anyone | "ok" |
 //!
-//! The admin listener: every route under `/admin/` needs the admin token ([`admin`]).
+//! The admin listener: every route needs the admin token: `/admin/...` ([`admin`]) and
+//! `GET /metrics` ([`metrics::render`]).
 
 pub mod admin;
 pub mod api;
@@ -37,17 +37,12 @@ use crate::sinks::{ResultsSlot, SinkMetrics};
 pub struct ClientState {
     pub gateway: Arc<Gateway>,
     pub api: api::ApiState,
-    pub metrics: metrics::MetricsState,
 }
 
 impl ClientState {
-    pub fn new(gateway: Arc<Gateway>, results: ResultsSlot, sinks: Arc<SinkMetrics>) -> ClientState {
+    pub fn new(gateway: Arc<Gateway>, results: ResultsSlot) -> ClientState {
         let node: Node = gateway.node().clone();
-        ClientState {
-            gateway,
-            api: api::ApiState { node: node.clone(), results },
-            metrics: metrics::MetricsState { node, sinks },
-        }
+        ClientState { gateway, api: api::ApiState { node, results } }
     }
 }
 
@@ -63,27 +58,27 @@ impl FromRef<ClientState> for api::ApiState {
     }
 }
 
-impl FromRef<ClientState> for metrics::MetricsState {
-    fn from_ref(state: &ClientState) -> metrics::MetricsState {
-        state.metrics.clone()
-    }
-}
-
 /// The client listener's routes.
 pub fn client_router(state: ClientState) -> Router {
+    let read_api = Router::new()
+        .route("/api/anchors/{id}/pks", get(api::history))
+        .route("/api/rooms-in-pk", get(api::rooms_in_pk))
+        .route_layer(middleware::from_fn_with_state(state.gateway.clone(), ws::require_login));
     Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/internal/gifts", post(gifts::post).layer(DefaultBodyLimit::max(gifts::MAX_BODY_BYTES)))
-        .route("/api/anchors/{id}/pks", get(api::history))
-        .route("/api/rooms-in-pk", get(api::rooms_in_pk))
-        .route("/metrics", get(metrics::render))
+        .merge(read_api)
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
 
 /// The admin listener's routes, every one behind `token`.
-pub fn admin_router(node: Node, token: &str) -> Router {
-    let state = admin::AdminState { node, token: Arc::from(token) };
+pub fn admin_router(node: Node, token: &str, sinks: Arc<SinkMetrics>) -> Router {
+    let state = admin::AdminState { node: node.clone(), token: Arc::from(token) };
+    let metrics = Router::new()
+        .route("/metrics", get(metrics::render))
+        .with_state(metrics::MetricsState { node, sinks })
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin::authorize));
     Router::new()
         .route("/admin/status", get(admin::status))
         .route("/admin/groups/{id}/transfer-leader", post(admin::transfer_leader))
@@ -95,4 +90,5 @@ pub fn admin_router(node: Node, token: &str) -> Router {
         .route("/admin/config", post(admin::set_config))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin::authorize))
         .with_state(state)
+        .merge(metrics)
 }

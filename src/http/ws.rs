@@ -5,12 +5,29 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::gateway::session::{self, READ_BUFFER_BYTES};
 use crate::gateway::{Gateway, protocol};
+
+/// Lets a request through only with a valid login token (a bearer header, or `?token=`):
+/// the read API is for the app's users. 401 with `900005` otherwise.
+pub async fn require_login(
+    State(gateway): State<Arc<Gateway>>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let token = super::bearer::bearer(request.headers()).or(query.get("token").map(String::as_str));
+    match token.map(|token| session::authenticate(&gateway, token)) {
+        Some(Ok(_)) => next.run(request).await,
+        Some(Err(why)) => (StatusCode::UNAUTHORIZED, format!("900005 {why}")).into_response(),
+        None => (StatusCode::UNAUTHORIZED, "900005 a login token is required").into_response(),
+    }
+}
 
 /// Checks the token (a bearer header, or `?token=`), then upgrades.
 pub async fn upgrade(
@@ -29,6 +46,11 @@ pub async fn upgrade(
             return (StatusCode::UNAUTHORIZED, format!("900005 {why}")).into_response();
         }
     };
+    let limit = gateway.config().connections_per_user;
+    if gateway.hub().connections_of(identity.user()) >= limit {
+        let why = format!("900007 at most {limit} connections per user on a node");
+        return (StatusCode::TOO_MANY_REQUESTS, why).into_response();
+    }
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(protocol::MAX_READ_BYTES)
