@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::duties::Duties;
 use crate::duties::sinks::{Sinks, SinksConfig};
 use crate::gateway::{Gateway, GatewayConfig};
+use crate::http::server::{self, ServeOptions};
 use crate::http::{self, ClientState};
 use crate::replication::network::NetworkConfig;
 use crate::replication::node::{Node, NodeConfig, NodeError};
@@ -85,20 +86,13 @@ pub async fn start(config: AppConfig, listeners: Listeners, shutdown: Cancellati
     let gateway = Gateway::start(&node, config.gateway);
     let servers = TaskTracker::new();
     let client_router = http::client_router(ClientState::new(gateway.clone(), sinks.results()));
-    servers.spawn(serve(listeners.client, client_router, shutdown.clone()));
+    servers.spawn(server::serve(listeners.client, client_router, ServeOptions::client(), shutdown.clone()));
     if let Some((listener, token)) = admin {
-        servers.spawn(serve(listener, http::admin_router(node.clone(), &token, sinks.metrics()), shutdown.clone()));
+        let admin_router = http::admin_router(node.clone(), &token, sinks.metrics());
+        servers.spawn(server::serve(listener, admin_router, ServeOptions::admin(), shutdown.clone()));
     }
     tracing::info!(node = node.id(), %client_addr, ?admin_addr, "serving");
     Ok(App { node, duties, sinks, gateway, client_addr, admin_addr, servers, shutdown })
-}
-
-async fn serve(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
-    let address = listener.local_addr().ok();
-    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-    if let Err(error) = served {
-        tracing::error!(?address, %error, "an HTTP server failed");
-    }
 }
 
 impl App {

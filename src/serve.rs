@@ -196,6 +196,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?)
         .init();
     let config = args.app_config()?;
+    if let Some(limit) = crate::http::server::raise_file_limit() {
+        tracing::debug!(limit, "open-file limit");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve(&args, config))
 }

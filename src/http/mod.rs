@@ -19,6 +19,7 @@ pub mod api;
 pub mod bearer;
 pub mod gifts;
 pub mod metrics;
+pub mod server;
 pub mod ws;
 
 use std::sync::Arc;
