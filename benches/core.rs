@@ -142,7 +142,8 @@ fn start_match_latency() {
         at += 1;
         apply(
             &mut lobby,
-            LobbyAction::StartMatch { anchor: UserId(next_anchor), profile: profile(next_anchor, "A") }.into(),
+            LobbyAction::StartMatch { anchor: UserId(next_anchor), profile: profile(next_anchor, "A"), request: 0 }
+                .into(),
             at,
             &mut effects,
         );
@@ -154,7 +155,8 @@ fn start_match_latency() {
             at += 1;
             let anchor = next_anchor;
             next_anchor += 1;
-            let action = LobbyAction::StartMatch { anchor: UserId(anchor), profile: profile(anchor, country) };
+            let action =
+                LobbyAction::StartMatch { anchor: UserId(anchor), profile: profile(anchor, country), request: 0 };
             let command = Command::new(at, action);
             effects.clear();
             let started = Instant::now();
@@ -166,7 +168,7 @@ fn start_match_latency() {
             let refill = if country == "B" {
                 let anchor = next_anchor;
                 next_anchor += 1;
-                LobbyAction::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A") }
+                LobbyAction::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A"), request: 0 }
             } else {
                 LobbyAction::StopMatch { anchor: UserId(anchor) }
             };
@@ -210,7 +212,7 @@ fn memory() {
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     for anchor in 1..=WAITERS {
         effects.clear();
-        let action = LobbyAction::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A") };
+        let action = LobbyAction::StartMatch { anchor: UserId(anchor), profile: profile(anchor, "A"), request: 0 };
         lobby.apply(&Command::new(anchor as i64, action), &mut effects);
     }
     effects.clear();

@@ -55,10 +55,16 @@ async fn make_pks(node: &Node) -> Vec<(PkId, UserId)> {
     for i in 0..PKS {
         let (a, b) = (2 * i + 1, 2 * i + 2);
         assert_eq!(
-            node.propose_lobby(LobbyAction::StartMatch { anchor: UserId(a), profile: profile(a) }).await.unwrap(),
+            node.propose_lobby(LobbyAction::StartMatch { anchor: UserId(a), profile: profile(a), request: 0 })
+                .await
+                .unwrap(),
             Response::Waiting
         );
-        match node.propose_lobby(LobbyAction::StartMatch { anchor: UserId(b), profile: profile(b) }).await.unwrap() {
+        match node
+            .propose_lobby(LobbyAction::StartMatch { anchor: UserId(b), profile: profile(b), request: 0 })
+            .await
+            .unwrap()
+        {
             Response::Matched { pk, .. } => pks.push((pk, UserId(a))),
             other => panic!("no match: {other:?}"),
         }

@@ -50,7 +50,12 @@ pub enum Action {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LobbyAction {
     /// Command 28 type 1: `anchor` starts matching.
-    StartMatch { anchor: UserId, profile: AnchorProfile },
+    ///
+    /// `request` identifies the start for retries (0: none). A start sent again with the
+    /// same `request` after its answer was lost gets the answer the first one got (queued,
+    /// or matched into the PK that start led to) as long as that outcome stands, instead of
+    /// "already matching" or "busy".
+    StartMatch { anchor: UserId, profile: AnchorProfile, request: u64 },
     /// Command 28 type 4: `anchor` stops matching.
     StopMatch { anchor: UserId },
     /// Command 28 type 2: `invitee` accepts the invitation sent by `inviter`.

@@ -53,6 +53,9 @@ pub struct Lobby {
     deadlines: Deadlines<LobbyTimer>,
     /// The leader the operator placed this group on, if any.
     placement: Option<u64>,
+    /// The last keyed start of each anchor that is still waiting or in the PK it led to,
+    /// so that a retried start gets its first answer again.
+    starts: BTreeMap<UserId, StartRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +75,14 @@ struct Waiting {
     batch: u32,
     /// The current batch's invitees and whether each refused.
     invitees: BTreeMap<UserId, bool>,
+}
+
+/// A keyed start and what it led to so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct StartRecord {
+    request: u64,
+    /// The PK the start led to (at once, or later while waiting); `None` while waiting.
+    pk: Option<PkId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +182,15 @@ impl StateMachine for Lobby {
     }
 
     fn check_invariants(&self) -> Result<(), String> {
+        for (anchor, record) in &self.starts {
+            let stands = match record.pk {
+                None => self.waiting.contains_key(anchor),
+                Some(pk) => self.in_pk.get(anchor) == Some(&pk),
+            };
+            if !stands {
+                return Err(format!("{anchor}'s start record {record:?} no longer stands"));
+            }
+        }
         for anchor in self.waiting.keys() {
             if self.in_pk.contains_key(anchor) {
                 return Err(format!("{anchor} is both waiting and in a PK"));
@@ -220,7 +240,7 @@ impl SingleKind for Lobby {
 impl Lobby {
     fn apply_action(&mut self, action: &LobbyAction, effects: &mut Vec<Effect>) -> Response {
         match action {
-            LobbyAction::StartMatch { anchor, profile } => self.start(*anchor, profile, effects),
+            LobbyAction::StartMatch { anchor, profile, request } => self.start(*anchor, profile, *request, effects),
             LobbyAction::StopMatch { anchor } => self.stop(*anchor, effects),
             LobbyAction::Accept { inviter, invitee } => self.accept(*inviter, *invitee, effects),
             LobbyAction::Refuse { inviter, invitee } => self.refuse(*inviter, *invitee, effects),
@@ -311,7 +331,39 @@ impl Lobby {
 
     // ---- matching ------------------------------------------------------------------
 
-    fn start(&mut self, anchor: UserId, profile: &AnchorProfile, effects: &mut Vec<Effect>) -> Response {
+    fn start(&mut self, anchor: UserId, profile: &AnchorProfile, request: u64, effects: &mut Vec<Effect>) -> Response {
+        if let Some(first) = self.replayed_start(anchor, request) {
+            return first;
+        }
+        let response = self.first_start(anchor, profile, effects);
+        if request != 0 {
+            let pk = match &response {
+                Response::Waiting => Some(None),
+                Response::Matched { pk, .. } => Some(Some(*pk)),
+                _ => None,
+            };
+            if let Some(pk) = pk {
+                self.starts.insert(anchor, StartRecord { request, pk });
+            }
+        }
+        response
+    }
+
+    /// The first answer to a start sent again with the same request, if its outcome
+    /// stands: the anchor still waits, or is in the PK the start led to.
+    fn replayed_start(&self, anchor: UserId, request: u64) -> Option<Response> {
+        let record = self.starts.get(&anchor).filter(|record| request != 0 && record.request == request)?;
+        match record.pk {
+            None => self.waiting.contains_key(&anchor).then_some(Response::Waiting),
+            Some(pk) if self.in_pk.get(&anchor) == Some(&pk) => {
+                let [source, target] = self.pks.get(&pk)?.seats;
+                Some(Response::Matched { pk, source: source.anchor, target: target.anchor })
+            }
+            Some(_) => None,
+        }
+    }
+
+    fn first_start(&mut self, anchor: UserId, profile: &AnchorProfile, effects: &mut Vec<Effect>) -> Response {
         if !self.config.enabled {
             return Response::Rejected(Reason::PkDisabled);
         }
@@ -395,6 +447,10 @@ impl Lobby {
             }
         }
         effects.push(Effect::CacheChanged(CacheChange::Matching { anchor, since: None }));
+        if close_as != InvitationState::Taken {
+            // Out of the queue without a match: a retried start is a new one.
+            self.starts.remove(&anchor);
+        }
         Some(waiting)
     }
 
@@ -410,6 +466,14 @@ impl Lobby {
         self.last_pk += 1;
         let pk = PkId(self.last_pk);
         let order = PkOrder { pk, source, target, interfered, created_at: self.now, timing: self.config.timing };
+        // A waiting anchor's keyed start led to this PK.
+        for seat in [source, target] {
+            if let Some(record) = self.starts.get_mut(&seat.anchor)
+                && record.pk.is_none()
+            {
+                record.pk = Some(pk);
+            }
+        }
         for seat in [source, target] {
             self.in_pk.insert(seat.anchor, pk);
             self.rooms_in_pk.insert(seat.room, pk);
@@ -429,6 +493,9 @@ impl Lobby {
         };
         self.deadlines.disarm(LobbyTimer::AbandonPk { pk });
         for seat in held.seats {
+            if self.starts.get(&seat.anchor).is_some_and(|record| record.pk == Some(pk)) {
+                self.starts.remove(&seat.anchor);
+            }
             if self.in_pk.get(&seat.anchor) == Some(&pk) {
                 self.in_pk.remove(&seat.anchor);
             }

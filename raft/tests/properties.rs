@@ -13,7 +13,8 @@ use support::{Group, World};
 enum Op {
     Live(u8, u8),
     OffAir(u8),
-    Start(u8, u8),
+    /// Anchor, country, retry key (0: none).
+    Start(u8, u8, u8),
     Stop(u8),
     Accept(u8, u8),
     Refuse(u8, u8),
@@ -57,7 +58,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (anchor.clone(), 0u8..3).prop_map(|(a, c)| Op::Live(a, c)),
         1 => anchor.clone().prop_map(Op::OffAir),
-        1 => (anchor.clone(), 0u8..3).prop_map(|(a, c)| Op::Start(a, c)),
+        1 => (anchor.clone(), 0u8..3, 0u8..3).prop_map(|(a, c, r)| Op::Start(a, c, r)),
         1 => anchor.clone().prop_map(Op::Stop),
         1 => (anchor.clone(), anchor.clone()).prop_map(|(a, b)| Op::Accept(a, b)),
         1 => (anchor.clone(), anchor.clone()).prop_map(|(a, b)| Op::Refuse(a, b)),
@@ -104,7 +105,7 @@ fn run(ops: &[Op]) -> Result<World, TestCaseError> {
         let line = match op {
             Op::Live(a, c) => format!("live a{a} country={}", COUNTRIES[*c as usize]),
             Op::OffAir(a) => format!("offair a{a}"),
-            Op::Start(a, c) => format!("start a{a} country={}", COUNTRIES[*c as usize]),
+            Op::Start(a, c, r) => format!("start a{a} country={} req={r}", COUNTRIES[*c as usize]),
             Op::Stop(a) => format!("stop a{a}"),
             Op::Accept(a, b) => format!("accept a{a} a{b}"),
             Op::Refuse(a, b) => format!("refuse a{a} a{b}"),
@@ -154,7 +155,7 @@ fn run(ops: &[Op]) -> Result<World, TestCaseError> {
         let first = world.responses_seen.get(seen).cloned().unwrap_or(Response::Ignored);
         // At most one accept per invitation batch (indeed per waiting period).
         match (op, &first) {
-            (Op::Start(a, _), Response::Waiting) => {
+            (Op::Start(a, ..), Response::Waiting) => {
                 model.accepted_since_start.remove(&u64::from(*a));
             }
             (Op::Accept(..) | Op::AcceptOpen(_), Response::Matched { source: inviter, .. }) => {

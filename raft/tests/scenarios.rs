@@ -1848,3 +1848,66 @@ fn an_unknown_client_version_is_refused_while_the_gate_has_rules() {
         "#]],
     );
 }
+
+/// A start sent again with the same retry key (its answer was lost) gets the first
+/// answer again while that outcome stands: queued, or matched into the PK it led to. A
+/// start with another key is a new one: "already matching", "busy".
+#[test]
+fn a_retried_start_gets_its_first_answer_again() {
+    check(
+        "
+        start a1 req=7 at=0
+        start a1 req=7 at=1
+        start a1 req=8 at=2
+        start a2 req=9 at=3
+        start a1 req=7 at=4
+        start a2 req=9 at=5
+        start a2 req=10 at=6
+        abort pk=1 at=7
+        start a1 req=7 at=8
+        ",
+        expect![[r#"
+            > start a1 req=7 at=0
+              [lobby] waiting
+                cache pkm a1 0
+                push a1@room1 type13 matching a1
+            > start a1 req=7 at=1
+              [lobby] waiting
+            > start a1 req=8 at=2
+              [lobby] rejected 902005 AlreadyMatching
+            > start a2 req=9 at=3
+              [lobby] matched pk1 source=a1 target=a2 (902004)
+                cache pkm a1 -
+                cache pkr room1 1
+                cache pkr room2 1
+                ordered pk1 a1 vs a2 at=3 -> arena1
+              [arena1] create pk1 done
+                push room1 type10 pk1 Opening/0 3..11003 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+                push room2 type10 pk1 Opening/0 3..11003 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+                cache pk_1
+              [lobby] confirm-created pk1 done
+            > start a1 req=7 at=4
+              [lobby] matched pk1 source=a1 target=a2 (902004)
+            > start a2 req=9 at=5
+              [lobby] matched pk1 source=a1 target=a2 (902004)
+            > start a2 req=10 at=6
+              [lobby] rejected 905033 AnchorBusy
+            > abort pk=1 at=7
+              [arena1] done
+                push room1 type10 pk1 Error/3 3..11003 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
+                push room2 type10 pk1 Error/3 3..11003 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
+                push room1 type15 pk1 closed Error
+                push room2 type15 pk1 closed Error
+                cache drop pk_1 pkg_1_1 pkg_1_2
+                settled pk1 Error(t_pk 3) Aborted 3..7 dur=4 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
+              [lobby] release pk1 done
+                cache pkr room1 -
+                cache pkr room2 -
+              [arena1] confirm-released pk1 done
+            > start a1 req=7 at=8
+              [lobby] waiting
+                cache pkm a1 8
+                push a1@room1 type13 matching a1
+        "#]],
+    );
+}

@@ -25,8 +25,14 @@ fn lobby_snapshot_bytes_are_stable() {
         &Command::new(1_000, LobbyAction::GoLive { anchor: UserId(3), profile: profile(3), node: 2 }),
         &mut effects,
     );
-    lobby.apply(&Command::new(2_000, LobbyAction::StartMatch { anchor: UserId(1), profile: profile(1) }), &mut effects);
-    lobby.apply(&Command::new(3_000, LobbyAction::StartMatch { anchor: UserId(2), profile: profile(2) }), &mut effects);
+    lobby.apply(
+        &Command::new(2_000, LobbyAction::StartMatch { anchor: UserId(1), profile: profile(1), request: 0 }),
+        &mut effects,
+    );
+    lobby.apply(
+        &Command::new(3_000, LobbyAction::StartMatch { anchor: UserId(2), profile: profile(2), request: 0 }),
+        &mut effects,
+    );
     let bytes = lobby.snapshot();
     assert_eq!(bytes[0], SNAPSHOT_FORMAT);
     expect![[r#"
@@ -34,7 +40,7 @@ fn lobby_snapshot_bytes_are_stable() {
         dddb010202494e0102504b02504b0102494e0107616e64726f6964cf018084af
         5fe0d403c0843d030101030302494e07616e64726f6964ac02d00f0201d00f03
         00000100000201010201020101020101010101020201010101020200f02eb817
-        c0cf2400809f4901e8cfdc030401010401e8cfdc0300"#]]
+        c0cf2400809f4901e8cfdc030401010401e8cfdc030000"#]]
     .assert_eq(&hex(&bytes));
     assert_eq!(Machine::restore(&bytes).unwrap(), lobby);
 }
@@ -108,8 +114,14 @@ fn a_lobby_or_an_arena_snapshots_to_the_bytes_of_its_machine() {
     let mut lobby = Lobby::fresh(Config::default());
     let mut arena = Arena::fresh(Config::default());
     let mut effects = Vec::new();
-    lobby.apply(&Command::new(2_000, LobbyAction::StartMatch { anchor: UserId(1), profile: profile(1) }), &mut effects);
-    lobby.apply(&Command::new(3_000, LobbyAction::StartMatch { anchor: UserId(2), profile: profile(2) }), &mut effects);
+    lobby.apply(
+        &Command::new(2_000, LobbyAction::StartMatch { anchor: UserId(1), profile: profile(1), request: 0 }),
+        &mut effects,
+    );
+    lobby.apply(
+        &Command::new(3_000, LobbyAction::StartMatch { anchor: UserId(2), profile: profile(2), request: 0 }),
+        &mut effects,
+    );
     let order = lobby.pending_orders().next().unwrap().clone();
     arena.apply(&Command::new(3_000, ArenaAction::CreatePk(order)), &mut effects);
 

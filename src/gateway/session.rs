@@ -168,6 +168,27 @@ pub async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocke
     connection.closed();
 }
 
+/// FNV-1a, 64 bits: a hash every node computes alike (std's hasher is seeded per process).
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Fnv1a {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Whether a read failed on a message over the size limit.
 fn too_big(error: &axum::Error) -> bool {
     std::error::Error::source(error)
@@ -235,7 +256,8 @@ impl Connection {
             ClientCommand::Match { action, .. } => {
                 let action = match *action {
                     MatchAction::Start { anchor } => {
-                        LobbyAction::StartMatch { anchor, profile: self.identity.profile() }
+                        let request = self.retry_key(message);
+                        LobbyAction::StartMatch { anchor, profile: self.identity.profile(), request }
                     }
                     MatchAction::Stop { anchor } => LobbyAction::StopMatch { anchor },
                     MatchAction::Accept { inviter, invitee } => LobbyAction::Accept { inviter, invitee },
@@ -287,6 +309,25 @@ impl Connection {
             }
             ClientCommand::Heartbeat { .. } => Reply::success(echo, ReplyResult::ServerTime(now_ms())),
         }
+    }
+
+    /// The key that makes a start safe to send again: its `logId` if it has one (the same
+    /// on any connection and node), else this connection's `sequence`. Never 0.
+    fn retry_key(&self, message: &ClientMessage) -> u64 {
+        let mut hash = Fnv1a::default();
+        match message.log_id.as_deref().filter(|log_id| !log_id.is_empty()) {
+            Some(log_id) => {
+                hash.write(b"logId:");
+                hash.write(log_id.as_bytes());
+            }
+            None => {
+                hash.write(b"sequence:");
+                hash.write(&self.gateway.node.id().to_be_bytes());
+                hash.write(&self.session.to_be_bytes());
+                hash.write(&message.sequence.to_be_bytes());
+            }
+        }
+        hash.finish().max(1)
     }
 
     /// Push 13 to this connection's user if `room`'s anchor is matching.
@@ -373,4 +414,21 @@ impl Connection {
 fn unavailable(echo: protocol::Echo, why: &str) -> Reply {
     tracing::warn!(%why, "command not applied");
     Reply::new(echo, protocol::code::UNAVAILABLE, "temporarily unavailable, retry", ReplyResult::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fnv1a;
+
+    #[test]
+    fn fnv1a_matches_its_published_vectors() {
+        let hash = |bytes: &[u8]| {
+            let mut hash = Fnv1a::default();
+            hash.write(bytes);
+            hash.finish()
+        };
+        assert_eq!(hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(hash(b"foobar"), 0x8594_4171_f739_67e8);
+    }
 }

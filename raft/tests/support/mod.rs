@@ -5,7 +5,7 @@
 //! Script lines (times in ms; `at=` defaults to the previous line's time):
 //!   live a1 [country=IN platform=android vc=300 node=1]   the anchor goes live (on a node)
 //!   offair a1 [node=1]                            the anchor left that node
-//!   start a1 [country=.. platform=.. vc=..]       command 28 type 1
+//!   start a1 [country=.. platform=.. vc=.. req=..] command 28 type 1 (req: the retry key)
 //!   stop a1 / accept a1 a2 / refuse a1 a2         types 4, 2, 3 (inviter, invitee)
 //!   gift pk=1 to=a1 from=v1 beans=100 id=7        a gift from the gift service
 //!   presence pk=1 a1 online=false audience=10
@@ -154,7 +154,8 @@ impl World {
             "start" => {
                 let anchor = user(&words[1]);
                 let profile = self.profile_for(anchor, &args);
-                LobbyAction::StartMatch { anchor, profile }.into()
+                let request = args.get("req").map_or(0, |request| request.parse().expect("req= takes a number"));
+                LobbyAction::StartMatch { anchor, profile, request }.into()
             }
             "stop" => LobbyAction::StopMatch { anchor: user(&words[1]) }.into(),
             "accept" => LobbyAction::Accept { inviter: user(&words[1]), invitee: user(&words[2]) }.into(),
