@@ -21,7 +21,7 @@ use crate::machine::{
 };
 use crate::response::{Reason, Response};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A node's presence report counts for this long; a node that stopped reporting (it
 /// died, or its clients left) stops counting after it. Nodes repeat unchanged reports
@@ -90,6 +90,8 @@ struct Settlement {
     result: SettledPk,
     rooms_released: bool,
     persisted: bool,
+    /// The nodes whose own results store holds the result.
+    stored_by: BTreeSet<u64>,
 }
 
 impl Pk {
@@ -309,6 +311,7 @@ impl Arena {
             }
             ArenaAction::ConfirmRoomsReleased { pk } => self.confirm(*pk, |s| &mut s.rooms_released),
             ArenaAction::ConfirmResultPersisted { pk } => self.confirm(*pk, |s| &mut s.persisted),
+            ArenaAction::ConfirmResultStored { pk, node, voters } => self.confirm_stored(*pk, *node, voters),
         }
     }
 
@@ -366,6 +369,11 @@ impl Arena {
     /// Settled PKs the results sink has not stored yet.
     pub fn pending_results(&self) -> impl Iterator<Item = &SettledPk> {
         self.settled.values().filter(|s| !s.persisted).map(|s| &s.result)
+    }
+
+    /// Settled PKs that node `node`'s own results store has not confirmed yet.
+    pub fn unstored_results(&self, node: u64) -> impl Iterator<Item = &SettledPk> {
+        self.settled.values().filter(move |s| !s.persisted && !s.stored_by.contains(&node)).map(|s| &s.result)
     }
 
     pub fn summary(&self) -> ArenaSummary {
@@ -557,7 +565,9 @@ impl Arena {
         let forget_at = pk.pk_end().max(now).plus(ORDER_HORIZON_MS);
         self.settled_ids.insert(pk_id, forget_at);
         self.deadlines.arm(forget_at, ArenaTimer::ForgetPk { pk: pk_id });
-        self.settled.insert(pk_id, Settlement { result: result.clone(), rooms_released: false, persisted: false });
+        let settlement =
+            Settlement { result: result.clone(), rooms_released: false, persisted: false, stored_by: BTreeSet::new() };
+        self.settled.insert(pk_id, settlement);
         let rooms = [view.source.room, view.target.room];
         if announce == Announce::Result {
             push_state(view, effects);
@@ -584,6 +594,20 @@ impl Arena {
         *done = true;
         if settlement.rooms_released && settlement.persisted {
             self.settled.remove(&pk);
+        }
+        Response::Done
+    }
+
+    /// Node `node` stored the result; with every voter's store holding it, it is persisted.
+    fn confirm_stored(&mut self, pk: PkId, node: u64, voters: &[u64]) -> Response {
+        let Some(settlement) = self.settled.get_mut(&pk) else {
+            return Response::Ignored;
+        };
+        if settlement.persisted || !settlement.stored_by.insert(node) {
+            return Response::Ignored;
+        }
+        if voters.iter().all(|voter| settlement.stored_by.contains(voter)) {
+            return self.confirm(pk, |s| &mut s.persisted);
         }
         Response::Done
     }

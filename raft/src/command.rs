@@ -86,8 +86,13 @@ pub enum ArenaAction {
     AbortPk { pk: PkId },
     /// The lobby has released the rooms of a settled PK.
     ConfirmRoomsReleased { pk: PkId },
-    /// The results sink has stored the settled PK.
+    /// The shared results store (MySQL, written once by the arena's leader) holds the
+    /// settled PK.
     ConfirmResultPersisted { pk: PkId },
+    /// Node `node` holds the settled PK in its own results store (each node's embedded
+    /// store, written from its own replica). `voters` are the group's voters as the node
+    /// sees them: once every one of them has confirmed, the result leaves the outbox.
+    ConfirmResultStored { pk: PkId, node: u64, voters: Vec<u64> },
 }
 
 impl From<LobbyAction> for Action {

@@ -1911,3 +1911,76 @@ fn a_retried_start_gets_its_first_answer_again() {
         "#]],
     );
 }
+
+/// With each node's own results store, a settled PK leaves the outbox once every voter
+/// confirmed storing it; a confirmation repeated, or for an unknown PK, changes nothing.
+#[test]
+fn every_voters_store_confirms_a_result_before_it_leaves_the_outbox() {
+    check(
+        "
+        config pk_duration 0,1000,0
+        start a1 at=0
+        start a2 at=0
+        tick at=1000
+        stored pk=1 node=1
+        stored pk=1 node=1
+        stored pk=1 node=2
+        state
+        stored pk=1 node=3
+        state
+        stored pk=1 node=3
+        stored pk=9 node=1
+        ",
+        expect![[r#"
+            > config pk_duration 0,1000,0
+              [lobby] done
+              [arena0] done
+              [arena1] done
+            > start a1 at=0
+              [lobby] waiting
+                cache pkm a1 0
+                push a1@room1 type13 matching a1
+            > start a2 at=0
+              [lobby] matched pk1 source=a1 target=a2 (902004)
+                cache pkm a1 -
+                cache pkr room1 1
+                cache pkr room2 1
+                ordered pk1 a1 vs a2 at=0 -> arena1
+              [arena1] create pk1 done
+                push room1 type10 pk1 Battle/1 0..1000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+                push room2 type10 pk1 Battle/1 0..1000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+                cache pk_1
+              [lobby] confirm-created pk1 done
+            > tick at=1000
+              [arena1] end-battle pk1 done
+                push room1 type10 pk1 Done/2 0..1000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
+                push room2 type10 pk1 Done/2 0..1000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
+                push room1 type15 pk1 closed Done
+                push room2 type15 pk1 closed Done
+                cache drop pk_1 pkg_1_1 pkg_1_2
+                settled pk1 Done(t_pk 2) 0..1000 dur=1000 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
+              [lobby] release pk1 done
+                cache pkr room1 -
+                cache pkr room2 -
+              [arena1] confirm-released pk1 done
+            > stored pk=1 node=1
+              [arena1] done
+            > stored pk=1 node=1
+              [arena1] ignored
+            > stored pk=1 node=2
+              [arena1] done
+            > state
+              lobby: now=1000 waiting=[] in_pk=[] live=0 open_invitations=[] cooldowns=0 outbox=[] next=None
+              arena1: running=[] outbox=[1] remembered=1 next=Some(3601000)
+            > stored pk=1 node=3
+              [arena1] done
+            > state
+              lobby: now=1000 waiting=[] in_pk=[] live=0 open_invitations=[] cooldowns=0 outbox=[] next=None
+              arena1: running=[] outbox=[] remembered=1 next=Some(3601000)
+            > stored pk=1 node=3
+              [arena1] ignored
+            > stored pk=9 node=1
+              [arena0] ignored
+        "#]],
+    );
+}

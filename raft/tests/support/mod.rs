@@ -10,6 +10,7 @@
 //!   gift pk=1 to=a1 from=v1 beans=100 id=7        a gift from the gift service
 //!   presence pk=1 a1 online=false audience=10
 //!   abort pk=1 / persisted pk=1
+//!   stored pk=1 node=2 [voters=1,2,3]             node 2's own results store holds pk1
 //!   config KEY VALUE                              SetConfig on every group
 //!   fire lobby|arena TIMER ...                    one timer command, e.g.
 //!                                                 `fire lobby intervene a1`, `fire arena end-battle pk=1`
@@ -181,6 +182,10 @@ impl World {
             .into(),
             "abort" => ArenaAction::AbortPk { pk: PkId(args.num("pk")) }.into(),
             "persisted" => ArenaAction::ConfirmResultPersisted { pk: PkId(args.num("pk")) }.into(),
+            "stored" => {
+                let voters = args.get("voters").unwrap_or("1,2,3").split(',').map(|v| v.parse().unwrap()).collect();
+                ArenaAction::ConfirmResultStored { pk: PkId(args.num("pk")), node: args.num("node"), voters }.into()
+            }
             "config" => {
                 let rest = line.splitn(3, ' ').nth(2).unwrap();
                 let value = rest.rsplit_once(" at=").map_or(rest, |(v, _)| v);
@@ -244,9 +249,14 @@ impl World {
             (Some(group), _) => group,
             (None, Action::Arena(ArenaAction::Gift(g))) => self.arena_of(g.pk),
             (None, Action::Arena(ArenaAction::ReportPresence(p))) => self.arena_of(p[0].pk),
-            (None, Action::Arena(ArenaAction::AbortPk { pk } | ArenaAction::ConfirmResultPersisted { pk })) => {
-                self.arena_of(*pk)
-            }
+            (
+                None,
+                Action::Arena(
+                    ArenaAction::AbortPk { pk }
+                    | ArenaAction::ConfirmResultPersisted { pk }
+                    | ArenaAction::ConfirmResultStored { pk, .. },
+                ),
+            ) => self.arena_of(*pk),
             (None, _) => Group::Lobby,
         };
         self.apply(group, action);
