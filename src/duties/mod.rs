@@ -124,6 +124,23 @@ impl Duties {
         });
     }
 
+    /// Runs `duty` on this node whoever leads `group`, until [`Duties::stop`]: work every
+    /// node does from its own replica (a results store of its own).
+    pub fn run_everywhere<D: Duty>(&self, group: GroupId, duty: D) {
+        let Ok(raft_group) = self.node.group(group) else {
+            tracing::error!(%group, duty = duty.name(), "no such group: duty not started");
+            return;
+        };
+        let applied = raft_group.applied();
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = run_always(applied, duty) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
     /// Runs `task` until [`Duties::stop`]: what prepares duties, such as connecting a
     /// store, ends with them.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
@@ -157,6 +174,32 @@ async fn wait_for_leadership(leadership: &mut ServerWatch, node: u64) -> bool {
         }
         if !leadership.changed().await {
             return false;
+        }
+    }
+}
+
+/// Steps `duty` for as long as its group's replica applies entries.
+async fn run_always<D: Duty>(mut applied: tokio::sync::watch::Receiver<Option<u64>>, mut duty: D) {
+    duty.lead();
+    let mut backoff = duty.backoff();
+    loop {
+        applied.borrow_and_update();
+        let step = duty.step().await;
+        if step != Step::Failed {
+            backoff.reset();
+        }
+        let (wait, on_apply) = match step {
+            Step::Worked => continue,
+            Step::Failed => (backoff.next_wait(), false),
+            Step::Idle(wait) => (wait.unwrap_or(IDLE), true),
+            Step::Sleep(wait) => (wait, false),
+        };
+        let running = tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            changed = applied.changed(), if on_apply => changed.is_ok(),
+        };
+        if !running {
+            return;
         }
     }
 }

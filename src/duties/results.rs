@@ -1,4 +1,9 @@
-//! Carrying one arena's settled results into the SQL results store, on the arena's leader.
+//! Carrying one arena's settled results into the SQL results store.
+//!
+//! Two ways, by store ([`Placement`]): the app's MySQL database is shared by every node,
+//! so the arena's leader alone writes it, once; each node's embedded SQLite file is its
+//! own, so every node writes every result into it from its own replica, and the history
+//! any node answers is the same, complete and current.
 //!
 //! The duty works from the arena's outbox ([`pkd_raft::Arena::pending_results`]) rather
 //! than the effect stream (effects covered by an installed snapshot are never published,
@@ -21,12 +26,12 @@ use tokio::time::Instant;
 
 use super::{Duty, MIN_BACKOFF, Step};
 use crate::clock::wall_clock;
-use crate::replication::consensus::GroupId;
+use crate::replication::consensus::{self, GroupId};
 use crate::replication::error::ProposeError;
 use crate::replication::node::Node;
 use crate::replication::replica::ReplicaHandle;
 use crate::retry::Backoff;
-use crate::sinks::{CacheError, ResultsStore, SinkMetrics, StoreError};
+use crate::sinks::{CacheError, Dialect, ResultsStore, SinkMetrics, StoreError};
 
 /// Why one step of a sink duty failed. The duty logs it, counts it and tries again.
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +85,22 @@ enum Round {
     Idle,
 }
 
-/// Carries one arena's settled results (and running PKs' rows) into the results store
-/// while this node leads the arena.
+/// Who writes a results store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// One store for the whole cluster (MySQL): the arena's leader writes it, and confirms
+    /// each result once (`ConfirmResultPersisted`).
+    Shared,
+    /// A store on every node (SQLite): every node writes it from its own replica, and
+    /// confirms each result for itself (`ConfirmResultStored`); a result leaves the outbox
+    /// once every voter's store holds it.
+    PerNode,
+}
+
+/// Carries one arena's settled results (and running PKs' rows) into the results store:
+/// on the arena's leader for a shared store, on every node for a store of its own.
 pub struct Results {
+    placement: Placement,
     node: Node,
     group: GroupId,
     replica: ReplicaHandle<Arena>,
@@ -107,7 +125,12 @@ impl Results {
         config: ResultsConfig,
         metrics: Arc<SinkMetrics>,
     ) -> Results {
+        let placement = match store.dialect() {
+            Dialect::MySql => Placement::Shared,
+            Dialect::Sqlite => Placement::PerNode,
+        };
         Results {
+            placement,
             node: node.clone(),
             group: replica.group(),
             replica: replica.clone(),
@@ -127,7 +150,11 @@ impl Results {
 
     async fn round(&mut self) -> Result<Round, SinkError> {
         let batch = self.config.batch;
-        let pending: Vec<SettledPk> = self.read(|arena| arena.pending_results().take(batch).cloned().collect());
+        let me = self.node.id();
+        let pending: Vec<SettledPk> = match self.placement {
+            Placement::Shared => self.read(|arena| arena.pending_results().take(batch).cloned().collect()),
+            Placement::PerNode => self.read(|arena| arena.unstored_results(me).take(batch).cloned().collect()),
+        };
         if !pending.is_empty() {
             self.store_results(&pending).await?;
             if pending.len() == batch {
@@ -162,11 +189,19 @@ impl Results {
                 SinkMetrics::add(&self.metrics.results_repaired, 1);
             }
         }
+        let voters = match self.placement {
+            Placement::Shared => Vec::new(),
+            Placement::PerNode => self.node.group(self.group)?.metrics().read(consensus::voters),
+        };
         let confirmations = pending.iter().map(|settled| {
             let node = &self.node;
             let group = self.group;
             let pk = settled.pk;
-            async move { node.propose_arena(group, ArenaAction::ConfirmResultPersisted { pk }).await }
+            let confirm = match self.placement {
+                Placement::Shared => ArenaAction::ConfirmResultPersisted { pk },
+                Placement::PerNode => ArenaAction::ConfirmResultStored { pk, node: node.id(), voters: voters.clone() },
+            };
+            async move { node.propose_arena(group, confirm).await }
         });
         let outcomes = futures_util::future::join_all(confirmations).await;
         for settled in pending {
@@ -241,6 +276,13 @@ impl Results {
             self.gifts_written.insert(pk, totals);
         }
         Ok(!self.gifts_due.is_empty())
+    }
+}
+
+impl Results {
+    /// Who writes this duty's store.
+    pub fn placement(&self) -> Placement {
+        self.placement
     }
 }
 

@@ -8,7 +8,7 @@
 use std::sync::{Arc, OnceLock};
 
 use super::cache::{Cache, CacheConfig};
-use super::results::{Results, ResultsConfig, timed};
+use super::results::{Placement, Results, ResultsConfig, timed};
 use super::{Duties, MIN_BACKOFF};
 use crate::replication::node::Node;
 use crate::retry::Backoff;
@@ -94,7 +94,11 @@ async fn connect_results(
     let _ = slot.set(store.clone());
     let node = duties.node().clone();
     for arena in node.arenas() {
-        duties.run(arena.group(), Results::new(&node, arena, store.clone(), config.clone(), metrics.clone()));
+        let duty = Results::new(&node, arena, store.clone(), config.clone(), metrics.clone());
+        match duty.placement() {
+            Placement::Shared => duties.run(arena.group(), duty),
+            Placement::PerNode => duties.run_everywhere(arena.group(), duty),
+        }
     }
 }
 
