@@ -292,8 +292,15 @@ impl Connection {
             }
             ClientCommand::LeaveRoom { room } => {
                 gateway.hub.leave(self.session, *room);
-                if self.room.is_some_and(|(current, _)| current == *room) {
-                    self.left_room();
+                if self.room.is_some_and(|(current, _)| current == *room)
+                    && let Some(anchor) = self.left_room()
+                {
+                    // An anchor leaving its own room stops streaming: off air at once, out
+                    // of the queue before the reply, so it is never matched afterwards.
+                    let off_air = LobbyAction::GoOffAir { anchor, node: gateway.node.id() };
+                    if let Err(error) = gateway.node.propose_lobby(off_air).await {
+                        return unavailable(echo, &error.to_string());
+                    }
                 }
                 Reply::success(echo, ReplyResult::Null)
             }
@@ -382,14 +389,18 @@ impl Connection {
         }
     }
 
-    /// The connection left its room (command 41, or disconnect).
-    fn left_room(&mut self) {
-        let Some((room, anchor)) = self.room.take() else { return };
-        if !anchor {
-            return;
-        }
-        // An anchor that does not come back within the grace period goes off air: it
-        // leaves the queue and cannot be invited.
+    /// The connection left its room (command 41, or disconnect); the anchor, if it was
+    /// there as the room's anchor.
+    fn left_room(&mut self) -> Option<UserId> {
+        let (_, anchor) = self.room.take()?;
+        anchor.then_some(self.identity.user)
+    }
+
+    /// The connection closed: an anchor that does not come back to its room within the
+    /// off-air grace (a reconnect, maybe to another node) goes off air: it leaves the
+    /// queue and cannot be invited.
+    fn dropped_from_room(&mut self) {
+        let Some((room, true)) = self.room.take() else { return };
         let gateway = self.gateway.clone();
         let user = self.identity.user;
         let grace = gateway.config.off_air_grace;
@@ -406,7 +417,7 @@ impl Connection {
 
     fn closed(&mut self) {
         self.gateway.hub.disconnect(self.session);
-        self.left_room();
+        self.dropped_from_room();
         tracing::debug!(session = self.session, user = %self.identity.user, "client disconnected");
     }
 }
