@@ -17,6 +17,7 @@ use crate::http::server::{self, ServeOptions};
 use crate::http::{self, ClientState};
 use crate::replication::network::NetworkConfig;
 use crate::replication::node::{Node, NodeConfig, NodeError};
+use crate::tls::{Reloading, ServerFiles, TlsError};
 
 /// Everything a node needs besides its sockets.
 #[derive(Clone, Debug)]
@@ -28,6 +29,8 @@ pub struct AppConfig {
     pub sinks: SinksConfig,
     /// The admin API's bearer token (its listener comes in [`Listeners::admin`]).
     pub admin_token: Option<String>,
+    /// HTTPS and `wss://` on the client and admin listeners; plain without.
+    pub tls: Option<ServerFiles>,
 }
 
 /// The sockets a node serves on, bound by the caller.
@@ -50,6 +53,8 @@ pub enum AppError {
     Node(#[from] NodeError),
     #[error("reading a listener's address: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A running node and everything around it.
@@ -74,6 +79,7 @@ pub async fn start(config: AppConfig, listeners: Listeners, shutdown: Cancellati
         (None, _) => None,
         (Some(_), None) => return Err(AppError::Config("the admin listener needs an admin token".to_owned())),
     };
+    let tls = config.tls.map(Reloading::load).transpose()?;
     let client_addr = listeners.client.local_addr()?;
     let admin_addr = admin.as_ref().map(|(listener, _)| listener.local_addr()).transpose()?;
     let node = match (config.network, listeners.cluster) {
@@ -86,10 +92,14 @@ pub async fn start(config: AppConfig, listeners: Listeners, shutdown: Cancellati
     let gateway = Gateway::start(&node, config.gateway);
     let servers = TaskTracker::new();
     let client_router = http::client_router(ClientState::new(gateway.clone(), sinks.results()));
-    servers.spawn(server::serve(listeners.client, client_router, ServeOptions::client(), shutdown.clone()));
+    if let Some(tls) = &tls {
+        tls.watch(&servers, shutdown.clone());
+    }
+    let client_options = ServeOptions::client(tls.clone());
+    servers.spawn(server::serve(listeners.client, client_router, client_options, shutdown.clone()));
     if let Some((listener, token)) = admin {
         let admin_router = http::admin_router(node.clone(), &token, sinks.metrics());
-        servers.spawn(server::serve(listener, admin_router, ServeOptions::admin(), shutdown.clone()));
+        servers.spawn(server::serve(listener, admin_router, ServeOptions::admin(tls), shutdown.clone()));
     }
     tracing::info!(node = node.id(), %client_addr, ?admin_addr, "serving");
     Ok(App { node, duties, sinks, gateway, client_addr, admin_addr, servers, shutdown })

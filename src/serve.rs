@@ -4,12 +4,14 @@
 use crate::app::{self, AppConfig, Listeners};
 use crate::duties::sinks::SinksConfig;
 use crate::gateway::{GatewayConfig, RtmCredentials};
-use crate::replication::network::NetworkConfig;
+use crate::replication::network::{NetworkConfig, NetworkTls};
 use crate::replication::node::NodeConfig;
+use crate::tls::{Reloading, ServerFiles};
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +82,27 @@ pub struct ServeArgs {
     /// The bearer token of the admin API (at least 16 bytes).
     #[arg(long, env = "PKD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A PEM certificate chain: the client and admin listeners serve HTTPS and `wss://`
+    /// with it (with --tls-key). The files are read again when they change.
+    #[arg(long, env = "PKD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "PKD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// This node's PEM certificate on node-to-node links (with --cluster-tls-key and
+    /// --cluster-tls-ca): every link is TLS, and a peer's certificate must come from the CA.
+    #[arg(long, env = "PKD_CLUSTER_TLS_CERT")]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --cluster-tls-cert.
+    #[arg(long, env = "PKD_CLUSTER_TLS_KEY")]
+    pub cluster_tls_key: Option<PathBuf>,
+    /// The PEM certificate of the CA that signs every node's certificate.
+    #[arg(long, env = "PKD_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<PathBuf>,
+    /// The PEM certificate of the CA that signs Redis's certificate, for a `rediss://`
+    /// --redis-url (the public roots are not trusted).
+    #[arg(long, env = "PKD_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -92,7 +115,12 @@ impl ServeArgs {
                 format!("sqlite://{}?mode=rwc", path.display())
             }
         };
-        SinksConfig { results_url: Some(results_url), redis_url: self.redis_url.clone(), ..SinksConfig::default() }
+        SinksConfig {
+            results_url: Some(results_url),
+            redis_url: self.redis_url.clone(),
+            redis_ca: self.redis_ca.clone(),
+            ..SinksConfig::default()
+        }
     }
 
     /// Every setting, checked: what [`app::start`] needs besides its listeners.
@@ -106,7 +134,33 @@ impl ServeArgs {
             join: self.join,
             ..NodeConfig::single(&self.data_dir)
         };
-        Ok(AppConfig { node, network, gateway, sinks: self.sinks_config(), admin_token })
+        let tls = self.tls_files()?;
+        Ok(AppConfig { node, network, gateway, sinks: self.sinks_config(), admin_token, tls })
+    }
+
+    /// The client and admin listeners' certificate, if they serve TLS.
+    fn tls_files(&self) -> anyhow::Result<Option<ServerFiles>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(certificate), Some(key)) => {
+                Ok(Some(ServerFiles { certificate: certificate.clone(), key: key.clone() }))
+            }
+            _ => bail!("set both --tls-cert and --tls-key, or neither"),
+        }
+    }
+
+    /// TLS on node-to-node links, if asked for.
+    fn network_tls(&self) -> anyhow::Result<Option<NetworkTls>> {
+        match (&self.cluster_tls_cert, &self.cluster_tls_key, &self.cluster_tls_ca) {
+            (None, None, None) => Ok(None),
+            (Some(certificate), Some(key), Some(ca)) => {
+                let files = ServerFiles { certificate: certificate.clone(), key: key.clone() };
+                let server = Reloading::load(files).context("the node's cluster certificate")?;
+                let client = Arc::new(crate::tls::client_config(ca).context("the cluster's CA")?);
+                Ok(Some(NetworkTls { server, client }))
+            }
+            _ => bail!("set all of --cluster-tls-cert, --cluster-tls-key and --cluster-tls-ca, or none"),
+        }
     }
 
     /// The cluster's network settings, if any: all three of `--cluster-listen`, `--peers`
@@ -129,7 +183,9 @@ impl ServeArgs {
         if !peers.contains_key(&self.node_id) {
             bail!("--peers must include this node ({})", self.node_id);
         }
-        Ok(Some(NetworkConfig::new(self.node_id, self.cluster_name.clone(), secret.as_bytes(), peers)))
+        let mut network = NetworkConfig::new(self.node_id, self.cluster_name.clone(), secret.as_bytes(), peers);
+        network.tls = self.network_tls()?;
+        Ok(Some(network))
     }
 
     /// The admin API's token, if the admin API is on.
@@ -192,6 +248,7 @@ fn parse_peers(peers: &str) -> anyhow::Result<BTreeMap<u64, String>> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    crate::tls::install_default_provider();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?)
         .init();

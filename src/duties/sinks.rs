@@ -19,8 +19,10 @@ use crate::sinks::{RedisCache, ResultsSlot, ResultsStore, SinkMetrics};
 pub struct SinksConfig {
     /// `mysql://...` or `sqlite://path?mode=rwc`; `None`: no results store.
     pub results_url: Option<String>,
-    /// `redis://host:port/db`; `None`: no cache.
+    /// `redis://host:port/db` or `rediss://` (TLS); `None`: no cache.
     pub redis_url: Option<String>,
+    /// The CA that signs a `rediss://` server's certificate.
+    pub redis_ca: Option<std::path::PathBuf>,
     pub results: ResultsConfig,
     pub cache: CacheConfig,
 }
@@ -50,7 +52,9 @@ impl Sinks {
             duties.spawn(connecting);
         }
         if let Some(url) = config.redis_url.clone() {
-            duties.spawn(connect_cache(duties.clone(), url, config.cache.clone(), metrics.clone()));
+            let connecting =
+                connect_cache(duties.clone(), url, config.redis_ca.clone(), config.cache.clone(), metrics.clone());
+            duties.spawn(connecting);
         }
         Sinks { duties, results, metrics }
     }
@@ -103,10 +107,17 @@ async fn connect_results(
 }
 
 /// Connects to Redis (retrying while it is down), then runs the cache duty of every group.
-async fn connect_cache(duties: Arc<Duties>, url: String, config: CacheConfig, metrics: Arc<SinkMetrics>) {
+async fn connect_cache(
+    duties: Arc<Duties>,
+    url: String,
+    ca: Option<std::path::PathBuf>,
+    config: CacheConfig,
+    metrics: Arc<SinkMetrics>,
+) {
     let mut backoff = Backoff::new(MIN_BACKOFF, config.max_backoff);
     let cache = loop {
-        match timed("connecting to Redis", config.operation_timeout, RedisCache::connect(&url)).await {
+        let connecting = RedisCache::connect_with_ca(&url, ca.as_deref());
+        match timed("connecting to Redis", config.operation_timeout, connecting).await {
             Ok(cache) => break cache,
             Err(error) => {
                 SinkMetrics::add(&metrics.cache_errors, 1);

@@ -5,7 +5,9 @@
 //! - a request's head must arrive within [`ServeOptions::header_timeout`] (which also ends
 //!   a keep-alive connection idle that long): a client that sends half a request and waits
 //!   holds its connection for that long at most;
-//! - on shutdown, connections finish the request under way and close.
+//! - on shutdown, connections finish the request under way and close;
+//! - with TLS, the handshake too must end within the header timeout, and each new
+//!   connection uses the certificate in force (reloaded from its files).
 //!
 //! WebSocket upgrades leave the HTTP connection (and its limits) once upgraded; the
 //! gateway bounds sessions itself.
@@ -17,31 +19,37 @@ use axum::Router;
 use axum::extract::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::tls::Reloading;
+
 /// How a listener serves its connections.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ServeOptions {
     /// Connections served at once.
     pub max_connections: usize,
-    /// The longest a request's head may take to arrive, and a keep-alive connection may
-    /// stay idle.
+    /// The longest a request's head (or a TLS handshake) may take to arrive, and a
+    /// keep-alive connection may stay idle.
     pub header_timeout: Duration,
+    /// HTTPS (and `wss://`) with this certificate; plain HTTP without.
+    pub tls: Option<Arc<Reloading>>,
 }
 
 impl ServeOptions {
     /// The client listener: many app clients and the gift service.
-    pub fn client() -> ServeOptions {
-        ServeOptions { max_connections: 50_000, header_timeout: Duration::from_secs(20) }
+    pub fn client(tls: Option<Arc<Reloading>>) -> ServeOptions {
+        ServeOptions { max_connections: 50_000, header_timeout: Duration::from_secs(20), tls }
     }
 
     /// The admin listener: a few operators and scrapers.
-    pub fn admin() -> ServeOptions {
-        ServeOptions { max_connections: 256, header_timeout: Duration::from_secs(20) }
+    pub fn admin(tls: Option<Arc<Reloading>>) -> ServeOptions {
+        ServeOptions { max_connections: 256, header_timeout: Duration::from_secs(20), tls }
     }
 }
 
@@ -72,32 +80,49 @@ pub async fn serve(listener: TcpListener, router: Router, options: ServeOptions,
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let timeout = options.header_timeout;
+        let tls = options.tls.as_ref().map(|tls| TlsAcceptor::from(tls.current()));
         connections.spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let router = router.clone();
-                async move { router.oneshot(request.map(axum::body::Body::new)).await }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(options.header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                () = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = served {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+            match tls {
+                None => serve_one(stream, router, timeout, shutdown).await,
+                Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_one(stream, router, timeout, shutdown).await,
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
             }
             drop(slot);
         });
     }
     connections.close();
     connections.wait().await;
+}
+
+/// Serves the requests of one connection until it closes or `shutdown`.
+async fn serve_one<S>(stream: S, router: Router, header_timeout: Duration, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let router = router.clone();
+        async move { router.oneshot(request.map(axum::body::Body::new)).await }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = served {
+        tracing::debug!(%error, "connection ended with an error");
+    }
 }
 
 /// Raises this process's open-file limit to its hard limit: every connection holds a file

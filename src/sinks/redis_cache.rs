@@ -85,7 +85,22 @@ impl RedisCache {
     /// Connects to `redis://host:port/db`. A Redis that is down fails fast (one retry,
     /// 2 s per attempt, 3 s per command): the caller counts the error and tries later.
     pub async fn connect(url: &str) -> Result<RedisCache> {
-        let client = redis::Client::open(url)?;
+        RedisCache::connect_with_ca(url, None).await
+    }
+
+    /// Connects to `url`; for `rediss://`, trusting the CA certificate in the PEM file
+    /// `ca` (the public roots otherwise).
+    pub async fn connect_with_ca(url: &str, ca: Option<&std::path::Path>) -> Result<RedisCache> {
+        let client = match ca {
+            None => redis::Client::open(url)?,
+            Some(ca) => {
+                let root_cert = std::fs::read(ca).map_err(|error| {
+                    redis::RedisError::from((redis::ErrorKind::IoError, "reading the Redis CA", error.to_string()))
+                })?;
+                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+                redis::Client::build_with_tls(url, certificates)?
+            }
+        };
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(1)
             .set_max_delay(500)

@@ -13,14 +13,16 @@ use std::io;
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
+use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::NetworkConfig;
 use super::wire::{decode, encode};
+use super::{NetworkConfig, NodeStream};
 use crate::replication::consensus::NodeId;
 
 /// How long a handshake may take.
@@ -40,26 +42,59 @@ enum Handshake {
     Proof { proof: Vec<u8> },
 }
 
-/// Dials `address` and shakes hands as `config`'s node; returns the peer's id.
-pub(super) async fn dial(config: &NetworkConfig, address: &str) -> io::Result<(NodeId, TcpStream)> {
-    let mut stream = TcpStream::connect(address).await?;
-    stream.set_nodelay(true)?;
-    let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, dialer_side(config, &mut stream))
+/// Dials `address` and shakes hands as `config`'s node (over TLS first, if the cluster
+/// uses it: the peer's certificate must come from the cluster's CA); returns the peer's
+/// id.
+pub(super) async fn dial(config: &NetworkConfig, address: &str) -> io::Result<(NodeId, NodeStream)> {
+    let shaking = async {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        match &config.tls {
+            None => {
+                let mut stream = stream;
+                let peer = dialer_side(config, &mut stream).await?;
+                Ok((peer, NodeStream::Plain(stream)))
+            }
+            Some(tls) => {
+                let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name = ServerName::try_from(host.to_owned())
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+                let mut stream = TlsConnector::from(tls.client.clone()).connect(name, stream).await?;
+                let peer = dialer_side(config, &mut stream).await?;
+                Ok((peer, NodeStream::Tls(Box::new(stream.into()))))
+            }
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, shaking)
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))??;
-    Ok((peer, stream))
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
 }
 
-/// Shakes hands with a peer that dialed this node; returns its id.
-pub(super) async fn accept(config: &NetworkConfig, mut stream: TcpStream) -> io::Result<(NodeId, TcpStream)> {
+/// Shakes hands with a peer that dialed this node (over TLS first, if the cluster uses
+/// it); returns its id.
+pub(super) async fn accept(config: &NetworkConfig, stream: TcpStream) -> io::Result<(NodeId, NodeStream)> {
     stream.set_nodelay(true)?;
-    let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor_side(config, &mut stream))
+    let shaking = async {
+        match &config.tls {
+            None => {
+                let mut stream = stream;
+                let peer = acceptor_side(config, &mut stream).await?;
+                Ok((peer, NodeStream::Plain(stream)))
+            }
+            Some(tls) => {
+                let mut stream = TlsAcceptor::from(tls.server.current()).accept(stream).await?;
+                let peer = acceptor_side(config, &mut stream).await?;
+                Ok((peer, NodeStream::Tls(Box::new(stream.into()))))
+            }
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, shaking)
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))??;
-    Ok((peer, stream))
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
 }
 
-async fn dialer_side(config: &NetworkConfig, stream: &mut TcpStream) -> io::Result<NodeId> {
+async fn dialer_side<S: AsyncRead + AsyncWrite + Unpin>(config: &NetworkConfig, stream: &mut S) -> io::Result<NodeId> {
     let mine = nonce()?;
     let hello = Handshake::Hello { cluster: config.cluster.clone(), node: config.node_id, nonce: mine };
     send(stream, &hello).await?;
@@ -75,7 +110,10 @@ async fn dialer_side(config: &NetworkConfig, stream: &mut TcpStream) -> io::Resu
     Ok(node)
 }
 
-async fn acceptor_side(config: &NetworkConfig, stream: &mut TcpStream) -> io::Result<NodeId> {
+async fn acceptor_side<S: AsyncRead + AsyncWrite + Unpin>(
+    config: &NetworkConfig,
+    stream: &mut S,
+) -> io::Result<NodeId> {
     let Handshake::Hello { cluster, node, nonce: theirs } = receive(stream).await? else {
         return Err(refused("expected a hello"));
     };
@@ -101,7 +139,7 @@ async fn acceptor_side(config: &NetworkConfig, stream: &mut TcpStream) -> io::Re
     Ok(node)
 }
 
-async fn send(stream: &mut TcpStream, message: &Handshake) -> io::Result<()> {
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, message: &Handshake) -> io::Result<()> {
     let bytes = encode(message)?;
     let length = u32::try_from(bytes.len()).map_err(io::Error::other)?;
     stream.write_all(&length.to_be_bytes()).await?;
@@ -110,7 +148,7 @@ async fn send(stream: &mut TcpStream, message: &Handshake) -> io::Result<()> {
 }
 
 /// Reads exactly one handshake frame: nothing after it is taken from the socket.
-async fn receive<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T> {
+async fn receive<T: DeserializeOwned, S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<T> {
     let length = stream.read_u32().await? as usize;
     if length > MAX_HANDSHAKE_FRAME {
         return Err(io::Error::new(

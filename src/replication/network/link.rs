@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use super::wire::{self, Frame, MAX_FRAME, Reply, Request, Unanswered};
-use super::{Network, lock};
+use super::{Network, NodeStream, lock};
 use crate::replication::consensus::{GroupId, NodeId, RpcError, rpc_failed, rpc_unreachable};
 
 /// The read buffer of a connection: one read takes in every frame that has arrived.
@@ -101,8 +101,24 @@ impl Drop for Forget<'_> {
 }
 
 /// Serves one authenticated connection until it drops, is closed, or the network stops.
-pub(super) async fn run(network: Network, peer: NodeId, stream: TcpStream) {
-    let (reader, writer) = stream.into_split();
+pub(super) async fn run(network: Network, peer: NodeId, stream: NodeStream) {
+    match stream {
+        NodeStream::Plain(stream) => {
+            let (reader, writer) = stream.into_split();
+            run_halves(network, peer, reader, writer).await;
+        }
+        NodeStream::Tls(stream) => {
+            let (reader, writer) = tokio::io::split(*stream);
+            run_halves(network, peer, reader, writer).await;
+        }
+    }
+}
+
+async fn run_halves<R, W>(network: Network, peer: NodeId, reader: R, writer: W)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (outgoing, queue) = mpsc::channel(OUTGOING_CAPACITY);
     let link = Arc::new(Link::new(peer, outgoing));
     if let Some(old) = network.set_link(peer, Some(Arc::clone(&link))) {
@@ -124,10 +140,10 @@ pub(super) async fn run(network: Network, peer: NodeId, stream: TcpStream) {
     network.unset_link(peer, &link);
 }
 
-async fn read_loop(
+async fn read_loop<R: AsyncRead + Unpin>(
     network: &Network,
     link: &Arc<Link>,
-    mut frames: FramedRead<tokio::net::tcp::OwnedReadHalf, tokio_util::codec::LengthDelimitedCodec>,
+    mut frames: FramedRead<R, LengthDelimitedCodec>,
 ) -> io::Result<()> {
     while let Some(bytes) = frames.next().await {
         let frame: Frame = wire::decode(&bytes?)?;
@@ -151,8 +167,8 @@ async fn read_loop(
     Ok(())
 }
 
-async fn write_loop(
-    mut frames: FramedWrite<tokio::net::tcp::OwnedWriteHalf, tokio_util::codec::LengthDelimitedCodec>,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut frames: FramedWrite<W, LengthDelimitedCodec>,
     mut queue: mpsc::Receiver<Frame>,
 ) {
     while let Some(frame) = queue.recv().await {
@@ -171,8 +187,8 @@ async fn write_loop(
     }
 }
 
-async fn feed(
-    frames: &mut FramedWrite<tokio::net::tcp::OwnedWriteHalf, tokio_util::codec::LengthDelimitedCodec>,
+async fn feed<W: AsyncWrite + Unpin>(
+    frames: &mut FramedWrite<W, LengthDelimitedCodec>,
     frame: &Frame,
 ) -> io::Result<()> {
     frames.feed(wire::encode(frame)?).await

@@ -57,6 +57,23 @@ const SILENCE_BEFORE_CLOSING: Duration = Duration::from_secs(2);
 /// so only a flood of strangers meets this bound.
 pub const MAX_HANDSHAKES: usize = 32;
 
+/// One authenticated connection's stream: plain TCP, or TLS over it.
+pub(crate) enum NodeStream {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// TLS on every node-to-node link: each node serves its certificate and checks its
+/// peer's against the cluster's CA. The HMAC handshake runs inside, so a peer proves it
+/// holds the cluster secret as well.
+#[derive(Clone, Debug)]
+pub struct NetworkTls {
+    /// This node's certificate, reloaded when its files change.
+    pub server: Arc<crate::tls::Reloading>,
+    /// Trusts the cluster's CA.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
 /// The settings of the network.
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
@@ -71,6 +88,8 @@ pub struct NetworkConfig {
     /// The size of the pieces snapshots are sent in ([`SNAPSHOT_CHUNK`] unless a test wants
     /// many pieces).
     pub snapshot_chunk: usize,
+    /// TLS on the links; plain TCP without.
+    pub tls: Option<NetworkTls>,
 }
 
 impl NetworkConfig {
@@ -82,7 +101,14 @@ impl NetworkConfig {
         secret: impl Into<Vec<u8>>,
         peers: BTreeMap<NodeId, String>,
     ) -> NetworkConfig {
-        NetworkConfig { node_id, cluster: cluster.into(), secret: secret.into(), peers, snapshot_chunk: SNAPSHOT_CHUNK }
+        NetworkConfig {
+            node_id,
+            cluster: cluster.into(),
+            secret: secret.into(),
+            peers,
+            snapshot_chunk: SNAPSHOT_CHUNK,
+            tls: None,
+        }
     }
 }
 
@@ -132,6 +158,9 @@ impl Network {
     /// Starts accepting connections on `listener` and dialing every peer with a larger id.
     pub fn start(config: NetworkConfig, listener: TcpListener) -> Network {
         let network = Network::new(config);
+        if let Some(tls) = &network.inner.config.tls {
+            tls.server.watch(&network.inner.tasks, network.inner.stopping.clone());
+        }
         network.inner.tasks.spawn(accept_loop(network.clone(), listener));
         for (&peer, address) in &network.inner.config.peers {
             network.add_peer(peer, address.clone());
