@@ -14,6 +14,7 @@ pub mod clock;
 pub mod duties;
 pub mod gateway;
 pub mod http;
+pub mod logs;
 pub mod replication;
 pub mod retry;
 pub mod serve;

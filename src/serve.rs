@@ -4,6 +4,7 @@
 use crate::app::{self, AppConfig, Listeners};
 use crate::duties::sinks::SinksConfig;
 use crate::gateway::{GatewayConfig, RtmCredentials};
+use crate::logs::LogFormat;
 use crate::replication::network::{NetworkConfig, NetworkTls};
 use crate::replication::node::NodeConfig;
 use crate::tls::{Reloading, ServerFiles};
@@ -43,9 +44,13 @@ pub struct ServeArgs {
     pub rtm_app_id: Option<String>,
     #[arg(long, env = "PKD_RTM_APP_CERTIFICATE", hide_env_values = true)]
     pub rtm_app_certificate: Option<String>,
-    /// Log filter, e.g. `info` or `pkd=debug,info`.
+    /// Log filter, e.g. `info` or `pkd=debug,info` (openraft stays at `warn` unless the
+    /// filter names it). Logs go to stderr.
     #[arg(long, env = "PKD_LOG", default_value = "info")]
     pub log: String,
+    /// `text` (coloured on a terminal) or `json` (one object per line).
+    #[arg(long, env = "PKD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// The app's MySQL database for settled results (`mysql://user:password@host:port/db`).
     /// Without it, results go to SQLite (see --sqlite-path).
     #[arg(long, env = "PKD_MYSQL_URL", hide_env_values = true)]
@@ -249,9 +254,7 @@ fn parse_peers(peers: &str) -> anyhow::Result<BTreeMap<u64, String>> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::tls::install_default_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?)
-        .init();
+    crate::logs::init(&args.log, args.log_format).context("bad --log filter")?;
     let config = args.app_config()?;
     if let Some(limit) = crate::http::server::raise_file_limit() {
         tracing::debug!(limit, "open-file limit");
