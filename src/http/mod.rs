@@ -9,7 +9,8 @@
 //! | `POST /internal/gifts` | the gift service, with its service token | [`gifts::post`] |
 //! | `GET /api/anchors/{id}/pks` | app users, with a login token | [`api::history`] |
 //! | `GET /api/rooms-in-pk` | app users, with a login token | [`api::rooms_in_pk`] |
-//! | `GET /healthz` | anyone | "ok" |
+//! | `GET /livez`, `GET /healthz` | anyone (load balancers) | [`health::live`] |
+//! | `GET /readyz` | anyone (load balancers) | [`health::ready`] |
 //!
 //! The admin listener: every route needs the admin token: `/admin/...` ([`admin`]) and
 //! `GET /metrics` ([`metrics::render`]).
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod api;
 pub mod bearer;
 pub mod gifts;
+pub mod health;
 pub mod metrics;
 pub mod server;
 pub mod ws;
@@ -53,6 +55,12 @@ impl FromRef<ClientState> for Arc<Gateway> {
     }
 }
 
+impl FromRef<ClientState> for Node {
+    fn from_ref(state: &ClientState) -> Node {
+        state.api.node.clone()
+    }
+}
+
 impl FromRef<ClientState> for api::ApiState {
     fn from_ref(state: &ClientState) -> api::ApiState {
         state.api.clone()
@@ -69,7 +77,9 @@ pub fn client_router(state: ClientState) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/internal/gifts", post(gifts::post).layer(DefaultBodyLimit::max(gifts::MAX_BODY_BYTES)))
         .merge(read_api)
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(health::live))
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
         .with_state(state)
 }
 
