@@ -89,14 +89,23 @@ pub enum ClusterCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Check a `t_config` value the way the engine will read it, before you set it.
-    /// Prints the settings it yields, or exactly why it is refused.
+    /// Check a `t_config` value the way the engine will read it, before you set it
+    /// (`KEY VALUE`), or a settings file for `pkd serve` (`--file PATH`). Prints what it
+    /// yields, or exactly why it is refused.
     Check {
         /// pk_enable, pk_duration, pk_config, pk_filter_country, version_control or pk_limits.
-        key: String,
+        #[arg(required_unless_present = "file")]
+        key: Option<String>,
         /// The value, in the row's own format, e.g. "1500,300000,0,600000".
-        value: String,
+        #[arg(required_unless_present = "file")]
+        value: Option<String>,
+        /// A settings file of `pkd serve` (TOML) to check instead.
+        #[arg(long, conflicts_with_all = ["key", "value"])]
+        file: Option<std::path::PathBuf>,
     },
+    /// Print a commented settings file for `pkd serve --config`, every setting at its
+    /// default.
+    Init,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,7 +154,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(cluster(args))
         }
-        Command::Config(ConfigCommand::Check { key, value }) => {
+        Command::Config(ConfigCommand::Init) => {
+            print!("{}", crate::config_file::starting_file());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file: Some(path), .. }) => check_settings_file(&path),
+        Command::Config(ConfigCommand::Check { key: Some(key), value: Some(value), file: None }) => {
             if ConfigKey::from_name(&key).is_none() {
                 let known: Vec<&str> = ConfigKey::ALL.iter().map(|k| k.name()).collect();
                 bail!("unknown key {key}; the keys are {}", known.join(", "));
@@ -154,6 +168,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{key} is valid; with it the engine runs with:\n{config:#?}");
             Ok(())
         }
+        Command::Config(ConfigCommand::Check { .. }) => bail!("give a KEY and a VALUE, or --file"),
         Command::Token(TokenCommand::Login { secret, user, ttl, country, platform, client_version }) => {
             let claims = login::Claims {
                 user_id: login::UserId::new(user)?,
@@ -219,6 +234,60 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         ClusterCommand::SetConfig { key, value } => done(client.set_config(&key, &value).await?.groups),
         ClusterCommand::Balance => done(client.balance().await?.groups),
         ClusterCommand::Status => print!("{}", status_table(&client.status().await?)),
+    }
+    Ok(())
+}
+
+/// Checks a settings file as `pkd serve --config` would read it: every key known, every
+/// value valid together with the environment's `PKD_*` variables.
+fn check_settings_file(path: &std::path::Path) -> anyhow::Result<()> {
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: crate::serve::ServeArgs,
+    }
+    let pairs = crate::config_file::read(path)?;
+    let mut argv = vec!["pkd".to_owned()];
+    for (env, value) in &pairs {
+        // Variables set in the environment win over the file, as in `pkd serve`.
+        if std::env::var_os(env).is_some() {
+            continue;
+        }
+        let setting = crate::config_file::settings().into_iter().find(|setting| &setting.env == env);
+        if let Some(setting) = setting {
+            if setting.flag {
+                if value == "true" {
+                    argv.push(format!("--{}", setting.name));
+                }
+            } else {
+                argv.push(format!("--{}={value}", setting.name));
+            }
+        }
+    }
+    let serve = Serve::try_parse_from(&argv).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let config = serve.args.app_config()?;
+    println!(
+        "{} is valid: node {}, {} arenas, data in {}",
+        path.display(),
+        config.node.node_id,
+        config.node.arena_count,
+        config.node.data_dir.display()
+    );
+    Ok(())
+}
+
+/// Gives `pkd serve` the settings of its `--config` file (or `PKD_CONFIG`) as `PKD_*`
+/// variables, where the environment does not set them already. Call it before parsing
+/// the command line, while the process has one thread.
+pub fn load_settings_file() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(path) = crate::config_file::path_in(&args) else { return Ok(()) };
+    for (env, value) in crate::config_file::read(std::path::Path::new(&path))? {
+        if std::env::var_os(&env).is_none() {
+            // SAFETY: called from `main` before the runtime or any other thread starts, so
+            // nothing reads the environment meanwhile.
+            unsafe { std::env::set_var(&env, &value) };
+        }
     }
     Ok(())
 }

@@ -11,6 +11,7 @@
 pub mod app;
 pub mod cli;
 pub mod clock;
+pub mod config_file;
 pub mod duties;
 pub mod gateway;
 pub mod http;

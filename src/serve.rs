@@ -16,9 +16,14 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Every setting is a flag and a `PKD_*` environment variable.
+/// Every setting is a flag, a `PKD_*` environment variable and a key of the settings file
+/// (`--config`).
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
+    /// A TOML settings file: each key a flag's name (`node-id = 2`). Flags and `PKD_*`
+    /// variables win over it. `pkd config init` writes a starting file.
+    #[arg(long, env = "PKD_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Where the node keeps its raft logs and snapshots (created on first start).
     #[arg(long, env = "PKD_DATA_DIR", default_value = "pkd-data")]
     pub data_dir: PathBuf,
