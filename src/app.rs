@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +68,8 @@ pub struct App {
     admin_addr: Option<SocketAddr>,
     servers: TaskTracker,
     shutdown: CancellationToken,
+    /// Cancelled by the admin API's `POST /admin/drain`.
+    drain_requested: CancellationToken,
 }
 
 /// Starts the node on `listeners` and returns once it is ready (every group has a leader
@@ -91,6 +94,7 @@ pub async fn start(config: AppConfig, listeners: Listeners, shutdown: Cancellati
     let sinks = Sinks::start(&node, config.sinks);
     let gateway = Gateway::start(&node, config.gateway);
     let servers = TaskTracker::new();
+    let drain_requested = CancellationToken::new();
     let client_router = http::client_router(ClientState::new(gateway.clone(), sinks.results()));
     if let Some(tls) = &tls {
         tls.watch(&servers, shutdown.clone());
@@ -98,11 +102,20 @@ pub async fn start(config: AppConfig, listeners: Listeners, shutdown: Cancellati
     let client_options = ServeOptions::client(tls.clone());
     servers.spawn(server::serve(listeners.client, client_router, client_options, shutdown.clone()));
     if let Some((listener, token)) = admin {
-        let admin_router = http::admin_router(node.clone(), &token, sinks.metrics());
+        let admin_router = http::admin_router(node.clone(), &token, sinks.metrics(), drain_requested.clone());
         servers.spawn(server::serve(listener, admin_router, ServeOptions::admin(tls), shutdown.clone()));
     }
+    if node.network().is_some() {
+        // A node back from a drain (a restart, a rolling upgrade) takes part again.
+        let undraining = node.clone();
+        servers.spawn(async move {
+            if let Err(error) = undraining.undrain().await {
+                tracing::warn!(%error, "could not clear this node's drain mark");
+            }
+        });
+    }
     tracing::info!(node = node.id(), %client_addr, ?admin_addr, "serving");
-    Ok(App { node, duties, sinks, gateway, client_addr, admin_addr, servers, shutdown })
+    Ok(App { node, duties, sinks, gateway, client_addr, admin_addr, servers, shutdown, drain_requested })
 }
 
 impl App {
@@ -126,6 +139,30 @@ impl App {
     /// The admin listener's address, if the admin API is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Cancelled when an operator asks this node to drain and stop (`POST /admin/drain`).
+    pub fn drain_requested(&self) -> CancellationToken {
+        self.drain_requested.clone()
+    }
+
+    /// Drains the node before it stops: it stops taking connections (`/readyz` says so),
+    /// hands every group it leads to another node (waiting up to `wait`), then closes its
+    /// sessions with a reconnect hint (close code 1012). Cancel the shutdown token next.
+    pub async fn drain(&self, wait: Duration) {
+        tracing::info!("draining");
+        self.gateway.drain_accepting();
+        let still_led = self.node.drain(wait).await;
+        if !still_led.is_empty() {
+            tracing::warn!(
+                ?still_led,
+                "groups still led here at the end of the drain; they elect anew once this node stops"
+            );
+        }
+        self.gateway.drain();
+        // Let the sessions send their close frames before the servers stop.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tracing::info!("drained");
     }
 
     /// Waits for the shutdown token, then stops everything in order: the HTTP servers

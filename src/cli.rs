@@ -81,6 +81,13 @@ pub enum ClusterCommand {
     },
     /// Clear every leader placement: leaders are spread over the nodes again.
     Balance,
+    /// Drain node N and stop it, as SIGTERM does: it refuses new connections, hands the
+    /// groups it leads to other nodes, tells its clients to reconnect elsewhere, then
+    /// exits. `--admin` must be node N's admin API.
+    Drain {
+        #[arg(long)]
+        node: u64,
+    },
     /// Print every group as the node sees it.
     Status,
     /// Set a `t_config` row in every group.
@@ -233,6 +240,10 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         }
         ClusterCommand::SetConfig { key, value } => done(client.set_config(&key, &value).await?.groups),
         ClusterCommand::Balance => done(client.balance().await?.groups),
+        ClusterCommand::Drain { node } => {
+            client.drain(node).await?;
+            println!("node {node} is draining; it stops once its groups have other leaders");
+        }
         ClusterCommand::Status => print!("{}", status_table(&client.status().await?)),
     }
     Ok(())

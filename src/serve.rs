@@ -296,13 +296,30 @@ async fn serve(args: &ServeArgs, config: AppConfig) -> anyhow::Result<()> {
         println!("pkd admin listening on {address}");
     }
     println!("pkd listening on {}", app.client_addr());
+    // The first SIGTERM or SIGINT (or the admin API's drain) drains the node, then stops
+    // it; a second one stops it at once.
+    let drain_requested = app.drain_requested();
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = drain_requested.cancelled() => {}
+    }
+    let now = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        shutdown.cancel();
+        tracing::warn!("second signal: stopping without finishing the drain");
+        now.cancel();
     });
+    tokio::select! {
+        () = app.drain(DRAIN_WAIT) => {}
+        () = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
     app.stopped().await;
     Ok(())
 }
+
+/// How long a drain waits for this node's groups to find other leaders.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();

@@ -3,7 +3,8 @@
 //! living on arena `pkd_raft::arena_for(pk, N)`. Every part of the shell that needs a group
 //! id asks here rather than working it out again.
 
-use pkd_raft::{MachineKind, PkId};
+use pkd_raft::{LeaderPlacement, MachineKind, PkId};
+use pkd_storage::NodeId;
 
 use pkd_storage::GroupId;
 
@@ -67,6 +68,24 @@ impl Topology {
     }
 }
 
+/// The node that should lead `group` when it is up: the voter the operator placed it on,
+/// if any; otherwise leaders are spread over the nodes: the lobby on the first voter, arena
+/// `i` on voter `i` (modulo the voter count), `voters` in increasing id order. A node being
+/// drained leads nothing: a group that would be its goes to the other voters, spread the
+/// same way, and the other groups stay where they are.
+pub fn preferred_leader(group: GroupId, voters: &[NodeId], placement: &LeaderPlacement) -> Option<NodeId> {
+    let spread = |among: &[NodeId]| {
+        let count = u64::try_from(among.len()).ok().filter(|&count| count > 0)?;
+        among.get(usize::try_from(group.0 % count).ok()?).copied()
+    };
+    let wanted = placement.placed.filter(|placed| voters.contains(placed)).or_else(|| spread(voters))?;
+    if !placement.draining.contains(&wanted) {
+        return Some(wanted);
+    }
+    let others: Vec<NodeId> = voters.iter().copied().filter(|voter| !placement.draining.contains(voter)).collect();
+    spread(&others)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +104,35 @@ mod tests {
             assert_eq!(topology.kind(arena), Some(MachineKind::Arena), "pk {pk}");
             assert_eq!(arena.0, u64::from(pkd_raft::arena_for(PkId(pk), 3)) + 1);
         }
+    }
+
+    #[test]
+    fn leaders_are_spread_over_the_voters() {
+        let voters = [1, 2, 3];
+        let none = LeaderPlacement::default();
+        let preferred: Vec<Option<NodeId>> =
+            (0..5).map(|group| preferred_leader(GroupId(group), &voters, &none)).collect();
+        assert_eq!(preferred, [Some(1), Some(2), Some(3), Some(1), Some(2)]);
+        assert_eq!(preferred_leader(GroupId(2), &[4, 9], &none), Some(4));
+        assert_eq!(preferred_leader(GroupId(0), &[], &none), None);
+    }
+
+    #[test]
+    fn an_operator_placement_wins_while_the_node_is_a_voter() {
+        let placed = LeaderPlacement { placed: Some(3), ..LeaderPlacement::default() };
+        assert_eq!(preferred_leader(GroupId(1), &[1, 2, 3], &placed), Some(3));
+        assert_eq!(preferred_leader(GroupId(1), &[1, 2], &placed), Some(2), "node 3 was removed: spread again");
+    }
+
+    #[test]
+    fn a_draining_node_leads_nothing() {
+        let draining = LeaderPlacement { placed: None, draining: [1].into() };
+        let preferred: Vec<Option<NodeId>> =
+            (0..4).map(|group| preferred_leader(GroupId(group), &[1, 2, 3], &draining)).collect();
+        assert_eq!(preferred, [Some(2), Some(2), Some(3), Some(3)], "node 1's groups to 2 and 3, the others stay");
+        let placed_on_draining = LeaderPlacement { placed: Some(1), draining: [1].into() };
+        assert_eq!(preferred_leader(GroupId(1), &[1, 2, 3], &placed_on_draining), Some(3));
+        let all = LeaderPlacement { placed: None, draining: [1, 2, 3].into() };
+        assert_eq!(preferred_leader(GroupId(0), &[1, 2, 3], &all), None);
     }
 }

@@ -6,6 +6,7 @@
 //! | `GET /admin/status` | | [`NodeStatus`] |
 //! | `POST /admin/groups/{id}/transfer-leader` | [`TransferLeaderRequest`] | [`LeaderReply`] |
 //! | `POST /admin/balance` | | [`MembershipReply`] |
+//! | `POST /admin/drain` | [`NodeRequest`] (this node's id) | [`NodeRequest`] |
 //! | `POST /admin/init` | [`InitRequest`] | [`MembershipReply`] |
 //! | `POST /admin/learners` | [`AddLearnerRequest`] | [`MembershipReply`] |
 //! | `POST /admin/promote` | [`NodeRequest`] | [`MembershipReply`] |

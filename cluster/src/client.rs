@@ -67,6 +67,11 @@ impl AdminClient {
         self.call("POST", &path, Some(&TransferLeaderRequest { to })).await
     }
 
+    /// `POST /admin/drain`: drains node `node` (the node this client talks to) and stops it.
+    pub async fn drain(&self, node: NodeId) -> Result<NodeRequest, ClientError> {
+        self.call("POST", "/admin/drain", Some(&NodeRequest { node })).await
+    }
+
     /// `POST /admin/balance`: clears every group's leader placement.
     pub async fn balance(&self) -> Result<MembershipReply, ClientError> {
         self.call("POST", "/admin/balance", None::<&()>).await

@@ -17,7 +17,8 @@ use crate::effect::{
 use crate::gift_ids::GiftIdSet;
 use crate::ids::{PkId, TimestampMs, UserId};
 use crate::machine::{
-    Machine, MachineKind, MachineRef, SingleKind, SnapshotError, StateMachine, decode_snapshot, encode_snapshot,
+    LeaderPlacement, Machine, MachineKind, MachineRef, SingleKind, SnapshotError, StateMachine, decode_snapshot,
+    encode_snapshot,
 };
 use crate::response::{Reason, Response};
 use serde::{Deserialize, Serialize};
@@ -43,8 +44,8 @@ pub struct Arena {
     /// Ids of settled PKs, remembered until the order horizon passes.
     settled_ids: BTreeMap<PkId, TimestampMs>,
     deadlines: Deadlines<ArenaTimer>,
-    /// The leader the operator placed this group on, if any.
-    placement: Option<u64>,
+    /// Where the operator wants this group's leadership.
+    placement: LeaderPlacement,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,7 +223,15 @@ impl StateMachine for Arena {
             Action::Arena(action) => self.apply_action(action, effects),
             Action::Fire(Timer::Arena(timer)) => self.fire(*timer, effects),
             Action::PlaceLeader { node } => {
-                self.placement = *node;
+                self.placement.placed = *node;
+                Response::Done
+            }
+            Action::Drain { node, draining } => {
+                if *draining {
+                    self.placement.draining.insert(*node);
+                } else {
+                    self.placement.draining.remove(node);
+                }
                 Response::Done
             }
             Action::SetConfig { key, value } => match self.config.with(key, value) {
@@ -244,8 +253,8 @@ impl StateMachine for Arena {
         &self.config
     }
 
-    fn placement(&self) -> Option<u64> {
-        self.placement
+    fn placement(&self) -> &LeaderPlacement {
+        &self.placement
     }
 
     fn next_deadline(&self) -> Option<TimestampMs> {

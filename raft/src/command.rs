@@ -44,6 +44,10 @@ pub enum Action {
     /// balancer's rule). Every group takes it; it changes nothing but where the shell's
     /// balancer moves the leadership.
     PlaceLeader { node: Option<u64> },
+    /// Node `node` is being drained (`draining`), or takes part again: a drained node
+    /// should lead no group. Every group takes it; like `PlaceLeader`, it only guides the
+    /// shell's balancer.
+    Drain { node: u64, draining: bool },
 }
 
 /// What the lobby can be asked to do.

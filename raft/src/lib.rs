@@ -34,5 +34,5 @@ pub use config::{Config, ConfigKey};
 pub use effect::{Effect, PkStatus, PkView, SettledPk};
 pub use ids::{GiftId, PkId, RoomId, TimestampMs, UserId, arena_for};
 pub use lobby::Lobby;
-pub use machine::{Machine, MachineKind, SNAPSHOT_FORMAT, SingleKind, SnapshotError, StateMachine};
+pub use machine::{LeaderPlacement, Machine, MachineKind, SNAPSHOT_FORMAT, SingleKind, SnapshotError, StateMachine};
 pub use response::{Reason, Response};

@@ -14,7 +14,8 @@ use crate::deadlines::Deadlines;
 use crate::effect::{Audience, CacheChange, Effect, MatchFailure, Push, PushMessage};
 use crate::ids::{PkId, RoomId, TimestampMs, UserId};
 use crate::machine::{
-    Machine, MachineKind, MachineRef, SingleKind, SnapshotError, StateMachine, decode_snapshot, encode_snapshot,
+    LeaderPlacement, Machine, MachineKind, MachineRef, SingleKind, SnapshotError, StateMachine, decode_snapshot,
+    encode_snapshot,
 };
 use crate::response::{Reason, Response};
 use serde::{Deserialize, Serialize};
@@ -51,8 +52,8 @@ pub struct Lobby {
     /// PKs whose rooms are held, with their order while the arena has not confirmed it.
     pks: BTreeMap<PkId, HeldPk>,
     deadlines: Deadlines<LobbyTimer>,
-    /// The leader the operator placed this group on, if any.
-    placement: Option<u64>,
+    /// Where the operator wants this group's leadership.
+    placement: LeaderPlacement,
     /// The last keyed start of each anchor that is still waiting or in the PK it led to,
     /// so that a retried start gets its first answer again.
     starts: BTreeMap<UserId, StartRecord>,
@@ -133,7 +134,15 @@ impl StateMachine for Lobby {
             Action::Lobby(action) => self.apply_action(action, effects),
             Action::Fire(Timer::Lobby(timer)) => self.fire(*timer, effects),
             Action::PlaceLeader { node } => {
-                self.placement = *node;
+                self.placement.placed = *node;
+                Response::Done
+            }
+            Action::Drain { node, draining } => {
+                if *draining {
+                    self.placement.draining.insert(*node);
+                } else {
+                    self.placement.draining.remove(node);
+                }
                 Response::Done
             }
             Action::SetConfig { key, value } => match self.config.with(key, value) {
@@ -156,8 +165,8 @@ impl StateMachine for Lobby {
         &self.config
     }
 
-    fn placement(&self) -> Option<u64> {
-        self.placement
+    fn placement(&self) -> &LeaderPlacement {
+        &self.placement
     }
 
     fn next_deadline(&self) -> Option<TimestampMs> {

@@ -13,6 +13,7 @@ use crate::ids::TimestampMs;
 use crate::lobby::Lobby;
 use crate::response::Response;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// The first byte of every snapshot. Bump it when the encoding of [`Machine`] changes,
@@ -60,9 +61,9 @@ pub trait StateMachine: Sized {
     /// The config in force at the last applied command.
     fn config(&self) -> &Config;
 
-    /// The node the operator placed this group's leadership on, if any
-    /// (`Action::PlaceLeader`).
-    fn placement(&self) -> Option<u64>;
+    /// Where the operator wants this group's leadership (`Action::PlaceLeader`,
+    /// `Action::Drain`).
+    fn placement(&self) -> &LeaderPlacement;
 
     /// When the earliest armed timer falls due; the leader's ticker sleeps until then.
     fn next_deadline(&self) -> Option<TimestampMs>;
@@ -91,6 +92,16 @@ pub trait SingleKind: StateMachine {
 
     /// A fresh machine of this kind, as a group starts before its first command.
     fn fresh(config: Config) -> Self;
+}
+
+/// Where the operator wants a group's leadership: on a node it placed it on, and away
+/// from the nodes being drained. Replicated, so every leader's balancer sees it alike.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderPlacement {
+    /// The node the operator placed the leadership on, if any.
+    pub placed: Option<u64>,
+    /// Nodes being drained: they should lead nothing.
+    pub draining: BTreeSet<u64>,
 }
 
 /// Either kind of machine.
@@ -190,7 +201,7 @@ impl StateMachine for Machine {
         }
     }
 
-    fn placement(&self) -> Option<u64> {
+    fn placement(&self) -> &LeaderPlacement {
         match self {
             Machine::Lobby(lobby) => lobby.placement(),
             Machine::Arena(arena) => arena.placement(),

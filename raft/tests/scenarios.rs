@@ -1797,13 +1797,17 @@ fn a_leader_placement_is_kept_by_both_kinds_of_group() {
     use pkd_raft::{Action, Command, Config, Lobby, Machine, SingleKind, StateMachine};
     for mut machine in [Machine::Lobby(Lobby::fresh(Config::default())), Machine::arena(Config::default())] {
         let mut effects = Vec::new();
-        assert_eq!(machine.placement(), None);
+        assert_eq!(machine.placement().placed, None);
         let placed = machine.apply(&Command::new(1, Action::PlaceLeader { node: Some(3) }), &mut effects);
-        assert_eq!((placed, machine.placement()), (pkd_raft::Response::Done, Some(3)));
+        assert_eq!((placed, machine.placement().placed), (pkd_raft::Response::Done, Some(3)));
+        machine.apply(&Command::new(2, Action::Drain { node: 1, draining: true }), &mut effects);
+        machine.apply(&Command::new(2, Action::Drain { node: 2, draining: true }), &mut effects);
+        machine.apply(&Command::new(2, Action::Drain { node: 2, draining: false }), &mut effects);
         let restored = Machine::restore(&machine.snapshot()).expect("restores");
-        assert_eq!(restored.placement(), Some(3));
-        machine.apply(&Command::new(2, Action::PlaceLeader { node: None }), &mut effects);
-        assert_eq!(machine.placement(), None);
+        assert_eq!(restored.placement().placed, Some(3));
+        assert_eq!(restored.placement().draining.iter().copied().collect::<Vec<_>>(), [1]);
+        machine.apply(&Command::new(3, Action::PlaceLeader { node: None }), &mut effects);
+        assert_eq!(machine.placement().placed, None);
         assert!(effects.is_empty(), "a placement has no effect on the PKs");
     }
 }

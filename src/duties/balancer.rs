@@ -10,25 +10,15 @@ use std::time::Duration;
 use pkd_raft::StateMachine;
 
 use super::{Duty, Step};
-use crate::replication::consensus::{self, GroupId, NodeId};
+use crate::replication::consensus::{self, GroupId};
 use crate::replication::node::Node;
 use crate::replication::replica::ReplicaHandle;
+use crate::topology::preferred_leader;
 
 /// How long a new leader waits before handing leadership to the group's preferred node.
 const BALANCE_DELAY: Duration = Duration::from_millis(500);
 /// How long before looking again if the preferred node did not take over.
 const BALANCE_RETRY: Duration = Duration::from_secs(2);
-
-/// The node that should lead `group` when it is up: the voter the operator placed it on,
-/// if any; otherwise leaders are spread over the nodes: the lobby on the first voter,
-/// arena `i` on voter `i` (modulo the voter count), `voters` in increasing id order.
-pub fn preferred_leader(group: GroupId, voters: &[NodeId], placement: Option<NodeId>) -> Option<NodeId> {
-    if let Some(placed) = placement.filter(|placed| voters.contains(placed)) {
-        return Some(placed);
-    }
-    let count = u64::try_from(voters.len()).ok().filter(|&count| count > 0)?;
-    voters.get(usize::try_from(group.0 % count).ok()?).copied()
-}
 
 /// The balancer of one group, whose machine is an `M`.
 pub struct Balancer<M> {
@@ -64,9 +54,9 @@ impl<M: StateMachine + Send + Sync + 'static> Duty for Balancer<M> {
             return Step::Sleep(BALANCE_RETRY);
         };
         let voters = group.metrics().read(consensus::voters);
-        let placement = self.replica.read(|machine| machine.placement());
+        let placement = self.replica.read(|machine| machine.placement().clone());
         let me = self.node.id();
-        if let Some(preferred) = preferred_leader(self.group, &voters, placement).filter(|&preferred| preferred != me)
+        if let Some(preferred) = preferred_leader(self.group, &voters, &placement).filter(|&preferred| preferred != me)
             && network.is_connected(preferred)
         {
             tracing::info!(group = %self.group, to = preferred, "handing leadership to the preferred node");
@@ -75,26 +65,5 @@ impl<M: StateMachine + Send + Sync + 'static> Duty for Balancer<M> {
             }
         }
         Step::Sleep(BALANCE_RETRY)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn leaders_are_spread_over_the_voters() {
-        let voters = [1, 2, 3];
-        let preferred: Vec<Option<NodeId>> =
-            (0..5).map(|group| preferred_leader(GroupId(group), &voters, None)).collect();
-        assert_eq!(preferred, [Some(1), Some(2), Some(3), Some(1), Some(2)]);
-        assert_eq!(preferred_leader(GroupId(2), &[4, 9], None), Some(4));
-        assert_eq!(preferred_leader(GroupId(0), &[], None), None);
-    }
-
-    #[test]
-    fn an_operator_placement_wins_while_the_node_is_a_voter() {
-        assert_eq!(preferred_leader(GroupId(1), &[1, 2, 3], Some(3)), Some(3));
-        assert_eq!(preferred_leader(GroupId(1), &[1, 2], Some(3)), Some(2), "node 3 was removed: spread again");
     }
 }

@@ -17,7 +17,7 @@ pub mod session;
 
 use crate::replication::node::Node;
 use pkd_raft::{PkId, PkView, RoomId};
-pub use session::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_TOO_SLOW};
+pub use session::{CLOSE_DRAINING, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_TOO_SLOW};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -119,6 +119,10 @@ pub struct Gateway {
     /// The pusher, the presence reports and the sessions' delayed work.
     tasks: TaskTracker,
     stopping: CancellationToken,
+    /// Cancelled when the node starts draining: no new connections.
+    refusing: CancellationToken,
+    /// Cancelled when the sessions are told to reconnect elsewhere.
+    draining: CancellationToken,
 }
 
 impl Gateway {
@@ -137,6 +141,8 @@ impl Gateway {
             config,
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
+            refusing: CancellationToken::new(),
+            draining: CancellationToken::new(),
         });
         let stopping = gateway.stopping.clone();
         let pushing = pusher::run(Arc::downgrade(&gateway));
@@ -147,6 +153,24 @@ impl Gateway {
             }
         });
         gateway
+    }
+
+    /// The first step of a drain: new connections are refused (HTTP 503), and `/readyz`
+    /// says the node is not ready.
+    pub fn drain_accepting(&self) {
+        self.refusing.cancel();
+    }
+
+    /// The last step of a drain: every session is closed with [`CLOSE_DRAINING`]
+    /// (reconnect to another node).
+    pub fn drain(&self) {
+        self.refusing.cancel();
+        self.draining.cancel();
+    }
+
+    /// Whether the node is draining (it takes no new connections).
+    pub fn is_draining(&self) -> bool {
+        self.refusing.is_cancelled()
     }
 
     /// Stops the pusher and the sessions' delayed work, and waits for them.

@@ -26,6 +26,9 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// A message longer than `protocol::MAX_READ_BYTES` (RFC 6455's "message too big").
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// The node is draining before a restart (RFC 6455's "service restart"): reconnect at
+/// once, to another node.
+pub const CLOSE_DRAINING: u16 = 1012;
 
 /// A connection's read buffer. Commands are small; the WebSocket library's default
 /// (128 KiB) is zero-filled on every poll of the connection, i.e. for every push sent,
@@ -148,6 +151,7 @@ pub async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocke
             }
             _ = kicked.notified() => break Some((CLOSE_TOO_SLOW, "too slow: pushes were not read")),
             () = gateway.stopping.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
+            () = gateway.draining.cancelled() => break Some((CLOSE_DRAINING, "node draining: reconnect to another node")),
             _ = ping.tick() => send(&mut socket, Message::Ping(Vec::new().into()), &kicked, config.send_timeout).await,
             _ = tokio::time::sleep(idle_left) => break Some((CLOSE_IDLE, "idle")),
         };

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
@@ -26,6 +28,8 @@ const TRANSFER_WAIT: Duration = Duration::from_secs(5);
 pub struct AdminState {
     pub node: Node,
     pub token: Arc<str>,
+    /// Cancelled to ask the node to drain and stop.
+    pub drain: CancellationToken,
 }
 
 /// Refuses a request without the admin token with 401.
@@ -73,6 +77,26 @@ pub async fn transfer_leader(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(Json(LeaderReply { group: id, leader: state.node.leader(group) }))
+}
+
+/// Drains this node, then stops it: the same as SIGTERM. Answers at once; the node is gone
+/// once its `/readyz` no longer answers. `{"node": N}` must name this node.
+pub async fn drain(
+    State(state): State<AdminState>,
+    Json(request): Json<NodeRequest>,
+) -> Result<Json<NodeRequest>, Failed> {
+    if request.node != state.node.id() {
+        let message = format!(
+            "this is node {}, not node {}: ask node {}'s admin API",
+            state.node.id(),
+            request.node,
+            request.node
+        );
+        return Err(Failed(AdminError::Invalid(message)));
+    }
+    tracing::info!("drain asked through the admin API");
+    state.drain.cancel();
+    Ok(Json(request))
 }
 
 /// Clears every group's leader placement: the balancer spreads leaders again.

@@ -3,7 +3,8 @@
 //! - `GET /livez`: 200 while the process serves HTTP at all.
 //! - `GET /readyz`: 200 only when this node can take clients: every group has a leader
 //!   this node reaches (itself, or a connected peer) and this node's replica has applied
-//!   everything it knows to be committed; 503 otherwise, with the reasons.
+//!   everything it knows to be committed, and the node is not draining; 503 otherwise,
+//!   with the reasons.
 
 use axum::Json;
 use axum::extract::State;
@@ -11,7 +12,9 @@ use axum::http::StatusCode;
 use pkd_cluster::api::NodeStatus;
 use serde_json::{Value, json};
 
-use crate::replication::node::Node;
+use std::sync::Arc;
+
+use crate::gateway::Gateway;
 
 /// `GET /livez`.
 pub async fn live() -> &'static str {
@@ -19,8 +22,11 @@ pub async fn live() -> &'static str {
 }
 
 /// `GET /readyz`.
-pub async fn ready(State(node): State<Node>) -> (StatusCode, Json<Value>) {
-    let reasons = unready_reasons(&node.status());
+pub async fn ready(State(gateway): State<Arc<Gateway>>) -> (StatusCode, Json<Value>) {
+    let mut reasons = unready_reasons(&gateway.node().status());
+    if gateway.is_draining() {
+        reasons.insert(0, "the node is draining".to_owned());
+    }
     if reasons.is_empty() {
         (StatusCode::OK, Json(json!({ "ready": true })))
     } else {

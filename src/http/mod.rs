@@ -34,6 +34,7 @@ use axum::routing::{get, post};
 use crate::gateway::Gateway;
 use crate::replication::node::Node;
 use crate::sinks::{ResultsSlot, SinkMetrics};
+use tokio_util::sync::CancellationToken;
 
 /// What the client listener's handlers read.
 #[derive(Clone)]
@@ -84,8 +85,8 @@ pub fn client_router(state: ClientState) -> Router {
 }
 
 /// The admin listener's routes, every one behind `token`.
-pub fn admin_router(node: Node, token: &str, sinks: Arc<SinkMetrics>) -> Router {
-    let state = admin::AdminState { node: node.clone(), token: Arc::from(token) };
+pub fn admin_router(node: Node, token: &str, sinks: Arc<SinkMetrics>, drain: CancellationToken) -> Router {
+    let state = admin::AdminState { node: node.clone(), token: Arc::from(token), drain };
     let metrics = Router::new()
         .route("/metrics", get(metrics::render))
         .with_state(metrics::MetricsState { node, sinks })
@@ -94,6 +95,7 @@ pub fn admin_router(node: Node, token: &str, sinks: Arc<SinkMetrics>) -> Router 
         .route("/admin/status", get(admin::status))
         .route("/admin/groups/{id}/transfer-leader", post(admin::transfer_leader))
         .route("/admin/balance", post(admin::balance))
+        .route("/admin/drain", post(admin::drain))
         .route("/admin/init", post(admin::init))
         .route("/admin/learners", post(admin::add_learner))
         .route("/admin/promote", post(admin::promote))

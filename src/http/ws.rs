@@ -46,6 +46,10 @@ pub async fn upgrade(
             return (StatusCode::UNAUTHORIZED, format!("900005 {why}")).into_response();
         }
     };
+    if gateway.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "900008 this node is draining: connect to another node")
+            .into_response();
+    }
     let limit = gateway.config().connections_per_user;
     if gateway.hub().connections_of(identity.user()) >= limit {
         let why = format!("900007 at most {limit} connections per user on a node");

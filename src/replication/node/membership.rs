@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pkd_raft::{Action, Response};
+use pkd_raft::{Action, LeaderPlacement, Response, StateMachine};
 use pkd_storage::pacing::urgent_appends;
 
 use super::{Node, NodeError};
@@ -21,6 +21,9 @@ const CHANGE_PATIENCE: Duration = Duration::from_secs(20);
 
 /// The pause between attempts of an admin operation while its group's leader moves.
 const CHANGE_PAUSE: Duration = Duration::from_millis(200);
+
+/// How often a drain looks again at the groups this node still leads.
+const DRAIN_RECHECK: Duration = Duration::from_millis(100);
 
 /// How often [`follow_membership`] looks again at the connections when nothing else changed.
 const PACE_RECHECK: Duration = Duration::from_millis(200);
@@ -92,6 +95,64 @@ impl Node {
             return Ok(());
         }
         self.change(group, GroupChange::TransferLeader { to }).await
+    }
+
+    /// Drains this node before it stops: marks it draining in every group (so that no
+    /// balancer gives it a group again), then hands every group it leads to the group's
+    /// preferred node among the others. Returns once it leads nothing, or after `wait`
+    /// (then with the groups it still leads: raft elects another leader once it is gone).
+    pub async fn drain(&self, wait: Duration) -> Vec<GroupId> {
+        let me = self.id();
+        if self.network().is_none() {
+            return Vec::new();
+        }
+        for group in self.groups() {
+            if let Err(error) = self.propose_patiently(group.id(), Action::Drain { node: me, draining: true }).await {
+                tracing::warn!(%error, "could not mark this node draining");
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let led: Vec<GroupId> =
+                self.groups().iter().filter(|group| group.is_leader()).map(|group| group.id()).collect();
+            if led.is_empty() || tokio::time::Instant::now() >= deadline {
+                return led;
+            }
+            for &group in &led {
+                let Ok(local) = self.group(group) else { continue };
+                let voters = local.metrics().read(consensus::voters);
+                let placement = self.placement_of(group);
+                let target = crate::topology::preferred_leader(group, &voters, &placement).filter(|&target| {
+                    target != me && self.network().is_some_and(|network| network.is_connected(target))
+                });
+                if let Some(target) = target
+                    && let Err(error) = local.transfer_leadership(target).await
+                {
+                    tracing::warn!(%group, %error, "handing leadership off failed");
+                }
+            }
+            tokio::time::sleep(DRAIN_RECHECK).await;
+        }
+    }
+
+    /// Takes part again after a drain (a restarted node clears its own mark).
+    pub async fn undrain(&self) -> Result<(), AdminError> {
+        let me = self.id();
+        for group in self.groups() {
+            let draining = self.placement_of(group.id()).draining.contains(&me);
+            if draining {
+                self.propose_patiently(group.id(), Action::Drain { node: me, draining: false }).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the operator wants `group`'s leadership, as this node's replica says.
+    fn placement_of(&self, group: GroupId) -> LeaderPlacement {
+        match self.arena(group) {
+            Some(arena) => arena.read(|arena| arena.placement().clone()),
+            None => self.lobby().read(|lobby| lobby.placement().clone()),
+        }
     }
 
     /// Clears every group's leader placement: leaders are spread again by the balancer's
