@@ -90,6 +90,7 @@ pub async fn start(config: AppConfig, listeners: Listeners, shutdown: Cancellati
         (Some(network), Some(listener)) => Node::start_clustered(config.node, network, listener).await?,
         _ => return Err(AppError::Config("a cluster needs both its settings and its listener".to_owned())),
     };
+    crate::telemetry::exporter();
     let duties = Duties::start(&node);
     let sinks = Sinks::start(&node, config.sinks);
     let gateway = Gateway::start(&node, config.gateway);
@@ -102,7 +103,7 @@ pub async fn start(config: AppConfig, listeners: Listeners, shutdown: Cancellati
     let client_options = ServeOptions::client(tls.clone());
     servers.spawn(server::serve(listeners.client, client_router, client_options, shutdown.clone()));
     if let Some((listener, token)) = admin {
-        let admin_router = http::admin_router(node.clone(), &token, sinks.metrics(), drain_requested.clone());
+        let admin_router = http::admin_router(gateway.clone(), &token, sinks.metrics(), drain_requested.clone());
         servers.spawn(server::serve(listener, admin_router, ServeOptions::admin(tls), shutdown.clone()));
     }
     if node.network().is_some() {

@@ -20,6 +20,7 @@ pub mod replication;
 pub mod retry;
 pub mod serve;
 pub mod sinks;
+pub mod telemetry;
 pub mod tls;
 pub mod tokens;
 pub mod topology;

@@ -196,6 +196,7 @@ fn deliver(state: &mut HubState, targets: Vec<SessionId>, frame: &Outbound) -> u
         match session.queue.try_send(frame.clone()) {
             Ok(()) => delivered += 1,
             Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!(crate::telemetry::SLOW_DROPS).increment(1);
                 tracing::info!(session = id, user = %session.user, "client too slow: disconnecting");
                 session.kicked.notify_one();
                 remove(state, id);

@@ -100,6 +100,7 @@ fn on_effect(gateway: &Gateway, schedule: &mut Schedule, effect: &Effect) {
     match effect {
         Effect::Pushed(push) => {
             let frame: Outbound = Arc::from(protocol::render_push(push, now_ms()));
+            metrics::counter!(crate::telemetry::PUSHES, "type" => push_type_label(&push.message)).increment(1);
             match push.to {
                 Audience::Room(room) => gateway.hub.send_to_room(room, &frame),
                 Audience::User { user, .. } => gateway.hub.send_to_user(user, &frame),
@@ -107,7 +108,9 @@ fn on_effect(gateway: &Gateway, schedule: &mut Schedule, effect: &Effect) {
             match &push.message {
                 // Once its result is out (status 2 or 3), a PK's state is pushed no more.
                 PushMessage::PkState(view) if !is_live(view) => schedule.forget(view.pk),
-                PushMessage::PkState(view) => schedule.pushed(view.pk, rooms_of(view), Instant::now()),
+                PushMessage::PkState(view) => {
+                    schedule.pushed(view.pk, rooms_of(view), Instant::now());
+                }
                 PushMessage::PkClosed { pk, .. } => schedule.forget(*pk),
                 _ => {}
             }
@@ -138,7 +141,9 @@ fn push_due(gateway: &Gateway, schedule: &mut Schedule) {
         match gateway.pk_view(pk).filter(is_live) {
             Some(view) => {
                 push_state(gateway, &view);
-                schedule.pushed(pk, rooms, Instant::now());
+                if let Some(waited) = schedule.pushed(pk, rooms, Instant::now()) {
+                    metrics::histogram!(crate::telemetry::CHANGE_TO_PUSH_SECONDS).record(waited.as_secs_f64());
+                }
             }
             None => schedule.forget(pk),
         }
@@ -148,11 +153,23 @@ fn push_due(gateway: &Gateway, schedule: &mut Schedule) {
 /// Pushes a PK's state to both its rooms on this node; returns the sessions reached.
 fn push_state(gateway: &Gateway, view: &PkView) -> usize {
     let now = now_ms();
+    metrics::counter!(crate::telemetry::PUSHES, "type" => "10").increment(2);
     rooms_of(view)
         .into_iter()
         .filter(|room| gateway.hub.has_room(*room))
         .map(|room| gateway.hub.send_to_room(room, &Arc::from(protocol::render_pk_state(room, view, now))))
         .sum()
+}
+
+/// The `type` label of a push's metric.
+fn push_type_label(message: &PushMessage) -> &'static str {
+    match message {
+        PushMessage::PkState(_) => "10",
+        PushMessage::Invitation { .. } => "12",
+        PushMessage::MatchingStarted { .. } => "13",
+        PushMessage::MatchFailed { .. } => "14",
+        PushMessage::PkClosed { .. } => "15",
+    }
 }
 
 fn rooms_of(view: &PkView) -> [RoomId; 2] {
@@ -204,8 +221,8 @@ struct Planned {
     rooms: [RoomId; 2],
     /// The last push 10 of this PK from this node, of any kind.
     last_push: Option<Instant>,
-    /// Changed since the last push.
-    changed: bool,
+    /// Changed since the last push, and when it first did.
+    changed: Option<Instant>,
     due: Instant,
 }
 
@@ -235,7 +252,7 @@ impl Schedule {
             return;
         }
         let due = now + self.period;
-        self.pks.insert(pk, Planned { rooms, last_push: None, changed: false, due });
+        self.pks.insert(pk, Planned { rooms, last_push: None, changed: None, due });
         self.queue.insert((due, pk));
     }
 
@@ -251,21 +268,22 @@ impl Schedule {
     }
 
     /// A push 10 of `pk` went out at `now`: the next one is a period away, unless it
-    /// changes.
-    fn pushed(&mut self, pk: PkId, rooms: [RoomId; 2], now: Instant) {
+    /// changes. Returns how long the change it shows waited, if it showed one.
+    fn pushed(&mut self, pk: PkId, rooms: [RoomId; 2], now: Instant) -> Option<Duration> {
         self.track(pk, rooms, now);
-        if let Some(planned) = self.pks.get_mut(&pk) {
+        let waited = self.pks.get_mut(&pk).and_then(|planned| {
             planned.last_push = Some(now);
-            planned.changed = false;
-        }
+            planned.changed.take().map(|at| now.saturating_duration_since(at))
+        });
         self.set_due(pk, now + self.period);
+        waited
     }
 
     /// A push came due with nobody to send it to: nothing was sent, so the cool-down
     /// does not start.
     fn skipped(&mut self, pk: PkId, now: Instant) {
         if let Some(planned) = self.pks.get_mut(&pk) {
-            planned.changed = false;
+            planned.changed = None;
         }
         self.set_due(pk, now + self.period);
     }
@@ -274,8 +292,8 @@ impl Schedule {
     /// ended. Returns false if the PK is not followed.
     fn changed(&mut self, pk: PkId, now: Instant) -> bool {
         let Some(planned) = self.pks.get_mut(&pk) else { return false };
-        if !planned.changed {
-            planned.changed = true;
+        if planned.changed.is_none() {
+            planned.changed = Some(now);
             let earliest = planned.last_push.map_or(now, |at| (at + self.cooldown).max(now));
             let due = planned.due.min(earliest);
             self.set_due(pk, due);

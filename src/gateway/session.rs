@@ -139,7 +139,9 @@ pub async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocke
                     Message::Close(_) => break None,
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
+                let handling = Instant::now();
                 let (reply, close) = connection.handle(frame, &mut limit).await;
+                crate::telemetry::command_answered(reply.echo.command_id, &reply.code, handling.elapsed());
                 let sent = send(&mut socket, Message::Text(reply.render().into()), &kicked, config.send_timeout).await;
                 match (sent, close) {
                     (Sent::Done, Some(close)) => break Some(close),

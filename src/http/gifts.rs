@@ -123,6 +123,15 @@ pub async fn post(
         }
     }
     let outcomes = futures_util::future::join_all(gifts.iter().map(|gift| apply(&gateway, gift))).await;
+    for outcome in &outcomes {
+        let kind = match outcome.code.as_str() {
+            code::SUCCESS if outcome.duplicate => "duplicate",
+            code::SUCCESS => "counted",
+            code::UNAVAILABLE => "unavailable",
+            _ => "refused",
+        };
+        crate::telemetry::gift_answered(kind, &outcome.code);
+    }
     if !batch {
         let outcome = &outcomes[0];
         if outcome.code == code::UNAVAILABLE {

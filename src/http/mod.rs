@@ -85,11 +85,11 @@ pub fn client_router(state: ClientState) -> Router {
 }
 
 /// The admin listener's routes, every one behind `token`.
-pub fn admin_router(node: Node, token: &str, sinks: Arc<SinkMetrics>, drain: CancellationToken) -> Router {
-    let state = admin::AdminState { node: node.clone(), token: Arc::from(token), drain };
+pub fn admin_router(gateway: Arc<Gateway>, token: &str, sinks: Arc<SinkMetrics>, drain: CancellationToken) -> Router {
+    let state = admin::AdminState { node: gateway.node().clone(), token: Arc::from(token), drain };
     let metrics = Router::new()
         .route("/metrics", get(metrics::render))
-        .with_state(metrics::MetricsState { node, sinks })
+        .with_state(metrics::MetricsState { gateway, sinks })
         .route_layer(middleware::from_fn_with_state(state.clone(), admin::authorize));
     Router::new()
         .route("/admin/status", get(admin::status))

@@ -90,6 +90,11 @@ impl Group {
         &self.raft
     }
 
+    /// Runs of proposals waiting in the queue on this node.
+    pub fn queue_depth(&self) -> usize {
+        QUEUE_CAPACITY - self.queue.capacity()
+    }
+
     /// A watch on the replica's last applied index.
     pub fn applied(&self) -> watch::Receiver<Option<u64>> {
         self.applied.clone()

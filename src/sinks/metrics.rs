@@ -55,10 +55,9 @@ pub struct SinkCounters {
 }
 
 impl SinkCounters {
-    /// The counters in Prometheus' text format (`GET /metrics`). Names follow
-    /// `pkd_<subsystem>_<what>_<unit>`; no label carries a user or PK id.
-    pub fn to_prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 13] = [
+    /// Every counter with its metric name and help.
+    pub fn named_with_help(&self) -> [(&'static str, &'static str, &'static str, u64); 13] {
+        [
             ("pkd_results_written_total", "counter", "settled PKs written to the results store", self.results_written),
             (
                 "pkd_results_confirmed_total",
@@ -87,9 +86,23 @@ impl SinkCounters {
             ("pkd_cache_rebuilds_total", "counter", "full Redis rebuilds from the replicas", self.cache_rebuilds),
             ("pkd_cache_errors_total", "counter", "failed Redis operations", self.cache_errors),
             ("pkd_cache_lagged_total", "counter", "times the cache driver fell behind the effects", self.cache_lagged),
-        ];
+        ]
+    }
+
+    /// Every counter with its metric name (counters, and the two lags in ms as gauges).
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        self.named_with_help()
+            .into_iter()
+            .filter(|(_, kind, _, _)| *kind == "counter")
+            .map(|(name, _, _, value)| (name, value))
+            .collect()
+    }
+
+    /// The counters in Prometheus' text format (`GET /metrics`). Names follow
+    /// `pkd_<subsystem>_<what>_<unit>`; no label carries a user or PK id.
+    pub fn to_prometheus(&self) -> String {
         let mut text = String::new();
-        for (name, kind, help, value) in rows {
+        for (name, kind, help, value) in self.named_with_help() {
             text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
         }
         text
