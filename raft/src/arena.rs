@@ -342,6 +342,11 @@ impl Arena {
         Some(pk.view(pk.status(now), self.top_gifters(), now))
     }
 
+    /// When a running PK's opening ends and its battle starts.
+    pub fn battle_start(&self, pk: PkId) -> Option<TimestampMs> {
+        self.pks.get(&pk).map(Pk::battle_start)
+    }
+
     /// How many top gifters a view lists.
     fn top_gifters(&self) -> usize {
         self.config.limits.top_gifters as usize
@@ -578,6 +583,7 @@ impl Arena {
             Settlement { result: result.clone(), rooms_released: false, persisted: false, stored_by: BTreeSet::new() };
         self.settled.insert(pk_id, settlement);
         let rooms = [view.source.room, view.target.room];
+        let final_view = Box::new(view.clone());
         if announce == Announce::Result {
             push_state(view, effects);
         }
@@ -588,6 +594,7 @@ impl Arena {
         effects.push(Effect::CacheChanged(CacheChange::PkEnded {
             pk: pk_id,
             anchors: [pk.sides[0].seat.anchor, pk.sides[1].seat.anchor],
+            final_view,
         }));
         effects.push(Effect::PkSettled(Box::new(result)));
     }

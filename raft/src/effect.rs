@@ -80,8 +80,9 @@ pub enum CacheChange {
     Pk { pk: PkId },
     /// `pkg_${pk}_${anchor}`: `sender` has given `beans` in all to `anchor`.
     GifterTotal { pk: PkId, anchor: UserId, sender: UserId, beans: i64 },
-    /// The PK is over: drop `pk_${pk}` and its `pkg_` keys.
-    PkEnded { pk: PkId, anchors: [UserId; 2] },
+    /// The PK is over: `pk_${pk}` shows its final state (status 2 or 3, the winner, the
+    /// final totals and top gifters) for a while, then it and its `pkg_` keys go.
+    PkEnded { pk: PkId, anchors: [UserId; 2], final_view: Box<PkView> },
 }
 
 /// A PK's status as the app sees it (push `status`; `t_pk.status` adds 4).

@@ -67,7 +67,7 @@ fn immediate_match_and_a_whole_pk() {
                 push room2 type10 pk1 Done/2 100..11100 | a1[room1] 0 aud=0 top=[] | a2[room2] 50 aud=0 top=[v1:50] | winner=a2
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Done pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 100..11100 dur=11000 | a1 0 aud=0 [] | a2 50 aud=0 [#1 v1:50x1] | winner=a2
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -835,7 +835,7 @@ fn pk_enable_off_mid_matching_and_mid_pk() {
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 10 aud=0 top=[v1:10] | a2[room2] 0 aud=0 top=[] | winner=a1
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Done pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 10 aud=0 [#1 v1:10x1] | a2 0 aud=0 [] | winner=a1
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -915,7 +915,7 @@ fn gifts_before_during_and_after_the_battle() {
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 20 aud=0 top=[v1:20] | a2[room2] 0 aud=0 top=[] | winner=a1
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Done pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 20 aud=0 [#1 v1:20x2] | a2 0 aud=0 [] | winner=a1
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -1040,7 +1040,7 @@ fn top_gifters_and_ranks_with_ties_to_the_earliest() {
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 1100 aud=0 top=[v2(bob):300,v4:300,v1(ann):300] | a2[room2] 1000 aud=0 top=[v5:1000] | winner=a1
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Done pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 1100 aud=0 [#1 v2:300x1 #2 v4:300x1 #3 v1:300x2 #4 v3:200x1] | a2 1000 aud=0 [#1 v5:1000x1] | winner=a1
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -1090,7 +1090,7 @@ fn equal_beans_is_a_draw() {
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 70 aud=0 top=[v1:70] | a2[room2] 70 aud=0 top=[v2:70] | winner=none
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Done pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 70 aud=0 [#1 v1:70x1] | a2 70 aud=0 [#1 v2:70x1] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -1138,7 +1138,7 @@ fn admin_abort_ends_abnormally_without_a_winner() {
                 push room2 type10 pk1 Error/3 0..11000 | a1[room1] 70 aud=0 top=[v1:70] | a2[room2] 0 aud=0 top=[] | winner=none
                 push room1 type15 pk1 closed Error
                 push room2 type15 pk1 closed Error
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Error pkg_1_1 pkg_1_2
                 settled pk1 Error(t_pk 3) Aborted 0..6000 dur=6000 | a1 70 aud=0 [#1 v1:70x1] | a2 0 aud=0 [] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -1214,7 +1214,7 @@ fn an_anchor_away_past_the_grace_period_ends_the_pk_abnormally() {
                 push room2 type10 pk1 Error/3 0..11000 | a1[room1] 0 aud=12 top=[] | a2[room2] 0 away aud=6 top=[] | winner=none
                 push room1 type15 pk1 closed Error
                 push room2 type15 pk1 closed Error
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Error pkg_1_1 pkg_1_2
                 settled pk1 Error(t_pk 3) AnchorLeft { anchor: UserId(2) } 0..7000 dur=7000 | a1 0 aud=40 [] | a2 0 aud=6 [] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -1261,7 +1261,7 @@ fn timer_commands_early_late_and_twice_are_no_ops() {
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Done pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -1313,7 +1313,7 @@ fn a_late_timer_still_fires_and_time_never_goes_back() {
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Done pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..15000 dur=15000 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -1376,7 +1376,7 @@ fn an_after_battle_stage_keeps_the_rooms_until_it_ends() {
               [arena1] end-pk pk1 done
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Done pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..14000 dur=14000 | a1 5 aud=0 [#1 v1:5x1] | a2 0 aud=0 [] | winner=a1
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -1496,7 +1496,7 @@ fn hand_overs_are_idempotent_and_safe_late() {
                 push room2 type10 pk1 Done/2 0..11000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Done pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
             > deliver twice
               [lobby] release pk1 done
@@ -1643,7 +1643,7 @@ fn presence_combines_every_nodes_fresh_report() {
                 push room2 type10 pk1 Error/3 0..101000 | a1[room1] 0 away aud=12 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
                 push room1 type15 pk1 closed Error
                 push room2 type15 pk1 closed Error
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Error pkg_1_1 pkg_1_2
                 settled pk1 Error(t_pk 3) AnchorLeft { anchor: UserId(1) } 0..36001 dur=36001 | a1 0 aud=17 [] | a2 0 aud=0 [] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -1763,7 +1763,7 @@ fn an_abort_in_the_after_battle_stage_keeps_the_announced_result() {
               [arena1] done
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Done pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..12000 dur=12000 | a1 5 aud=0 [#1 v1:5x1] | a2 0 aud=0 [] | winner=a1
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -1902,7 +1902,7 @@ fn a_retried_start_gets_its_first_answer_again() {
                 push room2 type10 pk1 Error/3 3..11003 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
                 push room1 type15 pk1 closed Error
                 push room2 type15 pk1 closed Error
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Error pkg_1_1 pkg_1_2
                 settled pk1 Error(t_pk 3) Aborted 3..7 dur=4 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -1961,7 +1961,7 @@ fn every_voters_store_confirms_a_result_before_it_leaves_the_outbox() {
                 push room2 type10 pk1 Done/2 0..1000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[] | winner=none
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
-                cache drop pk_1 pkg_1_1 pkg_1_2
+                cache ended pk_1 Done pkg_1_1 pkg_1_2
                 settled pk1 Done(t_pk 2) 0..1000 dur=1000 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -

@@ -133,6 +133,12 @@ impl<M> ReplicaHandle<M> {
         read(&read_lock(&self.state).machine)
     }
 
+    /// Runs `read` on the machine as it stands now, and says at which log index.
+    pub fn read_at<T>(&self, read: impl FnOnce(&M) -> T) -> (T, u64) {
+        let state = read_lock(&self.state);
+        (read(&state.machine), state.last_applied.map_or(0, |log_id| log_id.index))
+    }
+
     /// The index of the last applied entry.
     pub fn last_applied_index(&self) -> Option<u64> {
         read_lock(&self.state).last_applied.map(|log_id| log_id.index)

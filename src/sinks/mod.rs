@@ -13,7 +13,7 @@ pub mod sql;
 use std::sync::{Arc, OnceLock};
 
 pub use metrics::{SinkCounters, SinkMetrics};
-pub use redis_cache::{CacheError, CacheSnapshot, RebuildReport, RedisCache, RunningPk};
+pub use redis_cache::{CacheError, Directory, RedisCache, RunningPk, Writes, Written};
 pub use sql::{Dialect, Mismatch, PkRecord, ResultsStore, StoreError};
 
 /// The results store once connected (the history API reads it; empty until then).

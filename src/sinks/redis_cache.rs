@@ -1,36 +1,51 @@
 //! The Redis read cache: the source's keys, for the app's home page and search.
 //!
-//! | key | type | content |
-//! |-----|------|---------|
-//! | `pkm` | hash | anchor id → `{"anchor":id,"since":ms}` for each anchor matching |
-//! | `pkr` | hash | room id → PK id for each room in a PK |
-//! | `room_pk_invited` | sorted set | anchor id, score = invitation time (ms): the cool-down |
-//! | `pk_${pkId}` | hash | the PK's state, with the field names of push type 10 |
-//! | `pkg_${pkId}_${anchorId}` | sorted set | sender id, score = beans given to that anchor |
+//! | key | type | content | written by |
+//! |-----|------|---------|------------|
+//! | `pkm` | hash | anchor id → `{"anchor":id,"since":ms}` for each anchor matching | the lobby's leader |
+//! | `pkr` | hash | room id → PK id for each room in a PK | the lobby's leader |
+//! | `room_pk_invited` | sorted set | anchor id, score = invitation time (ms): the cool-down | the lobby's leader |
+//! | `pk_${pkId}` | hash | the PK's state, with the field names of push type 10, and `version` | its arena's leader |
+//! | `pkg_${pkId}_${anchorId}` | sorted set | sender id, score = beans given to that anchor | its arena's leader |
+//! | `pkd:cache:${group}` | string | the log index of the group's last write: the marker | that group's leader |
 //!
-//! Every write carries absolute values, so replaying a change is harmless. Every key
-//! is given an expiry on each write ([`PK_TTL_SECONDS`], [`DIRECTORY_TTL_SECONDS`]),
-//! so that a stopped cluster leaves no everlasting PK tags behind. Redis is only a
-//! cache: [`RedisCache::rebuild`] rewrites it from the replicated state.
+//! Every write of a group is one [`Writes`]: operations as of the group's replica at log
+//! index `index`, run by one Lua script that refuses them if the cache already holds a
+//! later write of that group (the marker holds a higher index). A leader that lost the
+//! lead, or a replica that lags, can never move a value backwards. A change refused
+//! because the marker is missing means the cache lost the group's keys (a flush, an
+//! eviction, a new Redis): the group's keys are then rewritten as a whole.
+//!
+//! Keys expire unless renewed: [`LIVE_TTL_SECONDS`] for what describes the present (the
+//! directory, running PKs, the markers), which the live leaders renew every
+//! [`RENEW_EVERY`]: a stopped cluster stops tagging rooms within a minute. An ended PK's
+//! keys keep its final state for [`ENDED_TTL_SECONDS`].
+//!
+//! The scripts assume a standalone Redis (or one that keeps all of pkd's keys on one
+//! node): they touch keys not passed as `KEYS`.
 
-use pkd_raft::effect::{CacheChange, GifterTotal, SideView};
+use pkd_raft::effect::{GifterTotal, SideView};
 use pkd_raft::{PkId, PkView, RoomId, TimestampMs, UserId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Pipeline};
 use serde_json::json;
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// Expiry of `pk_*` and `pkg_*` keys, refreshed on each write.
-pub const PK_TTL_SECONDS: i64 = 2 * 3600;
-/// Expiry of `pkm`, `pkr` and `room_pk_invited`, refreshed on each write.
-pub const DIRECTORY_TTL_SECONDS: i64 = 3600;
+/// Expiry of what describes the present: `pkm`, `pkr`, `room_pk_invited`, running PKs'
+/// `pk_`/`pkg_` keys and the markers. The live leaders renew them every [`RENEW_EVERY`].
+pub const LIVE_TTL_SECONDS: i64 = 60;
+/// How often the live leaders renew their keys' expiry.
+pub const RENEW_EVERY: Duration = Duration::from_secs(20);
+/// How long an ended PK's keys keep its final state.
+pub const ENDED_TTL_SECONDS: i64 = 300;
 
-const MATCHING_KEY: &str = "pkm";
-const ROOMS_KEY: &str = "pkr";
-const INVITED_KEY: &str = "room_pk_invited";
+pub const MATCHING_KEY: &str = "pkm";
+pub const ROOMS_KEY: &str = "pkr";
+pub const INVITED_KEY: &str = "room_pk_invited";
 
-/// Why a cache write failed. The caller counts these; the cache is rebuilt later.
+/// Values per operation at most (Lua unpacks them onto its stack).
+const MAX_ARGS_PER_OP: usize = 1_000;
+
+/// Why a cache write failed. The caller counts these; the cache is rewritten later.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("redis error: {0}")]
@@ -39,40 +54,120 @@ pub enum CacheError {
 
 type Result<T> = std::result::Result<T, CacheError>;
 
-/// The whole cache content, from the replicated state, for [`RedisCache::rebuild`].
-#[derive(Clone, Debug, Default)]
-pub struct CacheSnapshot {
-    /// Anchors matching, and since when.
-    pub matching: Vec<(UserId, TimestampMs)>,
-    /// Rooms in a PK.
-    pub rooms_in_pk: Vec<(RoomId, PkId)>,
-    /// Anchors in their invitation cool-down, and when they were invited.
-    pub invited: Vec<(UserId, TimestampMs)>,
-    /// The running PKs.
-    pub pks: Vec<RunningPk>,
+/// One Redis operation of a [`Writes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Del {
+        key: String,
+    },
+    /// `HSET key field value ...`
+    HashSet {
+        key: String,
+        pairs: Vec<(String, String)>,
+    },
+    HashDel {
+        key: String,
+        fields: Vec<String>,
+    },
+    /// `ZADD key score member ...`; `greater`: only raise existing scores (`GT`).
+    ZAdd {
+        key: String,
+        pairs: Vec<(i64, String)>,
+        greater: bool,
+    },
+    ZRem {
+        key: String,
+        members: Vec<String>,
+    },
+    /// `required`: counted as missing if the key does not exist.
+    Expire {
+        key: String,
+        seconds: i64,
+        required: bool,
+    },
 }
 
-/// A running PK: its state and every gifter's total on each side.
-#[derive(Clone, Debug)]
-pub struct RunningPk {
-    pub view: PkView,
-    pub source_gifters: Vec<GifterTotal>,
-    pub target_gifters: Vec<GifterTotal>,
+impl Op {
+    /// The script's arguments for this operation: its name, its key, then its values.
+    fn arguments(&self) -> (&'static str, &str, Vec<String>) {
+        match self {
+            Op::Del { key } => ("del", key, Vec::new()),
+            Op::HashSet { key, pairs } => {
+                ("hset", key, pairs.iter().flat_map(|(field, value)| [field.clone(), value.clone()]).collect())
+            }
+            Op::HashDel { key, fields } => ("hdel", key, fields.clone()),
+            Op::ZAdd { key, pairs, greater } => (
+                if *greater { "zaddgt" } else { "zadd" },
+                key,
+                pairs.iter().flat_map(|(score, member)| [score.to_string(), member.clone()]).collect(),
+            ),
+            Op::ZRem { key, members } => ("zrem", key, members.clone()),
+            Op::Expire { key, seconds, required } => {
+                (if *required { "expire" } else { "touch" }, key, vec![seconds.to_string()])
+            }
+        }
+    }
 }
 
-/// What [`RedisCache::rebuild`] did.
+/// A group's writes, as of its replica's log index `index`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RebuildReport {
-    /// `pk_*` / `pkg_*` keys of PKs no longer running, deleted.
-    pub stale_keys_removed: usize,
-    /// Keys written.
-    pub keys_written: usize,
+pub struct Writes {
+    pub group: u64,
+    pub index: u64,
+    /// A rewrite of the group's keys: applied even if the marker is missing.
+    pub rewrite: bool,
+    pub ops: Vec<Op>,
 }
+
+/// What became of a [`Writes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Applied; `missing` of its `Expire`s found no key.
+    Applied { missing: u64 },
+    /// The cache holds a later write of the group: nothing was applied.
+    Stale,
+    /// The group's marker is gone (its keys with it): nothing was applied; rewrite them.
+    MarkerLost,
+}
+
+/// Applies a group's writes unless the cache holds a later one (see the module's docs).
+/// KEYS[1]: the marker. ARGV: index, rewrite (1/0), the marker's expiry, then for each
+/// operation its name, its key, its value count and its values.
+const WRITE_SCRIPT: &str = r#"
+local held = redis.call('GET', KEYS[1])
+local index = tonumber(ARGV[1])
+if held then
+  if tonumber(held) > index then return {0, 0} end
+elseif ARGV[2] ~= '1' then
+  return {-1, 0}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+local missing = 0
+local i = 4
+while i <= #ARGV do
+  local op, key, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local args = {}
+  for j = 1, n do args[j] = ARGV[i + 2 + j] end
+  if op == 'del' then redis.call('DEL', key)
+  elseif op == 'hset' then redis.call('HSET', key, unpack(args))
+  elseif op == 'hdel' then redis.call('HDEL', key, unpack(args))
+  elseif op == 'zadd' then redis.call('ZADD', key, unpack(args))
+  elseif op == 'zaddgt' then redis.call('ZADD', key, 'GT', unpack(args))
+  elseif op == 'zrem' then redis.call('ZREM', key, unpack(args))
+  elseif op == 'expire' then
+    if redis.call('EXPIRE', key, args[1]) == 0 then missing = missing + 1 end
+  elseif op == 'touch' then redis.call('EXPIRE', key, args[1])
+  end
+  i = i + 3 + n
+end
+return {1, missing}
+"#;
 
 /// The Redis read cache, over a reconnecting connection.
 #[derive(Clone)]
 pub struct RedisCache {
     connection: ConnectionManager,
+    script: redis::Script,
 }
 
 impl std::fmt::Debug for RedisCache {
@@ -107,174 +202,38 @@ impl RedisCache {
             .set_connection_timeout(Duration::from_secs(2))
             .set_response_timeout(Duration::from_secs(3));
         let connection = ConnectionManager::new_with_config(client, config).await?;
-        Ok(RedisCache { connection })
+        Ok(RedisCache { connection, script: redis::Script::new(WRITE_SCRIPT) })
     }
 
-    /// Applies a batch of changes in one pipelined round trip (a MULTI/EXEC block, so
-    /// readers never see half a batch). `render` gives the current state of a PK for
-    /// [`CacheChange::Pk`] (the change only says "render it from the replica"); a PK
-    /// it returns `None` for is skipped.
-    pub async fn apply<F>(&self, changes: &[CacheChange], mut render: F) -> Result<()>
-    where
-        F: FnMut(PkId) -> Option<PkView>,
-    {
-        if changes.is_empty() {
-            return Ok(());
+    /// Applies `writes` in one round trip, atomically, unless the cache holds a later
+    /// write of the group.
+    pub async fn write(&self, writes: &Writes) -> Result<Written> {
+        let mut invocation = self.script.key(marker_key(writes.group));
+        invocation.arg(writes.index).arg(if writes.rewrite { "1" } else { "0" }).arg(LIVE_TTL_SECONDS);
+        for op in &writes.ops {
+            let (name, key, values) = op.arguments();
+            invocation.arg(name).arg(key).arg(values.len()).arg(values);
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut directory_keys = BTreeSet::new();
-        for change in changes {
-            match change {
-                CacheChange::Matching { anchor, since } => {
-                    match since {
-                        Some(since) => pipe.hset(MATCHING_KEY, anchor.0, matching_json(*anchor, *since)),
-                        None => pipe.hdel(MATCHING_KEY, anchor.0),
-                    }
-                    .ignore();
-                    directory_keys.insert(MATCHING_KEY);
-                }
-                CacheChange::RoomInPk { room, pk } => {
-                    match pk {
-                        Some(pk) => pipe.hset(ROOMS_KEY, room.0, pk.0),
-                        None => pipe.hdel(ROOMS_KEY, room.0),
-                    }
-                    .ignore();
-                    directory_keys.insert(ROOMS_KEY);
-                }
-                CacheChange::Invited { anchor, at } => {
-                    match at {
-                        Some(at) => pipe.zadd(INVITED_KEY, anchor.0, at.0),
-                        None => pipe.zrem(INVITED_KEY, anchor.0),
-                    }
-                    .ignore();
-                    directory_keys.insert(INVITED_KEY);
-                }
-                CacheChange::Pk { pk } => {
-                    if let Some(view) = render(*pk) {
-                        push_pk(&mut pipe, &view);
-                    }
-                }
-                CacheChange::GifterTotal { pk, anchor, sender, beans } => {
-                    let key = gifters_key(*pk, *anchor);
-                    pipe.zadd(&key, sender.0, *beans).ignore();
-                    pipe.expire(&key, PK_TTL_SECONDS).ignore();
-                }
-                CacheChange::PkEnded { pk, anchors } => {
-                    pipe.del(&[pk_key(*pk), gifters_key(*pk, anchors[0]), gifters_key(*pk, anchors[1])]).ignore();
-                }
-            }
-        }
-        for key in directory_keys {
-            pipe.expire(key, DIRECTORY_TTL_SECONDS).ignore();
-        }
-        self.run(&pipe).await
-    }
-
-    /// Writes `pk_${pkId}` from a PK's state, in one round trip.
-    pub async fn write_pk(&self, view: &PkView) -> Result<()> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        push_pk(&mut pipe, view);
-        self.run(&pipe).await
-    }
-
-    /// Rewrites the whole cache from the replicated state: the directory keys
-    /// ([`RedisCache::rebuild_directory`]) and the keys of every PK
-    /// ([`RedisCache::rebuild_pks`]).
-    pub async fn rebuild(&self, snapshot: &CacheSnapshot) -> Result<RebuildReport> {
-        let directory = self.rebuild_directory(snapshot).await?;
-        let pks = self.rebuild_pks(&snapshot.pks, |_| true).await?;
-        Ok(RebuildReport {
-            stale_keys_removed: pks.stale_keys_removed,
-            keys_written: directory.keys_written + pks.keys_written,
+        let mut connection = self.connection.clone();
+        let (status, missing): (i64, u64) = invocation.invoke_async(&mut connection).await?;
+        Ok(match status {
+            1 => Written::Applied { missing },
+            0 => Written::Stale,
+            _ => Written::MarkerLost,
         })
     }
 
-    /// Rewrites `pkm`, `pkr` and `room_pk_invited` from the lobby's state (the PKs in
-    /// `snapshot` are not looked at), in one MULTI/EXEC block.
-    pub async fn rebuild_directory(&self, snapshot: &CacheSnapshot) -> Result<RebuildReport> {
-        let mut report = RebuildReport::default();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.del(&[MATCHING_KEY, ROOMS_KEY, INVITED_KEY]).ignore();
-        let matching: Vec<(u64, String)> =
-            snapshot.matching.iter().map(|(anchor, since)| (anchor.0, matching_json(*anchor, *since))).collect();
-        if !matching.is_empty() {
-            pipe.hset_multiple(MATCHING_KEY, &matching).ignore();
-            pipe.expire(MATCHING_KEY, DIRECTORY_TTL_SECONDS).ignore();
-            report.keys_written += 1;
-        }
-        let rooms: Vec<(u64, u64)> = snapshot.rooms_in_pk.iter().map(|(room, pk)| (room.0, pk.0)).collect();
-        if !rooms.is_empty() {
-            pipe.hset_multiple(ROOMS_KEY, &rooms).ignore();
-            pipe.expire(ROOMS_KEY, DIRECTORY_TTL_SECONDS).ignore();
-            report.keys_written += 1;
-        }
-        let invited: Vec<(i64, u64)> = snapshot.invited.iter().map(|(anchor, at)| (at.0, anchor.0)).collect();
-        if !invited.is_empty() {
-            pipe.zadd_multiple(INVITED_KEY, &invited).ignore();
-            pipe.expire(INVITED_KEY, DIRECTORY_TTL_SECONDS).ignore();
-            report.keys_written += 1;
-        }
-        self.run(&pipe).await?;
-        Ok(report)
-    }
-
-    /// Rewrites the `pk_` and `pkg_` keys of the running PKs `running`, in one MULTI/EXEC
-    /// block, and deletes the `pk_<id>` and `pkg_<id>_<anchor>` keys of every other PK that
-    /// `owned` accepts (found by SCAN; keys that merely start with `pk_` but do not have
-    /// that exact shape, such as other services' keys, are left alone).
-    pub async fn rebuild_pks(&self, running: &[RunningPk], owned: impl Fn(PkId) -> bool) -> Result<RebuildReport> {
-        let mut keep = BTreeSet::new();
-        for running in running {
-            let view = &running.view;
-            keep.insert(pk_key(view.pk));
-            keep.insert(gifters_key(view.pk, view.source.anchor));
-            keep.insert(gifters_key(view.pk, view.target.anchor));
-        }
-        let mut stale = BTreeSet::new();
-        for pattern in ["pk_*", "pkg_*"] {
-            let mut connection = self.connection.clone();
-            let mut keys = connection.scan_match::<_, String>(pattern).await?;
-            while let Some(key) = keys.next_item().await {
-                if pk_of_key(&key).is_some_and(&owned) && !keep.contains(&key) {
-                    stale.insert(key);
-                }
-            }
-        }
-        let mut report = RebuildReport { stale_keys_removed: stale.len(), keys_written: 0 };
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let deleted: Vec<String> = stale.into_iter().chain(keep).collect();
-        if !deleted.is_empty() {
-            pipe.del(deleted).ignore();
-        }
-        for running in running {
-            let view = &running.view;
-            push_pk(&mut pipe, view);
-            report.keys_written += 1;
-            for (anchor, gifters) in
-                [(view.source.anchor, &running.source_gifters), (view.target.anchor, &running.target_gifters)]
-            {
-                let members: Vec<(i64, u64)> = gifters.iter().map(|g| (g.beans, g.sender.0)).collect();
-                if !members.is_empty() {
-                    let key = gifters_key(view.pk, anchor);
-                    pipe.zadd_multiple(&key, &members).ignore();
-                    pipe.expire(&key, PK_TTL_SECONDS).ignore();
-                    report.keys_written += 1;
-                }
-            }
-        }
-        self.run(&pipe).await?;
-        Ok(report)
-    }
-
-    async fn run(&self, pipe: &Pipeline) -> Result<()> {
+    /// Whether group `group`'s marker is in the cache (a cheap check that the cache still
+    /// holds its keys).
+    pub async fn has_marker(&self, group: u64) -> Result<bool> {
         let mut connection = self.connection.clone();
-        pipe.query_async::<()>(&mut connection).await?;
-        Ok(())
+        Ok(redis::cmd("EXISTS").arg(marker_key(group)).query_async::<u64>(&mut connection).await? == 1)
     }
+}
+
+/// `pkd:cache:${group}`: the log index of the group's last write.
+pub fn marker_key(group: u64) -> String {
+    format!("pkd:cache:{group}")
 }
 
 /// `pk_${pkId}`.
@@ -287,47 +246,164 @@ pub fn gifters_key(pk: PkId, anchor: UserId) -> String {
     format!("pkg_{pk}_{anchor}")
 }
 
-/// The PK of a key that is exactly `pk_<digits>` or `pkg_<digits>_<digits>`.
-fn pk_of_key(key: &str) -> Option<PkId> {
-    let number = |s: &str| (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten();
-    if let Some(rest) = key.strip_prefix("pkg_") {
-        let (pk, anchor) = rest.split_once('_')?;
-        number(anchor)?;
-        number(pk).map(PkId)
-    } else {
-        key.strip_prefix("pk_").and_then(number).map(PkId)
-    }
-}
-
 fn matching_json(anchor: UserId, since: TimestampMs) -> String {
     json!({ "anchor": anchor.0, "since": since.0 }).to_string()
 }
 
-/// Queues the rewrite of `pk_${pkId}`: the key is replaced as a whole (so a field
-/// that no longer applies disappears) and its expiry refreshed.
-fn push_pk(pipe: &mut Pipeline, view: &PkView) {
+/// The whole directory, from the lobby's state, for a rewrite.
+#[derive(Clone, Debug, Default)]
+pub struct Directory {
+    /// Anchors matching, and since when.
+    pub matching: Vec<(UserId, TimestampMs)>,
+    /// Rooms in a PK.
+    pub rooms_in_pk: Vec<(RoomId, PkId)>,
+    /// Anchors in their invitation cool-down, and when they were invited.
+    pub invited: Vec<(UserId, TimestampMs)>,
+}
+
+/// A running PK: its state and every gifter's total on each side.
+#[derive(Clone, Debug)]
+pub struct RunningPk {
+    pub view: PkView,
+    pub source_gifters: Vec<GifterTotal>,
+    pub target_gifters: Vec<GifterTotal>,
+}
+
+/// Splits values into operations of at most [`MAX_ARGS_PER_OP`] values each.
+fn chunked<T: Clone>(values: &[T], per_value: usize, op: impl Fn(Vec<T>) -> Op) -> Vec<Op> {
+    values.chunks((MAX_ARGS_PER_OP / per_value).max(1)).map(|chunk| op(chunk.to_vec())).collect()
+}
+
+/// Rewrites `pkm`, `pkr` and `room_pk_invited` as a whole.
+pub fn directory_ops(directory: &Directory) -> Vec<Op> {
+    let mut ops: Vec<Op> =
+        [MATCHING_KEY, ROOMS_KEY, INVITED_KEY].into_iter().map(|key| Op::Del { key: key.to_owned() }).collect();
+    let matching: Vec<(String, String)> = directory
+        .matching
+        .iter()
+        .map(|(anchor, since)| (anchor.0.to_string(), matching_json(*anchor, *since)))
+        .collect();
+    ops.extend(chunked(&matching, 2, |pairs| Op::HashSet { key: MATCHING_KEY.to_owned(), pairs }));
+    let rooms: Vec<(String, String)> =
+        directory.rooms_in_pk.iter().map(|(room, pk)| (room.0.to_string(), pk.0.to_string())).collect();
+    ops.extend(chunked(&rooms, 2, |pairs| Op::HashSet { key: ROOMS_KEY.to_owned(), pairs }));
+    let invited: Vec<(i64, String)> =
+        directory.invited.iter().map(|(anchor, at)| (at.0, anchor.0.to_string())).collect();
+    ops.extend(chunked(&invited, 2, |pairs| Op::ZAdd { key: INVITED_KEY.to_owned(), pairs, greater: false }));
+    ops.extend(directory_expiries());
+    ops
+}
+
+/// Renews the directory keys' expiry.
+pub fn directory_expiries() -> Vec<Op> {
+    [MATCHING_KEY, ROOMS_KEY, INVITED_KEY]
+        .into_iter()
+        .map(|key| Op::Expire { key: key.to_owned(), seconds: LIVE_TTL_SECONDS, required: false })
+        .collect()
+}
+
+/// One change of the directory (`pkm`, `pkr`, `room_pk_invited`).
+pub fn matching_op(anchor: UserId, since: Option<TimestampMs>) -> Op {
+    match since {
+        Some(since) => Op::HashSet {
+            key: MATCHING_KEY.to_owned(),
+            pairs: vec![(anchor.0.to_string(), matching_json(anchor, since))],
+        },
+        None => Op::HashDel { key: MATCHING_KEY.to_owned(), fields: vec![anchor.0.to_string()] },
+    }
+}
+
+pub fn room_op(room: RoomId, pk: Option<PkId>) -> Op {
+    match pk {
+        Some(pk) => Op::HashSet { key: ROOMS_KEY.to_owned(), pairs: vec![(room.0.to_string(), pk.0.to_string())] },
+        None => Op::HashDel { key: ROOMS_KEY.to_owned(), fields: vec![room.0.to_string()] },
+    }
+}
+
+pub fn invited_op(anchor: UserId, at: Option<TimestampMs>) -> Op {
+    match at {
+        Some(at) => Op::ZAdd { key: INVITED_KEY.to_owned(), pairs: vec![(at.0, anchor.0.to_string())], greater: false },
+        None => Op::ZRem { key: INVITED_KEY.to_owned(), members: vec![anchor.0.to_string()] },
+    }
+}
+
+/// Replaces `pk_${pkId}` as a whole with `view` at log `index` (so that a field that no
+/// longer applies disappears), expiring in `ttl` seconds.
+pub fn pk_ops(view: &PkView, index: u64, ttl: i64) -> Vec<Op> {
     let key = pk_key(view.pk);
-    let mut fields: Vec<(&str, String)> = vec![
-        ("pkId", view.pk.0.to_string()),
-        ("type", "1".to_owned()),
-        ("status", view.status.push_code().to_string()),
-        ("startTime", view.start_time.0.to_string()),
-        ("endTime", view.end_time.0.to_string()),
-        ("sequelType", "0".to_owned()),
-        ("interfered", u8::from(view.interfered).to_string()),
+    let mut fields: Vec<(String, String)> = vec![
+        ("pkId".to_owned(), view.pk.0.to_string()),
+        ("type".to_owned(), "1".to_owned()),
+        ("status".to_owned(), view.status.push_code().to_string()),
+        ("startTime".to_owned(), view.start_time.0.to_string()),
+        ("endTime".to_owned(), view.end_time.0.to_string()),
+        ("sequelType".to_owned(), "0".to_owned()),
+        ("interfered".to_owned(), u8::from(view.interfered).to_string()),
+        ("version".to_owned(), index.to_string()),
     ];
     for (prefix, side) in [("source", &view.source), ("target", &view.target)] {
         side_fields(&mut fields, prefix, side);
     }
     if let Some(winner) = view.winner {
-        fields.push(("winner", winner.0.to_string()));
+        fields.push(("winner".to_owned(), winner.0.to_string()));
     }
-    pipe.del(&key).ignore();
-    pipe.hset_multiple(&key, &fields).ignore();
-    pipe.expire(&key, PK_TTL_SECONDS).ignore();
+    vec![
+        Op::Del { key: key.clone() },
+        Op::HashSet { key: key.clone(), pairs: fields },
+        Op::Expire { key, seconds: ttl, required: false },
+    ]
 }
 
-fn side_fields(fields: &mut Vec<(&'static str, String)>, prefix: &str, side: &SideView) {
+/// Raises the totals of `anchor`'s gifters in `pkg_${pkId}_${anchor}` (a total never goes
+/// down), expiring in `ttl` seconds.
+pub fn gifter_ops(pk: PkId, anchor: UserId, totals: &[(UserId, i64)], ttl: i64) -> Vec<Op> {
+    if totals.is_empty() {
+        return Vec::new();
+    }
+    let key = gifters_key(pk, anchor);
+    let pairs: Vec<(i64, String)> = totals.iter().map(|(sender, beans)| (*beans, sender.0.to_string())).collect();
+    let mut ops = chunked(&pairs, 2, |pairs| Op::ZAdd { key: key.clone(), pairs, greater: true });
+    ops.push(Op::Expire { key, seconds: ttl, required: false });
+    ops
+}
+
+/// A running PK's keys as a whole.
+pub fn running_pk_ops(running: &RunningPk, index: u64) -> Vec<Op> {
+    let view = &running.view;
+    let mut ops = pk_ops(view, index, LIVE_TTL_SECONDS);
+    for (anchor, gifters) in
+        [(view.source.anchor, &running.source_gifters), (view.target.anchor, &running.target_gifters)]
+    {
+        let totals: Vec<(UserId, i64)> = gifters.iter().map(|gifter| (gifter.sender, gifter.beans)).collect();
+        ops.extend(gifter_ops(view.pk, anchor, &totals, LIVE_TTL_SECONDS));
+    }
+    ops
+}
+
+/// A PK's final state, kept for [`ENDED_TTL_SECONDS`], with its gifters' totals.
+pub fn ended_pk_ops(final_view: &PkView, anchors: [UserId; 2], index: u64) -> Vec<Op> {
+    let mut ops = pk_ops(final_view, index, ENDED_TTL_SECONDS);
+    ops.extend(anchors.into_iter().map(|anchor| Op::Expire {
+        key: gifters_key(final_view.pk, anchor),
+        seconds: ENDED_TTL_SECONDS,
+        required: false,
+    }));
+    ops
+}
+
+/// Renews a running PK's keys' expiry; its `pk_` key counts as missing if it is gone.
+pub fn running_pk_expiries(pk: PkId, anchors: [UserId; 2]) -> Vec<Op> {
+    let mut ops = vec![Op::Expire { key: pk_key(pk), seconds: LIVE_TTL_SECONDS, required: true }];
+    // A side without gifts has no pkg_ key: it is not missing.
+    ops.extend(anchors.into_iter().map(|anchor| Op::Expire {
+        key: gifters_key(pk, anchor),
+        seconds: LIVE_TTL_SECONDS,
+        required: false,
+    }));
+    ops
+}
+
+fn side_fields(fields: &mut Vec<(String, String)>, prefix: &str, side: &SideView) {
     let top: Vec<serde_json::Value> = side
         .top_gifters
         .iter()
@@ -344,17 +420,13 @@ fn side_fields(fields: &mut Vec<(&'static str, String)>, prefix: &str, side: &Si
             json!({ "consume": gifter.beans, "user": user })
         })
         .collect();
-    let names: [&'static str; 6] = if prefix == "source" {
-        ["sourceUser", "sourceRoom", "sourceGifts", "sourceOnline", "sourceAudience", "sourceTopGifts"]
-    } else {
-        ["targetUser", "targetRoom", "targetGifts", "targetOnline", "targetAudience", "targetTopGifts"]
-    };
-    fields.push((names[0], side.anchor.0.to_string()));
-    fields.push((names[1], side.room.0.to_string()));
-    fields.push((names[2], side.beans.to_string()));
-    fields.push((names[3], side.online.to_string()));
-    fields.push((names[4], side.audience.to_string()));
-    fields.push((names[5], serde_json::Value::Array(top).to_string()));
+    let field = |name: &str| format!("{prefix}{name}");
+    fields.push((field("User"), side.anchor.0.to_string()));
+    fields.push((field("Room"), side.room.0.to_string()));
+    fields.push((field("Gifts"), side.beans.to_string()));
+    fields.push((field("Online"), side.online.to_string()));
+    fields.push((field("Audience"), side.audience.to_string()));
+    fields.push((field("TopGifts"), serde_json::Value::Array(top).to_string()));
 }
 
 #[cfg(test)]
@@ -362,13 +434,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_exact_pk_key_shapes_are_ours() {
-        assert_eq!(pk_of_key("pk_12"), Some(PkId(12)));
-        assert_eq!(pk_of_key("pkg_12_2099955"), Some(PkId(12)));
-        assert_eq!(pk_of_key("pk_config"), None);
-        assert_eq!(pk_of_key("pk_"), None);
-        assert_eq!(pk_of_key("pkg_12"), None);
-        assert_eq!(pk_of_key("pkg_12_x"), None);
-        assert_eq!(pk_of_key("pkr"), None);
+    fn large_rewrites_are_cut_into_operations_lua_can_unpack() {
+        let directory = Directory {
+            matching: (1..=1_500).map(|anchor| (UserId(anchor), TimestampMs(7))).collect(),
+            ..Directory::default()
+        };
+        let ops = directory_ops(&directory);
+        let sets: Vec<usize> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::HashSet { pairs, .. } => Some(pairs.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sets, [500, 500, 500]);
+        assert!(ops.iter().all(|op| op.arguments().2.len() <= MAX_ARGS_PER_OP));
     }
 }

@@ -499,8 +499,8 @@ pub fn show_effect(effect: &Effect) -> String {
             CacheChange::GifterTotal { pk, anchor, sender, beans } => {
                 format!("cache pkg_{pk}_{} {}={beans}", anchor, name(*sender))
             }
-            CacheChange::PkEnded { pk, anchors } => {
-                format!("cache drop pk_{pk} pkg_{pk}_{} pkg_{pk}_{}", anchors[0], anchors[1])
+            CacheChange::PkEnded { pk, anchors, final_view } => {
+                format!("cache ended pk_{pk} {:?} pkg_{pk}_{} pkg_{pk}_{}", final_view.status, anchors[0], anchors[1])
             }
         },
         Effect::PkOrdered(order) => format!(
