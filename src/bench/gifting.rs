@@ -388,7 +388,7 @@ pub struct AckGaps {
 struct GapsInner {
     last_by_pk: HashMap<u64, Instant>,
     last_any: Option<Instant>,
-    /// (from, to) of every per-PK gap longer than `keep_over`.
+    /// (from, to) of every gap longer than `keep_over`, of one PK or of the cluster.
     gaps: Vec<(Instant, Instant)>,
     longest_pk_gap: Duration,
     longest_global_gap: Duration,
@@ -409,6 +409,9 @@ impl AckGaps {
         if let Some(last) = inner.last_any {
             let gap = now.saturating_duration_since(last);
             inner.longest_global_gap = inner.longest_global_gap.max(gap);
+            if gap > self.keep_over {
+                inner.gaps.push((last, now));
+            }
         }
         inner.last_any = Some(inner.last_any.map_or(now, |last| last.max(now)));
         if let Some(last) = inner.last_by_pk.insert(pk, now) {
@@ -420,7 +423,7 @@ impl AckGaps {
         }
     }
 
-    /// The longest per-PK gap overlapping `[from, to)`.
+    /// The longest gap (of one PK or of the cluster) overlapping `[from, to)`.
     pub fn longest_within(&self, from: Instant, to: Instant) -> Duration {
         self.inner()
             .gaps

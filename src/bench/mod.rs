@@ -255,6 +255,7 @@ impl Measurement {
     pub async fn load_ended(&mut self, target: &Target) {
         let now = Instant::now();
         self.tickets.stop();
+        let _ = self.stop_reporter.send(true);
         self.sampler.mark_measure_end(target);
         let raft = target.arena_log_total().await;
         self.load_end = Some((now, raft));

@@ -109,7 +109,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
         "fault": match fault { Fault::Kill => "kill", Fault::Transfer => "transfer" },
         "every_seconds": every.as_secs_f64(),
         "faults": events,
-        "recovery_seconds": longest_pk_gap.as_secs_f64(),
+        "recovery_seconds": longest_pk_gap.max(longest_global_gap).as_secs_f64(),
         "cluster_gap_seconds": longest_global_gap.as_secs_f64(),
         "gifts_acknowledged": plan.acknowledged.load(Ordering::Relaxed),
         "pks_created": report.pks_created,

@@ -138,8 +138,9 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
     for task in watchers {
         let _ = task.await;
     }
-    extra_latency
-        .insert("created".to_owned(), storm.created.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone());
+    let created = storm.created.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let measured_matches = created.len();
+    extra_latency.insert("created".to_owned(), created);
     let finished = bench.end(measurement).await;
     for slot in &storm.anchors {
         let client = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
@@ -154,7 +155,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
         "start_codes": *storm.codes.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
         "anchors_matched": anchors_matched,
         "pks_created": pks,
-        "matches_per_second": pks as f64 / seconds,
+        "matches_per_second": measured_matches as f64 / seconds,
         "unmatched": unmatched,
         "all_pairs_matched": unmatched <= started % 2,
         "invitations": invitations,
@@ -324,7 +325,7 @@ async fn invitation_rounds(bench: &Bench, rounds: usize, recorder: &Recorder) ->
                     invitee.close().await;
                     continue;
                 }
-                "902003" => lost += 1,
+                "902003" if accepts => lost += 1,
                 // Protocol refusals (9000xx) are the bench's or the node's failure; the
                 // engine's answers (a refusal after the race was decided) are data.
                 other if other.starts_with("9000") => recorder.count_error(&format!("answer {other}")),
