@@ -426,7 +426,7 @@ mod tests {
         assert!(matches!(parse(b"").await, Err(Failure::Unanswered(_))));
         assert!(matches!(parse(b"garbage\r\n\r\n").await, Err(Failure::Malformed(_))));
         assert!(matches!(parse(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}").await, Err(Failure::Io(_))));
-        assert!(matches!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").await, Err(_)));
+        assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").await.is_err());
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl CadenceChecker {
         self.pushes += 1;
         let ends = status >= 2;
         self.ended = ends;
-        let Some(last) = self.last_ms.replace(version_ms) else { return None };
+        let last = self.last_ms.replace(version_ms)?;
         let spacing = version_ms - last;
         self.longest_gap_ms = Some(self.longest_gap_ms.map_or(spacing, |longest| longest.max(spacing)));
         if spacing > self.rules.period_ms + self.rules.late_slack_ms {

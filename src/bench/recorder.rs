@@ -201,7 +201,7 @@ impl Recorder {
         let backlog = tickets.backlog(now, self.started());
         let mut state = self.state();
         let current = std::mem::replace(&mut state.second, Second { histogram: new_histogram(), ok: 0, errors: 0 });
-        let quantile = |q: f64| (current.histogram.len() > 0).then(|| current.histogram.value_at_quantile(q));
+        let quantile = |q: f64| (!current.histogram.is_empty()).then(|| current.histogram.value_at_quantile(q));
         let row = SecondRow {
             second,
             phase: if now <= self.measure_from { "warmup" } else { "measure" },

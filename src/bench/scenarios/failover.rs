@@ -135,7 +135,7 @@ async fn cause_faults(
     let mut next = measure_from + every;
     let mut turn = 0usize;
     loop {
-        tokio::time::sleep_until(next).await;
+        tokio::time::sleep_until(next.min(tickets.end())).await;
         if tickets.is_stopped() || Instant::now() >= tickets.end() {
             return events;
         }

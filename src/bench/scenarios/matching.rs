@@ -58,7 +58,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
         LoadMode::Open { rate, .. } => (rate * (bench.warmup + bench.duration).as_secs_f64()).ceil() as usize,
         LoadMode::Closed { .. } => bench.args.anchors.unwrap_or(2_000),
     };
-    let count = (count.max(2) + 1) / 2 * 2;
+    let count = count.max(2).div_ceil(2) * 2;
     eprintln!("connecting {count} anchors, each entering its room...");
     let users: Vec<u64> = (0..count as u64).map(|index| bench.user_base + index).collect();
     let clients = connect_all(bench, users, |mut client| async move {

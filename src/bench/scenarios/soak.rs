@@ -53,7 +53,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
         .map(|node| {
             let measured = node.samples.iter().filter(|sample| sample.second >= bench.warmup.as_secs_f64());
             let first = measured.clone().next();
-            let last = measured.clone().last();
+            let last = measured.clone().next_back();
             json!({
                 "node": node.id,
                 "samples": node.samples.len(),
