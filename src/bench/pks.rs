@@ -144,7 +144,9 @@ impl Roster {
                 return Some(pk.clone());
             }
         }
-        inner.live.iter().filter(|pk| fits(pk)).nth(rng.random_range(0..inner.live.len())).cloned()
+        // Few fit (PKs ending, others still in their opening): choose among those.
+        let fitting: Vec<&RunningPk> = inner.live.iter().filter(|pk| fits(pk)).collect();
+        (!fitting.is_empty()).then(|| fitting[rng.random_range(0..fitting.len())].clone())
     }
 
     /// PKs in their battle at `now_ms` with at least `margin_ms` left.
@@ -503,5 +505,50 @@ impl Anchor {
             self.drain_kept(client, phase);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn state(pk: u64, status: u64, start: i64, end: i64) -> Value {
+        json!({"pkId": pk, "status": status, "startTime": start, "endTime": end, "sourceUser": 10 * pk,
+               "targetUser": 10 * pk + 1})
+    }
+
+    #[test]
+    fn the_roster_follows_pks_from_their_first_push_to_their_end() {
+        let roster = Roster::new(None);
+        roster.measure_ends_from(0);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        roster.observe_state(&state(1, 0, 1_000, 10_000), 1_000);
+        assert!(roster.pick(&mut rng, 2_000, 500).is_none(), "the opening is unknown until a push shows the battle");
+        roster.observe_state(&state(1, 1, 1_000, 10_000), 2_500);
+        let pk = roster.pick(&mut rng, 3_000, 500).expect("in its battle");
+        assert_eq!((pk.id, pk.source, pk.target, pk.battle_from_ms), (1, 10, 11, Some(2_500)));
+        assert!(roster.pick(&mut rng, 9_800, 500).is_none(), "too little battle left");
+        roster.observe_state(&state(1, 2, 1_000, 10_000), 10_042);
+        roster.observe_state(&state(1, 2, 1_000, 10_000), 10_050);
+        roster.observe_state(&state(1, 1, 1_000, 10_000), 10_060);
+        let report = roster.report(20_000);
+        assert_eq!((report.pks_created, report.pks_ended, report.pks_running), (1, 1, 0));
+        let lateness = roster.lateness().expect("one end measured");
+        assert_eq!(lateness.len(), 1, "the settlement's repeated end is not counted again");
+        assert_eq!(lateness.max(), lateness.highest_equivalent(42_000));
+    }
+
+    #[test]
+    fn a_known_opening_makes_a_pk_pickable_from_its_battle_on() {
+        let roster = Roster::new(Some(300));
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(2);
+        roster.observe_state(&state(7, 0, 1_000, 9_000), 1_001);
+        assert!(roster.pick(&mut rng, 1_200, 500).is_none());
+        assert_eq!(roster.pick(&mut rng, 1_300, 500).map(|pk| pk.id), Some(7));
+        roster.observe_state(&state(7, 3, 1_000, 9_000), 5_000);
+        let report = roster.report(20_000);
+        assert_eq!((report.pks_ended_abnormally, report.ends_missed), (1, 0));
+        assert!(roster.lateness().is_none(), "an abnormal end has no lateness");
     }
 }
