@@ -17,6 +17,9 @@ use super::procfs;
 use super::report::{LoadGeneratorSummary, NodeSample, NodeSummary};
 use crate::tokens::login;
 
+/// The client version the bench's signed tokens claim: above any `version_control` gate.
+pub const CLIENT_VERSION: u32 = 1_000_000;
+
 /// How WebSocket clients get their login tokens.
 #[derive(Clone, Debug)]
 pub enum TokenSource {
@@ -27,7 +30,9 @@ pub enum TokenSource {
 }
 
 impl TokenSource {
-    /// A token for `user`, valid for a day.
+    /// A token for `user`, valid for a day. A signed one names no country (every pair of
+    /// the bench's anchors may meet) and an Android client of version [`CLIENT_VERSION`],
+    /// so that the version gate lets it match.
     pub fn token(&self, user: u64) -> anyhow::Result<String> {
         match self {
             TokenSource::Dev => Ok(format!("dev:{user}")),
@@ -36,8 +41,8 @@ impl TokenSource {
                     user_id: login::UserId::new(user.to_string())?,
                     expires_at_ms: u64::try_from(pkd_cluster::app::wall_clock_ms())? + 86_400_000,
                     country: None,
-                    platform: None,
-                    client_version: None,
+                    platform: Some(login::Platform::Android),
+                    client_version: Some(CLIENT_VERSION),
                 };
                 Ok(login::mint(secret, &claims))
             }
