@@ -283,7 +283,8 @@ impl AppClient {
         self.sequence += 1;
         let sequence = self.sequence;
         let mut frame = json!({"commandId": command_id, "msgType": "command", "sequence": sequence,
-                               "initTime": wall_clock_ms(), "logId": format!("pkd_cluster_{}_{command_id}", self.user)});
+                               "initTime": wall_clock_ms(),
+                               "logId": format!("pkd_cluster_{}_{command_id}_{sequence}", self.user)});
         if let Some(room) = room {
             frame["roomId"] = json!(room);
         }

@@ -168,7 +168,7 @@ pub struct BenchArgs {
     /// Print the summary as JSON (docs/bench.md lists the fields).
     #[arg(long, help_heading = "Output")]
     pub json: bool,
-    /// Write summary.json, seconds.csv, latency-*.txt/.hdr and nodes.csv into this directory.
+    /// Write summary.json, seconds.csv, latency-*.txt and nodes.csv into this directory.
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     pub out: Option<PathBuf>,
     /// An objective checked at the end, e.g. 'ack.p99<5ms' (repeatable, or comma separated);
@@ -377,7 +377,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = &args.out {
         report::write_out(dir, &summary, &finished_rows, &histograms)?;
-        eprintln!("wrote summary.json, seconds.csv, latency-*.txt, latency-*.hdr and nodes.csv to {}", dir.display());
+        eprintln!("wrote summary.json, seconds.csv, latency-*.txt and nodes.csv to {}", dir.display());
     }
     let failed = summary.slo.iter().filter(|outcome| !outcome.passed).count();
     if failed > 0 {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::Serializer as _;
 use serde::Serialize;
 
 use super::recorder::SecondRow;
@@ -358,8 +357,8 @@ impl Summary {
     }
 }
 
-/// Writes summary.json, seconds.csv, the primary latency's histogram (serialized, and
-/// as a percentile distribution), the other latencies' distributions, and nodes.csv.
+/// Writes summary.json, seconds.csv, every latency's percentile distribution, and
+/// nodes.csv.
 pub fn write_out(
     dir: &Path,
     summary: &Summary,
@@ -391,11 +390,6 @@ pub fn write_out(
     write("seconds.csv", csv.as_bytes())?;
     for (name, histogram) in histograms {
         write(&format!("latency-{name}.txt"), percentile_distribution(histogram).as_bytes())?;
-        let mut serialized = Vec::new();
-        hdrhistogram::serialization::V2DeflateSerializer::new()
-            .serialize(histogram, &mut serialized)
-            .map_err(|error| anyhow::anyhow!("serializing the {name} histogram: {error:?}"))?;
-        write(&format!("latency-{name}.hdr"), serialized.as_slice())?;
     }
     let mut nodes = String::from("second,node,up,resident_bytes,data_dir_bytes,cpu_seconds\n");
     for node in &summary.nodes {
