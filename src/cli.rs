@@ -30,6 +30,9 @@ pub enum Command {
     Token(TokenCommand),
     /// Manage a cluster through a node's admin API.
     Cluster(ClusterArgs),
+    /// Load a cluster (local or running) through the app's interfaces and summarize it
+    /// (docs/bench.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -157,6 +160,7 @@ pub enum TokenCommand {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args),
+        Command::Bench(args) => crate::bench::run(args),
         Command::Cluster(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(cluster(args))

@@ -9,6 +9,7 @@
 //! - [`topology`], [`clock`], [`retry`], [`tokens`]: what the rest shares.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config_file;

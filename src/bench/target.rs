@@ -1,0 +1,600 @@
+//! The cluster a run drives: nodes the bench starts (`--local N`) or a running cluster
+//! (`--nodes`), how its clients authenticate, its admin API if the bench has one, and
+//! what the bench can see of the nodes' processes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use pkd_cluster::api::{GroupKind, NodeStatus};
+use pkd_cluster::{AdminClient, AppClient, Auth, ConnectOptions, GiftClient, LocalCluster, LocalOptions};
+use tokio::time::Instant;
+
+use super::procfs;
+use super::report::{LoadGeneratorSummary, NodeSample, NodeSummary};
+use crate::tokens::login;
+
+/// The client version the bench's signed tokens claim: above any `version_control` gate.
+pub const CLIENT_VERSION: u32 = 1_000_000;
+
+/// How WebSocket clients get their login tokens.
+#[derive(Clone, Debug)]
+pub enum TokenSource {
+    /// `dev:<user>` (the nodes run with `--dev-auth`).
+    Dev,
+    /// Tokens signed with the login secret the nodes share with the login service.
+    Signed(Vec<u8>),
+}
+
+impl TokenSource {
+    /// A token for `user`, valid for a day. A signed one names no country (every pair of
+    /// the bench's anchors may meet) and an Android client of version [`CLIENT_VERSION`],
+    /// so that the version gate lets it match.
+    pub fn token(&self, user: u64) -> anyhow::Result<String> {
+        match self {
+            TokenSource::Dev => Ok(format!("dev:{user}")),
+            TokenSource::Signed(secret) => {
+                let claims = login::Claims {
+                    user_id: login::UserId::new(user.to_string())?,
+                    expires_at_ms: u64::try_from(pkd_cluster::app::wall_clock_ms())? + 86_400_000,
+                    country: None,
+                    platform: Some(login::Platform::Android),
+                    client_version: Some(CLIENT_VERSION),
+                };
+                Ok(login::mint(secret, &claims))
+            }
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            TokenSource::Dev => "dev",
+            TokenSource::Signed(_) => "signed",
+        }
+    }
+}
+
+/// One node of the target.
+pub struct TargetNode {
+    pub id: u64,
+    /// The client address (WebSocket and gift API); a local node gets a new one on restart.
+    client: RwLock<String>,
+    admin: RwLock<Option<String>>,
+    pid: Mutex<Option<u32>>,
+    data_dir: Option<PathBuf>,
+    up: AtomicBool,
+    restarts: AtomicU32,
+}
+
+impl TargetNode {
+    pub fn client_address(&self) -> String {
+        self.client.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        *self.pid.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn admin_address(&self) -> Option<String> {
+        self.admin.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+/// The cluster under load.
+pub struct Target {
+    pub nodes: Vec<TargetNode>,
+    pub tokens: TokenSource,
+    pub gift_token: Option<String>,
+    admin_token: Option<String>,
+    pub arenas: Option<u32>,
+    local: Option<Arc<Mutex<LocalCluster>>>,
+}
+
+/// Where the cluster is and how to reach it, from the command line.
+pub struct TargetSpec {
+    pub local: Option<u64>,
+    pub arenas: u32,
+    pub nodes: Vec<String>,
+    pub gift_token: Option<String>,
+    pub login_secret: Option<String>,
+    pub dev_auth: bool,
+    pub admin: Vec<String>,
+    pub admin_token: Option<String>,
+}
+
+impl Target {
+    /// Starts the local cluster, or checks the remote one's settings.
+    pub async fn open(spec: TargetSpec) -> anyhow::Result<Target> {
+        match spec.local {
+            Some(count) => Target::start_local(count, spec.arenas).await,
+            None => Target::remote(spec),
+        }
+    }
+
+    async fn start_local(count: u64, arenas: u32) -> anyhow::Result<Target> {
+        if !(1..=9).contains(&count) {
+            bail!("--local takes 1 to 9 nodes, not {count}");
+        }
+        let binary = std::env::current_exe().context("finding this pkd binary")?;
+        let mut options = LocalOptions::new(binary);
+        options.nodes = count;
+        options.arenas = arenas;
+        options.log = "warn".to_owned();
+        eprintln!("starting a local cluster of {count} nodes ({arenas} arenas)...");
+        let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(options))
+            .await
+            .context("the launcher's thread")?
+            .context("starting the local cluster")?;
+        let mut nodes = Vec::new();
+        for id in cluster.ids() {
+            let node = cluster.node(id)?;
+            nodes.push(TargetNode {
+                id,
+                client: RwLock::new(node.client_addr.to_string()),
+                admin: RwLock::new(Some(node.admin_addr.to_string())),
+                pid: Mutex::new(node.pid()),
+                data_dir: Some(node.data_dir.clone()),
+                up: AtomicBool::new(true),
+                restarts: AtomicU32::new(0),
+            });
+        }
+        let options = cluster.options().clone();
+        eprintln!("local cluster up; its data and logs are in {}", cluster.root().display());
+        Ok(Target {
+            nodes,
+            tokens: TokenSource::Dev,
+            gift_token: Some(options.gift_token.clone()),
+            admin_token: Some(options.admin_token.clone()),
+            arenas: Some(arenas),
+            local: Some(Arc::new(Mutex::new(cluster))),
+        })
+    }
+
+    fn remote(spec: TargetSpec) -> anyhow::Result<Target> {
+        if spec.nodes.is_empty() {
+            bail!("say which cluster: --local N to start one, or --nodes host:port,... for a running one");
+        }
+        let tokens = match (&spec.login_secret, spec.dev_auth) {
+            (Some(secret), _) => TokenSource::Signed(secret.as_bytes().to_vec()),
+            (None, true) => TokenSource::Dev,
+            (None, false) => {
+                bail!(
+                    "WebSocket clients need tokens: set --login-secret (PKD_LOGIN_SECRET), or --dev-auth for nodes that accept dev:<user> tokens"
+                )
+            }
+        };
+        if !spec.admin.is_empty() && spec.admin_token.is_none() {
+            bail!("--admin needs --admin-token (PKD_ADMIN_TOKEN)");
+        }
+        if spec.admin.len() > 1 && spec.admin.len() != spec.nodes.len() {
+            bail!("give one --admin address, or one per node in --nodes order");
+        }
+        let nodes = spec
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(index, address)| {
+                let admin = match spec.admin.len() {
+                    0 => None,
+                    1 => Some(spec.admin[0].clone()),
+                    _ => Some(spec.admin[index].clone()),
+                };
+                TargetNode {
+                    id: index as u64 + 1,
+                    client: RwLock::new(address.clone()),
+                    admin: RwLock::new(admin),
+                    pid: Mutex::new(None),
+                    data_dir: None,
+                    up: AtomicBool::new(true),
+                    restarts: AtomicU32::new(0),
+                }
+            })
+            .collect();
+        Ok(Target {
+            nodes,
+            tokens,
+            gift_token: spec.gift_token,
+            admin_token: spec.admin_token,
+            arenas: None,
+            local: None,
+        })
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// True if the bench can reach an admin API (to set `t_config` rows, read raft
+    /// indexes, move leaders).
+    pub fn has_admin(&self) -> bool {
+        self.admin_token.is_some() && self.nodes.iter().any(|node| node.admin_address().is_some())
+    }
+
+    /// The gift service's token, or why the run cannot send gifts.
+    pub fn require_gift_token(&self) -> anyhow::Result<String> {
+        self.gift_token.clone().context("this scenario sends gifts: set --gift-token (PKD_GIFT_TOKEN)")
+    }
+
+    /// The client address of the `index`-th node (modulo the count), or of the next one
+    /// that is up.
+    pub fn address_for(&self, index: usize) -> String {
+        let count = self.nodes.len();
+        (0..count)
+            .map(|step| &self.nodes[(index + step) % count])
+            .find(|node| node.is_up())
+            .unwrap_or(&self.nodes[index % count])
+            .client_address()
+    }
+
+    /// Connects `user` to the `index`-th node (or the next one up), with lean buffers.
+    pub async fn connect(&self, index: usize, user: u64) -> anyhow::Result<AppClient> {
+        let token = self.tokens.token(user)?;
+        let address = self.address_for(index);
+        Ok(AppClient::connect_with(&address, user, Auth::Bearer(token), &ConnectOptions::lean()).await?)
+    }
+
+    /// A gift client of the `index`-th node (or the next one up).
+    pub fn gift_client(&self, index: usize) -> anyhow::Result<GiftClient> {
+        Ok(GiftClient::new(self.address_for(index), self.require_gift_token()?).with_timeout(Duration::from_secs(10)))
+    }
+
+    /// Admin clients of the nodes that are up, first the `index`-th.
+    fn admins(&self) -> Vec<(u64, AdminClient)> {
+        let Some(token) = &self.admin_token else { return Vec::new() };
+        let count = self.nodes.len();
+        (0..count)
+            .map(|index| &self.nodes[index])
+            .filter(|node| node.is_up())
+            .filter_map(|node| {
+                node.admin_address().map(|address| {
+                    (node.id, AdminClient::new(address, token.clone()).with_timeout(Duration::from_secs(5)))
+                })
+            })
+            .collect()
+    }
+
+    /// Sets a `t_config` row in every group through the first admin API that answers.
+    pub async fn set_config(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let mut last = None;
+        for (_, admin) in self.admins() {
+            match admin.set_config(key, value).await {
+                Ok(_) => return Ok(()),
+                Err(error) => last = Some(error),
+            }
+        }
+        match last {
+            Some(error) => Err(error).with_context(|| format!("setting {key}={value}")),
+            None => bail!("setting {key}: no admin API (--admin, --admin-token)"),
+        }
+    }
+
+    /// Every reachable node's status.
+    pub async fn statuses(&self) -> Vec<NodeStatus> {
+        let mut all = Vec::new();
+        for (_, admin) in self.admins() {
+            if let Ok(status) = admin.status().await {
+                all.push(status);
+            }
+        }
+        all
+    }
+
+    /// Waits (at most `limit`) until every group has a leader that every reachable node
+    /// agrees on and that is the one the balancer prefers (voter `group % voters`), so the
+    /// load does not start in the middle of leadership moves. Without an admin API it
+    /// returns at once.
+    pub async fn settle(&self, limit: Duration) -> bool {
+        if !self.has_admin() {
+            return true;
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let statuses = self.statuses().await;
+            if settled(&statuses) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                eprintln!("warning: leadership had not settled after {limit:?}; starting anyway");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The sum of the arena groups' last log indexes as one node sees them, to count the
+    /// entries appended while measuring.
+    pub async fn arena_log_total(&self) -> Option<u64> {
+        let status = self.statuses().await.into_iter().next()?;
+        Some(
+            status
+                .groups
+                .iter()
+                .filter(|group| group.kind == GroupKind::Arena)
+                .map(|group| group.last_log_index.unwrap_or(0))
+                .sum(),
+        )
+    }
+
+    /// The leader of `group`, as the first reachable node sees it.
+    pub async fn leader_of(&self, group: u64) -> Option<u64> {
+        self.statuses().await.iter().find_map(|status| status.group(group).and_then(|group| group.leader))
+    }
+
+    /// The arena group ids, as the first reachable node lists them.
+    pub async fn arena_groups(&self) -> Vec<u64> {
+        let statuses = self.statuses().await;
+        let Some(status) = statuses.first() else { return Vec::new() };
+        status.groups.iter().filter(|group| group.kind == GroupKind::Arena).map(|group| group.id).collect()
+    }
+
+    /// Hands `group`'s leadership to `to` through an admin API.
+    pub async fn transfer_leader(&self, group: u64, to: u64) -> anyhow::Result<Option<u64>> {
+        let mut last = None;
+        for (_, admin) in self.admins() {
+            match admin.transfer_leader(group, to).await {
+                Ok(reply) => return Ok(reply.leader),
+                Err(error) => last = Some(error),
+            }
+        }
+        match last {
+            Some(error) => Err(error.into()),
+            None => bail!("no admin API reachable"),
+        }
+    }
+
+    /// Kills local node `id` with SIGKILL.
+    pub async fn kill(&self, id: u64) -> anyhow::Result<()> {
+        let cluster = self.local.clone().context("only nodes the bench started (--local) can be killed")?;
+        let node = self.node(id)?;
+        node.up.store(false, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || lock(&cluster).kill(id)).await??;
+        *node.pid.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        node.restarts.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Starts local node `id` again on its data directory; it gets new client and admin
+    /// ports.
+    pub async fn restart(&self, id: u64) -> anyhow::Result<()> {
+        let cluster = self.local.clone().context("only nodes the bench started (--local) can be restarted")?;
+        let node = self.node(id)?;
+        let (client, admin, pid) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut cluster = lock(&cluster);
+            cluster.restart(id)?;
+            let node = cluster.node(id)?;
+            Ok((node.client_addr.to_string(), node.admin_addr.to_string(), node.pid()))
+        })
+        .await??;
+        *node.client.write().unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        *node.admin.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(admin);
+        *node.pid.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pid;
+        node.up.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn node(&self, id: u64) -> anyhow::Result<&TargetNode> {
+        self.nodes.iter().find(|node| node.id == id).with_context(|| format!("no node {id}"))
+    }
+
+    /// Stops the local cluster's processes (the remote one is left alone).
+    pub async fn shutdown(&self) {
+        if let Some(cluster) = self.local.clone() {
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut cluster = lock(&cluster);
+                for id in cluster.ids() {
+                    let _ = cluster.kill(id);
+                }
+            })
+            .await;
+        }
+    }
+}
+
+fn lock(cluster: &Mutex<LocalCluster>) -> std::sync::MutexGuard<'_, LocalCluster> {
+    cluster.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// True if every node sees every group led by the same node, the balancer's choice.
+fn settled(statuses: &[NodeStatus]) -> bool {
+    let Some(first) = statuses.first() else { return false };
+    first.groups.iter().all(|group| {
+        let preferred =
+            (!group.voters.is_empty()).then(|| group.voters[(group.id % group.voters.len() as u64) as usize]);
+        group.leader.is_some()
+            && group.leader == preferred
+            && statuses.iter().all(|status| status.group(group.id).is_some_and(|other| other.leader == group.leader))
+    })
+}
+
+/// Samples the local nodes' CPU, memory and data directories every `every`, and adds up
+/// CPU across restarts.
+pub struct NodeSampler {
+    state: Mutex<SamplerState>,
+    keep_samples: bool,
+    load_start: Instant,
+}
+
+#[derive(Default)]
+struct SamplerState {
+    per_node: BTreeMap<u64, NodeTrack>,
+    /// This process's CPU seconds when measuring began and ended.
+    own_cpu: (Option<f64>, Option<f64>),
+}
+
+#[derive(Default, Clone)]
+struct NodeTrack {
+    /// CPU seconds of the node's earlier processes.
+    earlier_cpu: f64,
+    pid: Option<u32>,
+    cpu: f64,
+    /// The running total when measuring began.
+    cpu_at_measure: Option<f64>,
+    cpu_at_end: Option<f64>,
+    resident: Option<u64>,
+    max_resident: Option<u64>,
+    data_dir: Option<u64>,
+    samples: Vec<NodeSample>,
+}
+
+impl NodeSampler {
+    pub fn new(load_start: Instant, keep_samples: bool) -> NodeSampler {
+        NodeSampler { state: Mutex::new(SamplerState::default()), keep_samples, load_start }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SamplerState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes one sample of every node.
+    pub fn sample(&self, target: &Target) {
+        if !target.is_local() {
+            return;
+        }
+        let second = Instant::now().saturating_duration_since(self.load_start).as_secs_f64();
+        for node in &target.nodes {
+            let pid = node.pid();
+            let cpu = pid.and_then(procfs::cpu_seconds);
+            let memory = pid.and_then(procfs::resident_bytes);
+            let data_dir = node.data_dir.as_deref().map(procfs::dir_bytes);
+            let mut state = self.state();
+            let track = state.per_node.entry(node.id).or_default();
+            if pid != track.pid {
+                track.earlier_cpu += track.cpu;
+                track.cpu = 0.0;
+                track.pid = pid;
+            }
+            if let Some(cpu) = cpu {
+                track.cpu = cpu;
+            }
+            track.resident = memory.map(|(resident, _)| resident);
+            if let Some((resident, peak)) = memory {
+                let largest = track.max_resident.unwrap_or(0).max(resident).max(peak);
+                track.max_resident = Some(largest);
+            }
+            track.data_dir = data_dir;
+            if self.keep_samples {
+                track.samples.push(NodeSample {
+                    second,
+                    up: pid.is_some(),
+                    resident_bytes: track.resident,
+                    data_dir_bytes: data_dir,
+                    cpu_seconds: Some(track.earlier_cpu + track.cpu),
+                });
+            }
+        }
+    }
+
+    /// Samples now and marks the start of the measured part.
+    pub fn mark_measure_start(&self, target: &Target) {
+        self.sample(target);
+        let mut state = self.state();
+        for track in state.per_node.values_mut() {
+            track.cpu_at_measure = Some(track.earlier_cpu + track.cpu);
+        }
+        state.own_cpu.0 = procfs::cpu_seconds(std::process::id());
+    }
+
+    /// Samples now and marks the end of the measured part.
+    pub fn mark_measure_end(&self, target: &Target) {
+        self.sample(target);
+        let mut state = self.state();
+        for track in state.per_node.values_mut() {
+            track.cpu_at_end = Some(track.earlier_cpu + track.cpu);
+        }
+        state.own_cpu.1 = procfs::cpu_seconds(std::process::id());
+    }
+
+    /// The bench's own CPU seconds over the measured part, and its resident size now.
+    pub fn load_generator(&self, measured: f64) -> LoadGeneratorSummary {
+        let state = self.state();
+        let cpu = match state.own_cpu {
+            (Some(from), Some(to)) => Some((to - from).max(0.0)),
+            _ => None,
+        };
+        LoadGeneratorSummary {
+            cpu_seconds: cpu,
+            cpu_cores: cpu.filter(|_| measured > 0.0).map(|cpu| cpu / measured),
+            resident_bytes: procfs::resident_bytes(std::process::id()).map(|(resident, _)| resident),
+        }
+    }
+
+    /// Every node's figures over `measured` seconds.
+    pub fn summaries(&self, target: &Target, measured: f64) -> Vec<NodeSummary> {
+        let state = self.state();
+        target
+            .nodes
+            .iter()
+            .map(|node| {
+                let track = state.per_node.get(&node.id).cloned().unwrap_or_default();
+                let cpu = match (track.cpu_at_measure, track.cpu_at_end) {
+                    (Some(from), Some(to)) if target.is_local() => Some((to - from).max(0.0)),
+                    _ => None,
+                };
+                NodeSummary {
+                    id: node.id,
+                    address: node.client_address(),
+                    pid: node.pid(),
+                    cpu_seconds: cpu,
+                    cpu_cores: cpu.filter(|_| measured > 0.0).map(|cpu| cpu / measured),
+                    resident_bytes: track.resident,
+                    max_resident_bytes: track.max_resident,
+                    data_dir_bytes: track.data_dir,
+                    restarts: node.restarts.load(Ordering::Relaxed),
+                    samples: track.samples,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pkd_cluster::api::GroupStatus;
+
+    fn group(id: u64, leader: Option<u64>) -> GroupStatus {
+        GroupStatus {
+            id,
+            kind: if id == 0 { GroupKind::Lobby } else { GroupKind::Arena },
+            state: "follower".into(),
+            leader,
+            term: 1,
+            last_log_index: Some(10),
+            committed: Some(10),
+            applied: Some(10),
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            replication: vec![],
+        }
+    }
+
+    #[test]
+    fn leadership_has_settled_when_every_node_agrees_on_the_preferred_leaders() {
+        let status = |node: u64, leaders: [u64; 3]| NodeStatus {
+            node,
+            groups: (0..3).map(|id| group(id, Some(leaders[id as usize]))).collect(),
+            connected: vec![],
+        };
+        assert!(settled(&[status(1, [1, 2, 3]), status(2, [1, 2, 3])]));
+        assert!(!settled(&[status(1, [1, 2, 3]), status(2, [1, 3, 3])]), "node 2 disagrees");
+        assert!(!settled(&[status(1, [2, 2, 3])]), "the lobby is not on its preferred node");
+        assert!(!settled(&[]));
+    }
+
+    #[test]
+    fn dev_and_signed_tokens_are_minted_for_a_user() {
+        assert_eq!(TokenSource::Dev.token(42).unwrap(), "dev:42");
+        let secret = b"bench-login-secret-0123456789".to_vec();
+        let token = TokenSource::Signed(secret.clone()).token(42).unwrap();
+        let now = u64::try_from(pkd_cluster::app::wall_clock_ms()).unwrap();
+        let claims = login::verify(&secret, &token, now).unwrap();
+        assert_eq!(claims.user_id.as_str(), "42");
+    }
+}
