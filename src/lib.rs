@@ -17,6 +17,7 @@ pub mod duties;
 pub mod gateway;
 pub mod http;
 pub mod logs;
+pub mod procfs;
 pub mod replication;
 pub mod retry;
 pub mod serve;

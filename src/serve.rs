@@ -261,9 +261,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::tls::install_default_provider();
     crate::logs::init(&args.log, args.log_format).context("bad --log filter")?;
     let config = args.app_config()?;
-    if let Some(limit) = crate::http::server::raise_file_limit() {
-        tracing::debug!(limit, "open-file limit");
-    }
+    let limit = crate::procfs::raise_open_files_limit();
+    tracing::debug!(limit, "open-file limit");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve(&args, config))
 }

@@ -16,6 +16,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::gateway::Gateway;
+use crate::procfs;
 use crate::sinks::SinkCounters;
 
 // ---- events --------------------------------------------------------------------------
@@ -167,70 +168,10 @@ fn sample(gateway: &Gateway, sinks: &SinkCounters) {
     }
     gauge!("pkd_results_lag_seconds").set(sinks.result_lag_last_ms as f64 / 1000.0);
     gauge!("pkd_results_lag_max_seconds").set(sinks.result_lag_max_ms as f64 / 1000.0);
-    let process = Process::read();
-    gauge!(PROCESS_CPU).set(process.cpu_seconds);
-    gauge!(PROCESS_MEMORY).set(process.resident_bytes as f64);
-    gauge!(PROCESS_FDS).set(process.open_fds as f64);
-    gauge!(PROCESS_MAX_FDS).set(process.max_fds as f64);
-}
-
-/// What /proc says of this process.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Process {
-    pub cpu_seconds: f64,
-    pub resident_bytes: u64,
-    pub open_fds: u64,
-    pub max_fds: u64,
-}
-
-impl Process {
-    /// Reads `/proc/self` (zeros where it cannot).
-    pub fn read() -> Process {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-        let open_fds = std::fs::read_dir("/proc/self/fd").map(|dir| dir.count() as u64).unwrap_or(0);
-        Process { open_fds, ..Process::parse(&stat, &status, &limits) }
-    }
-
-    /// The figures of `/proc/self/stat`, `status` and `limits` texts.
-    pub fn parse(stat: &str, status: &str, limits: &str) -> Process {
-        // The fields after the command name, which is in parentheses and may hold spaces:
-        // utime and stime are the 12th and 13th, in clock ticks (100 a second on Linux).
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-        let ticks: f64 =
-            fields.get(11..13).map(|t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum()).unwrap_or(0.0);
-        let resident_kib: u64 = status
-            .lines()
-            .find(|line| line.starts_with("VmRSS:"))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(0);
-        let max_fds = limits
-            .lines()
-            .find(|line| line.starts_with("Max open files"))
-            .and_then(|line| line.split_whitespace().nth(3))
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(0);
-        Process { cpu_seconds: ticks / 100.0, resident_bytes: resident_kib * 1024, open_fds: 0, max_fds }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_texts_are_read() {
-        let stat = "1234 (pkd serve (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 100 0 0";
-        let status = "Name:\tpkd\nVmRSS:\t  20480 kB\nThreads:\t9\n";
-        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            524288               524288               files\n";
-        let process = Process::parse(stat, status, limits);
-        assert_eq!(process.cpu_seconds, 3.0);
-        assert_eq!(process.resident_bytes, 20 * 1024 * 1024);
-        assert_eq!(process.max_fds, 524_288);
-        let live = Process::read();
-        assert!(live.resident_bytes > 0 && live.open_fds > 0, "{live:?}");
-    }
+    let me = std::process::id();
+    gauge!(PROCESS_CPU).set(procfs::cpu_seconds(me).unwrap_or(0.0));
+    gauge!(PROCESS_MEMORY).set(procfs::resident_bytes(me).map_or(0, |(resident, _)| resident) as f64);
+    let (open, max) = procfs::file_descriptors(me).unwrap_or((0, 0));
+    gauge!(PROCESS_FDS).set(open as f64);
+    gauge!(PROCESS_MAX_FDS).set(max as f64);
 }

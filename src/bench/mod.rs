@@ -14,7 +14,6 @@
 pub mod cadence;
 pub mod gifting;
 pub mod pks;
-pub mod procfs;
 pub mod recorder;
 pub mod report;
 mod scenarios;
@@ -366,7 +365,7 @@ impl Bench {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let slos = slo::parse_all(&args.slo)?;
     check_args(&args)?;
-    procfs::raise_open_files_limit();
+    crate::procfs::raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (summary, finished_rows, histograms) = runtime.block_on(run_scenario(args.clone(), &slos))?;
     runtime.shutdown_timeout(Duration::from_secs(2));

@@ -13,8 +13,8 @@ use pkd_cluster::api::{GroupKind, NodeStatus};
 use pkd_cluster::{AdminClient, AppClient, Auth, ConnectOptions, GiftClient, LocalCluster, LocalOptions};
 use tokio::time::Instant;
 
-use super::procfs;
 use super::report::{LoadGeneratorSummary, NodeSample, NodeSummary};
+use crate::procfs;
 use crate::tokens::login;
 
 /// The client version the bench's signed tokens claim: above any `version_control` gate.

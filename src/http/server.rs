@@ -124,28 +124,3 @@ where
         tracing::debug!(%error, "connection ended with an error");
     }
 }
-
-/// Raises this process's open-file limit to its hard limit: every connection holds a file
-/// descriptor, and the usual soft limit (1,024) is far below what a node serves. Returns
-/// the limit in force.
-pub fn raise_file_limit() -> Option<u64> {
-    #[cfg(unix)]
-    {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-                return None;
-            }
-            if limit.rlim_cur < limit.rlim_max {
-                let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                    limit = raised;
-                }
-            }
-        }
-        Some(limit.rlim_cur)
-    }
-    #[cfg(not(unix))]
-    None
-}

@@ -1,5 +1,6 @@
-//! What Linux says about a local node's process (`/proc/<pid>/stat` and `status`) and
-//! how much its data directory holds.
+//! What Linux says about a process (`/proc/<pid>/...`): its CPU time, memory and file
+//! descriptors, for a node's own metrics and for `pkd bench` watching local nodes; how
+//! much a data directory holds; and the open-file limit.
 
 use std::path::Path;
 
@@ -39,6 +40,18 @@ pub fn parse_resident_bytes(status: &str) -> Option<(u64, u64)> {
     };
     let resident = field("VmRSS:")?;
     Some((resident, field("VmHWM:").unwrap_or(resident)))
+}
+
+/// Open file descriptors of the process, and its limit, if it exists.
+pub fn file_descriptors(pid: u32) -> Option<(u64, u64)> {
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    Some((open, parse_max_open_files(&limits)?))
+}
+
+/// The soft "Max open files" of a `/proc/<pid>/limits` text.
+pub fn parse_max_open_files(limits: &str) -> Option<u64> {
+    limits.lines().find(|line| line.starts_with("Max open files"))?.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Bytes in the files under `dir` (0 if it does not exist).
@@ -82,6 +95,8 @@ mod tests {
         let stat = "4242 (pkd serve (1)) S 1 4242 4242 0 -1 4194560 9 0 0 0 250 50 0 0 20 0 12 0 1 2 3";
         assert_eq!(parse_cpu_seconds(stat), Some(3.0));
         assert_eq!(parse_cpu_seconds("garbage"), None);
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            524288               1048576              files\n";
+        assert_eq!(parse_max_open_files(limits), Some(524_288));
         let status = "Name:\tpkd\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
         assert_eq!(parse_resident_bytes(status), Some((1024 * 1024, 2048 * 1024)));
         assert_eq!(parse_resident_bytes("Name:\tpkd\n"), None);
@@ -93,5 +108,6 @@ mod tests {
         assert!(cpu_seconds(pid).is_some());
         assert!(resident_bytes(pid).is_some_and(|(resident, peak)| resident > 0 && peak >= resident));
         assert!(raise_open_files_limit() > 0);
+        assert!(file_descriptors(pid).is_some_and(|(open, max)| open > 0 && max >= open));
     }
 }
