@@ -13,6 +13,7 @@ pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config_file;
+pub mod demo;
 pub mod duties;
 pub mod gateway;
 pub mod http;

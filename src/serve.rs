@@ -113,6 +113,11 @@ pub struct ServeArgs {
     /// --redis-url (the public roots are not trusted).
     #[arg(long, env = "PKD_REDIS_CA")]
     pub redis_ca: Option<PathBuf>,
+    /// A first look: one node with development tokens and short PKs, simulated anchors
+    /// matching and a simulated gift service, and a page to watch them (`/watch`). Data
+    /// goes to a temporary directory unless --data-dir is given. Not for production.
+    #[arg(long, conflicts_with_all = ["peers", "cluster_listen", "join", "login_secret"])]
+    pub demo: bool,
 }
 
 impl ServeArgs {
@@ -209,6 +214,13 @@ impl ServeArgs {
     }
 
     fn gateway_config(&self) -> anyhow::Result<GatewayConfig> {
+        if self.demo {
+            return Ok(GatewayConfig {
+                dev_auth: true,
+                gift_token: Some(crate::demo::DEMO_GIFT_TOKEN.to_owned()),
+                ..GatewayConfig::default()
+            });
+        }
         if self.login_secret.is_none() && !self.dev_auth {
             bail!("set --login-secret (PKD_LOGIN_SECRET), or --dev-auth for development");
         }
@@ -257,9 +269,19 @@ fn parse_peers(peers: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(parsed)
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     crate::tls::install_default_provider();
     crate::logs::init(&args.log, args.log_format).context("bad --log filter")?;
+    // A demo's data is thrown away with the process, unless a directory was named.
+    let _demo_dir =
+        match args.demo && std::env::var_os("PKD_DATA_DIR").is_none() && args.data_dir == PathBuf::from("pkd-data") {
+            true => {
+                let dir = tempfile::TempDir::with_prefix("pkd-demo-").context("a temporary data directory")?;
+                args.data_dir = dir.path().to_path_buf();
+                Some(dir)
+            }
+            false => None,
+        };
     let config = args.app_config()?;
     let limit = crate::procfs::raise_open_files_limit();
     tracing::debug!(limit, "open-file limit");
@@ -295,6 +317,9 @@ async fn serve(args: &ServeArgs, config: AppConfig) -> anyhow::Result<()> {
         println!("pkd admin listening on {address}");
     }
     println!("pkd listening on {}", app.client_addr());
+    if args.demo {
+        start_demo(&app, shutdown.clone()).await?;
+    }
     // The first SIGTERM or SIGINT (or the admin API's drain) drains the node, then stops
     // it; a second one stops it at once.
     let drain_requested = app.drain_requested();
@@ -314,6 +339,17 @@ async fn serve(args: &ServeArgs, config: AppConfig) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     app.stopped().await;
+    Ok(())
+}
+
+/// Sets the demo's short PKs and starts its simulated anchors and gift service.
+async fn start_demo(app: &app::App, shutdown: CancellationToken) -> anyhow::Result<()> {
+    app.node().set_config("pk_duration", crate::demo::DEMO_DURATION).await.context("the demo's PK phases")?;
+    let address = app.client_addr().to_string();
+    tokio::spawn(crate::demo::run(address.clone(), shutdown));
+    let room = crate::demo::DEMO_ANCHORS[0];
+    println!("pkd demo: simulated anchors match and a simulated gift service sends gifts; PKs last about a minute.");
+    println!("pkd demo: watch one live at http://{address}/watch?room={room}&token=dev:9001");
     Ok(())
 }
 
