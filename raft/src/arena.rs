@@ -660,3 +660,49 @@ fn push_state(view: PkView, effects: &mut Vec<Effect>) {
         effects.push(Effect::Pushed(Push { to: Audience::Room(room), message: PushMessage::PkState(view.clone()) }));
     }
 }
+
+// ---- backups -------------------------------------------------------------------------
+
+impl Arena {
+    /// Where PK `pk` stands here, for [`crate::cut`].
+    pub(crate) fn standing(&self, pk: PkId) -> crate::cut::Standing {
+        use crate::cut::Standing;
+        if self.pks.contains_key(&pk) || self.pending_releases().any(|pending| pending == pk) {
+            Standing::Live
+        } else if self.settled_ids.contains_key(&pk) {
+            Standing::Done
+        } else {
+            Standing::Unknown
+        }
+    }
+
+    /// Forgets every PK whose id is above `last_pk`, running or settled, with its timers:
+    /// for [`crate::cut`], PKs the lobby of the cut never ordered. Returns their ids.
+    pub(crate) fn forget_after(&mut self, last_pk: PkId) -> Vec<PkId> {
+        let running: Vec<PkId> = self.pks.range(PkId(last_pk.0 + 1)..).map(|(id, _)| *id).collect();
+        for id in &running {
+            if let Some(pk) = self.pks.remove(id) {
+                for timer in [ArenaTimer::EndBattle { pk: *id }, ArenaTimer::EndPk { pk: *id }] {
+                    self.deadlines.disarm(timer);
+                }
+                for side in &pk.sides {
+                    self.deadlines.disarm(ArenaTimer::AnchorAway { pk: *id, anchor: side.seat.anchor });
+                }
+            }
+        }
+        let after = PkId(last_pk.0 + 1)..;
+        let mut settled: Vec<PkId> = self.settled_ids.range(after.clone()).map(|(id, _)| *id).collect();
+        settled.extend(self.settled.range(after).map(|(id, _)| *id));
+        settled.sort();
+        settled.dedup();
+        for id in &settled {
+            self.settled_ids.remove(id);
+            self.settled.remove(id);
+            self.deadlines.disarm(ArenaTimer::ForgetPk { pk: *id });
+        }
+        let mut forgotten = running;
+        forgotten.extend(settled);
+        forgotten.sort();
+        forgotten
+    }
+}

@@ -16,6 +16,7 @@
 pub mod arena;
 pub mod command;
 pub mod config;
+pub mod cut;
 mod deadlines;
 pub mod effect;
 mod gift_ids;

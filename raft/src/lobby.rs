@@ -712,3 +712,27 @@ impl Lobby {
 fn push_to(user: UserId, room: RoomId, message: PushMessage) -> Effect {
     Effect::Pushed(Push { to: Audience::User { user, room }, message })
 }
+
+// ---- backups -------------------------------------------------------------------------
+
+impl Lobby {
+    /// The id of the last PK this lobby ordered.
+    pub fn last_pk(&self) -> PkId {
+        PkId(self.last_pk)
+    }
+
+    /// The held PKs, each with whether its arena confirmed creating it.
+    pub(crate) fn held_orders(&self) -> Vec<(PkId, bool)> {
+        self.pks.iter().map(|(pk, held)| (*pk, held.order.is_none())).collect()
+    }
+
+    /// Frees a held PK's rooms as the arena's release would, for [`crate::cut`].
+    pub(crate) fn release_for_cut(&mut self, pk: PkId) {
+        self.release(pk, &mut Vec::new());
+    }
+
+    /// Makes the next PK ids start `gap` above the last one given out.
+    pub(crate) fn skip_pk_ids(&mut self, gap: u64) {
+        self.last_pk = self.last_pk.saturating_add(gap);
+    }
+}
