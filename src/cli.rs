@@ -6,6 +6,7 @@ use pkd_cluster::AdminClient;
 use pkd_cluster::api::{GroupKind, InitRequest, NodeStatus};
 use pkd_raft::{Config, ConfigKey};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::tokens::{login, rtm};
@@ -30,9 +31,51 @@ pub enum Command {
     Token(TokenCommand),
     /// Manage a cluster through a node's admin API.
     Cluster(ClusterArgs),
+    /// Write a backup of every group, read from a running node, to a file.
+    Backup(BackupArgs),
+    /// Seed a new node's empty data directory from a backup file (or describe the file).
+    Restore(RestoreArgs),
     /// Load a cluster (local or running) through the app's interfaces and summarize it
     /// (docs/bench.md).
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    /// The admin API of any node, e.g. 127.0.0.1:7800.
+    #[arg(long, env = "PKD_ADMIN", default_value = "127.0.0.1:7800")]
+    pub admin: String,
+    /// The admin token.
+    #[arg(long, env = "PKD_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The file to write (written whole, then renamed into place).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Print what the file holds and stop.
+    #[arg(long)]
+    pub describe: bool,
+    /// The new node's data directory; it must be empty or absent.
+    #[arg(long, env = "PKD_DATA_DIR", required_unless_present = "describe")]
+    pub data_dir: Option<PathBuf>,
+    /// The new node's id.
+    #[arg(long, env = "PKD_NODE_ID", required_unless_present = "describe")]
+    pub node_id: Option<u64>,
+    /// Every member of the new cluster, `1=127.0.0.1:7700,2=127.0.0.2:7700,...` (their
+    /// node-to-node addresses, as in `pkd serve --peers`); the same on every node. Without
+    /// it the node runs alone.
+    #[arg(long)]
+    pub members: Option<String>,
+    /// How far the new cluster's PK ids skip ahead of the backup's last one; more than the
+    /// number of PKs the old cluster may have created after the backup.
+    #[arg(long, default_value_t = crate::backup::DEFAULT_PK_ID_GAP)]
+    pub pk_id_gap: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -161,6 +204,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Backup(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(backup(args))
+        }
+        Command::Restore(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(restore(args))
+        }
         Command::Cluster(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(cluster(args))
@@ -214,6 +265,50 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let Some(token) = args.token else {
+        bail!("set --token (PKD_ADMIN_TOKEN): the admin API wants its bearer token");
+    };
+    let client = AdminClient::new(args.admin, token).with_timeout(std::time::Duration::from_secs(600));
+    let bytes = client.backup().await?;
+    // Checked before it is written: a file that is there is a file that restores.
+    let backup = crate::backup::Backup::decode(&bytes).context("the node sent a backup that does not read back")?;
+    let partial = args.out.with_extension("partial");
+    std::fs::write(&partial, &bytes).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::File::open(&partial)
+        .and_then(|file| file.sync_all())
+        .with_context(|| format!("syncing {}", partial.display()))?;
+    std::fs::rename(&partial, &args.out).with_context(|| format!("renaming to {}", args.out.display()))?;
+    print!("{}", backup.describe());
+    println!("wrote {} ({} bytes)", args.out.display(), bytes.len());
+    Ok(())
+}
+
+async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&args.from).with_context(|| format!("reading {}", args.from.display()))?;
+    let backup = crate::backup::Backup::decode(&bytes).with_context(|| format!("reading {}", args.from.display()))?;
+    print!("{}", backup.describe());
+    if args.describe {
+        return Ok(());
+    }
+    let (Some(data_dir), Some(node)) = (args.data_dir, args.node_id) else {
+        bail!("give --data-dir and --node-id");
+    };
+    let members = match &args.members {
+        Some(members) => crate::serve::parse_members("--members", members)?,
+        None => BTreeMap::from([(node, String::new())]),
+    };
+    crate::backup::restore(&backup, &data_dir, node, &members, args.pk_id_gap).await?;
+    println!(
+        "seeded {} for node {node} of members {:?}; start it with `pkd serve` and the same --node-id, --arenas {}{}",
+        data_dir.display(),
+        members.keys().collect::<Vec<_>>(),
+        backup.arenas,
+        if args.members.is_some() { " and --peers set to the members" } else { "" }
+    );
+    Ok(())
+}
+
 async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     let Some(token) = args.token.clone() else {
         bail!("set --token (PKD_ADMIN_TOKEN): the admin API wants its bearer token");
@@ -222,15 +317,8 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     let done = |groups: Vec<u64>| println!("done in groups {groups:?}");
     match args.command {
         ClusterCommand::Init { members } => {
-            let mut parsed = BTreeMap::new();
-            for entry in members.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
-                let (id, address) = entry.split_once('=').with_context(|| format!("expected id=host:port: {entry}"))?;
-                parsed.insert(
-                    id.trim().parse::<u64>().with_context(|| format!("bad id in {entry}"))?,
-                    address.trim().to_owned(),
-                );
-            }
-            done(client.init(&InitRequest { members: parsed }).await?.groups);
+            let members = crate::serve::parse_members("--members", &members)?;
+            done(client.init(&InitRequest { members }).await?.groups);
         }
         ClusterCommand::AddLearner { node, addr } => done(client.add_learner(node, addr).await?.groups),
         ClusterCommand::Promote { node } => done(client.promote(node).await?.groups),

@@ -9,6 +9,7 @@
 //! - [`topology`], [`clock`], [`retry`], [`tokens`]: what the rest shares.
 
 pub mod app;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod clock;

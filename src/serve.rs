@@ -11,7 +11,7 @@ use crate::tls::{Reloading, ServerFiles};
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -194,7 +194,7 @@ impl ServeArgs {
         if secret.len() < 16 {
             bail!("the cluster secret must be at least 16 bytes");
         }
-        let peers = parse_peers(peers)?;
+        let peers = parse_members("--peers", peers)?;
         if !peers.contains_key(&self.node_id) {
             bail!("--peers must include this node ({})", self.node_id);
         }
@@ -247,24 +247,24 @@ impl ServeArgs {
     }
 }
 
-/// Parses `1=127.0.0.1:7700,2=127.0.0.2:7700`.
-fn parse_peers(peers: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+/// Parses a member list, `1=127.0.0.1:7700,2=127.0.0.2:7700`, given with `flag`.
+pub fn parse_members(flag: &str, members: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut parsed = BTreeMap::new();
-    for entry in peers.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+    for entry in members.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
         let Some((id, address)) = entry.split_once('=') else {
-            bail!("--peers: expected id=host:port, found {entry:?}");
+            bail!("{flag}: expected id=host:port, found {entry:?}");
         };
-        let id: u64 = id.trim().parse().with_context(|| format!("--peers: bad node id in {entry:?}"))?;
+        let id: u64 = id.trim().parse().with_context(|| format!("{flag}: bad node id in {entry:?}"))?;
         let address = address.trim();
         if address.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
-            bail!("--peers: expected host:port for node {id}, found {address:?}");
+            bail!("{flag}: expected host:port for node {id}, found {address:?}");
         }
         if parsed.insert(id, address.to_owned()).is_some() {
-            bail!("--peers: node {id} is listed twice");
+            bail!("{flag}: node {id} is listed twice");
         }
     }
     if parsed.is_empty() {
-        bail!("--peers is empty");
+        bail!("{flag} is empty");
     }
     Ok(parsed)
 }
@@ -274,7 +274,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     crate::logs::init(&args.log, args.log_format).context("bad --log filter")?;
     // A demo's data is thrown away with the process, unless a directory was named.
     let _demo_dir =
-        match args.demo && std::env::var_os("PKD_DATA_DIR").is_none() && args.data_dir == PathBuf::from("pkd-data") {
+        match args.demo && std::env::var_os("PKD_DATA_DIR").is_none() && args.data_dir == Path::new("pkd-data") {
             true => {
                 let dir = tempfile::TempDir::with_prefix("pkd-demo-").context("a temporary data directory")?;
                 args.data_dir = dir.path().to_path_buf();

@@ -122,9 +122,22 @@ pub struct AppClient {
     address: String,
     socket: AppSocket,
     sequence: i64,
+    /// Sets this client's `logId`s apart from every other client's, in this process or
+    /// any other: a `logId` names one request, and a node answers a second request with
+    /// the same one as a retry of the first.
+    instance: String,
     wait: Duration,
     /// Pushes received while waiting for something else, oldest first.
     kept: VecDeque<Received>,
+}
+
+/// A name no other client gets: the process id, the wall clock in nanoseconds and a
+/// counter of the clients this process made.
+fn instance_id() -> String {
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos());
+    format!("{:x}{:x}{made:x}", std::process::id(), nanos)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -202,6 +215,7 @@ impl AppClient {
             address: address.to_owned(),
             socket,
             sequence: 0,
+            instance: instance_id(),
             wait: options.wait.unwrap_or(DEFAULT_WAIT),
             kept: VecDeque::new(),
         })
@@ -284,7 +298,7 @@ impl AppClient {
         let sequence = self.sequence;
         let mut frame = json!({"commandId": command_id, "msgType": "command", "sequence": sequence,
                                "initTime": wall_clock_ms(),
-                               "logId": format!("pkd_cluster_{}_{command_id}_{sequence}", self.user)});
+                               "logId": format!("pkd_cluster_{}_{}_{command_id}_{sequence}", self.user, self.instance)});
         if let Some(room) = room {
             frame["roomId"] = json!(room);
         }

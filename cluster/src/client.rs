@@ -18,6 +18,8 @@ use crate::api::{
 
 /// The longest a response may be.
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+/// The longest backup file a node may send.
+pub const MAX_BACKUP: usize = 4 * 1024 * 1024 * 1024;
 
 /// Why an admin request failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +104,18 @@ impl AdminClient {
         self.call("POST", "/admin/config", Some(&ConfigRequest { key: key.to_owned(), value: value.to_owned() })).await
     }
 
+    /// `GET /admin/backup`: the bytes of a backup file of every group.
+    pub async fn backup(&self) -> Result<Vec<u8>, ClientError> {
+        let exchange = self.exchange("GET", "/admin/backup", &[], MAX_BACKUP);
+        let (status, body) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout(self.address.clone()))??;
+        if !(200..300).contains(&status) {
+            return Err(refusal(status, &body));
+        }
+        Ok(body)
+    }
+
     /// Sends one request and decodes a 2xx answer as `T`.
     pub async fn call<T: DeserializeOwned>(
         &self,
@@ -113,20 +127,23 @@ impl AdminClient {
             Some(body) => serde_json::to_vec(body).map_err(|error| ClientError::Malformed(error.to_string()))?,
             None => Vec::new(),
         };
-        let exchange = self.exchange(method, path, &body);
+        let exchange = self.exchange(method, path, &body, MAX_RESPONSE);
         let (status, body) = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout(self.address.clone()))??;
         if !(200..300).contains(&status) {
-            let message = serde_json::from_slice::<ErrorReply>(&body)
-                .map(|reply| reply.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(ClientError::Refused { status, message });
+            return Err(refusal(status, &body));
         }
         serde_json::from_slice(&body).map_err(|error| ClientError::Malformed(format!("body: {error}")))
     }
 
-    async fn exchange(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        limit: usize,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
         let io = |source| ClientError::Io { address: self.address.clone(), source };
         let mut stream = TcpStream::connect(&self.address).await.map_err(io)?;
         let head = format!(
@@ -140,12 +157,20 @@ impl AdminClient {
         stream.write_all(body).await.map_err(io)?;
         stream.flush().await.map_err(io)?;
         let mut response = Vec::new();
-        (&mut stream).take(MAX_RESPONSE as u64 + 1).read_to_end(&mut response).await.map_err(io)?;
-        if response.len() > MAX_RESPONSE {
+        (&mut stream).take(limit as u64 + 1).read_to_end(&mut response).await.map_err(io)?;
+        if response.len() > limit {
             return Err(ClientError::Malformed("response too long".to_owned()));
         }
         parse_response(&response)
     }
+}
+
+/// A refusal's message: the JSON error's, or the body itself.
+fn refusal(status: u16, body: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<ErrorReply>(body)
+        .map(|reply| reply.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    ClientError::Refused { status, message }
 }
 
 /// Splits an HTTP/1.1 response into its status and body (plain or chunked).

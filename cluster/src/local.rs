@@ -110,6 +110,15 @@ impl LocalCluster {
     /// Starts nodes 1..=`options.nodes` at once (the smallest id initializes the groups)
     /// and waits until each prints its listening lines.
     pub fn start(options: LocalOptions) -> Result<LocalCluster, LocalError> {
+        let mut cluster = LocalCluster::prepare(options)?;
+        cluster.launch()?;
+        Ok(cluster)
+    }
+
+    /// Declares nodes 1..=`options.nodes` (their directories and node-to-node addresses)
+    /// without starting them, so that a caller can seed their data directories (e.g. with
+    /// `pkd restore`) before [`LocalCluster::launch`].
+    pub fn prepare(options: LocalOptions) -> Result<LocalCluster, LocalError> {
         let (root, temp) = match std::env::var_os("PKD_LOCAL_CLUSTER_DIR") {
             Some(dir) => {
                 let dir = PathBuf::from(dir);
@@ -125,15 +134,20 @@ impl LocalCluster {
         for id in 1..=cluster.options.nodes {
             cluster.declare(id, cluster.options.join)?;
         }
-        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+        Ok(cluster)
+    }
+
+    /// Starts every declared node at once and waits until each prints its listening lines.
+    pub fn launch(&mut self) -> Result<(), LocalError> {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
         let mut waiting = Vec::new();
         for &id in &ids {
-            waiting.push((id, cluster.spawn(id)?));
+            waiting.push((id, self.spawn(id)?));
         }
         for (id, lines) in waiting {
-            cluster.await_lines(id, lines)?;
+            self.await_lines(id, lines)?;
         }
-        Ok(cluster)
+        Ok(())
     }
 
     /// Every node's id and node-to-node address: the argument of the admin API's `init`.

@@ -706,3 +706,9 @@ impl Arena {
         forgotten
     }
 }
+
+impl crate::cut::Placed for Arena {
+    fn clear_placement(&mut self) {
+        self.placement = LeaderPlacement::default();
+    }
+}

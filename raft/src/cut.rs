@@ -20,6 +20,18 @@
 
 use crate::{Arena, Lobby, PkId};
 
+/// A machine whose leader placement can be cleared.
+pub trait Placed {
+    /// Forgets where the operator placed the leadership and which nodes were draining:
+    /// they name the nodes of the cluster a backup came from.
+    fn clear_placement(&mut self);
+}
+
+/// Clears `machine`'s leader placement ([`Placed`]).
+pub fn clear_placement(machine: &mut impl Placed) {
+    machine.clear_placement();
+}
+
 /// Where a PK stands in its arena.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Standing {

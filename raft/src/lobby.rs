@@ -736,3 +736,9 @@ impl Lobby {
         self.last_pk = self.last_pk.saturating_add(gap);
     }
 }
+
+impl crate::cut::Placed for Lobby {
+    fn clear_placement(&mut self) {
+        self.placement = LeaderPlacement::default();
+    }
+}

@@ -174,6 +174,12 @@ pub async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocke
     connection.closed();
 }
 
+/// A number drawn once per process.
+fn incarnation() -> u64 {
+    static INCARNATION: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INCARNATION.get_or_init(rand::random)
+}
+
 /// FNV-1a, 64 bits: a hash every node computes alike (std's hasher is seeded per process).
 struct Fnv1a(u64);
 
@@ -336,6 +342,9 @@ impl Connection {
             None => {
                 hash.write(b"sequence:");
                 hash.write(&self.gateway.node.id().to_be_bytes());
+                // Session ids start again with each process: the incarnation keeps a new
+                // process's connection from replaying an old one's starts.
+                hash.write(&incarnation().to_be_bytes());
                 hash.write(&self.session.to_be_bytes());
                 hash.write(&message.sequence.to_be_bytes());
             }

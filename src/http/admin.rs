@@ -150,3 +150,24 @@ pub async fn set_config(
     tracing::info!(key = %request.key, value = %request.value, "config row set in every group");
     Ok(Json(ConfigReply { groups }))
 }
+
+/// `GET /admin/backup`: a backup file of every group (`pkd backup`), read through this
+/// node with linearizable reads.
+pub async fn backup(State(state): State<AdminState>) -> Response {
+    let now_ms = crate::clock::now_ms();
+    match crate::backup::Backup::take(&state.node, now_ms).await {
+        Ok(backup) => {
+            let bytes = backup.encode();
+            tracing::info!(bytes = bytes.len(), groups = backup.groups.len(), "backup taken");
+            let headers = [
+                (axum::http::header::CONTENT_TYPE, "application/octet-stream"),
+                (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"pkd.backup\""),
+            ];
+            (headers, bytes).into_response()
+        }
+        Err(error) => {
+            tracing::warn!(%error, "backup failed");
+            failure(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+        }
+    }
+}

@@ -101,6 +101,7 @@ pub fn admin_router(gateway: Arc<Gateway>, token: &str, sinks: Arc<SinkMetrics>,
         .route("/admin/promote", post(admin::promote))
         .route("/admin/remove", post(admin::remove))
         .route("/admin/config", post(admin::set_config))
+        .route("/admin/backup", get(admin::backup))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin::authorize))
         .with_state(state)
         .merge(metrics)

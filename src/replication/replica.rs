@@ -93,6 +93,16 @@ impl<M: SingleKind> ReplicaState<M> {
     }
 }
 
+/// The bytes of a snapshot holding `machine` (a machine's own snapshot bytes) as of
+/// `last_applied`, with `membership`: what a restore seeds a group with.
+pub(crate) fn seed_snapshot(
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    machine: Vec<u8>,
+) -> io::Result<Vec<u8>> {
+    postcard::to_allocvec(&SnapshotData { last_applied, membership, machine }).map_err(io::Error::other)
+}
+
 fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     // A panic while applying poisons the lock; the state itself is still whole (the
     // machine never panics half-way on purpose), so reads carry on.
