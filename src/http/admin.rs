@@ -41,6 +41,26 @@ pub async fn authorize(State(state): State<AdminState>, request: Request, next: 
     }
 }
 
+/// A JSON body of type `T`; a body that does not read as one is refused with its reason
+/// as an [`ErrorReply`] (400 malformed JSON, 415 not JSON, 422 a missing or mistyped
+/// field), like every other admin refusal.
+pub struct Body<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for Body<T>
+where
+    Json<T>: axum::extract::FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Body<T>, Response> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(body)) => Ok(Body(body)),
+            Err(rejection) => Err(failure(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
 fn failure(status: StatusCode, error: String) -> Response {
     (status, Json(ErrorReply { error })).into_response()
 }
@@ -68,7 +88,7 @@ pub async fn status(State(state): State<AdminState>) -> Json<NodeStatus> {
 pub async fn transfer_leader(
     State(state): State<AdminState>,
     Path(id): Path<u64>,
-    Json(request): Json<TransferLeaderRequest>,
+    Body(request): Body<TransferLeaderRequest>,
 ) -> Result<Json<LeaderReply>, Failed> {
     let group = GroupId(id);
     state.node.transfer_leader(group, request.to).await.map_err(Failed)?;
@@ -83,7 +103,7 @@ pub async fn transfer_leader(
 /// once its `/readyz` no longer answers. `{"node": N}` must name this node.
 pub async fn drain(
     State(state): State<AdminState>,
-    Json(request): Json<NodeRequest>,
+    Body(request): Body<NodeRequest>,
 ) -> Result<Json<NodeRequest>, Failed> {
     if request.node != state.node.id() {
         let message = format!(
@@ -108,7 +128,7 @@ pub async fn balance(State(state): State<AdminState>) -> Result<Json<MembershipR
 
 pub async fn init(
     State(state): State<AdminState>,
-    Json(request): Json<InitRequest>,
+    Body(request): Body<InitRequest>,
 ) -> Result<Json<MembershipReply>, Failed> {
     let groups = state.node.initialize_cluster(&request.members).await.map_err(Failed)?;
     tracing::info!(members = ?request.members, "cluster initialized through the admin API");
@@ -117,7 +137,7 @@ pub async fn init(
 
 pub async fn add_learner(
     State(state): State<AdminState>,
-    Json(request): Json<AddLearnerRequest>,
+    Body(request): Body<AddLearnerRequest>,
 ) -> Result<Json<MembershipReply>, Failed> {
     let groups = state.node.add_learner(request.node, &request.addr).await.map_err(Failed)?;
     tracing::info!(node = request.node, addr = %request.addr, "learner added to every group");
@@ -126,7 +146,7 @@ pub async fn add_learner(
 
 pub async fn promote(
     State(state): State<AdminState>,
-    Json(request): Json<NodeRequest>,
+    Body(request): Body<NodeRequest>,
 ) -> Result<Json<MembershipReply>, Failed> {
     let groups = state.node.promote(request.node).await.map_err(Failed)?;
     tracing::info!(node = request.node, "node promoted to voter in every group");
@@ -135,7 +155,7 @@ pub async fn promote(
 
 pub async fn remove(
     State(state): State<AdminState>,
-    Json(request): Json<NodeRequest>,
+    Body(request): Body<NodeRequest>,
 ) -> Result<Json<MembershipReply>, Failed> {
     let groups = state.node.remove(request.node).await.map_err(Failed)?;
     tracing::info!(node = request.node, "node removed from every group");
@@ -144,7 +164,7 @@ pub async fn remove(
 
 pub async fn set_config(
     State(state): State<AdminState>,
-    Json(request): Json<ConfigRequest>,
+    Body(request): Body<ConfigRequest>,
 ) -> Result<Json<ConfigReply>, Failed> {
     let groups = state.node.set_config(&request.key, &request.value).await.map_err(Failed)?;
     tracing::info!(key = %request.key, value = %request.value, "config row set in every group");

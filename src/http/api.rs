@@ -7,6 +7,7 @@
 //!   home page's PK tag, without Redis).
 
 use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,6 +15,7 @@ use pkd_raft::UserId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::gateway::protocol::code;
 use crate::replication::node::Node;
 use crate::sinks::ResultsSlot;
 
@@ -37,11 +39,20 @@ pub struct Paging {
 }
 
 fn unavailable(message: String) -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": message }))).into_response()
+    super::refuse(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, message)
 }
 
 /// `GET /api/anchors/{id}/pks?page=1&size=20`.
-pub async fn history(State(state): State<ApiState>, Path(anchor): Path<u64>, Query(paging): Query<Paging>) -> Response {
+pub async fn history(
+    State(state): State<ApiState>,
+    anchor: Result<Path<u64>, PathRejection>,
+    paging: Result<Query<Paging>, QueryRejection>,
+) -> Response {
+    let (Path(anchor), Query(paging)) = match (anchor, paging) {
+        (Ok(anchor), Ok(paging)) => (anchor, paging),
+        (Err(rejection), _) => return super::refuse(StatusCode::BAD_REQUEST, code::BAD_FIELD, rejection.body_text()),
+        (_, Err(rejection)) => return super::refuse(StatusCode::BAD_REQUEST, code::BAD_FIELD, rejection.body_text()),
+    };
     let page = paging.page.unwrap_or(1).max(1);
     let size = paging.size.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
     let Some(store) = state.results.get() else {

@@ -4,6 +4,7 @@
 //! service's id, so a retried gift counts once. A batch's gifts are proposed together
 //! and so share raft entries (group commit).
 
+use super::refuse;
 use crate::gateway::Gateway;
 use crate::gateway::protocol::{self, code};
 use axum::body::Bytes;
@@ -49,10 +50,6 @@ struct ProfileIn {
 #[serde(deny_unknown_fields)]
 struct BatchIn {
     gifts: Vec<GiftIn>,
-}
-
-fn refuse(status: StatusCode, code: &str, desc: impl Into<String>) -> HttpResponse {
-    (status, Json(json!({ "code": code, "desc": desc.into(), "result": null }))).into_response()
 }
 
 fn check_id(name: &str, value: u64) -> Result<(), String> {

@@ -11,9 +11,11 @@
 //! | `GET /api/rooms-in-pk` | app users, with a login token | [`api::rooms_in_pk`] |
 //! | `GET /livez`, `GET /healthz` | anyone (load balancers) | [`health::live`] |
 //! | `GET /readyz` | anyone (load balancers) | [`health::ready`] |
+//! | `GET /openapi.yaml` | anyone | [`openapi`] |
 //!
 //! The admin listener: every route needs the admin token: `/admin/...` ([`admin`]) and
-//! `GET /metrics` ([`metrics::render`]).
+//! `GET /metrics` ([`metrics::render`]); `GET /openapi.yaml` is served there too, to
+//! anyone. `docs/openapi.yaml` documents every route; a test holds it to this file.
 
 pub mod admin;
 pub mod api;
@@ -35,6 +37,22 @@ use crate::gateway::Gateway;
 use crate::replication::node::Node;
 use crate::sinks::{ResultsSlot, SinkMetrics};
 use tokio_util::sync::CancellationToken;
+
+/// The OpenAPI document of every route, compiled in.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.yaml");
+
+/// `GET /openapi.yaml`.
+pub async fn openapi() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/yaml")], OPENAPI)
+}
+
+/// A refusal in the envelope app clients and the gift service read everywhere:
+/// `{"code": "9xxxxx", "desc": "...", "result": null}` with the HTTP status.
+pub(crate) fn refuse(status: axum::http::StatusCode, code: &str, desc: impl Into<String>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({ "code": code, "desc": desc.into(), "result": null });
+    (status, axum::Json(body)).into_response()
+}
 
 /// What the client listener's handlers read.
 #[derive(Clone)]
@@ -81,6 +99,7 @@ pub fn client_router(state: ClientState) -> Router {
         .route("/livez", get(health::live))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
+        .route("/openapi.yaml", get(openapi))
         .with_state(state)
 }
 
@@ -105,4 +124,5 @@ pub fn admin_router(gateway: Arc<Gateway>, token: &str, sinks: Arc<SinkMetrics>,
         .route_layer(middleware::from_fn_with_state(state.clone(), admin::authorize))
         .with_state(state)
         .merge(metrics)
+        .route("/openapi.yaml", get(openapi))
 }

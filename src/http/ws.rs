@@ -5,11 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::gateway::protocol::code;
 use crate::gateway::session::{self, READ_BUFFER_BYTES};
 use crate::gateway::{Gateway, protocol};
 
@@ -24,8 +26,8 @@ pub async fn require_login(
     let token = super::bearer::bearer(request.headers()).or(query.get("token").map(String::as_str));
     match token.map(|token| session::authenticate(&gateway, token)) {
         Some(Ok(_)) => next.run(request).await,
-        Some(Err(why)) => (StatusCode::UNAUTHORIZED, format!("900005 {why}")).into_response(),
-        None => (StatusCode::UNAUTHORIZED, "900005 a login token is required").into_response(),
+        Some(Err(why)) => super::refuse(StatusCode::UNAUTHORIZED, code::NOT_AUTHENTICATED, why.to_string()),
+        None => super::refuse(StatusCode::UNAUTHORIZED, code::NOT_AUTHENTICATED, "a login token is required"),
     }
 }
 
@@ -34,26 +36,33 @@ pub async fn upgrade(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Some(token) = super::bearer::bearer(&headers).or(query.get("token").map(String::as_str)) else {
-        return (StatusCode::UNAUTHORIZED, "900005 a login token is required").into_response();
+        return super::refuse(StatusCode::UNAUTHORIZED, code::NOT_AUTHENTICATED, "a login token is required");
     };
     let identity = match session::authenticate(&gateway, token) {
         Ok(identity) => identity,
         Err(why) => {
             tracing::debug!(%why, "login token refused");
-            return (StatusCode::UNAUTHORIZED, format!("900005 {why}")).into_response();
+            return super::refuse(StatusCode::UNAUTHORIZED, code::NOT_AUTHENTICATED, why.to_string());
         }
     };
     if gateway.is_draining() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "900008 this node is draining: connect to another node")
-            .into_response();
+        let why = "this node is draining: connect to another node";
+        return super::refuse(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, why);
     }
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            let why = format!("not a WebSocket upgrade: {}", rejection.body_text());
+            return super::refuse(StatusCode::BAD_REQUEST, code::MALFORMED_JSON, why);
+        }
+    };
     let limit = gateway.config().connections_per_user;
     if gateway.hub().connections_of(identity.user()) >= limit {
-        let why = format!("900007 at most {limit} connections per user on a node");
-        return (StatusCode::TOO_MANY_REQUESTS, why).into_response();
+        let why = format!("at most {limit} connections per user on a node");
+        return super::refuse(StatusCode::TOO_MANY_REQUESTS, code::RATE_LIMITED, why);
     }
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
