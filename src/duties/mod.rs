@@ -23,6 +23,7 @@ pub mod sinks;
 pub mod timers;
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -116,12 +117,16 @@ impl Duties {
         let applied = raft_group.applied();
         let node = self.node.id();
         let stop = self.stop.clone();
-        self.tasks.spawn(async move {
-            tokio::select! {
-                () = run_while_leading(node, group, leadership, applied, duty) => {}
-                () = stop.cancelled() => {}
+        let span = tracing::info_span!("duty", node, %group, duty = duty.name());
+        self.tasks.spawn(
+            async move {
+                tokio::select! {
+                    () = run_while_leading(node, group, leadership, applied, duty) => {}
+                    () = stop.cancelled() => {}
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 
     /// Runs `duty` on this node whoever leads `group`, until [`Duties::stop`]: work every
@@ -133,24 +138,32 @@ impl Duties {
         };
         let applied = raft_group.applied();
         let stop = self.stop.clone();
-        self.tasks.spawn(async move {
-            tokio::select! {
-                () = run_always(applied, duty) => {}
-                () = stop.cancelled() => {}
+        let span = tracing::info_span!("duty", node = self.node.id(), %group, duty = duty.name());
+        self.tasks.spawn(
+            async move {
+                tokio::select! {
+                    () = run_always(applied, duty) => {}
+                    () = stop.cancelled() => {}
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 
     /// Runs `task` until [`Duties::stop`]: what prepares duties, such as connecting a
     /// store, ends with them.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let stop = self.stop.clone();
-        self.tasks.spawn(async move {
-            tokio::select! {
-                () = task => {}
-                () = stop.cancelled() => {}
+        let span = tracing::info_span!("node", node = self.node.id());
+        self.tasks.spawn(
+            async move {
+                tokio::select! {
+                    () = task => {}
+                    () = stop.cancelled() => {}
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 
     /// The node the duties run on.

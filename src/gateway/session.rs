@@ -17,6 +17,7 @@ use pkd_raft::{AnchorProfile, LobbyAction, RoomId, StateMachine, UserId};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
+use tracing::Instrument;
 
 /// Close codes pkd uses (4000–4999 are for applications).
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
@@ -115,7 +116,8 @@ pub async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocke
     let (queue, mut outbound) = mpsc::channel::<Outbound>(config.queue_capacity);
     let kicked = Arc::new(Notify::new());
     let session = gateway.hub.connect(identity.user, queue, kicked.clone());
-    tracing::debug!(session, user = %identity.user, "client connected");
+    tracing::Span::current().record("session", session);
+    tracing::debug!("client connected");
     let mut connection = Connection { gateway: gateway.clone(), identity, session, room: None };
     let mut limit = TokenBucket::new(config.commands_per_second, config.command_burst, Instant::now());
     let mut ping = tokio::time::interval(config.ping_interval);
@@ -256,7 +258,19 @@ impl Connection {
         if let Err(error) = message.authorize(self.identity.user) {
             return (Reply::for_error(&error).to_user(self.identity.user), None);
         }
-        let reply = self.execute(&message).await;
+        let pk = self.room.and_then(|(room, _)| self.gateway.lobby(|lobby| lobby.pk_of_room(room)));
+        let span = match pk {
+            Some(pk) => tracing::info_span!("pk", pk = pk.0),
+            None => tracing::Span::none(),
+        };
+        let command = message.command.command_id();
+        let reply = async {
+            let reply = self.execute(&message).await;
+            tracing::debug!(command, code = %reply.code, "command answered");
+            reply
+        }
+        .instrument(span)
+        .await;
         let cost = started.elapsed().as_millis() as u64;
         (reply.to_user(self.identity.user).cost_ms(cost), None)
     }

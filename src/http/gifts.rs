@@ -16,6 +16,7 @@ use pkd_raft::{ArenaAction, Gift, GiftId, GifterProfile, PkId, Response, UserId}
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Bodies larger than this are refused with HTTP 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -202,25 +203,32 @@ async fn apply(gateway: &Gateway, gift: &GiftIn) -> Outcome {
         beans: gift.beans,
         profile,
     });
-    match gateway.node().propose_arena(gateway.node().arena_of(pk), action).await {
-        Ok(Response::GiftCounted { duplicate, side_beans }) => {
-            outcome.duplicate = duplicate;
-            outcome.side_beans = Some(side_beans);
-        }
-        Ok(Response::Rejected(reason)) => {
-            outcome.code = reason.code().to_owned();
-            outcome.desc = reason.describe();
-        }
-        Ok(other) => {
-            tracing::error!(?other, "unexpected answer to a gift");
-            outcome.code = code::UNAVAILABLE.to_owned();
-            outcome.desc = "unexpected answer; retry with the same id".to_owned();
-        }
-        Err(error) => {
-            tracing::warn!(%error, "gift not applied");
-            outcome.code = code::UNAVAILABLE.to_owned();
-            outcome.desc = "temporarily unavailable; retry with the same id".to_owned();
+    let span = tracing::info_span!("pk", pk = pk.0, gift = gift.id);
+    async {
+        match gateway.node().propose_arena(gateway.node().arena_of(pk), action).await {
+            Ok(Response::GiftCounted { duplicate, side_beans }) => {
+                tracing::debug!(duplicate, side_beans, "gift counted");
+                outcome.duplicate = duplicate;
+                outcome.side_beans = Some(side_beans);
+            }
+            Ok(Response::Rejected(reason)) => {
+                tracing::debug!(?reason, "gift refused");
+                outcome.code = reason.code().to_owned();
+                outcome.desc = reason.describe();
+            }
+            Ok(other) => {
+                tracing::error!(?other, "unexpected answer to a gift");
+                outcome.code = code::UNAVAILABLE.to_owned();
+                outcome.desc = "unexpected answer; retry with the same id".to_owned();
+            }
+            Err(error) => {
+                tracing::warn!(%error, "gift not applied");
+                outcome.code = code::UNAVAILABLE.to_owned();
+                outcome.desc = "temporarily unavailable; retry with the same id".to_owned();
+            }
         }
     }
+    .instrument(span)
+    .await;
     outcome
 }

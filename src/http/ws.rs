@@ -10,6 +10,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use crate::gateway::protocol::code;
 use crate::gateway::session::{self, READ_BUFFER_BYTES};
@@ -70,7 +71,13 @@ pub async fn upgrade(
         .max_frame_size(protocol::MAX_READ_BYTES)
         .on_upgrade(move |socket| {
             let tasks = gateway.tasks().clone();
-            tasks.track_future(session::run(gateway, identity, socket))
+            let span = tracing::info_span!(
+                "conn",
+                node = gateway.node().id(),
+                user = %identity.user(),
+                session = tracing::field::Empty
+            );
+            tasks.track_future(session::run(gateway, identity, socket).instrument(span))
         })
         .into_response()
 }
