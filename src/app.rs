@@ -174,10 +174,18 @@ impl App {
         self.servers.close();
         self.servers.wait().await;
         tracing::info!("shutting down");
+        let step = std::time::Instant::now();
         self.sinks.shutdown().await;
+        tracing::debug!(took = ?step.elapsed(), "sinks stopped");
+        let step = std::time::Instant::now();
         self.duties.stop().await;
+        tracing::debug!(took = ?step.elapsed(), "duties stopped");
+        let step = std::time::Instant::now();
         self.gateway.stop().await;
+        tracing::debug!(took = ?step.elapsed(), "gateway stopped");
+        let step = std::time::Instant::now();
         self.node.shutdown().await;
+        tracing::debug!(took = ?step.elapsed(), "groups stopped");
     }
 
     /// Cancels the shutdown token and waits until everything has stopped.

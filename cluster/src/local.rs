@@ -28,6 +28,8 @@ pub enum LocalError {
     Io(String, std::io::Error),
     #[error("node {node} did not start: {reason} (see {log})")]
     NotStarted { node: u64, reason: String, log: String },
+    #[error("node {node} did not stop: {reason} (see {log})")]
+    NotStopped { node: u64, reason: String, log: String },
     #[error("no node {0}")]
     NoNode(u64),
 }
@@ -182,6 +184,29 @@ impl LocalCluster {
         }
         node.stopped = false;
         Ok(())
+    }
+
+    /// Stops node `id` as an orchestrator does: SIGTERM (the node drains: hands its groups
+    /// off, closes its clients with 1012), then waits for the process to exit, for at most
+    /// `limit`. Returns how long the exit took.
+    pub fn terminate(&mut self, id: u64, limit: Duration) -> Result<Duration, LocalError> {
+        let started = Instant::now();
+        self.signal(id, "TERM")?;
+        let node = self.nodes.get_mut(&id).ok_or(LocalError::NoNode(id))?;
+        let Some(child) = node.child.as_mut() else { return Ok(Duration::ZERO) };
+        loop {
+            match child.try_wait().map_err(|e| LocalError::Io(format!("waiting for node {id}"), e))? {
+                Some(_) => break,
+                None if started.elapsed() > limit => {
+                    let reason = format!("still running {limit:?} after SIGTERM");
+                    return Err(LocalError::NotStopped { node: id, reason, log: node.log_path.display().to_string() });
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        node.child = None;
+        node.stopped = false;
+        Ok(started.elapsed())
     }
 
     /// Freezes node `id` with SIGSTOP: its sockets stay open but it answers nothing.

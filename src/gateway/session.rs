@@ -434,7 +434,12 @@ impl Connection {
         let user = self.identity.user;
         let grace = gateway.config.off_air_grace;
         self.gateway.tasks.spawn(async move {
-            tokio::time::sleep(grace).await;
+            // A stopping node does not wait: its anchors were told to reconnect elsewhere,
+            // and what a node that is gone decided is unknown either way (as after a crash).
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {}
+                () = gateway.stopping.cancelled() => return,
+            }
             if !gateway.hub.anchor_present(user, room)
                 && let Err(error) =
                     gateway.node.propose_lobby(LobbyAction::GoOffAir { anchor: user, node: gateway.node.id() }).await
