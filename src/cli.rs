@@ -406,7 +406,12 @@ pub fn cluster_table(cluster: &ClusterStatus) -> String {
     let list = |ids: &[u64]| {
         if ids.is_empty() { "-".to_owned() } else { ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",") }
     };
-    let mut out = format!("cluster as node {} sees it\n\n", cluster.asked);
+    let asked = cluster.node(cluster.asked).and_then(|node| node.report.as_ref());
+    let connected = asked.map(|report| list(&report.status.connected)).unwrap_or_else(|| "-".to_owned());
+    let mut out = format!(
+        "node {} (connected to: {connected}) asked every member; a node that did not answer is marked unreachable\n\n",
+        cluster.asked
+    );
     out.push_str(&format!(
         "{:<5} {:<11} {:>4} {:>11} {:>10} {:>6} {:>9} {:>4} {:>8}  {}\n",
         "node", "state", "led", "connections", "pushes", "drops", "gifts", "pks", "matching", "connected to"

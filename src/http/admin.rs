@@ -125,7 +125,7 @@ pub async fn transfer_leader(
     }
     .await;
     let what = format!("place the leadership of group {id} on node {}", request.to);
-    state.audit(&headers, what, &result).await;
+    state.audit_attempt(&headers, what, &result).await;
     result.map(Json).map_err(Failed)
 }
 
@@ -159,16 +159,14 @@ pub async fn drain(
     } else {
         Err(AdminError::Invalid(format!("node {} is not a member of the cluster", request.node)))
     };
-    if !matches!(result, Err(AdminError::Invalid(_))) {
-        state.audit(&headers, what, &result).await;
-    }
+    state.audit_attempt(&headers, what, &result).await;
     result.map(|()| Json(request)).map_err(Failed)
 }
 
 /// Clears every group's leader placement: the balancer spreads leaders again.
 pub async fn balance(State(state): State<AdminState>, headers: HeaderMap) -> Result<Json<MembershipReply>, Failed> {
     let result = state.node.clear_placements().await;
-    state.audit(&headers, "clear every leader placement (balance)".to_owned(), &result).await;
+    state.audit_attempt(&headers, "clear every leader placement (balance)".to_owned(), &result).await;
     let groups = result.map_err(Failed)?;
     tracing::info!("leader placements cleared");
     Ok(Json(MembershipReply { groups }))
@@ -197,7 +195,7 @@ pub async fn add_learner(
 ) -> Result<Json<MembershipReply>, Failed> {
     let result = state.node.add_learner(request.node, &request.addr).await;
     let what = format!("add node {} at {} as a learner", request.node, request.addr);
-    state.audit(&headers, what, &result).await;
+    state.audit_attempt(&headers, what, &result).await;
     let groups = result.map_err(Failed)?;
     tracing::info!(node = request.node, addr = %request.addr, "learner added to every group");
     Ok(Json(MembershipReply { groups }))
@@ -209,7 +207,7 @@ pub async fn promote(
     Body(request): Body<NodeRequest>,
 ) -> Result<Json<MembershipReply>, Failed> {
     let result = state.node.promote(request.node).await;
-    state.audit(&headers, format!("promote node {} to voter", request.node), &result).await;
+    state.audit_attempt(&headers, format!("promote node {} to voter", request.node), &result).await;
     let groups = result.map_err(Failed)?;
     tracing::info!(node = request.node, "node promoted to voter in every group");
     Ok(Json(MembershipReply { groups }))
@@ -221,7 +219,7 @@ pub async fn remove(
     Body(request): Body<NodeRequest>,
 ) -> Result<Json<MembershipReply>, Failed> {
     let result = state.node.remove(request.node).await;
-    state.audit(&headers, format!("remove node {}", request.node), &result).await;
+    state.audit_attempt(&headers, format!("remove node {}", request.node), &result).await;
     let groups = result.map_err(Failed)?;
     tracing::info!(node = request.node, "node removed from every group");
     Ok(Json(MembershipReply { groups }))
@@ -235,7 +233,7 @@ pub async fn set_config(
     // Refused before anything is proposed, with the same words as `pkd config check`.
     pkd_raft::config::check_row(&request.key, &request.value).map_err(|error| Failed(AdminError::Invalid(error)))?;
     let result = state.node.set_config(&request.key, &request.value).await;
-    state.audit(&headers, format!("set {} to {}", request.key, request.value), &result).await;
+    state.audit_attempt(&headers, format!("set {} to {}", request.key, request.value), &result).await;
     let groups = result.map_err(Failed)?;
     tracing::info!(key = %request.key, value = %request.value, "config row set in every group");
     Ok(Json(ConfigReply { groups }))
@@ -332,6 +330,15 @@ fn pk_id(id: u64) -> Result<PkId, Response> {
 }
 
 impl AdminState {
+    /// Writes an action and its outcome to the audit log, unless it was refused for its
+    /// input (a bad value, an unknown group or node: answered 400 or 404, nothing
+    /// changed).
+    async fn audit_attempt<T>(&self, headers: &HeaderMap, what: String, outcome: &Result<T, AdminError>) {
+        if !matches!(outcome, Err(AdminError::Invalid(_) | AdminError::UnknownGroup(_))) {
+            self.audit(headers, what, outcome).await;
+        }
+    }
+
     /// Writes an action and its outcome to the audit log.
     async fn audit<T, E: std::fmt::Display>(&self, headers: &HeaderMap, what: String, outcome: &Result<T, E>) {
         audit::record(&self.node, audit::operator(headers), what, outcome).await;

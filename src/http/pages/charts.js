@@ -33,7 +33,7 @@ export class History {
 function niceMax(value) {
   if (value <= 0) return 1;
   const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 2.5, 5, 10]) {
+  for (const step of [1, 2, 4, 6, 8, 10]) {
     if (step * power >= value) return step * power;
   }
   return 10 * power;
@@ -43,14 +43,15 @@ function shortNumber(value) {
   if (value >= 1e6) return `${(value / 1e6).toFixed(1)}M`;
   if (value >= 1e4) return `${(value / 1e3).toFixed(0)}k`;
   if (value >= 1e3) return `${(value / 1e3).toFixed(1)}k`;
-  return Number.isInteger(value) ? String(value) : value.toFixed(1);
+  return Number.isInteger(value) ? String(value) : String(Number(value.toFixed(2)));
 }
 
 /**
  * Draws `series` ([{label, points: [[t, v], ...]}]) on `canvas`, the time axis ending at
- * `now` and spanning `span` ms, with `unit` after the y labels.
+ * `now` and spanning `span` ms, with `unit` after the y labels; the y axis reaches at
+ * least `floor`.
  */
-export function drawLines(canvas, series, { now, span = 180_000, unit = "" } = {}) {
+export function drawLines(canvas, series, { now, span = 180_000, unit = "", floor = 1 } = {}) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth || 400;
   const height = canvas.clientHeight || 180;
@@ -71,7 +72,7 @@ export function drawLines(canvas, series, { now, span = 180_000, unit = "" } = {
   const start = end - span;
   let max = 0;
   for (const s of series) for (const [t, v] of s.points) if (t >= start) max = Math.max(max, v);
-  max = niceMax(max);
+  max = niceMax(Math.max(max, floor));
   g.font = "11px system-ui, sans-serif";
   g.fillStyle = "#677084";
   g.strokeStyle = "#e6e9ef";
@@ -91,6 +92,7 @@ export function drawLines(canvas, series, { now, span = 180_000, unit = "" } = {
   for (let i = 0; i <= 3; i += 1) {
     const x = left + (plotW * i) / 3;
     const seconds = Math.round((span * (3 - i)) / 3 / 1000);
+    g.textAlign = i === 0 ? "left" : i === 3 ? "right" : "center";
     g.fillText(i === 3 ? "now" : `-${seconds}s`, x, top + plotH + 5);
   }
   series.forEach((s, index) => {

@@ -149,14 +149,14 @@ function chartCard(title, canvasId, legendId) {
   );
 }
 
-function drawChart(canvasId, legendId, prefix, labelOf, unit = "") {
+function drawChart(canvasId, legendId, prefix, labelOf, unit = "", floor = 1) {
   const canvas = $(canvasId);
   if (!canvas) return;
   const names = history.names(prefix);
   drawLines(
     canvas,
     names.map((name) => ({ label: labelOf(name.slice(prefix.length)), points: history.get(name) })),
-    { now: nodeNow(), span: CHART_SPAN, unit },
+    { now: nodeNow(), span: CHART_SPAN, unit, floor },
   );
   fill($(legendId), legend(names.map((name) => labelOf(name.slice(prefix.length)))));
 }
@@ -395,7 +395,7 @@ const clusterPage = {
       }),
     );
     drawChart("chart-commits", "legend-commits", "commits:", (g) => `group ${g}`, "/s");
-    drawChart("chart-lag", "legend-lag", "lag:", (g) => `group ${g}`);
+    drawChart("chart-lag", "legend-lag", "lag:", (g) => `group ${g}`, "", 4);
   },
 };
 
@@ -705,7 +705,7 @@ function options(values, labelOf, selected) {
 
 function refill(select, values, labelOf) {
   const selected = select.value;
-  const wanted = values.map(String).join(",");
+  const wanted = values.map((v) => `${v}=${labelOf(v)}`).join("|");
   if (select.dataset.values === wanted) return;
   select.dataset.values = wanted;
   fill(select, options(values, labelOf, selected));

@@ -131,7 +131,7 @@ export function scoreboard(state, nowMs, viewers) {
       { class: "meta" },
       el("span", { class: `phase p${state.status}`, dataset: { phase: state.status } }, phase(state.status)),
       el("span", { class: "pkid" }, `PK ${state.pkId}`),
-      el("span", { class: "left", dataset: { left: Math.max(0, state.endTime - nowMs) } }, `${left} left`),
+      el("span", { class: "left", dataset: { left: Math.max(0, Math.round(state.endTime - nowMs)) } }, `${left} left`),
     ),
     el(
       "div",

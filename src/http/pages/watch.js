@@ -79,7 +79,7 @@ function onReply(reply) {
   }
   if (reply.commandId === -44 && asked && typeof reply.result === "number") {
     const now = Date.now();
-    page.offset = reply.result - (asked.sentAt + now) / 2;
+    page.offset = Math.round(reply.result - (asked.sentAt + now) / 2);
   }
   if (reply.commandId === -40 || reply.commandId === -42) {
     page.state = reply.result ?? null;
@@ -147,13 +147,14 @@ function connect() {
       const why = await whyRefused();
       if (why === "refused") {
         page.state = null;
-        draw();
+        $("room").hidden = true;
         showError("The node refused the login token (HTTP 401): check the token and try again.");
         $("join").hidden = false;
         return;
       }
     }
     if (event.code === 4001) {
+      $("room").hidden = true;
       showError("The login token expired: enter a fresh one.");
       $("join").hidden = false;
       return;
