@@ -278,7 +278,8 @@ async fn the_console_shows_the_cluster_and_a_live_pk_and_acts_with_confirmation(
     page.wait_for("document.querySelector('#matching tr[data-anchor=\"401\"]')", WAIT, "the waiting anchor").await?;
     page.screenshot("console-lobby").await?;
     page.click("#nav a[data-page=gateway]").await?;
-    page.wait_for("document.querySelectorAll('#gateway tr[data-node]').length === 3", WAIT, "the gateway table").await?;
+    page.wait_for("document.querySelectorAll('#gateway tr[data-node]').length === 3", WAIT, "the gateway table")
+        .await?;
     page.screenshot("console-gateway").await?;
     page.click("#nav a[data-page=config]").await?;
     page.wait_for("document.querySelector('textarea[data-key=pk_duration]')", WAIT, "the config rows").await?;

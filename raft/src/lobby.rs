@@ -61,8 +61,9 @@ pub struct Lobby {
     /// The operators' audit log. It is not part of the machine's own encoding: a
     /// snapshot carries it in a section of its own, after the machine (format 3), so
     /// that a format-2 snapshot, which has none, still reads.
+    /// Boxed: most commands never touch it, and the machine stays small to move.
     #[serde(skip)]
-    audit: AuditLog,
+    audit: Box<AuditLog>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -381,7 +382,7 @@ impl Lobby {
 
     /// Puts back the audit log a snapshot carried beside the machine.
     pub(crate) fn set_audit(&mut self, audit: AuditLog) {
-        self.audit = audit;
+        *self.audit = audit;
     }
 
     pub fn summary(&self) -> LobbySummary {

@@ -277,7 +277,7 @@ pub async fn pks(State(state): State<AdminState>) -> Json<PkList> {
 
 /// `GET /admin/pks/{id}`: 404 unless the PK runs.
 pub async fn pk(State(state): State<AdminState>, Path(id): Path<u64>) -> Result<Json<PkEntry>, Response> {
-    let pk = pk_id(id)?;
+    let pk = pk_id(id).map_err(|message| failure(StatusCode::BAD_REQUEST, message))?;
     views::pk(&state.node, pk)
         .map(Json)
         .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("no running PK {id} on this node")))
@@ -290,7 +290,7 @@ pub async fn abort_pk(
     headers: HeaderMap,
     Path(id): Path<u64>,
 ) -> Result<Json<AbortReply>, Response> {
-    let pk = pk_id(id)?;
+    let pk = pk_id(id).map_err(|message| failure(StatusCode::BAD_REQUEST, message))?;
     let arena = state.node.arena_of(pk);
     let result = match state.node.propose_arena(arena, ArenaAction::AbortPk { pk }).await {
         Ok(EngineResponse::Rejected(pkd_raft::Reason::NoSuchPk)) => {
@@ -322,11 +322,11 @@ pub async fn audit_log(State(state): State<AdminState>, Query(query): Query<Audi
 }
 
 /// A PK id from a path: 1 to 2^63-1, as everywhere else.
-fn pk_id(id: u64) -> Result<PkId, Response> {
-    if id == 0 || id > i64::MAX as u64 {
-        return Err(failure(StatusCode::BAD_REQUEST, format!("a PK id is 1 to {}, not {id}", i64::MAX)));
+fn pk_id(id: u64) -> Result<PkId, String> {
+    match id {
+        1..=0x7fff_ffff_ffff_ffff => Ok(PkId(id)),
+        _ => Err(format!("a PK id is 1 to {}, not {id}", i64::MAX)),
     }
-    Ok(PkId(id))
 }
 
 impl AdminState {

@@ -102,7 +102,11 @@ pub async fn gift(client: &mut GiftClient, id: u64, receiver: u64, sender: u64, 
             receiver,
             sender,
             beans,
-            sender_profile: Some(SenderProfile { nickname: format!("fan{sender}"), level: 7, ..SenderProfile::default() }),
+            sender_profile: Some(SenderProfile {
+                nickname: format!("fan{sender}"),
+                level: 7,
+                ..SenderProfile::default()
+            }),
         };
         let reply = client.send(&gift).await?;
         match reply.code.as_str() {
