@@ -671,7 +671,7 @@ const configPage = {
         return el(
           "div",
           { class: "card", dataset: { row: row.key } },
-          el("h3", {}, row.key),
+          el("h3", { class: "key" }, row.key),
           value,
           el(
             "div",
