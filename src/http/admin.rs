@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -276,7 +277,11 @@ pub async fn pks(State(state): State<AdminState>) -> Json<PkList> {
 }
 
 /// `GET /admin/pks/{id}`: 404 unless the PK runs.
-pub async fn pk(State(state): State<AdminState>, Path(id): Path<u64>) -> Result<Json<PkEntry>, Response> {
+pub async fn pk(
+    State(state): State<AdminState>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<Json<PkEntry>, Response> {
+    let Path(id) = id.map_err(|rejection| failure(StatusCode::BAD_REQUEST, rejection.body_text()))?;
     let pk = pk_id(id).map_err(|message| failure(StatusCode::BAD_REQUEST, message))?;
     views::pk(&state.node, pk)
         .map(Json)
@@ -288,8 +293,9 @@ pub async fn pk(State(state): State<AdminState>, Path(id): Path<u64>) -> Result<
 pub async fn abort_pk(
     State(state): State<AdminState>,
     headers: HeaderMap,
-    Path(id): Path<u64>,
+    id: Result<Path<u64>, PathRejection>,
 ) -> Result<Json<AbortReply>, Response> {
+    let Path(id) = id.map_err(|rejection| failure(StatusCode::BAD_REQUEST, rejection.body_text()))?;
     let pk = pk_id(id).map_err(|message| failure(StatusCode::BAD_REQUEST, message))?;
     let arena = state.node.arena_of(pk);
     let result = match state.node.propose_arena(arena, ArenaAction::AbortPk { pk }).await {
@@ -317,8 +323,12 @@ pub struct AuditQuery {
 }
 
 /// `GET /admin/audit?after=SEQ`.
-pub async fn audit_log(State(state): State<AdminState>, Query(query): Query<AuditQuery>) -> Json<AuditList> {
-    Json(views::audit(&state.node, query.after))
+pub async fn audit_log(
+    State(state): State<AdminState>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<AuditList>, Response> {
+    let Query(query) = query.map_err(|rejection| failure(StatusCode::BAD_REQUEST, rejection.body_text()))?;
+    Ok(Json(views::audit(&state.node, query.after)))
 }
 
 /// A PK id from a path: 1 to 2^63-1, as everywhere else.
