@@ -102,8 +102,15 @@ pub async fn start(config: AppConfig, listeners: Listeners, shutdown: Cancellati
     }
     let client_options = ServeOptions::client(tls.clone());
     servers.spawn(server::serve(listeners.client, client_router, client_options, shutdown.clone()));
+    http::console::cluster::answer_peers(gateway.clone(), sinks.metrics(), drain_requested.clone());
     if let Some((listener, token)) = admin {
-        let admin_router = http::admin_router(gateway.clone(), &token, sinks.metrics(), drain_requested.clone());
+        let admin_router = http::admin_router(http::AdminSetup {
+            gateway: gateway.clone(),
+            token,
+            sinks: sinks.metrics(),
+            drain: drain_requested.clone(),
+            closing: shutdown.clone(),
+        });
         servers.spawn(server::serve(listener, admin_router, ServeOptions::admin(tls), shutdown.clone()));
     }
     if node.network().is_some() {

@@ -3,8 +3,7 @@
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use pkd_cluster::AdminClient;
-use pkd_cluster::api::{GroupKind, InitRequest, NodeStatus};
-use pkd_raft::{Config, ConfigKey};
+use pkd_cluster::api::{ClusterStatus, GroupKind, InitRequest};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -134,8 +133,14 @@ pub enum ClusterCommand {
         #[arg(long)]
         node: u64,
     },
-    /// Print every group as the node sees it.
-    Status,
+    /// Print the whole cluster: every node (unreachable ones marked) with its gateway
+    /// figures, and every group with its leader, term, log positions on each node,
+    /// members and lag. The node named by --admin asks the others.
+    Status {
+        /// Print the JSON of `GET /admin/cluster` instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set a `t_config` row in every group.
     SetConfig { key: String, value: String },
 }
@@ -222,11 +227,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config(ConfigCommand::Check { file: Some(path), .. }) => check_settings_file(&path),
         Command::Config(ConfigCommand::Check { key: Some(key), value: Some(value), file: None }) => {
-            if ConfigKey::from_name(&key).is_none() {
-                let known: Vec<&str> = ConfigKey::ALL.iter().map(|k| k.name()).collect();
-                bail!("unknown key {key}; the keys are {}", known.join(", "));
-            }
-            let config = Config::default().with(&key, &value)?;
+            let config = pkd_raft::config::check_row(&key, &value).map_err(anyhow::Error::msg)?;
             println!("{key} is valid; with it the engine runs with:\n{config:#?}");
             Ok(())
         }
@@ -336,7 +337,10 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
             client.drain(node).await?;
             println!("node {node} is draining; it stops once its groups have other leaders");
         }
-        ClusterCommand::Status => print!("{}", status_table(&client.status().await?)),
+        ClusterCommand::Status { json: true } => {
+            println!("{}", serde_json::to_string_pretty(&client.cluster().await?)?)
+        }
+        ClusterCommand::Status { json: false } => print!("{}", cluster_table(&client.cluster().await?)),
     }
     Ok(())
 }
@@ -395,37 +399,101 @@ pub fn load_settings_file() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The status as a table, one line per group.
-pub fn status_table(status: &NodeStatus) -> String {
+/// The cluster as two tables: the nodes, then the groups (log positions as each node
+/// holds them, lag as the leader sees it).
+pub fn cluster_table(cluster: &ClusterStatus) -> String {
     let optional = |value: Option<u64>| value.map_or_else(|| "-".to_owned(), |value| value.to_string());
     let list = |ids: &[u64]| {
         if ids.is_empty() { "-".to_owned() } else { ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",") }
     };
-    let mut out = format!("node {} (connected to: {})\n", status.node, list(&status.connected));
+    let asked = cluster.node(cluster.asked).and_then(|node| node.report.as_ref());
+    let connected = asked.map(|report| list(&report.status.connected)).unwrap_or_else(|| "-".to_owned());
+    let mut out = format!(
+        "node {} (connected to: {connected}) asked every member; a node that did not answer is marked unreachable\n\n",
+        cluster.asked
+    );
     out.push_str(&format!(
-        "{:<6} {:<6} {:<10} {:<7} {:>5} {:>9} {:>9} {:>9}  {:<9} {:<9} {}\n",
-        "group", "kind", "state", "leader", "term", "last log", "committed", "applied", "voters", "learners", "lag"
+        "{:<5} {:<11} {:>4} {:>11} {:>10} {:>6} {:>9} {:>4} {:>8}  {}\n",
+        "node", "state", "led", "connections", "pushes", "drops", "gifts", "pks", "matching", "connected to"
     ));
-    for group in &status.groups {
-        let kind = match group.kind {
+    let groups: Vec<u64> = cluster
+        .reports()
+        .flat_map(|report| report.status.groups.iter().map(|group| group.id))
+        .collect::<std::collections::BTreeSet<u64>>()
+        .into_iter()
+        .collect();
+    let leaders: BTreeMap<u64, Option<u64>> = groups.iter().map(|&group| (group, cluster.leader(group))).collect();
+    for node in &cluster.nodes {
+        let led = leaders.values().filter(|leader| **leader == Some(node.node)).count();
+        match &node.report {
+            Some(report) => {
+                let state = if report.draining { "draining" } else { "up" };
+                let g = &report.gateway;
+                out.push_str(&format!(
+                    "{:<5} {:<11} {:>4} {:>11} {:>10} {:>6} {:>9} {:>4} {:>8}  {}\n",
+                    node.node,
+                    state,
+                    led,
+                    g.connections,
+                    g.pushes,
+                    g.slow_drops,
+                    g.gifts,
+                    report.pks_running,
+                    report.matching,
+                    list(&report.status.connected)
+                ));
+            }
+            None => out.push_str(&format!(
+                "{:<5} {:<11} {:>4}  {}\n",
+                node.node,
+                "UNREACHABLE",
+                led,
+                node.error.as_deref().unwrap_or("no answer")
+            )),
+        }
+    }
+    let reporting: Vec<u64> = cluster.reports().map(|report| report.status.node).collect();
+    out.push_str(&format!(
+        "\n{:<6} {:<6} {:<7} {:>5}  {:<9} {:<9} {:<14} {}\n",
+        "group",
+        "kind",
+        "leader",
+        "term",
+        "voters",
+        "learners",
+        "lag",
+        reporting.iter().map(|id| format!("n{id} commit/applied")).collect::<Vec<_>>().join("  ")
+    ));
+    for &group in &groups {
+        let leader = leaders.get(&group).copied().flatten();
+        let views: Vec<_> = cluster.reports().filter_map(|report| report.status.group(group)).collect();
+        let Some(any) = views.first() else { continue };
+        let led = leader.and_then(|leader| cluster.node(leader)).and_then(|node| node.report.as_ref());
+        let led = led.and_then(|report| report.status.group(group)).unwrap_or(any);
+        let kind = match led.kind {
             GroupKind::Lobby => "lobby",
             GroupKind::Arena => "arena",
         };
-        let lag: Vec<String> =
-            group.replication.iter().map(|member| format!("{}:{}", member.node, member.lag)).collect();
+        let lag: Vec<String> = led.replication.iter().map(|member| format!("{}:{}", member.node, member.lag)).collect();
+        let positions: Vec<String> = reporting
+            .iter()
+            .map(|id| {
+                let view = cluster.node(*id).and_then(|node| node.report.as_ref()).and_then(|r| r.status.group(group));
+                let text =
+                    view.map_or("-".to_owned(), |v| format!("{}/{}", optional(v.committed), optional(v.applied)));
+                format!("{text:<18}")
+            })
+            .collect();
         out.push_str(&format!(
-            "{:<6} {:<6} {:<10} {:<7} {:>5} {:>9} {:>9} {:>9}  {:<9} {:<9} {}\n",
-            group.id,
+            "{:<6} {:<6} {:<7} {:>5}  {:<9} {:<9} {:<14} {}\n",
+            group,
             kind,
-            group.state,
-            optional(group.leader),
-            group.term,
-            optional(group.last_log_index),
-            optional(group.committed),
-            optional(group.applied),
-            list(&group.voters),
-            list(&group.learners),
+            optional(leader),
+            led.term,
+            list(&led.voters),
+            list(&led.learners),
             if lag.is_empty() { "-".to_owned() } else { lag.join(" ") },
+            positions.join("  ").trim_end()
         ));
     }
     out

@@ -129,6 +129,48 @@ pub fn gift_answered(outcome: &'static str, code: &str) {
     counter!(GIFTS, "outcome" => outcome, "code" => code.to_owned()).increment(1);
 }
 
+/// The event counters of this process, summed over their labels: what the admin
+/// console's per-node figures show, read from the same exporter `/metrics` renders.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventTotals {
+    /// [`PUSHES`], every push type.
+    pub pushes: u64,
+    /// [`SLOW_DROPS`].
+    pub slow_drops: u64,
+    /// [`GIFTS`] with outcome `counted`.
+    pub gifts_counted: u64,
+    /// [`COMMANDS`], every command and code.
+    pub commands: u64,
+    /// [`CONNECTIONS_REFUSED`].
+    pub connections_refused: u64,
+}
+
+/// Reads the event counters from the exporter's text.
+pub fn event_totals() -> EventTotals {
+    totals_in(&exporter().render())
+}
+
+fn totals_in(text: &str) -> EventTotals {
+    let mut totals = EventTotals::default();
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let labels = line.get(name_end..).and_then(|rest| rest.strip_prefix('{')).and_then(|rest| rest.split_once('}'));
+        let labels = labels.map_or("", |(labels, _)| labels);
+        let Some(value) = line.rsplit(' ').next().and_then(|value| value.parse::<f64>().ok()) else { continue };
+        let value = value as u64;
+        match name {
+            PUSHES => totals.pushes += value,
+            SLOW_DROPS => totals.slow_drops += value,
+            GIFTS if labels.split(',').any(|label| label == "outcome=\"counted\"") => totals.gifts_counted += value,
+            COMMANDS => totals.commands += value,
+            CONNECTIONS_REFUSED => totals.connections_refused += value,
+            _ => {}
+        }
+    }
+    totals
+}
+
 /// Renders the metrics, after sampling the states.
 pub fn render(gateway: &Gateway, sinks: &SinkCounters) -> String {
     let handle = exporter();
@@ -174,4 +216,26 @@ fn sample(gateway: &Gateway, sinks: &SinkCounters) {
     let (open, max) = procfs::file_descriptors(me).unwrap_or((0, 0));
     gauge!(PROCESS_FDS).set(open as f64);
     gauge!(PROCESS_MAX_FDS).set(max as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_totals_sum_over_labels() {
+        let text = "# TYPE pkd_pushes_total counter\n\
+            pkd_pushes_total{type=\"10\"} 7\n\
+            pkd_pushes_total{type=\"13\"} 2\n\
+            pkd_gifts_total{outcome=\"counted\",code=\"000000\"} 5\n\
+            pkd_gifts_total{outcome=\"refused\",code=\"905041\"} 9\n\
+            pkd_sessions_dropped_slow_total 3\n\
+            pkd_commands_total{command=\"40\",code=\"000000\"} 4\n\
+            pkd_pushes_total_other 100\n";
+        let totals = totals_in(text);
+        assert_eq!(
+            totals,
+            EventTotals { pushes: 9, slow_drops: 3, gifts_counted: 5, commands: 4, connections_refused: 0 }
+        );
+    }
 }

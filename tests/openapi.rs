@@ -440,6 +440,45 @@ async fn a_running_node_answers_as_documented() -> anyhow::Result<()> {
     ensure!(status == 422, "{status}");
     let (status, body) = c.call(&admin, "get", "/admin/backup", "/admin/backup", token, None).await?;
     ensure!(status == 200 && body.starts_with(b"PKDBAK"));
+    // The console's data (docs/console.md); the live feed only without its token, since
+    // with it the stream does not end.
+    for (template, path) in [
+        ("/admin/cluster", "/admin/cluster"),
+        ("/admin/pks", "/admin/pks"),
+        ("/admin/lobby", "/admin/lobby"),
+        ("/admin/config", "/admin/config"),
+        ("/admin/audit", "/admin/audit?after=0"),
+    ] {
+        let (status, _) = c.call(&admin, "get", template, path, token, None).await?;
+        ensure!(status == 200, "{path}: {status}");
+    }
+    let (status, _) = c.call(&admin, "get", "/admin/audit", "/admin/audit?after=x", token, None).await?;
+    ensure!(status == 400, "{status}");
+    for (method, template, path) in
+        [("get", "/admin/pks/{id}", "/admin/pks/7"), ("post", "/admin/pks/{id}/abort", "/admin/pks/7/abort")]
+    {
+        let (status, _) = c.call(&admin, method, template, path, token, None).await?;
+        ensure!(status == 404, "{path}: {status}");
+        let (status, _) = c.call(&admin, method, template, &path.replace('7', "seven"), token, None).await?;
+        ensure!(status == 400, "{path}: {status}");
+    }
+    let check = json!({ "key": "pk_duration", "value": "1500" }).to_string();
+    let (status, body) =
+        c.call(&admin, "post", "/admin/config/check", "/admin/config/check", token, Some(check.as_bytes())).await?;
+    ensure!(status == 200 && serde_json::from_slice::<Value>(&body)?["valid"] == false, "{status}");
+    // The pages: public, without data.
+    for (address, template, path, expected) in [
+        (&admin, "/console", "/console", 200),
+        (&admin, "/console/{file}", "/console/console.js", 200),
+        (&admin, "/console/{file}", "/console/style.css", 200),
+        (&admin, "/console/{file}", "/console/none.js", 404),
+        (&client, "/watch", "/watch?room=1", 200),
+        (&client, "/watch/{file}", "/watch/watch.js", 200),
+        (&client, "/watch/{file}", "/watch/none.css", 404),
+    ] {
+        let (status, _) = c.call(address, "get", template, path, None, None).await?;
+        ensure!(status == expected, "{path}: {status}");
+    }
     let (status, body) = c.call(&admin, "get", "/metrics", "/metrics", token, None).await?;
     ensure!(status == 200 && String::from_utf8_lossy(&body).contains("pkd_"), "{status}");
 

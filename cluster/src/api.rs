@@ -4,14 +4,26 @@
 //! | route | body | answer |
 //! |---|---|---|
 //! | `GET /admin/status` | | [`NodeStatus`] |
+//! | `GET /admin/cluster` | | [`ClusterStatus`] |
 //! | `POST /admin/groups/{id}/transfer-leader` | [`TransferLeaderRequest`] | [`LeaderReply`] |
 //! | `POST /admin/balance` | | [`MembershipReply`] |
-//! | `POST /admin/drain` | [`NodeRequest`] (this node's id) | [`NodeRequest`] |
+//! | `POST /admin/drain` | [`NodeRequest`] (any node's id) | [`NodeRequest`] |
 //! | `POST /admin/init` | [`InitRequest`] | [`MembershipReply`] |
 //! | `POST /admin/learners` | [`AddLearnerRequest`] | [`MembershipReply`] |
 //! | `POST /admin/promote` | [`NodeRequest`] | [`MembershipReply`] |
 //! | `POST /admin/remove` | [`NodeRequest`] | [`MembershipReply`] |
 //! | `POST /admin/config` | [`ConfigRequest`] | [`ConfigReply`] |
+//! | `GET /admin/config` | | [`ConfigRows`] |
+//! | `POST /admin/config/check` | [`ConfigRequest`] | [`ConfigCheck`] |
+//! | `GET /admin/pks` | | [`PkList`] |
+//! | `GET /admin/pks/{id}` | | [`PkEntry`] |
+//! | `POST /admin/pks/{id}/abort` | | [`AbortReply`] |
+//! | `GET /admin/lobby` | | [`LobbyView`] |
+//! | `GET /admin/audit?after=SEQ` | | [`AuditList`] |
+//! | `GET /admin/events` | | Server-Sent Events: `cluster`, `pks`, `lobby`, `audit` |
+//!
+//! A request that changes something may name its operator in an `X-Pkd-Operator` header
+//! (up to 64 printable characters); the audit log records it as the action's `who`.
 //!
 //! A refused or failed request answers with a 4xx or 5xx status and an [`ErrorReply`].
 
@@ -73,6 +85,221 @@ impl NodeStatus {
     pub fn group(&self, id: u64) -> Option<&GroupStatus> {
         self.groups.iter().find(|group| group.id == id)
     }
+}
+
+/// The header naming the operator of a request, for the audit log.
+pub const OPERATOR_HEADER: &str = "x-pkd-operator";
+
+/// `GET /admin/cluster`: every node's own report, gathered by the answering node over
+/// the cluster's network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub asked: NodeId,
+    /// Its clock when it answered, in ms since the epoch.
+    pub at_ms: i64,
+    /// Every node that a group counts as a voter or learner, or that the answering node is
+    /// connected to, in id order.
+    pub nodes: Vec<ClusterNode>,
+}
+
+impl ClusterStatus {
+    /// Node `id`'s entry.
+    pub fn node(&self, id: NodeId) -> Option<&ClusterNode> {
+        self.nodes.iter().find(|node| node.node == id)
+    }
+
+    /// The reports of the nodes that answered.
+    pub fn reports(&self) -> impl Iterator<Item = &NodeReport> {
+        self.nodes.iter().filter_map(|node| node.report.as_ref())
+    }
+
+    /// Group `group`'s leader, as the reachable nodes see it: the one a node names as
+    /// itself (the leader's own word), else the one most of them name.
+    pub fn leader(&self, group: u64) -> Option<NodeId> {
+        let views: Vec<(NodeId, Option<NodeId>)> = self
+            .reports()
+            .filter_map(|report| Some((report.status.node, report.status.group(group)?.leader)))
+            .collect();
+        if let Some((me, _)) = views.iter().find(|(me, leader)| *leader == Some(*me)) {
+            return Some(*me);
+        }
+        let mut counts: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for leader in views.iter().filter_map(|(_, leader)| *leader) {
+            *counts.entry(leader).or_default() += 1;
+        }
+        counts.into_iter().max_by_key(|(_, count)| *count).map(|(leader, _)| leader)
+    }
+}
+
+/// One node in [`ClusterStatus`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    pub node: NodeId,
+    /// It answered in time.
+    pub reachable: bool,
+    /// Why it did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What it said of itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<NodeReport>,
+}
+
+/// A node's account of itself: its view of the groups, its gateway and its sinks.
+/// Counters count from the node's start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub status: NodeStatus,
+    /// The node's clock, in ms since the epoch.
+    pub at_ms: i64,
+    /// It is draining: it takes no new connections and is about to stop.
+    pub draining: bool,
+    /// PKs running in its replicas.
+    pub pks_running: u64,
+    /// Anchors matching in its lobby replica.
+    pub matching: u64,
+    pub gateway: GatewayFigures,
+    pub sinks: SinkFigures,
+    /// CPU time of the process, in seconds.
+    pub cpu_seconds: f64,
+    /// Resident memory of the process, in bytes.
+    pub memory_bytes: u64,
+}
+
+/// A node's WebSocket gateway and gift API (the counters `/metrics` exports).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayFigures {
+    /// WebSocket sessions open now.
+    pub connections: u64,
+    /// Push frames handed to sessions.
+    pub pushes: u64,
+    /// Sessions dropped for taking their pushes too slowly.
+    pub slow_drops: u64,
+    /// Gifts counted through this node's gift API.
+    pub gifts: u64,
+    /// WebSocket commands answered.
+    pub commands: u64,
+    /// WebSocket upgrades refused (a user's cap, draining).
+    pub refused: u64,
+}
+
+/// A node's results store and read cache (the counters `/metrics` exports).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkFigures {
+    pub results_written: u64,
+    pub results_repaired: u64,
+    pub results_errors: u64,
+    /// Settlement to stored, for the last PK stored, in ms.
+    pub results_lag_ms: u64,
+    /// The worst such delay seen.
+    pub results_lag_max_ms: u64,
+    pub cache_changes: u64,
+    pub cache_rebuilds: u64,
+    pub cache_errors: u64,
+}
+
+/// `GET /admin/config`: every `t_config` row as the answering node's lobby replica holds
+/// it, in the row's own format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRows {
+    pub rows: Vec<ConfigRequest>,
+}
+
+/// `POST /admin/config/check`: the value is valid (`valid`, and what the engine reads in
+/// it), or why not. Nothing is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigCheck {
+    pub valid: bool,
+    /// What the engine makes of the whole config with this value, or the refusal.
+    pub message: String,
+}
+
+/// `GET /admin/pks`: every running PK in the answering node's replicas.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PkList {
+    /// The node's clock when it rendered them, in ms.
+    pub at_ms: i64,
+    pub pks: Vec<PkEntry>,
+}
+
+/// One PK: its arena, the viewers of each side, and its state exactly as push 10 carries
+/// it (`state`: `pkId`, `status`, `endTime`, `sourceGifts`, `sourceTopGifts`, ...).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PkEntry {
+    pub arena: u64,
+    /// Viewers in the source's and the target's room, over every node.
+    pub viewers: [u32; 2],
+    pub state: serde_json::Value,
+}
+
+/// `POST /admin/pks/{id}/abort`: the PK ended abnormally (status 3, no winner); both
+/// rooms got its last push 10 and push 15.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortReply {
+    pub pk: u64,
+    pub arena: u64,
+}
+
+/// `GET /admin/lobby`: matchmaking as the answering node's lobby replica holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LobbyView {
+    pub at_ms: i64,
+    /// Anchors streaming now (the pool for invitations).
+    pub live: u64,
+    pub matching: Vec<MatchingEntry>,
+    pub invitations: Vec<InvitationEntry>,
+    pub cooldowns: Vec<CooldownEntry>,
+    /// PKs whose rooms are held: (PK id, source anchor, target anchor).
+    pub held: Vec<[u64; 3]>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchingEntry {
+    pub anchor: u64,
+    pub room: u64,
+    pub country: String,
+    /// When it started matching, in ms.
+    pub since_ms: i64,
+    /// Its current invitation batch (0: none sent yet).
+    pub batch: u32,
+    /// That batch's invitees.
+    pub invitees: Vec<u64>,
+    /// Those of them who refused.
+    pub refused: Vec<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvitationEntry {
+    pub inviter: u64,
+    pub invitee: u64,
+    pub batch: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CooldownEntry {
+    pub anchor: u64,
+    /// When it was last invited, in ms.
+    pub invited_ms: i64,
+    /// When its cool-down ends, in ms.
+    pub until_ms: i64,
+}
+
+/// `GET /admin/audit`: the audit log, oldest first (the last 1,000 entries at most).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditList {
+    pub entries: Vec<AuditItem>,
+}
+
+/// One action an operator took.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditItem {
+    pub seq: u64,
+    /// When, in ms since the epoch (the lobby leader's clock).
+    pub at_ms: i64,
+    pub who: String,
+    pub what: String,
+    pub outcome: String,
 }
 
 /// `POST /admin/groups/{id}/transfer-leader`.

@@ -12,8 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::api::{
-    AddLearnerRequest, ConfigReply, ConfigRequest, ErrorReply, InitRequest, LeaderReply, MembershipReply, NodeId,
-    NodeRequest, NodeStatus, TransferLeaderRequest,
+    AbortReply, AddLearnerRequest, AuditList, ClusterStatus, ConfigCheck, ConfigReply, ConfigRequest, ConfigRows,
+    ErrorReply, InitRequest, LeaderReply, LobbyView, MembershipReply, NodeId, NodeRequest, NodeStatus, OPERATOR_HEADER,
+    PkEntry, PkList, TransferLeaderRequest,
 };
 
 /// The longest a response may be.
@@ -40,12 +41,21 @@ pub struct AdminClient {
     address: String,
     token: String,
     timeout: Duration,
+    /// Sent as the operator of every request, for the audit log.
+    operator: Option<String>,
 }
 
 impl AdminClient {
     /// A client for the node whose admin API listens on `address` ("host:port").
     pub fn new(address: impl Into<String>, token: impl Into<String>) -> AdminClient {
-        AdminClient { address: address.into(), token: token.into(), timeout: Duration::from_secs(60) }
+        AdminClient { address: address.into(), token: token.into(), timeout: Duration::from_secs(60), operator: None }
+    }
+
+    /// The same client, naming `operator` as the one who acts (the audit log's `who`).
+    pub fn with_operator(mut self, operator: impl Into<String>) -> AdminClient {
+        // A header holds no line breaks: control characters are left out.
+        self.operator = Some(operator.into().chars().filter(|c| !c.is_control()).collect());
+        self
     }
 
     /// The same client, giving up on a request after `timeout`.
@@ -63,13 +73,55 @@ impl AdminClient {
         self.call("GET", "/admin/status", None::<&()>).await
     }
 
+    /// `GET /admin/cluster`: every node's report, gathered by this node.
+    pub async fn cluster(&self) -> Result<ClusterStatus, ClientError> {
+        self.call("GET", "/admin/cluster", None::<&()>).await
+    }
+
+    /// `GET /admin/pks`: the running PKs.
+    pub async fn pks(&self) -> Result<PkList, ClientError> {
+        self.call("GET", "/admin/pks", None::<&()>).await
+    }
+
+    /// `GET /admin/pks/{pk}`: one running PK.
+    pub async fn pk(&self, pk: u64) -> Result<PkEntry, ClientError> {
+        self.call("GET", &format!("/admin/pks/{pk}"), None::<&()>).await
+    }
+
+    /// `POST /admin/pks/{pk}/abort`: ends the PK abnormally.
+    pub async fn abort_pk(&self, pk: u64) -> Result<AbortReply, ClientError> {
+        self.call("POST", &format!("/admin/pks/{pk}/abort"), None::<&()>).await
+    }
+
+    /// `GET /admin/lobby`.
+    pub async fn lobby(&self) -> Result<LobbyView, ClientError> {
+        self.call("GET", "/admin/lobby", None::<&()>).await
+    }
+
+    /// `GET /admin/config`: the `t_config` rows.
+    pub async fn config_rows(&self) -> Result<ConfigRows, ClientError> {
+        self.call("GET", "/admin/config", None::<&()>).await
+    }
+
+    /// `POST /admin/config/check`: checks a value without setting it.
+    pub async fn check_config(&self, key: &str, value: &str) -> Result<ConfigCheck, ClientError> {
+        let request = ConfigRequest { key: key.to_owned(), value: value.to_owned() };
+        self.call("POST", "/admin/config/check", Some(&request)).await
+    }
+
+    /// `GET /admin/audit?after={after}`: the audit entries after `after` (0: all).
+    pub async fn audit(&self, after: u64) -> Result<AuditList, ClientError> {
+        self.call("GET", &format!("/admin/audit?after={after}"), None::<&()>).await
+    }
+
     /// `POST /admin/groups/{group}/transfer-leader`.
     pub async fn transfer_leader(&self, group: u64, to: NodeId) -> Result<LeaderReply, ClientError> {
         let path = format!("/admin/groups/{group}/transfer-leader");
         self.call("POST", &path, Some(&TransferLeaderRequest { to })).await
     }
 
-    /// `POST /admin/drain`: drains node `node` (the node this client talks to) and stops it.
+    /// `POST /admin/drain`: drains node `node` and stops it (this node, or another that
+    /// this node asks over the cluster's network).
     pub async fn drain(&self, node: NodeId) -> Result<NodeRequest, ClientError> {
         self.call("POST", "/admin/drain", Some(&NodeRequest { node })).await
     }
@@ -146,9 +198,13 @@ impl AdminClient {
     ) -> Result<(u16, Vec<u8>), ClientError> {
         let io = |source| ClientError::Io { address: self.address.clone(), source };
         let mut stream = TcpStream::connect(&self.address).await.map_err(io)?;
+        let operator = match &self.operator {
+            Some(operator) => format!("{OPERATOR_HEADER}: {operator}\r\n"),
+            None => String::new(),
+        };
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n{operator}Content-Type: \
+             application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             self.address,
             self.token,
             body.len()

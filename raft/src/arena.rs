@@ -7,6 +7,7 @@
 //! It takes [`ArenaAction`]s and fires [`ArenaTimer`]s; a lobby action or timer is
 //! refused (see [`StateMachine::apply`]).
 
+use crate::audit::AuditLog;
 use crate::command::{Action, ArenaAction, ArenaTimer, Command, Gift, GifterProfile, PkOrder, Presence, Seat, Timer};
 use crate::config::Config;
 use crate::deadlines::Deadlines;
@@ -266,7 +267,7 @@ impl StateMachine for Arena {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        encode_snapshot(&MachineRef::Arena(self))
+        encode_snapshot(&MachineRef::Arena(self), &AuditLog::default())
     }
 
     fn restore(bytes: &[u8]) -> Result<Arena, SnapshotError> {

@@ -4,6 +4,7 @@
 //! [`LobbyTimer`], [`ArenaAction`] and [`ArenaTimer`]), so a caller names the kind of
 //! group a command is for in its type.
 
+use crate::audit::AuditRecord;
 use crate::config::PkTiming;
 use crate::ids::{GiftId, PkId, RoomId, TimestampMs, UserId};
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,9 @@ pub enum LobbyAction {
     ConfirmPkCreated { pk: PkId },
     /// The PK is over: release both rooms.
     ReleaseRooms { pk: PkId },
+    /// An operator acted through the admin API: add it to the audit log (the last
+    /// [`crate::audit::AUDIT_CAPACITY`] entries, kept in the lobby's state).
+    RecordAudit(AuditRecord),
 }
 
 /// What an arena can be asked to do.

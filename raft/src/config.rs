@@ -381,6 +381,76 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The `t_config` row `key` as it stands in this config, in the row's own format:
+    /// `Config::default().with(key.name(), &config.row(key))` gives back the same
+    /// setting. `version_control` shows its `pk` entry only (the engine keeps no other).
+    pub fn row(&self, key: ConfigKey) -> String {
+        match key {
+            ConfigKey::PkEnable => self.enabled.to_string(),
+            ConfigKey::PkDuration => {
+                let t = &self.timing;
+                format!("{},{},{},{}", t.opening_ms, t.battle_ms, t.ending_ms, t.rtm_token_validity_ms)
+            }
+            ConfigKey::PkConfig => {
+                let m = &self.matching;
+                format!(
+                    "{{'name':{},'interveningTime':{},'endTime':{},'inviteNum':{},'inviteColdDown':{}}}",
+                    quoted(&m.name),
+                    m.intervening_ms,
+                    m.give_up_ms,
+                    m.invite_count,
+                    m.invite_cooldown_ms
+                )
+            }
+            ConfigKey::PkFilterCountry => {
+                let entries: Vec<String> = self
+                    .country_filter
+                    .blocked
+                    .iter()
+                    .map(|(country, others)| {
+                        let others: Vec<String> = others.iter().map(|other| quoted(other)).collect();
+                        format!("{}:[{}]", quoted(country), others.join(","))
+                    })
+                    .collect();
+                format!("{{{}}}", entries.join(","))
+            }
+            ConfigKey::VersionControl => {
+                let rules: Vec<String> = self
+                    .versions
+                    .minimum
+                    .iter()
+                    .map(|(platform, vc)| format!("{{'vc':{vc},'p':{}}}", quoted(platform)))
+                    .collect();
+                format!("{{pk:[{}]}}", rules.join(","))
+            }
+            ConfigKey::PkLimits => {
+                let l = &self.limits;
+                format!(
+                    "{{'maxGiftBeans':{},'anchorGraceMs':{},'maxGiftsPerPk':{},'topGifters':{}}}",
+                    l.max_gift_beans, l.anchor_grace_ms, l.max_gifts_per_pk, l.top_gifters
+                )
+            }
+        }
+    }
+}
+
+/// Checks a `t_config` row the way the engine will read it: the config the value yields
+/// over the defaults, or exactly why it is refused. `pkd config check`, the admin API and
+/// the web console all check with this.
+pub fn check_row(key: &str, value: &str) -> Result<Config, String> {
+    if ConfigKey::from_name(key).is_none() {
+        let known: Vec<&str> = ConfigKey::ALL.iter().map(|key| key.name()).collect();
+        return Err(format!("unknown key {key}; the keys are {}", known.join(", ")));
+    }
+    Config::default().with(key, value).map_err(|error| error.to_string())
+}
+
+/// `text` as a single-quoted string of the rows' relaxed JSON.
+fn quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = &self.timing;
@@ -434,6 +504,34 @@ fn check_duration(key: &str, value: i64) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_row_renders_in_its_own_format_and_reads_back() {
+        let config = Config::default()
+            .with(
+                "pk_config",
+                "{'name':'it\\'s \\\\ 匹配','interveningTime':1,'endTime':2,'inviteNum':3,'inviteColdDown':4}",
+            )
+            .unwrap()
+            .with("pk_filter_country", "{'IN':['PK','BD'],'US':[]}")
+            .unwrap()
+            .with("version_control", "{pk:[{'vc':207,'p':'android'},{'vc':3,'p':'ios'}]}")
+            .unwrap()
+            .with("pk_limits", "{'topGifters':5}")
+            .unwrap()
+            .with("pk_enable", "false")
+            .unwrap();
+        for key in ConfigKey::ALL {
+            let row = config.row(key);
+            let read = Config::default().with(key.name(), &row).unwrap_or_else(|e| panic!("{row}: {e}"));
+            assert_eq!(read.row(key), row);
+        }
+        let read_back =
+            ConfigKey::ALL.iter().fold(Config::default(), |c, key| c.with(key.name(), &config.row(*key)).unwrap());
+        assert_eq!(read_back, config);
+        assert_eq!(Config::default().row(ConfigKey::PkDuration), "1500,300000,0,600000");
+        assert_eq!(Config::default().row(ConfigKey::VersionControl), "{pk:[{'vc':207,'p':'android'}]}");
+    }
 
     #[test]
     fn source_rows_parse() {

@@ -14,6 +14,7 @@
 //! the wrong kind of group cannot be written; [`Machine`] holds either kind.
 
 pub mod arena;
+pub mod audit;
 pub mod command;
 pub mod config;
 pub mod cut;
@@ -27,6 +28,7 @@ pub mod pseudo_json;
 pub mod response;
 
 pub use arena::Arena;
+pub use audit::{AUDIT_CAPACITY, AuditEntry, AuditLog, AuditRecord};
 pub use command::{
     Action, AnchorProfile, ArenaAction, ArenaTimer, Command, Gift, GifterProfile, LobbyAction, LobbyTimer, PkOrder,
     Presence, Seat, Timer,

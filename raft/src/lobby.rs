@@ -8,6 +8,7 @@
 //! It takes [`LobbyAction`]s and fires [`LobbyTimer`]s; an arena's action or timer is
 //! refused (see [`StateMachine::apply`]).
 
+use crate::audit::AuditLog;
 use crate::command::{Action, AnchorProfile, Command, LobbyAction, LobbyTimer, PkOrder, Seat, Timer};
 use crate::config::Config;
 use crate::deadlines::Deadlines;
@@ -57,6 +58,12 @@ pub struct Lobby {
     /// The last keyed start of each anchor that is still waiting or in the PK it led to,
     /// so that a retried start gets its first answer again.
     starts: BTreeMap<UserId, StartRecord>,
+    /// The operators' audit log. It is not part of the machine's own encoding: a
+    /// snapshot carries it in a section of its own, after the machine (format 3), so
+    /// that a format-2 snapshot, which has none, still reads.
+    /// Boxed: most commands never touch it, and the machine stays small to move.
+    #[serde(skip)]
+    audit: Box<AuditLog>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +117,20 @@ struct HeldPk {
     seats: [Seat; 2],
     /// Present until the arena confirms it created the PK.
     order: Option<PkOrder>,
+}
+
+/// An anchor matching, for the admin console.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatchingAnchor {
+    pub anchor: UserId,
+    pub room: RoomId,
+    pub country: String,
+    /// When it started matching.
+    pub since: TimestampMs,
+    /// Its current invitation batch (0: none sent yet).
+    pub batch: u32,
+    /// The current batch's invitees, each with whether it refused.
+    pub invitees: Vec<(UserId, bool)>,
 }
 
 /// A summary of the lobby for tests, the admin console and invariant checks.
@@ -178,7 +199,7 @@ impl StateMachine for Lobby {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        encode_snapshot(&MachineRef::Lobby(self))
+        encode_snapshot(&MachineRef::Lobby(self), &self.audit)
     }
 
     fn restore(bytes: &[u8]) -> Result<Lobby, SnapshotError> {
@@ -191,6 +212,7 @@ impl StateMachine for Lobby {
     }
 
     fn check_invariants(&self) -> Result<(), String> {
+        self.audit.check()?;
         for (anchor, record) in &self.starts {
             let stands = match record.pk {
                 None => self.waiting.contains_key(anchor),
@@ -263,6 +285,10 @@ impl Lobby {
                 _ => Response::Ignored,
             },
             LobbyAction::ReleaseRooms { pk } => self.release(*pk, effects),
+            LobbyAction::RecordAudit(record) => match self.audit.record(self.now, record) {
+                Some(_) => Response::Done,
+                None => Response::Ignored,
+            },
         }
     }
 
@@ -320,6 +346,43 @@ impl Lobby {
     /// (`room_pk_invited`).
     pub fn cooldowns(&self) -> impl Iterator<Item = (UserId, TimestampMs)> + '_ {
         self.invited_at.iter().map(|(anchor, at)| (*anchor, *at))
+    }
+
+    /// The anchors matching, oldest first by when they started, with their current
+    /// invitation batch.
+    pub fn matching(&self) -> Vec<MatchingAnchor> {
+        let mut matching: Vec<MatchingAnchor> = self
+            .waiting
+            .iter()
+            .map(|(anchor, w)| MatchingAnchor {
+                anchor: *anchor,
+                room: w.profile.room,
+                country: w.profile.country.clone(),
+                since: w.since,
+                batch: w.batch,
+                invitees: w.invitees.iter().map(|(invitee, refused)| (*invitee, *refused)).collect(),
+            })
+            .collect();
+        matching.sort_by_key(|m| (m.since, m.anchor));
+        matching
+    }
+
+    /// The invitations still open: (inviter, invitee, the inviter's batch number).
+    pub fn open_invitations(&self) -> impl Iterator<Item = (UserId, UserId, u32)> + '_ {
+        self.invitations
+            .iter()
+            .filter(|(_, invitation)| invitation.state == InvitationState::Open)
+            .map(|((invitee, inviter), invitation)| (*inviter, *invitee, invitation.batch))
+    }
+
+    /// The operators' audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Puts back the audit log a snapshot carried beside the machine.
+    pub(crate) fn set_audit(&mut self, audit: AuditLog) {
+        *self.audit = audit;
     }
 
     pub fn summary(&self) -> LobbySummary {

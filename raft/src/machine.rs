@@ -6,6 +6,7 @@
 //! from their type, and they can start empty.
 
 use crate::arena::Arena;
+use crate::audit::AuditLog;
 use crate::command::{Command, Timer};
 use crate::config::Config;
 use crate::effect::Effect;
@@ -19,10 +20,15 @@ use std::fmt;
 /// The first byte of every snapshot. Bump it when the encoding of [`Machine`] changes,
 /// and teach [`StateMachine::restore`] the old one, or refuse it by name.
 ///
-/// Format 2 holds each kind's own timer type in its deadlines (format 1 held one timer
-/// type for both kinds). This version reads format 2 only: a format-1 snapshot is
+/// Format 3 is format 2's machine followed by a second section: the lobby's audit log
+/// ([`AuditLog`]; empty for an arena). Format 2 held each kind's own timer type in its
+/// deadlines (format 1 held one timer type for both kinds). This version reads formats
+/// 3 and 2 (a format-2 lobby restores with an empty audit log); a format-1 snapshot is
 /// refused with [`SnapshotError::UnknownFormat`].
-pub const SNAPSHOT_FORMAT: u8 = 2;
+pub const SNAPSHOT_FORMAT: u8 = 3;
+
+/// The format before the audit log, still read.
+const FORMAT_WITHOUT_AUDIT: u8 = 2;
 
 /// The two kinds of group: the one lobby and the arenas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -124,26 +130,46 @@ pub(crate) enum MachineRef<'a> {
 pub enum SnapshotError {
     #[error("empty snapshot")]
     Empty,
-    #[error("snapshot format {0} is not known to this version (it reads format {SNAPSHOT_FORMAT} only)")]
+    #[error(
+        "snapshot format {0} is not known to this version (it reads formats {SNAPSHOT_FORMAT} and {FORMAT_WITHOUT_AUDIT})"
+    )]
     UnknownFormat(u8),
     #[error("snapshot does not decode: {0}")]
     Decode(#[from] postcard::Error),
     #[error("snapshot is of kind {found}, expected kind {expected}")]
     WrongKind { expected: MachineKind, found: MachineKind },
+    #[error("malformed snapshot: {0}")]
+    Malformed(&'static str),
 }
 
-/// The format byte, then postcard.
-pub(crate) fn encode_snapshot(machine: &impl Serialize) -> Vec<u8> {
+/// The format byte, then the machine and its audit log, each in postcard.
+pub(crate) fn encode_snapshot(machine: &impl Serialize, audit: &AuditLog) -> Vec<u8> {
     // Every type in the state has a derived encoding or one that writes a sequence of
     // known length, and a Vec always takes the bytes: postcard has no way to fail here.
-    postcard::to_extend(machine, vec![SNAPSHOT_FORMAT]).expect("the state always encodes into a Vec")
+    let bytes = postcard::to_extend(machine, vec![SNAPSHOT_FORMAT]).expect("the state always encodes into a Vec");
+    postcard::to_extend(audit, bytes).expect("the audit log always encodes into a Vec")
 }
 
-/// Reads a snapshot of either kind.
+/// Reads a snapshot of either kind, in the current format or format 2.
 pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<Machine, SnapshotError> {
     match bytes.split_first() {
         None => Err(SnapshotError::Empty),
-        Some((&SNAPSHOT_FORMAT, body)) => Ok(postcard::from_bytes(body)?),
+        Some((&SNAPSHOT_FORMAT, body)) => {
+            let (mut machine, rest) = postcard::take_from_bytes::<Machine>(body)?;
+            let (audit, rest) = postcard::take_from_bytes::<AuditLog>(rest)?;
+            if !rest.is_empty() {
+                return Err(SnapshotError::Malformed("bytes past the audit log"));
+            }
+            match &mut machine {
+                Machine::Lobby(lobby) => lobby.set_audit(audit),
+                Machine::Arena(_) if !audit.is_empty() => {
+                    return Err(SnapshotError::Malformed("an arena with an audit log"));
+                }
+                Machine::Arena(_) => {}
+            }
+            Ok(machine)
+        }
+        Some((&FORMAT_WITHOUT_AUDIT, body)) => Ok(postcard::from_bytes(body)?),
         Some((&format, _)) => Err(SnapshotError::UnknownFormat(format)),
     }
 }
@@ -223,7 +249,10 @@ impl StateMachine for Machine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        encode_snapshot(self)
+        match self {
+            Machine::Lobby(lobby) => lobby.snapshot(),
+            Machine::Arena(arena) => arena.snapshot(),
+        }
     }
 
     fn restore(bytes: &[u8]) -> Result<Machine, SnapshotError> {

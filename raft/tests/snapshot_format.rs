@@ -33,14 +33,18 @@ fn lobby_snapshot_bytes_are_stable() {
         &Command::new(3_000, LobbyAction::StartMatch { anchor: UserId(2), profile: profile(2), request: 0 }),
         &mut effects,
     );
+    let record =
+        AuditRecord { id: 42, who: "ops".into(), what: "set pk_enable to false".into(), outcome: "done".into() };
+    lobby.apply(&Command::new(4_000, LobbyAction::RecordAudit(record)), &mut effects);
     let bytes = lobby.snapshot();
     assert_eq!(bytes[0], SNAPSHOT_FORMAT);
     expect![[r#"
-        0200f02e01b817c0cf2400809f4909e58cb9e9858de8b59b80d30e809f490a80
+        0300c03e01b817c0cf2400809f4909e58cb9e9858de8b59b80d30e809f490a80
         dddb010202494e0102504b02504b0102494e0107616e64726f6964cf018084af
         5fe0d403c0843d030101030302494e07616e64726f6964ac02d00f0201d00f03
         00000100000201010201020101020101010101020201010101020200f02eb817
-        c0cf2400809f4901e8cfdc030401010401e8cfdc03000000"#]]
+        c0cf2400809f4901e8cfdc030401010401e8cfdc030000000101012ac03e036f
+        70731673657420706b5f656e61626c6520746f2066616c736504646f6e65"#]]
     .assert_eq(&hex(&bytes));
     assert_eq!(Machine::restore(&bytes).unwrap(), lobby);
 }
@@ -69,13 +73,61 @@ fn arena_snapshot_bytes_are_stable() {
     arena.apply(&Command::new(12_000, ArenaAction::Gift(gift)), &mut effects);
     let bytes = arena.snapshot();
     expect![[r#"
-        0201c0bb0101b817c0cf2400809f4909e58cb9e9858de8b59b80d30e809f490a
+        0301c0bb0101b817c0cf2400809f4909e58cb9e9858de8b59b80d30e809f490a
         80dddb010202494e0102504b02504b0102494e0107616e64726f6964cf018084
         af5fe0d403c0843d030107070101020201a09c01b817c0cf2400809f49000101
         00010000000202900801000001e907900801010103616e6e000e000000016300
-        000198832600070100079883260000"#]]
+        0001988326000701000798832600000000"#]]
     .assert_eq(&hex(&bytes));
     assert_eq!(Machine::restore(&bytes).unwrap(), arena);
+}
+
+/// Format 2 had no audit log. This is the state of `lobby_snapshot_bytes_are_stable`,
+/// before its audit entry, as format 2 wrote it.
+const FORMAT_2_LOBBY: &str = "\
+    0200f02e01b817c0cf2400809f4909e58cb9e9858de8b59b80d30e809f490a80\
+    dddb010202494e0102504b02504b0102494e0107616e64726f6964cf018084af\
+    5fe0d403c0843d030101030302494e07616e64726f6964ac02d00f0201d00f03\
+    00000100000201010201020101020101010101020201010101020200f02eb817\
+    c0cf2400809f4901e8cfdc030401010401e8cfdc03000000";
+
+#[test]
+fn format_2_snapshots_restore_with_an_empty_audit_log() {
+    let bytes = unhex(FORMAT_2_LOBBY);
+    let Machine::Lobby(lobby) = Machine::restore(&bytes).unwrap() else { panic!("not a lobby") };
+    assert!(lobby.audit().is_empty());
+    assert_eq!(lobby.summary().in_pk.len(), 2);
+    assert_eq!(Lobby::restore(&bytes).unwrap(), lobby);
+    // Written again, it is format 3 and reads back the same.
+    let again = lobby.snapshot();
+    assert_eq!(again[0], SNAPSHOT_FORMAT);
+    assert_eq!(Lobby::restore(&again).unwrap(), lobby);
+}
+
+#[test]
+fn the_audit_log_survives_a_snapshot_and_an_arena_holds_none() {
+    let mut lobby = Lobby::fresh(Config::default());
+    let mut effects = Vec::new();
+    for i in 0..3 {
+        let record =
+            AuditRecord { id: i as u64, who: "ops".into(), what: format!("action {i}"), outcome: "done".into() };
+        lobby.apply(&Command::new(i * 10, LobbyAction::RecordAudit(record)), &mut effects);
+    }
+    let restored = Lobby::restore(&lobby.snapshot()).unwrap();
+    let entries: Vec<(u64, i64, &str)> =
+        restored.audit().entries().map(|entry| (entry.seq, entry.at.0, entry.what.as_str())).collect();
+    assert_eq!(entries, [(1, 0, "action 0"), (2, 10, "action 1"), (3, 20, "action 2")]);
+    // A lobby's audit section glued to an arena is refused, and so are bytes past it.
+    let arena = Arena::fresh(Config::default()).snapshot();
+    let lobby_bytes = lobby.snapshot();
+    let empty_lobby = Lobby::fresh(Config::default()).snapshot();
+    let audit_section = &lobby_bytes[empty_lobby.len() - 1..];
+    let mut glued = arena[..arena.len() - 1].to_vec();
+    glued.extend_from_slice(audit_section);
+    assert!(matches!(Machine::restore(&glued), Err(SnapshotError::Malformed(_))));
+    let mut long = lobby_bytes.clone();
+    long.push(0);
+    assert!(matches!(Machine::restore(&long), Err(SnapshotError::Malformed(_))));
 }
 
 #[test]
@@ -105,7 +157,7 @@ fn format_1_snapshots_are_refused_with_the_format_this_version_reads() {
     let bytes = unhex(FORMAT_1_LOBBY);
     let error = Machine::restore(&bytes).unwrap_err();
     assert!(matches!(error, SnapshotError::UnknownFormat(1)));
-    assert_eq!(error.to_string(), "snapshot format 1 is not known to this version (it reads format 2 only)");
+    assert_eq!(error.to_string(), "snapshot format 1 is not known to this version (it reads formats 3 and 2)");
     assert!(matches!(Lobby::restore(&bytes), Err(SnapshotError::UnknownFormat(1))));
 }
 

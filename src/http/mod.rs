@@ -11,15 +11,31 @@
 //! | `GET /api/rooms-in-pk` | app users, with a login token | [`api::rooms_in_pk`] |
 //! | `GET /livez`, `GET /healthz` | anyone (load balancers) | [`health::live`] |
 //! | `GET /readyz` | anyone (load balancers) | [`health::ready`] |
+//! | `GET /watch`, `GET /watch/{file}` | anyone: the watch page, which holds no data; it speaks `/ws` with a login token | [`console::pages`] |
 //! | `GET /openapi.yaml` | anyone | [`openapi`] |
 //!
-//! The admin listener: every route needs the admin token: `/admin/...` ([`admin`]) and
-//! `GET /metrics` ([`metrics::render`]); `GET /openapi.yaml` is served there too, to
-//! anyone. `docs/openapi.yaml` documents every route; a test holds it to this file.
+//! The admin listener:
+//!
+//! | route | who | handler |
+//! |---|---|---|
+//! | `GET /admin/status`, `GET /admin/cluster` | admin token | [`admin::status`], [`admin::cluster_status`] |
+//! | `POST /admin/groups/{id}/transfer-leader`, `POST /admin/balance`, `POST /admin/drain` | admin token | [`admin`] |
+//! | `POST /admin/init`, `/admin/learners`, `/admin/promote`, `/admin/remove` | admin token | [`admin`] |
+//! | `GET /admin/config`, `POST /admin/config`, `POST /admin/config/check` | admin token | [`admin`] |
+//! | `GET /admin/backup` | admin token | [`admin::backup`] |
+//! | `GET /admin/pks`, `GET /admin/pks/{id}`, `POST /admin/pks/{id}/abort` | admin token | [`admin`] |
+//! | `GET /admin/lobby`, `GET /admin/audit` | admin token | [`admin`] |
+//! | `GET /admin/events` (Server-Sent Events) | admin token | [`console::events`] |
+//! | `GET /metrics` | admin token | [`metrics::render`] |
+//! | `GET /console`, `GET /console/{file}` | anyone: the console's page, which holds no data; it asks the routes above with the token its operator types in | [`console::pages`] |
+//! | `GET /openapi.yaml` | anyone | [`openapi`] |
+//!
+//! `docs/openapi.yaml` documents every route; a test holds it to this file.
 
 pub mod admin;
 pub mod api;
 pub mod bearer;
+pub mod console;
 pub mod gifts;
 pub mod health;
 pub mod metrics;
@@ -100,18 +116,45 @@ pub fn client_router(state: ClientState) -> Router {
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .route("/openapi.yaml", get(openapi))
+        .route("/watch", get(console::pages::watch))
+        .route("/watch/{file}", get(console::pages::watch_file))
         .with_state(state)
 }
 
-/// The admin listener's routes, every one behind `token`.
-pub fn admin_router(gateway: Arc<Gateway>, token: &str, sinks: Arc<SinkMetrics>, drain: CancellationToken) -> Router {
-    let state = admin::AdminState { node: gateway.node().clone(), token: Arc::from(token), drain };
+/// What the admin listener serves with.
+pub struct AdminSetup {
+    pub gateway: Arc<Gateway>,
+    /// The admin token.
+    pub token: String,
+    pub sinks: Arc<SinkMetrics>,
+    /// Cancelled by `POST /admin/drain`.
+    pub drain: CancellationToken,
+    /// Cancelled when the node stops serving.
+    pub closing: CancellationToken,
+}
+
+/// The admin listener's routes: every one behind the admin token, but the console's page
+/// and its files.
+pub fn admin_router(setup: AdminSetup) -> Router {
+    let AdminSetup { gateway, token, sinks, drain, closing } = setup;
+    let state = admin::AdminState {
+        node: gateway.node().clone(),
+        token: Arc::from(token),
+        drain,
+        gateway: gateway.clone(),
+        sinks: sinks.clone(),
+        closing,
+    };
     let metrics = Router::new()
         .route("/metrics", get(metrics::render))
         .with_state(metrics::MetricsState { gateway, sinks })
         .route_layer(middleware::from_fn_with_state(state.clone(), admin::authorize));
+    let pages = Router::new()
+        .route("/console", get(console::pages::console))
+        .route("/console/{file}", get(console::pages::console_file));
     Router::new()
         .route("/admin/status", get(admin::status))
+        .route("/admin/cluster", get(admin::cluster_status))
         .route("/admin/groups/{id}/transfer-leader", post(admin::transfer_leader))
         .route("/admin/balance", post(admin::balance))
         .route("/admin/drain", post(admin::drain))
@@ -119,10 +162,18 @@ pub fn admin_router(gateway: Arc<Gateway>, token: &str, sinks: Arc<SinkMetrics>,
         .route("/admin/learners", post(admin::add_learner))
         .route("/admin/promote", post(admin::promote))
         .route("/admin/remove", post(admin::remove))
-        .route("/admin/config", post(admin::set_config))
+        .route("/admin/config", post(admin::set_config).get(admin::config_rows))
+        .route("/admin/config/check", post(admin::check_config))
         .route("/admin/backup", get(admin::backup))
+        .route("/admin/pks", get(admin::pks))
+        .route("/admin/pks/{id}", get(admin::pk))
+        .route("/admin/pks/{id}/abort", post(admin::abort_pk))
+        .route("/admin/lobby", get(admin::lobby))
+        .route("/admin/audit", get(admin::audit_log))
+        .route("/admin/events", get(console::events::events))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin::authorize))
         .with_state(state)
         .merge(metrics)
+        .merge(pages)
         .route("/openapi.yaml", get(openapi))
 }

@@ -120,6 +120,9 @@ pub(crate) type ProposeHandler =
 pub(crate) type ChangeHandler =
     Arc<dyn Fn(GroupId, GroupChange) -> BoxFuture<'static, Result<(), ChangeRefused>> + Send + Sync>;
 
+/// Inquiries arriving from other nodes are handed to this; its bytes are the answer.
+pub(crate) type InquiryHandler = Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Vec<u8>> + Send + Sync>;
+
 /// The node's side of the network: its connections, and the local groups that answer
 /// requests. Cheap to clone.
 #[derive(Clone)]
@@ -135,6 +138,7 @@ struct Inner {
     groups: Mutex<BTreeMap<u64, Raft>>,
     proposals: OnceLock<ProposeHandler>,
     changes: OnceLock<ChangeHandler>,
+    inquiries: OnceLock<InquiryHandler>,
     /// The peers this node dials (those with larger ids), as they become known, with the
     /// task that dials each.
     dialing: Mutex<BTreeMap<NodeId, (String, tokio::task::AbortHandle)>>,
@@ -177,6 +181,7 @@ impl Network {
                 groups: Mutex::new(BTreeMap::new()),
                 proposals: OnceLock::new(),
                 changes: OnceLock::new(),
+                inquiries: OnceLock::new(),
                 dialing: Mutex::new(BTreeMap::new()),
                 members: Mutex::new(BTreeMap::new()),
                 transfers: raft::Transfers::default(),
@@ -284,6 +289,23 @@ impl Network {
     /// Makes `handler` take the group changes other nodes forward to this one.
     pub(crate) fn set_change_handler(&self, handler: ChangeHandler) {
         let _ = self.inner.changes.set(handler);
+    }
+
+    /// Makes `handler` answer the inquiries of other nodes (see [`Network::inquire`]).
+    /// The first handler set stays.
+    pub(crate) fn set_inquiry_handler(&self, handler: InquiryHandler) {
+        let _ = self.inner.inquiries.set(handler);
+    }
+
+    /// Sends `question` to `peer`'s inquiry handler and waits for its answer, for at most
+    /// `ttl`. Fails at once without a connection to the peer.
+    pub async fn inquire(&self, peer: NodeId, question: Vec<u8>, ttl: Duration) -> Result<Vec<u8>, RpcError> {
+        // The group is not read for an inquiry: the lobby's id stands in.
+        match self.call(peer, GroupId(0), Request::Inquiry(question), ttl).await {
+            Ok(Reply::Inquiry(answer)) => Ok(answer),
+            Ok(other) => Err(rpc_failed(format!("unexpected reply to an inquiry: {other:?}"))),
+            Err(error) => Err(error),
+        }
     }
 
     /// The raft network of one group, for `Raft::new`.
@@ -420,6 +442,10 @@ impl Network {
             Request::Change(change) => {
                 let handler = self.inner.changes.get().ok_or(Unanswered::Starting)?;
                 Ok(Reply::Changed(handler(GroupId(group), change).await))
+            }
+            Request::Inquiry(question) => {
+                let handler = self.inner.inquiries.get().ok_or(Unanswered::Starting)?;
+                Ok(Reply::Inquiry(handler(question).await))
             }
         }
     }

@@ -36,6 +36,10 @@ pub(super) enum Request {
     Propose(Vec<Action>),
     /// A membership or leadership change for a group the asked node leads.
     Change(GroupChange),
+    /// A question for the asked node itself rather than for one of its groups (the admin
+    /// console's view of the whole cluster). The bytes are the shell's own (JSON); this
+    /// layer only carries them to the handler the shell registered.
+    Inquiry(Vec<u8>),
 }
 
 /// What the asked node's raft of the group answers.
@@ -67,6 +71,8 @@ pub(super) enum Reply {
     Proposed(Vec<Result<Response, ProposalRefused>>),
     Changed(Result<(), ChangeRefused>),
     ReadIndex(Result<u64, ReadIndexFailure>),
+    /// The handler's answer to an inquiry.
+    Inquiry(Vec<u8>),
 }
 
 /// A change to one group that only its leader can make (the admin API's operations).
