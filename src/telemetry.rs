@@ -106,7 +106,7 @@ fn describe() {
     describe_gauge!(PROCESS_MEMORY, metrics::Unit::Bytes, "resident memory of the process");
     describe_gauge!(PROCESS_FDS, "open file descriptors");
     describe_gauge!(PROCESS_MAX_FDS, "the open-file limit");
-    for (name, _, help, _) in SinkCounters::default().named_with_help() {
+    for (name, help, _) in SinkCounters::default().named_with_help() {
         describe_counter!(name, help);
     }
     describe_gauge!("pkd_results_lag_seconds", metrics::Unit::Seconds, "settlement to stored, last PK");

@@ -55,57 +55,31 @@ pub struct SinkCounters {
 }
 
 impl SinkCounters {
-    /// Every counter with its metric name and help.
-    pub fn named_with_help(&self) -> [(&'static str, &'static str, &'static str, u64); 13] {
+    /// Every counter with its metric name and help (the lags are exported in seconds by
+    /// `crate::telemetry`).
+    pub fn named_with_help(&self) -> [(&'static str, &'static str, u64); 11] {
         [
-            ("pkd_results_written_total", "counter", "settled PKs written to the results store", self.results_written),
-            (
-                "pkd_results_confirmed_total",
-                "counter",
-                "settled PKs confirmed persisted through raft",
-                self.results_confirmed,
-            ),
+            ("pkd_results_written_total", "settled PKs written to the results store", self.results_written),
+            ("pkd_results_confirmed_total", "settled PKs confirmed persisted through raft", self.results_confirmed),
             (
                 "pkd_results_repaired_total",
-                "counter",
                 "settled PKs whose stored rows differed and were rewritten",
                 self.results_repaired,
             ),
-            ("pkd_results_errors_total", "counter", "failed results store operations", self.results_errors),
-            ("pkd_results_started_written_total", "counter", "running PKs' start rows written", self.started_written),
-            (
-                "pkd_results_gift_totals_written_total",
-                "counter",
-                "running PKs' gifter totals written",
-                self.gift_totals_written,
-            ),
-            ("pkd_results_lag_last_milliseconds", "gauge", "settlement to stored, last PK", self.result_lag_last_ms),
-            ("pkd_results_lag_max_milliseconds", "gauge", "settlement to stored, worst PK", self.result_lag_max_ms),
-            ("pkd_cache_batches_total", "counter", "pipelined Redis batches", self.cache_batches),
-            ("pkd_cache_changes_total", "counter", "cache changes applied to Redis", self.cache_changes),
-            ("pkd_cache_rebuilds_total", "counter", "full Redis rebuilds from the replicas", self.cache_rebuilds),
-            ("pkd_cache_errors_total", "counter", "failed Redis operations", self.cache_errors),
-            ("pkd_cache_lagged_total", "counter", "times the cache driver fell behind the effects", self.cache_lagged),
+            ("pkd_results_errors_total", "failed results store operations", self.results_errors),
+            ("pkd_results_started_written_total", "running PKs' start rows written", self.started_written),
+            ("pkd_results_gift_totals_written_total", "running PKs' gifter totals written", self.gift_totals_written),
+            ("pkd_cache_batches_total", "pipelined Redis batches", self.cache_batches),
+            ("pkd_cache_changes_total", "cache changes applied to Redis", self.cache_changes),
+            ("pkd_cache_rebuilds_total", "full Redis rebuilds from the replicas", self.cache_rebuilds),
+            ("pkd_cache_errors_total", "failed Redis operations", self.cache_errors),
+            ("pkd_cache_lagged_total", "times the cache driver fell behind the effects", self.cache_lagged),
         ]
     }
 
-    /// Every counter with its metric name (counters, and the two lags in ms as gauges).
+    /// Every counter with its metric name.
     pub fn named(&self) -> Vec<(&'static str, u64)> {
-        self.named_with_help()
-            .into_iter()
-            .filter(|(_, kind, _, _)| *kind == "counter")
-            .map(|(name, _, _, value)| (name, value))
-            .collect()
-    }
-
-    /// The counters in Prometheus' text format (`GET /metrics`). Names follow
-    /// `pkd_<subsystem>_<what>_<unit>`; no label carries a user or PK id.
-    pub fn to_prometheus(&self) -> String {
-        let mut text = String::new();
-        for (name, kind, help, value) in self.named_with_help() {
-            text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
-        }
-        text
+        self.named_with_help().into_iter().map(|(name, _, value)| (name, value)).collect()
     }
 }
 
@@ -136,19 +110,5 @@ impl SinkMetrics {
     pub(crate) fn record_lag(&self, lag_ms: u64) {
         self.result_lag_last_ms.store(lag_ms, Ordering::Relaxed);
         self.result_lag_max_ms.fetch_max(lag_ms, Ordering::Relaxed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_render_as_prometheus_text() {
-        let counters = SinkCounters { results_repaired: 3, cache_errors: 7, ..SinkCounters::default() };
-        let text = counters.to_prometheus();
-        assert!(text.contains("# TYPE pkd_results_repaired_total counter\npkd_results_repaired_total 3\n"), "{text}");
-        assert!(text.contains("pkd_cache_errors_total 7\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 13);
     }
 }
