@@ -109,30 +109,59 @@ fn serve_refuses_incomplete_or_weak_cluster_and_admin_settings() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("set --token"));
 }
 
+/// One HTTP/1.1 GET with an optional bearer token; returns the whole response.
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: pkd\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 #[test]
-fn serve_exposes_the_sink_counters_on_metrics() {
-    use std::io::{BufRead, BufReader, Read, Write};
+fn serve_exposes_its_metrics_on_the_admin_listener_only() {
+    use std::io::{BufRead, BufReader};
+    const TOKEN: &str = "metrics-admin-token-0123456789";
     let dir = tempfile::TempDir::new().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pkd"))
-        .args(["serve", "--dev-auth", "--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+        .args(["serve", "--dev-auth", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--admin-token", TOKEN, "--log", "warn", "--data-dir"])
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
+    let (mut client, mut admin) = (None, None);
+    while client.is_none() || admin.is_none() {
         let line = lines.next().expect("pkd exited").unwrap();
         if let Some(addr) = line.strip_prefix("pkd listening on ") {
-            break addr.to_owned();
+            client = Some(addr.to_owned());
+        } else if let Some(addr) = line.strip_prefix("pkd admin listening on ") {
+            admin = Some(addr.to_owned());
         }
-    };
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: pkd\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    }
+    let (client, admin) = (client.unwrap(), admin.unwrap());
+    let public = http_get(&client, "/metrics", None);
+    let anonymous = http_get(&admin, "/metrics", None);
+    let wrong = http_get(&admin, "/metrics", Some("not-the-admin-token-at-all"));
+    let scraped = http_get(&admin, "/metrics", Some(TOKEN));
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.contains("# TYPE pkd_results_repaired_total counter"), "{response}");
-    assert!(response.contains("pkd_cache_errors_total 0"), "{response}");
+    assert!(public.starts_with("HTTP/1.1 404"), "the client listener serves no metrics: {public}");
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+    for series in [
+        "# TYPE pkd_results_repaired_total counter",
+        "pkd_cache_errors_total 0",
+        "# TYPE pkd_raft_term gauge",
+        "pkd_raft_is_leader{group=\"0\"} 1",
+        "# TYPE pkd_process_resident_memory_bytes gauge",
+        "# TYPE pkd_connections gauge",
+    ] {
+        assert!(scraped.contains(series), "{series} missing from {scraped}");
+    }
 }

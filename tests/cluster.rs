@@ -4,14 +4,13 @@
 
 mod engine;
 
-use engine::{eventually, lobby_holds, pk_running, start_match};
+use engine::{Running, eventually, lobby_holds, pk_running, start_match};
 use std::time::Duration;
 
-use pkd::consensus::GroupId;
-use pkd::network::NetworkConfig;
-use pkd::node::start_loopback_cluster;
-use pkd::{LOBBY, Node, NodeConfig};
-use pkd_raft::{Action, Gift, GiftId, PkId, Response, UserId};
+use pkd::replication::network::NetworkConfig;
+use pkd::replication::node::start_loopback_cluster;
+use pkd::{GroupId, LOBBY, Node, NodeConfig};
+use pkd_raft::{Action, Arena, ArenaAction, Gift, GiftId, PkId, Response, StateMachine, UserId};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 
@@ -21,7 +20,7 @@ const MATCHING: &str = "{'name':'test','interveningTime':5000,'endTime':8000,'in
 
 /// Three nodes, and what it takes to start each of them again.
 struct Cluster {
-    nodes: Vec<Option<Node>>,
+    nodes: Vec<Option<Running>>,
     configs: Vec<(NodeConfig, NetworkConfig)>,
     _dirs: Vec<TempDir>,
 }
@@ -36,7 +35,7 @@ impl Cluster {
         // Small pieces: the snapshots these tests send travel in many of them.
         let started = start_loopback_cluster(configs, "test", secret, |network| network.snapshot_chunk = 256).await?;
         let (nodes, configs) =
-            started.into_iter().map(|started| (Some(started.node), (started.config, started.network))).unzip();
+            started.into_iter().map(|started| (Some(Running::new(started.node)), (started.config, started.network))).unzip();
         Ok(Cluster { nodes, configs, _dirs: dirs })
     }
 
@@ -44,11 +43,12 @@ impl Cluster {
         self.nodes
             .get(id as usize - 1)
             .and_then(Option::as_ref)
+            .map(|running| &running.node)
             .ok_or_else(|| format!("node {id} is not running").into())
     }
 
     fn running(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().flatten()
+        self.nodes.iter().flatten().map(|running| &running.node)
     }
 
     async fn stop(&mut self, id: u64) {
@@ -61,7 +61,7 @@ impl Cluster {
         let (config, network) = self.configs[id as usize - 1].clone();
         let address = network.peers[&id].clone();
         let listener = TcpListener::bind(&address).await?;
-        self.nodes[id as usize - 1] = Some(Node::start_clustered(config, network, listener).await?);
+        self.nodes[id as usize - 1] = Some(Running::new(Node::start_clustered(config, network, listener).await?));
         Ok(())
     }
 
@@ -73,10 +73,10 @@ impl Cluster {
 }
 
 async fn set_config(node: &Node, battle_ms: u64) -> TestResult {
-    for group in 0..=u64::from(node.arena_count()) {
+    for group in node.topology().groups() {
         for (key, value) in [("pk_duration", format!("300,{battle_ms},200,60000")), ("pk_config", MATCHING.to_owned())]
         {
-            let response = node.propose(GroupId(group), Action::SetConfig { key: key.into(), value }).await?;
+            let response = node.propose(group, Action::SetConfig { key: key.into(), value }).await?;
             assert_eq!(response, Response::Done);
         }
     }
@@ -103,8 +103,8 @@ async fn match_two(
     waiting: u64,
     matching: u64,
 ) -> Result<(PkId, GroupId), Box<dyn std::error::Error>> {
-    assert_eq!(cluster.node(waiting)?.propose(LOBBY, start_match(1)).await?, Response::Waiting);
-    let pk = match cluster.node(matching)?.propose(LOBBY, start_match(2)).await? {
+    assert_eq!(cluster.node(waiting)?.propose_lobby(start_match(1)).await?, Response::Waiting);
+    let pk = match cluster.node(matching)?.propose_lobby(start_match(2)).await? {
         Response::Matched { pk, .. } => pk,
         other => return Err(format!("expected a match, got {other:?}").into()),
     };
@@ -119,8 +119,13 @@ async fn match_two(
 fn machines(cluster: &Cluster, group: GroupId) -> Vec<Vec<u8>> {
     cluster
         .running()
-        .filter_map(|node| node.replica(group))
-        .map(|replica| replica.read(|machine| machine.snapshot()))
+        .map(|node| {
+            if group == LOBBY {
+                node.lobby().read(|lobby| lobby.snapshot())
+            } else {
+                node.arena(group).map(|replica| replica.read(|arena| arena.snapshot())).unwrap_or_default()
+            }
+        })
         .collect()
 }
 
@@ -141,8 +146,8 @@ async fn three_nodes_run_a_pk_together() -> TestResult {
 
     tokio::time::sleep(Duration::from_millis(400)).await;
     let gift =
-        Action::Gift(Gift { id: GiftId(1), pk, receiver: UserId(1), sender: UserId(9), beans: 30, profile: None });
-    assert_eq!(second.propose(arena, gift).await?, Response::GiftCounted { duplicate: false, side_beans: 30 });
+        ArenaAction::Gift(Gift { id: GiftId(1), pk, receiver: UserId(1), sender: UserId(9), beans: 30, profile: None });
+    assert_eq!(second.propose_arena(arena, gift).await?, Response::GiftCounted { duplicate: false, side_beans: 30 });
 
     // The arena's leader ends it; the rooms are released on every node's lobby.
     eventually(Duration::from_secs(8), "the PK ends everywhere", || {
@@ -198,7 +203,7 @@ async fn survive_a_stopped_leader(stop: Stop) -> TestResult {
     // Enough new entries for the survivors to snapshot and purge what the stopped node
     // misses.
     for anchor in 100..150 {
-        cluster.node(survivor)?.propose(LOBBY, start_match(anchor)).await?;
+        cluster.node(survivor)?.propose_lobby(start_match(anchor)).await?;
     }
 
     cluster.restart(leader).await?;
@@ -219,8 +224,8 @@ async fn survive_a_stopped_leader(stop: Stop) -> TestResult {
 }
 
 /// The beans of `pk`'s source side in `machine`, if `pk` is running there.
-fn source_beans(machine: &pkd_raft::Machine, pk: PkId) -> Option<i64> {
-    machine.as_arena().and_then(|arena| arena.view(pk)).map(|view| view.source.beans)
+fn source_beans(arena: &Arena, pk: PkId) -> Option<i64> {
+    arena.view(pk).map(|view| view.source.beans)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,10 +241,10 @@ async fn linearizable_reads_see_every_acknowledged_write_and_fail_without_a_quor
     // followers included, one of them through a forwarded read index) reads it back.
     for id in 1..=20 {
         let gift =
-            Action::Gift(Gift { id: GiftId(id), pk, receiver: UserId(1), sender: UserId(9), beans: 1, profile: None });
-        assert!(matches!(cluster.node(leader)?.propose(arena, gift).await?, Response::GiftCounted { .. }));
+            ArenaAction::Gift(Gift { id: GiftId(id), pk, receiver: UserId(1), sender: UserId(9), beans: 1, profile: None });
+        assert!(matches!(cluster.node(leader)?.propose_arena(arena, gift).await?, Response::GiftCounted { .. }));
         for node in cluster.running() {
-            let beans = node.read(arena, pkd::Consistency::Linearizable, |machine| source_beans(machine, pk)).await?;
+            let beans = node.read_arena(arena, pkd::Consistency::Linearizable, |machine: &Arena| source_beans(machine, pk)).await?;
             assert_eq!(beans, Some(id as i64), "node {} read a state older than gift {id}", node.id());
         }
     }
@@ -251,9 +256,9 @@ async fn linearizable_reads_see_every_acknowledged_write_and_fail_without_a_quor
         cluster.stop(id).await;
     }
     let node = cluster.node(alone)?;
-    let refused = node.read(arena, pkd::Consistency::Linearizable, |machine| source_beans(machine, pk)).await;
+    let refused = node.read_arena(arena, pkd::Consistency::Linearizable, |machine: &Arena| source_beans(machine, pk)).await;
     assert!(refused.is_err(), "a linearizable read without a quorum answered {refused:?}");
-    assert_eq!(node.read(arena, pkd::Consistency::Local, |machine| source_beans(machine, pk)).await?, Some(20));
+    assert_eq!(node.read_arena(arena, pkd::Consistency::Local, |machine: &Arena| source_beans(machine, pk)).await?, Some(20));
     cluster.shutdown().await;
     Ok(())
 }

@@ -2,13 +2,14 @@
 //! sockets on loopback, real WebSocket clients, the gift API over HTTP.
 
 use futures_util::{SinkExt, StreamExt};
-use pkd::gateway::{Gateway, GatewayConfig, RtmCredentials};
-use pkd::node::{LOBBY, Node, NodeConfig};
+use pkd::app::{self, App, AppConfig, Listeners};
+use pkd::gateway::{GatewayConfig, RtmCredentials};
+use pkd::{NodeConfig, Topology};
 use pkd::tokens::login;
 use pkd_raft::Action;
+use tokio_util::sync::CancellationToken;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,8 +24,8 @@ const WAIT: Duration = Duration::from_secs(10);
 
 struct Server {
     addr: SocketAddr,
-    node: Arc<Node>,
-    gateway: Arc<Gateway>,
+    app: App,
+    _stop: tokio_util::sync::DropGuard,
     _dir: TempDir,
 }
 
@@ -35,7 +36,6 @@ async fn start() -> Server {
 /// A server whose gateway settings `tweak` changes from the tests' usual ones.
 async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Server {
     let dir = TempDir::new().unwrap();
-    let node = Arc::new(Node::start(NodeConfig { arena_count: 2, ..NodeConfig::single(dir.path()) }).await.unwrap());
     let config = GatewayConfig {
         login_secret: Some(SECRET.to_vec()),
         gift_token: Some(GIFT_TOKEN.to_owned()),
@@ -50,12 +50,20 @@ async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Server {
     };
     let mut config = config;
     tweak(&mut config);
-    let gateway = Gateway::start(node.clone(), config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = gateway.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    let server = Server { addr, node, gateway, _dir: dir };
+    let app_config = AppConfig {
+        node: NodeConfig { arena_count: 2, ..NodeConfig::single(dir.path()) },
+        network: None,
+        gateway: config,
+        sinks: Default::default(),
+        admin_token: None,
+        tls: None,
+    };
+    let stop = CancellationToken::new();
+    let listeners = Listeners { client: listener, admin: None, cluster: None };
+    let app = app::start(app_config, listeners, stop.clone()).await.unwrap();
+    let server = Server { addr, app, _stop: stop.drop_guard(), _dir: dir };
     // Short phases so a whole PK fits in a test: opening 300 ms, battle 3 s.
     server.config("pk_duration", "300,3000,0,600000").await;
     server
@@ -78,9 +86,9 @@ impl Server {
     }
 
     async fn config(&self, key: &str, value: &str) {
-        for group in 0..=2u64 {
+        for group in Topology::new(2).unwrap().groups() {
             let action = Action::SetConfig { key: key.into(), value: value.into() };
-            let response = self.node.propose(pkd::consensus::GroupId(group), action).await.unwrap();
+            let response = self.app.node().propose(group, action).await.unwrap();
             assert_eq!(response, pkd_raft::Response::Done, "{key}={value}");
         }
     }
@@ -143,7 +151,7 @@ impl Server {
 fn token(user: u64, country: &str, platform: &str, version: u32) -> String {
     let claims = login::Claims {
         user_id: login::UserId::new(user.to_string()).unwrap(),
-        expires_at_ms: u64::try_from(pkd::node::wall_clock().0).unwrap() + 3_600_000,
+        expires_at_ms: u64::try_from(pkd::clock::now_ms()).unwrap() + 3_600_000,
         country: Some(login::CountryCode::new(country).unwrap()),
         platform: Some(platform.parse().unwrap()),
         client_version: Some(version),
@@ -185,7 +193,8 @@ impl Client {
     async fn command(&mut self, command_id: i64, room: u64, fields: Value) -> Value {
         self.sequence += 1;
         let mut frame = json!({"commandId": command_id, "msgType": "command", "roomId": room,
-                               "sequence": self.sequence, "initTime": 1626146346120i64, "logId": "t"});
+                               "sequence": self.sequence, "initTime": 1626146346120i64,
+                               "logId": format!("t-{}", self.sequence)});
         for (key, value) in fields.as_object().unwrap() {
             frame[key] = value.clone();
         }
@@ -261,7 +270,7 @@ async fn upgrades_without_a_valid_token_are_refused() {
     // A well-formed token that expired a second ago, and one signed with another secret.
     let mut expired = login::Claims {
         user_id: login::UserId::new("42").unwrap(),
-        expires_at_ms: u64::try_from(pkd::node::wall_clock().0).unwrap() - 1_000,
+        expires_at_ms: u64::try_from(pkd::clock::now_ms()).unwrap() - 1_000,
         country: None,
         platform: None,
         client_version: None,
@@ -454,7 +463,7 @@ async fn bad_frames_get_error_replies_and_the_connection_stays_usable() {
     }
     assert_eq!(client.command(44, 1, json!({})).await["code"], "000000");
     // Nothing reached the engine.
-    let waiting = server.node.replica(LOBBY).unwrap().read(|m| m.as_lobby().unwrap().summary().waiting.len());
+    let waiting = server.app.node().lobby().read(|lobby| lobby.summary().waiting.len());
     assert_eq!(waiting, 0);
 }
 
@@ -511,10 +520,10 @@ async fn dropped(writer: tokio::task::JoinHandle<()>) {
 async fn a_client_that_stops_reading_is_dropped() {
     let server = start_with(|config| config.send_timeout = Duration::from_millis(500)).await;
     let client = server.connect_small_buffer(460).await;
-    assert_eq!(server.gateway.hub().session_count(), 1);
+    assert_eq!(server.app.gateway().hub().session_count(), 1);
     // Its replies fill the connection; after 500 ms without progress the session gives up.
     dropped(client.stop_reading(460)).await;
-    assert_eq!(server.gateway.hub().session_count(), 0);
+    assert_eq!(server.app.gateway().hub().session_count(), 0);
 }
 
 #[tokio::test]
@@ -540,19 +549,27 @@ async fn a_viewer_whose_pushes_pile_up_is_dropped() {
         _ = dropped(writer) => {}
         _ = gifts => unreachable!(),
     }
-    assert_eq!(server.gateway.hub().session_count(), 3, "only the viewer that stopped reading goes");
+    assert_eq!(server.app.gateway().hub().session_count(), 3, "only the viewer that stopped reading goes");
 }
 
 #[tokio::test]
-async fn command_27_returns_a_verifiable_rtm_token() {
+async fn command_27_returns_a_verifiable_rtm_token_to_the_anchors_of_a_running_pk_only() {
     let server = start().await;
+    // Outside a PK: refused with 905047, no token.
     let mut client = server.connect(501).await;
-    let reply = client.command(27, 501, json!({})).await;
-    assert_eq!(reply["code"], "000000");
+    let refused = client.command(27, 501, json!({})).await;
+    assert_eq!(refused["code"], "905047", "{refused}");
+    assert_eq!(refused["result"], Value::Null);
+
+    let (mut source, _target, mut viewer) = server.battle(501, 502, 5010).await;
+    let reply = source.command(27, 501, json!({})).await;
+    assert_eq!(reply["code"], "000000", "{reply}");
     let token = reply["result"].as_str().unwrap();
     let claims = pkd::tokens::rtm::verify(token, CERTIFICATE).unwrap();
     assert_eq!(claims.rtm().unwrap().0, "501");
     assert_eq!(claims.expire_seconds, 600, "the 4th value of pk_duration");
+    // A viewer of the PK's room is no anchor of it.
+    assert_eq!(viewer.command(27, 501, json!({})).await["code"], "905047");
 }
 
 #[tokio::test]

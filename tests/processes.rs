@@ -46,11 +46,19 @@ async fn three_nodes_replicate_a_pk_to_the_same_applied_index() -> anyhow::Resul
     ensure!(table.lines().filter(|line| line.contains(" lobby ") || line.contains(" arena ")).count() == 3, "{table}");
     ensure!(table.contains("1,2,3"), "{table}");
     ensure!(table.starts_with("node 1 (connected to: 2,3)"), "{table}");
-    // Leadership moves on request ...
+    // Leadership moves on request and stays where the operator placed it: the balancer
+    // keeps it there (watched over several of its rounds) ...
     let moved = cluster.admin(3)?.transfer_leader(0, 2).await?;
     ensure!(moved.leader == Some(2), "{moved:?}");
-    // ... and the balancer hands it back to node 1 (before the PK, whose commands would
-    // meet the hand-over with 900008).
+    let watched_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watched_until {
+        let leader = agreed_leader(&cluster, &[1, 2, 3], 0, Duration::from_secs(5)).await?;
+        ensure!(leader == 2, "the placed leadership moved to node {leader}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ... until `balance` clears the placement and the balancer hands it back to node 1
+    // (before the PK, whose commands would meet the hand-over with 900008).
+    cluster.admin(1)?.balance().await?;
     settled_leader(&cluster, 0).await?;
     let mut pk = start_pk(&cluster, 3, 101).await?;
     ensure!(pk.end_time > now_ms(), "the PK is running");

@@ -3,13 +3,12 @@
 
 mod engine;
 
-use engine::{eventually, lobby_holds, pk_running, start_match};
+use engine::{Running, eventually, lobby_holds, pk_running, start_match};
 use std::time::Duration;
 
-use pkd::consensus::GroupId;
-use pkd::{LOBBY, Node, NodeConfig};
+use pkd::{GroupId, LOBBY, Node, NodeConfig};
 use pkd_raft::effect::Effect;
-use pkd_raft::{Action, Gift, GiftId, PkId, PkStatus, Response, UserId};
+use pkd_raft::{Action, ArenaAction, Gift, GiftId, PkId, PkStatus, Response, StateMachine, UserId};
 use tempfile::TempDir;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -31,23 +30,23 @@ fn config(dir: &TempDir) -> NodeConfig {
 }
 
 async fn set_config(node: &Node, battle_ms: u64) -> TestResult {
-    for group in 0..=u64::from(node.arena_count()) {
+    for group in node.topology().groups() {
         for (key, value) in [("pk_duration", timing(battle_ms)), ("pk_config", MATCHING.into())] {
-            let response = node.propose(GroupId(group), Action::SetConfig { key: key.into(), value }).await?;
-            assert_eq!(response, Response::Done, "{key} on group {group}");
+            let response = node.propose(group, Action::SetConfig { key: key.into(), value }).await?;
+            assert_eq!(response, Response::Done, "{key} on group {group:?}");
         }
     }
     Ok(())
 }
 
-fn gift(id: u64, pk: PkId, receiver: u64, beans: i64) -> Action {
-    Action::Gift(Gift { id: GiftId(id), pk, receiver: UserId(receiver), sender: UserId(77), beans, profile: None })
+fn gift(id: u64, pk: PkId, receiver: u64, beans: i64) -> ArenaAction {
+    ArenaAction::Gift(Gift { id: GiftId(id), pk, receiver: UserId(receiver), sender: UserId(77), beans, profile: None })
 }
 
 /// Matches anchors `a` and `b` and returns the PK.
 async fn match_pair(node: &Node, a: u64, b: u64) -> Result<PkId, Box<dyn std::error::Error>> {
-    assert_eq!(node.propose(LOBBY, start_match(a)).await?, Response::Waiting);
-    match node.propose(LOBBY, start_match(b)).await? {
+    assert_eq!(node.propose_lobby(start_match(a)).await?, Response::Waiting);
+    match node.propose_lobby(start_match(b)).await? {
         Response::Matched { pk, source, target } => {
             assert_eq!((source, target), (UserId(a), UserId(b)));
             Ok(pk)
@@ -57,21 +56,17 @@ async fn match_pair(node: &Node, a: u64, b: u64) -> Result<PkId, Box<dyn std::er
 }
 
 fn lobby_outbox_empty(node: &Node) -> bool {
-    node.replica(LOBBY).is_some_and(|replica| {
-        replica.read(|machine| machine.as_lobby().is_some_and(|lobby| lobby.pending_orders().next().is_none()))
-    })
+    node.lobby().read(|lobby| lobby.pending_orders().next().is_none())
 }
 
 fn arena_outbox_empty(node: &Node, pk: PkId) -> bool {
-    node.replica(node.arena_of(pk)).is_some_and(|replica| {
-        replica.read(|machine| machine.as_arena().is_some_and(|arena| arena.pending_releases().next().is_none()))
-    })
+    node.arena_for(pk).read(|arena| arena.pending_releases().next().is_none())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_pk_on_one_node() -> TestResult {
     let dir = TempDir::new()?;
-    let node = Node::start(config(&dir)).await?;
+    let node = Running::new(Node::start(config(&dir)).await?);
     let mut effects = node.subscribe_effects();
     set_config(&node, 1_500).await?;
 
@@ -85,31 +80,26 @@ async fn a_whole_pk_on_one_node() -> TestResult {
     })
     .await;
     let other = GroupId(3 - arena.0);
-    let other_is_empty = node.replica(other).is_some_and(|replica| {
-        replica.read(|machine| machine.as_arena().is_some_and(|a| a.running().next().is_none()))
-    });
+    let other_is_empty = node.arena(other).is_some_and(|replica| replica.read(|a| a.running().next().is_none()));
     assert!(other_is_empty, "only the PK's own arena holds it");
 
     // Gifts count once the opening is over.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let counted = node.propose(arena, gift(1, pk, 2, 50)).await?;
+    let counted = node.propose_arena(arena, gift(1, pk, 2, 50)).await?;
     assert_eq!(counted, Response::GiftCounted { duplicate: false, side_beans: 50 });
-    let again = node.propose(arena, gift(1, pk, 2, 50)).await?;
+    let again = node.propose_arena(arena, gift(1, pk, 2, 50)).await?;
     assert_eq!(again, Response::GiftCounted { duplicate: true, side_beans: 50 });
     assert_eq!(
-        node.propose(arena, gift(2, pk, 1, 20)).await?,
+        node.propose_arena(arena, gift(2, pk, 1, 20)).await?,
         Response::GiftCounted { duplicate: false, side_beans: 20 }
     );
-    let view = node
-        .replica(arena)
-        .and_then(|replica| replica.read(|machine| machine.as_arena().and_then(|a| a.view(pk))))
-        .ok_or("no view of the PK")?;
+    let view = node.arena_for(pk).read(|a| a.view(pk)).ok_or("no view of the PK")?;
     assert_eq!(view.status, PkStatus::Battle);
     assert_eq!((view.source.beans, view.target.beans), (20, 50));
 
     // While the PK runs, both anchors are busy.
     assert!(lobby_holds(&node, 1) && lobby_holds(&node, 2));
-    assert!(matches!(node.propose(LOBBY, start_match(1)).await?, Response::Rejected(_)));
+    assert!(matches!(node.propose_lobby(start_match(1)).await?, Response::Rejected(_)));
 
     // The leader's ticker ends the battle and settles; the pump releases the rooms.
     eventually(Duration::from_secs(5), "the PK settles and its rooms are released", || {
@@ -146,13 +136,13 @@ async fn a_whole_pk_on_one_node() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_proposals_share_entries() -> TestResult {
     let dir = TempDir::new()?;
-    let node = std::sync::Arc::new(Node::start(config(&dir)).await?);
-    let before = node.replica(LOBBY).and_then(|replica| replica.last_applied_index()).ok_or("nothing applied")?;
+    let node = Running::new(Node::start(config(&dir)).await?);
+    let before = node.lobby().last_applied_index().ok_or("nothing applied")?;
     let proposals = 200u64;
     let mut tasks = Vec::new();
     for anchor in 1..=proposals {
-        let node = std::sync::Arc::clone(&node);
-        tasks.push(tokio::spawn(async move { node.propose(LOBBY, start_match(anchor * 10)).await }));
+        let node = node.node.clone();
+        tasks.push(tokio::spawn(async move { node.propose_lobby(start_match(anchor * 10)).await }));
     }
     let mut matched = 0;
     for task in tasks {
@@ -163,19 +153,16 @@ async fn concurrent_proposals_share_entries() -> TestResult {
         }
     }
     assert_eq!(matched, proposals / 2, "every second start makes a match");
-    let after = node.replica(LOBBY).and_then(|replica| replica.last_applied_index()).ok_or("nothing applied")?;
+    let after = node.lobby().last_applied_index().ok_or("nothing applied")?;
     assert!(after - before < proposals, "{proposals} commands took {} entries", after - before);
-    match std::sync::Arc::try_unwrap(node) {
-        Ok(node) => node.shutdown().await,
-        Err(_) => return Err("node still shared".into()),
-    }
+    node.shutdown().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_recovers_and_finishes_its_pks() -> TestResult {
     let dir = TempDir::new()?;
-    let node = Node::start(config(&dir)).await?;
+    let node = Running::new(Node::start(config(&dir)).await?);
     set_config(&node, 4_000).await?;
     // One PK that ends before the restart, one that runs across it.
     let pk = match_pair(&node, 1, 2).await?;
@@ -184,33 +171,25 @@ async fn a_restarted_node_recovers_and_finishes_its_pks() -> TestResult {
         .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     for id in 1..=12 {
-        node.propose(arena, gift(id, pk, 1 + id % 2, 10)).await?;
+        node.propose_arena(arena, gift(id, pk, 1 + id % 2, 10)).await?;
     }
-    assert_eq!(node.propose(LOBBY, start_match(5)).await?, Response::Waiting);
+    assert_eq!(node.propose_lobby(start_match(5)).await?, Response::Waiting);
 
     let summaries = |node: &Node| {
-        let lobby =
-            node.replica(LOBBY).map(|replica| replica.read(|machine| machine.as_lobby().map(|lobby| lobby.summary())));
-        let arenas: Vec<_> = (1..=u64::from(node.arena_count()))
-            .map(|group| {
-                node.replica(GroupId(group))
-                    .map(|replica| replica.read(|machine| machine.as_arena().map(|arena| arena.summary())))
-            })
-            .collect();
-        let view = node
-            .replica(arena)
-            .map(|replica| replica.read(|machine| machine.as_arena().and_then(|arena| arena.view(pk))));
+        let lobby = node.lobby().read(|lobby| lobby.summary());
+        let arenas: Vec<_> = node.arenas().iter().map(|replica| replica.read(|arena| arena.summary())).collect();
+        let view = node.arena_for(pk).read(|arena| arena.view(pk));
         format!("{lobby:?}\n{arenas:?}\n{view:?}")
     };
     let before = summaries(&node);
     let snapshot_before =
-        node.replica(arena).map(|replica| replica.read(|machine| machine.snapshot())).ok_or("no arena")?;
+        node.arena_for(pk).read(|machine| machine.snapshot());
     node.shutdown().await;
 
-    let node = Node::start(config(&dir)).await?;
+    let node = Running::new(Node::start(config(&dir)).await?);
     assert_eq!(summaries(&node), before, "the state is recovered");
     let snapshot_after =
-        node.replica(arena).map(|replica| replica.read(|machine| machine.snapshot())).ok_or("no arena")?;
+        node.arena_for(pk).read(|machine| machine.snapshot());
     // The blank entry a new leader writes changes nothing in the machine.
     assert_eq!(snapshot_after, snapshot_before, "the arena is byte for byte the same");
     assert!(pk_running(&node, pk), "the PK still runs after the restart");
@@ -222,7 +201,7 @@ async fn a_restarted_node_recovers_and_finishes_its_pks() -> TestResult {
     })
     .await;
     // Anchor 5 is still waiting from before the restart: a new start matches it.
-    match node.propose(LOBBY, start_match(1)).await? {
+    match node.propose_lobby(start_match(1)).await? {
         Response::Matched { source, target, .. } => {
             assert_eq!((source, target), (UserId(5), UserId(1)));
         }

@@ -1,7 +1,8 @@
-//! The sink drivers on a running node: settled results into SQLite and into a real
-//! MariaDB behind a proxy that the tests cut and heal, and the Redis read cache (database
-//! 9, like `sinks_redis.rs`; the tests of this binary that use it take turns) flushed
-//! under a running PK or unreachable altogether.
+//! The sink duties on running nodes: settled results into SQLite, into a real MySQL behind
+//! a proxy that the tests cut and heal, and resumed exactly by a new arena leader; the
+//! Redis read cache (database 9, like `sinks_redis.rs`; the tests of this binary that use
+//! it take turns) following gifts, keeping an ended PK's final state, coming back after a
+//! flush, and unreachable altogether.
 
 mod engine;
 
@@ -12,15 +13,22 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pkd::consensus::GroupId;
-use pkd::sinks::{CacheDriverConfig, ResultsDriverConfig, ResultsStore, Sinks, SinksConfig};
-use pkd::{LOBBY, Node, NodeConfig};
-use pkd_raft::{Action, Effect, Gift, GiftId, PkId, Response, SettledPk, UserId};
+use pkd::clock::wall_clock;
+use pkd::duties::Duties;
+use pkd::duties::cache::CacheConfig;
+use pkd::duties::results::ResultsConfig;
+use pkd::duties::sinks::{Sinks, SinksConfig};
+use pkd::replication::node::start_loopback_cluster;
+use pkd::sinks::ResultsStore;
+use pkd::sinks::redis_cache::{ENDED_TTL_SECONDS, LIVE_TTL_SECONDS, gifters_key, marker_key, pk_key};
+use pkd::{GroupId, Node, NodeConfig};
+use pkd_raft::{Action, ArenaAction, Effect, Gift, GiftId, PkId, Response, SettledPk, UserId};
+use redis::aio::MultiplexedConnection;
 use sqlx::Row;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 type TestResult = anyhow::Result<()>;
 
@@ -37,44 +45,63 @@ fn mysql_server() -> String {
 
 // ---- the engine -----------------------------------------------------------------
 
-/// A single node with two arenas, short PKs (opening 200 ms, battle `battle_ms`), and a
-/// record of every result it settled.
+/// Sets short PKs on every group of `node`: opening 200 ms, battle `battle_ms`, no
+/// after-battle stage.
+async fn set_timing(node: &Node, battle_ms: u64) -> TestResult {
+    for group in node.topology().groups() {
+        let action = Action::SetConfig { key: "pk_duration".into(), value: format!("200,{battle_ms},0,600000") };
+        anyhow::ensure!(node.propose(group, action).await? == Response::Done, "pk_duration on {group}");
+    }
+    Ok(())
+}
+
+/// Every result `node` settles from now on (its `PkSettled` effects), by PK.
+fn record_settled(node: &Node) -> Arc<Mutex<BTreeMap<PkId, SettledPk>>> {
+    let settled = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut effects = node.subscribe_effects();
+    let record = settled.clone();
+    tokio::spawn(async move {
+        while let Ok(tagged) = effects.recv().await {
+            if let Effect::PkSettled(result) = tagged.effect
+                && let Ok(mut settled) = record.lock()
+            {
+                settled.insert(result.pk, *result);
+            }
+        }
+    });
+    settled
+}
+
+/// Settled PKs still waiting in `node`'s arena outboxes for the results store.
+fn pending_results(node: &Node) -> usize {
+    node.arenas().iter().map(|arena| arena.read(|arena| arena.pending_results().count())).sum()
+}
+
+/// A single node with two arenas and the engine's duties (timers, hand-overs), short PKs,
+/// and a record of every result it settled.
 struct Engine {
-    node: Arc<Node>,
+    node: Node,
+    duties: Duties,
     settled: Arc<Mutex<BTreeMap<PkId, SettledPk>>>,
     next_gift: u64,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Engine {
     async fn start(battle_ms: u64) -> anyhow::Result<Engine> {
-        Engine::start_with(battle_ms, 2).await
-    }
-
-    async fn start_with(battle_ms: u64, arena_count: u32) -> anyhow::Result<Engine> {
         let dir = TempDir::new()?;
-        let node = Arc::new(Node::start(NodeConfig { arena_count, ..NodeConfig::single(dir.path()) }).await?);
-        for group in 0..=u64::from(arena_count) {
-            let action = Action::SetConfig { key: "pk_duration".into(), value: format!("200,{battle_ms},0,600000") };
-            anyhow::ensure!(node.propose(GroupId(group), action).await? == Response::Done);
-        }
-        let settled = Arc::new(Mutex::new(BTreeMap::new()));
-        let mut effects = node.subscribe_effects();
-        let record = settled.clone();
-        tokio::spawn(async move {
-            while let Ok(tagged) = effects.recv().await {
-                if let Effect::PkSettled(result) = tagged.effect
-                    && let Ok(mut settled) = record.lock()
-                {
-                    settled.insert(result.pk, *result);
-                }
-            }
-        });
-        Ok(Engine { node, settled, next_gift: 1, _dir: dir })
+        let node = Node::start(NodeConfig { arena_count: 2, ..NodeConfig::single(dir.path()) }).await?;
+        set_timing(&node, battle_ms).await?;
+        let settled = record_settled(&node);
+        let duties = Duties::start(&node);
+        Ok(Engine { node, duties, settled, next_gift: 1, dir })
     }
 
-    fn data_dir(&self) -> &std::path::Path {
-        self._dir.path()
+    /// Stops the sinks, the duties and the node.
+    async fn stop(self, sinks: Sinks) {
+        sinks.shutdown().await;
+        self.duties.stop().await;
+        self.node.shutdown().await;
     }
 
     /// Matches anchors `first`, `first + 1`, ... in pairs: one PK per pair.
@@ -82,85 +109,81 @@ impl Engine {
         let mut pks = Vec::new();
         for pair in 0..count {
             let (a, b) = (first + 2 * pair, first + 2 * pair + 1);
-            anyhow::ensure!(self.node.propose(LOBBY, start_match(a)).await? == Response::Waiting);
-            match self.node.propose(LOBBY, start_match(b)).await? {
+            anyhow::ensure!(self.node.propose_lobby(start_match(a)).await? == Response::Waiting);
+            match self.node.propose_lobby(start_match(b)).await? {
                 Response::Matched { pk, .. } => pks.push(pk),
                 other => anyhow::bail!("expected a match, got {other:?}"),
             }
         }
         for pk in &pks {
-            eventually(Duration::from_secs(5), "the PK reaches its arena", || self.running(*pk)).await;
+            eventually(Duration::from_secs(5), "the PK reaches its arena", || self.anchors(*pk).is_some()).await;
         }
         Ok(pks)
+    }
+
+    /// Waits until the battle of each of `pks` has begun: gifts count from then on.
+    async fn wait_for_battle(&self, pks: &[PkId]) {
+        eventually(Duration::from_secs(5), "the battles begin", || {
+            let now = wall_clock();
+            pks.iter()
+                .all(|pk| self.node.arena_for(*pk).read(|arena| arena.battle_start(*pk)).is_some_and(|at| at <= now))
+        })
+        .await;
+    }
+
+    /// One gift, acknowledged: counted by the PK's arena.
+    async fn gift(&mut self, pk: PkId, receiver: UserId, sender: UserId, beans: i64) -> TestResult {
+        let gift = Gift { id: GiftId(self.next_gift), pk, receiver, sender, beans, profile: None };
+        self.next_gift += 1;
+        let response = self.node.propose_arena(self.node.arena_of(pk), ArenaAction::Gift(gift)).await?;
+        anyhow::ensure!(matches!(response, Response::GiftCounted { duplicate: false, .. }), "gift: {response:?}");
+        Ok(())
     }
 
     /// Gives `rounds` gifts from three senders to each anchor of each PK (once their
     /// battle has begun).
     async fn gifts(&mut self, pks: &[PkId], rounds: u64) -> TestResult {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        self.wait_for_battle(pks).await;
         for round in 0..rounds {
             for pk in pks {
                 let anchors = self.anchors(*pk).ok_or_else(|| anyhow::anyhow!("{pk} is not running"))?;
-                for (side, anchor) in anchors.into_iter().enumerate() {
-                    let sender = UserId(9_000 + (round % 3) + 10 * side as u64);
-                    let gift = Gift {
-                        id: GiftId(self.next_gift),
-                        pk: *pk,
-                        receiver: anchor,
-                        sender,
-                        beans: 10 + (round as i64 * 7 + side as i64 * 3) % 50,
-                        profile: None,
-                    };
-                    self.next_gift += 1;
-                    let response = self.node.propose(self.node.arena_of(*pk), Action::Gift(gift)).await?;
-                    anyhow::ensure!(matches!(response, Response::GiftCounted { .. }), "gift: {response:?}");
+                for (side, anchor) in (0u64..).zip(anchors) {
+                    let sender = UserId(9_000 + (round % 3) + 10 * side);
+                    self.gift(*pk, anchor, sender, 10 + (round as i64 * 7 + side as i64 * 3) % 50).await?;
                 }
             }
         }
         Ok(())
     }
 
-    fn running(&self, pk: PkId) -> bool {
-        self.anchors(pk).is_some()
-    }
-
+    /// The anchors of a running PK: source, target.
     fn anchors(&self, pk: PkId) -> Option<[UserId; 2]> {
-        self.node.replica(self.node.arena_of(pk))?.read(|machine| {
-            let view = machine.as_arena()?.view(pk)?;
-            Some([view.source.anchor, view.target.anchor])
-        })
+        self.node.arena_for(pk).read(|arena| arena.view(pk).map(|view| [view.source.anchor, view.target.anchor]))
     }
 
     fn settled(&self) -> BTreeMap<PkId, SettledPk> {
         self.settled.lock().map(|settled| settled.clone()).unwrap_or_default()
     }
 
-    /// Settled PKs still waiting in the arenas' outboxes for the results sink.
     fn pending_results(&self) -> usize {
-        (1..=u64::from(self.node.arena_count()))
-            .filter_map(|arena| self.node.replica(GroupId(arena)))
-            .map(|replica| {
-                replica.read(|machine| machine.as_arena().map_or(0, |arena| arena.pending_results().count()))
-            })
-            .sum()
+        pending_results(&self.node)
     }
 
-    async fn wait_settled(&self, pks: &[PkId], limit: Duration) -> TestResult {
+    async fn wait_settled(&self, pks: &[PkId], limit: Duration) {
         eventually(limit, "the PKs settle", || {
             let settled = self.settled();
             pks.iter().all(|pk| settled.contains_key(pk))
         })
         .await;
-        Ok(())
     }
 }
 
-fn quick_results() -> ResultsDriverConfig {
-    ResultsDriverConfig {
+fn quick_results() -> ResultsConfig {
+    ResultsConfig {
         gifts_every: Duration::from_millis(300),
         max_backoff: Duration::from_millis(500),
         operation_timeout: Duration::from_secs(5),
-        ..ResultsDriverConfig::default()
+        ..ResultsConfig::default()
     }
 }
 
@@ -190,39 +213,25 @@ async fn assert_exactly(store: &ResultsStore, settled: &BTreeMap<PkId, SettledPk
     Ok(())
 }
 
-/// A GET on `address`, returning the status code and the JSON body.
-async fn http_get(address: SocketAddr, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
-    let mut stream = TcpStream::connect(address).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no body: {response}"))?;
-    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    Ok((status, serde_json::from_str(body)?))
+async fn eventually_store(sinks: &Sinks) -> anyhow::Result<ResultsStore> {
+    let slot = sinks.results();
+    eventually(Duration::from_secs(10), "the results store connects", || slot.get().is_some()).await;
+    slot.get().cloned().ok_or_else(|| anyhow::anyhow!("no store"))
 }
 
-// ---- (a) SQLite ---------------------------------------------------------------------
+// ---- SQLite --------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settled_pks_reach_sqlite_and_leave_the_outbox() -> TestResult {
     let mut engine = Engine::start(1_200).await?;
-    let path = engine.data_dir().join("results.sqlite");
+    let path = engine.dir.path().join("results.sqlite");
     let config = SinksConfig {
         results_url: Some(format!("sqlite://{}?mode=rwc", path.display())),
         results: quick_results(),
         ..SinksConfig::default()
     };
-    let sinks = Sinks::start(engine.node.clone(), config);
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    let api = pkd::sinks::http::router(engine.node.clone(), sinks.results());
-    tokio::spawn(async move { axum::serve(listener, api).await });
-
+    let sinks = Sinks::start(&engine.node, config);
     let pks = engine.start_pks(100, 3).await?;
-    let (status, rooms) = http_get(address, "/api/rooms-in-pk").await?;
-    assert_eq!(status, 200);
-    assert_eq!(rooms["rooms"].as_array().map(Vec::len), Some(6), "{rooms}");
     engine.gifts(&pks, 6).await?;
 
     // Running PKs get their t_pk row (status 1) and their gifters' totals.
@@ -233,30 +242,24 @@ async fn settled_pks_reach_sqlite_and_leave_the_outbox() -> TestResult {
     })
     .await;
 
-    engine.wait_settled(&pks, Duration::from_secs(10)).await?;
+    engine.wait_settled(&pks, Duration::from_secs(10)).await;
     eventually(Duration::from_secs(10), "the outbox drains", || engine.pending_results() == 0).await;
-    assert_exactly(&store, &engine.settled()).await?;
+    let settled = engine.settled();
+    assert_exactly(&store, &settled).await?;
     assert_eq!(sinks.metrics().snapshot().results_confirmed, 3);
 
-    let (status, history) = http_get(address, "/api/anchors/100/pks?page=1&size=20").await?;
-    assert_eq!(status, 200);
-    let records = history["records"].as_array().cloned().unwrap_or_default();
-    assert_eq!(records.len(), 1, "{history}");
-    assert_eq!(records[0]["pkId"], serde_json::json!(pks[0].0));
-    assert_eq!(records[0]["competitor"], serde_json::json!(101));
-    let (status, _) = http_get(address, "/api/rooms-in-pk").await?;
-    assert_eq!(status, 200);
-    sinks.shutdown().await;
+    // What the history API serves: anchor 100's one PK, against 101.
+    let history = store.history(UserId(100), 1, 20).await?;
+    assert_eq!(history.len(), 1, "{history:?}");
+    let (record, result) = (&history[0], &settled[&pks[0]]);
+    assert_eq!((record.pk_id, record.status, record.competitor), (pks[0].0, 2, 101));
+    assert_eq!((record.gifts, record.competitor_gifts), (result.source.beans, result.target.beans));
+    assert_eq!(record.winner, result.winner.0);
+    engine.stop(sinks).await;
     Ok(())
 }
 
-async fn eventually_store(sinks: &Sinks) -> anyhow::Result<ResultsStore> {
-    let slot = sinks.results();
-    eventually(Duration::from_secs(10), "the results store connects", || slot.get().is_some()).await;
-    slot.get().cloned().ok_or_else(|| anyhow::anyhow!("no store"))
-}
-
-// ---- (b) MySQL behind a proxy ------------------------------------------------------
+// ---- MySQL behind a proxy ------------------------------------------------------------
 
 /// A TCP proxy to MySQL whose link can be cut (open connections dropped, new ones
 /// refused) and healed.
@@ -354,12 +357,12 @@ async fn mysql_cut_and_heal(database: &str) -> TestResult {
     let url = format!("mysql://{credentials}@{}/{database}", proxy.address);
     let mut engine = Engine::start(1_500).await?;
     let config = SinksConfig { results_url: Some(url), results: quick_results(), ..SinksConfig::default() };
-    let sinks = Sinks::start(engine.node.clone(), config);
+    let sinks = Sinks::start(&engine.node, config);
     let store = eventually_store(&sinks).await?;
 
     let first = engine.start_pks(200, 2).await?;
     engine.gifts(&first, 4).await?;
-    engine.wait_settled(&first, Duration::from_secs(10)).await?;
+    engine.wait_settled(&first, Duration::from_secs(10)).await;
     eventually(Duration::from_secs(10), "the first results are stored", || engine.pending_results() == 0).await;
 
     // Cut the link while PKs run; they settle meanwhile and wait in the outbox.
@@ -367,10 +370,14 @@ async fn mysql_cut_and_heal(database: &str) -> TestResult {
     engine.gifts(&second, 3).await?;
     proxy.cut();
     engine.gifts(&second, 3).await?;
-    engine.wait_settled(&second, Duration::from_secs(10)).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    engine.wait_settled(&second, Duration::from_secs(10)).await;
+    // Two failed rounds after the PKs settled: at least one tried to store them.
+    let errors = sinks.metrics().snapshot().results_errors;
+    eventually(Duration::from_secs(20), "the results duty fails while the link is cut", || {
+        sinks.metrics().snapshot().results_errors >= errors + 2
+    })
+    .await;
     assert_eq!(engine.pending_results(), 3, "the outbox keeps what could not be stored");
-    assert!(sinks.metrics().snapshot().results_errors > 0);
 
     proxy.heal();
     eventually(Duration::from_secs(20), "the outbox drains after the link heals", || engine.pending_results() == 0)
@@ -382,265 +389,16 @@ async fn mysql_cut_and_heal(database: &str) -> TestResult {
     assert_exactly(&direct, &settled).await?;
     direct.close().await;
     drop(store);
-    sinks.shutdown().await;
+    engine.stop(sinks).await;
     Ok(())
 }
 
-// ---- (c), (d) Redis ----------------------------------------------------------------------
+// ---- three nodes: the arena leader stops while results are written ----------------------
 
-async fn redis_raw() -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    Ok(redis::Client::open(redis_url())?.get_multiplexed_async_connection().await?)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flushed_cache_comes_back_from_the_replicas() -> TestResult {
-    let _turn = DATABASE_9.lock().await;
-    let mut raw = redis_raw().await?;
-    let _: () = redis::cmd("FLUSHDB").query_async(&mut raw).await?;
-    let mut engine = Engine::start(8_000).await?;
-    let config = SinksConfig {
-        redis_url: Some(redis_url()),
-        cache: CacheDriverConfig { refresh_every: Duration::from_secs(1), ..CacheDriverConfig::default() },
-        ..SinksConfig::default()
-    };
-    let sinks = Sinks::start(engine.node.clone(), config);
-    let pks = engine.start_pks(400, 2).await?;
-    engine.gifts(&pks, 5).await?;
-    let pk = pks[0];
-    let key = format!("pk_{pk}");
-    let anchors = engine.anchors(pk).ok_or_else(|| anyhow::anyhow!("not running"))?;
-
-    let expected = |engine: &Engine| {
-        engine.node.replica(engine.node.arena_of(pk)).and_then(|replica| {
-            replica.read(|machine| {
-                let arena = machine.as_arena()?;
-                Some((arena.view(pk)?, arena.gifters(pk, anchors[0])))
-            })
-        })
-    };
-    for flush in [false, true] {
-        if flush {
-            let _: () = redis::cmd("FLUSHDB").query_async(&mut raw).await?;
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let (view, gifters) = expected(&engine).ok_or_else(|| anyhow::anyhow!("not running"))?;
-            let hash: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(&mut raw).await?;
-            let zset: Vec<(u64, i64)> = redis::cmd("ZRANGE")
-                .arg(format!("pkg_{pk}_{}", anchors[0]))
-                .arg(0)
-                .arg(-1)
-                .arg("WITHSCORES")
-                .query_async(&mut raw)
-                .await?;
-            let rooms: BTreeMap<u64, u64> = redis::cmd("HGETALL").arg("pkr").query_async(&mut raw).await?;
-            let mut zset = zset;
-            zset.sort();
-            let good = hash.get("sourceGifts") == Some(&view.source.beans.to_string())
-                && hash.get("targetGifts") == Some(&view.target.beans.to_string())
-                && zset == gifters.iter().map(|(sender, beans)| (sender.0, *beans)).collect::<Vec<_>>()
-                && rooms.len() == 4
-                && rooms.get(&(anchors[0].0 + 1000)) == Some(&pk.0);
-            if good {
-                break;
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "the cache does not match (flushed: {flush}): {hash:?} {zset:?} {rooms:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let kinds: Vec<String> = {
-            let mut kinds = Vec::new();
-            for key in [key.clone(), format!("pkg_{pk}_{}", anchors[0]), "pkr".to_owned()] {
-                kinds.push(redis::cmd("TYPE").arg(key).query_async(&mut raw).await?);
-            }
-            kinds
-        };
-        assert_eq!(kinds, ["hash", "zset", "hash"]);
-        let ttl: i64 = redis::cmd("TTL").arg("pkr").query_async(&mut raw).await?;
-        assert!(ttl > 0, "pkr has an expiry");
-    }
-    // Gifts after the rebuild keep flowing into the cache.
-    engine.gifts(&pks[..1], 1).await?;
-    let counters = sinks.metrics().snapshot();
-    assert!(counters.cache_rebuilds >= 2, "{counters:?}");
-    assert_eq!(counters.cache_errors, 0);
-    sinks.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_redis_stops_nothing() -> TestResult {
-    let mut engine = Engine::start(1_000).await?;
-    let config = SinksConfig {
-        redis_url: Some("redis://127.0.0.1:1/9".to_owned()),
-        cache: CacheDriverConfig { max_backoff: Duration::from_millis(200), ..CacheDriverConfig::default() },
-        ..SinksConfig::default()
-    };
-    let sinks = Sinks::start(engine.node.clone(), config);
-    let pks = engine.start_pks(500, 2).await?;
-    engine.gifts(&pks, 5).await?;
-    engine.wait_settled(&pks, Duration::from_secs(10)).await?;
-    let settled = engine.settled();
-    assert!(settled.values().all(|result| result.source.beans > 0 && result.target.beans > 0));
-    eventually(Duration::from_secs(5), "errors are counted", || sinks.metrics().snapshot().cache_errors >= 2).await;
-    sinks.shutdown().await;
-    Ok(())
-}
-
-// ---- measurement (run by hand) -----------------------------------------------------------
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|n| n.parse().ok()).unwrap_or(default)
-}
-
-/// Settled PKs per second the results sink stores into MySQL: `PKD_BENCH_PKS` PKs
-/// (default 600) with a few gifts each, settling within about a second of each other.
-/// Run by hand:
-/// `PKD_BENCH_PKS=600 cargo test --release -p pkd --test sinks_driver measure -- --ignored --nocapture`
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, run by hand"]
-async fn measure_results_sink_throughput_into_mysql() -> TestResult {
-    TestDatabase::around(|name| async move { measure_throughput(&name).await }).await
-}
-
-async fn measure_throughput(database: &str) -> TestResult {
-    let count = env_number("PKD_BENCH_PKS", 600);
-    let mut engine = Engine::start_with(8_000, 4).await?;
-    let config = SinksConfig {
-        results_url: Some(format!("{}/{database}", mysql_server())),
-        results: ResultsDriverConfig::default(),
-        ..SinksConfig::default()
-    };
-    let sinks = Sinks::start(engine.node.clone(), config);
-    let store = eventually_store(&sinks).await?;
-    let pks = engine.start_pks(10_000, count).await?;
-    engine.gifts(&pks, 1).await?;
-    // The first settlement, then the drained outbox.
-    eventually(Duration::from_secs(30), "a first PK settles", || !engine.settled().is_empty()).await;
-    let first_settled = std::time::Instant::now();
-    engine.wait_settled(&pks, Duration::from_secs(60)).await?;
-    let all_settled = first_settled.elapsed().as_secs_f64();
-    eventually(Duration::from_secs(300), "the outbox drains", || engine.pending_results() == 0).await;
-    let drained = first_settled.elapsed().as_secs_f64();
-    let counters = sinks.metrics().snapshot();
-    println!(
-        "{count} PKs settled over {all_settled:.2} s; stored, verified and confirmed {drained:.2} s after the \
-         first settled: {:.0} settled PKs/s; lag behind the engine: max {} ms; repairs {}",
-        count as f64 / drained.max(0.001),
-        counters.result_lag_max_ms,
-        counters.results_repaired,
-    );
-    assert_exactly(&store, &engine.settled()).await?;
-    sinks.shutdown().await;
-    Ok(())
-}
-
-/// The results sink's lag behind the engine while gifts pour in: waves of
-/// `PKD_BENCH_WAVE` PKs (default 100) start every second for `PKD_BENCH_WAVES` s
-/// (default 8), each battling 4 s, while `PKD_BENCH_PROPOSERS` tasks (default 128) send
-/// gifts to the PKs in battle. Run by hand:
-/// `cargo test --release -p pkd --test sinks_driver lag -- --ignored --nocapture`
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, run by hand"]
-async fn measure_results_sink_lag_under_gifts() -> TestResult {
-    TestDatabase::around(|name| async move { measure_lag(&name).await }).await
-}
-
-/// A PK and its two anchors.
-type Pair = (PkId, [UserId; 2]);
-
-async fn measure_lag(database: &str) -> TestResult {
-    let per_wave = env_number("PKD_BENCH_WAVE", 100);
-    let waves = env_number("PKD_BENCH_WAVES", 8);
-    let proposers = env_number("PKD_BENCH_PROPOSERS", 128);
-    let battle = Duration::from_millis(4_000);
-    let engine = Engine::start_with(battle.as_millis() as u64, 4).await?;
-    let config = SinksConfig { results_url: Some(format!("{}/{database}", mysql_server())), ..SinksConfig::default() };
-    let sinks = Sinks::start(engine.node.clone(), config);
-    let store = eventually_store(&sinks).await?;
-
-    let active: Arc<Mutex<Vec<Pair>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for proposer in 0..proposers {
-        let (node, active, stop, counted) = (engine.node.clone(), active.clone(), stop.clone(), counted.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let pick = active.lock().ok().and_then(|active| {
-                    (!active.is_empty()).then(|| active[((n * 7919 + proposer) % active.len() as u64) as usize])
-                });
-                let Some((pk, sides)) = pick else {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let gift = Gift {
-                    id: GiftId(1 + n * proposers + proposer),
-                    pk,
-                    receiver: sides[(n % 2) as usize],
-                    sender: UserId(50_000 + (n * 31 + proposer) % 200),
-                    beans: 1 + (n % 9) as i64,
-                    profile: None,
-                };
-                n += 1;
-                if let Ok(Response::GiftCounted { .. }) = node.propose(node.arena_of(pk), Action::Gift(gift)).await {
-                    counted.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    let began = std::time::Instant::now();
-    let mut all = Vec::new();
-    let mut running: std::collections::VecDeque<(std::time::Instant, Vec<Pair>)> = Default::default();
-    for wave in 0..waves {
-        let wave_start = std::time::Instant::now();
-        let pks = engine.start_pks(100_000 + wave * 10_000, per_wave).await?;
-        all.extend(pks.iter().copied());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let sides: Vec<Pair> = pks.iter().filter_map(|pk| Some((*pk, engine.anchors(*pk)?))).collect();
-        running.push_back((std::time::Instant::now(), sides));
-        while running.front().is_some_and(|(at, _)| at.elapsed() > battle - Duration::from_millis(600)) {
-            running.pop_front();
-        }
-        if let Ok(mut active) = active.lock() {
-            *active = running.iter().flat_map(|(_, wave)| wave.iter().copied()).collect();
-        }
-        tokio::time::sleep(Duration::from_secs(1).saturating_sub(wave_start.elapsed())).await;
-    }
-    tokio::time::sleep(battle - Duration::from_millis(1_000)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        let _ = task.await;
-    }
-    let seconds = began.elapsed().as_secs_f64();
-    let gifts = counted.load(Ordering::Relaxed);
-    let during = sinks.metrics().snapshot();
-    engine.wait_settled(&all, Duration::from_secs(60)).await?;
-    eventually(Duration::from_secs(300), "the outbox drains", || engine.pending_results() == 0).await;
-    let counters = sinks.metrics().snapshot();
-    println!(
-        "{} PKs in {waves} waves, {gifts} gifts counted in {seconds:.1} s: {:.0} gifts/s; while gifting: {} results \
-         stored, lag max {} ms; overall lag max {} ms, gift-total writes {}",
-        all.len(),
-        gifts as f64 / seconds,
-        during.results_written,
-        during.result_lag_max_ms,
-        counters.result_lag_max_ms,
-        counters.gift_totals_written,
-    );
-    assert_exactly(&store, &engine.settled()).await?;
-    sinks.shutdown().await;
-    Ok(())
-}
-
-// ---- (e) three nodes: the arena leader stops while results are written ----------------
-
-/// Three nodes on localhost, each with its own sink drivers over the same database.
+/// Three nodes on loopback, each with the engine's duties and its own sinks over the same
+/// database.
 struct ClusterWithSinks {
-    nodes: Vec<Option<(Arc<Node>, Sinks)>>,
+    nodes: Vec<Option<(Node, Duties, Sinks)>>,
     _dirs: Vec<TempDir>,
 }
 
@@ -652,47 +410,41 @@ impl ClusterWithSinks {
             .map(|dir| NodeConfig { arena_count: 2, snapshot_every: 1_000, ..NodeConfig::single(dir.path()) })
             .collect();
         let mut nodes = Vec::new();
-        for started in pkd::node::start_loopback_cluster(configs, "sinks", b"sinks secret", |_| {}).await? {
-            let node = Arc::new(started.node);
+        for started in start_loopback_cluster(configs, "sinks", b"sinks secret", |_| {}).await? {
+            let node = started.node;
+            let duties = Duties::start(&node);
             let config = SinksConfig {
                 results_url: Some(results_url.to_owned()),
                 results: quick_results(),
                 ..SinksConfig::default()
             };
-            let sinks = Sinks::start(node.clone(), config);
-            nodes.push(Some((node, sinks)));
+            let sinks = Sinks::start(&node, config);
+            nodes.push(Some((node, duties, sinks)));
         }
         Ok(ClusterWithSinks { nodes, _dirs: dirs })
     }
 
-    fn node(&self, id: u64) -> anyhow::Result<&Arc<Node>> {
+    fn node(&self, id: u64) -> anyhow::Result<&Node> {
         self.nodes
             .get(id as usize - 1)
             .and_then(Option::as_ref)
-            .map(|(node, _)| node)
+            .map(|(node, _, _)| node)
             .ok_or_else(|| anyhow::anyhow!("node {id} is not running"))
     }
 
     fn sinks(&self, id: u64) -> Option<&Sinks> {
-        self.nodes.get(id as usize - 1).and_then(Option::as_ref).map(|(_, sinks)| sinks)
+        self.nodes.get(id as usize - 1).and_then(Option::as_ref).map(|(_, _, sinks)| sinks)
     }
 
-    fn running(&self) -> impl Iterator<Item = &Arc<Node>> {
-        self.nodes.iter().flatten().map(|(node, _)| node)
+    fn running(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().flatten().map(|(node, _, _)| node)
     }
 
     async fn stop(&mut self, id: u64) {
-        if let Some((node, sinks)) = self.nodes[id as usize - 1].take() {
+        if let Some((node, duties, sinks)) = self.nodes[id as usize - 1].take() {
             sinks.shutdown().await;
-            let mut node = node;
-            for _ in 0..100 {
-                match Arc::try_unwrap(node) {
-                    Ok(owned) => return owned.shutdown().await,
-                    Err(shared) => node = shared,
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            panic!("node {id} still shared");
+            duties.stop().await;
+            node.shutdown().await;
         }
     }
 
@@ -718,52 +470,33 @@ async fn new_leader_resumes(database: &str) -> TestResult {
         .await;
     }
     let first = cluster.node(1)?.clone();
-    for group in 0..=2u64 {
-        let action = Action::SetConfig { key: "pk_duration".into(), value: "200,8000,0,600000".into() };
-        anyhow::ensure!(first.propose(GroupId(group), action).await? == Response::Done);
-    }
-    let settled: Arc<Mutex<BTreeMap<PkId, SettledPk>>> = Arc::default();
-    let mut effects = first.subscribe_effects();
-    let record = settled.clone();
-    tokio::spawn(async move {
-        while let Ok(tagged) = effects.recv().await {
-            if let Effect::PkSettled(result) = tagged.effect
-                && let Ok(mut settled) = record.lock()
-            {
-                settled.insert(result.pk, *result);
-            }
-        }
-    });
+    set_timing(&first, 8_000).await?;
+    let settled = record_settled(&first);
 
     let mut pks = Vec::new();
     for pair in 0..12u64 {
         let (a, b) = (700 + 2 * pair, 701 + 2 * pair);
-        anyhow::ensure!(first.propose(LOBBY, start_match(a)).await? == Response::Waiting);
-        match first.propose(LOBBY, start_match(b)).await? {
+        anyhow::ensure!(first.propose_lobby(start_match(a)).await? == Response::Waiting);
+        match first.propose_lobby(start_match(b)).await? {
             Response::Matched { pk, .. } => pks.push((pk, [UserId(a), UserId(b)])),
             other => anyhow::bail!("expected a match, got {other:?}"),
         }
     }
-    for (pk, _) in &pks {
-        let arena = first.arena_of(*pk);
-        eventually(Duration::from_secs(5), "the PK reaches its arena", || {
-            first.replica(arena).is_some_and(|replica| {
-                replica.read(|machine| machine.as_arena().is_some_and(|arena| arena.view(*pk).is_some()))
-            })
-        })
-        .await;
-    }
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    eventually(Duration::from_secs(5), "the PKs reach their arenas and their battles begin", || {
+        let now = wall_clock();
+        pks.iter().all(|(pk, _)| first.arena_for(*pk).read(|arena| arena.battle_start(*pk)).is_some_and(|at| at <= now))
+    })
+    .await;
     let mut gift_id = 1;
     let gifting = std::time::Instant::now();
     for round in 0..3u64 {
         for (pk, anchors) in &pks {
-            for (side, anchor) in anchors.iter().enumerate() {
+            for (side, anchor) in (0u64..).zip(anchors) {
                 let gift = Gift {
                     id: GiftId(gift_id),
                     pk: *pk,
                     receiver: *anchor,
-                    sender: UserId(9_100 + round + 10 * side as u64),
+                    sender: UserId(9_100 + round + 10 * side),
                     beans: 5 + round as i64,
                     profile: None,
                 };
@@ -771,7 +504,7 @@ async fn new_leader_resumes(database: &str) -> TestResult {
                 // A gift may be retried: its id makes it count once.
                 let mut attempts = 0;
                 let response = loop {
-                    match first.propose(first.arena_of(*pk), Action::Gift(gift.clone())).await {
+                    match first.propose_arena(first.arena_of(*pk), ArenaAction::Gift(gift.clone())).await {
                         Ok(response) => break response,
                         Err(error) if attempts < 20 => {
                             attempts += 1;
@@ -790,9 +523,9 @@ async fn new_leader_resumes(database: &str) -> TestResult {
         }
     }
 
-    // Stop an arena leader as soon as its driver has written results.
+    // Stop an arena leader as soon as its duty has written results.
     let mut victim = None;
-    eventually(Duration::from_secs(10), "an arena leader writes results", || {
+    eventually(Duration::from_secs(15), "an arena leader writes results", || {
         victim = [2u64, 3]
             .into_iter()
             .find(|id| cluster.sinks(*id).is_some_and(|sinks| sinks.metrics().snapshot().results_written > 0));
@@ -803,23 +536,9 @@ async fn new_leader_resumes(database: &str) -> TestResult {
     cluster.stop(victim).await;
 
     let all: Vec<PkId> = pks.iter().map(|(pk, _)| *pk).collect();
-    let pending = |cluster: &ClusterWithSinks| -> usize {
-        cluster
-            .running()
-            .map(|node| {
-                (1..=2u64)
-                    .filter_map(|arena| node.replica(GroupId(arena)))
-                    .map(|replica| {
-                        replica.read(|machine| machine.as_arena().map_or(0, |arena| arena.pending_results().count()))
-                    })
-                    .sum::<usize>()
-            })
-            .max()
-            .unwrap_or(0)
-    };
     eventually(Duration::from_secs(20), "every PK settles and every outbox drains", || {
         let settled = settled.lock().map(|s| s.clone()).unwrap_or_default();
-        all.iter().all(|pk| settled.contains_key(pk)) && pending(&cluster) == 0
+        all.iter().all(|pk| settled.contains_key(pk)) && cluster.running().all(|node| pending_results(node) == 0)
     })
     .await;
     let direct = ResultsStore::connect(&url).await?;
@@ -827,7 +546,307 @@ async fn new_leader_resumes(database: &str) -> TestResult {
     assert_eq!(settled.len(), 12);
     assert_exactly(&direct, &settled).await?;
     direct.close().await;
-    drop(first);
     cluster.shutdown().await;
+    Ok(())
+}
+
+// ---- Redis -------------------------------------------------------------------------------
+
+/// Takes Redis database 9 for the test and empties it.
+async fn database_9() -> anyhow::Result<(tokio::sync::MutexGuard<'static, ()>, MultiplexedConnection)> {
+    let turn = DATABASE_9.lock().await;
+    let mut raw = redis::Client::open(redis_url())?.get_multiplexed_async_connection().await?;
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut raw).await?;
+    Ok((turn, raw))
+}
+
+/// The cache duty as configured, but with no periodic rewrite: whatever the cache shows
+/// came from changes or from a repair.
+fn cache_without_refresh() -> CacheConfig {
+    CacheConfig { refresh_every: Duration::from_secs(3_600), ..CacheConfig::default() }
+}
+
+async fn hash(raw: &mut MultiplexedConnection, key: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    Ok(redis::cmd("HGETALL").arg(key).query_async(raw).await?)
+}
+
+async fn gifters(raw: &mut MultiplexedConnection, key: &str) -> anyhow::Result<BTreeMap<u64, i64>> {
+    let pairs: Vec<(u64, i64)> =
+        redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES").query_async(raw).await?;
+    Ok(pairs.into_iter().collect())
+}
+
+async fn ttl(raw: &mut MultiplexedConnection, key: &str) -> anyhow::Result<i64> {
+    Ok(redis::cmd("TTL").arg(key).query_async(raw).await?)
+}
+
+/// What the cache shows of a PK: its `pk_` hash and each side's gifters (`pkg_`).
+#[derive(Debug, PartialEq)]
+struct CachedPk {
+    fields: BTreeMap<String, String>,
+    gifters: [BTreeMap<u64, i64>; 2],
+}
+
+impl CachedPk {
+    async fn read(raw: &mut MultiplexedConnection, pk: PkId, anchors: [UserId; 2]) -> anyhow::Result<CachedPk> {
+        Ok(CachedPk {
+            fields: hash(raw, &pk_key(pk)).await?,
+            gifters: [
+                gifters(raw, &gifters_key(pk, anchors[0])).await?,
+                gifters(raw, &gifters_key(pk, anchors[1])).await?,
+            ],
+        })
+    }
+
+    fn field(&self, name: &str) -> &str {
+        self.fields.get(name).map_or("", String::as_str)
+    }
+
+    /// Whether it shows push status `status`, the side totals `totals` and the gifters
+    /// `gifters`.
+    fn shows(&self, status: &str, totals: [i64; 2], gifters: &[BTreeMap<u64, i64>; 2]) -> bool {
+        self.field("status") == status
+            && self.field("sourceGifts") == totals[0].to_string()
+            && self.field("targetGifts") == totals[1].to_string()
+            && &self.gifters == gifters
+    }
+}
+
+/// What the cache shows of the directory (`pkr`, `pkm`'s anchors) and of one PK.
+#[derive(Debug)]
+struct CachedState {
+    rooms: BTreeMap<String, String>,
+    matching: Vec<String>,
+    pk: CachedPk,
+}
+
+impl CachedState {
+    async fn read(raw: &mut MultiplexedConnection, pk: PkId, anchors: [UserId; 2]) -> anyhow::Result<CachedState> {
+        Ok(CachedState {
+            rooms: hash(raw, "pkr").await?,
+            matching: hash(raw, "pkm").await?.into_keys().collect(),
+            pk: CachedPk::read(raw, pk, anchors).await?,
+        })
+    }
+}
+
+/// A running PK's side totals and gifters in `engine`'s replica.
+fn replica_pk(engine: &Engine, pk: PkId) -> Option<([i64; 2], [BTreeMap<u64, i64>; 2])> {
+    engine.node.arena_for(pk).read(|arena| {
+        let view = arena.view(pk)?;
+        let side =
+            |anchor: UserId| arena.gifters(pk, anchor).into_iter().map(|(sender, beans)| (sender.0, beans)).collect();
+        Some(([view.source.beans, view.target.beans], [side(view.source.anchor), side(view.target.anchor)]))
+    })
+}
+
+/// Reads the cache until `good` holds of what `read` returns; fails after `limit`.
+/// Returns how long it took.
+async fn until_cached<T: std::fmt::Debug>(
+    limit: Duration,
+    what: &str,
+    mut read: impl AsyncFnMut() -> anyhow::Result<T>,
+    mut good: impl FnMut(&T) -> bool,
+) -> anyhow::Result<Duration> {
+    let began = Instant::now();
+    loop {
+        let seen = read().await?;
+        if good(&seen) {
+            return Ok(began.elapsed());
+        }
+        anyhow::ensure!(began.elapsed() < limit, "the cache did not show {what} within {limit:?}; it shows {seen:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pk_keys_follow_gifts_within_the_coalescing_window() -> TestResult {
+    let (_turn, mut raw) = database_9().await?;
+    let mut engine = Engine::start(60_000).await?;
+    let cache = cache_without_refresh();
+    let window = cache.coalesce + Duration::from_secs(2);
+    let sinks =
+        Sinks::start(&engine.node, SinksConfig { redis_url: Some(redis_url()), cache, ..SinksConfig::default() });
+    let groups = engine.node.topology().group_count() as u64;
+    eventually(Duration::from_secs(10), "each group writes its keys once", || {
+        sinks.metrics().snapshot().cache_rebuilds >= groups
+    })
+    .await;
+    let rebuilds = sinks.metrics().snapshot().cache_rebuilds;
+
+    let pks = engine.start_pks(400, 2).await?;
+    let pk = pks[0];
+    let anchors = engine.anchors(pk).ok_or_else(|| anyhow::anyhow!("{pk} is not running"))?;
+    // The opening's end reaches the cache with no command to mark it: battle, no gift yet.
+    let none = [BTreeMap::new(), BTreeMap::new()];
+    let read = async || CachedPk::read(&mut raw, pk, anchors).await;
+    until_cached(Duration::from_secs(5), "the battle", read, |cached| cached.shows("1", [0, 0], &none)).await?;
+
+    engine.wait_for_battle(&pks).await;
+    let other = engine.anchors(pks[1]).ok_or_else(|| anyhow::anyhow!("{} is not running", pks[1]))?;
+    let mut totals = [0i64; 2];
+    let mut senders: [BTreeMap<u64, i64>; 2] = Default::default();
+    for burst in 0..3u64 {
+        for gift in 0..4u64 {
+            let side = usize::from(gift % 4 == 3);
+            let sender = 9_000 + (burst + gift) % 3 + 10 * side as u64;
+            let beans = 10 + (burst * 4 + gift) as i64;
+            engine.gift(pk, anchors[side], UserId(sender), beans).await?;
+            // Another PK's gifts go to its own keys.
+            engine.gift(pks[1], other[side], UserId(sender), 1).await?;
+            totals[side] += beans;
+            *senders[side].entry(sender).or_default() += beans;
+        }
+        // Every gift acknowledged so far shows within the coalescing window and a margin.
+        let read = async || CachedPk::read(&mut raw, pk, anchors).await;
+        let took =
+            until_cached(window, "the acknowledged gifts", read, |cached| cached.shows("1", totals, &senders)).await?;
+        println!("burst {burst}: pk_{pk} showed {totals:?} {took:?} after the last acknowledged gift");
+    }
+    assert_eq!(replica_pk(&engine, pk), Some((totals, senders.clone())), "the cache shows the replica's totals");
+    let cached = CachedPk::read(&mut raw, pk, anchors).await?;
+    assert_eq!(cached.field("sourceUser"), anchors[0].0.to_string());
+    assert_eq!(cached.field("targetUser"), anchors[1].0.to_string());
+    assert!(!cached.fields.contains_key("winner"), "undecided: no winner field");
+    let version: u64 = cached.field("version").parse()?;
+    let marker: u64 = redis::cmd("GET").arg(marker_key(engine.node.arena_of(pk).0)).query_async(&mut raw).await?;
+    assert!(version > 0 && version <= marker, "version {version}, marker {marker}");
+    for key in [pk_key(pk), gifters_key(pk, anchors[0]), gifters_key(pk, anchors[1])] {
+        let left = ttl(&mut raw, &key).await?;
+        assert!(left > 0 && left <= LIVE_TTL_SECONDS, "TTL {key} = {left}");
+    }
+    // Nothing was rewritten: the gifts came as changes.
+    let counters = sinks.metrics().snapshot();
+    assert_eq!(counters.cache_rebuilds, rebuilds, "{counters:?}");
+    assert_eq!(counters.cache_errors, 0, "{counters:?}");
+    assert!(counters.cache_batches > 0, "{counters:?}");
+    engine.stop(sinks).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_pk_keeps_its_final_state_and_leaves_the_directory() -> TestResult {
+    let (_turn, mut raw) = database_9().await?;
+    let mut engine = Engine::start(1_500).await?;
+    let config = SinksConfig { redis_url: Some(redis_url()), cache: cache_without_refresh(), ..SinksConfig::default() };
+    let sinks = Sinks::start(&engine.node, config);
+    let pks = engine.start_pks(600, 2).await?;
+    let (won, aborted) = (pks[0], pks[1]);
+    let anchors = engine.anchors(won).ok_or_else(|| anyhow::anyhow!("{won} is not running"))?;
+    let aborted_anchors = engine.anchors(aborted).ok_or_else(|| anyhow::anyhow!("{aborted} is not running"))?;
+    let rooms: Vec<String> = (600..604).map(|anchor| (anchor + 1000).to_string()).collect();
+    until_cached(
+        Duration::from_secs(5),
+        "the rooms in pkr",
+        async || hash(&mut raw, "pkr").await,
+        |pkr| rooms.iter().all(|room| pkr.contains_key(room)),
+    )
+    .await?;
+
+    engine.wait_for_battle(&pks).await;
+    engine.gift(won, anchors[0], UserId(9_001), 30).await?;
+    engine.gift(won, anchors[1], UserId(9_002), 10).await?;
+    let response =
+        engine.node.propose_arena(engine.node.arena_of(aborted), ArenaAction::AbortPk { pk: aborted }).await?;
+    assert_eq!(response, Response::Done);
+    engine.wait_settled(&pks, Duration::from_secs(10)).await;
+
+    // The winner's PK: status 2, the winner, the final totals and gifters.
+    let gifts = [BTreeMap::from([(9_001, 30)]), BTreeMap::from([(9_002, 10)])];
+    let read = async || CachedPk::read(&mut raw, won, anchors).await;
+    until_cached(Duration::from_secs(5), "the final state", read, |cached| {
+        cached.shows("2", [30, 10], &gifts) && cached.field("winner") == anchors[0].0.to_string()
+    })
+    .await?;
+    // The aborted PK: status 3, no winner (0).
+    let read = async || CachedPk::read(&mut raw, aborted, aborted_anchors).await;
+    let none = [BTreeMap::new(), BTreeMap::new()];
+    until_cached(Duration::from_secs(5), "the abnormal end", read, |cached| {
+        cached.shows("3", [0, 0], &none) && cached.field("winner") == "0"
+    })
+    .await?;
+    // The final state outlives the live keys' expiry; the rooms leave pkr at once.
+    for key in [pk_key(won), gifters_key(won, anchors[0]), gifters_key(won, anchors[1]), pk_key(aborted)] {
+        let left = ttl(&mut raw, &key).await?;
+        assert!(left > LIVE_TTL_SECONDS && left <= ENDED_TTL_SECONDS, "TTL {key} = {left}");
+    }
+    until_cached(
+        Duration::from_secs(5),
+        "the rooms released from pkr",
+        async || hash(&mut raw, "pkr").await,
+        |pkr| rooms.iter().all(|room| !pkr.contains_key(room)),
+    )
+    .await?;
+    assert_eq!(sinks.metrics().snapshot().cache_errors, 0);
+    engine.stop(sinks).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_cache_comes_back_within_seconds() -> TestResult {
+    let (_turn, mut raw) = database_9().await?;
+    let mut engine = Engine::start(60_000).await?;
+    let config = SinksConfig { redis_url: Some(redis_url()), cache: cache_without_refresh(), ..SinksConfig::default() };
+    let sinks = Sinks::start(&engine.node, config);
+    let pks = engine.start_pks(800, 2).await?;
+    // One anchor matching alone, for pkm.
+    assert_eq!(engine.node.propose_lobby(start_match(900)).await?, Response::Waiting);
+    engine.gifts(&pks, 3).await?;
+    let pk = pks[0];
+    let anchors = engine.anchors(pk).ok_or_else(|| anyhow::anyhow!("{pk} is not running"))?;
+    let (totals, senders) = replica_pk(&engine, pk).ok_or_else(|| anyhow::anyhow!("{pk} is not running"))?;
+    let rooms: BTreeMap<String, String> = engine.node.lobby().read(|lobby| {
+        lobby.held_pks().flat_map(|(pk, seats)| seats.map(|seat| (seat.room.0.to_string(), pk.0.to_string()))).collect()
+    });
+    assert_eq!(rooms.len(), 4);
+
+    // pkr, pkm, pk_ and pkg_ as the replicas hold them.
+    let complete = |cached: &CachedState| {
+        cached.rooms == rooms && cached.matching == ["900"] && cached.pk.shows("1", totals, &senders)
+    };
+    let read = async || CachedState::read(&mut raw, pk, anchors).await;
+    until_cached(Duration::from_secs(5), "the running PKs", read, complete).await?;
+    let rebuilds = sinks.metrics().snapshot().cache_rebuilds;
+
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut raw).await?;
+    let read = async || CachedState::read(&mut raw, pk, anchors).await;
+    let took = until_cached(Duration::from_secs(5), "the keys back after FLUSHDB", read, complete).await?;
+    println!("pkr, pkm, pk_ and pkg_ came back {took:?} after FLUSHDB");
+    for group in engine.node.topology().groups() {
+        let marker: Option<u64> = redis::cmd("GET").arg(marker_key(group.0)).query_async(&mut raw).await?;
+        assert!(marker.is_some(), "group {group}'s marker is back");
+    }
+    assert!(sinks.metrics().snapshot().cache_rebuilds > rebuilds);
+
+    // Gifts after the repair flow in as changes again.
+    engine.gift(pk, anchors[1], UserId(9_999), 7).await?;
+    let (mut totals, mut senders) = (totals, senders);
+    totals[1] += 7;
+    senders[1].insert(9_999, 7);
+    let read = async || CachedPk::read(&mut raw, pk, anchors).await;
+    until_cached(Duration::from_secs(5), "a gift after the repair", read, |cached| cached.shows("1", totals, &senders))
+        .await?;
+    assert_eq!(sinks.metrics().snapshot().cache_errors, 0);
+    engine.stop(sinks).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_stops_nothing() -> TestResult {
+    let mut engine = Engine::start(1_000).await?;
+    let config = SinksConfig {
+        redis_url: Some("redis://127.0.0.1:1/9".to_owned()),
+        cache: CacheConfig { max_backoff: Duration::from_millis(200), ..CacheConfig::default() },
+        ..SinksConfig::default()
+    };
+    let sinks = Sinks::start(&engine.node, config);
+    let pks = engine.start_pks(500, 2).await?;
+    assert_eq!(engine.node.propose_lobby(start_match(510)).await?, Response::Waiting);
+    engine.gifts(&pks, 5).await?;
+    engine.wait_settled(&pks, Duration::from_secs(10)).await;
+    let settled = engine.settled();
+    assert!(settled.values().all(|result| result.source.beans > 0 && result.target.beans > 0));
+    eventually(Duration::from_secs(5), "errors are counted", || sinks.metrics().snapshot().cache_errors >= 2).await;
+    engine.stop(sinks).await;
     Ok(())
 }

@@ -25,7 +25,7 @@ pub const WAIT: Duration = Duration::from_secs(15);
 pub const LOGIN_SECRET: &str = "process-test-login-secret-0123456789";
 
 pub fn now_ms() -> i64 {
-    pkd::node::wall_clock().0
+    pkd::clock::now_ms()
 }
 
 /// Three nodes, two arenas, `dev:` tokens and tokens signed with [`LOGIN_SECRET`].
@@ -212,7 +212,8 @@ impl Client {
     async fn command_once(&mut self, command_id: i64, room: u64, fields: &Value) -> anyhow::Result<Value> {
         self.sequence += 1;
         let mut frame = json!({"commandId": command_id, "msgType": "command", "roomId": room,
-                               "sequence": self.sequence, "initTime": 1626146346120i64, "logId": "t"});
+                               "sequence": self.sequence, "initTime": 1626146346120i64,
+                               "logId": format!("{}-{}", self.user, self.sequence)});
         if let (Some(frame), Some(fields)) = (frame.as_object_mut(), fields.as_object()) {
             frame.extend(fields.clone());
         }

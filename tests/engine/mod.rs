@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
-use pkd::{LOBBY, Node};
-use pkd_raft::{Action, AnchorProfile, PkId, RoomId, UserId};
+use pkd::Node;
+use pkd_raft::{AnchorProfile, LobbyAction, PkId, RoomId, UserId};
 
 /// Command 28 type 1 from `anchor` (room `anchor + 1000`, India, Android, version 300).
-pub fn start_match(anchor: u64) -> Action {
-    Action::StartMatch {
+pub fn start_match(anchor: u64) -> LobbyAction {
+    LobbyAction::StartMatch {
         anchor: UserId(anchor),
         profile: AnchorProfile {
             room: RoomId(anchor + 1000),
@@ -20,6 +20,7 @@ pub fn start_match(anchor: u64) -> Action {
             platform: "android".into(),
             version_code: 300,
         },
+        request: 0,
     }
 }
 
@@ -34,14 +35,38 @@ pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> 
 
 /// Whether `pk` runs on `node`'s replica of its arena.
 pub fn pk_running(node: &Node, pk: PkId) -> bool {
-    node.replica(node.arena_of(pk)).is_some_and(|replica| {
-        replica.read(|machine| machine.as_arena().is_some_and(|arena| arena.running().any(|id| id == pk)))
-    })
+    node.arena_for(pk).read(|arena| arena.running().any(|id| id == pk))
 }
 
 /// Whether `node`'s lobby replica holds `anchor` in a PK.
 pub fn lobby_holds(node: &Node, anchor: u64) -> bool {
-    node.replica(LOBBY).is_some_and(|replica| {
-        replica.read(|machine| machine.as_lobby().is_some_and(|lobby| lobby.pk_of(UserId(anchor)).is_some()))
-    })
+    node.lobby().read(|lobby| lobby.pk_of(UserId(anchor)).is_some())
+}
+
+/// A node with the engine's own duties running (timers, hand-overs, leader balancing),
+/// as `pkd serve` runs it, without the gateway and the sinks.
+pub struct Running {
+    pub node: Node,
+    duties: pkd::duties::Duties,
+}
+
+impl Running {
+    pub fn new(node: Node) -> Running {
+        let duties = pkd::duties::Duties::start(&node);
+        Running { node, duties }
+    }
+
+    /// Stops the duties, then the node.
+    pub async fn shutdown(self) {
+        self.duties.stop().await;
+        self.node.shutdown().await;
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
 }
