@@ -34,8 +34,10 @@ impl Cluster {
             .collect();
         // Small pieces: the snapshots these tests send travel in many of them.
         let started = start_loopback_cluster(configs, "test", secret, |network| network.snapshot_chunk = 256).await?;
-        let (nodes, configs) =
-            started.into_iter().map(|started| (Some(Running::new(started.node)), (started.config, started.network))).unzip();
+        let (nodes, configs) = started
+            .into_iter()
+            .map(|started| (Some(Running::new(started.node)), (started.config, started.network)))
+            .unzip();
         Ok(Cluster { nodes, configs, _dirs: dirs })
     }
 
@@ -240,11 +242,19 @@ async fn linearizable_reads_see_every_acknowledged_write_and_fail_without_a_quor
     // Each gift is acknowledged by the arena's leader; at once, every node (the two
     // followers included, one of them through a forwarded read index) reads it back.
     for id in 1..=20 {
-        let gift =
-            ArenaAction::Gift(Gift { id: GiftId(id), pk, receiver: UserId(1), sender: UserId(9), beans: 1, profile: None });
+        let gift = ArenaAction::Gift(Gift {
+            id: GiftId(id),
+            pk,
+            receiver: UserId(1),
+            sender: UserId(9),
+            beans: 1,
+            profile: None,
+        });
         assert!(matches!(cluster.node(leader)?.propose_arena(arena, gift).await?, Response::GiftCounted { .. }));
         for node in cluster.running() {
-            let beans = node.read_arena(arena, pkd::Consistency::Linearizable, |machine: &Arena| source_beans(machine, pk)).await?;
+            let beans = node
+                .read_arena(arena, pkd::Consistency::Linearizable, |machine: &Arena| source_beans(machine, pk))
+                .await?;
             assert_eq!(beans, Some(id as i64), "node {} read a state older than gift {id}", node.id());
         }
     }
@@ -256,9 +266,13 @@ async fn linearizable_reads_see_every_acknowledged_write_and_fail_without_a_quor
         cluster.stop(id).await;
     }
     let node = cluster.node(alone)?;
-    let refused = node.read_arena(arena, pkd::Consistency::Linearizable, |machine: &Arena| source_beans(machine, pk)).await;
+    let refused =
+        node.read_arena(arena, pkd::Consistency::Linearizable, |machine: &Arena| source_beans(machine, pk)).await;
     assert!(refused.is_err(), "a linearizable read without a quorum answered {refused:?}");
-    assert_eq!(node.read_arena(arena, pkd::Consistency::Local, |machine: &Arena| source_beans(machine, pk)).await?, Some(20));
+    assert_eq!(
+        node.read_arena(arena, pkd::Consistency::Local, |machine: &Arena| source_beans(machine, pk)).await?,
+        Some(20)
+    );
     cluster.shutdown().await;
     Ok(())
 }

@@ -4,10 +4,9 @@
 use futures_util::{SinkExt, StreamExt};
 use pkd::app::{self, App, AppConfig, Listeners};
 use pkd::gateway::{GatewayConfig, RtmCredentials};
-use pkd::{NodeConfig, Topology};
 use pkd::tokens::login;
+use pkd::{NodeConfig, Topology};
 use pkd_raft::Action;
-use tokio_util::sync::CancellationToken;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, http};
+use tokio_util::sync::CancellationToken;
 
 const SECRET: &[u8] = b"test-login-secret-0123456789";
 const GIFT_TOKEN: &str = "gift-token-0123456789abcdef";

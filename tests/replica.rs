@@ -182,14 +182,12 @@ async fn a_restarted_node_recovers_and_finishes_its_pks() -> TestResult {
         format!("{lobby:?}\n{arenas:?}\n{view:?}")
     };
     let before = summaries(&node);
-    let snapshot_before =
-        node.arena_for(pk).read(|machine| machine.snapshot());
+    let snapshot_before = node.arena_for(pk).read(|machine| machine.snapshot());
     node.shutdown().await;
 
     let node = Running::new(Node::start(config(&dir)).await?);
     assert_eq!(summaries(&node), before, "the state is recovered");
-    let snapshot_after =
-        node.arena_for(pk).read(|machine| machine.snapshot());
+    let snapshot_after = node.arena_for(pk).read(|machine| machine.snapshot());
     // The blank entry a new leader writes changes nothing in the machine.
     assert_eq!(snapshot_after, snapshot_before, "the arena is byte for byte the same");
     assert!(pk_running(&node, pk), "the PK still runs after the restart");
