@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const DOCUMENT: &str = include_str!("../docs/openapi.yaml");
-const ROUTES: &str = include_str!("../src/http/mod.rs");
+const DOCUMENT: &str = include_str!("../../docs/openapi.yaml");
+const ROUTES: &str = include_str!("../../src/http/mod.rs");
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 
 fn document() -> anyhow::Result<Value> {

@@ -17,24 +17,24 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, http};
 use tokio_util::sync::CancellationToken;
 
-const SECRET: &[u8] = b"test-login-secret-0123456789";
-const GIFT_TOKEN: &str = "gift-token-0123456789abcdef";
-const CERTIFICATE: &str = "fedcba9876543210fedcba9876543210";
-const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const SECRET: &[u8] = b"test-login-secret-0123456789";
+pub(crate) const GIFT_TOKEN: &str = "gift-token-0123456789abcdef";
+pub(crate) const CERTIFICATE: &str = "fedcba9876543210fedcba9876543210";
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
-struct Server {
-    addr: SocketAddr,
-    app: App,
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
+    pub(crate) app: App,
     _stop: tokio_util::sync::DropGuard,
     _dir: TempDir,
 }
 
-async fn start() -> Server {
+pub(crate) async fn start() -> Server {
     start_with(|_| {}).await
 }
 
 /// A server whose gateway settings `tweak` changes from the tests' usual ones.
-async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Server {
+pub(crate) async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Server {
     let dir = TempDir::new().unwrap();
     let config = GatewayConfig {
         login_secret: Some(SECRET.to_vec()),
@@ -72,7 +72,7 @@ async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Server {
 impl Server {
     /// Anchors `a` and `b` matched into a PK, with `viewer` in `a`'s room, once its
     /// opening (300 ms) is over: gifts count from now on.
-    async fn battle(&self, a: u64, b: u64, viewer: u64) -> (Client, Client, Client) {
+    pub(crate) async fn battle(&self, a: u64, b: u64, viewer: u64) -> (Client, Client, Client) {
         let mut source = self.connect(a).await;
         let mut target = self.connect(b).await;
         let mut watcher = self.connect(viewer).await;
@@ -85,7 +85,7 @@ impl Server {
         (source, target, watcher)
     }
 
-    async fn config(&self, key: &str, value: &str) {
+    pub(crate) async fn config(&self, key: &str, value: &str) {
         for group in Topology::new(2).unwrap().groups() {
             let action = Action::SetConfig { key: key.into(), value: value.into() };
             let response = self.app.node().propose(group, action).await.unwrap();
@@ -93,12 +93,12 @@ impl Server {
         }
     }
 
-    async fn connect(&self, user: u64) -> Client {
+    pub(crate) async fn connect(&self, user: u64) -> Client {
         let token = token(user, "IN", "android", 300);
         self.connect_with(&format!("Bearer {token}"), "").await.unwrap()
     }
 
-    async fn connect_with(&self, authorization: &str, query: &str) -> Result<Client, String> {
+    pub(crate) async fn connect_with(&self, authorization: &str, query: &str) -> Result<Client, String> {
         let mut request = format!("ws://{}/ws{query}", self.addr).into_client_request().unwrap();
         if !authorization.is_empty() {
             request.headers_mut().insert(http::header::AUTHORIZATION, authorization.parse().unwrap());
@@ -111,7 +111,7 @@ impl Server {
 
     /// A client whose socket has a small receive buffer, so that what it leaves unread
     /// fills the connection quickly.
-    async fn connect_small_buffer(&self, user: u64) -> Client {
+    pub(crate) async fn connect_small_buffer(&self, user: u64) -> Client {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let stream = socket.connect(self.addr).await.unwrap();
@@ -124,7 +124,7 @@ impl Server {
     }
 
     /// One HTTP request to the gift API; returns (status, body).
-    async fn gifts(&self, token: Option<&str>, body: &str) -> (u16, Value) {
+    pub(crate) async fn gifts(&self, token: Option<&str>, body: &str) -> (u16, Value) {
         let mut stream = TcpStream::connect(self.addr).await.unwrap();
         let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         let request = format!(
@@ -139,7 +139,7 @@ impl Server {
         (status, serde_json::from_str(body).unwrap_or(Value::Null))
     }
 
-    async fn gift(&self, id: u64, receiver: u64, sender: u64, beans: i64) -> Value {
+    pub(crate) async fn gift(&self, id: u64, receiver: u64, sender: u64, beans: i64) -> Value {
         let body = json!({"id": id, "receiver": receiver, "sender": sender, "beans": beans,
                           "senderProfile": {"nickname": format!("viewer{sender}"), "level": 3}});
         let (status, reply) = self.gifts(Some(GIFT_TOKEN), &body.to_string()).await;
@@ -148,7 +148,7 @@ impl Server {
     }
 }
 
-fn token(user: u64, country: &str, platform: &str, version: u32) -> String {
+pub(crate) fn token(user: u64, country: &str, platform: &str, version: u32) -> String {
     let claims = login::Claims {
         user_id: login::UserId::new(user.to_string()).unwrap(),
         expires_at_ms: u64::try_from(pkd::clock::now_ms()).unwrap() + 3_600_000,
@@ -159,15 +159,15 @@ fn token(user: u64, country: &str, platform: &str, version: u32) -> String {
     login::mint(SECRET, &claims)
 }
 
-struct Client {
-    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-    sequence: i64,
+pub(crate) struct Client {
+    pub(crate) socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    pub(crate) sequence: i64,
     /// Pushes received while waiting for replies.
-    pushes: Vec<Value>,
+    pub(crate) pushes: Vec<Value>,
 }
 
 impl Client {
-    async fn next_json(&mut self) -> Value {
+    pub(crate) async fn next_json(&mut self) -> Value {
         loop {
             let message = tokio::time::timeout(WAIT, self.socket.next()).await.expect("no message in time");
             match message.expect("connection closed").expect("socket error") {
@@ -179,7 +179,7 @@ impl Client {
     }
 
     /// Sends a raw frame and returns the reply (pushes received meanwhile are kept).
-    async fn raw(&mut self, frame: String) -> Value {
+    pub(crate) async fn raw(&mut self, frame: String) -> Value {
         self.socket.send(Message::Text(frame.into())).await.unwrap();
         loop {
             let message = self.next_json().await;
@@ -190,7 +190,7 @@ impl Client {
         }
     }
 
-    async fn command(&mut self, command_id: i64, room: u64, fields: Value) -> Value {
+    pub(crate) async fn command(&mut self, command_id: i64, room: u64, fields: Value) -> Value {
         self.sequence += 1;
         let mut frame = json!({"commandId": command_id, "msgType": "command", "roomId": room,
                                "sequence": self.sequence, "initTime": 1626146346120i64,
@@ -206,7 +206,7 @@ impl Client {
 
     /// From now on the client only sends (command 44, over and over) and reads nothing;
     /// the task ends once the server has dropped the connection.
-    fn stop_reading(self, room: u64) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn stop_reading(self, room: u64) -> tokio::task::JoinHandle<()> {
         let (mut commands, replies) = self.socket.split();
         tokio::spawn(async move {
             let _unread = replies;
@@ -217,16 +217,16 @@ impl Client {
         })
     }
 
-    async fn enter(&mut self, room: u64, anchor: bool) -> Value {
+    pub(crate) async fn enter(&mut self, room: u64, anchor: bool) -> Value {
         self.command(40, room, json!({"type": if anchor { 2 } else { 1 }})).await
     }
 
-    async fn matching(&mut self, kind: i64, room: u64, source: u64, target: u64) -> Value {
+    pub(crate) async fn matching(&mut self, kind: i64, room: u64, source: u64, target: u64) -> Value {
         self.command(28, room, json!({"type": kind, "source": source, "target": target})).await
     }
 
     /// The next push of `push_type`, skipping others.
-    async fn push(&mut self, push_type: i64) -> Value {
+    pub(crate) async fn push(&mut self, push_type: i64) -> Value {
         if let Some(i) = self.pushes.iter().position(|p| p["type"] == push_type) {
             return self.pushes.remove(i);
         }
@@ -239,7 +239,7 @@ impl Client {
     }
 
     /// Pushes of `push_type` that arrive within `window`.
-    async fn count_pushes(&mut self, push_type: i64, window: Duration) -> Vec<Value> {
+    pub(crate) async fn count_pushes(&mut self, push_type: i64, window: Duration) -> Vec<Value> {
         let mut seen: Vec<Value> = self.pushes.drain(..).filter(|p| p["type"] == push_type).collect();
         let deadline = tokio::time::Instant::now() + window;
         while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, self.socket.next()).await {

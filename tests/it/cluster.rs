@@ -2,9 +2,7 @@
 //! the leaders, leaders spread over the nodes, PKs handed over between groups led by
 //! different nodes, failover, and catching up by snapshot.
 
-mod engine;
-
-use engine::{Running, eventually, lobby_holds, pk_running, start_match};
+use crate::engine::{Running, eventually, lobby_holds, pk_running, start_match};
 use std::time::Duration;
 
 use pkd::replication::network::NetworkConfig;

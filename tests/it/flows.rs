@@ -9,15 +9,13 @@
 //! that change config for everyone (`pk_enable`, `version_control`) run after them, and
 //! the killed leader has a cluster of its own.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
-use common::{
+use crate::common::{
     Client, FAILOVER_BOUND, Profile, WAIT, agreed_leader, arena_of, converged, ends_once, gift, now_ms, post_gift,
     set_config, settled_leader, short_pks, start_cluster,
 };
+use anyhow::{Context, ensure};
 use pkd_cluster::LocalCluster;
 use serde_json::{Value, json};
 

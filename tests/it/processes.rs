@@ -3,15 +3,13 @@
 //! every node, and a membership change. Clients are real WebSocket clients with `dev:`
 //! tokens; the cluster is driven and observed through the admin API.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-use common::{
+use crate::common::{
     Client, Pk, WAIT, agreed_leader, arena_of, cluster_options, converged, ends_once, gift, now_ms, settled_leader,
     short_pks, start_cluster, start_cluster_with, start_pk, statuses,
 };
+use anyhow::{Context, bail, ensure};
 use pkd_cluster::{AdminClient, LocalOptions};
 use serde_json::json;
 

@@ -1,9 +1,7 @@
 //! A single node on a real sled database: matching, the hand-over of PKs between the lobby
 //! and the arenas, gifts, timers fired by the leader, and recovery after a restart.
 
-mod engine;
-
-use engine::{Running, eventually, lobby_holds, pk_running, start_match};
+use crate::engine::{Running, eventually, lobby_holds, pk_running, start_match};
 use std::time::Duration;
 
 use pkd::{GroupId, LOBBY, Node, NodeConfig};

@@ -1,0 +1,33 @@
+//! pkd's integration tests: one binary, one module per feature, all over real sockets.
+//!
+//! - In-process nodes (`engine` helpers): [`replica`] (one node on sled), [`cluster`]
+//!   (three nodes on loopback), [`sinks_driver`] (the results store and the cache duties).
+//! - One app started through its seam (`pkd::app::start`) on port 0: [`gateway`], [`edge`].
+//! - Real `pkd serve` processes (`common` helpers, `pkd_cluster::LocalCluster`):
+//!   [`processes`], [`flows`], [`backup`], [`upgrade`], [`logs`], [`openapi`], [`cli`],
+//!   [`bench`], [`browser`] (headless Chromium).
+//! - Stores and formats: [`sinks_sql`] (SQLite and MariaDB), [`sinks_redis`] (Redis),
+//!   [`protocol`], [`tokens`].
+//!
+//! Services come from the environment `scripts/test` sets: `PKD_TEST_REDIS_URL`,
+//! `PKD_TEST_MYSQL_URL`, `PKD_CHROMIUM`.
+
+mod common;
+mod engine;
+
+mod backup;
+mod bench;
+mod browser;
+mod cli;
+mod cluster;
+mod edge;
+mod flows;
+mod gateway;
+mod logs;
+mod openapi;
+mod processes;
+mod protocol;
+mod replica;
+mod sinks_sql;
+mod tokens;
+mod upgrade;
