@@ -13,6 +13,7 @@
 
 pub mod cadence;
 pub mod gifting;
+pub mod human;
 pub mod pks;
 pub mod recorder;
 pub mod report;
@@ -310,7 +311,7 @@ impl Bench {
                         second += 1;
                         let row = recorder.tick(second, now, &tickets);
                         if !quiet {
-                            eprintln!("{}", recorder::progress_line(&row));
+                            eprintln!("{}", report::progress_line(&row));
                         }
                         if now >= next_sample {
                             sampler.sample(&target);
@@ -526,7 +527,7 @@ fn summarize(bench: &Bench, output: ScenarioOutput, slos: &[slo::Slo]) -> (Summa
         },
         load: LoadSummary {
             mode: mode.to_owned(),
-            label: bench.mode.label(),
+            label: report::load_label(&bench.mode),
             rate,
             connections,
             clients,

@@ -227,24 +227,6 @@ impl Recorder {
     }
 }
 
-/// The progress line of one second, for stderr.
-pub fn progress_line(row: &SecondRow) -> String {
-    let latency = |micros: Option<u64>| {
-        micros.map_or_else(|| "-".to_owned(), |micros| super::report::human_duration(Duration::from_micros(micros)))
-    };
-    format!(
-        "[{:>5}s {:<7}] ok/s {:>8}  errors/s {:>6}  p50 {:>9}  p99 {:>9}  in flight {:>6}  backlog {:>7}",
-        row.second,
-        row.phase,
-        row.ok,
-        row.errors,
-        latency(row.p50_us),
-        latency(row.p99_us),
-        row.in_flight,
-        row.backlog
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,9 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::human::{human_bytes, human_duration, human_number};
 use super::recorder::SecondRow;
+use super::schedule::LoadMode;
 use super::slo::{MetricValue, SloOutcome};
 
 /// The summary of a run (`--json` prints it; `--out` writes it as summary.json).
@@ -443,45 +445,33 @@ pub fn percentile_distribution(histogram: &Histogram<u64>) -> String {
     out
 }
 
-/// A duration the way a person reads it: `357 µs`, `4.30 ms`, `1.25 s`.
-pub fn human_duration(duration: Duration) -> String {
-    let micros = duration.as_secs_f64() * 1e6;
-    if micros < 1_000.0 {
-        format!("{micros:.0} µs")
-    } else if micros < 1_000_000.0 {
-        format!("{:.2} ms", micros / 1e3)
-    } else {
-        format!("{:.2} s", micros / 1e6)
-    }
-}
-
-/// A count or rate: `12,345` or `12,345.6` below 100 with one decimal.
-pub fn human_number(value: f64) -> String {
-    if value.abs() < 100.0 && value.fract() != 0.0 {
-        return format!("{value:.1}");
-    }
-    let whole = value.round() as i64;
-    let digits = whole.unsigned_abs().to_string();
-    let mut grouped = String::new();
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
-            grouped.push(',');
+/// A load mode as the summary names it: "open loop, 1,000 ops/s over 64 connections" or
+/// "closed loop, 256 clients".
+pub fn load_label(mode: &LoadMode) -> String {
+    match *mode {
+        LoadMode::Open { rate, connections } => {
+            format!("open loop, {} ops/s over {connections} connections", human_number(rate))
         }
-        grouped.push(digit);
+        LoadMode::Closed { clients } => format!("closed loop, {clients} clients"),
     }
-    if whole < 0 { format!("-{grouped}") } else { grouped }
 }
 
-/// Bytes in KiB, MiB or GiB.
-pub fn human_bytes(bytes: u64) -> String {
-    let bytes = bytes as f64;
-    if bytes < 1024.0 * 1024.0 {
-        format!("{:.1} KiB", bytes / 1024.0)
-    } else if bytes < 1024.0 * 1024.0 * 1024.0 {
-        format!("{:.1} MiB", bytes / 1024.0 / 1024.0)
-    } else {
-        format!("{:.2} GiB", bytes / 1024.0 / 1024.0 / 1024.0)
-    }
+/// The progress line of one second, for stderr.
+pub fn progress_line(row: &SecondRow) -> String {
+    let latency = |micros: Option<u64>| {
+        micros.map_or_else(|| "-".to_owned(), |micros| human_duration(Duration::from_micros(micros)))
+    };
+    format!(
+        "[{:>5}s {:<7}] ok/s {:>8}  errors/s {:>6}  p50 {:>9}  p99 {:>9}  in flight {:>6}  backlog {:>7}",
+        row.second,
+        row.phase,
+        row.ok,
+        row.errors,
+        latency(row.p50_us),
+        latency(row.p99_us),
+        row.in_flight,
+        row.backlog
+    )
 }
 
 fn capitalized(word: &str) -> String {
@@ -504,6 +494,12 @@ fn compact(value: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_modes_are_labelled_with_their_loop() {
+        assert_eq!(load_label(&LoadMode::Closed { clients: 4 }), "closed loop, 4 clients");
+        assert!(load_label(&LoadMode::Open { rate: 1000.0, connections: 64 }).starts_with("open loop, 1,000 ops/s"));
+    }
 
     #[test]
     fn numbers_durations_and_sizes_read_well() {

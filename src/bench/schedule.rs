@@ -33,17 +33,6 @@ impl LoadMode {
             LoadMode::Closed { clients } => clients.max(1),
         }
     }
-
-    /// As the summary names it: "open loop, 1000/s over 64 connections" or
-    /// "closed loop, 256 clients".
-    pub fn label(&self) -> String {
-        match *self {
-            LoadMode::Open { rate, connections } => {
-                format!("open loop, {} ops/s over {connections} connections", super::report::human_number(rate))
-            }
-            LoadMode::Closed { clients } => format!("closed loop, {clients} clients"),
-        }
-    }
 }
 
 /// The open-loop schedule: operation `k` is due `k / rate` seconds after the start.
@@ -209,6 +198,5 @@ mod tests {
         assert_eq!(tickets.next().await.unwrap().index, 1);
         tickets.stop();
         assert!(tickets.next().await.is_none());
-        assert!(LoadMode::Closed { clients: 4 }.label().contains("closed loop"));
     }
 }

@@ -54,7 +54,7 @@ pub enum MetricValue {
 impl std::fmt::Display for MetricValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            MetricValue::Duration(duration) => write!(f, "{}", super::report::human_duration(*duration)),
+            MetricValue::Duration(duration) => write!(f, "{}", super::human::human_duration(*duration)),
             MetricValue::Number(number) if number.fract() == 0.0 && number.abs() < 1e15 => write!(f, "{number:.0}"),
             MetricValue::Number(number) => write!(f, "{number:.4}"),
         }
@@ -195,7 +195,7 @@ impl Slo {
     /// The objective written back in a normal form, e.g. `ack.p99 < 5ms`.
     pub fn describe(&self) -> String {
         let threshold = match self.threshold {
-            Threshold::Duration(duration) => super::report::human_duration(duration),
+            Threshold::Duration(duration) => super::human::human_duration(duration),
             Threshold::Number(number) => number.to_string(),
         };
         format!("{} {} {threshold}", self.metric, self.comparison.symbol())

@@ -24,6 +24,10 @@ pub const WAIT: Duration = Duration::from_secs(15);
 /// The login secret every node of [`start_cluster`] shares with the tests.
 pub const LOGIN_SECRET: &str = "process-test-login-secret-0123456789";
 
+/// The Redis database the cache tests own (`PKD_TEST_REDIS_URL`, database 9 by default):
+/// the source's key names cannot be prefixed, so those tests take turns.
+pub static REDIS_DATABASE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub fn now_ms() -> i64 {
     pkd::clock::now_ms()
 }

@@ -4,9 +4,7 @@
 //! it take turns) following gifts, keeping an ended PK's final state, coming back after a
 //! flush, and unreachable altogether.
 
-mod engine;
-
-use engine::{eventually, start_match};
+use crate::engine::{eventually, start_match};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -32,7 +30,6 @@ use tokio::time::Instant;
 
 type TestResult = anyhow::Result<()>;
 
-static DATABASE_9: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static DATABASES: AtomicU32 = AtomicU32::new(0);
 
 fn redis_url() -> String {
@@ -554,7 +551,7 @@ async fn new_leader_resumes(database: &str) -> TestResult {
 
 /// Takes Redis database 9 for the test and empties it.
 async fn database_9() -> anyhow::Result<(tokio::sync::MutexGuard<'static, ()>, MultiplexedConnection)> {
-    let turn = DATABASE_9.lock().await;
+    let turn = crate::common::REDIS_DATABASE.lock().await;
     let mut raw = redis::Client::open(redis_url())?.get_multiplexed_async_connection().await?;
     let _: () = redis::cmd("FLUSHDB").query_async(&mut raw).await?;
     Ok((turn, raw))
@@ -580,11 +577,14 @@ async fn ttl(raw: &mut MultiplexedConnection, key: &str) -> anyhow::Result<i64> 
     Ok(redis::cmd("TTL").arg(key).query_async(raw).await?)
 }
 
+/// Each side's senders (source, target) with their totals in beans.
+type Gifters = [BTreeMap<u64, i64>; 2];
+
 /// What the cache shows of a PK: its `pk_` hash and each side's gifters (`pkg_`).
 #[derive(Debug, PartialEq)]
 struct CachedPk {
     fields: BTreeMap<String, String>,
-    gifters: [BTreeMap<u64, i64>; 2],
+    gifters: Gifters,
 }
 
 impl CachedPk {
@@ -604,7 +604,7 @@ impl CachedPk {
 
     /// Whether it shows push status `status`, the side totals `totals` and the gifters
     /// `gifters`.
-    fn shows(&self, status: &str, totals: [i64; 2], gifters: &[BTreeMap<u64, i64>; 2]) -> bool {
+    fn shows(&self, status: &str, totals: [i64; 2], gifters: &Gifters) -> bool {
         self.field("status") == status
             && self.field("sourceGifts") == totals[0].to_string()
             && self.field("targetGifts") == totals[1].to_string()
@@ -631,7 +631,7 @@ impl CachedState {
 }
 
 /// A running PK's side totals and gifters in `engine`'s replica.
-fn replica_pk(engine: &Engine, pk: PkId) -> Option<([i64; 2], [BTreeMap<u64, i64>; 2])> {
+fn replica_pk(engine: &Engine, pk: PkId) -> Option<([i64; 2], Gifters)> {
     engine.node.arena_for(pk).read(|arena| {
         let view = arena.view(pk)?;
         let side =
@@ -685,7 +685,7 @@ async fn pk_keys_follow_gifts_within_the_coalescing_window() -> TestResult {
     engine.wait_for_battle(&pks).await;
     let other = engine.anchors(pks[1]).ok_or_else(|| anyhow::anyhow!("{} is not running", pks[1]))?;
     let mut totals = [0i64; 2];
-    let mut senders: [BTreeMap<u64, i64>; 2] = Default::default();
+    let mut senders: Gifters = Default::default();
     for burst in 0..3u64 {
         for gift in 0..4u64 {
             let side = usize::from(gift % 4 == 3);

@@ -17,11 +17,9 @@ use pkd::sinks::{Directory, RedisCache, RunningPk, Writes, Written};
 use pkd_raft::effect::{GifterTotal, SideView, TopGifter};
 use pkd_raft::{GifterProfile, PkId, PkStatus, PkView, RoomId, TimestampMs, UserId};
 use redis::aio::MultiplexedConnection;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::MutexGuard;
 
 type TestResult = anyhow::Result<()>;
-
-static DATABASE_9: Mutex<()> = Mutex::const_new(());
 
 /// The lobby's group (the directory keys) and an arena's (its PKs' keys).
 const LOBBY: u64 = 0;
@@ -40,7 +38,7 @@ fn url() -> String {
 
 /// Takes database 9 for the test and empties it.
 async fn fresh() -> (MutexGuard<'static, ()>, RedisCache, MultiplexedConnection) {
-    let guard = DATABASE_9.lock().await;
+    let guard = crate::common::REDIS_DATABASE.lock().await;
     let client = redis::Client::open(url()).expect("a Redis URL");
     let mut raw =
         client.get_multiplexed_async_connection().await.expect("Redis on 127.0.0.1:6379 (PKD_TEST_REDIS_URL)");
