@@ -85,6 +85,10 @@ struct Pending {
     gifters: BTreeMap<(PkId, UserId), BTreeMap<UserId, i64>>,
     /// PKs that ended: their final state.
     ended: BTreeMap<PkId, (Box<PkView>, [UserId; 2])>,
+    /// The log index of the latest effect gathered: the directory's operations are as of
+    /// it (not as of the replica's index when they go out, which may hold entries of a new
+    /// leader that has rewritten the keys since).
+    index: u64,
 }
 
 impl Pending {
@@ -141,6 +145,10 @@ pub struct Cache {
     openings: BTreeMap<TimestampMs, BTreeSet<PkId>>,
     /// Running PKs and their anchors, as last written (for renewing their keys).
     running: BTreeMap<PkId, [UserId; 2]>,
+    /// PKs that ended here lately, with their final state and when they ended: a rewrite
+    /// (after a failed write, say) writes their final state again while the cache should
+    /// still show it.
+    ended: BTreeMap<PkId, (Box<PkView>, [UserId; 2], Instant)>,
 }
 
 impl Cache {
@@ -190,6 +198,7 @@ impl Cache {
             next_renew: now + redis_cache::RENEW_EVERY,
             openings: BTreeMap::new(),
             running: BTreeMap::new(),
+            ended: BTreeMap::new(),
         }
     }
 
@@ -205,8 +214,12 @@ impl Cache {
     fn gather(&mut self) -> bool {
         loop {
             match self.effects.try_recv() {
-                Ok(TaggedEffect { effect: Effect::CacheChanged(change), .. }) => self.pending.take(change),
-                Ok(TaggedEffect { effect: Effect::PkChanged { pk }, .. }) => {
+                Ok(TaggedEffect { effect: Effect::CacheChanged(change), index, .. }) => {
+                    self.pending.index = self.pending.index.max(index);
+                    self.pending.take(change);
+                }
+                Ok(TaggedEffect { effect: Effect::PkChanged { pk }, index, .. }) => {
+                    self.pending.index = self.pending.index.max(index);
                     self.pending.pks.insert(pk);
                 }
                 Ok(_) => {}
@@ -249,6 +262,11 @@ impl Cache {
                     ops.extend(redis_cache::running_pk_ops(pk, index));
                     self.note_running(&pk.view);
                 }
+                let keep = Duration::from_secs(redis_cache::ENDED_TTL_SECONDS.unsigned_abs());
+                self.ended.retain(|_, (_, _, at)| at.elapsed() < keep);
+                for (final_view, anchors, _) in self.ended.values() {
+                    ops.extend(redis_cache::ended_pk_ops(final_view, *anchors, index));
+                }
                 (index, ops)
             }
         };
@@ -283,10 +301,10 @@ impl Cache {
         let count = pending.count();
         let now = wall_clock();
         let (index, ops) = match &self.keys {
-            Keys::Directory(replica) => {
+            Keys::Directory(_) => {
                 let mut ops = pending.directory;
                 ops.extend(redis_cache::directory_expiries());
-                (replica.last_applied_index().unwrap_or(0), ops)
+                (pending.index, ops)
             }
             Keys::Arena(replica) => {
                 let pks: Vec<PkId> = pending.pks.iter().copied().collect();
@@ -309,8 +327,18 @@ impl Cache {
                 for view in &views {
                     self.note_running(view);
                 }
-                for pk in pending.ended.keys() {
+                let now = Instant::now();
+                for (pk, (final_view, anchors)) in &pending.ended {
                     self.running.remove(pk);
+                    self.ended.insert(*pk, (final_view.clone(), *anchors, now));
+                }
+                // PK ids grow with time: the oldest ends are first.
+                let keep = Duration::from_secs(redis_cache::ENDED_TTL_SECONDS.unsigned_abs());
+                while let Some(entry) = self.ended.first_entry() {
+                    if entry.get().2.elapsed() < keep {
+                        break;
+                    }
+                    entry.remove();
                 }
                 (index, ops)
             }

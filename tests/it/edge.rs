@@ -402,3 +402,32 @@ async fn unauthenticated_cluster_connections_cannot_make_a_node_allocate() {
     let status = cluster.admin(1).unwrap().status().await.unwrap();
     assert!(status.groups.iter().all(|group| group.leader == Some(1)), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anchor_that_leaves_its_room_while_matching_is_never_matched() {
+    let server = start().await;
+    let mut leaving = server.connect(1501).await;
+    leaving.enter(1501, true).await;
+    assert_eq!(leaving.matching(1, 1501, 1501, 0).await["code"], "000000");
+    // Command 41: off air and out of the queue before the reply.
+    assert_eq!(leaving.command(41, 1501, json!({})).await["code"], "000000");
+    let waiting = server.app.node().lobby().read(|lobby| lobby.summary().waiting.len());
+    assert_eq!(waiting, 0, "the anchor left the queue at once");
+    // Anchors starting afterwards wait for each other, never for the one that left.
+    for anchor in [1502, 1503] {
+        let mut other = server.connect(anchor).await;
+        other.enter(anchor, true).await;
+        let code = other.matching(1, anchor, anchor, 0).await["code"].clone();
+        if anchor == 1502 {
+            assert_eq!(code, "000000", "nobody to match: it waits");
+        } else {
+            assert_eq!(code, "902004");
+            let state = other.push(10).await;
+            assert_eq!(state["content"]["sourceUser"], 1502, "{state}");
+        }
+    }
+    assert!(
+        server.app.node().lobby().read(|lobby| lobby.pk_of(pkd_raft::UserId(1501)).is_none()),
+        "the anchor that left is in no PK"
+    );
+}

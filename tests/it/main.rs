@@ -6,6 +6,7 @@
 //! - Real `pkd serve` processes (`common` helpers, `pkd_cluster::LocalCluster`):
 //!   [`processes`], [`flows`], [`backup`], [`upgrade`], [`logs`], [`openapi`], [`cli`],
 //!   [`bench`], [`browser`] (headless Chromium).
+//! - The cache as readers see it, written by real processes: [`cache`].
 //! - Stores and formats: [`sinks_sql`] (SQLite and MariaDB), [`sinks_redis`] (Redis),
 //!   [`protocol`], [`tokens`].
 //!
@@ -18,6 +19,7 @@ mod engine;
 mod backup;
 mod bench;
 mod browser;
+mod cache;
 mod cli;
 mod cluster;
 mod edge;
