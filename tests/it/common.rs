@@ -331,6 +331,15 @@ impl Client {
         seen
     }
 
+    /// Every push kept so far and arriving within `window`; all stay kept for later waits.
+    pub async fn watch_within(&mut self, window: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + window;
+        while let Ok(arrived) = self.next_json(deadline.saturating_duration_since(Instant::now())).await {
+            self.pushes.push(arrived);
+        }
+        self.pushes.iter().map(|(_, push)| push.clone()).collect()
+    }
+
     /// The next push of `push_type` (kept or new), and when it arrived.
     pub async fn push(&mut self, push_type: i64) -> anyhow::Result<(i64, Value)> {
         self.wait_for(WAIT, |push| push["msgType"] == "pub" && push["type"] == push_type)

@@ -514,6 +514,12 @@ async fn a_whole_pk_with_gifts_pushes_and_reconnects(cluster: &LocalCluster) -> 
     ensure!(entered["result"]["pkId"] == pk && entered["result"]["status"] == 1, "{entered}");
     let (_, pushed) = viewer_b.wait_for(WAIT, |push| push["type"] == 10 && push["content"]["pkId"] == pk).await?;
     envelope(&pushed, 10, b, "m")?;
+    // Presence rides out the reconnect: no push shows the target offline meanwhile, nor
+    // in the two seconds after (a change would be pushed within the 1 s cool-down).
+    let after = viewer_b.watch_within(Duration::from_secs(2)).await;
+    for push in after.iter().chain([&pushed]).filter(|push| push["type"] == 10 && push["content"]["pkId"] == pk) {
+        ensure!(push["content"]["targetOnline"] == true, "the target shown offline while it reconnected: {push}");
+    }
 
     // The end: status 2, the winner, everyone still online.
     let end = ends_once(&mut viewer_a, pk, end_time).await?;

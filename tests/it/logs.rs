@@ -56,10 +56,13 @@ async fn json_logs_carry_the_connection_and_pk_spans() -> anyhow::Result<()> {
         events.push(event);
     }
     ensure!(events.len() > 5, "{log}");
-    ensure!(
-        events.iter().all(|event| !event["target"].as_str().unwrap_or_default().starts_with("openraft")),
-        "openraft logs at the default level"
-    );
+    // openraft stays at warn: its warnings (a slow heartbeat on a loaded machine) may show,
+    // its chatter may not.
+    let chatter = events.iter().find(|event| {
+        event["target"].as_str().unwrap_or_default().starts_with("openraft")
+            && !matches!(event["level"].as_str(), Some("WARN" | "ERROR"))
+    });
+    ensure!(chatter.is_none(), "openraft logs below warn at the default level: {chatter:?}");
     let has_span = |event: &Value, name: &str, check: &dyn Fn(&Value) -> bool| {
         event["spans"].as_array().is_some_and(|spans| spans.iter().any(|span| span["name"] == name && check(span)))
     };

@@ -34,5 +34,6 @@ mod replica;
 mod sinks_driver;
 mod sinks_redis;
 mod sinks_sql;
+mod tls;
 mod tokens;
 mod upgrade;

@@ -322,3 +322,69 @@ async fn a_flow_spread_over_three_nodes_reaches_every_client() -> anyhow::Result
     late.state(pk, 2, WAIT).await?;
     Ok(())
 }
+
+/// Anchor `anchor`'s settled history as node `node` answers it (`GET /api/anchors/{id}/pks`
+/// with a login token).
+async fn history_on(cluster: &pkd_cluster::LocalCluster, node: u64, anchor: u64) -> anyhow::Result<serde_json::Value> {
+    let reader = AdminClient::new(cluster.node(node)?.client_addr.to_string(), format!("dev:{}", 40_000 + node));
+    Ok(reader.call::<serde_json::Value>("GET", &format!("/api/anchors/{anchor}/pks"), None::<&()>).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_answers_the_same_complete_history_on_the_embedded_store() -> anyhow::Result<()> {
+    // The defaults: each node's own SQLite file, written from its own replica.
+    let mut cluster = start_cluster().await?;
+    short_pks(&cluster.admin(1)?, 2_500).await?;
+    let mut pks = Vec::new();
+    for (index, first) in [(0u64, 25_001u64), (1, 25_003), (2, 25_005), (3, 25_007)] {
+        pks.push((start_pk(&cluster, 1 + index % 3, first).await?, first));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut id = 50_000;
+    for (_, first) in &pks {
+        for beans in [10, 20, 30] {
+            id += 1;
+            ensure!(gift(&cluster, 1 + id % 3, id, *first, 77, beans).await?["code"] == "000000");
+        }
+        id += 1;
+        ensure!(gift(&cluster, 1 + id % 3, id, first + 1, 78, 5).await?["code"] == "000000");
+    }
+    // The leader of one arena dies while its PKs settle, and comes back later.
+    let victim = agreed_leader(&cluster, &[1, 2, 3], arena_of(pks[0].0.id), WAIT).await?;
+    cluster.kill(victim)?;
+    let last_end = pks.iter().map(|(pk, _)| pk.end_time).max().context("PKs")?;
+    tokio::time::sleep(Duration::from_millis(u64::try_from(last_end - now_ms()).unwrap_or(0) + 1_000)).await;
+    tokio::task::block_in_place(|| cluster.restart(victim))?;
+
+    // Every node answers every anchor's history, the same and complete.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut answers = Vec::new();
+        for node in [1, 2, 3] {
+            let mut per_node = Vec::new();
+            for (_, first) in &pks {
+                per_node.push(history_on(&cluster, node, *first).await.ok());
+            }
+            answers.push(per_node);
+        }
+        // Each anchor: one PK, settled (status 2), won with 60 beans against 5.
+        let settled = |per_node: &Vec<Option<serde_json::Value>>| {
+            per_node.iter().zip(&pks).all(|(answer, (pk, first))| {
+                let Some(records) = answer.as_ref().and_then(|answer| answer["records"].as_array()) else {
+                    return false;
+                };
+                records.len() == 1
+                    && records[0]["pkId"] == pk.id
+                    && records[0]["status"] == 2
+                    && records[0]["gifts"] == 60
+                    && records[0]["competitorGifts"] == 5
+                    && records[0]["winner"] == *first
+            })
+        };
+        if answers.iter().all(settled) && answers.windows(2).all(|pair| pair[0] == pair[1]) {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "the nodes answer differently or incompletely: {answers:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
