@@ -160,6 +160,11 @@ pub struct BenchArgs {
     /// soak: sample the nodes this often.
     #[arg(long, value_parser = parse_duration, default_value = "10s", help_heading = "Scenario")]
     pub sample_every: Duration,
+    /// A Redis to watch (`redis://host:port/db`): the --local nodes write their read cache
+    /// to it, and `gifts` times each gift until its PK's `pk_` key shows it (`cache`) and
+    /// counts the cache's writes per gift.
+    #[arg(long, env = "PKD_BENCH_REDIS", value_name = "URL", help_heading = "Scenario")]
+    pub redis: Option<String>,
     /// The first user id the bench uses (anchors, then viewers); random by default, so
     /// that runs do not meet each other's PKs.
     #[arg(long, help_heading = "Scenario")]
@@ -462,6 +467,7 @@ async fn run_scenario(args: BenchArgs, slos: &[slo::Slo]) -> anyhow::Result<(Sum
         dev_auth: args.dev_auth,
         admin: args.admin.clone(),
         admin_token: args.admin_token.clone(),
+        redis: args.redis.clone(),
     };
     let target = Arc::new(Target::open(spec).await?);
     let user_base = args.user_base.unwrap_or_else(|| {

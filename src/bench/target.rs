@@ -107,18 +107,20 @@ pub struct TargetSpec {
     pub dev_auth: bool,
     pub admin: Vec<String>,
     pub admin_token: Option<String>,
+    /// The Redis the --local nodes write their read cache to.
+    pub redis: Option<String>,
 }
 
 impl Target {
     /// Starts the local cluster, or checks the remote one's settings.
     pub async fn open(spec: TargetSpec) -> anyhow::Result<Target> {
         match spec.local {
-            Some(count) => Target::start_local(count, spec.arenas).await,
+            Some(count) => Target::start_local(count, spec.arenas, spec.redis).await,
             None => Target::remote(spec),
         }
     }
 
-    async fn start_local(count: u64, arenas: u32) -> anyhow::Result<Target> {
+    async fn start_local(count: u64, arenas: u32, redis: Option<String>) -> anyhow::Result<Target> {
         if !(1..=9).contains(&count) {
             bail!("--local takes 1 to 9 nodes, not {count}");
         }
@@ -127,6 +129,9 @@ impl Target {
         options.nodes = count;
         options.arenas = arenas;
         options.log = "warn".to_owned();
+        if let Some(url) = redis {
+            options.extra_args.extend(["--redis-url".to_owned(), url]);
+        }
         eprintln!("starting a local cluster of {count} nodes ({arenas} arenas)...");
         let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(options))
             .await

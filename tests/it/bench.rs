@@ -104,6 +104,21 @@ fn gifts_are_acknowledged_and_all_counted_and_a_met_slo_exits_zero() {
 }
 
 #[test]
+fn the_cache_is_watched_and_every_gift_shows_in_its_pk_key() {
+    let _redis = crate::common::REDIS_DATABASE.blocking_lock();
+    let url = std::env::var("PKD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/9".to_owned());
+    let (output, summary) = bench("gifts", &["--clients", "8", "--pks", "8", "--redis", &url]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    check_shape(&summary, "gifts", "ack");
+    let cache = &summary["latency"]["cache"];
+    assert!(number(&summary, "/latency/cache/count") > 0.0, "no gift timed into the cache: {summary:#}");
+    assert!(cache["p50_us"].as_f64() >= summary["latency"]["ack"]["min_us"].as_f64(), "{summary:#}");
+    assert_eq!(summary["details"]["cache_gifts_unseen"], 0, "every acknowledged gift reached pk_: {summary:#}");
+    let per_gift = number(&summary, "/details/cache_script_calls_per_gift");
+    assert!(per_gift > 0.0 && per_gift <= 2.0, "{per_gift} cache writes per gift");
+}
+
+#[test]
 fn batches_in_an_open_loop_are_timed_from_their_due_time() {
     let (output, summary) = bench("gifts", &["--rate", "100", "--batch", "20", "--pks", "8"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

@@ -2,14 +2,26 @@
 //! `--pks` running PKs (64 by default), and their acknowledgement latency (`ack`). At
 //! the end the PKs' scores are read back over WebSocket (command 42) and compared with
 //! the gifts the API acknowledged: none may be missing.
+//!
+//! With `--redis`, the Redis read cache is watched too: every running PK's `pk_` key is
+//! read every [`CACHE_READ_EVERY`], and each acknowledged gift is timed from its due time
+//! to the first read that shows it (`cache`); the cache's script calls per acknowledged
+//! gift come from Redis's own command counters.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use pkd_cluster::app::{self, wall_clock_ms};
 use serde_json::json;
 
-use super::super::gifting::{GiftPlan, drive_gifts};
+use std::collections::BTreeMap;
+
+use redis::aio::MultiplexedConnection;
+use tokio::sync::watch;
+
+use super::super::cadence::CadenceRules;
+use super::super::gifting::{DeliveryTracker, GiftPlan, drive_gifts};
 use super::super::pks::{AnchorBehaviour, AnchorPool, Roster};
 use super::super::{Bench, ScenarioOutput};
 use super::{outlasting_battle, set_pk_phases};
@@ -28,12 +40,41 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
     );
     anchors.wait_for_battles(&roster, pks, 1_000, Duration::from_secs(60)).await?;
     eprintln!("{pks} PKs in their battle; sending gifts");
-    let plan = Arc::new(GiftPlan::new(bench.target.clone(), roster.clone(), bench.batch, bench.user_base + 10_000_000));
+    let mut plan = GiftPlan::new(bench.target.clone(), roster.clone(), bench.batch, bench.user_base + 10_000_000);
+    let cache = match &bench.args.redis {
+        Some(url) => Some(CacheWatch::start(url, roster.clone()).await?),
+        None => None,
+    };
+    plan.tracker = cache.as_ref().map(|cache| cache.tracker.clone());
+    let plan = Arc::new(plan);
     let senders = plan.senders(bench.workers())?;
     let mut measurement = bench.begin(false, Duration::from_secs(1));
+    let script_calls_before = match &cache {
+        Some(cache) => {
+            cache.tracker.measure_from(measurement.load_start() + bench.warmup);
+            Some(cache.script_calls().await?)
+        }
+        None => None,
+    };
     drive_gifts(senders, measurement.tickets.clone(), measurement.recorder.clone()).await;
     measurement.load_ended(&bench.target).await;
     let finished = bench.end(measurement).await;
+    let mut extra_latency = BTreeMap::new();
+    let mut cache_details = serde_json::Value::Null;
+    if let (Some(cache), Some(before)) = (cache, script_calls_before) {
+        // The last gifts reach the cache within a few reads.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let calls = cache.script_calls().await?.saturating_sub(before);
+        let acknowledged = plan.acknowledged.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        let (tracker, report) = cache.stop().await;
+        extra_latency.insert("cache".to_owned(), tracker.delivery());
+        cache_details = json!({
+            "cache_script_calls": calls,
+            "cache_script_calls_per_gift": calls as f64 / acknowledged as f64,
+            "cache_reads": report.tracked_pushes,
+            "cache_gifts_unseen": report.undelivered,
+        });
+    }
 
     // Read the scores back: every acknowledged gift (1 bean each) must be in them, as
     // long as no PK ended during the run (an ended PK's score is no longer readable).
@@ -41,7 +82,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
     let report = roster.report(wall_clock_ms());
     let counted = if report.pks_ended == 0 { settled_scores(bench, &roster, acknowledged).await } else { None };
     anchors.stop().await;
-    let details = json!({
+    let mut details = json!({
         "pks": pks,
         "gifts_acknowledged": acknowledged,
         "beans_counted": counted,
@@ -49,7 +90,85 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
         "pks_created": report.pks_created,
         "pks_ended": report.pks_ended,
     });
-    Ok(ScenarioOutput { finished, primary: "ack", items: Some("gifts"), details, extra_latency: Default::default() })
+    if let (Some(details), Some(cache)) = (details.as_object_mut(), cache_details.as_object()) {
+        details.extend(cache.clone());
+    }
+    Ok(ScenarioOutput { finished, primary: "ack", items: Some("gifts"), details, extra_latency })
+}
+
+/// How often the cache watcher reads every running PK's `pk_` key.
+const CACHE_READ_EVERY: Duration = Duration::from_millis(10);
+
+/// Reads the running PKs' `pk_` keys over and over, as the app's readers would, and feeds
+/// what they show to a delivery tracker.
+struct CacheWatch {
+    tracker: Arc<DeliveryTracker>,
+    connection: MultiplexedConnection,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CacheWatch {
+    async fn start(url: &str, roster: Arc<Roster>) -> anyhow::Result<CacheWatch> {
+        let client = redis::Client::open(url).context("the --redis URL")?;
+        let connection = client.get_multiplexed_async_connection().await.context("connecting to --redis")?;
+        let tracker = Arc::new(DeliveryTracker::new(CadenceRules::default()));
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn({
+            let (tracker, mut connection) = (tracker.clone(), connection.clone());
+            async move {
+                let mut every = tokio::time::interval(CACHE_READ_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => {}
+                        _ = stopped.changed() => return,
+                    }
+                    let pks: Vec<u64> = roster.running().iter().map(|pk| pk.id).collect();
+                    let mut pipe = redis::pipe();
+                    for pk in &pks {
+                        pipe.cmd("HGETALL").arg(format!("pk_{pk}"));
+                    }
+                    let Ok(hashes): redis::RedisResult<Vec<BTreeMap<String, String>>> =
+                        pipe.query_async(&mut connection).await
+                    else {
+                        continue;
+                    };
+                    let at = tokio::time::Instant::now();
+                    for fields in hashes {
+                        let number = |name: &str| fields.get(name).and_then(|value| value.parse::<i64>().ok());
+                        let content = json!({
+                            "pkId": number("pkId"),
+                            "status": number("status"),
+                            "sourceUser": number("sourceUser"),
+                            "sourceGifts": number("sourceGifts"),
+                            "targetGifts": number("targetGifts"),
+                        });
+                        tracker.pushed(&content, number("version").unwrap_or(0), at);
+                    }
+                }
+            }
+        });
+        Ok(CacheWatch { tracker, connection, stop, task })
+    }
+
+    /// The cache's script calls so far (Redis's `INFO commandstats`: EVAL and EVALSHA).
+    async fn script_calls(&self) -> anyhow::Result<u64> {
+        let mut connection = self.connection.clone();
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut connection).await?;
+        Ok(info
+            .lines()
+            .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+            .filter_map(|line| line.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum())
+    }
+
+    async fn stop(self) -> (Arc<DeliveryTracker>, super::super::gifting::DeliveryReport) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        let report = self.tracker.finish(wall_clock_ms());
+        (self.tracker, report)
+    }
 }
 
 /// The scores once they hold every acknowledged gift, or as they stand after 5 s. A
