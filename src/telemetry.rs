@@ -129,6 +129,12 @@ pub fn gift_answered(outcome: &'static str, code: &str) {
     counter!(GIFTS, "outcome" => outcome, "code" => code.to_owned()).increment(1);
 }
 
+/// A request to the gift API answered (one gift or a batch), from its body read to its
+/// answer.
+pub fn gift_request_answered(took: Duration) {
+    histogram!(GIFT_REQUEST_SECONDS).record(took.as_secs_f64());
+}
+
 /// The event counters of this process, summed over their labels: what the admin
 /// console's per-node figures show, read from the same exporter `/metrics` renders.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -120,7 +120,9 @@ pub async fn post(
             return refuse(StatusCode::BAD_REQUEST, code::BAD_FIELD, why);
         }
     }
+    let began = std::time::Instant::now();
     let outcomes = futures_util::future::join_all(gifts.iter().map(|gift| apply(&gateway, gift))).await;
+    crate::telemetry::gift_request_answered(began.elapsed());
     for outcome in &outcomes {
         let kind = match outcome.code.as_str() {
             code::SUCCESS if outcome.duplicate => "duplicate",

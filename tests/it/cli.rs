@@ -128,7 +128,7 @@ fn serve_exposes_its_metrics_on_the_admin_listener_only() {
     let dir = tempfile::TempDir::new().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pkd"))
         .args(["serve", "--dev-auth", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--admin-token", TOKEN, "--log", "warn", "--data-dir"])
+        .args(["--admin-token", TOKEN, "--gift-token", "metrics-gift-token-0123456789", "--log", "warn", "--data-dir"])
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -144,6 +144,20 @@ fn serve_exposes_its_metrics_on_the_admin_listener_only() {
         }
     }
     let (client, admin) = (client.unwrap(), admin.unwrap());
+    // One gift for a receiver in no PK: refused, counted and timed.
+    {
+        use std::io::{Read, Write};
+        let body = r#"{"id":1,"receiver":5,"sender":6,"beans":10}"#;
+        let mut stream = std::net::TcpStream::connect(&client).unwrap();
+        let request = format!(
+            "POST /internal/gifts HTTP/1.1\r\nHost: pkd\r\nAuthorization: Bearer metrics-gift-token-0123456789\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.contains("905040"), "{answer}");
+    }
     let public = http_get(&client, "/metrics", None);
     let anonymous = http_get(&admin, "/metrics", None);
     let wrong = http_get(&admin, "/metrics", Some("not-the-admin-token-at-all"));
@@ -161,6 +175,8 @@ fn serve_exposes_its_metrics_on_the_admin_listener_only() {
         "pkd_raft_is_leader{group=\"0\"} 1",
         "# TYPE pkd_process_resident_memory_bytes gauge",
         "# TYPE pkd_connections gauge",
+        "pkd_gifts_total{outcome=\"refused\",code=\"905040\"} 1",
+        "pkd_gift_request_duration_seconds_count 1",
     ] {
         assert!(scraped.contains(series), "{series} missing from {scraped}");
     }
