@@ -181,3 +181,45 @@ fn serve_exposes_its_metrics_on_the_admin_listener_only() {
         assert!(scraped.contains(series), "{series} missing from {scraped}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_a_pk_with_gifts_on_its_watch_page() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--log", "warn"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The demo says where to watch.
+    let watch = tokio::task::block_in_place(|| {
+        loop {
+            let line = lines.next().expect("pkd exited").unwrap();
+            if let Some(url) = line.strip_prefix("pkd demo: watch one live at ") {
+                break url.to_owned();
+            }
+        }
+    });
+    let rest = watch.strip_prefix("http://").unwrap();
+    let (address, query) = rest.split_once("/watch?").unwrap();
+    assert_eq!(query, "room=1001&token=dev:9001");
+    let page = http_get(address, "/watch", None);
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains("<html"), "{page}");
+
+    // What the page shows, as the page gets it: room 1001's PK, and gifts in its score.
+    let mut viewer = pkd_cluster::AppClient::connect(address, 9001, pkd_cluster::Auth::dev(9001)).await.unwrap();
+    viewer.enter(1001, false).await.unwrap();
+    let battle = viewer
+        .wait_for(std::time::Duration::from_secs(30), |push| {
+            push["type"] == 10
+                && push["content"]["status"] == 1
+                && push["content"]["sourceGifts"].as_i64().unwrap_or(0)
+                    + push["content"]["targetGifts"].as_i64().unwrap_or(0)
+                    > 0
+        })
+        .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let battle = battle.expect("a battle with gifts within 30 s");
+    assert!(battle.message["content"]["pkId"].as_u64().is_some(), "{:?}", battle.message);
+}
