@@ -223,3 +223,51 @@ async fn the_demo_shows_a_pk_with_gifts_on_its_watch_page() {
     let battle = battle.expect("a battle with gifts within 30 s");
     assert!(battle.message["content"]["pkId"].as_u64().is_some(), "{:?}", battle.message);
 }
+
+#[test]
+fn a_settings_file_from_config_init_runs_a_node_and_flags_win_over_it() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::TempDir::new().unwrap();
+    // The starting file, edited as an operator would.
+    let (ok, template, err) = pkd(&["config", "init"]);
+    assert!(ok, "{err}");
+    let data = dir.path().join("data");
+    let settings = template
+        .replace("listen = \"127.0.0.1:7600\"", "listen = \"127.0.0.1:1\"")
+        .replace("# dev-auth = true", "dev-auth = true")
+        .replace("data-dir = \"pkd-data\"", &format!("data-dir = {:?}", data.to_string_lossy()));
+    let file = dir.path().join("pkd.toml");
+    std::fs::write(&file, &settings).unwrap();
+    let file = file.to_string_lossy().into_owned();
+    let (ok, out, err) = pkd(&["config", "check", "--file", &file]);
+    assert!(ok, "{out}{err}");
+
+    // A flag wins over the file: the file's port 1 is never tried.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(["serve", "--config", &file, "--listen", "127.0.0.1:0", "--log", "warn"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = loop {
+        let line = lines.next().expect("pkd exited").unwrap();
+        if let Some(address) = line.strip_prefix("pkd listening on ") {
+            break address.to_owned();
+        }
+    };
+    let live = http_get(&address, "/livez", None);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+    let used = std::fs::read_dir(&data).is_ok_and(|mut entries| entries.next().is_some());
+    assert!(used, "the data-dir of the file is used");
+
+    // A file with a setting pkd does not know is refused with its name, before anything starts.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:0\"\ncolour = 3\n").unwrap();
+    let bad = bad.to_string_lossy().into_owned();
+    let (ok, _, err) = pkd(&["config", "check", "--file", &bad]);
+    assert!(!ok && err.contains("unknown setting \"colour\""), "{err}");
+    let (ok, _, err) = pkd(&["serve", "--config", &bad, "--dev-auth"]);
+    assert!(!ok && err.contains("colour"), "{err}");
+}

@@ -388,3 +388,48 @@ async fn every_node_answers_the_same_complete_history_on_the_embedded_store() ->
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Node `node`'s `/readyz`: the status and the body.
+async fn readiness(cluster: &pkd_cluster::LocalCluster, node: u64) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(cluster.node(node)?.client_addr).await?;
+    stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: pkd\r\nConnection: close\r\n\r\n").await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response.get(9..12).context("a status line")?.parse()?;
+    Ok((status, response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_ready_only_while_it_reaches_every_group_leader() -> anyhow::Result<()> {
+    let mut cluster = start_cluster().await?;
+    for node in [1, 2, 3] {
+        let (status, body) = readiness(&cluster, node).await?;
+        ensure!(status == 200, "node {node}: {status} {body}");
+    }
+    // Alone, node 1 can reach no majority: not ready, and it says why; alive all the same.
+    cluster.kill(2)?;
+    cluster.kill(3)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = readiness(&cluster, 1).await?;
+        if status == 503 {
+            ensure!(body.contains("leader"), "no reason given: {body}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "node 1 stays ready without a quorum: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Back with its peers, it is ready again.
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        cluster.restart(2)?;
+        cluster.restart(3)?;
+        Ok(())
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while readiness(&cluster, 1).await?.0 != 200 {
+        ensure!(Instant::now() < deadline, "node 1 never ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
