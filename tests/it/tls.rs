@@ -145,7 +145,7 @@ async fn command(
 }
 
 /// Waits for a push 10 of `pk` that `check` accepts.
-async fn state(socket: &mut Secure, pushes: &mut Vec<Value>, check: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+async fn state(socket: &mut Secure, pushes: &mut [Value], check: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
     if let Some(found) = pushes.iter().find(|push| push["type"] == 10 && check(&push["content"])) {
         return Ok(found.clone());
     }
