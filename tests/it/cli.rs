@@ -271,3 +271,16 @@ fn a_settings_file_from_config_init_runs_a_node_and_flags_win_over_it() {
     let (ok, _, err) = pkd(&["serve", "--config", &bad, "--dev-auth"]);
     assert!(!ok && err.contains("colour"), "{err}");
 }
+
+#[test]
+fn a_port_in_use_is_refused_before_any_state_is_created() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let data_dir = data.to_string_lossy().into_owned();
+    let (ok, _, err) = pkd(&["serve", "--dev-auth", "--listen", &address, "--data-dir", &data_dir, "--log", "warn"]);
+    assert!(!ok, "a node started on a port in use");
+    assert!(err.contains(&address), "the refusal names the port: {err}");
+    assert!(!data.exists(), "the data directory was created before the port was checked");
+}
