@@ -57,6 +57,9 @@ impl TokenSource {
     }
 }
 
+/// A local node's new process: its id, client and admin addresses, and process id.
+type StartedNode = (u64, String, String, Option<u32>);
+
 /// One node of the target.
 pub struct TargetNode {
     pub id: u64,
@@ -411,20 +414,19 @@ impl Target {
         for node in &self.nodes {
             node.up.store(false, Ordering::Relaxed);
         }
-        let started =
-            tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(u64, String, String, Option<u32>)>> {
-                let mut cluster = lock(&cluster);
-                cluster.restart_all()?;
-                cluster
-                    .ids()
-                    .into_iter()
-                    .map(|id| {
-                        let node = cluster.node(id)?;
-                        Ok((id, node.client_addr.to_string(), node.admin_addr.to_string(), node.pid()))
-                    })
-                    .collect()
-            })
-            .await??;
+        let started = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<StartedNode>> {
+            let mut cluster = lock(&cluster);
+            cluster.restart_all()?;
+            cluster
+                .ids()
+                .into_iter()
+                .map(|id| {
+                    let node = cluster.node(id)?;
+                    Ok((id, node.client_addr.to_string(), node.admin_addr.to_string(), node.pid()))
+                })
+                .collect()
+        })
+        .await??;
         for (id, client, admin, pid) in started {
             let node = self.node(id)?;
             node.restarts.fetch_add(1, Ordering::Relaxed);

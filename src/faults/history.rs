@@ -39,7 +39,7 @@ pub enum Outcome {
 /// The outcome of a gift from its attempts' answers. A refusal after an attempt that may
 /// have been applied proves nothing (the PK may have ended in between).
 pub fn outcome_of(answers: &[Answer]) -> Outcome {
-    if answers.iter().any(|answer| *answer == Answer::Counted) {
+    if answers.contains(&Answer::Counted) {
         Outcome::Ok
     } else if !answers.is_empty() && answers.iter().all(|answer| matches!(answer, Answer::Refused(_))) {
         Outcome::Refused

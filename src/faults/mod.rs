@@ -233,12 +233,15 @@ async fn drive(
 }
 
 /// Waits until no PK has run for 3 s (anchors already matching still get their PK), at
-/// most four PK lengths.
+/// most four PK lengths. A PK whose end no anchor read (lost in a failover) counts as
+/// running until `pk_length` after its end time.
 async fn wind_down(roster: &Roster, pk_length: Duration) {
     let deadline = Instant::now() + pk_length * 4;
     let mut quiet_since: Option<Instant> = None;
+    let overdue_ms = pk_length.as_millis() as i64;
     while Instant::now() < deadline {
-        if roster.running().is_empty() {
+        let now_ms = wall_clock_ms();
+        if roster.running().iter().all(|pk| pk.end_ms + overdue_ms < now_ms) {
             let since = *quiet_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= Duration::from_secs(3) {
                 return;

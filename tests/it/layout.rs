@@ -95,7 +95,7 @@ fn references(module: &[String], text: &str, modules: &BTreeSet<Vec<String>>) ->
     let code: String =
         text.lines().map(|line| line.split_once("//").map_or(line, |(code, _)| code)).collect::<Vec<_>>().join("\n");
     let mut rest = code.as_str();
-    while let Some(at) = rest.find(|c: char| c == 'c' || c == 's') {
+    while let Some(at) = rest.find(['c', 's']) {
         let here = &rest[at..];
         let boundary = at == 0 || !rest[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':');
         let (base, tail) = if let Some(tail) = here.strip_prefix("crate::").filter(|_| boundary) {
