@@ -37,6 +37,9 @@ pub enum Command {
     /// Load a cluster (local or running) through the app's interfaces and summarize it
     /// (docs/bench.md).
     Bench(crate::bench::BenchArgs),
+    /// A seeded fault test against a local cluster: a workload, a nemesis, checkers on
+    /// the history, and a report folder (docs/faults.md).
+    Faults(crate::faults::FaultsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -209,6 +212,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => crate::serve::run(args),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Faults(args) => crate::faults::run(args),
         Command::Backup(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(backup(args))

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config_file;
 pub mod demo;
 pub mod duties;
+pub mod faults;
 pub mod gateway;
 pub mod http;
 pub mod logs;

@@ -6,7 +6,7 @@
 //! run, when their battles start and end, and how late each end reached them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -181,9 +181,28 @@ impl Roster {
     }
 }
 
+/// Where an anchor read a PK state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateSource {
+    /// A push 10's `content`.
+    Push,
+    /// The reply to the anchor's room entry (command 40), after a (re)connection.
+    Entry,
+}
+
+/// Told of every PK state an anchor reads: the anchor, where it read it, the state, and
+/// when it arrived (wall clock, ms).
+pub type StateObserver = Arc<dyn Fn(u64, StateSource, &Value, i64) + Send + Sync>;
+
 /// How the anchors behave.
 #[derive(Clone, Default)]
 pub struct AnchorBehaviour {
+    /// Told of every PK state the anchors read, beside the roster.
+    pub observer: Option<StateObserver>,
+    /// While set, anchors whose PK is over do not start matching again (the ones already
+    /// matching or in a PK go on), so that a run can wind down to no running PK.
+    pub hold_starts: Arc<AtomicBool>,
     /// A pause before each start, drawn between these (none if unset).
     pub think: Option<(Duration, Duration)>,
     /// The chance that an anchor goes off air (leaves its room) for a while after a PK.
@@ -354,6 +373,11 @@ impl Anchor {
         match client.enter(self.user, true).await {
             Ok(reply) if app::reply_code(&reply) == app::SUCCESS => {
                 let state = &reply["result"];
+                if state.is_object()
+                    && let Some(observer) = &self.behaviour.observer
+                {
+                    observer(self.user, StateSource::Entry, state, wall_clock_ms());
+                }
                 if state.is_object() && state["status"].as_u64().is_some_and(|status| status < 2) {
                     self.roster.observe_state(state, wall_clock_ms());
                     if let (Some(pk), Some(end_ms)) = (state["pkId"].as_u64(), state["endTime"].as_i64()) {
@@ -378,7 +402,7 @@ impl Anchor {
     async fn step(&mut self, client: &mut AppClient, phase: &mut Phase) -> Result<(), app::AppError> {
         let now = Instant::now();
         match *phase {
-            Phase::Idle { start_at } if now >= start_at => {
+            Phase::Idle { start_at } if now >= start_at && !self.behaviour.hold_starts.load(Ordering::Relaxed) => {
                 self.stats.starts.fetch_add(1, Ordering::Relaxed);
                 let sent = Instant::now();
                 let reply = client.start().await?;
@@ -420,7 +444,7 @@ impl Anchor {
             }
             _ => {
                 let wake = match *phase {
-                    Phase::Idle { start_at } => start_at,
+                    Phase::Idle { start_at } if start_at > now => start_at,
                     Phase::OffAir { until } => until,
                     _ => now + Duration::from_secs(1),
                 };
@@ -454,6 +478,9 @@ impl Anchor {
         }
         let content = &message["content"];
         self.roster.observe_state(content, at_ms);
+        if let Some(observer) = &self.behaviour.observer {
+            observer(self.user, StateSource::Push, content, at_ms);
+        }
         let (Some(pk), Some(status), Some(end_ms)) =
             (content["pkId"].as_u64(), content["status"].as_u64(), content["endTime"].as_i64())
         else {

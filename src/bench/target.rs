@@ -57,6 +57,9 @@ impl TokenSource {
     }
 }
 
+/// A local node's new process: its id, client and admin addresses, and process id.
+type StartedNode = (u64, String, String, Option<u32>);
+
 /// One node of the target.
 pub struct TargetNode {
     pub id: u64,
@@ -80,6 +83,14 @@ impl TargetNode {
 
     pub fn pid(&self) -> Option<u32> {
         *self.pid.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a new process of this (local) node, which is up from now on.
+    fn set_process(&self, client: String, admin: String, pid: Option<u32>) {
+        *self.client.write().unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        *self.admin.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(admin);
+        *self.pid.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pid;
+        self.up.store(true, Ordering::Relaxed);
     }
 
     fn admin_address(&self) -> Option<String> {
@@ -115,12 +126,14 @@ impl Target {
     /// Starts the local cluster, or checks the remote one's settings.
     pub async fn open(spec: TargetSpec) -> anyhow::Result<Target> {
         match spec.local {
-            Some(count) => Target::start_local(count, spec.arenas, spec.redis).await,
+            Some(count) => Target::start_local(count, spec.arenas, "warn", spec.redis).await,
             None => Target::remote(spec),
         }
     }
 
-    async fn start_local(count: u64, arenas: u32, redis: Option<String>) -> anyhow::Result<Target> {
+    /// Starts `count` local nodes of this binary with `arenas` arena groups, logging at
+    /// `log` (`pkd serve --log`), writing their read cache to `redis` if given.
+    pub async fn start_local(count: u64, arenas: u32, log: &str, redis: Option<String>) -> anyhow::Result<Target> {
         if !(1..=9).contains(&count) {
             bail!("--local takes 1 to 9 nodes, not {count}");
         }
@@ -128,7 +141,7 @@ impl Target {
         let mut options = LocalOptions::new(binary);
         options.nodes = count;
         options.arenas = arenas;
-        options.log = "warn".to_owned();
+        options.log = log.to_owned();
         if let Some(url) = redis {
             options.extra_args.extend(["--redis-url".to_owned(), url]);
         }
@@ -377,11 +390,59 @@ impl Target {
             Ok((node.client_addr.to_string(), node.admin_addr.to_string(), node.pid()))
         })
         .await??;
-        *node.client.write().unwrap_or_else(std::sync::PoisonError::into_inner) = client;
-        *node.admin.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(admin);
-        *node.pid.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pid;
+        node.set_process(client, admin, pid);
+        Ok(())
+    }
+
+    /// Freezes local node `id` with SIGSTOP. The bench counts it as down (its admin API
+    /// is not asked, new clients go elsewhere) until [`Target::resume`].
+    pub async fn pause(&self, id: u64) -> anyhow::Result<()> {
+        let cluster = self.local.clone().context("only nodes the bench started (--local) can be paused")?;
+        let node = self.node(id)?;
+        node.up.store(false, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || lock(&cluster).pause(id)).await??;
+        Ok(())
+    }
+
+    /// Lets a paused local node go on with SIGCONT.
+    pub async fn resume(&self, id: u64) -> anyhow::Result<()> {
+        let cluster = self.local.clone().context("only nodes the bench started (--local) can be resumed")?;
+        let node = self.node(id)?;
+        tokio::task::spawn_blocking(move || lock(&cluster).resume(id)).await??;
         node.up.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Kills every local node with SIGKILL, then starts them all again at once.
+    pub async fn restart_all(&self) -> anyhow::Result<()> {
+        let cluster = self.local.clone().context("only nodes the bench started (--local) can be restarted")?;
+        for node in &self.nodes {
+            node.up.store(false, Ordering::Relaxed);
+        }
+        let started = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<StartedNode>> {
+            let mut cluster = lock(&cluster);
+            cluster.restart_all()?;
+            cluster
+                .ids()
+                .into_iter()
+                .map(|id| {
+                    let node = cluster.node(id)?;
+                    Ok((id, node.client_addr.to_string(), node.admin_addr.to_string(), node.pid()))
+                })
+                .collect()
+        })
+        .await??;
+        for (id, client, admin, pid) in started {
+            let node = self.node(id)?;
+            node.restarts.fetch_add(1, Ordering::Relaxed);
+            node.set_process(client, admin, pid);
+        }
+        Ok(())
+    }
+
+    /// The local cluster's directory (data directories and `node-<id>.log` files).
+    pub fn local_root(&self) -> Option<PathBuf> {
+        self.local.as_ref().map(|cluster| lock(cluster).root().to_path_buf())
     }
 
     fn node(&self, id: u64) -> anyhow::Result<&TargetNode> {

@@ -5,7 +5,7 @@
 //! - One app started through its seam (`pkd::app::start`) on port 0: [`gateway`], [`edge`].
 //! - Real `pkd serve` processes (`common` helpers, `pkd_cluster::LocalCluster`):
 //!   [`processes`], [`flows`], [`backup`], [`upgrade`], [`logs`], [`openapi`], [`cli`],
-//!   [`bench`], [`browser`] (headless Chromium).
+//!   [`bench`], [`faults`], [`browser`] (headless Chromium).
 //! - The cache as readers see it, written by real processes: [`cache`].
 //! - Stores and formats: [`sinks_sql`] (SQLite and MariaDB), [`sinks_redis`] (Redis),
 //!   [`protocol`], [`tokens`].
@@ -23,6 +23,7 @@ mod cache;
 mod cli;
 mod cluster;
 mod edge;
+mod faults;
 mod flows;
 mod gateway;
 mod layout;

@@ -45,7 +45,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
     let behaviour = AnchorBehaviour {
         think: Some((Duration::from_millis(500), Duration::from_secs(3))),
         off_air_chance: 0.2,
-        recorder: Default::default(),
+        ..AnchorBehaviour::default()
     };
     let anchors =
         AnchorPool::spawn(bench.target.clone(), roster.clone(), bench.user_base, anchors_count, behaviour.clone());

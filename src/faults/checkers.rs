@@ -1,0 +1,529 @@
+//! The checkers: pure functions of a run's history and of the settled history the nodes
+//! answer at the end. Each gives a [`Verdict`]: what it claims, how much it looked at,
+//! and the evidence of every violation.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::history::{FaultEvent, GiftOp, NodeHistory, Outcome, SettledRecord, StateSeen};
+use crate::bench::pks::StateSource;
+
+/// Violations listed in full per checker; more are counted only.
+const MAX_EVIDENCE: usize = 50;
+
+/// One checker's finding.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub name: &'static str,
+    pub claim: &'static str,
+    pub passed: bool,
+    /// How many things it checked (gifts, PKs, anchors...).
+    pub checked: u64,
+    pub violations: u64,
+    /// The first violations, each with its evidence.
+    pub evidence: Vec<String>,
+    /// Facts worth knowing that are not violations.
+    pub notes: Vec<String>,
+}
+
+impl Verdict {
+    fn new(name: &'static str, claim: &'static str) -> Verdict {
+        Verdict { name, claim, passed: true, checked: 0, violations: 0, evidence: Vec::new(), notes: Vec::new() }
+    }
+
+    fn violation(&mut self, evidence: String) {
+        self.passed = false;
+        self.violations += 1;
+        if self.evidence.len() < MAX_EVIDENCE {
+            self.evidence.push(evidence);
+        }
+    }
+}
+
+/// What bounds the checks.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Bounds {
+    /// A PK must end at most this long after its `endTime`, or after the end of a
+    /// whole-cluster outage its `endTime` fell in.
+    pub end_late_ms: i64,
+}
+
+/// Everything the checkers read.
+pub struct Facts<'a> {
+    pub gifts: &'a [GiftOp],
+    pub states: &'a [StateSeen],
+    pub faults: &'a [FaultEvent],
+    /// Each node's settled history, by node id.
+    pub settled: &'a BTreeMap<u64, NodeHistory>,
+    pub bounds: Bounds,
+    /// Progress is required from here on (the last fault's end, wall clock ms).
+    pub liveness_from_ms: i64,
+}
+
+/// Every checker, in report order.
+pub fn check_all(facts: &Facts) -> Vec<Verdict> {
+    let reference = reference_records(facts.settled);
+    vec![
+        gifts_counted_once(facts.gifts, &reference),
+        one_pk_at_a_time(facts.states, &reference),
+        pks_end_once_in_time(facts.states, &reference, facts.faults, facts.bounds),
+        replicas_agree(facts.settled),
+        progress_after_faults(facts.gifts, facts.states, facts.liveness_from_ms),
+    ]
+}
+
+/// Every (anchor, PK) record of the first node that answered, one per pair.
+pub fn reference_records(settled: &BTreeMap<u64, NodeHistory>) -> Vec<SettledRecord> {
+    let Some(history) = settled.values().find(|history| !history.is_empty()) else { return Vec::new() };
+    history.values().flatten().cloned().collect()
+}
+
+/// (a) Each side's settled beans lie between the sum of its acknowledged gifts and that
+/// sum plus its unknown gifts; a PK with an acknowledged gift has a settled record.
+pub fn gifts_counted_once(gifts: &[GiftOp], records: &[SettledRecord]) -> Verdict {
+    let mut verdict = Verdict::new(
+        "gifts_counted_once",
+        "every acknowledged gift counted exactly once, every unknown one at most once: \
+         per PK side, acknowledged <= settled <= acknowledged + unknown",
+    );
+    // (pk, receiver) → (acknowledged beans, unknown beans, gifts)
+    let mut sides: BTreeMap<(u64, u64), (i64, i64, u64)> = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    for gift in gifts {
+        if !ids.insert(gift.id) {
+            verdict.notes.push(format!("gift id {} was recorded twice in the history", gift.id));
+        }
+        let side = sides.entry((gift.pk, gift.receiver)).or_default();
+        side.2 += 1;
+        match gift.outcome {
+            Outcome::Ok => side.0 += gift.beans,
+            Outcome::Unknown => side.1 += gift.beans,
+            Outcome::Refused => {}
+        }
+    }
+    let settled: BTreeMap<(u64, u64), &SettledRecord> =
+        records.iter().map(|record| ((record.pk_id, record.anchor), record)).collect();
+    let unknown: u64 = gifts.iter().filter(|gift| gift.outcome == Outcome::Unknown).count() as u64;
+    verdict.notes.push(format!(
+        "{} gifts: {} acknowledged, {} refused, {unknown} unknown",
+        gifts.len(),
+        gifts.iter().filter(|gift| gift.outcome == Outcome::Ok).count(),
+        gifts.iter().filter(|gift| gift.outcome == Outcome::Refused).count(),
+    ));
+    for (&(pk, receiver), &(acknowledged, maybe, count)) in &sides {
+        verdict.checked += 1;
+        let Some(record) = settled.get(&(pk, receiver)) else {
+            if acknowledged > 0 {
+                verdict.violation(format!(
+                    "PK {pk}, anchor {receiver}: {acknowledged} beans acknowledged in {count} gifts, but no settled record"
+                ));
+            }
+            continue;
+        };
+        if record.status != 2 && record.status != 3 {
+            verdict.violation(format!("PK {pk}: still status {} at the end of the run", record.status));
+            continue;
+        }
+        let final_beans = record.gifts;
+        if final_beans < acknowledged {
+            verdict.violation(format!(
+                "PK {pk}, anchor {receiver}: settled {final_beans} beans < {acknowledged} acknowledged (an acknowledged gift lost)"
+            ));
+        } else if final_beans > acknowledged + maybe {
+            verdict.violation(format!(
+                "PK {pk}, anchor {receiver}: settled {final_beans} beans > {acknowledged} acknowledged + {maybe} unknown \
+                 (a gift counted twice, or one never sent)"
+            ));
+        }
+    }
+    // A settled side with beans and no gift sent at all.
+    for record in records {
+        if record.gifts > 0 && !sides.contains_key(&(record.pk_id, record.anchor)) {
+            verdict.checked += 1;
+            verdict.violation(format!(
+                "PK {}, anchor {}: settled {} beans, but no gift was sent to this side",
+                record.pk_id, record.anchor, record.gifts
+            ));
+        }
+    }
+    verdict
+}
+
+/// (b) No anchor is in two PKs at overlapping times, from the settled records and from
+/// the states the anchors read.
+pub fn one_pk_at_a_time(states: &[StateSeen], records: &[SettledRecord]) -> Verdict {
+    let mut verdict = Verdict::new("one_pk_at_a_time", "no anchor in two PKs at overlapping times");
+    // anchor → pk → (start, end)
+    let mut spans: BTreeMap<u64, BTreeMap<u64, (i64, i64)>> = BTreeMap::new();
+    for record in records {
+        if let (Some(start), Some(end)) = (record.start_time, record.end_time) {
+            spans.entry(record.anchor).or_default().insert(record.pk_id, (start, end));
+        }
+    }
+    for state in states {
+        for anchor in [state.source_user, state.target_user] {
+            spans.entry(anchor).or_default().entry(state.pk).or_insert((state.start_ms, state.end_ms));
+        }
+    }
+    for (anchor, pks) in &spans {
+        verdict.checked += 1;
+        let mut ordered: Vec<(u64, i64, i64)> = pks.iter().map(|(&pk, &(start, end))| (pk, start, end)).collect();
+        ordered.sort_by_key(|&(pk, start, _)| (start, pk));
+        for pair in ordered.windows(2) {
+            let ((first, first_start, first_end), (second, second_start, _)) = (pair[0], pair[1]);
+            if second_start < first_end {
+                verdict.violation(format!(
+                    "anchor {anchor}: PK {first} ran {first_start}..{first_end} and PK {second} started at {second_start}"
+                ));
+            }
+        }
+    }
+    verdict
+}
+
+/// (c) Every PK seen ends, once: a settled record of status 2 (over) or 3 (abnormal); a
+/// normal end never before its `endTime` and within the bound after it; every end the
+/// anchors read agrees with the record.
+pub fn pks_end_once_in_time(
+    states: &[StateSeen],
+    records: &[SettledRecord],
+    faults: &[FaultEvent],
+    bounds: Bounds,
+) -> Verdict {
+    let mut verdict = Verdict::new(
+        "pks_end_once_in_time",
+        "every PK ends once, a normal end never before its endTime and within the bound after it",
+    );
+    // pk → (start, end) as the anchors read it; a change is a violation.
+    let mut schedule: BTreeMap<u64, (i64, i64)> = BTreeMap::new();
+    for state in states {
+        let seen = *schedule.entry(state.pk).or_insert((state.start_ms, state.end_ms));
+        if seen != (state.start_ms, state.end_ms) {
+            verdict.violation(format!(
+                "PK {}: read with start..end {}..{} and {}..{}",
+                state.pk, seen.0, seen.1, state.start_ms, state.end_ms
+            ));
+        }
+    }
+    let mut settled: BTreeMap<u64, &SettledRecord> = BTreeMap::new();
+    for record in records {
+        settled.entry(record.pk_id).or_insert(record);
+    }
+    let pks: BTreeSet<u64> = schedule.keys().chain(settled.keys()).copied().collect();
+    let mut abnormal = 0;
+    let mut latest_ms = 0;
+    for pk in pks {
+        verdict.checked += 1;
+        let Some(record) = settled.get(&pk) else {
+            verdict.violation(format!("PK {pk}: the anchors saw it, but it has no settled record"));
+            continue;
+        };
+        let Some(ended) = record.end_time else {
+            verdict.violation(format!("PK {pk}: settled without an end time (status {})", record.status));
+            continue;
+        };
+        let scheduled_end = schedule.get(&pk).map(|&(_, end)| end);
+        match (record.status, scheduled_end) {
+            (2, Some(end)) => {
+                if ended < end {
+                    verdict
+                        .violation(format!("PK {pk}: ended at {ended}, {} ms before its endTime {end}", end - ended));
+                }
+                let allowed = end.max(outage_covering(faults, end)) + bounds.end_late_ms;
+                if ended > allowed {
+                    verdict.violation(format!(
+                        "PK {pk}: ended at {ended}, {} ms after its endTime {end} (bound {} ms)",
+                        ended - end,
+                        bounds.end_late_ms
+                    ));
+                }
+                latest_ms = latest_ms.max(ended - end);
+            }
+            (3, _) => abnormal += 1,
+            (2, None) => {}
+            (status, _) => verdict.violation(format!("PK {pk}: status {status} at the end of the run")),
+        }
+        for state in states.iter().filter(|state| state.pk == pk && state.status >= 2) {
+            let (side_source, side_target) = sides_of(records, pk, state.source_user, state.target_user);
+            let status_differs = i64::try_from(state.status).unwrap_or(0) != record.status;
+            let totals_differ = side_source.is_some_and(|beans| beans != state.source_gifts)
+                || side_target.is_some_and(|beans| beans != state.target_gifts);
+            if status_differs || totals_differ {
+                verdict.violation(format!(
+                    "PK {pk}: anchor {} read an end (status {}, {}:{} beans) unlike the settled one (status {}, {:?}:{:?})",
+                    state.anchor,
+                    state.status,
+                    state.source_gifts,
+                    state.target_gifts,
+                    record.status,
+                    side_source,
+                    side_target
+                ));
+            }
+            if state.source == StateSource::Push && state.status == 2 && state.at_ms < state.end_ms {
+                verdict.violation(format!(
+                    "PK {pk}: anchor {} read its end at {}, before its endTime {}",
+                    state.anchor, state.at_ms, state.end_ms
+                ));
+            }
+        }
+    }
+    verdict.notes.push(format!("{abnormal} PKs ended abnormally; the latest normal end came {latest_ms} ms late"));
+    verdict
+}
+
+/// The end of a whole-cluster outage (`restart-all`) that `at_ms` fell in, or 0.
+fn outage_covering(faults: &[FaultEvent], at_ms: i64) -> i64 {
+    faults
+        .iter()
+        .filter(|fault| fault.kind == "restart-all" && fault.started_ms <= at_ms && at_ms <= fault.healed_ms)
+        .map(|fault| fault.healed_ms)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The settled beans of `pk`'s source and target sides.
+fn sides_of(records: &[SettledRecord], pk: u64, source: u64, target: u64) -> (Option<i64>, Option<i64>) {
+    let side = |anchor: u64| {
+        records.iter().find(|record| record.pk_id == pk && record.anchor == anchor).map(|record| record.gifts)
+    };
+    (side(source), side(target))
+}
+
+/// (d) Every node answers the same settled history for every anchor.
+pub fn replicas_agree(settled: &BTreeMap<u64, NodeHistory>) -> Verdict {
+    let mut verdict = Verdict::new("replicas_agree", "every node answers the same settled history");
+    let Some((&first_node, first)) = settled.iter().next() else {
+        verdict.violation("no node answered the history API".to_owned());
+        return verdict;
+    };
+    let anchors: BTreeSet<u64> = settled.values().flat_map(|history| history.keys().copied()).collect();
+    for anchor in anchors {
+        verdict.checked += 1;
+        let expected = first.get(&anchor);
+        for (&node, history) in settled.iter().skip(1) {
+            let found = history.get(&anchor);
+            if found == expected {
+                continue;
+            }
+            let describe = |records: Option<&Vec<SettledRecord>>| match records {
+                None => "no answer".to_owned(),
+                Some(records) => {
+                    let pks: Vec<String> = records
+                        .iter()
+                        .map(|record| {
+                            format!(
+                                "{}(status {}, {}:{})",
+                                record.pk_id, record.status, record.gifts, record.competitor_gifts
+                            )
+                        })
+                        .collect();
+                    pks.join(" ")
+                }
+            };
+            verdict.violation(format!(
+                "anchor {anchor}: node {first_node} answers [{}], node {node} answers [{}]",
+                describe(expected),
+                describe(found)
+            ));
+        }
+    }
+    verdict
+}
+
+/// Liveness: after the last fault, a gift is acknowledged and a new PK starts.
+pub fn progress_after_faults(gifts: &[GiftOp], states: &[StateSeen], from_ms: i64) -> Verdict {
+    let mut verdict =
+        Verdict::new("progress_after_faults", "after the last fault, new gifts are acknowledged and a new PK forms");
+    verdict.checked = 2;
+    let acknowledged = gifts.iter().filter(|gift| gift.outcome == Outcome::Ok && gift.invoked_ms >= from_ms).count();
+    let new_pks: BTreeSet<u64> =
+        states.iter().filter(|state| state.start_ms >= from_ms).map(|state| state.pk).collect();
+    if acknowledged == 0 {
+        verdict.violation(format!("no gift sent after {from_ms} (the last fault's end) was acknowledged"));
+    }
+    if new_pks.is_empty() {
+        verdict.violation(format!("no PK started after {from_ms} (the last fault's end)"));
+    }
+    verdict
+        .notes
+        .push(format!("after the last fault: {acknowledged} gifts acknowledged, {} PKs started", new_pks.len()));
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::history::{Answer, Attempt};
+    use super::*;
+
+    const A: u64 = 11;
+    const B: u64 = 12;
+    const C: u64 = 13;
+
+    fn gift(id: u64, pk: u64, receiver: u64, beans: i64, outcome: Outcome) -> GiftOp {
+        let answer = match outcome {
+            Outcome::Ok => Answer::Counted,
+            Outcome::Refused => Answer::Refused("905047".into()),
+            Outcome::Unknown => Answer::Indeterminate("timeout".into()),
+        };
+        GiftOp {
+            request: id,
+            batch: 1,
+            id,
+            pk,
+            receiver,
+            sender: 900,
+            beans,
+            invoked_ms: 1_000 + id as i64,
+            completed_ms: 1_010 + id as i64,
+            attempts: vec![Attempt { node: 1, sent_ms: 1_000, answer }],
+            outcome,
+        }
+    }
+
+    fn record(pk: u64, anchor: u64, competitor: u64, gifts: i64, span: (i64, i64), status: i64) -> SettledRecord {
+        SettledRecord {
+            pk_id: pk,
+            status,
+            start_time: Some(span.0),
+            end_time: Some(span.1),
+            anchor,
+            gifts,
+            competitor,
+            competitor_gifts: 0,
+            winner: 0,
+        }
+    }
+
+    fn seen(anchor: u64, pk: u64, status: u64, span: (i64, i64), at_ms: i64) -> StateSeen {
+        StateSeen {
+            anchor,
+            source: StateSource::Push,
+            at_ms,
+            pk,
+            status,
+            start_ms: span.0,
+            end_ms: span.1,
+            source_user: A,
+            target_user: B,
+            source_gifts: 0,
+            target_gifts: 0,
+            winner: None,
+        }
+    }
+
+    #[test]
+    fn sides_within_acknowledged_and_unknown_pass() {
+        let gifts =
+            [gift(1, 7, A, 5, Outcome::Ok), gift(2, 7, A, 3, Outcome::Unknown), gift(3, 7, B, 4, Outcome::Refused)];
+        for settled_a in [5, 8] {
+            let records = [record(7, A, B, settled_a, (0, 5_000), 2), record(7, B, A, 0, (0, 5_000), 2)];
+            let verdict = gifts_counted_once(&gifts, &records);
+            assert!(verdict.passed, "{settled_a}: {verdict:#?}");
+            assert_eq!(verdict.checked, 2);
+        }
+    }
+
+    #[test]
+    fn a_double_counted_gift_is_a_violation() {
+        let gifts = [gift(1, 7, A, 5, Outcome::Ok), gift(2, 7, A, 3, Outcome::Ok)];
+        // Gift 2 counted twice: 5 + 3 + 3.
+        let records = [record(7, A, B, 11, (0, 5_000), 2), record(7, B, A, 0, (0, 5_000), 2)];
+        let verdict = gifts_counted_once(&gifts, &records);
+        assert!(!verdict.passed);
+        assert_eq!(verdict.violations, 1);
+        assert!(verdict.evidence[0].contains("settled 11 beans > 8 acknowledged"), "{:?}", verdict.evidence);
+    }
+
+    #[test]
+    fn a_lost_acknowledged_gift_and_beans_from_nowhere_are_violations() {
+        let gifts = [gift(1, 7, A, 5, Outcome::Ok), gift(2, 8, A, 2, Outcome::Ok)];
+        let records = [record(7, A, B, 4, (0, 5_000), 2), record(7, B, A, 9, (0, 5_000), 2)];
+        let verdict = gifts_counted_once(&gifts, &records);
+        assert_eq!(verdict.violations, 3, "{:#?}", verdict.evidence);
+        assert!(verdict.evidence.iter().any(|line| line.contains("acknowledged gift lost")));
+        assert!(verdict.evidence.iter().any(|line| line.contains("PK 8") && line.contains("no settled record")));
+        assert!(verdict.evidence.iter().any(|line| line.contains("no gift was sent")));
+    }
+
+    #[test]
+    fn an_anchor_in_two_overlapping_pks_is_a_violation() {
+        let records = [record(7, A, B, 0, (0, 5_000), 2), record(8, A, C, 0, (6_000, 11_000), 2)];
+        assert!(one_pk_at_a_time(&[], &records).passed, "back to back is fine");
+        // PK 9 puts A with C while PK 7 still runs, as the pushes show it.
+        let states = [seen(C, 9, 1, (4_000, 9_000), 4_100)];
+        let states = [StateSeen { source_user: A, target_user: C, ..states[0].clone() }];
+        let verdict = one_pk_at_a_time(&states, &records);
+        assert!(!verdict.passed);
+        assert!(
+            verdict.evidence[0].contains("anchor 11: PK 7 ran 0..5000 and PK 9 started at 4000"),
+            "{:?}",
+            verdict.evidence
+        );
+    }
+
+    #[test]
+    fn an_early_a_late_and_a_missing_end_are_violations() {
+        let on_time = [record(7, A, B, 0, (0, 5_200), 2)];
+        let states = [seen(A, 7, 1, (0, 5_000), 100)];
+        let bounds = Bounds { end_late_ms: 6_000 };
+        assert!(pks_end_once_in_time(&states, &on_time, &[], bounds).passed);
+
+        let early = [record(7, A, B, 0, (0, 4_900), 2)];
+        let verdict = pks_end_once_in_time(&states, &early, &[], bounds);
+        assert!(!verdict.passed);
+        assert!(verdict.evidence[0].contains("100 ms before its endTime"), "{:?}", verdict.evidence);
+
+        let late = [record(7, A, B, 0, (0, 12_000), 2)];
+        let verdict = pks_end_once_in_time(&states, &late, &[], bounds);
+        assert!(verdict.evidence[0].contains("7000 ms after"), "{:?}", verdict.evidence);
+        // The same lateness is allowed when the whole cluster was down at the end time.
+        let outage = FaultEvent {
+            kind: "restart-all".into(),
+            node: None,
+            group: None,
+            to: None,
+            started_ms: 4_000,
+            healed_ms: 7_000,
+            error: None,
+        };
+        assert!(pks_end_once_in_time(&states, &late, &[outage], bounds).passed);
+
+        let verdict = pks_end_once_in_time(&states, &[], &[], bounds);
+        assert!(verdict.evidence[0].contains("no settled record"), "{:?}", verdict.evidence);
+    }
+
+    #[test]
+    fn an_end_read_early_or_unlike_the_settled_one_is_a_violation() {
+        let records = [record(7, A, B, 3, (0, 5_100), 2), record(7, B, A, 0, (0, 5_100), 2)];
+        let bounds = Bounds { end_late_ms: 6_000 };
+        let early_push = seen(A, 7, 2, (0, 5_000), 4_990);
+        let verdict = pks_end_once_in_time(&[StateSeen { source_gifts: 3, ..early_push }], &records, &[], bounds);
+        assert_eq!(verdict.violations, 1, "{:?}", verdict.evidence);
+        assert!(verdict.evidence[0].contains("before its endTime"));
+        let other_total = seen(A, 7, 2, (0, 5_000), 5_050);
+        let verdict = pks_end_once_in_time(&[other_total], &records, &[], bounds);
+        assert!(verdict.evidence[0].contains("unlike the settled one"), "{:?}", verdict.evidence);
+    }
+
+    #[test]
+    fn nodes_answering_differently_is_a_violation() {
+        let history = |gifts: i64| -> NodeHistory { [(A, vec![record(7, A, B, gifts, (0, 5_000), 2)])].into() };
+        let same: BTreeMap<u64, NodeHistory> = [(1, history(4)), (2, history(4))].into();
+        assert!(replicas_agree(&same).passed);
+        let differ: BTreeMap<u64, NodeHistory> = [(1, history(4)), (2, history(4)), (3, history(5))].into();
+        let verdict = replicas_agree(&differ);
+        assert_eq!(verdict.violations, 1);
+        assert!(verdict.evidence[0].contains("node 3 answers [7(status 2, 5:0)]"), "{:?}", verdict.evidence);
+    }
+
+    #[test]
+    fn no_progress_after_the_last_fault_is_a_violation() {
+        let gifts = [gift(1, 7, A, 1, Outcome::Ok)];
+        let states = [seen(A, 7, 1, (900, 5_000), 1_000)];
+        assert!(progress_after_faults(&gifts, &states, 500).passed);
+        let verdict = progress_after_faults(&gifts, &states, 2_000);
+        assert_eq!(verdict.violations, 2, "{:?}", verdict.evidence);
+    }
+}

@@ -1,0 +1,226 @@
+//! What a fault run records: every gift with each attempt's answer and its outcome,
+//! every PK state the anchors read, every fault the nemesis caused, and the settled
+//! history each node answers at the end. Times are wall clock ms (the clock of a PK's
+//! `startTime` and `endTime`; the nodes run on this machine).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::bench::pks::StateSource;
+
+/// What one attempt to deliver a gift got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "answer", content = "detail")]
+pub enum Answer {
+    /// `000000`: counted (or already counted: a retry).
+    Counted,
+    /// A refusal that says the gift was not applied (a domain code).
+    Refused(String),
+    /// No answer, or one that does not say (a timeout, a dropped connection, `900008`:
+    /// the node could not tell whether its proposal was applied).
+    Indeterminate(String),
+}
+
+/// A gift's outcome over all its attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// An attempt was acknowledged: the gift must count exactly once.
+    Ok,
+    /// Every attempt was refused: the gift must not count.
+    Refused,
+    /// Neither: the gift may count at most once.
+    Unknown,
+}
+
+/// The outcome of a gift from its attempts' answers. A refusal after an attempt that may
+/// have been applied proves nothing (the PK may have ended in between).
+pub fn outcome_of(answers: &[Answer]) -> Outcome {
+    if answers.contains(&Answer::Counted) {
+        Outcome::Ok
+    } else if !answers.is_empty() && answers.iter().all(|answer| matches!(answer, Answer::Refused(_))) {
+        Outcome::Refused
+    } else {
+        Outcome::Unknown
+    }
+}
+
+/// One attempt of one gift.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub node: u64,
+    pub sent_ms: i64,
+    #[serde(flatten)]
+    pub answer: Answer,
+}
+
+/// One gift, from its first send to its last answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GiftOp {
+    /// The request it went out in (a batch's gifts share it).
+    pub request: u64,
+    /// Gifts in that request (1: the single-gift body).
+    pub batch: usize,
+    pub id: u64,
+    pub pk: u64,
+    pub receiver: u64,
+    pub sender: u64,
+    pub beans: i64,
+    pub invoked_ms: i64,
+    pub completed_ms: i64,
+    pub attempts: Vec<Attempt>,
+    pub outcome: Outcome,
+}
+
+/// A PK state an anchor read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateSeen {
+    pub anchor: u64,
+    pub source: StateSource,
+    pub at_ms: i64,
+    pub pk: u64,
+    /// 0 opening, 1 battle, 2 over, 3 ended abnormally.
+    pub status: u64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub source_user: u64,
+    pub target_user: u64,
+    pub source_gifts: i64,
+    pub target_gifts: i64,
+    pub winner: Option<u64>,
+}
+
+impl StateSeen {
+    /// Reads a push 10's `content` (or a room entry's PK state); `None` if a field is
+    /// missing.
+    pub fn read(anchor: u64, source: StateSource, content: &Value, at_ms: i64) -> Option<StateSeen> {
+        Some(StateSeen {
+            anchor,
+            source,
+            at_ms,
+            pk: content["pkId"].as_u64()?,
+            status: content["status"].as_u64()?,
+            start_ms: content["startTime"].as_i64()?,
+            end_ms: content["endTime"].as_i64()?,
+            source_user: content["sourceUser"].as_u64()?,
+            target_user: content["targetUser"].as_u64()?,
+            source_gifts: content["sourceGifts"].as_i64().unwrap_or(0),
+            target_gifts: content["targetGifts"].as_i64().unwrap_or(0),
+            winner: content["winner"].as_u64(),
+        })
+    }
+}
+
+/// One fault the nemesis caused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultEvent {
+    /// The nemesis (`kill`, `kill-leader`, `pause`, `pause-leader`, `transfer`, `restart-all`).
+    pub kind: String,
+    /// The node it hit (for a transfer: the leader it moved from).
+    pub node: Option<u64>,
+    /// The group whose leader was chosen, for the leader nemeses and transfers.
+    pub group: Option<u64>,
+    /// A transfer's new leader.
+    pub to: Option<u64>,
+    pub started_ms: i64,
+    /// When the fault was over (the node restarted or resumed, the transfer answered).
+    pub healed_ms: i64,
+    pub error: Option<String>,
+}
+
+/// One PK in an anchor's settled history (`GET /api/anchors/{id}/pks`), the fields the
+/// checkers read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettledRecord {
+    pub pk_id: u64,
+    /// 1 running, 2 over, 3 ended abnormally, 4 after-battle stage.
+    pub status: i64,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+    pub anchor: u64,
+    /// The anchor's side's beans.
+    pub gifts: i64,
+    pub competitor: u64,
+    pub competitor_gifts: i64,
+    pub winner: u64,
+}
+
+/// Each node's answer: anchor → its records, newest first.
+pub type NodeHistory = BTreeMap<u64, Vec<SettledRecord>>;
+
+/// A history line of `history.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Line {
+    Gift(GiftOp),
+    State(StateSeen),
+    Fault(FaultEvent),
+}
+
+/// What a run records, shared by its tasks.
+#[derive(Default)]
+pub struct History {
+    gifts: Mutex<Vec<GiftOp>>,
+    states: Mutex<Vec<StateSeen>>,
+    faults: Mutex<Vec<FaultEvent>>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl History {
+    pub fn gift(&self, op: GiftOp) {
+        locked(&self.gifts).push(op);
+    }
+
+    pub fn state(&self, state: StateSeen) {
+        locked(&self.states).push(state);
+    }
+
+    pub fn fault(&self, event: FaultEvent) {
+        locked(&self.faults).push(event);
+    }
+
+    pub fn gifts(&self) -> Vec<GiftOp> {
+        locked(&self.gifts).clone()
+    }
+
+    pub fn states(&self) -> Vec<StateSeen> {
+        locked(&self.states).clone()
+    }
+
+    pub fn faults(&self) -> Vec<FaultEvent> {
+        locked(&self.faults).clone()
+    }
+
+    /// Every line, in the order of its time (invocation, arrival, start).
+    pub fn lines(&self) -> Vec<Line> {
+        let mut lines: Vec<(i64, Line)> = Vec::new();
+        lines.extend(self.gifts().into_iter().map(|gift| (gift.invoked_ms, Line::Gift(gift))));
+        lines.extend(self.states().into_iter().map(|state| (state.at_ms, Line::State(state))));
+        lines.extend(self.faults().into_iter().map(|fault| (fault.started_ms, Line::Fault(fault))));
+        lines.sort_by_key(|(at, _)| *at);
+        lines.into_iter().map(|(_, line)| line).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gift_is_ok_once_acknowledged_refused_only_if_every_attempt_was() {
+        let refused = || Answer::Refused("905047".into());
+        let lost = || Answer::Indeterminate("timeout".into());
+        assert_eq!(outcome_of(&[lost(), Answer::Counted]), Outcome::Ok);
+        assert_eq!(outcome_of(&[refused()]), Outcome::Refused);
+        assert_eq!(outcome_of(&[lost(), refused()]), Outcome::Unknown, "the first try may have counted");
+        assert_eq!(outcome_of(&[lost()]), Outcome::Unknown);
+        assert_eq!(outcome_of(&[]), Outcome::Unknown);
+    }
+}

@@ -1,0 +1,328 @@
+//! `pkd faults`: a seeded fault test against real `pkd serve` processes. It starts a
+//! local cluster, runs a workload through the public interfaces only (anchors over
+//! WebSocket, the gift API), lets a nemesis drawn from the seed kill, pause, restart and
+//! move leaders, then checks the recorded history and the settled results, and writes a
+//! report folder. `docs/faults.md` is the user's guide.
+//!
+//! - [`nemesis`]: the schedule (pure, from the seed) and the faults.
+//! - [`workload`]: the gift senders, retrying with the same ids.
+//! - [`history`]: what a run records. [`checkers`]: the verdicts. [`report`]: the folder.
+//!
+//! The anchors, the roster of running PKs and the cluster are `pkd bench`'s
+//! ([`crate::bench::pks`], [`crate::bench::target`]).
+
+pub mod checkers;
+pub mod history;
+pub mod nemesis;
+pub mod report;
+pub mod workload;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use pkd_cluster::AdminClient;
+use pkd_cluster::app::wall_clock_ms;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use self::checkers::{Bounds, Facts, Verdict};
+use self::history::{History, NodeHistory, SettledRecord, StateSeen};
+use self::nemesis::{Nemesis, Planned};
+use self::workload::Gifting;
+use crate::bench::parse_duration;
+use crate::bench::pks::{AnchorBehaviour, AnchorPool, Roster};
+use crate::bench::target::Target;
+
+/// The first anchor's user id (anchors are consecutive from it).
+const FIRST_ANCHOR: u64 = 3_000_001;
+/// The opening of every PK, in ms.
+const OPENING_MS: i64 = 300;
+
+/// `pkd faults`'s flags. Durations take a unit (`500ms`, `30s`, `5m`) or are seconds.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FaultsArgs {
+    /// The seed of the schedule and of the workload's choices (random if not given).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// How long the workload runs, faults included (the checks come after).
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub duration: Duration,
+    /// Nodes of the local cluster.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Arena groups of the local cluster.
+    #[arg(long, default_value_t = 2)]
+    pub arenas: u32,
+    /// The faults to draw from.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "kill,kill-leader,pause,pause-leader,transfer,restart-all"
+    )]
+    pub nemesis: Vec<Nemesis>,
+    /// Anchors matching over and over (an even number makes every one busy).
+    #[arg(long, default_value_t = 8)]
+    pub anchors: u64,
+    /// Gift senders, each one request at a time.
+    #[arg(long, default_value_t = 2)]
+    pub senders: usize,
+    /// The battle phase of every PK.
+    #[arg(long, value_parser = parse_duration, default_value = "4s")]
+    pub battle: Duration,
+    /// A PK must end at most this long after its endTime.
+    #[arg(long, value_parser = parse_duration, default_value = "6s")]
+    pub end_bound: Duration,
+    /// The report folder (default: target/faults/<seed>-<unix time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// A finished run: what the report shows.
+pub struct Run {
+    pub seed: u64,
+    pub args: FaultsArgs,
+    pub planned: Vec<Planned>,
+    pub history: Arc<History>,
+    pub settled: BTreeMap<u64, NodeHistory>,
+    pub verdicts: Vec<Verdict>,
+    pub started_ms: i64,
+    pub workload_from_ms: i64,
+    pub liveness_from_ms: i64,
+    pub ended_ms: i64,
+    /// Each node's log, read before the cluster's directory went away.
+    pub logs: BTreeMap<u64, Vec<u8>>,
+}
+
+impl Run {
+    pub fn violations(&self) -> usize {
+        self.verdicts.iter().filter(|verdict| !verdict.passed).count()
+    }
+
+    /// The command that runs this seed again.
+    pub fn replay_command(&self) -> String {
+        let kinds: Vec<&str> = self.args.nemesis.iter().map(|kind| kind.name()).collect();
+        format!(
+            "pkd faults --seed {} --duration {}s --nodes {} --arenas {} --nemesis {} --anchors {} --senders {} --battle {}ms --end-bound {}ms",
+            self.seed,
+            self.args.duration.as_secs_f64(),
+            self.args.nodes,
+            self.args.arenas,
+            kinds.join(","),
+            self.args.anchors,
+            self.args.senders,
+            self.args.battle.as_millis(),
+            self.args.end_bound.as_millis(),
+        )
+    }
+}
+
+pub fn run(args: FaultsArgs) -> anyhow::Result<()> {
+    if !(1..=9).contains(&args.nodes) {
+        bail!("--nodes takes 1 to 9 nodes");
+    }
+    if args.anchors < 2 {
+        bail!("--anchors must be at least 2 (a PK takes two)");
+    }
+    let seed = args.seed.unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
+    crate::procfs::raise_open_files_limit();
+    eprintln!("pkd faults: seed {seed}");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let run = runtime.block_on(execute(args.clone(), seed))?;
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target").join("faults").join(format!("{seed}-{}", run.started_ms / 1000)));
+    report::write(&dir, &run)?;
+    print!("{}", report::verdict_lines(&run));
+    println!("report: {}", dir.display());
+    let failed = run.violations();
+    if failed > 0 {
+        eprintln!("replay this run with: {}", run.replay_command());
+        bail!("{failed} of {} checkers found violations (seed {seed})", run.verdicts.len());
+    }
+    Ok(())
+}
+
+async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
+    let started_ms = wall_clock_ms();
+    let planned = nemesis::plan(seed, args.duration, &args.nemesis);
+    let target = Arc::new(Target::start_local(args.nodes, args.arenas, "info", None).await?);
+    let outcome = drive(&args, seed, planned.clone(), target.clone()).await;
+    let logs = read_logs(&target);
+    target.shutdown().await;
+    let (history, settled, workload_from_ms) = outcome?;
+    let faults = history.faults();
+    let liveness_from_ms = faults.iter().map(|fault| fault.healed_ms).max().unwrap_or(workload_from_ms);
+    let (gifts, states) = (history.gifts(), history.states());
+    let facts = Facts {
+        gifts: &gifts,
+        states: &states,
+        faults: &faults,
+        settled: &settled,
+        bounds: Bounds { end_late_ms: args.end_bound.as_millis() as i64 },
+        liveness_from_ms,
+    };
+    let verdicts = checkers::check_all(&facts);
+    Ok(Run {
+        seed,
+        args,
+        planned,
+        history,
+        settled,
+        verdicts,
+        started_ms,
+        workload_from_ms,
+        liveness_from_ms,
+        ended_ms: wall_clock_ms(),
+        logs,
+    })
+}
+
+/// The workload and the nemesis, then the wind-down and the settled history of every
+/// node.
+async fn drive(
+    args: &FaultsArgs,
+    seed: u64,
+    planned: Vec<Planned>,
+    target: Arc<Target>,
+) -> anyhow::Result<(Arc<History>, BTreeMap<u64, NodeHistory>, i64)> {
+    target.settle(Duration::from_secs(30)).await;
+    let battle_ms = args.battle.as_millis().max(1_000);
+    target.set_config("pk_duration", &format!("{OPENING_MS},{battle_ms},0,600000")).await?;
+    let history = Arc::new(History::default());
+    let roster = Arc::new(Roster::new(Some(OPENING_MS)));
+    let observed = history.clone();
+    let behaviour = AnchorBehaviour {
+        observer: Some(Arc::new(move |anchor, source, content: &Value, at_ms| {
+            if let Some(state) = StateSeen::read(anchor, source, content, at_ms) {
+                observed.state(state);
+            }
+        })),
+        ..AnchorBehaviour::default()
+    };
+    let hold_starts = behaviour.hold_starts.clone();
+    let anchors = AnchorPool::spawn(target.clone(), roster.clone(), FIRST_ANCHOR, args.anchors, behaviour);
+    anchors.wait_for_battles(&roster, 1, 500, Duration::from_secs(60)).await?;
+    let start = Instant::now();
+    let workload_from_ms = wall_clock_ms();
+    eprintln!("workload running for {:?}; {} faults planned", args.duration, planned.len());
+    let gifting = Arc::new(Gifting::new(target.clone(), roster.clone(), history.clone(), 1)?);
+    let (stop, stopped) = watch::channel(false);
+    let senders = gifting.spawn(args.senders, seed, stopped);
+    let nemesis = tokio::spawn(nemesis::carry_out(planned, target.clone(), history.clone(), start));
+    tokio::time::sleep_until(start + args.duration).await;
+    nemesis.await.context("the nemesis task")?;
+    let _ = stop.send(true);
+    for sender in senders {
+        let _ = sender.await;
+    }
+    eprintln!("workload over; waiting for the running PKs to end");
+    hold_starts.store(true, std::sync::atomic::Ordering::Relaxed);
+    wind_down(&roster, args.battle + Duration::from_millis(OPENING_MS as u64) + args.end_bound).await;
+    anchors.stop().await;
+    let seen: BTreeSet<u64> = history.states().iter().map(|state| state.pk).collect();
+    let anchor_ids: Vec<u64> = (FIRST_ANCHOR..FIRST_ANCHOR + args.anchors).collect();
+    let settled = settled_history(&target, &anchor_ids, &seen, Duration::from_secs(40)).await;
+    Ok((history, settled, workload_from_ms))
+}
+
+/// Waits until no PK has run for 3 s (anchors already matching still get their PK), at
+/// most four PK lengths. A PK whose end no anchor read (lost in a failover) counts as
+/// running until `pk_length` after its end time.
+async fn wind_down(roster: &Roster, pk_length: Duration) {
+    let deadline = Instant::now() + pk_length * 4;
+    let mut quiet_since: Option<Instant> = None;
+    let overdue_ms = pk_length.as_millis() as i64;
+    while Instant::now() < deadline {
+        let now_ms = wall_clock_ms();
+        if roster.running().iter().all(|pk| pk.end_ms + overdue_ms < now_ms) {
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(3) {
+                return;
+            }
+        } else {
+            quiet_since = None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("warning: PKs still running after {:?}: {:?}", pk_length * 4, roster.running());
+}
+
+/// Every node's settled history of `anchors`, asked until every node answers the same,
+/// with every PK in `seen` settled (status 2 or 3), or until `limit`.
+async fn settled_history(
+    target: &Target,
+    anchors: &[u64],
+    seen: &BTreeSet<u64>,
+    limit: Duration,
+) -> BTreeMap<u64, NodeHistory> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut all = BTreeMap::new();
+        for node in &target.nodes {
+            if let Some(history) = node_history(&node.client_address(), anchors).await {
+                all.insert(node.id, history);
+            }
+        }
+        let complete = all.len() == target.nodes.len()
+            && all.values().all(|history| {
+                let settled: BTreeSet<u64> = history
+                    .values()
+                    .flatten()
+                    .filter(|record| record.status == 2 || record.status == 3)
+                    .map(|record| record.pk_id)
+                    .collect();
+                seen.is_subset(&settled)
+                    && history.values().flatten().all(|record| record.status == 2 || record.status == 3)
+            })
+            && all.values().all(|history| Some(history) == all.values().next());
+        if complete || Instant::now() >= deadline {
+            if !complete {
+                eprintln!("warning: the nodes' settled histories had not converged after {limit:?}");
+            }
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One node's history of every anchor, through `GET /api/anchors/{id}/pks`; `None` if
+/// any request failed.
+async fn node_history(address: &str, anchors: &[u64]) -> Option<NodeHistory> {
+    // The read API takes any user's login token; the nodes run with --dev-auth.
+    let client = AdminClient::new(address, "dev:9001").with_timeout(Duration::from_secs(3));
+    let mut history = NodeHistory::new();
+    for &anchor in anchors {
+        let mut records: Vec<SettledRecord> = Vec::new();
+        for page in 1.. {
+            let answer: Value = client
+                .call("GET", &format!("/api/anchors/{anchor}/pks?page={page}&size=100"), None::<&()>)
+                .await
+                .ok()?;
+            let batch: Vec<SettledRecord> = serde_json::from_value(answer["records"].clone()).ok()?;
+            let full = batch.len() == 100;
+            records.extend(batch);
+            if !full {
+                break;
+            }
+        }
+        history.insert(anchor, records);
+    }
+    Some(history)
+}
+
+/// Every node's log file, as it stands.
+fn read_logs(target: &Target) -> BTreeMap<u64, Vec<u8>> {
+    let Some(root) = target.local_root() else { return BTreeMap::new() };
+    target
+        .nodes
+        .iter()
+        .filter_map(|node| std::fs::read(root.join(format!("node-{}.log", node.id))).ok().map(|log| (node.id, log)))
+        .collect()
+}

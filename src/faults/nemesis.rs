@@ -1,0 +1,215 @@
+//! The nemesis: a schedule of faults drawn from the seed ([`plan`], pure), then carried
+//! out against the local cluster ([`carry_out`]), each fault logged with its times.
+//!
+//! The schedule alternates healthy and faulty phases: a healthy start while the first PKs
+//! form, then a fault and a healthy gap in turn, and a final healthy phase (at least
+//! [`FINAL_HEALTHY`], or a quarter of the run) in which progress is required. The same
+//! seed gives the same schedule; which node is "the leader of group g" is looked up when
+//! the fault comes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use pkd_cluster::app::wall_clock_ms;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::history::{FaultEvent, History};
+use crate::bench::target::Target;
+
+/// The healthy start, while the first PKs form.
+pub const WARM_UP: Duration = Duration::from_secs(5);
+/// The shortest final healthy phase.
+pub const FINAL_HEALTHY: Duration = Duration::from_secs(12);
+
+/// One kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Nemesis {
+    /// SIGKILL a random node, restart it after 1-3 s.
+    Kill,
+    /// SIGKILL the leader of a random group (the lobby or an arena), restart it after 1-3 s.
+    KillLeader,
+    /// SIGSTOP a random node for 1-4 s, then SIGCONT.
+    Pause,
+    /// SIGSTOP the leader of a random group for 1-4 s, then SIGCONT.
+    PauseLeader,
+    /// Move a random group's leadership to another node (admin API).
+    Transfer,
+    /// SIGKILL every node, then start them all again.
+    RestartAll,
+}
+
+impl Nemesis {
+    pub const ALL: [Nemesis; 6] = [
+        Nemesis::Kill,
+        Nemesis::KillLeader,
+        Nemesis::Pause,
+        Nemesis::PauseLeader,
+        Nemesis::Transfer,
+        Nemesis::RestartAll,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Nemesis::Kill => "kill",
+            Nemesis::KillLeader => "kill-leader",
+            Nemesis::Pause => "pause",
+            Nemesis::PauseLeader => "pause-leader",
+            Nemesis::Transfer => "transfer",
+            Nemesis::RestartAll => "restart-all",
+        }
+    }
+
+    /// How long the fault lasts (a killed node stays down, a paused one stopped).
+    fn hold(self, rng: &mut StdRng) -> Duration {
+        match self {
+            Nemesis::Kill | Nemesis::KillLeader => Duration::from_millis(rng.random_range(1_000..3_000)),
+            Nemesis::Pause | Nemesis::PauseLeader => Duration::from_millis(rng.random_range(1_000..4_000)),
+            Nemesis::Transfer | Nemesis::RestartAll => Duration::ZERO,
+        }
+    }
+}
+
+/// One planned fault.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Planned {
+    /// From the start of the workload.
+    #[serde(serialize_with = "seconds")]
+    pub at: Duration,
+    pub nemesis: Nemesis,
+    #[serde(serialize_with = "seconds")]
+    pub hold: Duration,
+    /// Picks the node (`pick % nodes`) or, for a transfer, the new leader among the others.
+    pub node_pick: u64,
+    /// Picks the group (`pick % groups`) for the leader nemeses and transfers.
+    pub group_pick: u64,
+}
+
+fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
+}
+
+/// The faults of a run of `duration`, drawn from `seed` among `kinds`.
+pub fn plan(seed: u64, duration: Duration, kinds: &[Nemesis]) -> Vec<Planned> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut planned = Vec::new();
+    if kinds.is_empty() {
+        return planned;
+    }
+    let final_healthy = FINAL_HEALTHY.max(duration / 4);
+    let Some(last) = duration.checked_sub(final_healthy) else { return planned };
+    let mut at = WARM_UP;
+    loop {
+        let nemesis = kinds[rng.random_range(0..kinds.len())];
+        let hold = nemesis.hold(&mut rng);
+        // A restart takes a few seconds on its own: leave room for it.
+        let takes = hold + if nemesis == Nemesis::Transfer { Duration::ZERO } else { Duration::from_secs(2) };
+        if at + takes > last {
+            return planned;
+        }
+        planned.push(Planned { at, nemesis, hold, node_pick: rng.random(), group_pick: rng.random() });
+        at += takes + Duration::from_millis(rng.random_range(3_000..6_000));
+    }
+}
+
+/// Carries out `planned` from `start` on, logging each fault in `history`.
+pub async fn carry_out(planned: Vec<Planned>, target: Arc<Target>, history: Arc<History>, start: Instant) {
+    let ids: Vec<u64> = target.nodes.iter().map(|node| node.id).collect();
+    let groups = 1 + u64::from(target.arenas.unwrap_or(1));
+    for step in planned {
+        tokio::time::sleep_until(start + step.at).await;
+        let group = step.group_pick % groups;
+        let random_node = ids[(step.node_pick % ids.len() as u64) as usize];
+        let leader = match step.nemesis {
+            Nemesis::KillLeader | Nemesis::PauseLeader | Nemesis::Transfer => target.leader_of(group).await,
+            _ => None,
+        };
+        let mut event = FaultEvent {
+            kind: step.nemesis.name().to_owned(),
+            node: None,
+            group: None,
+            to: None,
+            started_ms: wall_clock_ms(),
+            healed_ms: 0,
+            error: None,
+        };
+        let result = match step.nemesis {
+            Nemesis::Kill | Nemesis::KillLeader => {
+                let node = leader.unwrap_or(random_node);
+                event.node = Some(node);
+                event.group = leader.map(|_| group);
+                eprintln!("nemesis: kill -9 node {node}");
+                kill_and_restart(&target, node, step.hold).await
+            }
+            Nemesis::Pause | Nemesis::PauseLeader => {
+                let node = leader.unwrap_or(random_node);
+                event.node = Some(node);
+                event.group = leader.map(|_| group);
+                eprintln!("nemesis: SIGSTOP node {node} for {:?}", step.hold);
+                pause_and_resume(&target, node, step.hold).await
+            }
+            Nemesis::Transfer => match leader {
+                Some(from) => {
+                    let others: Vec<u64> = ids.iter().copied().filter(|&id| id != from).collect();
+                    let to = others[(step.node_pick % others.len().max(1) as u64) as usize];
+                    (event.node, event.group, event.to) = (Some(from), Some(group), Some(to));
+                    eprintln!("nemesis: move group {group}'s leadership from node {from} to node {to}");
+                    target.transfer_leader(group, to).await.map(|_| ())
+                }
+                None => Err(anyhow::anyhow!("group {group} has no known leader")),
+            },
+            Nemesis::RestartAll => {
+                eprintln!("nemesis: kill -9 every node and start them again");
+                target.restart_all().await
+            }
+        };
+        event.healed_ms = wall_clock_ms();
+        event.error = result.err().map(|error| format!("{error:#}"));
+        history.fault(event);
+    }
+}
+
+async fn kill_and_restart(target: &Target, node: u64, down: Duration) -> anyhow::Result<()> {
+    target.kill(node).await?;
+    tokio::time::sleep(down).await;
+    target.restart(node).await
+}
+
+async fn pause_and_resume(target: &Target, node: u64, stopped: Duration) -> anyhow::Result<()> {
+    target.pause(node).await?;
+    tokio::time::sleep(stopped).await;
+    target.resume(node).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_gives_one_schedule_with_healthy_phases_around_each_fault() {
+        let duration = Duration::from_secs(60);
+        let first = plan(7, duration, &Nemesis::ALL);
+        assert_eq!(first, plan(7, duration, &Nemesis::ALL), "the same seed, the same schedule");
+        assert_ne!(first, plan(8, duration, &Nemesis::ALL));
+        assert!(first.len() >= 3, "{first:#?}");
+        assert!(first[0].at >= WARM_UP);
+        for pair in first.windows(2) {
+            let healthy_from = pair[0].at + pair[0].hold + Duration::from_secs(2);
+            assert!(pair[1].at >= healthy_from + Duration::from_secs(3), "a healthy gap between faults: {pair:#?}");
+        }
+        let last = first.last().unwrap();
+        assert!(last.at + last.hold + Duration::from_secs(2) <= duration - Duration::from_secs(15));
+    }
+
+    #[test]
+    fn only_the_chosen_nemeses_are_drawn_and_a_short_run_has_none() {
+        let planned = plan(3, Duration::from_secs(120), &[Nemesis::Transfer]);
+        assert!(planned.iter().all(|step| step.nemesis == Nemesis::Transfer));
+        assert!(plan(3, Duration::from_secs(15), &Nemesis::ALL).is_empty());
+        assert!(plan(3, Duration::from_secs(60), &[]).is_empty());
+    }
+}
