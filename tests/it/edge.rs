@@ -380,20 +380,30 @@ async fn unauthenticated_cluster_connections_cannot_make_a_node_allocate() {
     let node = cluster.node(1).unwrap();
     let pid = node.pid().unwrap();
     let before = resident_bytes(pid);
-    // Each connection announces a 64 MiB frame and sends 256 KiB of it.
-    let mut held = Vec::new();
+    // Each connection announces a 64 MiB frame and sends 4 MiB of it: a node that read
+    // such frames would hold 256 MiB.
+    let mut sending = Vec::new();
     for _ in 0..64 {
-        let Ok(mut stream) = TcpStream::connect(node.cluster_addr).await else { continue };
-        let _ = stream.write_all(&(64u32 * 1024 * 1024).to_be_bytes()).await;
-        let _ = stream.write_all(&vec![7u8; 256 * 1024]).await;
-        held.push(stream);
+        let address = node.cluster_addr;
+        sending.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(address).await.ok()?;
+            let _ = stream.write_all(&(64u32 * 1024 * 1024).to_be_bytes()).await;
+            let chunk = vec![7u8; 4 * 1024 * 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(3), stream.write_all(&chunk)).await;
+            Some(stream)
+        }));
+    }
+    let mut held = Vec::new();
+    for task in sending {
+        held.extend(task.await.ok().flatten());
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = resident_bytes(pid);
     println!(
-        "64 unauthenticated connections announcing 64 MiB frames: node resident {} MiB before, {} MiB after",
+        "64 unauthenticated connections announcing 64 MiB frames and sending 4 MiB each: node resident {} MiB before, {} MiB after ({} connections made)",
         before / (1024 * 1024),
-        after / (1024 * 1024)
+        after / (1024 * 1024),
+        held.len()
     );
     assert!(after < before + 64 * 1024 * 1024, "resident grew from {before} to {after} bytes");
     // The node still serves.
