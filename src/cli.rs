@@ -50,6 +50,9 @@ pub struct BackupArgs {
     /// The admin token.
     #[arg(long, env = "PKD_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Speak HTTPS to an admin API started with --tls-cert, trusting the CA in this PEM file.
+    #[arg(long, env = "PKD_ADMIN_CA")]
+    pub ca: Option<PathBuf>,
     /// The file to write (written whole, then renamed into place).
     #[arg(long)]
     pub out: PathBuf,
@@ -88,6 +91,9 @@ pub struct ClusterArgs {
     /// The admin token.
     #[arg(long, env = "PKD_ADMIN_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// Speak HTTPS to an admin API started with --tls-cert, trusting the CA in this PEM file.
+    #[arg(long, env = "PKD_ADMIN_CA", global = true)]
+    pub ca: Option<PathBuf>,
     #[command(subcommand)]
     pub command: ClusterCommand,
 }
@@ -270,11 +276,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// An admin client of `address`: HTTPS trusting the CA in `ca` if given, plain HTTP without.
+fn admin_client(address: String, token: String, ca: Option<&std::path::Path>) -> anyhow::Result<AdminClient> {
+    let client = AdminClient::new(address, token);
+    Ok(match ca {
+        Some(ca) => client.with_tls(std::sync::Arc::new(crate::tls::client_config(ca)?)),
+        None => client,
+    })
+}
+
 async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let Some(token) = args.token else {
         bail!("set --token (PKD_ADMIN_TOKEN): the admin API wants its bearer token");
     };
-    let client = AdminClient::new(args.admin, token).with_timeout(std::time::Duration::from_secs(600));
+    let client = admin_client(args.admin, token, args.ca.as_deref())?.with_timeout(std::time::Duration::from_secs(600));
     let bytes = client.backup().await?;
     // Checked before it is written: a file that is there is a file that restores.
     let backup = crate::backup::Backup::decode(&bytes).context("the node sent a backup that does not read back")?;
@@ -318,7 +333,7 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     let Some(token) = args.token.clone() else {
         bail!("set --token (PKD_ADMIN_TOKEN): the admin API wants its bearer token");
     };
-    let client = AdminClient::new(args.admin.clone(), token);
+    let client = admin_client(args.admin.clone(), token, args.ca.as_deref())?;
     let done = |groups: Vec<u64>| println!("done in groups {groups:?}");
     match args.command {
         ClusterCommand::Init { members } => {

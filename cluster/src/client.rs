@@ -1,15 +1,19 @@
 //! A typed client for the admin API of one node.
 //!
 //! It speaks just enough HTTP/1.1 for the admin API: one request per connection
-//! (`Connection: close`), a JSON body, and a response read to its end. This keeps the
-//! dependencies down to tokio and serde_json.
+//! (`Connection: close`), a JSON body, and a response read to its end, in the clear or
+//! over TLS (an admin listener started with `--tls-cert`). This keeps the dependencies
+//! down to tokio, rustls and serde_json.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::api::{
     AbortReply, AddLearnerRequest, AuditList, ClusterStatus, ConfigCheck, ConfigReply, ConfigRequest, ConfigRows,
@@ -43,12 +47,27 @@ pub struct AdminClient {
     timeout: Duration,
     /// Sent as the operator of every request, for the audit log.
     operator: Option<String>,
+    /// HTTPS with this configuration (the CAs it trusts); plain HTTP without.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl AdminClient {
     /// A client for the node whose admin API listens on `address` ("host:port").
     pub fn new(address: impl Into<String>, token: impl Into<String>) -> AdminClient {
-        AdminClient { address: address.into(), token: token.into(), timeout: Duration::from_secs(60), operator: None }
+        AdminClient {
+            address: address.into(),
+            token: token.into(),
+            timeout: Duration::from_secs(60),
+            operator: None,
+            tls: None,
+        }
+    }
+
+    /// The same client, speaking HTTPS with `config` (whose roots must include the CA
+    /// that signed the node's certificate).
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> AdminClient {
+        self.tls = Some(config);
+        self
     }
 
     /// The same client, naming `operator` as the one who acts (the audit log's `who`).
@@ -197,7 +216,30 @@ impl AdminClient {
         limit: usize,
     ) -> Result<(u16, Vec<u8>), ClientError> {
         let io = |source| ClientError::Io { address: self.address.clone(), source };
-        let mut stream = TcpStream::connect(&self.address).await.map_err(io)?;
+        let stream = TcpStream::connect(&self.address).await.map_err(io)?;
+        match &self.tls {
+            None => self.over(stream, method, path, body, limit).await,
+            Some(config) => {
+                let host = self.address.rsplit_once(':').map_or(self.address.as_str(), |(host, _)| host);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name = ServerName::try_from(host.to_owned())
+                    .map_err(|error| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, error)))?;
+                let stream = TlsConnector::from(config.clone()).connect(name, stream).await.map_err(io)?;
+                self.over(stream, method, path, body, limit).await
+            }
+        }
+    }
+
+    /// One request and its response over `stream`.
+    async fn over<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        limit: usize,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let io = |source| ClientError::Io { address: self.address.clone(), source };
         let operator = match &self.operator {
             Some(operator) => format!("{OPERATOR_HEADER}: {operator}\r\n"),
             None => String::new(),
@@ -213,7 +255,14 @@ impl AdminClient {
         stream.write_all(body).await.map_err(io)?;
         stream.flush().await.map_err(io)?;
         let mut response = Vec::new();
-        (&mut stream).take(limit as u64 + 1).read_to_end(&mut response).await.map_err(io)?;
+        // A TLS peer may close without a close_notify once it has answered: what was read
+        // stands if it holds a whole response.
+        let read = (&mut stream).take(limit as u64 + 1).read_to_end(&mut response).await;
+        if let Err(error) = read
+            && (self.tls.is_none() || response.is_empty())
+        {
+            return Err(io(error));
+        }
         if response.len() > limit {
             return Err(ClientError::Malformed("response too long".to_owned()));
         }

@@ -261,6 +261,26 @@ async fn three_nodes_with_tls_on_every_link_run_a_pk() -> anyhow::Result<()> {
     // The cluster still serves.
     let (status, _) = https(cluster.node(2)?.admin_addr, ca, "GET", "/admin/status", &token, None).await?;
     ensure!(status == 200);
+
+    // `pkd cluster` reaches a TLS admin API with --ca, and only with it.
+    let admin = cluster.node(1)?.admin_addr.to_string();
+    let status = |ca: Option<&Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pkd"));
+        command.args(["cluster", "status", "--json", "--admin", &admin, "--token", &token]);
+        if let Some(ca) = ca {
+            command.arg("--ca").arg(ca);
+        }
+        command.env_remove("PKD_ADMIN_CA").output()
+    };
+    let output = tokio::task::block_in_place(|| status(Some(ca)))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let whole: Value = serde_json::from_str(&stdout)?;
+    ensure!(whole.to_string().contains("\"groups\""), "{whole}");
+    let plain = tokio::task::block_in_place(|| status(None))?;
+    ensure!(!plain.status.success(), "plain HTTP reached a TLS admin API");
+    let foreign = tokio::task::block_in_place(|| status(Some(&stranger.ca)))?;
+    ensure!(!foreign.status.success(), "a foreign CA was trusted");
     Ok(())
 }
 
