@@ -20,11 +20,10 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::super::gifting::{AckGaps, GiftPlan, drive_gifts};
-use super::super::pks::{AnchorBehaviour, AnchorPool, Roster};
 use super::super::schedule::Tickets;
 use super::super::target::Target;
 use super::super::{Bench, Fault, ScenarioOutput};
-use super::{grace, set_pk_phases};
+use super::{battling_pks, grace, lateness};
 
 /// One fault the bench caused.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -61,16 +60,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
         anyhow::bail!("failover finds and moves leaders through the admin API: --local, or --admin and --admin-token");
     }
     let every = bench.args.every.unwrap_or(Duration::from_secs(5)).max(Duration::from_millis(200));
-    let opening = set_pk_phases(bench, Duration::from_secs(5)).await?;
-    let roster = Arc::new(Roster::new(opening));
-    let anchors = AnchorPool::spawn(
-        bench.target.clone(),
-        roster.clone(),
-        bench.user_base,
-        2 * pks as u64,
-        AnchorBehaviour::default(),
-    );
-    anchors.wait_for_battles(&roster, pks, 500, Duration::from_secs(60)).await?;
+    let (roster, anchors) = battling_pks(bench, Duration::from_secs(5), pks, 500).await?;
     let gaps = Arc::new(AckGaps::new(Duration::from_millis(100)));
     let mut plan = GiftPlan::new(bench.target.clone(), roster.clone(), bench.batch, bench.user_base + 10_000_000);
     plan.retry_for = Some(Duration::from_secs(20));
@@ -99,9 +89,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
     }
     let (longest_pk_gap, longest_global_gap) = gaps.longest();
     let report = roster.report(wall_clock_ms());
-    let mut extra_latency = std::collections::BTreeMap::new();
-    extra_latency
-        .insert("lateness".to_owned(), roster.lateness().unwrap_or_else(super::super::recorder::new_histogram));
+    let extra_latency = lateness(&roster);
     let finished = bench.end(measurement).await;
     let stats = anchors.stats.clone();
     anchors.stop().await;

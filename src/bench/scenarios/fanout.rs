@@ -16,24 +16,14 @@ use tokio::sync::watch;
 
 use super::super::cadence::CadenceRules;
 use super::super::gifting::{DeliveryTracker, GiftPlan, drive_gifts};
-use super::super::pks::{AnchorBehaviour, AnchorPool, Roster};
 use super::super::{Bench, ScenarioOutput};
-use super::{ViewerStats, connect_all, enter_as_viewer, grace, outlasting_battle, set_pk_phases};
+use super::{ViewerStats, battling_pks, connect_all, enter_as_viewer, grace, outlasting_battle};
 
 pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
     let pks = bench.args.pks.unwrap_or(50);
     let viewers_per_pk = bench.args.viewers.unwrap_or(20).max(1);
     bench.target.require_gift_token()?;
-    let opening = set_pk_phases(bench, outlasting_battle(bench)).await?;
-    let roster = Arc::new(Roster::new(opening));
-    let anchors = AnchorPool::spawn(
-        bench.target.clone(),
-        roster.clone(),
-        bench.user_base,
-        2 * pks as u64,
-        AnchorBehaviour::default(),
-    );
-    anchors.wait_for_battles(&roster, pks, 1_000, Duration::from_secs(60)).await?;
+    let (roster, anchors) = battling_pks(bench, outlasting_battle(bench), pks, 1_000).await?;
     let rooms: Vec<(u64, u64)> = roster.running().iter().map(|pk| (pk.id, pk.source)).take(pks).collect();
 
     let tracker = Arc::new(DeliveryTracker::new(CadenceRules::default()));

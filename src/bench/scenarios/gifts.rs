@@ -22,23 +22,14 @@ use tokio::sync::watch;
 
 use super::super::cadence::CadenceRules;
 use super::super::gifting::{DeliveryTracker, GiftPlan, drive_gifts};
-use super::super::pks::{AnchorBehaviour, AnchorPool, Roster};
+use super::super::pks::Roster;
 use super::super::{Bench, ScenarioOutput};
-use super::{outlasting_battle, set_pk_phases};
+use super::{battling_pks, outlasting_battle};
 
 pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
     let pks = bench.args.pks.unwrap_or(64);
     bench.target.require_gift_token()?;
-    let opening = set_pk_phases(bench, outlasting_battle(bench)).await?;
-    let roster = Arc::new(Roster::new(opening));
-    let anchors = AnchorPool::spawn(
-        bench.target.clone(),
-        roster.clone(),
-        bench.user_base,
-        2 * pks as u64,
-        AnchorBehaviour::default(),
-    );
-    anchors.wait_for_battles(&roster, pks, 1_000, Duration::from_secs(60)).await?;
+    let (roster, anchors) = battling_pks(bench, outlasting_battle(bench), pks, 1_000).await?;
     eprintln!("{pks} PKs in their battle; sending gifts");
     let mut plan = GiftPlan::new(bench.target.clone(), roster.clone(), bench.batch, bench.user_base + 10_000_000);
     let cache = match &bench.args.redis {

@@ -22,7 +22,7 @@ use super::super::pks::{AnchorBehaviour, AnchorPool, Roster};
 use super::super::recorder::Recorder;
 use super::super::target::Target;
 use super::super::{Bench, ScenarioOutput};
-use super::set_pk_phases;
+use super::{lateness, set_pk_phases};
 
 #[derive(Default)]
 struct ViewerCounts {
@@ -78,9 +78,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
         let _ = task.await;
     }
     let report = roster.report(wall_clock_ms());
-    let mut extra_latency = std::collections::BTreeMap::new();
-    extra_latency
-        .insert("lateness".to_owned(), roster.lateness().unwrap_or_else(super::super::recorder::new_histogram));
+    let extra_latency = lateness(&roster);
     let finished = bench.end(measurement).await;
     let stats = anchors.stats.clone();
     anchors.stop().await;

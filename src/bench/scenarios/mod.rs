@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use hdrhistogram::Histogram;
 use pkd_cluster::AppClient;
 use pkd_cluster::app;
 
+use super::pks::{AnchorBehaviour, AnchorPool, Roster};
 use super::{Bench, Scenario, ScenarioOutput};
 
 /// The opening phase the bench sets where it sets `pk_duration`.
@@ -43,6 +45,34 @@ pub async fn set_pk_phases(bench: &Bench, default_battle: Duration) -> anyhow::R
     let battle = bench.args.battle.unwrap_or(default_battle).as_millis().max(1_000);
     bench.target.set_config("pk_duration", &format!("{OPENING_MS},{battle},0,600000")).await?;
     Ok(Some(OPENING_MS))
+}
+
+/// `pks` PKs of the bench's anchors in their battle, with at least `margin_ms` of it left:
+/// PK phases set (a battle of `default_battle` unless `--battle`), the anchors that keep
+/// matching, and the roster that follows their PKs.
+pub async fn battling_pks(
+    bench: &Bench,
+    default_battle: Duration,
+    pks: usize,
+    margin_ms: i64,
+) -> anyhow::Result<(Arc<Roster>, AnchorPool)> {
+    let opening = set_pk_phases(bench, default_battle).await?;
+    let roster = Arc::new(Roster::new(opening));
+    let anchors = AnchorPool::spawn(
+        bench.target.clone(),
+        roster.clone(),
+        bench.user_base,
+        2 * pks as u64,
+        AnchorBehaviour::default(),
+    );
+    anchors.wait_for_battles(&roster, pks, margin_ms, Duration::from_secs(60)).await?;
+    Ok((roster, anchors))
+}
+
+/// The PKs' end lateness as an extra latency of the summary (`lateness`).
+pub fn lateness(roster: &Roster) -> std::collections::BTreeMap<String, Histogram<u64>> {
+    let histogram = roster.lateness().unwrap_or_else(super::recorder::new_histogram);
+    std::collections::BTreeMap::from([("lateness".to_owned(), histogram)])
 }
 
 /// A battle long enough to outlast the warm-up and the measurement, with a margin.

@@ -13,9 +13,8 @@ use pkd_cluster::app::wall_clock_ms;
 use serde_json::json;
 
 use super::super::gifting::{GiftPlan, drive_gifts};
-use super::super::pks::{AnchorBehaviour, AnchorPool, Roster};
 use super::super::{Bench, ScenarioOutput};
-use super::set_pk_phases;
+use super::{battling_pks, lateness};
 
 pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
     let pks = bench.args.pks.unwrap_or(16);
@@ -23,16 +22,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
     if !bench.target.is_local() {
         eprintln!("a running cluster: memory and disk are known only for nodes the bench starts (--local)");
     }
-    let opening = set_pk_phases(bench, Duration::from_secs(30)).await?;
-    let roster = Arc::new(Roster::new(opening));
-    let anchors = AnchorPool::spawn(
-        bench.target.clone(),
-        roster.clone(),
-        bench.user_base,
-        2 * pks as u64,
-        AnchorBehaviour::default(),
-    );
-    anchors.wait_for_battles(&roster, pks, 500, Duration::from_secs(60)).await?;
+    let (roster, anchors) = battling_pks(bench, Duration::from_secs(30), pks, 500).await?;
     let mut plan = GiftPlan::new(bench.target.clone(), roster.clone(), bench.batch, bench.user_base + 10_000_000);
     plan.retry_for = Some(Duration::from_secs(10));
     let plan = Arc::new(plan);
@@ -42,9 +32,7 @@ pub async fn run(bench: &Bench) -> anyhow::Result<ScenarioOutput> {
     drive_gifts(senders, measurement.tickets.clone(), measurement.recorder.clone()).await;
     measurement.load_ended(&bench.target).await;
     let report = roster.report(wall_clock_ms());
-    let mut extra_latency = std::collections::BTreeMap::new();
-    extra_latency
-        .insert("lateness".to_owned(), roster.lateness().unwrap_or_else(super::super::recorder::new_histogram));
+    let extra_latency = lateness(&roster);
     let finished = bench.end(measurement).await;
     anchors.stop().await;
     let growth: Vec<serde_json::Value> = finished
