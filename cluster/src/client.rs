@@ -177,14 +177,7 @@ impl AdminClient {
 
     /// `GET /admin/backup`: the bytes of a backup file of every group.
     pub async fn backup(&self) -> Result<Vec<u8>, ClientError> {
-        let exchange = self.exchange("GET", "/admin/backup", &[], MAX_BACKUP);
-        let (status, body) = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| ClientError::Timeout(self.address.clone()))??;
-        if !(200..300).contains(&status) {
-            return Err(refusal(status, &body));
-        }
-        Ok(body)
+        self.answered("GET", "/admin/backup", &[], MAX_BACKUP).await
     }
 
     /// Sends one request and decodes a 2xx answer as `T`.
@@ -198,14 +191,20 @@ impl AdminClient {
             Some(body) => serde_json::to_vec(body).map_err(|error| ClientError::Malformed(error.to_string()))?,
             None => Vec::new(),
         };
-        let exchange = self.exchange(method, path, &body, MAX_RESPONSE);
+        let body = self.answered(method, path, &body, MAX_RESPONSE).await?;
+        serde_json::from_slice(&body).map_err(|error| ClientError::Malformed(format!("body: {error}")))
+    }
+
+    /// The body of a 2xx answer to one request, within the client's timeout.
+    async fn answered(&self, method: &str, path: &str, body: &[u8], limit: usize) -> Result<Vec<u8>, ClientError> {
+        let exchange = self.exchange(method, path, body, limit);
         let (status, body) = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout(self.address.clone()))??;
         if !(200..300).contains(&status) {
             return Err(refusal(status, &body));
         }
-        serde_json::from_slice(&body).map_err(|error| ClientError::Malformed(format!("body: {error}")))
+        Ok(body)
     }
 
     async fn exchange(

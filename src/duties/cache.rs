@@ -262,8 +262,7 @@ impl Cache {
                     ops.extend(redis_cache::running_pk_ops(pk, index));
                     self.note_running(&pk.view);
                 }
-                let keep = Duration::from_secs(redis_cache::ENDED_TTL_SECONDS.unsigned_abs());
-                self.ended.retain(|_, (_, _, at)| at.elapsed() < keep);
+                self.forget_old_ends();
                 for (final_view, anchors, _) in self.ended.values() {
                     ops.extend(redis_cache::ended_pk_ops(final_view, *anchors, index));
                 }
@@ -282,6 +281,12 @@ impl Cache {
             }
             Err(step) => step,
         }
+    }
+
+    /// Forgets the ended PKs whose final state the cache no longer shows.
+    fn forget_old_ends(&mut self) {
+        let keep = Duration::from_secs(redis_cache::ENDED_TTL_SECONDS.unsigned_abs());
+        self.ended.retain(|_, (_, _, at)| at.elapsed() < keep);
     }
 
     /// Remembers a running PK written as `view`: its anchors, and when its opening ends.
@@ -332,13 +337,8 @@ impl Cache {
                     self.running.remove(pk);
                     self.ended.insert(*pk, (final_view.clone(), *anchors, now));
                 }
-                // PK ids grow with time: the oldest ends are first.
-                let keep = Duration::from_secs(redis_cache::ENDED_TTL_SECONDS.unsigned_abs());
-                while let Some(entry) = self.ended.first_entry() {
-                    if entry.get().2.elapsed() < keep {
-                        break;
-                    }
-                    entry.remove();
+                if !pending.ended.is_empty() {
+                    self.forget_old_ends();
                 }
                 (index, ops)
             }
