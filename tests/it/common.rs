@@ -442,3 +442,50 @@ pub async fn ends_once(client: &mut Client, pk: u64, end_time: i64) -> anyhow::R
     }
     Ok(end)
 }
+
+/// One HTTP/1.1 request (`Connection: close`) over `stream`, with a bearer token if given:
+/// the status and the body. A TLS peer may close without a close_notify once it has
+/// answered; what it sent stands.
+pub async fn http_over(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = bearer.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: pkd\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    let status = response.get(9..12).with_context(|| format!("no status line in {response:?}"))?.parse()?;
+    Ok((status, response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()))
+}
+
+/// [`http_over`] a new connection to `address`.
+pub async fn http(
+    address: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    http_over(TcpStream::connect(address).await?, method, path, bearer, body).await
+}
+
+/// [`http`], with the body read as JSON (`null` if it is not).
+pub async fn http_json(
+    address: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, Value)> {
+    let (status, body) = http(address, method, path, bearer, body).await?;
+    Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
+}

@@ -213,15 +213,7 @@ async fn a_client_of_unknown_version_is_refused_while_the_gate_has_rules() {
 
 /// One GET on the node's client listener; returns the status and the JSON body.
 async fn get(server: &Server, path: &str, bearer: Option<&str>) -> (u16, Value) {
-    let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    let auth = bearer.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: pkd\r\n{auth}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    crate::common::http_json(server.addr, "GET", path, bearer, "").await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

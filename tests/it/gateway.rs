@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, http};
@@ -125,18 +124,7 @@ impl Server {
 
     /// One HTTP request to the gift API; returns (status, body).
     pub(crate) async fn gifts(&self, token: Option<&str>, body: &str) -> (u16, Value) {
-        let mut stream = TcpStream::connect(self.addr).await.unwrap();
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        let request = format!(
-            "POST /internal/gifts HTTP/1.1\r\nHost: pkd\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let status: u16 = response[9..12].parse().unwrap();
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+        crate::common::http_json(self.addr, "POST", "/internal/gifts", token, body).await.unwrap()
     }
 
     pub(crate) async fn gift(&self, id: u64, receiver: u64, sender: u64, beans: i64) -> Value {

@@ -391,13 +391,7 @@ async fn every_node_answers_the_same_complete_history_on_the_embedded_store() ->
 
 /// Node `node`'s `/readyz`: the status and the body.
 async fn readiness(cluster: &pkd_cluster::LocalCluster, node: u64) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(cluster.node(node)?.client_addr).await?;
-    stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: pkd\r\nConnection: close\r\n\r\n").await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response.get(9..12).context("a status line")?.parse()?;
-    Ok((status, response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()))
+    crate::common::http(cluster.node(node)?.client_addr, "GET", "/readyz", None, "").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use pkd_cluster::{LocalCluster, LocalOptions};
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
@@ -74,29 +74,6 @@ async fn tls_to(
     Ok(connector(ca)?.connect(name, stream).await?)
 }
 
-/// One HTTP/1.1 request over `stream`; returns the status and the JSON body.
-async fn exchange(
-    mut stream: impl AsyncRead + AsyncWrite + Unpin,
-    method: &str,
-    path: &str,
-    bearer: &str,
-    body: Option<&Value>,
-) -> anyhow::Result<(u16, Value)> {
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: pkd\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    // A TLS peer may end without close_notify once it has answered.
-    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
-    let response = String::from_utf8_lossy(&response);
-    let status = response.get(9..12).context("no status line")?.parse()?;
-    let json = response.split_once("\r\n\r\n").and_then(|(_, body)| serde_json::from_str(body).ok());
-    Ok((status, json.unwrap_or(Value::Null)))
-}
-
 async fn https(
     address: std::net::SocketAddr,
     ca: &Path,
@@ -105,7 +82,10 @@ async fn https(
     bearer: &str,
     body: Option<&Value>,
 ) -> anyhow::Result<(u16, Value)> {
-    exchange(tls_to(address, ca).await?, method, path, bearer, body).await
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let (status, body) =
+        crate::common::http_over(tls_to(address, ca).await?, method, path, Some(bearer), &body).await?;
+    Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
 }
 
 type Secure = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
