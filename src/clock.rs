@@ -11,7 +11,11 @@ use pkd_raft::TimestampMs;
 /// This node's clock, in milliseconds since the Unix epoch.
 pub fn wall_clock() -> TimestampMs {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    TimestampMs(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+    let ms = i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX);
+    // Clock skew, in fault tests only.
+    #[cfg(feature = "fault-injection")]
+    let ms = ms.saturating_add(crate::fault_hooks::clock_offset_ms());
+    TimestampMs(ms)
 }
 
 /// [`wall_clock`] as plain milliseconds.

@@ -16,6 +16,8 @@ pub mod clock;
 pub mod config_file;
 pub mod demo;
 pub mod duties;
+#[cfg(feature = "fault-injection")]
+pub mod fault_hooks;
 pub mod faults;
 pub mod gateway;
 pub mod http;

@@ -326,6 +326,15 @@ async fn serve(args: &ServeArgs, config: AppConfig) -> anyhow::Result<()> {
     tokio::select! {
         () = shutdown_signal() => {}
         () = drain_requested.cancelled() => {}
+        (group, why) = app.node().group_failure() => {
+            // Fail-stop: a group whose storage failed cannot go on here, and a node that
+            // kept serving without it would look alive while it was not. Its supervisor
+            // restarts it on its data directory, once the disk is fixed.
+            tracing::error!(%group, %why, "a raft group stopped on an error; the node stops");
+            shutdown.cancel();
+            app.stopped().await;
+            anyhow::bail!("raft group {group} stopped: {why}");
+        }
     }
     let now = shutdown.clone();
     tokio::spawn(async move {

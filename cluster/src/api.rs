@@ -4,6 +4,8 @@
 //! | route | body | answer |
 //! |---|---|---|
 //! | `GET /admin/status` | | [`NodeStatus`] |
+//! | `GET /admin/digest` | | [`StateDigests`] |
+//! | `GET`, `POST /admin/faults` (fault-injection builds only) | [`FaultSettings`] | [`FaultSettings`] |
 //! | `GET /admin/cluster` | | [`ClusterStatus`] |
 //! | `POST /admin/groups/{id}/transfer-leader` | [`TransferLeaderRequest`] | [`LeaderReply`] |
 //! | `POST /admin/balance` | | [`MembershipReply`] |
@@ -85,6 +87,44 @@ impl NodeStatus {
     pub fn group(&self, id: u64) -> Option<&GroupStatus> {
         self.groups.iter().find(|group| group.id == id)
     }
+}
+
+/// One group's replicated state, digested: two replicas at the same applied entry must
+/// show the same digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDigest {
+    pub group: u64,
+    /// The index of the last entry the replica applied (`None` before the first).
+    pub applied_index: Option<u64>,
+    /// SHA-256 (hex) of the replica's state as a snapshot holds it: the machine, the
+    /// membership and the last applied log id (term included).
+    pub sha256: String,
+}
+
+/// `GET /admin/digest`: every group this node hosts, each digested at one instant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDigests {
+    pub node: NodeId,
+    pub groups: Vec<GroupDigest>,
+}
+
+/// `/admin/faults`, in builds with the `fault-injection` feature only (for fault tests):
+/// the faults injected on the answering node. In a request, an absent field is left as
+/// it is; the answer has every field.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultSettings {
+    /// Added to the node's wall clock, in ms (clock skew).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
+    /// Added to every flush of the node's log and snapshots, in ms (a slow disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_delay_ms: Option<u64>,
+    /// Every flush fails, as on a full disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_fails: Option<bool>,
+    /// The broken behaviours the node was started with (`PKD_FAULT_BREAK`); read-only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub breaks: Vec<String>,
 }
 
 /// The header naming the operator of a request, for the audit log.

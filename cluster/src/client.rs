@@ -17,8 +17,8 @@ use tokio_rustls::TlsConnector;
 
 use crate::api::{
     AbortReply, AddLearnerRequest, AuditList, ClusterStatus, ConfigCheck, ConfigReply, ConfigRequest, ConfigRows,
-    ErrorReply, InitRequest, LeaderReply, LobbyView, MembershipReply, NodeId, NodeRequest, NodeStatus, OPERATOR_HEADER,
-    PkEntry, PkList, TransferLeaderRequest,
+    ErrorReply, FaultSettings, InitRequest, LeaderReply, LobbyView, MembershipReply, NodeId, NodeRequest, NodeStatus,
+    OPERATOR_HEADER, PkEntry, PkList, StateDigests, TransferLeaderRequest,
 };
 
 /// The longest a response may be.
@@ -90,6 +90,16 @@ impl AdminClient {
     /// `GET /admin/status`.
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
         self.call("GET", "/admin/status", None::<&()>).await
+    }
+
+    /// `GET /admin/digest`: a digest of each group's replicated state on this node.
+    pub async fn digest(&self) -> Result<StateDigests, ClientError> {
+        self.call("GET", "/admin/digest", None::<&()>).await
+    }
+
+    /// `POST /admin/faults`: injects faults on this node (fault-injection builds only).
+    pub async fn set_faults(&self, settings: &FaultSettings) -> Result<FaultSettings, ClientError> {
+        self.call("POST", "/admin/faults", Some(settings)).await
     }
 
     /// `GET /admin/cluster`: every node's report, gathered by this node.

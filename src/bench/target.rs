@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use pkd_cluster::api::{GroupKind, NodeStatus};
+use pkd_cluster::api::{FaultSettings, GroupKind, NodeStatus, StateDigests};
 use pkd_cluster::{AdminClient, AppClient, Auth, ConnectOptions, GiftClient, LocalCluster, LocalOptions};
 use tokio::time::Instant;
 
@@ -291,6 +291,25 @@ impl Target {
             Some(error) => Err(error).with_context(|| format!("setting {key}={value}")),
             None => bail!("setting {key}: no admin API (--admin, --admin-token)"),
         }
+    }
+
+    /// Every reachable node's state digests (`GET /admin/digest`), asked of all nodes at
+    /// once; a node that does not answer within 2 s is left out.
+    pub async fn digests(&self) -> Vec<StateDigests> {
+        let asks = self.admins().into_iter().map(|(_, admin)| async move {
+            tokio::time::timeout(Duration::from_secs(2), admin.digest()).await.ok().and_then(Result::ok)
+        });
+        futures_util::future::join_all(asks).await.into_iter().flatten().collect()
+    }
+
+    /// Injects faults on node `id` (a build with the `fault-injection` feature).
+    pub async fn set_faults(&self, id: u64, settings: &FaultSettings) -> anyhow::Result<FaultSettings> {
+        let (_, admin) = self
+            .admins()
+            .into_iter()
+            .find(|(node, _)| *node == id)
+            .with_context(|| format!("node {id} is down or has no admin API"))?;
+        admin.set_faults(settings).await.with_context(|| format!("injecting faults on node {id}"))
     }
 
     /// Every reachable node's status.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::history::{FaultEvent, GiftOp, NodeHistory, Outcome, SettledRecord, StateSeen};
+use super::history::{DigestSample, FaultEvent, GiftOp, NodeHistory, Outcome, SettledRecord, StateSeen};
 use crate::bench::pks::StateSource;
 
 /// Violations listed in full per checker; more are counted only.
@@ -47,6 +47,10 @@ pub struct Bounds {
     /// A PK must end at most this long after its `endTime`, or after the end of a
     /// whole-cluster outage its `endTime` fell in.
     pub end_late_ms: i64,
+    /// The most a node's clock was set off (the `skew` nemesis), in ms. A leader whose
+    /// clock runs ahead ends a battle that much early in the clients' time, and PKs of two
+    /// arenas may seem to overlap by as much: both are allowed up to this.
+    pub skew_ms: i64,
 }
 
 /// Everything the checkers read.
@@ -57,6 +61,10 @@ pub struct Facts<'a> {
     /// Each node's settled history, by node id.
     pub settled: &'a BTreeMap<u64, NodeHistory>,
     pub bounds: Bounds,
+    /// Every state digest sampled, during the run and once it was quiet.
+    pub digests: &'a [DigestSample],
+    /// Nodes in the cluster.
+    pub nodes: usize,
     /// Progress is required from here on (the last fault's end, wall clock ms).
     pub liveness_from_ms: i64,
 }
@@ -66,9 +74,10 @@ pub fn check_all(facts: &Facts) -> Vec<Verdict> {
     let reference = reference_records(facts.settled);
     vec![
         gifts_counted_once(facts.gifts, &reference),
-        one_pk_at_a_time(facts.states, &reference),
+        one_pk_at_a_time(facts.states, &reference, facts.bounds.skew_ms),
         pks_end_once_in_time(facts.states, &reference, facts.faults, facts.bounds),
         replicas_agree(facts.settled),
+        replicas_identical(facts.digests, facts.nodes),
         progress_after_faults(facts.gifts, facts.states, facts.liveness_from_ms),
     ]
 }
@@ -152,7 +161,7 @@ pub fn gifts_counted_once(gifts: &[GiftOp], records: &[SettledRecord]) -> Verdic
 
 /// (b) No anchor is in two PKs at overlapping times, from the settled records and from
 /// the states the anchors read.
-pub fn one_pk_at_a_time(states: &[StateSeen], records: &[SettledRecord]) -> Verdict {
+pub fn one_pk_at_a_time(states: &[StateSeen], records: &[SettledRecord], skew_ms: i64) -> Verdict {
     let mut verdict = Verdict::new("one_pk_at_a_time", "no anchor in two PKs at overlapping times");
     // anchor → pk → (start, end)
     let mut spans: BTreeMap<u64, BTreeMap<u64, (i64, i64)>> = BTreeMap::new();
@@ -172,7 +181,7 @@ pub fn one_pk_at_a_time(states: &[StateSeen], records: &[SettledRecord]) -> Verd
         ordered.sort_by_key(|&(pk, start, _)| (start, pk));
         for pair in ordered.windows(2) {
             let ((first, first_start, first_end), (second, second_start, _)) = (pair[0], pair[1]);
-            if second_start < first_end {
+            if second_start + skew_ms < first_end {
                 verdict.violation(format!(
                     "anchor {anchor}: PK {first} ran {first_start}..{first_end} and PK {second} started at {second_start}"
                 ));
@@ -261,7 +270,7 @@ pub fn pks_end_once_in_time(
                     side_target
                 ));
             }
-            if state.source == StateSource::Push && state.status == 2 && state.at_ms < state.end_ms {
+            if state.source == StateSource::Push && state.status == 2 && state.at_ms + bounds.skew_ms < state.end_ms {
                 verdict.violation(format!(
                     "PK {pk}: anchor {} read its end at {}, before its endTime {}",
                     state.anchor, state.at_ms, state.end_ms
@@ -329,6 +338,56 @@ pub fn replicas_agree(settled: &BTreeMap<u64, NodeHistory>) -> Verdict {
             ));
         }
     }
+    verdict
+}
+
+/// (e) Replicas of a group that applied the same entries hold the same state: every
+/// digest sampled at one (group, applied index) is the same, whichever node gave it.
+/// Each group must have been compared on all `nodes` at least once (the final samples,
+/// taken once the cluster is quiet, are for that).
+pub fn replicas_identical(samples: &[DigestSample], nodes: usize) -> Verdict {
+    let mut verdict = Verdict::new(
+        "replicas_identical",
+        "every replica's state is identical at the same applied index (state digests)",
+    );
+    // (group, index) → digest → the nodes that gave it
+    let mut seen: BTreeMap<(u64, u64), BTreeMap<&str, BTreeSet<u64>>> = BTreeMap::new();
+    for sample in samples {
+        seen.entry((sample.group, sample.applied_index))
+            .or_default()
+            .entry(sample.sha256.as_str())
+            .or_default()
+            .insert(sample.node);
+    }
+    let mut fully_compared: BTreeSet<u64> = BTreeSet::new();
+    let groups: BTreeSet<u64> = samples.iter().map(|sample| sample.group).collect();
+    for (&(group, index), digests) in &seen {
+        let nodes_here: BTreeSet<u64> = digests.values().flatten().copied().collect();
+        if nodes_here.len() < 2 {
+            continue;
+        }
+        verdict.checked += 1;
+        if digests.len() > 1 {
+            let by_digest: Vec<String> = digests
+                .iter()
+                .map(|(digest, nodes)| format!("nodes {nodes:?}: {}", &digest[..digest.len().min(16)]))
+                .collect();
+            verdict.violation(format!("group {group} at index {index}: {}", by_digest.join("; ")));
+        } else if nodes_here.len() >= nodes {
+            fully_compared.insert(group);
+        }
+    }
+    for group in groups.difference(&fully_compared) {
+        verdict.violation(format!("group {group} was never seen at one index on all {nodes} nodes"));
+    }
+    if samples.is_empty() {
+        verdict.violation("no node answered GET /admin/digest".to_owned());
+    }
+    verdict.notes.push(format!(
+        "{} digests sampled; {} (group, index) pairs seen on two nodes or more",
+        samples.len(),
+        verdict.checked
+    ));
     verdict
 }
 
@@ -450,11 +509,11 @@ mod tests {
     #[test]
     fn an_anchor_in_two_overlapping_pks_is_a_violation() {
         let records = [record(7, A, B, 0, (0, 5_000), 2), record(8, A, C, 0, (6_000, 11_000), 2)];
-        assert!(one_pk_at_a_time(&[], &records).passed, "back to back is fine");
+        assert!(one_pk_at_a_time(&[], &records, 0).passed, "back to back is fine");
         // PK 9 puts A with C while PK 7 still runs, as the pushes show it.
         let states = [seen(C, 9, 1, (4_000, 9_000), 4_100)];
         let states = [StateSeen { source_user: A, target_user: C, ..states[0].clone() }];
-        let verdict = one_pk_at_a_time(&states, &records);
+        let verdict = one_pk_at_a_time(&states, &records, 0);
         assert!(!verdict.passed);
         assert!(
             verdict.evidence[0].contains("anchor 11: PK 7 ran 0..5000 and PK 9 started at 4000"),
@@ -467,7 +526,7 @@ mod tests {
     fn an_early_a_late_and_a_missing_end_are_violations() {
         let on_time = [record(7, A, B, 0, (0, 5_200), 2)];
         let states = [seen(A, 7, 1, (0, 5_000), 100)];
-        let bounds = Bounds { end_late_ms: 6_000 };
+        let bounds = Bounds { end_late_ms: 6_000, skew_ms: 0 };
         assert!(pks_end_once_in_time(&states, &on_time, &[], bounds).passed);
 
         let early = [record(7, A, B, 0, (0, 4_900), 2)];
@@ -484,6 +543,7 @@ mod tests {
             node: None,
             group: None,
             to: None,
+            amount_ms: None,
             started_ms: 4_000,
             healed_ms: 7_000,
             error: None,
@@ -497,11 +557,15 @@ mod tests {
     #[test]
     fn an_end_read_early_or_unlike_the_settled_one_is_a_violation() {
         let records = [record(7, A, B, 3, (0, 5_100), 2), record(7, B, A, 0, (0, 5_100), 2)];
-        let bounds = Bounds { end_late_ms: 6_000 };
+        let bounds = Bounds { end_late_ms: 6_000, skew_ms: 0 };
         let early_push = seen(A, 7, 2, (0, 5_000), 4_990);
         let verdict = pks_end_once_in_time(&[StateSeen { source_gifts: 3, ..early_push }], &records, &[], bounds);
         assert_eq!(verdict.violations, 1, "{:?}", verdict.evidence);
         assert!(verdict.evidence[0].contains("before its endTime"));
+        // Within a clock skew the run injected, the same early read is allowed.
+        let skewed = Bounds { skew_ms: 20, ..bounds };
+        let verdict = pks_end_once_in_time(&[StateSeen { source_gifts: 3, ..early_push }], &records, &[], skewed);
+        assert!(verdict.passed, "{:?}", verdict.evidence);
         let other_total = seen(A, 7, 2, (0, 5_000), 5_050);
         let verdict = pks_end_once_in_time(&[other_total], &records, &[], bounds);
         assert!(verdict.evidence[0].contains("unlike the settled one"), "{:?}", verdict.evidence);
@@ -525,5 +589,37 @@ mod tests {
         assert!(progress_after_faults(&gifts, &states, 500).passed);
         let verdict = progress_after_faults(&gifts, &states, 2_000);
         assert_eq!(verdict.violations, 2, "{:?}", verdict.evidence);
+    }
+
+    #[test]
+    fn replicas_differing_at_one_index_is_a_violation() {
+        let sample = |node: u64, group: u64, index: u64, digest: &str| DigestSample {
+            node,
+            group,
+            applied_index: index,
+            sha256: digest.repeat(64 / digest.len()),
+            at_ms: 0,
+        };
+        // Different indexes never compare; one index on all three nodes, equal, passes.
+        let agreeing = [
+            sample(1, 0, 10, "a"),
+            sample(2, 0, 11, "b"),
+            sample(1, 0, 12, "c"),
+            sample(2, 0, 12, "c"),
+            sample(3, 0, 12, "c"),
+        ];
+        let verdict = replicas_identical(&agreeing, 3);
+        assert!(verdict.passed, "{:?}", verdict.evidence);
+        assert_eq!(verdict.checked, 1);
+        // Node 3 at index 12 with another state.
+        let mut diverged = agreeing.to_vec();
+        diverged[4] = sample(3, 0, 12, "d");
+        let verdict = replicas_identical(&diverged, 3);
+        assert!(!verdict.passed);
+        assert!(verdict.evidence[0].starts_with("group 0 at index 12: nodes {1, 2}: cccc"), "{:?}", verdict.evidence);
+        // Never compared on every node: no evidence of agreement is a violation too.
+        let verdict = replicas_identical(&agreeing[..4], 3);
+        assert_eq!(verdict.evidence, vec!["group 0 was never seen at one index on all 3 nodes".to_owned()]);
+        assert!(!replicas_identical(&[], 3).passed);
     }
 }

@@ -125,10 +125,23 @@ pub struct FaultEvent {
     pub group: Option<u64>,
     /// A transfer's new leader.
     pub to: Option<u64>,
+    /// A clock skew's offset, or a slow disk's added flush time, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_ms: Option<i64>,
     pub started_ms: i64,
     /// When the fault was over (the node restarted or resumed, the transfer answered).
     pub healed_ms: i64,
     pub error: Option<String>,
+}
+
+/// One node's digest of one group's state, as `GET /admin/digest` answered it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestSample {
+    pub node: u64,
+    pub group: u64,
+    pub applied_index: u64,
+    pub sha256: String,
+    pub at_ms: i64,
 }
 
 /// One PK in an anchor's settled history (`GET /api/anchors/{id}/pks`), the fields the
@@ -159,6 +172,7 @@ pub enum Line {
     Gift(GiftOp),
     State(StateSeen),
     Fault(FaultEvent),
+    Digest(DigestSample),
 }
 
 /// What a run records, shared by its tasks.
@@ -167,6 +181,7 @@ pub struct History {
     gifts: Mutex<Vec<GiftOp>>,
     states: Mutex<Vec<StateSeen>>,
     faults: Mutex<Vec<FaultEvent>>,
+    digests: Mutex<Vec<DigestSample>>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -184,6 +199,14 @@ impl History {
 
     pub fn fault(&self, event: FaultEvent) {
         locked(&self.faults).push(event);
+    }
+
+    pub fn digest(&self, sample: DigestSample) {
+        locked(&self.digests).push(sample);
+    }
+
+    pub fn digests(&self) -> Vec<DigestSample> {
+        locked(&self.digests).clone()
     }
 
     pub fn gifts(&self) -> Vec<GiftOp> {
@@ -204,6 +227,7 @@ impl History {
         lines.extend(self.gifts().into_iter().map(|gift| (gift.invoked_ms, Line::Gift(gift))));
         lines.extend(self.states().into_iter().map(|state| (state.at_ms, Line::State(state))));
         lines.extend(self.faults().into_iter().map(|fault| (fault.started_ms, Line::Fault(fault))));
+        lines.extend(self.digests().into_iter().map(|sample| (sample.at_ms, Line::Digest(sample))));
         lines.sort_by_key(|(at, _)| *at);
         lines.into_iter().map(|(_, line)| line).collect()
     }

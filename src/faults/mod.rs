@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::checkers::{Bounds, Facts, Verdict};
-use self::history::{History, NodeHistory, SettledRecord, StateSeen};
+use self::history::{DigestSample, History, NodeHistory, SettledRecord, StateSeen};
 use self::nemesis::{Nemesis, Planned};
 use self::workload::Gifting;
 use crate::bench::parse_duration;
@@ -57,13 +57,9 @@ pub struct FaultsArgs {
     /// Arena groups of the local cluster.
     #[arg(long, default_value_t = 2)]
     pub arenas: u32,
-    /// The faults to draw from.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "kill,kill-leader,pause,pause-leader,transfer,restart-all"
-    )]
+    /// The faults to draw from (default: every one this build can carry out; `skew`,
+    /// `slow-disk` and `disk-full` need a build with `--features fault-injection`).
+    #[arg(long, value_enum, value_delimiter = ',')]
     pub nemesis: Vec<Nemesis>,
     /// Anchors matching over and over (an even number makes every one busy).
     #[arg(long, default_value_t = 8)]
@@ -77,6 +73,10 @@ pub struct FaultsArgs {
     /// A PK must end at most this long after its endTime.
     #[arg(long, value_parser = parse_duration, default_value = "6s")]
     pub end_bound: Duration,
+    /// How long the wind-down waits for every node to answer the same settled history,
+    /// with every PK seen settled.
+    #[arg(long, value_parser = parse_duration, default_value = "40s")]
+    pub settle_wait: Duration,
     /// The report folder (default: target/faults/<seed>-<unix time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -106,8 +106,11 @@ impl Run {
     /// The command that runs this seed again.
     pub fn replay_command(&self) -> String {
         let kinds: Vec<&str> = self.args.nemesis.iter().map(|kind| kind.name()).collect();
+        // Nodes broken on purpose (fault-injection builds) are part of what to replay.
+        let broken = std::env::var("PKD_FAULT_BREAK").ok().filter(|names| !names.is_empty());
         format!(
-            "pkd faults --seed {} --duration {}s --nodes {} --arenas {} --nemesis {} --anchors {} --senders {} --battle {}ms --end-bound {}ms",
+            "{}pkd faults --seed {} --duration {}s --nodes {} --arenas {} --nemesis {} --anchors {} --senders {} --battle {}ms --end-bound {}ms --settle-wait {}ms",
+            broken.map(|names| format!("PKD_FAULT_BREAK={names} ")).unwrap_or_default(),
             self.seed,
             self.args.duration.as_secs_f64(),
             self.args.nodes,
@@ -117,6 +120,7 @@ impl Run {
             self.args.senders,
             self.args.battle.as_millis(),
             self.args.end_bound.as_millis(),
+            self.args.settle_wait.as_millis(),
         )
     }
 }
@@ -127,6 +131,18 @@ pub fn run(args: FaultsArgs) -> anyhow::Result<()> {
     }
     if args.anchors < 2 {
         bail!("--anchors must be at least 2 (a PK takes two)");
+    }
+    let mut args = args;
+    if args.nemesis.is_empty() {
+        args.nemesis = Nemesis::defaults();
+    }
+    let hooked: Vec<&str> =
+        args.nemesis.iter().filter(|kind| Nemesis::HOOKED.contains(kind)).map(|kind| kind.name()).collect();
+    if !hooked.is_empty() && !cfg!(feature = "fault-injection") {
+        bail!(
+            "{} need the nodes' fault-injection hooks: build pkd with `--features fault-injection`",
+            hooked.join(", ")
+        );
     }
     let seed = args.seed.unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
     crate::procfs::raise_open_files_limit();
@@ -159,13 +175,24 @@ async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
     let (history, settled, workload_from_ms) = outcome?;
     let faults = history.faults();
     let liveness_from_ms = faults.iter().map(|fault| fault.healed_ms).max().unwrap_or(workload_from_ms);
-    let (gifts, states) = (history.gifts(), history.states());
+    let (gifts, states, digests) = (history.gifts(), history.states(), history.digests());
     let facts = Facts {
         gifts: &gifts,
         states: &states,
         faults: &faults,
         settled: &settled,
-        bounds: Bounds { end_late_ms: args.end_bound.as_millis() as i64 },
+        digests: &digests,
+        nodes: args.nodes as usize,
+        bounds: Bounds {
+            end_late_ms: args.end_bound.as_millis() as i64,
+            skew_ms: faults
+                .iter()
+                .filter(|fault| fault.kind == Nemesis::Skew.name())
+                .filter_map(|fault| fault.amount_ms)
+                .map(i64::abs)
+                .max()
+                .unwrap_or(0),
+        },
         liveness_from_ms,
     };
     let verdicts = checkers::check_all(&facts);
@@ -216,6 +243,8 @@ async fn drive(
     let (stop, stopped) = watch::channel(false);
     let senders = gifting.spawn(args.senders, seed, stopped);
     let nemesis = tokio::spawn(nemesis::carry_out(planned, target.clone(), history.clone(), start));
+    let (stop_sampling, sampling) = watch::channel(false);
+    let sampler = tokio::spawn(sample_digests(target.clone(), history.clone(), sampling));
     tokio::time::sleep_until(start + args.duration).await;
     nemesis.await.context("the nemesis task")?;
     let _ = stop.send(true);
@@ -228,7 +257,10 @@ async fn drive(
     anchors.stop().await;
     let seen: BTreeSet<u64> = history.states().iter().map(|state| state.pk).collect();
     let anchor_ids: Vec<u64> = (FIRST_ANCHOR..FIRST_ANCHOR + args.anchors).collect();
-    let settled = settled_history(&target, &anchor_ids, &seen, Duration::from_secs(40)).await;
+    let settled = settled_history(&target, &anchor_ids, &seen, args.settle_wait).await;
+    let _ = stop_sampling.send(true);
+    let _ = sampler.await;
+    final_digests(&target, &history, args.arenas as usize + 1, Duration::from_secs(20)).await;
     Ok((history, settled, workload_from_ms))
 }
 
@@ -252,6 +284,59 @@ async fn wind_down(roster: &Roster, pk_length: Duration) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("warning: PKs still running after {:?}: {:?}", pk_length * 4, roster.running());
+}
+
+/// How often the run samples every node's state digests while it runs.
+const DIGEST_EVERY: Duration = Duration::from_millis(400);
+
+/// Samples every node's state digests until `stop`: two nodes caught at the same index
+/// of a group are compared (the `replicas_identical` checker).
+async fn sample_digests(target: Arc<Target>, history: Arc<History>, mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        record_digests(&target, &history).await;
+        let _ = tokio::time::timeout(DIGEST_EVERY, stop.changed()).await;
+    }
+}
+
+/// Asks every node for its digests once and records them; returns, per group, the nodes
+/// that answered and the distinct applied indexes they gave.
+async fn record_digests(target: &Target, history: &History) -> BTreeMap<u64, (usize, BTreeSet<u64>)> {
+    let at_ms = wall_clock_ms();
+    let mut groups: BTreeMap<u64, (usize, BTreeSet<u64>)> = BTreeMap::new();
+    for answer in target.digests().await {
+        for group in answer.groups {
+            let index = group.applied_index.unwrap_or(0);
+            let entry = groups.entry(group.group).or_default();
+            entry.0 += 1;
+            entry.1.insert(index);
+            history.digest(DigestSample {
+                node: answer.node,
+                group: group.group,
+                applied_index: index,
+                sha256: group.sha256,
+                at_ms,
+            });
+        }
+    }
+    groups
+}
+
+/// Once the workload is over, samples until every group was caught at one applied index
+/// on every node (the duties may still write a few entries), or for `limit`.
+async fn final_digests(target: &Target, history: &History, groups: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut caught: BTreeSet<u64> = BTreeSet::new();
+    loop {
+        for (group, (answered, indexes)) in record_digests(target, history).await {
+            if answered == target.nodes.len() && indexes.len() == 1 {
+                caught.insert(group);
+            }
+        }
+        if caught.len() >= groups || Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Every node's settled history of `anchors`, asked until every node answers the same,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::ValueEnum;
+use pkd_cluster::api::FaultSettings;
 use pkd_cluster::app::wall_clock_ms;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -41,6 +42,15 @@ pub enum Nemesis {
     Transfer,
     /// SIGKILL every node, then start them all again.
     RestartAll,
+    /// Set a random node's clock 0.5-2 s ahead or behind for 3-6 s (fault-injection builds).
+    Skew,
+    /// Add 20-300 ms to every flush of a random group leader's disk for 2-5 s
+    /// (fault-injection builds).
+    SlowDisk,
+    /// Make every flush of a random node fail, as a full disk does, for 1-2 s; the node
+    /// stops (or is killed), then is restarted as its supervisor would (fault-injection
+    /// builds).
+    DiskFull,
 }
 
 impl Nemesis {
@@ -53,6 +63,18 @@ impl Nemesis {
         Nemesis::RestartAll,
     ];
 
+    /// The nemeses that need the fault-injection hooks of the nodes.
+    pub const HOOKED: [Nemesis; 3] = [Nemesis::Skew, Nemesis::SlowDisk, Nemesis::DiskFull];
+
+    /// The default choice: every nemesis this build can carry out.
+    pub fn defaults() -> Vec<Nemesis> {
+        let mut kinds = Nemesis::ALL.to_vec();
+        if cfg!(feature = "fault-injection") {
+            kinds.extend(Nemesis::HOOKED);
+        }
+        kinds
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Nemesis::Kill => "kill",
@@ -61,6 +83,9 @@ impl Nemesis {
             Nemesis::PauseLeader => "pause-leader",
             Nemesis::Transfer => "transfer",
             Nemesis::RestartAll => "restart-all",
+            Nemesis::Skew => "skew",
+            Nemesis::SlowDisk => "slow-disk",
+            Nemesis::DiskFull => "disk-full",
         }
     }
 
@@ -70,6 +95,9 @@ impl Nemesis {
             Nemesis::Kill | Nemesis::KillLeader => Duration::from_millis(rng.random_range(1_000..3_000)),
             Nemesis::Pause | Nemesis::PauseLeader => Duration::from_millis(rng.random_range(1_000..4_000)),
             Nemesis::Transfer | Nemesis::RestartAll => Duration::ZERO,
+            Nemesis::Skew => Duration::from_millis(rng.random_range(3_000..6_000)),
+            Nemesis::SlowDisk => Duration::from_millis(rng.random_range(2_000..5_000)),
+            Nemesis::DiskFull => Duration::from_millis(rng.random_range(1_000..2_000)),
         }
     }
 }
@@ -125,7 +153,9 @@ pub async fn carry_out(planned: Vec<Planned>, target: Arc<Target>, history: Arc<
         let group = step.group_pick % groups;
         let random_node = ids[(step.node_pick % ids.len() as u64) as usize];
         let leader = match step.nemesis {
-            Nemesis::KillLeader | Nemesis::PauseLeader | Nemesis::Transfer => target.leader_of(group).await,
+            Nemesis::KillLeader | Nemesis::PauseLeader | Nemesis::Transfer | Nemesis::SlowDisk => {
+                target.leader_of(group).await
+            }
             _ => None,
         };
         let mut event = FaultEvent {
@@ -133,6 +163,7 @@ pub async fn carry_out(planned: Vec<Planned>, target: Arc<Target>, history: Arc<
             node: None,
             group: None,
             to: None,
+            amount_ms: None,
             started_ms: wall_clock_ms(),
             healed_ms: 0,
             error: None,
@@ -166,6 +197,24 @@ pub async fn carry_out(planned: Vec<Planned>, target: Arc<Target>, history: Arc<
                 eprintln!("nemesis: kill -9 every node and start them again");
                 target.restart_all().await
             }
+            Nemesis::Skew => {
+                let offset = skew_ms(step.group_pick);
+                (event.node, event.amount_ms) = (Some(random_node), Some(offset));
+                eprintln!("nemesis: node {random_node}'s clock {offset:+} ms for {:?}", step.hold);
+                skew_clock(&target, random_node, offset, step.hold).await
+            }
+            Nemesis::SlowDisk => {
+                let node = leader.unwrap_or(random_node);
+                let delay = 20 + (step.node_pick >> 8) % 281;
+                (event.node, event.group, event.amount_ms) = (Some(node), leader.map(|_| group), Some(delay as i64));
+                eprintln!("nemesis: node {node}'s flushes {delay} ms slower for {:?}", step.hold);
+                slow_disk(&target, node, delay, step.hold).await
+            }
+            Nemesis::DiskFull => {
+                event.node = Some(random_node);
+                eprintln!("nemesis: node {random_node}'s disk full for {:?}, then restart it", step.hold);
+                fill_disk(&target, random_node, step.hold).await
+            }
         };
         event.healed_ms = wall_clock_ms();
         event.error = result.err().map(|error| format!("{error:#}"));
@@ -176,6 +225,33 @@ pub async fn carry_out(planned: Vec<Planned>, target: Arc<Target>, history: Arc<
 async fn kill_and_restart(target: &Target, node: u64, down: Duration) -> anyhow::Result<()> {
     target.kill(node).await?;
     tokio::time::sleep(down).await;
+    target.restart(node).await
+}
+
+/// A clock offset of 0.5-2 s, ahead or behind, from a pick.
+fn skew_ms(pick: u64) -> i64 {
+    let size = 500 + (pick >> 1) % 1_501;
+    if pick % 2 == 0 { size as i64 } else { -(size as i64) }
+}
+
+async fn skew_clock(target: &Target, node: u64, offset: i64, hold: Duration) -> anyhow::Result<()> {
+    target.set_faults(node, &FaultSettings { clock_offset_ms: Some(offset), ..FaultSettings::default() }).await?;
+    tokio::time::sleep(hold).await;
+    target.set_faults(node, &FaultSettings { clock_offset_ms: Some(0), ..FaultSettings::default() }).await.map(|_| ())
+}
+
+async fn slow_disk(target: &Target, node: u64, delay_ms: u64, hold: Duration) -> anyhow::Result<()> {
+    target.set_faults(node, &FaultSettings { flush_delay_ms: Some(delay_ms), ..FaultSettings::default() }).await?;
+    tokio::time::sleep(hold).await;
+    target.set_faults(node, &FaultSettings { flush_delay_ms: Some(0), ..FaultSettings::default() }).await.map(|_| ())
+}
+
+/// Fails every flush of `node` for `hold`; a node whose groups stopped on it exits by
+/// itself (fail-stop), and one that did not is killed; then it is started again.
+async fn fill_disk(target: &Target, node: u64, hold: Duration) -> anyhow::Result<()> {
+    target.set_faults(node, &FaultSettings { flush_fails: Some(true), ..FaultSettings::default() }).await?;
+    tokio::time::sleep(hold).await;
+    target.kill(node).await?;
     target.restart(node).await
 }
 

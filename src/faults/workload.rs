@@ -2,7 +2,9 @@
 //! PKs the anchors saw in their battle, each request to a random node. A gift whose
 //! answer does not settle it (a timeout, a dropped connection, `900008`) is sent again
 //! with the same id to another random node until it does, or for [`RETRY_FOR`]. Every
-//! gift is recorded with each attempt's answer and its outcome.
+//! gift is recorded with each attempt's answer and its outcome. Like a gift service that
+//! delivers at least once, a share of requests ([`DUPLICATE_SHARE`]) is sent once more
+//! after it was answered, with the same ids: each of those gifts must still count once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +25,8 @@ use crate::bench::target::Target;
 pub const RETRY_FOR: Duration = Duration::from_secs(8);
 /// How long one attempt waits for its answer.
 const ATTEMPT_WAIT: Duration = Duration::from_secs(2);
+/// The share of requests sent a second time, with the same ids, after their answer.
+pub const DUPLICATE_SHARE: f64 = 0.125;
 /// Gifts go to PKs with at least this much battle left.
 const BATTLE_MARGIN_MS: i64 = 600;
 
@@ -118,6 +122,14 @@ impl Gifting {
             let answers = send(&mut client, &batch).await;
             for (&index, answer) in pending.iter().zip(answers) {
                 attempts[index].push(Attempt { node: node.id, sent_ms, answer });
+            }
+        }
+        if rng.random_bool(DUPLICATE_SHARE) && !attempts.iter().any(|attempts| needs_retry(attempts)) {
+            let node = &self.target.nodes[rng.random_range(0..self.target.nodes.len())];
+            let mut client = GiftClient::new(node.client_address(), self.token.clone()).with_timeout(ATTEMPT_WAIT);
+            let sent_ms = wall_clock_ms();
+            for (attempts, answer) in attempts.iter_mut().zip(send(&mut client, &gifts).await) {
+                attempts.push(Attempt { node: node.id, sent_ms, answer });
             }
         }
         let completed_ms = wall_clock_ms();

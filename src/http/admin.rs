@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use pkd_cluster::api::{
     AbortReply, AddLearnerRequest, AuditList, ClusterStatus, ConfigCheck, ConfigReply, ConfigRequest, ConfigRows,
     ErrorReply, InitRequest, LeaderReply, LobbyView, MembershipReply, NodeRequest, NodeStatus, PkEntry, PkList,
-    TransferLeaderRequest,
+    StateDigests, TransferLeaderRequest,
 };
 use pkd_raft::{ArenaAction, PkId, Response as EngineResponse};
 use serde::Deserialize;
@@ -101,6 +101,27 @@ impl IntoResponse for Failed {
 
 pub async fn status(State(state): State<AdminState>) -> Json<NodeStatus> {
     Json(state.node.status())
+}
+
+/// `GET /admin/digest`: a digest of each group's replicated state on this node.
+pub async fn digest(State(state): State<AdminState>) -> Result<Json<StateDigests>, Response> {
+    state
+        .node
+        .digests()
+        .map(Json)
+        .map_err(|error| failure(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the state failed: {error}")))
+}
+
+/// `GET /admin/faults`: the faults injected on this node (fault-injection builds only).
+#[cfg(feature = "fault-injection")]
+pub async fn faults() -> Json<pkd_cluster::api::FaultSettings> {
+    Json(crate::fault_hooks::current())
+}
+
+/// `POST /admin/faults`: injects faults on this node (fault-injection builds only).
+#[cfg(feature = "fault-injection")]
+pub async fn set_faults(Body(request): Body<pkd_cluster::api::FaultSettings>) -> Json<pkd_cluster::api::FaultSettings> {
+    Json(crate::fault_hooks::apply(&request))
 }
 
 /// `GET /admin/cluster`: every node's report, asking each peer (unreachable ones are

@@ -198,7 +198,10 @@ async fn apply(gateway: &Gateway, gift: &GiftIn) -> Outcome {
         })
     });
     let action = ArenaAction::Gift(Gift {
+        #[cfg(not(feature = "fault-injection"))]
         id: GiftId(gift.id),
+        #[cfg(feature = "fault-injection")]
+        id: GiftId(crate::fault_hooks::gift_id(gift.id)),
         pk,
         receiver,
         sender: UserId(gift.sender),

@@ -152,9 +152,10 @@ pub fn admin_router(setup: AdminSetup) -> Router {
     let pages = Router::new()
         .route("/console", get(console::pages::console))
         .route("/console/{file}", get(console::pages::console_file));
-    Router::new()
+    let routes = Router::new()
         .route("/admin/status", get(admin::status))
         .route("/admin/cluster", get(admin::cluster_status))
+        .route("/admin/digest", get(admin::digest))
         .route("/admin/groups/{id}/transfer-leader", post(admin::transfer_leader))
         .route("/admin/balance", post(admin::balance))
         .route("/admin/drain", post(admin::drain))
@@ -170,7 +171,11 @@ pub fn admin_router(setup: AdminSetup) -> Router {
         .route("/admin/pks/{id}/abort", post(admin::abort_pk))
         .route("/admin/lobby", get(admin::lobby))
         .route("/admin/audit", get(admin::audit_log))
-        .route("/admin/events", get(console::events::events))
+        .route("/admin/events", get(console::events::events));
+    // Fault injection, for fault tests only (docs/faults.md).
+    #[cfg(feature = "fault-injection")]
+    let routes = routes.route("/admin/faults", get(admin::faults).post(admin::set_faults));
+    routes
         .route_layer(middleware::from_fn_with_state(state.clone(), admin::authorize))
         .with_state(state)
         .merge(metrics)

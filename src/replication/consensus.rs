@@ -359,6 +359,25 @@ impl<M: OptionalSend + Sync + 'static> Watch<M> {
     }
 }
 
+impl Watch<Metrics> {
+    /// Waits until raft has stopped on its own (a storage error, a panic), and says why;
+    /// never returns while it runs, nor after a stop asked for (`Raft::shutdown`).
+    pub async fn failed(&mut self) -> String {
+        loop {
+            if let Err(fatal) = self.read(|metrics| metrics.running_state.clone()) {
+                if is_stopped(&fatal) {
+                    // Stopped on purpose: not a failure.
+                    return std::future::pending().await;
+                }
+                return fatal.to_string();
+            }
+            if !self.changed().await {
+                return "raft stopped publishing its metrics".to_owned();
+            }
+        }
+    }
+}
+
 // ---- the network between nodes ----------------------------------------------------------
 
 pub use openraft::network::RPCOption;

@@ -21,6 +21,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use futures_util::{Stream, StreamExt};
 use pkd_raft::{Arena, Config, Effect, Lobby, Response, SingleKind};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, watch};
 
 use super::consensus::{
@@ -130,6 +131,18 @@ impl<M> Clone for ReplicaHandle<M> {
             applied: self.applied.clone(),
             group_effects: self.group_effects.clone(),
         }
+    }
+}
+
+impl<M: SingleKind> ReplicaHandle<M> {
+    /// The replica's state as a snapshot would hold it (the machine, the membership, the
+    /// last applied log id), digested with SHA-256, and that last applied log id: two
+    /// replicas of a group at the same entry must give the same digest. Encodes the whole
+    /// state under the read lock, so it is for checks, not for a hot path.
+    pub fn digest(&self) -> io::Result<(Option<u64>, [u8; 32])> {
+        let state = read_lock(&self.state);
+        let bytes = state.encode()?;
+        Ok((state.last_applied.map(|log_id| log_id.index), Sha256::digest(&bytes).into()))
     }
 }
 

@@ -16,6 +16,8 @@
 
 mod codec;
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod keys;
 mod log_store;
 pub mod pacing;

@@ -1,12 +1,37 @@
 //! `pkd faults`: a short seeded run against a three-node local cluster it starts itself,
 //! through the built binary, as a user runs it. It must find no violation, exit zero and
-//! write every report file. The checkers' power to find violations is tested on made-up
-//! histories in `src/faults/checkers.rs`.
+//! write every report file. The checkers' power to find violations is tested twice: on
+//! made-up histories in `src/faults/checkers.rs`, and here, with the `fault-injection`
+//! feature, against nodes deliberately broken (`PKD_FAULT_BREAK`): each break must be
+//! found by the checker that claims to catch it.
 
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
+
+/// Runs `pkd faults` with `args`, its nodes started with `env`; its output, the report's
+/// verdicts and schedule.
+fn run_faults(args: &[&str], env: &[(&str, &str)]) -> (std::process::Output, Value, Value) {
+    let out = tempfile::TempDir::new().unwrap();
+    let dir = out.path().join("report");
+    let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .arg("faults")
+        .args(args)
+        .arg("--out")
+        .arg(&dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run pkd faults");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(dir.join("verdicts.json").is_file(), "no report; stderr:\n{stderr}");
+    (output, json(&dir.join("verdicts.json")), json(&dir.join("schedule.json")))
+}
+
+/// The verdict of checker `name`.
+fn verdict<'a>(verdicts: &'a Value, name: &str) -> &'a Value {
+    verdicts.as_array().unwrap().iter().find(|verdict| verdict["name"] == name).unwrap()
+}
 
 fn json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
@@ -48,7 +73,14 @@ fn a_short_seeded_run_with_faults_finds_no_violation_and_writes_its_report() {
         verdicts.as_array().unwrap().iter().map(|verdict| verdict["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["gifts_counted_once", "one_pk_at_a_time", "pks_end_once_in_time", "replicas_agree", "progress_after_faults"]
+        [
+            "gifts_counted_once",
+            "one_pk_at_a_time",
+            "pks_end_once_in_time",
+            "replicas_agree",
+            "replicas_identical",
+            "progress_after_faults"
+        ]
     );
     for verdict in verdicts.as_array().unwrap() {
         assert_eq!(verdict["passed"], true, "{verdict:#}");
@@ -92,4 +124,74 @@ fn bad_flags_are_refused_with_a_reason() {
         Command::new(env!("CARGO_BIN_EXE_pkd")).args(["faults", "--anchors", "1"]).output().expect("run pkd faults");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("at least 2"));
+}
+
+/// A short healthy run (no fault: the schedule of 15 s has none) against nodes broken on
+/// purpose must fail, in the checker that claims the broken promise, and print the replay
+/// command; answers that checker's evidence.
+#[cfg(feature = "fault-injection")]
+fn broken_run_is_caught(broken: &str, checker: &str) -> Vec<String> {
+    let args = ["--seed", "5", "--duration", "15s", "--nemesis", "transfer", "--settle-wait", "8s"];
+    let (output, verdicts, _) = run_faults(&args, &[("PKD_FAULT_BREAK", broken)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{broken}: the run passed\n{stderr}");
+    let replay = format!("replay this run with: PKD_FAULT_BREAK={broken} pkd faults --seed 5");
+    assert!(stderr.contains(&replay), "{stderr}");
+    let found = verdict(&verdicts, checker);
+    assert_eq!(found["passed"], false, "{broken}: {found:#}");
+    found["evidence"].as_array().unwrap().iter().map(|line| line.as_str().unwrap().to_owned()).collect()
+}
+
+/// The PK a line of evidence names first ("PK 12: ...").
+#[cfg(feature = "fault-injection")]
+fn pk_named(line: &str) -> u64 {
+    let rest = line.split_once("PK ").unwrap_or_else(|| panic!("no PK in {line:?}")).1;
+    rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn gifts_counted_again_are_caught() {
+    // Every gift gets a fresh id, so the run's duplicate deliveries count twice.
+    let evidence = broken_run_is_caught("gift-dedup", "gifts_counted_once");
+    assert!(evidence.iter().any(|line| line.contains("counted twice")), "{evidence:#?}");
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn results_left_out_of_the_store_are_caught() {
+    // Every third PK (by id) is confirmed stored but never written as settled: those PKs,
+    // and only those, are found without a settled record.
+    let evidence = broken_run_is_caught("drop-results", "pks_end_once_in_time");
+    assert!(!evidence.is_empty());
+    for line in &evidence {
+        assert_eq!(pk_named(line) % 3, 0, "{evidence:#?}");
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn timers_firing_early_are_caught() {
+    // Every node's clock runs 2.5 s ahead: each battle ends that early for its clients.
+    let evidence = broken_run_is_caught("fast-clock", "pks_end_once_in_time");
+    assert!(evidence.iter().any(|line| line.contains("before its endTime")), "{evidence:#?}");
+}
+
+/// The nemeses that use the nodes' hooks: clock skew, a slow disk, a full one. Each is
+/// carried out, and nothing is violated.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn clock_skew_and_disk_faults_break_no_promise() {
+    let args = ["--seed", "12", "--duration", "40s", "--nemesis", "skew,slow-disk,disk-full"];
+    let (output, verdicts, schedule) = run_faults(&args, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for verdict in verdicts.as_array().unwrap() {
+        assert_eq!(verdict["passed"], true, "{verdict:#}\n{stderr}");
+    }
+    assert!(output.status.success(), "{stderr}");
+    let carried_out = schedule["carried_out"].as_array().unwrap();
+    assert!(carried_out.len() >= 3, "{schedule:#}");
+    for fault in carried_out {
+        assert!(fault["error"].is_null(), "{fault:#}");
+    }
 }

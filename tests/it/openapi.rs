@@ -444,6 +444,7 @@ async fn a_running_node_answers_as_documented() -> anyhow::Result<()> {
     // with it the stream does not end.
     for (template, path) in [
         ("/admin/cluster", "/admin/cluster"),
+        ("/admin/digest", "/admin/digest"),
         ("/admin/pks", "/admin/pks"),
         ("/admin/lobby", "/admin/lobby"),
         ("/admin/config", "/admin/config"),

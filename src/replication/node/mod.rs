@@ -18,7 +18,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pkd_cluster::api::{GroupKind, GroupStatus, MemberLag, NodeStatus};
+use pkd_cluster::api::{GroupDigest, GroupKind, GroupStatus, MemberLag, NodeStatus, StateDigests};
 use pkd_raft::{Action, Arena, ArenaAction, Lobby, LobbyAction, MachineKind, PkId, Response};
 use pkd_storage::Store;
 use tokio::sync::broadcast;
@@ -271,6 +271,46 @@ impl Node {
             .collect();
         let connected = self.inner.network.as_ref().map(Network::connected_peers).unwrap_or_default();
         NodeStatus { node: self.inner.id, groups, connected }
+    }
+
+    /// Waits until one of the node's groups has failed (its raft stopped on a storage error
+    /// or a panic) while the node was not stopping, and says which and why. Such a node
+    /// can no longer take part in that group: the caller stops it, to be restarted.
+    pub async fn group_failure(&self) -> (GroupId, String) {
+        let waits = self.inner.groups.iter().map(|group| {
+            let mut metrics = group.metrics();
+            let id = group.id();
+            Box::pin(async move { (id, metrics.failed().await) })
+        });
+        let stopping = self.inner.stopping.clone();
+        let failure = futures_util::future::select_all(waits);
+        tokio::select! {
+            ((group, why), _, _) = failure => {
+                if stopping.is_cancelled() {
+                    std::future::pending::<()>().await;
+                }
+                (group, why)
+            }
+            () = stopping.cancelled() => std::future::pending().await,
+        }
+    }
+
+    /// A digest of every group's replicated state on this node, each taken at one instant
+    /// (see [`ReplicaHandle::digest`]): what fault tests compare between replicas.
+    pub fn digests(&self) -> io::Result<StateDigests> {
+        let lobby = std::iter::once(self.lobby().digest().map(|digest| (self.lobby().group(), digest)));
+        let arenas = self.arenas().iter().map(|arena| arena.digest().map(|digest| (arena.group(), digest)));
+        let groups = lobby
+            .chain(arenas)
+            .map(|digest| {
+                digest.map(|(group, (applied_index, sha256))| GroupDigest {
+                    group: group.0,
+                    applied_index,
+                    sha256: sha256.iter().map(|byte| format!("{byte:02x}")).collect(),
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(StateDigests { node: self.inner.id, groups })
     }
 
     /// Stops the node's tasks, the network and every group. Other handles on the node stay

@@ -1,0 +1,124 @@
+//! Fault-injection hooks for `pkd faults` and the fault tests, compiled in only with the
+//! `fault-injection` feature (docs/faults.md): a production build has none of them.
+//!
+//! - A clock offset added to this node's wall clock ([`crate::clock::wall_clock`]): clock
+//!   skew, set through `POST /admin/faults`.
+//! - Disk faults, a slow or failing flush (`pkd_storage::faults`), set the same way.
+//! - Deliberately broken behaviours, named in `PKD_FAULT_BREAK` (comma-separated) when the
+//!   process starts, which the fault checkers must catch:
+//!   - `gift-dedup`: every gift is counted under a fresh id, so a retried gift counts again;
+//!   - `drop-results`: the results store skips every third settled PK (by id), yet the
+//!     result is confirmed as stored;
+//!   - `fast-clock`: the node's clock runs [`FAST_CLOCK_MS`] ahead, so its timers fire
+//!     that much early in everyone else's time.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use pkd_cluster::api::FaultSettings;
+
+/// The environment variable naming the broken behaviours.
+pub const BREAK_ENV: &str = "PKD_FAULT_BREAK";
+
+static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+static FRESH_GIFT_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// How far ahead `fast-clock` sets the clock, in ms.
+pub const FAST_CLOCK_MS: i64 = 2_500;
+
+/// A deliberately broken behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Break {
+    GiftDedup,
+    DropResults,
+    FastClock,
+}
+
+impl Break {
+    pub fn name(self) -> &'static str {
+        match self {
+            Break::GiftDedup => "gift-dedup",
+            Break::DropResults => "drop-results",
+            Break::FastClock => "fast-clock",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Break> {
+        [Break::GiftDedup, Break::DropResults, Break::FastClock].into_iter().find(|known| known.name() == name)
+    }
+}
+
+/// The broken behaviours this process was started with (unknown names are logged and
+/// ignored).
+pub fn breaks() -> &'static [Break] {
+    static BREAKS: OnceLock<Vec<Break>> = OnceLock::new();
+    BREAKS.get_or_init(|| {
+        let names = std::env::var(BREAK_ENV).unwrap_or_default();
+        names
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .filter_map(|name| {
+                let known = Break::parse(name);
+                if known.is_none() {
+                    tracing::warn!(name, "unknown broken behaviour in {BREAK_ENV}; ignored");
+                }
+                known
+            })
+            .collect()
+    })
+}
+
+pub fn broken(behaviour: Break) -> bool {
+    breaks().contains(&behaviour)
+}
+
+/// The offset added to this node's wall clock, in ms.
+pub fn clock_offset_ms() -> i64 {
+    let fast = if broken(Break::FastClock) { FAST_CLOCK_MS } else { 0 };
+    CLOCK_OFFSET_MS.load(Ordering::Relaxed) + fast
+}
+
+/// The id a gift is counted under: its own, unless `gift-dedup` is broken.
+pub fn gift_id(id: u64) -> u64 {
+    if !broken(Break::GiftDedup) {
+        return id;
+    }
+    // A fresh id in the top bits keeps it unique and within 1..=i64::MAX.
+    let fresh = FRESH_GIFT_IDS.fetch_add(1, Ordering::Relaxed) & 0x3fff_ffff;
+    (fresh << 32) | (id & 0xffff_ffff)
+}
+
+/// Whether the results store must skip this settled PK (`drop-results`).
+pub fn drops_result(pk: u64) -> bool {
+    broken(Break::DropResults) && pk % 3 == 0
+}
+
+/// Applies the settings given (the others stay) and answers the settings in force.
+pub fn apply(settings: &FaultSettings) -> FaultSettings {
+    if let Some(offset) = settings.clock_offset_ms {
+        CLOCK_OFFSET_MS.store(offset, Ordering::Relaxed);
+        tracing::warn!(offset_ms = offset, "fault injection: clock offset set");
+    }
+    if let Some(delay) = settings.flush_delay_ms {
+        pkd_storage::faults::set_flush_delay(Duration::from_millis(delay));
+        tracing::warn!(delay_ms = delay, "fault injection: flush delay set");
+    }
+    if let Some(fails) = settings.flush_fails {
+        pkd_storage::faults::set_flush_fails(fails);
+        tracing::warn!(fails, "fault injection: failing flushes set");
+    }
+    current()
+}
+
+/// The settings in force.
+pub fn current() -> FaultSettings {
+    let (delay, fails) = pkd_storage::faults::disk_faults();
+    FaultSettings {
+        clock_offset_ms: Some(CLOCK_OFFSET_MS.load(Ordering::Relaxed)),
+        flush_delay_ms: Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+        flush_fails: Some(fails),
+        breaks: breaks().iter().map(|behaviour| behaviour.name().to_owned()).collect(),
+    }
+}
