@@ -484,6 +484,7 @@ mod tests {
             node: None,
             group: None,
             to: None,
+            links: None,
             started_ms: 4_000,
             healed_ms: 7_000,
             error: None,
