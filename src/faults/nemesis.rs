@@ -406,7 +406,10 @@ mod tests {
         let blackhole = link_fault(Nemesis::Blackhole, &ids, 4, None, none).unwrap();
         let [a, b] = [blackhole.directions[0].0, blackhole.directions[0].1];
         assert_ne!(a, b);
-        assert_eq!(directions(&blackhole), directions(&LinkFault { directions: vec![(a, b), (b, a)], ..blackhole.clone() }));
+        assert_eq!(
+            directions(&blackhole),
+            directions(&LinkFault { directions: vec![(a, b), (b, a)], ..blackhole.clone() })
+        );
         assert_eq!(blackhole.rule, Rule::Drop);
         assert_eq!(blackhole.shown, format!("{a} <-> {b}"));
 
@@ -436,15 +439,18 @@ mod tests {
 
         for pick in 0..20 {
             let half = link_fault(Nemesis::PartitionHalf, &ids, pick, None, none).unwrap();
-            let minority: std::collections::BTreeSet<u64> =
-                half.directions.iter().map(|&(from, _)| from).filter(|from| {
-                    half.directions.iter().filter(|&&(a, _)| a == *from).count() == 3
-                }).collect();
+            let minority: std::collections::BTreeSet<u64> = half
+                .directions
+                .iter()
+                .map(|&(from, _)| from)
+                .filter(|from| half.directions.iter().filter(|&&(a, _)| a == *from).count() == 3)
+                .collect();
             assert_eq!(minority.len(), 2, "two nodes against three: {half:?}");
             assert_eq!(half.directions.len(), 2 * 2 * 3);
 
             let bridge = link_fault(Nemesis::Bridge, &ids, pick, None, none).unwrap();
-            let bridge_node: u64 = bridge.shown.rsplit_once("bridge ").unwrap().1.trim_end_matches(')').parse().unwrap();
+            let bridge_node: u64 =
+                bridge.shown.rsplit_once("bridge ").unwrap().1.trim_end_matches(')').parse().unwrap();
             assert!(bridge.directions.iter().all(|&(from, to)| from != bridge_node && to != bridge_node));
             assert_eq!(bridge.directions.len(), 2 * 2 * 2, "two against two: {bridge:?}");
         }

@@ -234,7 +234,7 @@ mod tests {
             let (stream, _) = listener.accept().await?;
             accept(&acceptor, stream).await.map(|(peer, _)| peer)
         });
-        let dialed = dial(&dialer, &address.to_string()).await.map(|(peer, _)| peer);
+        let dialed = dial(&dialer, &address.to_string(), None).await.map(|(peer, _)| peer);
         let accepted = accepting.await.map_err(io::Error::other)?;
         Ok((dialed, accepted))
     }
@@ -252,6 +252,21 @@ mod tests {
         let (dialed, accepted) = pair(b"guess", b"s3cret").await?;
         assert_eq!(dialed.map_err(|error| error.kind()), Err(io::ErrorKind::PermissionDenied));
         assert!(accepted.is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_node_dials_from_the_address_it_listens_on() -> io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        let from_three = connect(&address, Some("127.0.0.3".parse().unwrap())).await?;
+        let (_, seen) = listener.accept().await?;
+        assert_eq!(seen.ip().to_string(), "127.0.0.3");
+        assert_eq!(from_three.local_addr()?.ip().to_string(), "127.0.0.3");
+        // Another family than the target's: the system picks.
+        let _unbound = connect(&address, Some("::1".parse().unwrap())).await?;
+        let (_, seen) = listener.accept().await?;
+        assert_eq!(seen.ip().to_string(), "127.0.0.1");
         Ok(())
     }
 
