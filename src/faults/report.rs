@@ -154,7 +154,8 @@ fn summary(run: &Run) -> String {
             show(fault.node),
             show(fault.group),
             show(fault.to),
-            fault.links.unwrap_or_default(),
+            // A partition's sides are separated by `|`, which would end the cell.
+            fault.links.unwrap_or_default().replace('|', "\\|"),
             fault.error.unwrap_or_default()
         );
     }

@@ -1,8 +1,8 @@
 //! `pkd faults`: short seeded runs against a three-node local cluster it starts itself,
 //! through the built binary, as a user runs it: process faults, and network faults
 //! through the launcher's link proxy. Each must find no violation and exit zero; the
-//! first checks every report file. The checkers' power to find violations is tested on made-up
-//! histories in `src/faults/checkers.rs`.
+//! first checks every report file. The checkers' power to find violations is tested on
+//! made-up histories in `src/faults/checkers.rs`.
 
 use std::path::Path;
 use std::process::Command;
@@ -127,6 +127,7 @@ fn a_seeded_run_with_network_faults_carries_them_out_and_finds_no_violation() {
     }
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(summary.contains("| links | error |"), "{summary}");
+    assert!(summary.contains(" \\| {"), "a partition's sides, escaped in the timeline: {summary}");
 }
 
 #[test]
