@@ -6,6 +6,10 @@
 //! the client and admin ports are chosen by the kernel (port 0) at every start and read
 //! from the lines `pkd serve` prints. A node's output goes to `node-<id>.log` in the
 //! cluster's directory. Set `PKD_LOCAL_CLUSTER_DIR` to keep that directory after the run.
+//!
+//! With [`LocalOptions::proxy`], every node-to-node link goes through a [`LinkProxy`] the
+//! launcher owns: each node's advertised cluster address is the proxy's listener in front
+//! of its real one, and [`LocalCluster::links`] cuts or slows links while the nodes run.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -17,6 +21,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::client::AdminClient;
+use crate::proxy::{LinkProxy, Links};
 
 /// How long a node may take to print its listening lines.
 const START_WAIT: Duration = Duration::from_secs(30);
@@ -52,6 +57,9 @@ pub struct LocalOptions {
     /// Start every node with `--join`: nothing is initialized until the admin API's
     /// `init` ([`LocalCluster::members`] gives its argument).
     pub join: bool,
+    /// Route the node-to-node links through a [`LinkProxy`] (off by default), for fault
+    /// drills that cut or slow them.
+    pub proxy: bool,
 }
 
 impl LocalOptions {
@@ -67,6 +75,7 @@ impl LocalOptions {
             extra_args: vec!["--dev-auth".to_owned()],
             log: "info".to_owned(),
             join: false,
+            proxy: false,
         }
     }
 }
@@ -74,8 +83,12 @@ impl LocalOptions {
 /// One node of the cluster and, while it runs, its process.
 pub struct LocalNode {
     pub id: u64,
-    /// Node-to-node address (fixed for the node's life).
+    /// Node-to-node address the other nodes dial (fixed for the node's life): the node's
+    /// own listener, or the proxy's in front of it.
     pub cluster_addr: SocketAddr,
+    /// The node's own node-to-node listener (`--cluster-listen`): `cluster_addr` unless
+    /// the links go through the proxy.
+    pub cluster_listen: SocketAddr,
     /// WebSocket and gift API address of the current process.
     pub client_addr: SocketAddr,
     /// Admin API address of the current process.
@@ -106,6 +119,9 @@ pub struct LocalCluster {
     /// Removes the directory on drop, unless `PKD_LOCAL_CLUSTER_DIR` named one.
     _temp: Option<tempfile::TempDir>,
     nodes: BTreeMap<u64, LocalNode>,
+    /// The proxy of the node-to-node links, with [`LocalOptions::proxy`]. Declared after
+    /// the nodes, so it stops after them.
+    proxy: Option<LinkProxy>,
 }
 
 impl LocalCluster {
@@ -132,7 +148,11 @@ impl LocalCluster {
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
-        let mut cluster = LocalCluster { options, root, _temp: temp, nodes: BTreeMap::new() };
+        let proxy = match options.proxy {
+            true => Some(LinkProxy::new().map_err(|e| LocalError::Io("starting the link proxy".into(), e))?),
+            false => None,
+        };
+        let mut cluster = LocalCluster { options, root, _temp: temp, nodes: BTreeMap::new(), proxy };
         for id in 1..=cluster.options.nodes {
             cluster.declare(id, cluster.options.join)?;
         }
@@ -173,6 +193,11 @@ impl LocalCluster {
 
     pub fn options(&self) -> &LocalOptions {
         &self.options
+    }
+
+    /// The switchboard of the node-to-node links, if they go through the proxy.
+    pub fn links(&self) -> Option<Links> {
+        self.proxy.as_ref().map(LinkProxy::links)
     }
 
     /// Kills node `id` with SIGKILL and reaps it: no chance to flush or say goodbye.
@@ -263,12 +288,20 @@ impl LocalCluster {
     fn declare(&mut self, id: u64, join: bool) -> Result<(), LocalError> {
         let ip = loopback(id);
         let port = free_port(ip).map_err(|e| LocalError::Io(format!("finding a port on {ip}"), e))?;
+        let cluster_listen = SocketAddr::from((ip, port));
+        let cluster_addr = match &self.proxy {
+            Some(proxy) => proxy
+                .forward(id, SocketAddr::from((ip, 0)), cluster_listen)
+                .map_err(|e| LocalError::Io(format!("the link proxy's listener on {ip}"), e))?,
+            None => cluster_listen,
+        };
         let data_dir = self.root.join(format!("node-{id}"));
         let log_path = self.root.join(format!("node-{id}.log"));
         let unset = SocketAddr::from((ip, 0));
         let node = LocalNode {
             id,
-            cluster_addr: SocketAddr::from((ip, port)),
+            cluster_addr,
+            cluster_listen,
             client_addr: unset,
             admin_addr: unset,
             data_dir,
@@ -307,7 +340,7 @@ impl LocalCluster {
             .args(["--node-id", &id.to_string()])
             .args(["--arenas", &options.arenas.to_string()])
             .args(["--listen", &format!("{ip}:0")])
-            .args(["--cluster-listen", &node.cluster_addr.to_string()])
+            .args(["--cluster-listen", &node.cluster_listen.to_string()])
             .args(["--peers", &peers])
             .args(["--cluster-secret", &options.cluster_secret])
             .args(["--admin-listen", &format!("{ip}:0")])

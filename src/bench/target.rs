@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use pkd_cluster::api::{FaultSettings, GroupKind, NodeStatus, StateDigests};
-use pkd_cluster::{AdminClient, AppClient, Auth, ConnectOptions, GiftClient, LocalCluster, LocalOptions};
+use pkd_cluster::{AdminClient, AppClient, Auth, ConnectOptions, GiftClient, Links, LocalCluster, LocalOptions};
 use tokio::time::Instant;
 
 use super::report::{LoadGeneratorSummary, NodeSample, NodeSummary};
@@ -106,6 +106,8 @@ pub struct Target {
     admin_token: Option<String>,
     pub arenas: Option<u32>,
     local: Option<Arc<Mutex<LocalCluster>>>,
+    /// The local cluster's node-to-node links, when they go through the launcher's proxy.
+    links: Option<Links>,
 }
 
 /// Where the cluster is and how to reach it, from the command line.
@@ -126,14 +128,21 @@ impl Target {
     /// Starts the local cluster, or checks the remote one's settings.
     pub async fn open(spec: TargetSpec) -> anyhow::Result<Target> {
         match spec.local {
-            Some(count) => Target::start_local(count, spec.arenas, "warn", spec.redis).await,
+            Some(count) => Target::start_local(count, spec.arenas, "warn", spec.redis, false).await,
             None => Target::remote(spec),
         }
     }
 
     /// Starts `count` local nodes of this binary with `arenas` arena groups, logging at
-    /// `log` (`pkd serve --log`), writing their read cache to `redis` if given.
-    pub async fn start_local(count: u64, arenas: u32, log: &str, redis: Option<String>) -> anyhow::Result<Target> {
+    /// `log` (`pkd serve --log`), writing their read cache to `redis` if given, their
+    /// node-to-node links through the launcher's proxy if `proxy` (see [`Target::links`]).
+    pub async fn start_local(
+        count: u64,
+        arenas: u32,
+        log: &str,
+        redis: Option<String>,
+        proxy: bool,
+    ) -> anyhow::Result<Target> {
         if !(1..=9).contains(&count) {
             bail!("--local takes 1 to 9 nodes, not {count}");
         }
@@ -142,6 +151,7 @@ impl Target {
         options.nodes = count;
         options.arenas = arenas;
         options.log = log.to_owned();
+        options.proxy = proxy;
         if let Some(url) = redis {
             options.extra_args.extend(["--redis-url".to_owned(), url]);
         }
@@ -164,6 +174,7 @@ impl Target {
             });
         }
         let options = cluster.options().clone();
+        let links = cluster.links();
         eprintln!("local cluster up; its data and logs are in {}", cluster.root().display());
         Ok(Target {
             nodes,
@@ -172,6 +183,7 @@ impl Target {
             admin_token: Some(options.admin_token.clone()),
             arenas: Some(arenas),
             local: Some(Arc::new(Mutex::new(cluster))),
+            links,
         })
     }
 
@@ -222,6 +234,7 @@ impl Target {
             admin_token: spec.admin_token,
             arenas: None,
             local: None,
+            links: None,
         })
     }
 
@@ -384,6 +397,11 @@ impl Target {
             Some(error) => Err(error.into()),
             None => bail!("no admin API reachable"),
         }
+    }
+
+    /// The switchboard of the local nodes' links (started with the proxy).
+    pub fn links(&self) -> anyhow::Result<&Links> {
+        self.links.as_ref().context("only a local cluster started with the link proxy has links to cut")
     }
 
     /// Kills local node `id` with SIGKILL.

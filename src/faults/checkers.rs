@@ -544,6 +544,7 @@ mod tests {
             group: None,
             to: None,
             amount_ms: None,
+            links: None,
             started_ms: 4_000,
             healed_ms: 7_000,
             error: None,

@@ -117,9 +117,12 @@ impl StateSeen {
 /// One fault the nemesis caused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultEvent {
-    /// The nemesis (`kill`, `kill-leader`, `pause`, `pause-leader`, `transfer`, `restart-all`).
+    /// The nemesis (`kill`, `kill-leader`, `pause`, `pause-leader`, `transfer`,
+    /// `restart-all`, or a network one: `partition-leader`, `partition-half`, `bridge`,
+    /// `drop-one-way`, `delay`, `blackhole`).
     pub kind: String,
-    /// The node it hit (for a transfer: the leader it moved from).
+    /// The node it hit (for a transfer: the leader it moved from; for a partition: the
+    /// node cut off from the others, if one was).
     pub node: Option<u64>,
     /// The group whose leader was chosen, for the leader nemeses and transfers.
     pub group: Option<u64>,
@@ -128,6 +131,10 @@ pub struct FaultEvent {
     /// A clock skew's offset, or a slow disk's added flush time, in ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount_ms: Option<i64>,
+    /// A network fault's links: `{1} | {2,3}` (two sides cut off from each other), `1 -> 2`
+    /// (one way cut), `1 <-> 2` (both ways), `1 <-> 2 +120ms` (delayed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<String>,
     pub started_ms: i64,
     /// When the fault was over (the node restarted or resumed, the transfer answered).
     pub healed_ms: i64,

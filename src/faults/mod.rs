@@ -1,7 +1,7 @@
 //! `pkd faults`: a seeded fault test against real `pkd serve` processes. It starts a
 //! local cluster, runs a workload through the public interfaces only (anchors over
 //! WebSocket, the gift API), lets a nemesis drawn from the seed kill, pause, restart and
-//! move leaders, then checks the recorded history and the settled results, and writes a
+//! move leaders, cut, cut one way or slow the links between nodes, then checks the recorded history and the settled results, and writes a
 //! report folder. `docs/faults.md` is the user's guide.
 //!
 //! - [`nemesis`]: the schedule (pure, from the seed) and the faults.
@@ -168,7 +168,9 @@ pub fn run(args: FaultsArgs) -> anyhow::Result<()> {
 async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
     let started_ms = wall_clock_ms();
     let planned = nemesis::plan(seed, args.duration, &args.nemesis);
-    let target = Arc::new(Target::start_local(args.nodes, args.arenas, "info", None).await?);
+    // The links go through the proxy only when a network nemesis may need it.
+    let proxy = args.nemesis.iter().any(|kind| kind.is_network());
+    let target = Arc::new(Target::start_local(args.nodes, args.arenas, "info", None, proxy).await?);
     let outcome = drive(&args, seed, planned.clone(), target.clone()).await;
     let logs = read_logs(&target);
     target.shutdown().await;

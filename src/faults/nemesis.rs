@@ -1,5 +1,7 @@
 //! The nemesis: a schedule of faults drawn from the seed ([`plan`], pure), then carried
 //! out against the local cluster ([`carry_out`]), each fault logged with its times.
+//! Process faults signal the nodes; network faults ([`Nemesis::is_network`]) set rules on
+//! the links of the launcher's proxy ([`link_fault`], pure) and heal them all at the end.
 //!
 //! The schedule alternates healthy and faulty phases: a healthy start while the first PKs
 //! form, then a fault and a healthy gap in turn, and a final healthy phase (at least
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use pkd_cluster::api::FaultSettings;
+use pkd_cluster::Rule;
 use pkd_cluster::app::wall_clock_ms;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -51,6 +54,19 @@ pub enum Nemesis {
     /// stops (or is killed), then is restarted as its supervisor would (fault-injection
     /// builds).
     DiskFull,
+    /// Cut the leader of a random group off from every other node, both ways, for 2-6 s.
+    PartitionLeader,
+    /// Cut a random minority (half the nodes, rounded down) off from the majority, for 2-6 s.
+    PartitionHalf,
+    /// Split the nodes but one into two halves that cannot reach each other; the one left
+    /// reaches both. For 2-6 s.
+    Bridge,
+    /// Cut what a random node sends another (the other way still passes), for 2-6 s.
+    DropOneWay,
+    /// Delay both ways of the link between two random nodes by 50-400 ms, for 2-6 s.
+    Delay,
+    /// Cut the link between two random nodes, both ways, for 2-6 s.
+    Blackhole,
 }
 
 impl Nemesis {
@@ -66,14 +82,26 @@ impl Nemesis {
     /// The nemeses that need the fault-injection hooks of the nodes.
     pub const HOOKED: [Nemesis; 3] = [Nemesis::Skew, Nemesis::SlowDisk, Nemesis::DiskFull];
 
-    /// The default choice: every nemesis this build can carry out.
+    /// The default choice: every nemesis this build can carry out (the process and
+    /// network faults, and those of the fault-injection hooks in a build that has them).
     pub fn defaults() -> Vec<Nemesis> {
         let mut kinds = Nemesis::ALL.to_vec();
+        kinds.extend(Nemesis::NETWORK);
         if cfg!(feature = "fault-injection") {
             kinds.extend(Nemesis::HOOKED);
         }
         kinds
     }
+
+    /// The network nemeses: they need the node-to-node links to go through the proxy.
+    pub const NETWORK: [Nemesis; 6] = [
+        Nemesis::PartitionLeader,
+        Nemesis::PartitionHalf,
+        Nemesis::Bridge,
+        Nemesis::DropOneWay,
+        Nemesis::Delay,
+        Nemesis::Blackhole,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -86,7 +114,17 @@ impl Nemesis {
             Nemesis::Skew => "skew",
             Nemesis::SlowDisk => "slow-disk",
             Nemesis::DiskFull => "disk-full",
+            Nemesis::PartitionLeader => "partition-leader",
+            Nemesis::PartitionHalf => "partition-half",
+            Nemesis::Bridge => "bridge",
+            Nemesis::DropOneWay => "drop-one-way",
+            Nemesis::Delay => "delay",
+            Nemesis::Blackhole => "blackhole",
         }
+    }
+
+    pub fn is_network(self) -> bool {
+        Nemesis::NETWORK.contains(&self)
     }
 
     /// How long the fault lasts (a killed node stays down, a paused one stopped).
@@ -98,6 +136,21 @@ impl Nemesis {
             Nemesis::Skew => Duration::from_millis(rng.random_range(3_000..6_000)),
             Nemesis::SlowDisk => Duration::from_millis(rng.random_range(2_000..5_000)),
             Nemesis::DiskFull => Duration::from_millis(rng.random_range(1_000..2_000)),
+            Nemesis::PartitionLeader
+            | Nemesis::PartitionHalf
+            | Nemesis::Bridge
+            | Nemesis::DropOneWay
+            | Nemesis::Delay
+            | Nemesis::Blackhole => Duration::from_millis(rng.random_range(2_000..6_000)),
+        }
+    }
+
+    /// The latency a delay adds to each direction (nothing for the others). Drawn only
+    /// for a delay, so the schedules of the other nemeses stay what they were.
+    fn delay(self, rng: &mut StdRng) -> Duration {
+        match self {
+            Nemesis::Delay => Duration::from_millis(rng.random_range(50..400)),
+            _ => Duration::ZERO,
         }
     }
 }
@@ -115,6 +168,9 @@ pub struct Planned {
     pub node_pick: u64,
     /// Picks the group (`pick % groups`) for the leader nemeses and transfers.
     pub group_pick: u64,
+    /// The latency a delay adds to each direction of its link.
+    #[serde(serialize_with = "seconds")]
+    pub delay: Duration,
 }
 
 fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -134,12 +190,13 @@ pub fn plan(seed: u64, duration: Duration, kinds: &[Nemesis]) -> Vec<Planned> {
     loop {
         let nemesis = kinds[rng.random_range(0..kinds.len())];
         let hold = nemesis.hold(&mut rng);
+        let delay = nemesis.delay(&mut rng);
         // A restart takes a few seconds on its own: leave room for it.
         let takes = hold + if nemesis == Nemesis::Transfer { Duration::ZERO } else { Duration::from_secs(2) };
         if at + takes > last {
             return planned;
         }
-        planned.push(Planned { at, nemesis, hold, node_pick: rng.random(), group_pick: rng.random() });
+        planned.push(Planned { at, nemesis, hold, node_pick: rng.random(), group_pick: rng.random(), delay });
         at += takes + Duration::from_millis(rng.random_range(3_000..6_000));
     }
 }
@@ -153,7 +210,11 @@ pub async fn carry_out(planned: Vec<Planned>, target: Arc<Target>, history: Arc<
         let group = step.group_pick % groups;
         let random_node = ids[(step.node_pick % ids.len() as u64) as usize];
         let leader = match step.nemesis {
-            Nemesis::KillLeader | Nemesis::PauseLeader | Nemesis::Transfer | Nemesis::SlowDisk => {
+            Nemesis::KillLeader
+            | Nemesis::PauseLeader
+            | Nemesis::Transfer
+            | Nemesis::SlowDisk
+            | Nemesis::PartitionLeader => {
                 target.leader_of(group).await
             }
             _ => None,
@@ -164,6 +225,7 @@ pub async fn carry_out(planned: Vec<Planned>, target: Arc<Target>, history: Arc<
             group: None,
             to: None,
             amount_ms: None,
+            links: None,
             started_ms: wall_clock_ms(),
             healed_ms: 0,
             error: None,
@@ -215,6 +277,23 @@ pub async fn carry_out(planned: Vec<Planned>, target: Arc<Target>, history: Arc<
                 eprintln!("nemesis: node {random_node}'s disk full for {:?}, then restart it", step.hold);
                 fill_disk(&target, random_node, step.hold).await
             }
+            Nemesis::PartitionLeader
+            | Nemesis::PartitionHalf
+            | Nemesis::Bridge
+            | Nemesis::DropOneWay
+            | Nemesis::Delay
+            | Nemesis::Blackhole => match link_fault(step.nemesis, &ids, step.node_pick, leader, step.delay) {
+                Some(fault) => {
+                    if step.nemesis == Nemesis::PartitionLeader {
+                        event.node = fault.isolated;
+                        event.group = leader.map(|_| group);
+                    }
+                    event.links = Some(fault.shown.clone());
+                    eprintln!("nemesis: {} {} for {:?}", step.nemesis.name(), fault.shown, step.hold);
+                    disturb_links(&target, &fault, step.hold).await
+                }
+                None => Err(anyhow::anyhow!("{} needs at least two nodes", step.nemesis.name())),
+            },
         };
         event.healed_ms = wall_clock_ms();
         event.error = result.err().map(|error| format!("{error:#}"));
@@ -253,6 +332,88 @@ async fn fill_disk(target: &Target, node: u64, hold: Duration) -> anyhow::Result
     tokio::time::sleep(hold).await;
     target.kill(node).await?;
     target.restart(node).await
+/// What a network nemesis does to the links: one rule on some directions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkFault {
+    pub rule: Rule,
+    /// The directions `(from, to)` the rule applies to; every other passes.
+    pub directions: Vec<(u64, u64)>,
+    /// The node cut off from every other, if one is.
+    pub isolated: Option<u64>,
+    /// How the report shows it: `{1} | {2,3}`, `1 -> 2`, `1 <-> 2 +120ms`.
+    pub shown: String,
+}
+
+/// The links `nemesis` disturbs among the nodes `ids`: its victims are drawn from `pick`
+/// (a partition of the leader cuts `leader` off, or a drawn node if none is known).
+/// `None` for a nemesis that does not disturb links, or with fewer than two nodes.
+pub fn link_fault(nemesis: Nemesis, ids: &[u64], pick: u64, leader: Option<u64>, delay: Duration) -> Option<LinkFault> {
+    let mut shuffled = ids.to_vec();
+    shuffled.sort_unstable();
+    shuffled.dedup();
+    if shuffled.len() < 2 {
+        return None;
+    }
+    rand::seq::SliceRandom::shuffle(shuffled.as_mut_slice(), &mut StdRng::seed_from_u64(pick));
+    let (a, b) = (shuffled[0], shuffled[1]);
+    let both = |a: u64, b: u64| vec![(a, b), (b, a)];
+    let fault = match nemesis {
+        Nemesis::Blackhole => {
+            LinkFault { rule: Rule::Drop, directions: both(a, b), isolated: None, shown: format!("{a} <-> {b}") }
+        }
+        Nemesis::DropOneWay => {
+            LinkFault { rule: Rule::Drop, directions: vec![(a, b)], isolated: None, shown: format!("{a} -> {b}") }
+        }
+        Nemesis::Delay => LinkFault {
+            rule: Rule::Delay(delay),
+            directions: both(a, b),
+            isolated: None,
+            shown: format!("{a} <-> {b} +{}ms", delay.as_millis()),
+        },
+        Nemesis::PartitionLeader => {
+            let cut_off = leader.filter(|leader| shuffled.contains(leader)).unwrap_or(a);
+            let rest: Vec<u64> = shuffled.iter().copied().filter(|&id| id != cut_off).collect();
+            split(Some(cut_off), &[cut_off], &rest, String::new())
+        }
+        Nemesis::PartitionHalf => {
+            let (minority, majority) = shuffled.split_at(shuffled.len() / 2);
+            let isolated = (minority.len() == 1).then(|| minority[0]);
+            split(isolated, minority, majority, String::new())
+        }
+        Nemesis::Bridge => {
+            let (bridge, rest) = (shuffled[0], &shuffled[1..]);
+            let (one, other) = rest.split_at(rest.len() / 2);
+            if one.is_empty() {
+                return None;
+            }
+            split(None, one, other, format!(" (bridge {bridge})"))
+        }
+        _ => return None,
+    };
+    Some(fault)
+}
+
+/// The nodes of `one` and those of `other` cannot reach each other.
+fn split(isolated: Option<u64>, one: &[u64], other: &[u64], note: String) -> LinkFault {
+    let directions = one.iter().flat_map(|&a| other.iter().flat_map(move |&b| [(a, b), (b, a)])).collect();
+    let set = |ids: &[u64]| {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+        format!("{{{}}}", ids.join(","))
+    };
+    LinkFault { rule: Rule::Drop, directions, isolated, shown: format!("{} | {}{note}", set(one), set(other)) }
+}
+
+/// Sets `fault`'s rule on its links, waits `hold`, and heals every link.
+async fn disturb_links(target: &Target, fault: &LinkFault, hold: Duration) -> anyhow::Result<()> {
+    let links = target.links()?;
+    for &(from, to) in &fault.directions {
+        links.set(from, to, fault.rule);
+    }
+    tokio::time::sleep(hold).await;
+    links.heal();
+    Ok(())
 }
 
 async fn pause_and_resume(target: &Target, node: u64, stopped: Duration) -> anyhow::Result<()> {
@@ -287,5 +448,92 @@ mod tests {
         assert!(planned.iter().all(|step| step.nemesis == Nemesis::Transfer));
         assert!(plan(3, Duration::from_secs(15), &Nemesis::ALL).is_empty());
         assert!(plan(3, Duration::from_secs(60), &[]).is_empty());
+    }
+
+    #[test]
+    fn the_process_nemeses_keep_the_schedules_they_had() {
+        // Seed 1's schedule over the six process faults, as recorded in docs/faults.md's
+        // runs (then the default list).
+        let kinds: Vec<Nemesis> =
+            plan(1, Duration::from_secs(60), &Nemesis::ALL).iter().map(|step| step.nemesis).collect();
+        use Nemesis::*;
+        assert_eq!(kinds, [Transfer, KillLeader, Kill, RestartAll, KillLeader, PauseLeader]);
+    }
+
+    #[test]
+    fn network_nemeses_are_drawn_with_their_holds_and_delays() {
+        let planned = plan(5, Duration::from_secs(120), &Nemesis::NETWORK);
+        assert!(planned.len() >= 5, "{planned:#?}");
+        for step in &planned {
+            assert!(step.nemesis.is_network());
+            assert!((Duration::from_secs(2)..Duration::from_secs(6)).contains(&step.hold), "{step:?}");
+            let delayed = step.nemesis == Nemesis::Delay;
+            assert_eq!(delayed, (Duration::from_millis(50)..Duration::from_millis(400)).contains(&step.delay));
+        }
+    }
+
+    fn directions(fault: &LinkFault) -> Vec<(u64, u64)> {
+        let mut directions = fault.directions.clone();
+        directions.sort_unstable();
+        directions
+    }
+
+    #[test]
+    fn pair_faults_disturb_one_link() {
+        let ids = [1, 2, 3];
+        let none = Duration::ZERO;
+        let blackhole = link_fault(Nemesis::Blackhole, &ids, 4, None, none).unwrap();
+        let [a, b] = [blackhole.directions[0].0, blackhole.directions[0].1];
+        assert_ne!(a, b);
+        assert_eq!(
+            directions(&blackhole),
+            directions(&LinkFault { directions: vec![(a, b), (b, a)], ..blackhole.clone() })
+        );
+        assert_eq!(blackhole.rule, Rule::Drop);
+        assert_eq!(blackhole.shown, format!("{a} <-> {b}"));
+
+        let one_way = link_fault(Nemesis::DropOneWay, &ids, 4, None, none).unwrap();
+        assert_eq!(one_way.directions, [(a, b)], "the same pick, the same pair");
+        assert_eq!(one_way.shown, format!("{a} -> {b}"));
+
+        let delay = link_fault(Nemesis::Delay, &ids, 4, None, Duration::from_millis(120)).unwrap();
+        assert_eq!(delay.rule, Rule::Delay(Duration::from_millis(120)));
+        assert_eq!(delay.directions.len(), 2);
+        assert!(delay.shown.ends_with("+120ms"), "{}", delay.shown);
+
+        assert_eq!(link_fault(Nemesis::Blackhole, &[1], 4, None, none), None);
+        assert_eq!(link_fault(Nemesis::Kill, &ids, 4, None, none), None);
+    }
+
+    #[test]
+    fn partitions_cut_every_link_between_their_sides_and_no_other() {
+        let ids = [1, 2, 3, 4, 5];
+        let none = Duration::ZERO;
+        let leader = link_fault(Nemesis::PartitionLeader, &ids, 9, Some(4), none).unwrap();
+        assert_eq!(leader.isolated, Some(4));
+        assert_eq!(leader.shown, "{4} | {1,2,3,5}");
+        assert_eq!(directions(&leader), [(1, 4), (2, 4), (3, 4), (4, 1), (4, 2), (4, 3), (4, 5), (5, 4)]);
+        let unknown = link_fault(Nemesis::PartitionLeader, &ids, 9, None, none).unwrap();
+        assert_eq!(unknown.directions.len(), 8, "a drawn node is cut off instead");
+
+        for pick in 0..20 {
+            let half = link_fault(Nemesis::PartitionHalf, &ids, pick, None, none).unwrap();
+            let minority: std::collections::BTreeSet<u64> = half
+                .directions
+                .iter()
+                .map(|&(from, _)| from)
+                .filter(|from| half.directions.iter().filter(|&&(a, _)| a == *from).count() == 3)
+                .collect();
+            assert_eq!(minority.len(), 2, "two nodes against three: {half:?}");
+            assert_eq!(half.directions.len(), 2 * 2 * 3);
+
+            let bridge = link_fault(Nemesis::Bridge, &ids, pick, None, none).unwrap();
+            let bridge_node: u64 =
+                bridge.shown.rsplit_once("bridge ").unwrap().1.trim_end_matches(')').parse().unwrap();
+            assert!(bridge.directions.iter().all(|&(from, to)| from != bridge_node && to != bridge_node));
+            assert_eq!(bridge.directions.len(), 2 * 2 * 2, "two against two: {bridge:?}");
+        }
+        let three = link_fault(Nemesis::Bridge, &[1, 2, 3], 0, None, none).unwrap();
+        assert_eq!(three.directions.len(), 2, "with three nodes a bridge cuts the one link it does not hold");
     }
 }

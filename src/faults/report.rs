@@ -139,18 +139,23 @@ fn summary(run: &Run) -> String {
     let _ = writeln!(text, "\n## Timeline\n");
     let _ = writeln!(text, "Seconds from the start of the workload.\n");
     let second = |ms: i64| (ms - run.workload_from_ms) as f64 / 1000.0;
-    let _ = writeln!(text, "| from | to | fault | node | group | to node | error |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        text,
+        "| from | to | fault | node | group | to node | links | error |\n|---|---|---|---|---|---|---|---|"
+    );
     let show = |value: Option<u64>| value.map_or_else(String::new, |value| value.to_string());
     for fault in run.history.faults() {
         let _ = writeln!(
             text,
-            "| {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+            "| {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
             second(fault.started_ms),
             second(fault.healed_ms),
             fault.kind,
             show(fault.node),
             show(fault.group),
             show(fault.to),
+            // A partition's sides are separated by `|`, which would end the cell.
+            fault.links.unwrap_or_default().replace('|', "\\|"),
             fault.error.unwrap_or_default()
         );
     }

@@ -1,9 +1,10 @@
-//! `pkd faults`: a short seeded run against a three-node local cluster it starts itself,
-//! through the built binary, as a user runs it. It must find no violation, exit zero and
-//! write every report file. The checkers' power to find violations is tested twice: on
-//! made-up histories in `src/faults/checkers.rs`, and here, with the `fault-injection`
-//! feature, against nodes deliberately broken (`PKD_FAULT_BREAK`): each break must be
-//! found by the checker that claims to catch it.
+//! `pkd faults`: short seeded runs against a three-node local cluster it starts itself,
+//! through the built binary, as a user runs it: process faults, and network faults
+//! through the launcher's link proxy. Each must find no violation and exit zero; the
+//! first checks every report file. The checkers' power to find violations is tested
+//! twice: on made-up histories in `src/faults/checkers.rs`, and here, with the
+//! `fault-injection` feature, against nodes deliberately broken (`PKD_FAULT_BREAK`): each
+//! break must be found by the checker that claims to catch it.
 
 use std::path::Path;
 use std::process::Command;
@@ -110,6 +111,55 @@ fn a_short_seeded_run_with_faults_finds_no_violation_and_writes_its_report() {
     assert!(summary.contains("# pkd faults: seed 11 (no violation)"), "{summary}");
     assert!(summary.contains("## Timeline"), "{summary}");
     assert!(stdout.contains("ok   gifts_counted_once"), "{stdout}");
+}
+
+/// The network nemeses, through the launcher's link proxy. Seed 24 draws a one-way cut, a
+/// partition of a leader and a bridge in 40 s.
+#[test]
+fn a_seeded_run_with_network_faults_carries_them_out_and_finds_no_violation() {
+    let out = tempfile::TempDir::new().unwrap();
+    let dir = out.path().join("report");
+    let nemeses = "partition-leader,partition-half,bridge,drop-one-way,delay,blackhole";
+    let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(["faults", "--seed", "24", "--duration", "40s", "--nemesis", nemeses])
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .expect("run pkd faults");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", output.status);
+
+    let run = json(&dir.join("run.json"));
+    assert_eq!(run["violations"], 0, "{run:#}");
+    assert!(run["replay"].as_str().unwrap().contains(&format!("--nemesis {nemeses}")), "{run:#}");
+    for verdict in json(&dir.join("verdicts.json")).as_array().unwrap() {
+        assert_eq!(verdict["passed"], true, "{verdict:#}");
+        assert!(verdict["checked"].as_u64().unwrap() > 0, "{verdict:#}");
+    }
+
+    let schedule = json(&dir.join("schedule.json"));
+    let carried_out = schedule["carried_out"].as_array().unwrap();
+    let kinds: Vec<&str> = carried_out.iter().map(|fault| fault["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["drop-one-way", "partition-leader", "bridge"], "{schedule:#}");
+    for fault in carried_out {
+        assert!(fault["error"].is_null(), "{fault:#}");
+        let links = fault["links"].as_str().unwrap_or_else(|| panic!("no links: {fault:#}"));
+        let healed = fault["healed_ms"].as_i64().unwrap() - fault["started_ms"].as_i64().unwrap();
+        assert!(healed >= 2_000, "held at least 2 s: {fault:#}");
+        match fault["kind"].as_str().unwrap() {
+            "drop-one-way" => assert!(links.contains(" -> "), "{fault:#}"),
+            "partition-leader" => {
+                let node = fault["node"].as_u64().unwrap();
+                assert!(links.starts_with(&format!("{{{node}}} | {{")), "the leader alone on one side: {fault:#}");
+            }
+            _ => assert!(links.contains(" | ") && links.contains("(bridge "), "{fault:#}"),
+        }
+        assert!(stderr.contains(&format!("nemesis: {} {links}", fault["kind"].as_str().unwrap())), "{stderr}");
+    }
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(summary.contains("| links | error |"), "{summary}");
+    assert!(summary.contains(" \\| {"), "a partition's sides, escaped in the timeline: {summary}");
 }
 
 #[test]

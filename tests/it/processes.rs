@@ -1,7 +1,8 @@
 //! Real `pkd serve` processes on loopback (through `pkd_cluster::LocalCluster`): a PK
 //! replicated on three nodes, and the same PK surviving SIGKILL, SIGSTOP, a restart of
-//! every node, and a membership change. Clients are real WebSocket clients with `dev:`
-//! tokens; the cluster is driven and observed through the admin API.
+//! every node, and a membership change; a leader cut off by the launcher's link proxy.
+//! Clients are real WebSocket clients with `dev:` tokens; the cluster is driven and
+//! observed through the admin API.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use crate::common::{
     short_pks, start_cluster, start_cluster_with, start_pk, statuses,
 };
 use anyhow::{Context, bail, ensure};
-use pkd_cluster::{AdminClient, LocalOptions};
+use pkd_cluster::{AdminClient, LocalOptions, Rule};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,6 +116,34 @@ async fn a_pk_ends_once_after_its_arena_leader_is_killed() -> anyhow::Result<()>
         ensure!(pending && Instant::now() < deadline, "{reply}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_by_the_link_proxy_is_replaced_and_catches_up_once_healed() -> anyhow::Result<()> {
+    let cluster = start_cluster_with(LocalOptions { proxy: true, ..cluster_options() })?;
+    for group in 0..=2 {
+        settled_leader(&cluster, group).await?;
+    }
+    let links = cluster.links().context("the cluster runs with the proxy")?;
+    ensure!(cluster.node(1)?.cluster_addr != cluster.node(1)?.cluster_listen, "node 1 is reached through the proxy");
+    let term_before = cluster.admin(1)?.status().await?.group(0).context("lobby")?.term;
+    // Node 1 leads the lobby; both its links cut, both ways, while every process runs.
+    for other in [2, 3] {
+        links.set_both(1, other, Rule::Drop);
+    }
+    let successor = agreed_leader(&cluster, &[2, 3], 0, Duration::from_secs(10)).await?;
+    ensure!(successor != 1, "the lobby is led by {successor}");
+    // The majority still commits: a config row in every group, through node 2.
+    short_pks(&cluster.admin(2)?, 4_000).await?;
+    let [cut_off, majority] = [1, 2].map(|id| cluster.admin(id));
+    let (cut_off, majority) = (cut_off?.status().await?, majority?.status().await?);
+    let applied = |status: &pkd_cluster::api::NodeStatus| status.group(0).and_then(|group| group.applied);
+    ensure!(applied(&cut_off) < applied(&majority), "node 1 applied nothing new: {cut_off:?} {majority:?}");
+    links.heal();
+    ensure!(links.faulty().is_empty());
+    let all = converged(&cluster, &[1, 2, 3], Duration::from_secs(20)).await?;
+    ensure!(all[0].group(0).context("lobby")?.term > term_before, "{all:#?}");
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 //! end within [`HANDSHAKE_TIMEOUT`].
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -18,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::wire::{decode, encode};
@@ -42,12 +43,16 @@ enum Handshake {
     Proof { proof: Vec<u8> },
 }
 
-/// Dials `address` and shakes hands as `config`'s node (over TLS first, if the cluster
-/// uses it: the peer's certificate must come from the cluster's CA); returns the peer's
-/// id.
-pub(super) async fn dial(config: &NetworkConfig, address: &str) -> io::Result<(NodeId, NodeStream)> {
+/// Dials `address` from `source` (see [`connect`]) and shakes hands as `config`'s node
+/// (over TLS first, if the cluster uses it: the peer's certificate must come from the
+/// cluster's CA); returns the peer's id.
+pub(super) async fn dial(
+    config: &NetworkConfig,
+    address: &str,
+    source: Option<IpAddr>,
+) -> io::Result<(NodeId, NodeStream)> {
     let shaking = async {
-        let stream = TcpStream::connect(address).await?;
+        let stream = connect(address, source).await?;
         stream.set_nodelay(true)?;
         match &config.tls {
             None => {
@@ -69,6 +74,32 @@ pub(super) async fn dial(config: &NetworkConfig, address: &str) -> io::Result<(N
     tokio::time::timeout(HANDSHAKE_TIMEOUT, shaking)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "handshake timed out"))?
+}
+
+/// Connects to `address` from `source`, the address this node's cluster listener is bound
+/// to (when it is not a wildcard), so that a peer sees the connection come from the
+/// address it knows this node by. Addresses of the other family, or a source that cannot
+/// be bound, connect as the system chooses.
+async fn connect(address: &str, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(source) = source else { return TcpStream::connect(address).await };
+    let mut failed = None;
+    for target in tokio::net::lookup_host(address).await? {
+        if target.is_ipv4() != source.is_ipv4() {
+            continue;
+        }
+        let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        if socket.bind(SocketAddr::new(source, 0)).is_err() {
+            return TcpStream::connect(address).await;
+        }
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => failed = Some(error),
+        }
+    }
+    match failed {
+        Some(error) => Err(error),
+        None => TcpStream::connect(address).await,
+    }
 }
 
 /// Shakes hands with a peer that dialed this node (over TLS first, if the cluster uses
@@ -203,7 +234,7 @@ mod tests {
             let (stream, _) = listener.accept().await?;
             accept(&acceptor, stream).await.map(|(peer, _)| peer)
         });
-        let dialed = dial(&dialer, &address.to_string()).await.map(|(peer, _)| peer);
+        let dialed = dial(&dialer, &address.to_string(), None).await.map(|(peer, _)| peer);
         let accepted = accepting.await.map_err(io::Error::other)?;
         Ok((dialed, accepted))
     }
@@ -221,6 +252,21 @@ mod tests {
         let (dialed, accepted) = pair(b"guess", b"s3cret").await?;
         assert_eq!(dialed.map_err(|error| error.kind()), Err(io::ErrorKind::PermissionDenied));
         assert!(accepted.is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_node_dials_from_the_address_it_listens_on() -> io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        let from_three = connect(&address, Some("127.0.0.3".parse().unwrap())).await?;
+        let (_, seen) = listener.accept().await?;
+        assert_eq!(seen.ip().to_string(), "127.0.0.3");
+        assert_eq!(from_three.local_addr()?.ip().to_string(), "127.0.0.3");
+        // Another family than the target's: the system picks.
+        let _unbound = connect(&address, Some("::1".parse().unwrap())).await?;
+        let (_, seen) = listener.accept().await?;
+        assert_eq!(seen.ip().to_string(), "127.0.0.1");
         Ok(())
     }
 

@@ -7,7 +7,8 @@
 //! - [`raft`]: openraft's side: each group's RPCs, snapshots in pieces.
 //!
 //! Of two nodes, the one with the smaller id dials the other, and dials again with backoff
-//! whenever the connection drops; the other only accepts. A node that no group counts as a
+//! whenever the connection drops; the other only accepts. A node bound to one address
+//! dials from that address, so its peers see it come from where they reach it. A node that no group counts as a
 //! member any more (it was removed) is no longer dialed, and its connections are refused.
 
 mod handshake;
@@ -16,6 +17,7 @@ mod raft;
 mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -132,6 +134,9 @@ pub struct Network {
 
 struct Inner {
     config: NetworkConfig,
+    /// The address connections to peers are made from: the listener's, unless it is a
+    /// wildcard.
+    source: Option<IpAddr>,
     /// The connection to each peer, when there is one.
     links: Mutex<HashMap<NodeId, watch::Sender<Option<Arc<Link>>>>>,
     /// Local raft groups, registered as they start.
@@ -161,7 +166,8 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Network {
     /// Starts accepting connections on `listener` and dialing every peer with a larger id.
     pub fn start(config: NetworkConfig, listener: TcpListener) -> Network {
-        let network = Network::new(config);
+        let source = listener.local_addr().ok().map(|address| address.ip()).filter(|ip| !ip.is_unspecified());
+        let network = Network::new(config, source);
         if let Some(tls) = &network.inner.config.tls {
             tls.server.watch(&network.inner.tasks, network.inner.stopping.clone());
         }
@@ -173,10 +179,11 @@ impl Network {
     }
 
     /// A network with no connections and no tasks yet.
-    fn new(config: NetworkConfig) -> Network {
+    fn new(config: NetworkConfig, source: Option<IpAddr>) -> Network {
         Network {
             inner: Arc::new(Inner {
                 config,
+                source,
                 links: Mutex::new(HashMap::new()),
                 groups: Mutex::new(BTreeMap::new()),
                 proposals: OnceLock::new(),
@@ -515,7 +522,7 @@ async fn accept_loop(network: Network, listener: TcpListener) {
 async fn dial_loop(network: Network, peer: NodeId, address: String) {
     let mut backoff = Backoff::new(MIN_REDIAL, MAX_REDIAL);
     while !network.stopping().is_cancelled() {
-        match handshake::dial(network.config(), &address).await {
+        match handshake::dial(network.config(), &address, network.inner.source).await {
             Ok((node, stream)) if node == peer => {
                 tracing::info!(peer, %address, "connected to peer");
                 backoff.reset();
