@@ -209,8 +209,9 @@ impl Side {
             .collect()
     }
 
-    /// The side's result; its ledger moves into it.
+    /// The side's result; its ledger moves into it, without spare capacity.
     fn settle(&mut self) -> SettledSide {
+        self.gifts.shrink_to_fit();
         SettledSide {
             anchor: self.seat.anchor,
             room: self.seat.room,

@@ -220,3 +220,14 @@ pub struct GifterTotal {
     pub times: u32,
     pub rank: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counted_gift_takes_32_bytes() {
+        // ARCHITECTURE.md's memory figures for the gift ledger rest on this.
+        assert_eq!(std::mem::size_of::<CountedGift>(), 32);
+    }
+}
