@@ -4,7 +4,8 @@
 //! - `GET /api/anchors/{id}/pks?page=1&size=20`: an anchor's PK history (the source's
 //!   "in-app PK records"), newest first, from the results store.
 //! - `GET /api/pks/{id}/gifts?after=0&limit=100`: a settled PK's gift ledger, every
-//!   counted gift once, by gift id, a page at a time, with its totals per receiver.
+//!   counted gift once, by gift id, a page at a time; the first page with its totals per
+//!   receiver.
 //!   Any logged-in user may read it, as any may read an anchor's history: the gifts
 //!   were shown in both rooms while the PK ran.
 //! - `GET /api/rooms-in-pk`: every room in a PK, from this node's lobby replica (the
@@ -104,11 +105,11 @@ pub async fn ledger(
     let Some(store) = state.results.get() else {
         return unavailable("the results store is not connected yet".to_owned());
     };
+    // The totals read the whole ledger: on the first page only, not on every one.
     let read = async {
-        Ok::<_, crate::sinks::StoreError>((
-            store.ledger(PkId(pk), after, limit).await?,
-            store.ledger_totals(PkId(pk)).await?,
-        ))
+        let gifts = store.ledger(PkId(pk), after, limit).await?;
+        let totals = if after == 0 { Some(store.ledger_totals(PkId(pk)).await?) } else { None };
+        Ok::<_, crate::sinks::StoreError>((gifts, totals))
     };
     match read.await {
         Ok((gifts, totals)) => {

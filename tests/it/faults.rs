@@ -48,7 +48,14 @@ fn a_short_seeded_run_with_faults_finds_no_violation_and_writes_its_report() {
         verdicts.as_array().unwrap().iter().map(|verdict| verdict["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["gifts_counted_once", "one_pk_at_a_time", "pks_end_once_in_time", "replicas_agree", "progress_after_faults"]
+        [
+            "gifts_counted_once",
+            "ledgers_match_senders",
+            "one_pk_at_a_time",
+            "pks_end_once_in_time",
+            "replicas_agree",
+            "progress_after_faults"
+        ]
     );
     for verdict in verdicts.as_array().unwrap() {
         assert_eq!(verdict["passed"], true, "{verdict:#}");

@@ -366,19 +366,25 @@ async fn a_match_a_pk_with_gifts_and_its_end_reach_every_client() {
 }
 
 /// Every page of PK `pk`'s ledger through `GET /api/pks/{id}/gifts`, `limit` at a time,
-/// following `next`; and the totals of the last page.
+/// following `next`; and the totals of the first page (later ones have none).
 async fn whole_ledger(server: &Server, pk: u64, limit: u32) -> (Vec<Value>, Value) {
     let user = token(5999, "IN", "android", 300);
     let mut gifts = Vec::new();
+    let mut totals = Value::Null;
     let mut after = 0;
     loop {
         let path = format!("/api/pks/{pk}/gifts?after={after}&limit={limit}");
         let (status, page) = crate::common::http_json(server.addr, "GET", &path, Some(&user), "").await.unwrap();
         assert_eq!(status, 200, "{page}");
         gifts.extend(page["gifts"].as_array().unwrap().iter().cloned());
+        if after == 0 {
+            totals = page["totals"].clone();
+        } else {
+            assert_eq!(page["totals"], Value::Null, "{page}");
+        }
         match page["next"].as_u64() {
             Some(next) => after = next,
-            None => return (gifts, page["totals"].clone()),
+            None => return (gifts, totals),
         }
     }
 }

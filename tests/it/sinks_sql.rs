@@ -740,7 +740,8 @@ async fn a_damaged_ledger_is_found_and_rewritten(store: ResultsStore) -> anyhow:
     )
     .await?;
     let mismatches = store.verify_settled(&settled).await?;
-    let found: Vec<(&str, &str, &str, Option<&str>, Option<&str>)> = mismatches
+    type Found<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
+    let found: Vec<Found<'_>> = mismatches
         .iter()
         .map(|m| (m.table, m.key.as_str(), m.column, m.expected.as_deref(), m.found.as_deref()))
         .collect();
