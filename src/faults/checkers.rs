@@ -528,7 +528,8 @@ mod tests {
             }
             let verdict = ledgers_match_senders(&gifts, &Ledgers::from([(7, ledger)]));
             assert!(verdict.passed, "{with_unknown}: {verdict:#?}");
-            assert_eq!(verdict.checked, 2);
+            // Senders to sides: 900 to A and to B (refused only), 901 to B.
+            assert_eq!(verdict.checked, 3);
         }
     }
 
