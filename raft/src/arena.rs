@@ -12,8 +12,8 @@ use crate::command::{Action, ArenaAction, ArenaTimer, Command, Gift, GifterProfi
 use crate::config::Config;
 use crate::deadlines::Deadlines;
 use crate::effect::{
-    AbnormalEnd, Audience, CacheChange, Effect, GifterTotal, PkStatus, PkView, Push, PushMessage, SettledPk,
-    SettledSide, SideView, TopGifter,
+    AbnormalEnd, Audience, CacheChange, CountedGift, Effect, GifterTotal, PkStatus, PkView, Push, PushMessage,
+    SettledPk, SettledSide, SideView, TopGifter,
 };
 use crate::gift_ids::GiftIdSet;
 use crate::ids::{PkId, TimestampMs, UserId};
@@ -69,6 +69,9 @@ struct Side {
     reports: BTreeMap<u64, NodeReport>,
     peak_audience: u32,
     senders: BTreeMap<UserId, Sender>,
+    /// The gift ledger: every gift counted for this side, in the order counted (32 bytes
+    /// each). It goes out with the settled result.
+    gifts: Vec<CountedGift>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +143,15 @@ impl Pk {
 
 impl Side {
     fn new(seat: Seat) -> Side {
-        Side { seat, beans: 0, online: true, reports: BTreeMap::new(), peak_audience: 0, senders: BTreeMap::new() }
+        Side {
+            seat,
+            beans: 0,
+            online: true,
+            reports: BTreeMap::new(),
+            peak_audience: 0,
+            senders: BTreeMap::new(),
+            gifts: Vec::new(),
+        }
     }
 
     /// Senders highest first; ties go to whoever reached the amount first.
@@ -189,18 +200,25 @@ impl Side {
         }
     }
 
-    fn settle(&self) -> SettledSide {
+    /// Every sender with its totals, highest first, ranked from 1.
+    fn gifter_totals(&self) -> Vec<GifterTotal> {
+        self.ranked()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (id, s))| GifterTotal { sender: *id, beans: s.beans, times: s.times, rank: i as u32 + 1 })
+            .collect()
+    }
+
+    /// The side's result; its ledger moves into it, without spare capacity.
+    fn settle(&mut self) -> SettledSide {
+        self.gifts.shrink_to_fit();
         SettledSide {
             anchor: self.seat.anchor,
             room: self.seat.room,
             beans: self.beans,
             audience: self.peak_audience,
-            gifters: self
-                .ranked()
-                .into_iter()
-                .enumerate()
-                .map(|(i, (id, s))| GifterTotal { sender: *id, beans: s.beans, times: s.times, rank: i as u32 + 1 })
-                .collect(),
+            gifters: self.gifter_totals(),
+            gifts: std::mem::take(&mut self.gifts),
         }
     }
 }
@@ -281,6 +299,13 @@ impl StateMachine for Arena {
 
     fn check_invariants(&self) -> Result<(), String> {
         for (id, pk) in &self.pks {
+            // A ledger holding every counted id matches the totals exactly; one begun
+            // after a restore from format 3 or older holds a part of them.
+            let recorded: usize = pk.sides.iter().map(|side| side.gifts.len()).sum();
+            let complete = recorded == pk.gift_ids.len();
+            if recorded > pk.gift_ids.len() {
+                return Err(format!("{id}: {recorded} gifts in the ledger, {} counted", pk.gift_ids.len()));
+            }
             for side in &pk.sides {
                 let sum: i64 = side.senders.values().map(|s| s.beans).sum();
                 if sum != side.beans {
@@ -288,6 +313,16 @@ impl StateMachine for Arena {
                         "{id}: side {} has {} beans but its senders sum to {sum}",
                         side.seat.anchor, side.beans
                     ));
+                }
+                let ledger: i64 = side.gifts.iter().map(|gift| gift.beans).sum();
+                if (complete && ledger != side.beans) || ledger > side.beans {
+                    return Err(format!(
+                        "{id}: side {} has {} beans but its ledger sums to {ledger}",
+                        side.seat.anchor, side.beans
+                    ));
+                }
+                if complete && !side.gifts.iter().all(|gift| pk.gift_ids.contains(gift.id)) {
+                    return Err(format!("{id}: side {} has an uncounted gift in its ledger", side.seat.anchor));
                 }
             }
             if pk.winner.is_none() && self.deadlines.when(ArenaTimer::EndBattle { pk: *id }) != Some(pk.battle_end()) {
@@ -373,7 +408,7 @@ impl Arena {
     /// the PK runs, and the cache's `pkg_` keys. `None` if the PK is not running here.
     pub fn gifter_totals(&self, pk: PkId) -> Option<[Vec<GifterTotal>; 2]> {
         let pk = self.pks.get(&pk)?;
-        Some([pk.sides[0].settle().gifters, pk.sides[1].settle().gifters])
+        Some([pk.sides[0].gifter_totals(), pk.sides[1].gifter_totals()])
     }
 
     /// Settled PKs whose rooms the lobby has not released yet.
@@ -460,6 +495,7 @@ impl Arena {
         };
         pk.gift_ids.insert(gift.id);
         side.beans = side_beans;
+        side.gifts.push(CountedGift { id: gift.id, sender: gift.sender, beans: gift.beans, at: now });
         let sender =
             side.senders.entry(gift.sender).or_insert(Sender { beans: 0, times: 0, reached: 0, profile: None });
         sender.beans = sender_beans;
@@ -549,7 +585,7 @@ impl Arena {
     /// Ends a PK for good: its rooms released, its result queued for storage, and its
     /// final state pushed, unless `announce` says the result went out at the battle's end.
     fn settle(&mut self, pk_id: PkId, abnormal: Option<AbnormalEnd>, announce: Announce, effects: &mut Vec<Effect>) {
-        let Some(pk) = self.pks.remove(&pk_id) else {
+        let Some(mut pk) = self.pks.remove(&pk_id) else {
             return;
         };
         let now = self.now;
@@ -564,13 +600,14 @@ impl Arena {
         // An abnormal end has no winner.
         let winner = if abnormal.is_some() { UserId(0) } else { pk.winner.unwrap_or(UserId(0)) };
         view.winner = Some(winner);
+        let battle_end = pk.battle_end();
         let result = SettledPk {
             pk: pk_id,
             status,
             abnormal,
             interfered: pk.order.interfered,
             start_time: pk.order.created_at,
-            battle_end: pk.battle_end(),
+            battle_end,
             end_time: now,
             duration_ms: now.since(pk.order.created_at),
             source: pk.sides[0].settle(),
@@ -711,5 +748,140 @@ impl Arena {
 impl crate::cut::Placed for Arena {
     fn clear_placement(&mut self) {
         self.placement = LeaderPlacement::default();
+    }
+}
+
+// ---- formats 2 and 3 -----------------------------------------------------------------
+
+/// An arena as snapshot formats 2 and 3 encoded it: the same state without the gift
+/// ledgers (postcard is not self-describing, so the old shape is spelled out here).
+/// Read only; its PKs restore with empty ledgers (see [`SettledSide::gifts`]).
+pub(crate) mod format3 {
+    use super::{BTreeMap, BTreeSet, Config, Deadlines, GiftIdSet, LeaderPlacement, NodeReport, Sender};
+    use crate::command::{ArenaTimer, PkOrder, Seat};
+    use crate::effect::{AbnormalEnd, GifterTotal, PkStatus};
+    use crate::ids::{PkId, RoomId, TimestampMs, UserId};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(crate) struct Arena {
+        now: TimestampMs,
+        config: Config,
+        pks: BTreeMap<PkId, Pk>,
+        settled: BTreeMap<PkId, Settlement>,
+        settled_ids: BTreeMap<PkId, TimestampMs>,
+        deadlines: Deadlines<ArenaTimer>,
+        placement: LeaderPlacement,
+    }
+
+    #[derive(Deserialize)]
+    struct Pk {
+        order: PkOrder,
+        winner: Option<UserId>,
+        sides: [Side; 2],
+        gift_ids: GiftIdSet,
+    }
+
+    #[derive(Deserialize)]
+    struct Side {
+        seat: Seat,
+        beans: i64,
+        online: bool,
+        reports: BTreeMap<u64, NodeReport>,
+        peak_audience: u32,
+        senders: BTreeMap<UserId, Sender>,
+    }
+
+    #[derive(Deserialize)]
+    struct Settlement {
+        result: SettledPk,
+        rooms_released: bool,
+        persisted: bool,
+        stored_by: BTreeSet<u64>,
+    }
+
+    #[derive(Deserialize)]
+    struct SettledPk {
+        pk: PkId,
+        status: PkStatus,
+        abnormal: Option<AbnormalEnd>,
+        interfered: bool,
+        start_time: TimestampMs,
+        battle_end: TimestampMs,
+        end_time: TimestampMs,
+        duration_ms: i64,
+        source: SettledSide,
+        target: SettledSide,
+        winner: UserId,
+    }
+
+    #[derive(Deserialize)]
+    struct SettledSide {
+        anchor: UserId,
+        room: RoomId,
+        beans: i64,
+        audience: u32,
+        gifters: Vec<GifterTotal>,
+    }
+
+    impl From<Side> for super::Side {
+        fn from(side: Side) -> super::Side {
+            let Side { seat, beans, online, reports, peak_audience, senders } = side;
+            super::Side { seat, beans, online, reports, peak_audience, senders, gifts: Vec::new() }
+        }
+    }
+
+    impl From<SettledSide> for crate::effect::SettledSide {
+        fn from(side: SettledSide) -> crate::effect::SettledSide {
+            let SettledSide { anchor, room, beans, audience, gifters } = side;
+            crate::effect::SettledSide { anchor, room, beans, audience, gifters, gifts: Vec::new() }
+        }
+    }
+
+    impl From<Arena> for super::Arena {
+        fn from(arena: Arena) -> super::Arena {
+            let Arena { now, config, pks, settled, settled_ids, deadlines, placement } = arena;
+            let pks = pks
+                .into_iter()
+                .map(|(id, pk)| {
+                    let Pk { order, winner, sides: [source, target], gift_ids } = pk;
+                    (id, super::Pk { order, winner, sides: [source.into(), target.into()], gift_ids })
+                })
+                .collect();
+            let settled = settled
+                .into_iter()
+                .map(|(id, settlement)| {
+                    let Settlement { result, rooms_released, persisted, stored_by } = settlement;
+                    let SettledPk {
+                        pk,
+                        status,
+                        abnormal,
+                        interfered,
+                        start_time,
+                        battle_end,
+                        end_time,
+                        duration_ms,
+                        source,
+                        target,
+                        winner,
+                    } = result;
+                    let result = crate::effect::SettledPk {
+                        pk,
+                        status,
+                        abnormal,
+                        interfered,
+                        start_time,
+                        battle_end,
+                        end_time,
+                        duration_ms,
+                        source: source.into(),
+                        target: target.into(),
+                        winner,
+                    };
+                    (id, super::Settlement { result, rooms_released, persisted, stored_by })
+                })
+                .collect();
+            super::Arena { now, config, pks, settled, settled_ids, deadlines, placement }
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! by PK id, pushes are state snapshots.
 
 use crate::command::{GifterProfile, PkOrder};
-use crate::ids::{PkId, RoomId, TimestampMs, UserId};
+use crate::ids::{GiftId, PkId, RoomId, TimestampMs, UserId};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,7 +157,8 @@ pub struct PkView {
     pub winner: Option<UserId>,
 }
 
-/// A settled PK: what the results sink writes to `t_pk`, `t_pk_anchor`, `t_pk_gift`.
+/// A settled PK: what the results sink writes to `t_pk`, `t_pk_anchor`, `t_pk_gift`
+/// and, from each side's counted gifts, `t_pk_gift_ledger`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettledPk {
     pub pk: PkId,
@@ -194,6 +195,22 @@ pub struct SettledSide {
     pub audience: u32,
     /// Every sender to this side, highest first; `rank` counts from 1.
     pub gifters: Vec<GifterTotal>,
+    /// The gift ledger: every gift counted for this side, once, in the order counted.
+    /// Complete unless the PK was running when its arena was restored from a snapshot
+    /// of format 3 or older, which kept no ledger: the gifts counted before then are
+    /// missing (their beans are in `beans` and `gifters` all the same).
+    pub gifts: Vec<CountedGift>,
+}
+
+/// One counted gift, as the ledger keeps it (32 bytes in memory; its receiver is the
+/// side's anchor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountedGift {
+    pub id: GiftId,
+    pub sender: UserId,
+    pub beans: i64,
+    /// When it was counted: the time of the command that carried it.
+    pub at: TimestampMs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,4 +219,15 @@ pub struct GifterTotal {
     pub beans: i64,
     pub times: u32,
     pub rank: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counted_gift_takes_32_bytes() {
+        // ARCHITECTURE.md's memory figures for the gift ledger rest on this.
+        assert_eq!(std::mem::size_of::<CountedGift>(), 32);
+    }
 }

@@ -20,12 +20,17 @@ use std::fmt;
 /// The first byte of every snapshot. Bump it when the encoding of [`Machine`] changes,
 /// and teach [`StateMachine::restore`] the old one, or refuse it by name.
 ///
-/// Format 3 is format 2's machine followed by a second section: the lobby's audit log
-/// ([`AuditLog`]; empty for an arena). Format 2 held each kind's own timer type in its
-/// deadlines (format 1 held one timer type for both kinds). This version reads formats
-/// 3 and 2 (a format-2 lobby restores with an empty audit log); a format-1 snapshot is
-/// refused with [`SnapshotError::UnknownFormat`].
-pub const SNAPSHOT_FORMAT: u8 = 3;
+/// Format 4 adds each arena PK's gift ledger (its sides' counted gifts, and the settled
+/// results' `gifts`). Format 3 is format 2's machine followed by a second section: the
+/// lobby's audit log ([`AuditLog`]; empty for an arena). Format 2 held each kind's own
+/// timer type in its deadlines (format 1 held one timer type for both kinds). This
+/// version reads formats 4, 3 and 2 (a format-2 lobby restores with an empty audit log,
+/// an arena of format 3 or 2 with empty ledgers); a format-1 snapshot is refused with
+/// [`SnapshotError::UnknownFormat`].
+pub const SNAPSHOT_FORMAT: u8 = 4;
+
+/// The format before the gift ledgers, still read.
+const FORMAT_WITHOUT_LEDGER: u8 = 3;
 
 /// The format before the audit log, still read.
 const FORMAT_WITHOUT_AUDIT: u8 = 2;
@@ -125,13 +130,29 @@ pub(crate) enum MachineRef<'a> {
     Arena(&'a Arena),
 }
 
+/// [`Machine`] as formats 3 and 2 encoded it: an arena without gift ledgers.
+#[derive(Deserialize)]
+enum MachineFormat3 {
+    Lobby(Lobby),
+    Arena(crate::arena::format3::Arena),
+}
+
+impl From<MachineFormat3> for Machine {
+    fn from(machine: MachineFormat3) -> Machine {
+        match machine {
+            MachineFormat3::Lobby(lobby) => Machine::Lobby(lobby),
+            MachineFormat3::Arena(arena) => Machine::Arena(arena.into()),
+        }
+    }
+}
+
 /// Why a snapshot was not restored.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("empty snapshot")]
     Empty,
     #[error(
-        "snapshot format {0} is not known to this version (it reads formats {SNAPSHOT_FORMAT} and {FORMAT_WITHOUT_AUDIT})"
+        "snapshot format {0} is not known to this version (it reads formats {SNAPSHOT_FORMAT}, {FORMAT_WITHOUT_LEDGER} and {FORMAT_WITHOUT_AUDIT})"
     )]
     UnknownFormat(u8),
     #[error("snapshot does not decode: {0}")]
@@ -150,28 +171,37 @@ pub(crate) fn encode_snapshot(machine: &impl Serialize, audit: &AuditLog) -> Vec
     postcard::to_extend(audit, bytes).expect("the audit log always encodes into a Vec")
 }
 
-/// Reads a snapshot of either kind, in the current format or format 2.
+/// Reads a snapshot of either kind, in the current format, format 3 or format 2.
 pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<Machine, SnapshotError> {
     match bytes.split_first() {
         None => Err(SnapshotError::Empty),
         Some((&SNAPSHOT_FORMAT, body)) => {
-            let (mut machine, rest) = postcard::take_from_bytes::<Machine>(body)?;
-            let (audit, rest) = postcard::take_from_bytes::<AuditLog>(rest)?;
-            if !rest.is_empty() {
-                return Err(SnapshotError::Malformed("bytes past the audit log"));
-            }
-            match &mut machine {
-                Machine::Lobby(lobby) => lobby.set_audit(audit),
-                Machine::Arena(_) if !audit.is_empty() => {
-                    return Err(SnapshotError::Malformed("an arena with an audit log"));
-                }
-                Machine::Arena(_) => {}
-            }
-            Ok(machine)
+            let (machine, rest) = postcard::take_from_bytes::<Machine>(body)?;
+            with_audit(machine, rest)
         }
-        Some((&FORMAT_WITHOUT_AUDIT, body)) => Ok(postcard::from_bytes(body)?),
+        Some((&FORMAT_WITHOUT_LEDGER, body)) => {
+            let (machine, rest) = postcard::take_from_bytes::<MachineFormat3>(body)?;
+            with_audit(machine.into(), rest)
+        }
+        Some((&FORMAT_WITHOUT_AUDIT, body)) => Ok(postcard::from_bytes::<MachineFormat3>(body)?.into()),
         Some((&format, _)) => Err(SnapshotError::UnknownFormat(format)),
     }
+}
+
+/// The machine, given the audit log section that follows it (and nothing past that).
+fn with_audit(mut machine: Machine, rest: &[u8]) -> Result<Machine, SnapshotError> {
+    let (audit, rest) = postcard::take_from_bytes::<AuditLog>(rest)?;
+    if !rest.is_empty() {
+        return Err(SnapshotError::Malformed("bytes past the audit log"));
+    }
+    match &mut machine {
+        Machine::Lobby(lobby) => lobby.set_audit(audit),
+        Machine::Arena(_) if !audit.is_empty() => {
+            return Err(SnapshotError::Malformed("an arena with an audit log"));
+        }
+        Machine::Arena(_) => {}
+    }
+    Ok(machine)
 }
 
 impl Machine {

@@ -68,7 +68,7 @@ fn immediate_match_and_a_whole_pk() {
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
                 cache ended pk_1 Done pkg_1_1 pkg_1_2
-                settled pk1 Done(t_pk 2) 100..11100 dur=11000 | a1 0 aud=0 [] | a2 50 aud=0 [#1 v1:50x1] | winner=a2
+                settled pk1 Done(t_pk 2) 100..11100 dur=11000 | a1 0 aud=0 [] ledger=[] | a2 50 aud=0 [#1 v1:50x1] ledger=[1:v1:50@1100] | winner=a2
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -
@@ -836,7 +836,7 @@ fn pk_enable_off_mid_matching_and_mid_pk() {
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
                 cache ended pk_1 Done pkg_1_1 pkg_1_2
-                settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 10 aud=0 [#1 v1:10x1] | a2 0 aud=0 [] | winner=a1
+                settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 10 aud=0 [#1 v1:10x1] ledger=[1:v1:10@2000] | a2 0 aud=0 [] ledger=[] | winner=a1
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -
@@ -916,7 +916,7 @@ fn gifts_before_during_and_after_the_battle() {
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
                 cache ended pk_1 Done pkg_1_1 pkg_1_2
-                settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 20 aud=0 [#1 v1:20x2] | a2 0 aud=0 [] | winner=a1
+                settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 20 aud=0 [#1 v1:20x2] ledger=[2:v1:10@1000 8:v1:10@10999] | a2 0 aud=0 [] ledger=[] | winner=a1
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -
@@ -971,6 +971,81 @@ fn duplicate_gift_ids_count_once() {
               lobby: now=0 waiting=[] in_pk=[a1:pk1,a2:pk1] live=0 open_invitations=[] cooldowns=0 outbox=[] next=Some(3611000)
               arena1: running=[1] outbox=[] remembered=0 next=Some(11000)
                 pk1 Battle/1 0..11000 | a1[room1] 10 aud=0 top=[v1:10] | a2[room2] 10 aud=0 top=[v1:10]
+        "#]],
+    );
+}
+
+#[test]
+fn the_ledger_holds_each_counted_gift_once() {
+    // Counted gifts on both sides go out with the result, in the order counted; a
+    // retried id, a refused gift and a gift too early or too late are not in it.
+    check(
+        "
+        start a1 at=0
+        start a2 at=0
+        gift pk=1 to=a1 from=v1 beans=10 id=1 at=999
+        gift pk=1 to=a1 from=v1 beans=10 id=2 at=1000
+        gift pk=1 to=a2 from=v2 beans=7 id=3 at=1001
+        gift pk=1 to=a1 from=v1 beans=99 id=2 at=1002
+        gift pk=1 to=a2 from=v2 beans=7 id=3 at=1003
+        gift pk=1 to=a1 from=v3 beans=0 id=4 at=1004
+        gift pk=1 to=a9 from=v3 beans=5 id=5 at=1005
+        gift pk=1 to=a1 from=v3 beans=5 id=6 at=1006
+        gift pk=1 to=a1 from=v1 beans=5 id=7 at=11000
+        tick
+        ",
+        expect![[r#"
+            > start a1 at=0
+              [lobby] waiting
+                cache pkm a1 0
+                push a1@room1 type13 matching a1
+            > start a2 at=0
+              [lobby] matched pk1 source=a1 target=a2 (902004)
+                cache pkm a1 -
+                cache pkr room1 1
+                cache pkr room2 1
+                ordered pk1 a1 vs a2 at=0 -> arena1
+              [arena1] create pk1 done
+                push room1 type10 pk1 Opening/0 0..11000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+                push room2 type10 pk1 Opening/0 0..11000 | a1[room1] 0 aud=0 top=[] | a2[room2] 0 aud=0 top=[]
+                cache pk_1
+              [lobby] confirm-created pk1 done
+            > gift pk=1 to=a1 from=v1 beans=10 id=1 at=999
+              [arena1] rejected 905041 NotInBattle
+            > gift pk=1 to=a1 from=v1 beans=10 id=2 at=1000
+              [arena1] counted side=10
+                cache pkg_1_1 v1=10
+                changed pk1
+            > gift pk=1 to=a2 from=v2 beans=7 id=3 at=1001
+              [arena1] counted side=7
+                cache pkg_1_2 v2=7
+                changed pk1
+            > gift pk=1 to=a1 from=v1 beans=99 id=2 at=1002
+              [arena1] counted (duplicate) side=10
+            > gift pk=1 to=a2 from=v2 beans=7 id=3 at=1003
+              [arena1] counted (duplicate) side=7
+            > gift pk=1 to=a1 from=v3 beans=0 id=4 at=1004
+              [arena1] rejected 905043 BeansNotPositive
+            > gift pk=1 to=a9 from=v3 beans=5 id=5 at=1005
+              [arena1] rejected 905042 NotASide
+            > gift pk=1 to=a1 from=v3 beans=5 id=6 at=1006
+              [arena1] counted side=15
+                cache pkg_1_1 v3=5
+                changed pk1
+            > gift pk=1 to=a1 from=v1 beans=5 id=7 at=11000
+              [arena1] rejected 905041 NotInBattle
+            > tick
+              [arena1] end-battle pk1 done
+                push room1 type10 pk1 Done/2 0..11000 | a1[room1] 15 aud=0 top=[v1:10,v3:5] | a2[room2] 7 aud=0 top=[v2:7] | winner=a1
+                push room2 type10 pk1 Done/2 0..11000 | a1[room1] 15 aud=0 top=[v1:10,v3:5] | a2[room2] 7 aud=0 top=[v2:7] | winner=a1
+                push room1 type15 pk1 closed Done
+                push room2 type15 pk1 closed Done
+                cache ended pk_1 Done pkg_1_1 pkg_1_2
+                settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 15 aud=0 [#1 v1:10x1 #2 v3:5x1] ledger=[2:v1:10@1000 6:v3:5@1006] | a2 7 aud=0 [#1 v2:7x1] ledger=[3:v2:7@1001] | winner=a1
+              [lobby] release pk1 done
+                cache pkr room1 -
+                cache pkr room2 -
+              [arena1] confirm-released pk1 done
         "#]],
     );
 }
@@ -1041,7 +1116,7 @@ fn top_gifters_and_ranks_with_ties_to_the_earliest() {
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
                 cache ended pk_1 Done pkg_1_1 pkg_1_2
-                settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 1100 aud=0 [#1 v2:300x1 #2 v4:300x1 #3 v1:300x2 #4 v3:200x1] | a2 1000 aud=0 [#1 v5:1000x1] | winner=a1
+                settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 1100 aud=0 [#1 v2:300x1 #2 v4:300x1 #3 v1:300x2 #4 v3:200x1] ledger=[1:v1:100@1000 2:v2:300@1000 3:v3:200@1000 4:v4:300@1000 5:v1:200@1000] | a2 1000 aud=0 [#1 v5:1000x1] ledger=[6:v5:1000@1000] | winner=a1
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -
@@ -1091,7 +1166,7 @@ fn equal_beans_is_a_draw() {
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
                 cache ended pk_1 Done pkg_1_1 pkg_1_2
-                settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 70 aud=0 [#1 v1:70x1] | a2 70 aud=0 [#1 v2:70x1] | winner=none
+                settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 70 aud=0 [#1 v1:70x1] ledger=[1:v1:70@5000] | a2 70 aud=0 [#1 v2:70x1] ledger=[2:v2:70@5000] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -
@@ -1139,7 +1214,7 @@ fn admin_abort_ends_abnormally_without_a_winner() {
                 push room1 type15 pk1 closed Error
                 push room2 type15 pk1 closed Error
                 cache ended pk_1 Error pkg_1_1 pkg_1_2
-                settled pk1 Error(t_pk 3) Aborted 0..6000 dur=6000 | a1 70 aud=0 [#1 v1:70x1] | a2 0 aud=0 [] | winner=none
+                settled pk1 Error(t_pk 3) Aborted 0..6000 dur=6000 | a1 70 aud=0 [#1 v1:70x1] ledger=[1:v1:70@5000] | a2 0 aud=0 [] ledger=[] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -
@@ -1215,7 +1290,7 @@ fn an_anchor_away_past_the_grace_period_ends_the_pk_abnormally() {
                 push room1 type15 pk1 closed Error
                 push room2 type15 pk1 closed Error
                 cache ended pk_1 Error pkg_1_1 pkg_1_2
-                settled pk1 Error(t_pk 3) AnchorLeft { anchor: UserId(2) } 0..7000 dur=7000 | a1 0 aud=40 [] | a2 0 aud=6 [] | winner=none
+                settled pk1 Error(t_pk 3) AnchorLeft { anchor: UserId(2) } 0..7000 dur=7000 | a1 0 aud=40 [] ledger=[] | a2 0 aud=6 [] ledger=[] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -
@@ -1262,7 +1337,7 @@ fn timer_commands_early_late_and_twice_are_no_ops() {
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
                 cache ended pk_1 Done pkg_1_1 pkg_1_2
-                settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
+                settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 0 aud=0 [] ledger=[] | a2 0 aud=0 [] ledger=[] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -
@@ -1314,7 +1389,7 @@ fn a_late_timer_still_fires_and_time_never_goes_back() {
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
                 cache ended pk_1 Done pkg_1_1 pkg_1_2
-                settled pk1 Done(t_pk 2) 0..15000 dur=15000 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
+                settled pk1 Done(t_pk 2) 0..15000 dur=15000 | a1 0 aud=0 [] ledger=[] | a2 0 aud=0 [] ledger=[] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -
@@ -1377,7 +1452,7 @@ fn an_after_battle_stage_keeps_the_rooms_until_it_ends() {
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
                 cache ended pk_1 Done pkg_1_1 pkg_1_2
-                settled pk1 Done(t_pk 2) 0..14000 dur=14000 | a1 5 aud=0 [#1 v1:5x1] | a2 0 aud=0 [] | winner=a1
+                settled pk1 Done(t_pk 2) 0..14000 dur=14000 | a1 5 aud=0 [#1 v1:5x1] ledger=[1:v1:5@1000] | a2 0 aud=0 [] ledger=[] | winner=a1
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -
@@ -1497,7 +1572,7 @@ fn hand_overs_are_idempotent_and_safe_late() {
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
                 cache ended pk_1 Done pkg_1_1 pkg_1_2
-                settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
+                settled pk1 Done(t_pk 2) 0..11000 dur=11000 | a1 0 aud=0 [] ledger=[] | a2 0 aud=0 [] ledger=[] | winner=none
             > deliver twice
               [lobby] release pk1 done
                 cache pkr room1 -
@@ -1644,7 +1719,7 @@ fn presence_combines_every_nodes_fresh_report() {
                 push room1 type15 pk1 closed Error
                 push room2 type15 pk1 closed Error
                 cache ended pk_1 Error pkg_1_1 pkg_1_2
-                settled pk1 Error(t_pk 3) AnchorLeft { anchor: UserId(1) } 0..36001 dur=36001 | a1 0 aud=17 [] | a2 0 aud=0 [] | winner=none
+                settled pk1 Error(t_pk 3) AnchorLeft { anchor: UserId(1) } 0..36001 dur=36001 | a1 0 aud=17 [] ledger=[] | a2 0 aud=0 [] ledger=[] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -
@@ -1764,7 +1839,7 @@ fn an_abort_in_the_after_battle_stage_keeps_the_announced_result() {
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
                 cache ended pk_1 Done pkg_1_1 pkg_1_2
-                settled pk1 Done(t_pk 2) 0..12000 dur=12000 | a1 5 aud=0 [#1 v1:5x1] | a2 0 aud=0 [] | winner=a1
+                settled pk1 Done(t_pk 2) 0..12000 dur=12000 | a1 5 aud=0 [#1 v1:5x1] ledger=[1:v1:5@1000] | a2 0 aud=0 [] ledger=[] | winner=a1
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -
@@ -1903,7 +1978,7 @@ fn a_retried_start_gets_its_first_answer_again() {
                 push room1 type15 pk1 closed Error
                 push room2 type15 pk1 closed Error
                 cache ended pk_1 Error pkg_1_1 pkg_1_2
-                settled pk1 Error(t_pk 3) Aborted 3..7 dur=4 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
+                settled pk1 Error(t_pk 3) Aborted 3..7 dur=4 | a1 0 aud=0 [] ledger=[] | a2 0 aud=0 [] ledger=[] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -
@@ -1962,7 +2037,7 @@ fn every_voters_store_confirms_a_result_before_it_leaves_the_outbox() {
                 push room1 type15 pk1 closed Done
                 push room2 type15 pk1 closed Done
                 cache ended pk_1 Done pkg_1_1 pkg_1_2
-                settled pk1 Done(t_pk 2) 0..1000 dur=1000 | a1 0 aud=0 [] | a2 0 aud=0 [] | winner=none
+                settled pk1 Done(t_pk 2) 0..1000 dur=1000 | a1 0 aud=0 [] ledger=[] | a2 0 aud=0 [] ledger=[] | winner=none
               [lobby] release pk1 done
                 cache pkr room1 -
                 cache pkr room2 -

@@ -39,7 +39,7 @@ fn lobby_snapshot_bytes_are_stable() {
     let bytes = lobby.snapshot();
     assert_eq!(bytes[0], SNAPSHOT_FORMAT);
     expect![[r#"
-        0300c03e01b817c0cf2400809f4909e58cb9e9858de8b59b80d30e809f490a80
+        0400c03e01b817c0cf2400809f4909e58cb9e9858de8b59b80d30e809f490a80
         dddb010202494e0102504b02504b0102494e0107616e64726f6964cf018084af
         5fe0d403c0843d030101030302494e07616e64726f6964ac02d00f0201d00f03
         00000100000201010201020101020101010101020201010101020200f02eb817
@@ -73,13 +73,59 @@ fn arena_snapshot_bytes_are_stable() {
     arena.apply(&Command::new(12_000, ArenaAction::Gift(gift)), &mut effects);
     let bytes = arena.snapshot();
     expect![[r#"
-        0301c0bb0101b817c0cf2400809f4909e58cb9e9858de8b59b80d30e809f490a
+        0401c0bb0101b817c0cf2400809f4909e58cb9e9858de8b59b80d30e809f490a
         80dddb010202494e0102504b02504b0102494e0107616e64726f6964cf018084
         af5fe0d403c0843d030107070101020201a09c01b817c0cf2400809f49000101
-        00010000000202900801000001e907900801010103616e6e000e000000016300
-        0001988326000701000798832600000000"#]]
+        0001000000000202900801000001e907900801010103616e6e000e0000000163
+        e9079008c0bb010163000001988326000701000798832600000000"#]]
     .assert_eq(&hex(&bytes));
     assert_eq!(Machine::restore(&bytes).unwrap(), arena);
+}
+
+/// Format 3 had no gift ledger. This is the state of `arena_snapshot_bytes_are_stable`
+/// as format 3 wrote it: one PK running, one gift counted.
+const FORMAT_3_ARENA: &str = "\
+    0301c0bb0101b817c0cf2400809f4909e58cb9e9858de8b59b80d30e809f490a\
+    80dddb010202494e0102504b02504b0102494e0107616e64726f6964cf018084\
+    af5fe0d403c0843d030107070101020201a09c01b817c0cf2400809f49000101\
+    00010000000202900801000001e907900801010103616e6e000e000000016300\
+    0001988326000701000798832600000000";
+
+#[test]
+fn format_3_arenas_restore_with_empty_ledgers_and_their_totals() {
+    let bytes = unhex(FORMAT_3_ARENA);
+    let Machine::Arena(mut arena) = Machine::restore(&bytes).unwrap() else { panic!("not an arena") };
+    assert_eq!(Arena::restore(&bytes).unwrap(), arena);
+    let view = arena.view(PkId(7)).unwrap();
+    assert_eq!((view.source.beans, view.target.beans), (0, 520));
+    arena.check_invariants().unwrap();
+    // The gift counted before the upgrade is still a duplicate; one counted after it is
+    // in the ledger, the earlier one is not.
+    let mut effects = Vec::new();
+    let gift = |id: u64| Gift {
+        id: GiftId(id),
+        pk: PkId(7),
+        receiver: UserId(2),
+        sender: UserId(5),
+        beans: 10,
+        profile: None,
+    };
+    let again = arena.apply(&Command::new(13_000, ArenaAction::Gift(gift(99))), &mut effects);
+    assert_eq!(again, Response::GiftCounted { duplicate: true, side_beans: 520 });
+    arena.apply(&Command::new(13_000, ArenaAction::Gift(gift(100))), &mut effects);
+    arena.check_invariants().unwrap();
+    arena.apply(
+        &Command::new(10_000_000, Action::Fire(Timer::Arena(ArenaTimer::EndBattle { pk: PkId(7) }))),
+        &mut effects,
+    );
+    let settled = arena.pending_results().next().expect("settled");
+    assert_eq!(settled.target.beans, 530);
+    let ledger: Vec<u64> = settled.target.gifts.iter().map(|gift| gift.id.0).collect();
+    assert_eq!(ledger, [100]);
+    // Written again, it is the current format and reads back the same.
+    let again = arena.snapshot();
+    assert_eq!(again[0], SNAPSHOT_FORMAT);
+    assert_eq!(Arena::restore(&again).unwrap(), arena);
 }
 
 /// Format 2 had no audit log. This is the state of `lobby_snapshot_bytes_are_stable`,
@@ -157,7 +203,7 @@ fn format_1_snapshots_are_refused_with_the_format_this_version_reads() {
     let bytes = unhex(FORMAT_1_LOBBY);
     let error = Machine::restore(&bytes).unwrap_err();
     assert!(matches!(error, SnapshotError::UnknownFormat(1)));
-    assert_eq!(error.to_string(), "snapshot format 1 is not known to this version (it reads formats 3 and 2)");
+    assert_eq!(error.to_string(), "snapshot format 1 is not known to this version (it reads formats 4, 3 and 2)");
     assert!(matches!(Lobby::restore(&bytes), Err(SnapshotError::UnknownFormat(1))));
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::history::{DigestSample, FaultEvent, GiftOp, NodeHistory, Outcome, SettledRecord, StateSeen};
+use super::history::{DigestSample, FaultEvent, GiftOp, Ledgers, NodeHistory, Outcome, SettledRecord, StateSeen};
 use crate::bench::pks::StateSource;
 
 /// Violations listed in full per checker; more are counted only.
@@ -60,6 +60,8 @@ pub struct Facts<'a> {
     pub faults: &'a [FaultEvent],
     /// Each node's settled history, by node id.
     pub settled: &'a BTreeMap<u64, NodeHistory>,
+    /// The gift ledgers of the settled PKs, as one node answers them.
+    pub ledgers: &'a Ledgers,
     pub bounds: Bounds,
     /// Every state digest sampled, during the run and once it was quiet.
     pub digests: &'a [DigestSample],
@@ -74,6 +76,7 @@ pub fn check_all(facts: &Facts) -> Vec<Verdict> {
     let reference = reference_records(facts.settled);
     vec![
         gifts_counted_once(facts.gifts, &reference),
+        ledgers_match_senders(facts.gifts, facts.ledgers),
         one_pk_at_a_time(facts.states, &reference, facts.bounds.skew_ms),
         pks_end_once_in_time(facts.states, &reference, facts.faults, facts.bounds),
         replicas_agree(facts.settled),
@@ -153,6 +156,65 @@ pub fn gifts_counted_once(gifts: &[GiftOp], records: &[SettledRecord]) -> Verdic
             verdict.violation(format!(
                 "PK {}, anchor {}: settled {} beans, but no gift was sent to this side",
                 record.pk_id, record.anchor, record.gifts
+            ));
+        }
+    }
+    verdict
+}
+
+/// (a') From the ledgers of the settled PKs: each sender's beans to each side lie between
+/// its acknowledged gifts and those plus its unknown ones; no refused gift and no gift
+/// never sent is in a ledger.
+pub fn ledgers_match_senders(gifts: &[GiftOp], ledgers: &Ledgers) -> Verdict {
+    let mut verdict = Verdict::new(
+        "ledgers_match_senders",
+        "per PK side and sender, from the gift ledger: acknowledged <= ledger <= acknowledged + unknown; \
+         no refused or unsent gift in a ledger",
+    );
+    let sent: BTreeMap<u64, &GiftOp> = gifts.iter().map(|gift| (gift.id, gift)).collect();
+    // (pk, receiver, sender) → (acknowledged beans, unknown beans, ledger beans)
+    let mut senders: BTreeMap<(u64, u64, u64), (i64, i64, i64)> = BTreeMap::new();
+    for gift in gifts.iter().filter(|gift| ledgers.contains_key(&gift.pk)) {
+        let totals = senders.entry((gift.pk, gift.receiver, gift.sender)).or_default();
+        match gift.outcome {
+            Outcome::Ok => totals.0 += gift.beans,
+            Outcome::Unknown => totals.1 += gift.beans,
+            Outcome::Refused => {}
+        }
+    }
+    for (&pk, ledger) in ledgers {
+        for entry in ledger {
+            match sent.get(&entry.gift_id) {
+                Some(gift) if gift.outcome == Outcome::Refused => verdict.violation(format!(
+                    "PK {pk}: gift {} was refused, but its ledger counts it ({} beans)",
+                    entry.gift_id, entry.beans
+                )),
+                Some(gift) if (gift.pk, gift.receiver, gift.sender) != (pk, entry.receiver, entry.sender) => verdict
+                    .violation(format!(
+                        "PK {pk}: gift {} went from {} to {} in PK {}, but its ledger has it from {} to {}",
+                        entry.gift_id, gift.sender, gift.receiver, gift.pk, entry.sender, entry.receiver
+                    )),
+                Some(_) => {}
+                None => verdict.violation(format!("PK {pk}: gift {} in the ledger was never sent", entry.gift_id)),
+            }
+            senders.entry((pk, entry.receiver, entry.sender)).or_default().2 += entry.beans;
+        }
+    }
+    verdict.notes.push(format!(
+        "{} ledgers, {} gifts in them",
+        ledgers.len(),
+        ledgers.values().map(Vec::len).sum::<usize>()
+    ));
+    for (&(pk, receiver, sender), &(acknowledged, maybe, counted)) in &senders {
+        verdict.checked += 1;
+        if counted < acknowledged {
+            verdict.violation(format!(
+                "PK {pk}, anchor {receiver}, sender {sender}: ledger {counted} beans < {acknowledged} acknowledged"
+            ));
+        } else if counted > acknowledged + maybe {
+            verdict.violation(format!(
+                "PK {pk}, anchor {receiver}, sender {sender}: ledger {counted} beans > {acknowledged} acknowledged + \
+                 {maybe} unknown"
             ));
         }
     }
@@ -413,7 +475,7 @@ pub fn progress_after_faults(gifts: &[GiftOp], states: &[StateSeen], from_ms: i6
 
 #[cfg(test)]
 mod tests {
-    use super::super::history::{Answer, Attempt};
+    use super::super::history::{Answer, Attempt, LedgerRecord};
     use super::*;
 
     const A: u64 = 11;
@@ -504,6 +566,53 @@ mod tests {
         assert!(verdict.evidence.iter().any(|line| line.contains("acknowledged gift lost")));
         assert!(verdict.evidence.iter().any(|line| line.contains("PK 8") && line.contains("no settled record")));
         assert!(verdict.evidence.iter().any(|line| line.contains("no gift was sent")));
+    }
+
+    fn entry(gift_id: u64, sender: u64, receiver: u64, beans: i64) -> LedgerRecord {
+        LedgerRecord { gift_id, sender, receiver, beans }
+    }
+
+    #[test]
+    fn ledgers_within_each_senders_acknowledged_and_unknown_pass() {
+        let gifts = [
+            gift(1, 7, A, 5, Outcome::Ok),
+            gift(2, 7, A, 3, Outcome::Unknown),
+            gift(3, 7, B, 4, Outcome::Refused),
+            GiftOp { sender: 901, ..gift(4, 7, B, 6, Outcome::Ok) },
+        ];
+        for with_unknown in [false, true] {
+            let mut ledger = vec![entry(1, 900, A, 5), entry(4, 901, B, 6)];
+            if with_unknown {
+                ledger.push(entry(2, 900, A, 3));
+            }
+            let verdict = ledgers_match_senders(&gifts, &Ledgers::from([(7, ledger)]));
+            assert!(verdict.passed, "{with_unknown}: {verdict:#?}");
+            // Senders to sides: 900 to A and to B (refused only), 901 to B.
+            assert_eq!(verdict.checked, 3);
+        }
+    }
+
+    #[test]
+    fn a_ledger_missing_a_gift_or_holding_a_refused_or_unsent_one_is_a_violation() {
+        let gifts = [
+            gift(1, 7, A, 5, Outcome::Ok),
+            gift(2, 7, A, 3, Outcome::Ok),
+            gift(3, 7, B, 4, Outcome::Refused),
+            gift(4, 7, B, 6, Outcome::Ok),
+        ];
+        // Gift 2 lost, refused gift 3 counted, gift 9 never sent, gift 4 credited to the
+        // wrong sender.
+        let ledger = vec![entry(1, 900, A, 5), entry(3, 900, B, 4), entry(4, 902, B, 6), entry(9, 900, A, 1)];
+        let verdict = ledgers_match_senders(&gifts, &Ledgers::from([(7, ledger)]));
+        let has = |text: &str| verdict.evidence.iter().any(|line| line.contains(text));
+        assert!(has("gift 3 was refused"), "{:#?}", verdict.evidence);
+        assert!(has("gift 9 in the ledger was never sent"), "{:#?}", verdict.evidence);
+        assert!(has("gift 4 went from 900 to 12 in PK 7, but its ledger has it from 902"), "{:#?}", verdict.evidence);
+        assert!(has("anchor 11, sender 900: ledger 6 beans < 8 acknowledged"), "{:#?}", verdict.evidence);
+        assert!(has("anchor 12, sender 900: ledger 4 beans < 6 acknowledged"), "{:#?}", verdict.evidence);
+        assert!(has("anchor 12, sender 902: ledger 6 beans > 0 acknowledged"), "{:#?}", verdict.evidence);
+        // A PK without a ledger is not this checker's business.
+        assert!(ledgers_match_senders(&gifts, &Ledgers::new()).passed);
     }
 
     #[test]

@@ -172,6 +172,20 @@ pub struct SettledRecord {
 /// Each node's answer: anchor → its records, newest first.
 pub type NodeHistory = BTreeMap<u64, Vec<SettledRecord>>;
 
+/// One gift of a settled PK's ledger (`GET /api/pks/{id}/gifts`), the fields the
+/// checkers read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerRecord {
+    pub gift_id: u64,
+    pub sender: u64,
+    pub receiver: u64,
+    pub beans: i64,
+}
+
+/// PK → its ledger, by gift id.
+pub type Ledgers = BTreeMap<u64, Vec<LedgerRecord>>;
+
 /// A history line of `history.jsonl`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

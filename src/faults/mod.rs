@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::checkers::{Bounds, Facts, Verdict};
-use self::history::{DigestSample, History, NodeHistory, SettledRecord, StateSeen};
+use self::history::{DigestSample, History, Ledgers, NodeHistory, SettledRecord, StateSeen};
 use self::nemesis::{Nemesis, Planned};
 use self::workload::Gifting;
 use crate::bench::parse_duration;
@@ -174,7 +174,7 @@ async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
     let outcome = drive(&args, seed, planned.clone(), target.clone()).await;
     let logs = read_logs(&target);
     target.shutdown().await;
-    let (history, settled, workload_from_ms) = outcome?;
+    let (history, settled, ledgers, workload_from_ms) = outcome?;
     let faults = history.faults();
     let liveness_from_ms = faults.iter().map(|fault| fault.healed_ms).max().unwrap_or(workload_from_ms);
     let (gifts, states, digests) = (history.gifts(), history.states(), history.digests());
@@ -183,6 +183,7 @@ async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
         states: &states,
         faults: &faults,
         settled: &settled,
+        ledgers: &ledgers,
         digests: &digests,
         nodes: args.nodes as usize,
         bounds: Bounds {
@@ -220,7 +221,7 @@ async fn drive(
     seed: u64,
     planned: Vec<Planned>,
     target: Arc<Target>,
-) -> anyhow::Result<(Arc<History>, BTreeMap<u64, NodeHistory>, i64)> {
+) -> anyhow::Result<(Arc<History>, BTreeMap<u64, NodeHistory>, Ledgers, i64)> {
     target.settle(Duration::from_secs(30)).await;
     let battle_ms = args.battle.as_millis().max(1_000);
     target.set_config("pk_duration", &format!("{OPENING_MS},{battle_ms},0,600000")).await?;
@@ -260,10 +261,11 @@ async fn drive(
     let seen: BTreeSet<u64> = history.states().iter().map(|state| state.pk).collect();
     let anchor_ids: Vec<u64> = (FIRST_ANCHOR..FIRST_ANCHOR + args.anchors).collect();
     let settled = settled_history(&target, &anchor_ids, &seen, args.settle_wait).await;
+    let ledgers = settled_ledgers(&target, &checkers::reference_records(&settled)).await;
     let _ = stop_sampling.send(true);
     let _ = sampler.await;
     final_digests(&target, &history, args.arenas as usize + 1, Duration::from_secs(20)).await;
-    Ok((history, settled, workload_from_ms))
+    Ok((history, settled, ledgers, workload_from_ms))
 }
 
 /// Waits until no PK has run for 3 s (anchors already matching still get their PK), at
@@ -402,6 +404,40 @@ async fn node_history(address: &str, anchors: &[u64]) -> Option<NodeHistory> {
         history.insert(anchor, records);
     }
     Some(history)
+}
+
+/// The gift ledgers of the settled PKs in `records`, from the first node that answers
+/// them all through `GET /api/pks/{id}/gifts`; none if no node does.
+async fn settled_ledgers(target: &Target, records: &[SettledRecord]) -> Ledgers {
+    let pks: BTreeSet<u64> = records.iter().filter(|record| record.status >= 2).map(|record| record.pk_id).collect();
+    for node in &target.nodes {
+        let client = AdminClient::new(node.client_address(), "dev:9001").with_timeout(Duration::from_secs(3));
+        let mut ledgers = Ledgers::new();
+        for &pk in &pks {
+            let mut ledger = Vec::new();
+            let mut after = 0;
+            loop {
+                let path = format!("/api/pks/{pk}/gifts?after={after}&limit=1000");
+                let Ok(page) = client.call::<Value>("GET", &path, None::<&()>).await else { break };
+                let Ok(gifts) = serde_json::from_value::<Vec<history::LedgerRecord>>(page["gifts"].clone()) else {
+                    break;
+                };
+                ledger.extend(gifts);
+                match page["next"].as_u64() {
+                    Some(next) => after = next,
+                    None => {
+                        ledgers.insert(pk, std::mem::take(&mut ledger));
+                        break;
+                    }
+                }
+            }
+        }
+        if ledgers.len() == pks.len() {
+            return ledgers;
+        }
+    }
+    eprintln!("warning: no node answered every settled PK's gift ledger");
+    Ledgers::new()
 }
 
 /// Every node's log file, as it stands.

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use pkd_cluster::api::FaultSettings;
 use pkd_cluster::Rule;
+use pkd_cluster::api::FaultSettings;
 use pkd_cluster::app::wall_clock_ms;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -214,9 +214,7 @@ pub async fn carry_out(planned: Vec<Planned>, target: Arc<Target>, history: Arc<
             | Nemesis::PauseLeader
             | Nemesis::Transfer
             | Nemesis::SlowDisk
-            | Nemesis::PartitionLeader => {
-                target.leader_of(group).await
-            }
+            | Nemesis::PartitionLeader => target.leader_of(group).await,
             _ => None,
         };
         let mut event = FaultEvent {
@@ -332,6 +330,8 @@ async fn fill_disk(target: &Target, node: u64, hold: Duration) -> anyhow::Result
     tokio::time::sleep(hold).await;
     target.kill(node).await?;
     target.restart(node).await
+}
+
 /// What a network nemesis does to the links: one rule on some directions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkFault {

@@ -3,6 +3,11 @@
 //!
 //! - `GET /api/anchors/{id}/pks?page=1&size=20`: an anchor's PK history (the source's
 //!   "in-app PK records"), newest first, from the results store.
+//! - `GET /api/pks/{id}/gifts?after=0&limit=100`: a settled PK's gift ledger, every
+//!   counted gift once, by gift id, a page at a time; the first page with its totals per
+//!   receiver.
+//!   Any logged-in user may read it, as any may read an anchor's history: the gifts
+//!   were shown in both rooms while the PK ran.
 //! - `GET /api/rooms-in-pk`: every room in a PK, from this node's lobby replica (the
 //!   home page's PK tag, without Redis).
 
@@ -11,7 +16,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use pkd_raft::UserId;
+use pkd_raft::{PkId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -32,10 +37,22 @@ pub struct ApiState {
     pub results: ResultsSlot,
 }
 
+/// The gifts in a ledger page when no limit is given.
+pub const DEFAULT_LEDGER_LIMIT: u32 = 100;
+/// The most gifts in a ledger page; larger limits are cut to it.
+pub const MAX_LEDGER_LIMIT: u32 = 1000;
+
 #[derive(Debug, Deserialize)]
 pub struct Paging {
     pub page: Option<u32>,
     pub size: Option<u32>,
+}
+
+/// A ledger page: the gifts whose id is above `after`, at most `limit`.
+#[derive(Debug, Deserialize)]
+pub struct LedgerPaging {
+    pub after: Option<u64>,
+    pub limit: Option<u32>,
 }
 
 fn unavailable(message: String) -> Response {
@@ -64,6 +81,45 @@ pub async fn history(
         }
         Err(error) => {
             tracing::warn!(%error, anchor, "history query failed");
+            unavailable(format!("the results store failed: {error}"))
+        }
+    }
+}
+
+/// `GET /api/pks/{id}/gifts?after=0&limit=100`.
+pub async fn ledger(
+    State(state): State<ApiState>,
+    pk: Result<Path<u64>, PathRejection>,
+    paging: Result<Query<LedgerPaging>, QueryRejection>,
+) -> Response {
+    let (Path(pk), Query(paging)) = match (pk, paging) {
+        (Ok(pk), Ok(paging)) => (pk, paging),
+        (Err(rejection), _) => return super::refuse(StatusCode::BAD_REQUEST, code::BAD_FIELD, rejection.body_text()),
+        (_, Err(rejection)) => return super::refuse(StatusCode::BAD_REQUEST, code::BAD_FIELD, rejection.body_text()),
+    };
+    if i64::try_from(pk).is_err() {
+        return super::refuse(StatusCode::BAD_REQUEST, code::BAD_FIELD, format!("no PK has the id {pk}"));
+    }
+    let after = paging.after.unwrap_or(0);
+    let limit = paging.limit.unwrap_or(DEFAULT_LEDGER_LIMIT).clamp(1, MAX_LEDGER_LIMIT);
+    let Some(store) = state.results.get() else {
+        return unavailable("the results store is not connected yet".to_owned());
+    };
+    // The totals read the whole ledger: on the first page only, not on every one.
+    let read = async {
+        let gifts = store.ledger(PkId(pk), after, limit).await?;
+        let totals = if after == 0 { Some(store.ledger_totals(PkId(pk)).await?) } else { None };
+        Ok::<_, crate::sinks::StoreError>((gifts, totals))
+    };
+    match read.await {
+        Ok((gifts, totals)) => {
+            // A full page may have a next one; it starts after the last id shown.
+            let next = (gifts.len() == limit as usize).then(|| gifts.last().map(|gift| gift.gift_id)).flatten();
+            Json(json!({ "pkId": pk, "after": after, "limit": limit, "gifts": gifts, "next": next, "totals": totals }))
+                .into_response()
+        }
+        Err(error) => {
+            tracing::warn!(%error, pk, "ledger query failed");
             unavailable(format!("the results store failed: {error}"))
         }
     }

@@ -8,6 +8,7 @@
 //! | `GET /ws` | app clients, with a login token | [`ws::upgrade`] |
 //! | `POST /internal/gifts` | the gift service, with its service token | [`gifts::post`] |
 //! | `GET /api/anchors/{id}/pks` | app users, with a login token | [`api::history`] |
+//! | `GET /api/pks/{id}/gifts` | app users, with a login token | [`api::ledger`] |
 //! | `GET /api/rooms-in-pk` | app users, with a login token | [`api::rooms_in_pk`] |
 //! | `GET /livez`, `GET /healthz` | anyone (load balancers) | [`health::live`] |
 //! | `GET /readyz` | anyone (load balancers) | [`health::ready`] |
@@ -106,6 +107,7 @@ impl FromRef<ClientState> for api::ApiState {
 pub fn client_router(state: ClientState) -> Router {
     let read_api = Router::new()
         .route("/api/anchors/{id}/pks", get(api::history))
+        .route("/api/pks/{id}/gifts", get(api::ledger))
         .route("/api/rooms-in-pk", get(api::rooms_in_pk))
         .route_layer(middleware::from_fn_with_state(state.gateway.clone(), ws::require_login));
     Router::new()

@@ -1,17 +1,19 @@
-//! The results store: the source's `t_pk`, `t_pk_gift` and `t_pk_anchor` tables, in
-//! MySQL (the app's database) or SQLite (the embedded default).
+//! The results store: the source's `t_pk`, `t_pk_gift` and `t_pk_anchor` tables, and
+//! pkd's gift ledger `t_pk_gift_ledger`, in MySQL (the app's database) or SQLite (the
+//! embedded default).
 //!
 //! Every write is an idempotent upsert keyed by the unique keys of the migrations
 //! (`t_pk.id` = the engine's PK id, `t_pk_gift (pk_id, sender)`,
-//! `t_pk_anchor (pk_id, user_id)`), and every value written comes from the engine's
-//! data, never from a wall clock, so writing the same PK twice leaves the same rows.
+//! `t_pk_anchor (pk_id, user_id)`, `t_pk_gift_ledger (pk_id, gift_id)`), and every
+//! value written comes from the engine's data, never from a wall clock, so writing the
+//! same PK twice leaves the same rows.
 //!
 //! Queries are plain runtime queries with binds over sqlx's `Any` driver; the only SQL
 //! that differs between the two dialects is the upsert clause and the casts used to
 //! read columns back. Time columns are written as UTC text
 //! (`YYYY-MM-DD HH:MM:SS.sss`), which both databases store as given.
 
-use pkd_raft::effect::{GifterTotal, PkStatus, SettledPk, SettledSide};
+use pkd_raft::effect::{CountedGift, GifterTotal, PkStatus, SettledPk, SettledSide};
 use pkd_raft::{PkId, PkView, RoomId, TimestampMs, UserId};
 use serde::Serialize;
 use sqlx::any::AnyPoolOptions;
@@ -101,6 +103,28 @@ pub struct PkRecord {
     pub winner: u64,
 }
 
+/// One gift of a PK's ledger, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerGift {
+    pub gift_id: u64,
+    pub sender: u64,
+    /// The anchor who received it.
+    pub receiver: u64,
+    pub beans: i64,
+    /// When the engine counted it, Unix ms.
+    pub at: i64,
+}
+
+/// One receiver's part of a PK's ledger: how many gifts, how many beans.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerTotal {
+    pub receiver: u64,
+    pub gifts: i64,
+    pub beans: i64,
+}
+
 /// A column value, as bound on write and as compared (in text form) on verify.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Value {
@@ -115,6 +139,13 @@ impl Value {
 
     fn text(value: String) -> Value {
         Value::Text(Some(value))
+    }
+
+    fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(value) => *value,
+            Value::Text(_) => None,
+        }
     }
 
     /// How MySQL's `CAST(.. AS CHAR)` and SQLite's `CAST(.. AS TEXT)` print it.
@@ -186,6 +217,13 @@ const T_PK_ANCHOR: Table = Table {
         "update_time",
     ],
     key: &["pk_id", "user_id"],
+    insert_only: &["create_time"],
+};
+
+const T_PK_GIFT_LEDGER: Table = Table {
+    name: "t_pk_gift_ledger",
+    columns: &["pk_id", "gift_id", "sender", "receiver", "beans", "gift_time", "create_time"],
+    key: &["pk_id", "gift_id"],
     insert_only: &["create_time"],
 };
 
@@ -292,9 +330,10 @@ impl ResultsStore {
     }
 
     /// Writes a settled PK in one transaction: the final `t_pk` row, one `t_pk_gift`
-    /// row per sender with the final ranks, and the two `t_pk_anchor` rows. Gift and
-    /// anchor rows of that PK that the result does not contain are deleted, so the
-    /// tables then hold exactly the engine's result.
+    /// row per sender with the final ranks, the two `t_pk_anchor` rows, and one
+    /// `t_pk_gift_ledger` row per counted gift. Gift, anchor and ledger rows of that PK
+    /// that the result does not contain are deleted, so the tables then hold exactly the
+    /// engine's result.
     pub async fn record_settled(&self, settled: &SettledPk) -> Result<()> {
         self.record_settled_batch(std::slice::from_ref(settled)).await
     }
@@ -312,7 +351,8 @@ impl ResultsStore {
 
     /// Reads a settled PK's rows back and lists every difference from the engine's
     /// result: the source's end-of-PK consistency check. `create_time` is not
-    /// compared (it records when a row was first written).
+    /// compared (it records when a row was first written). The ledger, which may hold
+    /// many rows, is compared by its count and beans per receiver.
     pub async fn verify_settled(&self, settled: &SettledPk) -> Result<Vec<Mismatch>> {
         let expected = SettledRows::new(settled)?;
         let mut conn = self.pool.acquire().await?;
@@ -321,7 +361,63 @@ impl ResultsStore {
         self.compare_table(&mut conn, &T_PK, "id", pk, std::slice::from_ref(&expected.pk_row), &mut mismatches).await?;
         self.compare_table(&mut conn, &T_PK_GIFT, "pk_id", pk, &expected.gift_rows, &mut mismatches).await?;
         self.compare_table(&mut conn, &T_PK_ANCHOR, "pk_id", pk, &expected.anchor_rows, &mut mismatches).await?;
+        let found = self.ledger_totals_on(&mut conn, pk).await?;
+        compare_ledger(pk, &expected.ledger_totals(), &found, &mut mismatches);
         Ok(mismatches)
+    }
+
+    /// One page of a PK's gift ledger: the gifts whose id is above `after`, by id, at
+    /// most `limit` of them. Only settled PKs have a ledger here.
+    pub async fn ledger(&self, pk: PkId, after: u64, limit: u32) -> Result<Vec<LedgerGift>> {
+        let pk = pk_column(pk)?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let int = |column: &str| self.cast_int(column);
+        let sql = format!(
+            "SELECT {gift}, {sender}, {receiver}, {beans}, {time} FROM t_pk_gift_ledger \
+             WHERE pk_id = ? AND gift_id > ? ORDER BY gift_id LIMIT ?",
+            gift = int("gift_id"),
+            sender = int("sender"),
+            receiver = int("receiver"),
+            beans = int("beans"),
+            time = self.cast_text("gift_time"),
+        );
+        let rows = sqlx::query(&sql).bind(pk).bind(after).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let id = |i: usize| -> Result<u64> { Ok(u64::try_from(row.try_get::<i64, _>(i)?).unwrap_or(0)) };
+                let text: String = row.try_get(4)?;
+                let at = parse_datetime(&text).ok_or(StoreError::BadTime(text))?;
+                Ok(LedgerGift { gift_id: id(0)?, sender: id(1)?, receiver: id(2)?, beans: row.try_get(3)?, at })
+            })
+            .collect()
+    }
+
+    /// A PK's ledger summed per receiver, in receiver order.
+    pub async fn ledger_totals(&self, pk: PkId) -> Result<Vec<LedgerTotal>> {
+        let pk = pk_column(pk)?;
+        let mut conn = self.pool.acquire().await?;
+        let totals = self.ledger_totals_on(&mut conn, pk).await?;
+        Ok(totals
+            .into_iter()
+            .map(|(receiver, (gifts, beans))| LedgerTotal {
+                receiver: u64::try_from(receiver).unwrap_or(0),
+                gifts,
+                beans,
+            })
+            .collect())
+    }
+
+    async fn ledger_totals_on(&self, conn: &mut AnyConnection, pk: i64) -> Result<BTreeMap<i64, (i64, i64)>> {
+        let sql = format!(
+            "SELECT {}, {}, {} FROM t_pk_gift_ledger WHERE pk_id = ? GROUP BY receiver",
+            self.cast_int("receiver"),
+            self.cast_int("COUNT(*)"),
+            self.cast_int("SUM(beans)"),
+        );
+        let rows = sqlx::query(&sql).bind(pk).fetch_all(&mut *conn).await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get::<i64, _>(0)?, (row.try_get::<i64, _>(1)?, row.try_get::<i64, _>(2)?))))
+            .collect()
     }
 
     /// Verifies a settled PK and, if anything differs, rewrites it. Returns how many
@@ -375,6 +471,7 @@ impl ResultsStore {
         self.upsert(conn, &T_PK, &rows.pk_row, Guard::None).await?;
         self.upsert_many(conn, &T_PK_GIFT, &rows.gift_rows, Guard::None).await?;
         self.upsert_many(conn, &T_PK_ANCHOR, &rows.anchor_rows, Guard::None).await?;
+        self.upsert_many(conn, &T_PK_GIFT_LEDGER, &rows.ledger_rows, Guard::None).await?;
         // Rows the result does not have (a sender counted by an earlier, wrong write;
         // a hand-made row): delete them so that the tables match the engine exactly.
         let pk = rows.pk;
@@ -388,6 +485,21 @@ impl ResultsStore {
                 if !wanted.contains(&id) {
                     let sql = format!("DELETE FROM {table} WHERE pk_id = ? AND {column} = ?");
                     sqlx::query(&sql).bind(pk).bind(id).execute(&mut *conn).await?;
+                }
+            }
+        }
+        // Every gift of the ledger is in the table now: more rows than gifts means rows
+        // of gifts the engine did not count, looked for only then (a ledger is long).
+        let sql = format!("SELECT {} FROM t_pk_gift_ledger WHERE pk_id = ?", self.cast_int("COUNT(*)"));
+        let stored: i64 = sqlx::query(&sql).bind(pk).fetch_one(&mut *conn).await?.try_get(0)?;
+        if usize::try_from(stored).unwrap_or(usize::MAX) > rows.ledger_rows.len() {
+            let wanted: BTreeSet<i64> = rows.ledger_rows.iter().filter_map(|row| row[1].as_int()).collect();
+            let sql = format!("SELECT {} FROM t_pk_gift_ledger WHERE pk_id = ?", self.cast_int("gift_id"));
+            for row in sqlx::query(&sql).bind(pk).fetch_all(&mut *conn).await? {
+                let id: i64 = row.try_get(0)?;
+                if !wanted.contains(&id) {
+                    let sql = "DELETE FROM t_pk_gift_ledger WHERE pk_id = ? AND gift_id = ?";
+                    sqlx::query(sql).bind(pk).bind(id).execute(&mut *conn).await?;
                 }
             }
         }
@@ -557,6 +669,7 @@ struct SettledRows {
     pk_row: Vec<Value>,
     gift_rows: Vec<Vec<Value>>,
     anchor_rows: Vec<Vec<Value>>,
+    ledger_rows: Vec<Vec<Value>>,
     senders: BTreeSet<i64>,
     anchors: BTreeSet<i64>,
 }
@@ -626,7 +739,64 @@ impl SettledRows {
         let anchor_rows = vec![anchor_row(source, target)?, anchor_row(target, source)?];
         let anchors =
             [source.anchor.0, target.anchor.0].into_iter().map(|id| int_id("user id", id)).collect::<Result<_>>()?;
-        Ok(SettledRows { pk, pk_row, gift_rows, anchor_rows, senders, anchors })
+        let mut ledger_rows = Vec::with_capacity(source.gifts.len() + target.gifts.len());
+        for side in [source, target] {
+            let receiver = big_id("user id", side.anchor.0)?;
+            for gift in &side.gifts {
+                ledger_rows.push(ledger_row(pk, receiver, gift, &updated)?);
+            }
+        }
+        Ok(SettledRows { pk, pk_row, gift_rows, anchor_rows, ledger_rows, senders, anchors })
+    }
+
+    /// The ledger's gifts and beans per receiver (receivers without gifts left out).
+    fn ledger_totals(&self) -> BTreeMap<i64, (i64, i64)> {
+        let mut totals: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        for row in &self.ledger_rows {
+            let (Some(receiver), Some(beans)) = (row[3].as_int(), row[4].as_int()) else { continue };
+            let total = totals.entry(receiver).or_default();
+            total.0 += 1;
+            total.1 = total.1.saturating_add(beans);
+        }
+        totals
+    }
+}
+
+/// A `t_pk_gift_ledger` row.
+fn ledger_row(pk: i64, receiver: i64, gift: &CountedGift, settled_at: &str) -> Result<Vec<Value>> {
+    Ok(vec![
+        Value::int(pk),
+        Value::int(big_id("gift id", gift.id.0)?),
+        Value::int(big_id("user id", gift.sender.0)?),
+        Value::int(receiver),
+        Value::int(gift.beans),
+        Value::text(datetime_millis(gift.at)),
+        Value::text(settled_at.to_owned()),
+    ])
+}
+
+/// Differences between a ledger's expected and stored totals per receiver.
+fn compare_ledger(
+    pk: i64,
+    expected: &BTreeMap<i64, (i64, i64)>,
+    found: &BTreeMap<i64, (i64, i64)>,
+    mismatches: &mut Vec<Mismatch>,
+) {
+    let receivers: BTreeSet<i64> = expected.keys().chain(found.keys()).copied().collect();
+    for receiver in receivers {
+        let (want, have) = (expected.get(&receiver), found.get(&receiver));
+        for (column, pick) in [("COUNT(*)", 0), ("SUM(beans)", 1)] {
+            let value = |total: Option<&(i64, i64)>| total.map(|t| if pick == 0 { t.0 } else { t.1 }.to_string());
+            if value(want) != value(have) {
+                mismatches.push(Mismatch {
+                    table: T_PK_GIFT_LEDGER.name,
+                    key: format!("pk_id={pk} receiver={receiver}"),
+                    column,
+                    expected: value(want),
+                    found: value(have),
+                });
+            }
+        }
     }
 }
 
@@ -727,6 +897,11 @@ fn pk_column(pk: PkId) -> Result<i64> {
 /// A user or room id for the source's `INT(11)` columns.
 fn int_id(what: &'static str, value: u64) -> Result<i64> {
     i32::try_from(value).map(i64::from).map_err(|_| StoreError::OutOfRange { what, value })
+}
+
+/// An id for a `BIGINT` column.
+fn big_id(what: &'static str, value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what, value })
 }
 
 fn room_id(room: RoomId) -> Result<i64> {

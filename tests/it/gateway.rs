@@ -34,6 +34,16 @@ pub(crate) async fn start() -> Server {
 
 /// A server whose gateway settings `tweak` changes from the tests' usual ones.
 pub(crate) async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Server {
+    start_app(tweak, false).await
+}
+
+/// A server that writes its results into an SQLite file of its own, as `pkd serve`
+/// does without `--mysql-url`.
+pub(crate) async fn start_with_results() -> Server {
+    start_app(|_| {}, true).await
+}
+
+async fn start_app(tweak: impl FnOnce(&mut GatewayConfig), results: bool) -> Server {
     let dir = TempDir::new().unwrap();
     let config = GatewayConfig {
         login_secret: Some(SECRET.to_vec()),
@@ -55,7 +65,10 @@ pub(crate) async fn start_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Server
         node: NodeConfig { arena_count: 2, ..NodeConfig::single(dir.path()) },
         network: None,
         gateway: config,
-        sinks: Default::default(),
+        sinks: pkd::duties::sinks::SinksConfig {
+            results_url: results.then(|| format!("sqlite://{}?mode=rwc", dir.path().join("results.db").display())),
+            ..Default::default()
+        },
         admin_token: None,
         tls: None,
     };
@@ -350,6 +363,100 @@ async fn a_match_a_pk_with_gifts_and_its_end_reach_every_client() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(code, "000000");
+}
+
+/// Every page of PK `pk`'s ledger through `GET /api/pks/{id}/gifts`, `limit` at a time,
+/// following `next`; and the totals of the first page (later ones have none).
+async fn whole_ledger(server: &Server, pk: u64, limit: u32) -> (Vec<Value>, Value) {
+    let user = token(5999, "IN", "android", 300);
+    let mut gifts = Vec::new();
+    let mut totals = Value::Null;
+    let mut after = 0;
+    loop {
+        let path = format!("/api/pks/{pk}/gifts?after={after}&limit={limit}");
+        let (status, page) = crate::common::http_json(server.addr, "GET", &path, Some(&user), "").await.unwrap();
+        assert_eq!(status, 200, "{page}");
+        gifts.extend(page["gifts"].as_array().unwrap().iter().cloned());
+        if after == 0 {
+            totals = page["totals"].clone();
+        } else {
+            assert_eq!(page["totals"], Value::Null, "{page}");
+        }
+        match page["next"].as_u64() {
+            Some(next) => after = next,
+            None => return (gifts, totals),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_pks_ledger_lists_each_counted_gift_once() {
+    let server = start_with_results().await;
+    let (_source, _target, _viewer) = server.battle(1401, 1402, 14_001).await;
+    // Counted: 11 and 12 to the source, 13 to the target, then 14 and 15 in a batch that
+    // also retries 11. Not counted: 11 again, a gift of no beans, a gift to no side.
+    let first = server.gift(11, 1401, 14_001, 100).await;
+    let pk = first["result"]["pkId"].as_u64().unwrap();
+    server.gift(12, 1401, 14_002, 250).await;
+    server.gift(13, 1402, 14_001, 40).await;
+    assert_eq!(server.gift(11, 1401, 14_001, 100).await["result"]["duplicate"], true);
+    assert_eq!(server.gift(16, 1401, 14_003, 0).await["code"], "905043");
+    assert_eq!(server.gift(17, 1499, 14_003, 5).await["code"], "905040");
+    let batch = json!({ "gifts": [{ "id": 14, "receiver": 1402, "sender": 14_002, "beans": 60 },
+                                  { "id": 11, "receiver": 1401, "sender": 14_001, "beans": 100 },
+                                  { "id": 15, "receiver": 1401, "sender": 14_001, "beans": 7 }] });
+    let (status, reply) = server.gifts(Some(GIFT_TOKEN), &batch.to_string()).await;
+    assert_eq!(status, 200, "{reply}");
+    let duplicates: Vec<bool> =
+        reply["result"].as_array().unwrap().iter().map(|entry| entry["duplicate"] == true).collect();
+    assert_eq!(duplicates, [false, true, false], "{reply}");
+
+    // Once the PK has settled (a 3 s battle) and its result is stored, the ledger holds
+    // every counted gift once, by id.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let (gifts, totals) = loop {
+        let (gifts, totals) = whole_ledger(&server, pk, 2).await;
+        if !gifts.is_empty() {
+            break (gifts, totals);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "PK {pk}'s ledger never appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let listed: Vec<(u64, u64, u64, i64)> = gifts
+        .iter()
+        .map(|gift| {
+            let field = |name: &str| gift[name].as_u64().unwrap();
+            (field("giftId"), field("sender"), field("receiver"), gift["beans"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (11, 14_001, 1401, 100),
+            (12, 14_002, 1401, 250),
+            (13, 14_001, 1402, 40),
+            (14, 14_002, 1402, 60),
+            (15, 14_001, 1401, 7),
+        ]
+    );
+    let now = pkd::clock::now_ms();
+    assert!(gifts.iter().all(|gift| gift["at"].as_i64().is_some_and(|at| now - 60_000 < at && at <= now)), "{gifts:?}");
+    assert_eq!(
+        totals,
+        json!([{ "receiver": 1401, "gifts": 3, "beans": 357 }, { "receiver": 1402, "gifts": 2, "beans": 100 }])
+    );
+    // The same sums as the PK's result in the anchor's history.
+    let user = token(5999, "IN", "android", 300);
+    let (_, history) =
+        crate::common::http_json(server.addr, "GET", "/api/anchors/1401/pks", Some(&user), "").await.unwrap();
+    let record = &history["records"][0];
+    assert_eq!((record["pkId"].as_u64(), record["gifts"].as_i64()), (Some(pk), Some(357)), "{history}");
+    assert_eq!(record["competitorGifts"], 100);
+    // One page of everything says so; without a login token, nothing.
+    let (all, _) = whole_ledger(&server, pk, 1000).await;
+    assert_eq!(all, gifts);
+    let path = format!("/api/pks/{pk}/gifts");
+    assert_eq!(crate::common::http_json(server.addr, "GET", &path, None, "").await.unwrap().0, 401);
 }
 
 #[tokio::test]

@@ -379,6 +379,16 @@ async fn a_running_node_answers_as_documented() -> anyhow::Result<()> {
     ensure!(status == 400);
     let (status, _) = c.call(&client, "get", history, "/api/anchors/7/pks?token=dev:5", None, None).await?;
     ensure!(status == 200);
+    let ledger = "/api/pks/{id}/gifts";
+    let (status, _) = c.call(&client, "get", ledger, "/api/pks/7/gifts", None, None).await?;
+    ensure!(status == 401);
+    let (status, body) = c.call(&client, "get", ledger, "/api/pks/7/gifts?after=0&limit=5000", login, None).await?;
+    let page: Value = serde_json::from_slice(&body)?;
+    ensure!(status == 200 && page["limit"] == 1000 && page["gifts"] == json!([]) && page["next"].is_null(), "{page}");
+    for bad in ["/api/pks/seven/gifts", "/api/pks/7/gifts?after=-1", "/api/pks/18446744073709551615/gifts"] {
+        let (status, _) = c.call(&client, "get", ledger, bad, login, None).await?;
+        ensure!(status == 400, "{bad}: {status}");
+    }
     for token in [None, login] {
         c.call(&client, "get", "/api/rooms-in-pk", "/api/rooms-in-pk", token, None).await?;
     }

@@ -5,8 +5,9 @@
 //! end. SQLite: a file in a temporary directory.
 
 use pkd::sinks::{Dialect, ResultsStore};
-use pkd_raft::effect::{AbnormalEnd, GifterTotal, PkStatus, SettledPk, SettledSide, SideView};
-use pkd_raft::{PkId, PkView, RoomId, TimestampMs, UserId};
+use pkd::sinks::{LedgerGift, LedgerTotal};
+use pkd_raft::effect::{AbnormalEnd, CountedGift, GifterTotal, PkStatus, SettledPk, SettledSide, SideView};
+use pkd_raft::{GiftId, PkId, PkView, RoomId, TimestampMs, UserId};
 use sqlx::Row;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,20 +24,34 @@ fn gifter(sender: u64, beans: i64, times: u32, rank: u32) -> GifterTotal {
     GifterTotal { sender: UserId(sender), beans, times, rank }
 }
 
-fn side(anchor: u64, room: u64, audience: u32, gifters: Vec<GifterTotal>) -> SettledSide {
+/// A counted gift, `after` ms into the PK.
+fn counted(id: u64, sender: u64, beans: i64, at: i64) -> CountedGift {
+    CountedGift { id: GiftId(id), sender: UserId(sender), beans, at: TimestampMs(at) }
+}
+
+fn side(anchor: u64, room: u64, audience: u32, gifters: Vec<GifterTotal>, gifts: Vec<CountedGift>) -> SettledSide {
     SettledSide {
         anchor: UserId(anchor),
         room: RoomId(room),
         beans: gifters.iter().map(|g| g.beans).sum(),
         audience,
         gifters,
+        gifts,
     }
 }
 
 /// A PK won by the source: FAN_A gave 1000 to the source; FAN_B gave 500 to the
 /// source and 800 to the target (one `t_pk_gift` row: 1300 beans, 3 times, rank 1).
+/// The ledger holds those six gifts, ids 901 to 906.
 fn finished(pk: u64, start: i64) -> SettledPk {
     let battle_end = start + 301_500;
+    let source_gifts = vec![
+        counted(901, FAN_A, 300, start + 2_000),
+        counted(902, FAN_B, 500, start + 2_500),
+        counted(904, FAN_A, 300, start + 60_000),
+        counted(906, FAN_A, 400, start + 300_999),
+    ];
+    let target_gifts = vec![counted(903, FAN_B, 300, start + 3_000), counted(905, FAN_B, 500, start + 70_000)];
     SettledPk {
         pk: PkId(pk),
         status: PkStatus::Done,
@@ -46,8 +61,8 @@ fn finished(pk: u64, start: i64) -> SettledPk {
         battle_end: TimestampMs(battle_end),
         end_time: TimestampMs(battle_end + 7),
         duration_ms: 301_507,
-        source: side(SOURCE, SOURCE, 12, vec![gifter(FAN_A, 1000, 3, 1), gifter(FAN_B, 500, 1, 2)]),
-        target: side(TARGET, 3_099_934, 7, vec![gifter(FAN_B, 800, 2, 1)]),
+        source: side(SOURCE, SOURCE, 12, vec![gifter(FAN_A, 1000, 3, 1), gifter(FAN_B, 500, 1, 2)], source_gifts),
+        target: side(TARGET, 3_099_934, 7, vec![gifter(FAN_B, 800, 2, 1)], target_gifts),
         winner: UserId(SOURCE),
     }
 }
@@ -56,8 +71,8 @@ fn finished(pk: u64, start: i64) -> SettledPk {
 fn draw(pk: u64) -> SettledPk {
     let mut settled = finished(pk, START);
     settled.interfered = false;
-    settled.source = side(SOURCE, SOURCE, 3, vec![]);
-    settled.target = side(TARGET, 3_099_934, 0, vec![]);
+    settled.source = side(SOURCE, SOURCE, 3, vec![], vec![]);
+    settled.target = side(TARGET, 3_099_934, 0, vec![], vec![]);
     settled.winner = UserId(0);
     settled
 }
@@ -633,4 +648,120 @@ fn draw_at(pk: u64, start: i64) -> SettledPk {
 async fn unsupported_urls_are_refused() {
     let error = ResultsStore::connect("postgres://localhost/x").await.err();
     assert!(matches!(error, Some(pkd::sinks::StoreError::UnsupportedUrl(_))));
+}
+
+/// Every column of a PK's ledger rows, as text, by gift id.
+async fn dump_ledger(store: &ResultsStore, pk: u64) -> anyhow::Result<Rows> {
+    let columns = ["pk_id", "gift_id", "sender", "receiver", "beans", "gift_time", "create_time"];
+    let text = match store.dialect() {
+        Dialect::MySql => "CHAR",
+        Dialect::Sqlite => "TEXT",
+    };
+    let select = columns.iter().map(|c| format!("CAST(`{c}` AS {text})")).collect::<Vec<_>>().join(", ");
+    let sql = format!("SELECT {select} FROM t_pk_gift_ledger WHERE pk_id = ? ORDER BY gift_id");
+    let mut out = Vec::new();
+    for r in sqlx::query(&sql).bind(pk as i64).fetch_all(store.pool()).await? {
+        out.push((0..columns.len()).map(|i| r.try_get::<Option<String>, _>(i)).collect::<Result<Vec<_>, _>>()?);
+    }
+    Ok(out)
+}
+
+/// The ledger the store should hold for a settled PK, by gift id.
+fn expected_ledger(settled: &SettledPk) -> Vec<LedgerGift> {
+    let mut gifts: Vec<LedgerGift> = [&settled.source, &settled.target]
+        .into_iter()
+        .flat_map(|side| {
+            side.gifts.iter().map(|gift| LedgerGift {
+                gift_id: gift.id.0,
+                sender: gift.sender.0,
+                receiver: side.anchor.0,
+                beans: gift.beans,
+                at: gift.at.0,
+            })
+        })
+        .collect();
+    gifts.sort_by_key(|gift| gift.gift_id);
+    gifts
+}
+
+on_both!(ledger_rows_read_back_as_written);
+async fn ledger_rows_read_back_as_written(store: ResultsStore) -> anyhow::Result<()> {
+    let settled = finished(31, START);
+    store.record_settled(&settled).await?;
+    let rows = dump_ledger(&store, 31).await?;
+    assert_eq!(rows.len(), 6);
+    assert_eq!(
+        rows[0],
+        row(&["31", "901", "2100216", "2099955", "300", "2021-07-09 06:23:41.212", "2021-07-09 06:28:40"])
+    );
+    assert_eq!(
+        rows[2],
+        row(&["31", "903", "2100300", "2099934", "300", "2021-07-09 06:23:42.212", "2021-07-09 06:28:40"])
+    );
+    let expected = expected_ledger(&settled);
+    assert_eq!(store.ledger(PkId(31), 0, 100).await?, expected);
+    // Pages follow gift ids.
+    assert_eq!(store.ledger(PkId(31), 0, 2).await?, expected[..2]);
+    assert_eq!(store.ledger(PkId(31), 902, 3).await?, expected[2..5]);
+    assert_eq!(store.ledger(PkId(31), 906, 3).await?, vec![]);
+    assert_eq!(
+        store.ledger_totals(PkId(31)).await?,
+        vec![
+            LedgerTotal { receiver: TARGET, gifts: 2, beans: 800 },
+            LedgerTotal { receiver: SOURCE, gifts: 4, beans: 1500 },
+        ]
+    );
+    // Written again, alone or in a batch: the same rows.
+    store.record_settled(&settled).await?;
+    store.record_settled_batch(&[finished(32, START), settled.clone()]).await?;
+    assert_eq!(dump_ledger(&store, 31).await?, rows);
+    assert_eq!(store.verify_settled(&settled).await?, vec![]);
+    // A PK without gifts has an empty ledger; an unknown PK too.
+    store.record_settled(&draw(33)).await?;
+    assert_eq!(store.ledger(PkId(33), 0, 100).await?, vec![]);
+    assert_eq!(store.ledger_totals(PkId(99)).await?, vec![]);
+    Ok(())
+}
+
+on_both!(a_damaged_ledger_is_found_and_rewritten);
+async fn a_damaged_ledger_is_found_and_rewritten(store: ResultsStore) -> anyhow::Result<()> {
+    let settled = finished(41, START);
+    store.record_settled(&settled).await?;
+    store.record_settled(&finished(42, START)).await?;
+    let clean = dump_ledger(&store, 41).await?;
+    let other = dump_ledger(&store, 42).await?;
+
+    execute(&store, "DELETE FROM t_pk_gift_ledger WHERE pk_id = 41 AND gift_id = 903").await?;
+    execute(&store, "UPDATE t_pk_gift_ledger SET beans = 1 WHERE pk_id = 41 AND gift_id = 901").await?;
+    execute(
+        &store,
+        "INSERT INTO t_pk_gift_ledger (pk_id, gift_id, sender, receiver, beans, gift_time) \
+         VALUES (41, 77, 5, 2099934, 300, '2021-07-09 06:23:42.000')",
+    )
+    .await?;
+    let mismatches = store.verify_settled(&settled).await?;
+    type Found<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
+    let found: Vec<Found<'_>> = mismatches
+        .iter()
+        .map(|m| (m.table, m.key.as_str(), m.column, m.expected.as_deref(), m.found.as_deref()))
+        .collect();
+    // The target's count and sum hold (a gift swapped for another of the same beans is
+    // only found by a rewrite); the source's sum does not.
+    assert_eq!(
+        found,
+        vec![("t_pk_gift_ledger", "pk_id=41 receiver=2099955", "SUM(beans)", Some("1500"), Some("1201"))]
+    );
+    assert_eq!(store.repair(&settled).await?, 1);
+    // The rewrite restores the counted gifts and drops the one the engine never counted.
+    assert_eq!(dump_ledger(&store, 41).await?, clean);
+    assert_eq!(dump_ledger(&store, 42).await?, other);
+    assert_eq!(store.verify_settled(&settled).await?, vec![]);
+
+    // A missing gift shows in the counts.
+    execute(&store, "DELETE FROM t_pk_gift_ledger WHERE pk_id = 41 AND gift_id = 905").await?;
+    let mismatches = store.verify_settled(&settled).await?;
+    assert_eq!(mismatches.len(), 2, "{mismatches:?}");
+    assert_eq!(store.repair(&settled).await?, 2);
+    assert_eq!(dump_ledger(&store, 41).await?, clean);
+    Ok(())
 }

@@ -519,7 +519,16 @@ pub fn show_effect(effect: &Effect) -> String {
                     .iter()
                     .map(|g| format!("#{} {}:{}x{}", g.rank, name(g.sender), g.beans, g.times))
                     .collect();
-                format!("{} {} aud={} [{}]", name(s.anchor), s.beans, s.audience, gifters.join(" "))
+                let ledger: Vec<String> =
+                    s.gifts.iter().map(|g| format!("{}:{}:{}@{}", g.id.0, name(g.sender), g.beans, g.at)).collect();
+                format!(
+                    "{} {} aud={} [{}] ledger=[{}]",
+                    name(s.anchor),
+                    s.beans,
+                    s.audience,
+                    gifters.join(" "),
+                    ledger.join(" ")
+                )
             };
             format!(
                 "settled pk{} {:?}(t_pk {}){} {}..{} dur={} | {} | {} | winner={}",
