@@ -10,7 +10,10 @@
 //!   - `drop-results`: the results store skips every third settled PK (by id), yet the
 //!     result is confirmed as stored;
 //!   - `fast-clock`: the node's clock runs [`FAST_CLOCK_MS`] ahead, so its timers fire
-//!     that much early in everyone else's time.
+//!     that much early in everyone else's time;
+//!   - `stale-push`: in every third second of the clock, a PK state rendered for clients
+//!     (pushes 10, room entries) shows the source side with half its beans, so a client
+//!     sees its score fall.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -33,6 +36,7 @@ pub enum Break {
     GiftDedup,
     DropResults,
     FastClock,
+    StalePush,
 }
 
 impl Break {
@@ -41,11 +45,14 @@ impl Break {
             Break::GiftDedup => "gift-dedup",
             Break::DropResults => "drop-results",
             Break::FastClock => "fast-clock",
+            Break::StalePush => "stale-push",
         }
     }
 
     fn parse(name: &str) -> Option<Break> {
-        [Break::GiftDedup, Break::DropResults, Break::FastClock].into_iter().find(|known| known.name() == name)
+        [Break::GiftDedup, Break::DropResults, Break::FastClock, Break::StalePush]
+            .into_iter()
+            .find(|known| known.name() == name)
     }
 }
 
@@ -93,6 +100,11 @@ pub fn gift_id(id: u64) -> u64 {
 /// Whether the results store must skip this settled PK (`drop-results`).
 pub fn drops_result(pk: u64) -> bool {
     broken(Break::DropResults) && pk % 3 == 0
+}
+
+/// The source side's beans as a state rendered at `now_ms` shows them (`stale-push`).
+pub fn shown_beans(beans: i64, now_ms: i64) -> i64 {
+    if broken(Break::StalePush) && (now_ms / 1_000) % 3 == 0 { beans / 2 } else { beans }
 }
 
 /// Applies the settings given (the others stay) and answers the settings in force.

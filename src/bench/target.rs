@@ -256,12 +256,16 @@ impl Target {
     /// The client address of the `index`-th node (modulo the count), or of the next one
     /// that is up.
     pub fn address_for(&self, index: usize) -> String {
+        self.node_for(index).client_address()
+    }
+
+    /// The `index`-th node (modulo the count), or the next one that is up.
+    pub fn node_for(&self, index: usize) -> &TargetNode {
         let count = self.nodes.len();
         (0..count)
             .map(|step| &self.nodes[(index + step) % count])
             .find(|node| node.is_up())
             .unwrap_or(&self.nodes[index % count])
-            .client_address()
     }
 
     /// Connects `user` to the `index`-th node (or the next one up), with lean buffers.

@@ -81,6 +81,7 @@ pub fn check_all(facts: &Facts) -> Vec<Verdict> {
         pks_end_once_in_time(facts.states, &reference, facts.faults, facts.bounds),
         replicas_agree(facts.settled),
         replicas_identical(facts.digests, facts.nodes),
+        pushes_never_go_back(facts.states, facts.bounds.skew_ms),
         progress_after_faults(facts.gifts, facts.states, facts.liveness_from_ms),
     ]
 }
@@ -453,6 +454,79 @@ pub fn replicas_identical(samples: &[DigestSample], nodes: usize) -> Verdict {
     verdict
 }
 
+/// Where a PK state stands in its course: opening, battle, then over (status 2 or 3).
+fn course(status: u64) -> u64 {
+    status.min(2)
+}
+
+/// How `later` went back from `earlier`, both of one PK: `None` if it did not.
+fn went_back(earlier: &StateSeen, later: &StateSeen) -> Option<String> {
+    if course(later.status) < course(earlier.status) || (earlier.status >= 2 && later.status != earlier.status) {
+        return Some(format!("status {} then {}", earlier.status, later.status));
+    }
+    if later.source_gifts < earlier.source_gifts || later.target_gifts < earlier.target_gifts {
+        return Some(format!(
+            "scores {}:{} then {}:{}",
+            earlier.source_gifts, earlier.target_gifts, later.source_gifts, later.target_gifts
+        ));
+    }
+    if earlier.winner.is_some() && later.winner != earlier.winner {
+        return Some(format!("winner {:?} then {:?}", earlier.winner, later.winner));
+    }
+    None
+}
+
+/// (g) What one client reads of a PK over one connection (pushes 10 and the room entry's
+/// reply) never goes back: its status only moves on (opening, battle, over), its scores
+/// never fall, its winner never changes. Under an injected clock skew a node's clock set
+/// back may show a battle as opening again: noted, not a violation. States read over a
+/// later connection, perhaps from a node further behind, are compared too and their
+/// regressions noted.
+pub fn pushes_never_go_back(states: &[StateSeen], skew_ms: i64) -> Verdict {
+    let mut verdict = Verdict::new(
+        "pushes_never_go_back",
+        "over one connection, a PK's status only moves on, its scores never fall, its winner never changes",
+    );
+    // (anchor, connection, pk) → the latest state read; (anchor, pk) → the same, over any
+    // connection.
+    let mut latest: BTreeMap<(u64, u64, u64), &StateSeen> = BTreeMap::new();
+    let mut latest_any: BTreeMap<(u64, u64), &StateSeen> = BTreeMap::new();
+    let (mut skewed, mut across) = (0, Vec::new());
+    for state in states {
+        verdict.checked += 1;
+        if let Some(earlier) = latest.insert((state.anchor, state.connection, state.pk), state)
+            && let Some(how) = went_back(earlier, state)
+        {
+            let back_to_opening = earlier.status == 1 && state.status == 0;
+            if back_to_opening && skew_ms > 0 {
+                skewed += 1;
+            } else {
+                verdict.violation(format!(
+                    "anchor {} (connection {} to node {}), PK {}: {how}, read at {} and {}",
+                    state.anchor, state.connection, state.node, state.pk, earlier.at_ms, state.at_ms
+                ));
+            }
+        }
+        if let Some(earlier) = latest_any.insert((state.anchor, state.pk), state)
+            && earlier.connection != state.connection
+            && let Some(how) = went_back(earlier, state)
+        {
+            across.push(format!(
+                "anchor {}, PK {}: {how}, read from node {} then, after a reconnection, node {}",
+                state.anchor, state.pk, earlier.node, state.node
+            ));
+        }
+    }
+    if skewed > 0 {
+        verdict.notes.push(format!("{skewed} battles shown as opening again by a node whose clock was set back"));
+    }
+    if !across.is_empty() {
+        verdict.notes.push(format!("{} states went back across a reconnection to another node", across.len()));
+        verdict.notes.extend(across.into_iter().take(MAX_EVIDENCE));
+    }
+    verdict
+}
+
 /// Liveness: after the last fault, a gift is acknowledged and a new PK starts.
 pub fn progress_after_faults(gifts: &[GiftOp], states: &[StateSeen], from_ms: i64) -> Verdict {
     let mut verdict =
@@ -520,6 +594,8 @@ mod tests {
     fn seen(anchor: u64, pk: u64, status: u64, span: (i64, i64), at_ms: i64) -> StateSeen {
         StateSeen {
             anchor,
+            connection: 1,
+            node: 1,
             source: StateSource::Push,
             at_ms,
             pk,
@@ -731,5 +807,41 @@ mod tests {
         let verdict = replicas_identical(&agreeing[..4], 3);
         assert_eq!(verdict.evidence, vec!["group 0 was never seen at one index on all 3 nodes".to_owned()]);
         assert!(!replicas_identical(&[], 3).passed);
+    }
+
+    #[test]
+    fn a_state_going_back_over_one_connection_is_caught() {
+        let span = (1_000, 5_000);
+        let scored = |status: u64, source: i64, target: i64, at_ms: i64| StateSeen {
+            source_gifts: source,
+            target_gifts: target,
+            ..seen(A, 7, status, span, at_ms)
+        };
+        let onward = [scored(0, 0, 0, 1_100), scored(1, 5, 0, 2_000), scored(1, 5, 3, 3_000), scored(2, 5, 3, 5_100)];
+        let verdict = pushes_never_go_back(&onward, 0);
+        assert!(verdict.passed, "{:?}", verdict.evidence);
+        assert_eq!(verdict.checked, 4);
+        // A score falls, then the PK is over and shown in its battle again.
+        let mut back = onward.to_vec();
+        back.insert(3, scored(1, 4, 3, 3_500));
+        back.push(scored(1, 5, 3, 5_200));
+        let verdict = pushes_never_go_back(&back, 0);
+        assert_eq!(verdict.violations, 2, "{:?}", verdict.evidence);
+        assert!(verdict.evidence[0].contains("PK 7: scores 5:3 then 4:3"), "{:?}", verdict.evidence);
+        assert!(verdict.evidence[1].contains("status 2 then 1"), "{:?}", verdict.evidence);
+        // A winner that changes; an over PK shown ended abnormally.
+        let won = |winner: Option<u64>, status: u64| StateSeen { winner, ..scored(status, 5, 3, 5_100) };
+        let verdict = pushes_never_go_back(&[won(Some(A), 2), won(Some(B), 2), won(Some(B), 3)], 0);
+        assert_eq!(verdict.violations, 2, "{:?}", verdict.evidence);
+        // A battle shown as opening again: a violation unless a clock was skewed.
+        let reopened = [scored(1, 0, 0, 1_500), scored(0, 0, 0, 1_600)];
+        assert!(!pushes_never_go_back(&reopened, 0).passed);
+        let verdict = pushes_never_go_back(&reopened, 800);
+        assert!(verdict.passed && verdict.notes.len() == 1, "{:?}", verdict.notes);
+        // Over a new connection (to another node), going back is noted only.
+        let reconnected = [scored(1, 5, 3, 2_000), StateSeen { connection: 2, node: 2, ..scored(1, 4, 3, 2_500) }];
+        let verdict = pushes_never_go_back(&reconnected, 0);
+        assert!(verdict.passed, "{:?}", verdict.evidence);
+        assert_eq!(verdict.notes[0], "1 states went back across a reconnection to another node");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::bench::pks::StateSource;
+use crate::bench::pks::{Reader, StateSource};
 
 /// What one attempt to deliver a gift got.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +79,13 @@ pub struct GiftOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateSeen {
     pub anchor: u64,
+    /// The anchor's connection it came over (1 for the first; 0 in histories from
+    /// before connections were told apart).
+    #[serde(default)]
+    pub connection: u64,
+    /// The node that connection went to (0 if unknown).
+    #[serde(default)]
+    pub node: u64,
     pub source: StateSource,
     pub at_ms: i64,
     pub pk: u64,
@@ -96,11 +103,13 @@ pub struct StateSeen {
 impl StateSeen {
     /// Reads a push 10's `content` (or a room entry's PK state); `None` if a field is
     /// missing.
-    pub fn read(anchor: u64, source: StateSource, content: &Value, at_ms: i64) -> Option<StateSeen> {
+    pub fn read(reader: Reader, content: &Value) -> Option<StateSeen> {
         Some(StateSeen {
-            anchor,
-            source,
-            at_ms,
+            anchor: reader.anchor,
+            connection: reader.connection,
+            node: reader.node,
+            source: reader.source,
+            at_ms: reader.at_ms,
             pk: content["pkId"].as_u64()?,
             status: content["status"].as_u64()?,
             start_ms: content["startTime"].as_i64()?,

@@ -229,8 +229,8 @@ async fn drive(
     let roster = Arc::new(Roster::new(Some(OPENING_MS)));
     let observed = history.clone();
     let behaviour = AnchorBehaviour {
-        observer: Some(Arc::new(move |anchor, source, content: &Value, at_ms| {
-            if let Some(state) = StateSeen::read(anchor, source, content, at_ms) {
+        observer: Some(Arc::new(move |reader, content: &Value| {
+            if let Some(state) = StateSeen::read(reader, content) {
                 observed.state(state);
             }
         })),

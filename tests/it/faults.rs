@@ -81,6 +81,7 @@ fn a_short_seeded_run_with_faults_finds_no_violation_and_writes_its_report() {
             "pks_end_once_in_time",
             "replicas_agree",
             "replicas_identical",
+            "pushes_never_go_back",
             "progress_after_faults"
         ]
     );
@@ -226,6 +227,14 @@ fn timers_firing_early_are_caught() {
     // Every node's clock runs 2.5 s ahead: each battle ends that early for its clients.
     let evidence = broken_run_is_caught("fast-clock", "pks_end_once_in_time");
     assert!(evidence.iter().any(|line| line.contains("before its endTime")), "{evidence:#?}");
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn scores_falling_on_a_connection_are_caught() {
+    // In every third second the nodes show the source side with half its beans.
+    let evidence = broken_run_is_caught("stale-push", "pushes_never_go_back");
+    assert!(evidence.iter().any(|line| line.contains(": scores ") && line.contains(" to node ")), "{evidence:#?}");
 }
 
 /// The nemeses that use the nodes' hooks: clock skew, a slow disk, a full one. Each is
