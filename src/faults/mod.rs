@@ -46,8 +46,16 @@ const OPENING_MS: i64 = 300;
 #[derive(Clone, Debug, clap::Args)]
 pub struct FaultsArgs {
     /// The seed of the schedule and of the workload's choices (random if not given).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "seeds")]
     pub seed: Option<u64>,
+    /// A campaign: one run per seed, in turn (`1-100`, `1-10,42`), each with its own
+    /// report folder under --out, and a table of them all (`campaign.md`) kept up to date.
+    #[arg(long, value_parser = parse_seeds)]
+    pub seeds: Option<Seeds>,
+    /// Ends a campaign after the run going on at this time (e.g. `8h` with
+    /// `--seeds 1-100000` for a night).
+    #[arg(long, value_parser = parse_duration, requires = "seeds")]
+    pub stop_after: Option<Duration>,
     /// How long the workload runs, faults included (the checks come after).
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub duration: Duration,
@@ -77,9 +85,39 @@ pub struct FaultsArgs {
     /// with every PK seen settled.
     #[arg(long, value_parser = parse_duration, default_value = "40s")]
     pub settle_wait: Duration,
-    /// The report folder (default: target/faults/<seed>-<unix time>).
+    /// The report folder (default: target/faults/<seed>-<unix time>, or for a campaign
+    /// target/faults/campaign-<unix time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// The seeds of a campaign, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seeds(pub Vec<u64>);
+
+/// `1-100`, `7`, `1-10,42`: seeds and inclusive ranges of them.
+pub fn parse_seeds(text: &str) -> Result<Seeds, String> {
+    let mut seeds = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+        let number = |text: &str| text.trim().parse::<u64>().map_err(|_| format!("{text:?} is not a seed"));
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (number(first)?, number(last)?);
+                if last < first {
+                    return Err(format!("{part}: the range ends before it starts"));
+                }
+                if last - first >= 10_000_000 {
+                    return Err(format!("{part}: more than ten million seeds"));
+                }
+                seeds.extend(first..=last);
+            }
+            None => seeds.push(number(part)?),
+        }
+    }
+    if seeds.is_empty() {
+        return Err("no seed given".to_owned());
+    }
+    Ok(Seeds(seeds))
 }
 
 /// A finished run: what the report shows.
@@ -144,23 +182,70 @@ pub fn run(args: FaultsArgs) -> anyhow::Result<()> {
             hooked.join(", ")
         );
     }
-    let seed = args.seed.unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
     crate::procfs::raise_open_files_limit();
+    if let Some(seeds) = args.seeds.clone() {
+        return campaign(args, &seeds.0);
+    }
+    let seed = args.seed.unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
     eprintln!("pkd faults: seed {seed}");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let run = runtime.block_on(execute(args.clone(), seed))?;
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    let dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("target").join("faults").join(format!("{seed}-{}", run.started_ms / 1000)));
-    report::write(&dir, &run)?;
+    let (run, dir) = run_seed(&args, seed, args.out.clone())?;
     print!("{}", report::verdict_lines(&run));
     println!("report: {}", dir.display());
     let failed = run.violations();
     if failed > 0 {
         eprintln!("replay this run with: {}", run.replay_command());
         bail!("{failed} of {} checkers found violations (seed {seed})", run.verdicts.len());
+    }
+    Ok(())
+}
+
+/// One seed's run, and its report written to `out` (or the default folder).
+fn run_seed(args: &FaultsArgs, seed: u64, out: Option<PathBuf>) -> anyhow::Result<(Run, PathBuf)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let run = runtime.block_on(execute(args.clone(), seed));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let run = run?;
+    let dir =
+        out.unwrap_or_else(|| PathBuf::from("target").join("faults").join(format!("{seed}-{}", run.started_ms / 1000)));
+    report::write(&dir, &run)?;
+    Ok((run, dir))
+}
+
+/// Runs every seed in turn (until `--stop-after`), each into `<out>/seed-<n>`, keeping
+/// `<out>/campaign.md` and `<out>/campaign.jsonl` up to date; fails if any run found a
+/// violation or could not be carried out.
+fn campaign(args: FaultsArgs, seeds: &[u64]) -> anyhow::Result<()> {
+    let began = std::time::Instant::now();
+    let dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target").join("faults").join(format!("campaign-{}", wall_clock_ms() / 1000)));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    eprintln!("pkd faults: a campaign of {} seeds into {}", seeds.len(), dir.display());
+    let mut rows = Vec::new();
+    for &seed in seeds {
+        if args.stop_after.is_some_and(|limit| began.elapsed() >= limit) {
+            eprintln!("--stop-after reached: {} of {} seeds run", rows.len(), seeds.len());
+            break;
+        }
+        let started = std::time::Instant::now();
+        let row = match run_seed(&args, seed, Some(dir.join(format!("seed-{seed}")))) {
+            Ok((run, _)) => report::CampaignRow::of(&run, started.elapsed()),
+            Err(error) => report::CampaignRow::failed(seed, format!("{error:#}"), started.elapsed()),
+        };
+        eprintln!("{}", row.line());
+        rows.push(row);
+        report::write_campaign(&dir, &args, &rows)?;
+    }
+    let failed: Vec<u64> = rows.iter().filter(|row| !row.passed()).map(|row| row.seed).collect();
+    println!(
+        "campaign: {} runs, {} with violations or errors; table: {}",
+        rows.len(),
+        failed.len(),
+        dir.join("campaign.md").display()
+    );
+    if !failed.is_empty() {
+        bail!("seeds {failed:?} failed; each report folder's summary.md has its replay command");
     }
     Ok(())
 }
@@ -448,4 +533,19 @@ fn read_logs(target: &Target) -> BTreeMap<u64, Vec<u8>> {
         .iter()
         .filter_map(|node| std::fs::read(root.join(format!("node-{}.log", node.id))).ok().map(|log| (node.id, log)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_are_listed_and_ranged() {
+        assert_eq!(parse_seeds("1-3,42,7"), Ok(Seeds(vec![1, 2, 3, 42, 7])));
+        assert_eq!(parse_seeds(" 5 "), Ok(Seeds(vec![5])));
+        assert!(parse_seeds("3-1").unwrap_err().contains("ends before it starts"));
+        assert!(parse_seeds("1-x").unwrap_err().contains("\"x\" is not a seed"));
+        assert!(parse_seeds(",").is_err());
+        assert!(parse_seeds("0-99999999").is_err());
+    }
 }

@@ -164,6 +164,38 @@ fn a_seeded_run_with_network_faults_carries_them_out_and_finds_no_violation() {
     assert!(summary.contains(" \\| {"), "a partition's sides, escaped in the timeline: {summary}");
 }
 
+/// A campaign runs its seeds in turn, each into its own folder, and tables them.
+#[test]
+fn a_campaign_runs_each_seed_and_tables_them() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(["faults", "--seeds", "5-6", "--duration", "15s", "--nemesis", "transfer", "--settle-wait", "10s"])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .expect("run pkd faults");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    for seed in [5, 6] {
+        assert!(stderr.contains(&format!("seed {seed}: 0 faults, ")), "{stderr}");
+        let run = json(&dir.path().join(format!("seed-{seed}/run.json")));
+        assert_eq!(run["seed"], seed);
+        assert_eq!(run["violations"], 0);
+    }
+    let table = std::fs::read_to_string(dir.path().join("campaign.md")).unwrap();
+    assert!(table.starts_with("# pkd faults: a campaign of 2 runs"), "{table}");
+    assert!(table.contains("runs with violations or errors: 0."), "{table}");
+    let rows: Vec<&str> = table.lines().filter(|line| line.starts_with("| 5 |") || line.starts_with("| 6 |")).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows.iter().all(|row| row.ends_with("| none |")), "{table}");
+    let jsonl = std::fs::read_to_string(dir.path().join("campaign.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 2);
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_pkd")).args(["faults", "--seeds", "9-3"]).output().expect("run pkd faults");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ends before it starts"));
+}
+
 #[test]
 fn bad_flags_are_refused_with_a_reason() {
     let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
