@@ -135,6 +135,13 @@ pub fn run(args: FaultsArgs) -> anyhow::Result<()> {
     let mut args = args;
     if args.nemesis.is_empty() {
         args.nemesis = Nemesis::defaults();
+        // The membership nemeses keep at least three voters: they need three nodes.
+        args.nemesis.retain(|kind| args.nodes >= 3 || !kind.is_membership());
+    }
+    let membership: Vec<&str> =
+        args.nemesis.iter().filter(|kind| kind.is_membership()).map(|kind| kind.name()).collect();
+    if !membership.is_empty() && args.nodes < 3 {
+        bail!("{} keep at least three voters: they need --nodes 3 or more", membership.join(", "));
     }
     let hooked: Vec<&str> =
         args.nemesis.iter().filter(|kind| Nemesis::HOOKED.contains(kind)).map(|kind| kind.name()).collect();
@@ -170,9 +177,15 @@ async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
     let planned = nemesis::plan(seed, args.duration, &args.nemesis);
     // The links go through the proxy only when a network nemesis may need it.
     let proxy = args.nemesis.iter().any(|kind| kind.is_network());
-    let target = Arc::new(Target::start_local(args.nodes, args.arenas, "info", None, proxy).await?);
+    let mut target = Target::start_local(args.nodes, args.arenas, "info", None, proxy).await?;
+    // A membership nemesis may add a node: one more slot, for the next id.
+    if args.nemesis.iter().any(|kind| kind.is_membership()) {
+        target = target.with_spare_slot();
+    }
+    let target = Arc::new(target);
     let outcome = drive(&args, seed, planned.clone(), target.clone()).await;
     let logs = read_logs(&target);
+    let members: BTreeSet<u64> = target.member_ids().into_iter().collect();
     target.shutdown().await;
     let (history, settled, ledgers, workload_from_ms) = outcome?;
     let faults = history.faults();
@@ -185,7 +198,7 @@ async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
         settled: &settled,
         ledgers: &ledgers,
         digests: &digests,
-        nodes: args.nodes as usize,
+        members: &members,
         bounds: Bounds {
             end_late_ms: args.end_bound.as_millis() as i64,
             skew_ms: faults
@@ -261,7 +274,8 @@ async fn drive(
     let seen: BTreeSet<u64> = history.states().iter().map(|state| state.pk).collect();
     let anchor_ids: Vec<u64> = (FIRST_ANCHOR..FIRST_ANCHOR + args.anchors).collect();
     let settled = settled_history(&target, &anchor_ids, &seen, args.settle_wait).await;
-    let ledgers = settled_ledgers(&target, &checkers::reference_records(&settled)).await;
+    let reference = (checkers::reference_records(&settled), checkers::reference_node(&settled));
+    let ledgers = settled_ledgers(&target, &reference.0, reference.1).await;
     let _ = stop_sampling.send(true);
     let _ = sampler.await;
     final_digests(&target, &history, args.arenas as usize + 1, Duration::from_secs(20)).await;
@@ -332,7 +346,7 @@ async fn final_digests(target: &Target, history: &History, groups: usize, limit:
     let mut caught: BTreeSet<u64> = BTreeSet::new();
     loop {
         for (group, (answered, indexes)) in record_digests(target, history).await {
-            if answered == target.nodes.len() && indexes.len() == 1 {
+            if answered == target.members().len() && indexes.len() == 1 {
                 caught.insert(group);
             }
         }
@@ -354,12 +368,13 @@ async fn settled_history(
     let deadline = Instant::now() + limit;
     loop {
         let mut all = BTreeMap::new();
-        for node in &target.nodes {
+        let members = target.members();
+        for node in &members {
             if let Some(history) = node_history(&node.client_address(), anchors).await {
                 all.insert(node.id, history);
             }
         }
-        let complete = all.len() == target.nodes.len()
+        let complete = all.len() == members.len()
             && all.values().all(|history| {
                 let settled: BTreeSet<u64> = history
                     .values()
@@ -406,11 +421,14 @@ async fn node_history(address: &str, anchors: &[u64]) -> Option<NodeHistory> {
     Some(history)
 }
 
-/// The gift ledgers of the settled PKs in `records`, from the first node that answers
-/// them all through `GET /api/pks/{id}/gifts`; none if no node does.
-async fn settled_ledgers(target: &Target, records: &[SettledRecord]) -> Ledgers {
+/// The gift ledgers of the settled PKs in `records`, from the first member that answers
+/// them all through `GET /api/pks/{id}/gifts`, `first` first (the node `records` come
+/// from: a node that joined during the run may lack the oldest); none if no node does.
+async fn settled_ledgers(target: &Target, records: &[SettledRecord], first: Option<u64>) -> Ledgers {
     let pks: BTreeSet<u64> = records.iter().filter(|record| record.status >= 2).map(|record| record.pk_id).collect();
-    for node in &target.nodes {
+    let mut members = target.members();
+    members.sort_by_key(|node| Some(node.id) != first);
+    for node in members {
         let client = AdminClient::new(node.client_address(), "dev:9001").with_timeout(Duration::from_secs(3));
         let mut ledgers = Ledgers::new();
         for &pk in &pks {
