@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::checkers::{Bounds, Facts, Verdict};
-use self::history::{DigestSample, History, Ledgers, NodeHistory, SettledRecord, StateSeen};
+use self::history::{DigestSample, FaultEvent, History, Ledgers, NodeHistory, SettledRecord, StateSeen};
 use self::nemesis::{Nemesis, Planned};
 use self::workload::Gifting;
 use crate::bench::parse_duration;
@@ -199,16 +199,7 @@ async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
         ledgers: &ledgers,
         digests: &digests,
         members: &members,
-        bounds: Bounds {
-            end_late_ms: args.end_bound.as_millis() as i64,
-            skew_ms: faults
-                .iter()
-                .filter(|fault| fault.kind == Nemesis::Skew.name())
-                .filter_map(|fault| fault.amount_ms)
-                .map(i64::abs)
-                .max()
-                .unwrap_or(0),
-        },
+        bounds: Bounds { end_late_ms: args.end_bound.as_millis() as i64, skew_ms: largest_skew(&faults) },
         liveness_from_ms,
     };
     let verdicts = checkers::check_all(&facts);
@@ -273,7 +264,9 @@ async fn drive(
     anchors.stop().await;
     let seen: BTreeSet<u64> = history.states().iter().map(|state| state.pk).collect();
     let anchor_ids: Vec<u64> = (FIRST_ANCHOR..FIRST_ANCHOR + args.anchors).collect();
-    let settled = settled_history(&target, &anchor_ids, &seen, args.settle_wait).await;
+    let faults = history.faults();
+    let joined = checkers::joined_since(&faults, largest_skew(&faults));
+    let settled = settled_history(&target, &anchor_ids, &seen, &joined, args.settle_wait).await;
     let reference = (checkers::reference_records(&settled), checkers::reference_node(&settled));
     let ledgers = settled_ledgers(&target, &reference.0, reference.1).await;
     let _ = stop_sampling.send(true);
@@ -357,12 +350,25 @@ async fn final_digests(target: &Target, history: &History, groups: usize, limit:
     }
 }
 
-/// Every node's settled history of `anchors`, asked until every node answers the same,
-/// with every PK in `seen` settled (status 2 or 3), or until `limit`.
+/// The largest clock offset the run injected, in ms (0 without `skew`).
+fn largest_skew(faults: &[FaultEvent]) -> i64 {
+    faults
+        .iter()
+        .filter(|fault| fault.kind == Nemesis::Skew.name())
+        .filter_map(|fault| fault.amount_ms)
+        .map(i64::abs)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every member's settled history of `anchors`, asked until every member answers the
+/// same (as `replicas_agree` judges it: a node in `joined` may lack what ended before it
+/// joined), with every PK in `seen` settled (status 2 or 3), or until `limit`.
 async fn settled_history(
     target: &Target,
     anchors: &[u64],
     seen: &BTreeSet<u64>,
+    joined: &BTreeMap<u64, i64>,
     limit: Duration,
 ) -> BTreeMap<u64, NodeHistory> {
     let deadline = Instant::now() + limit;
@@ -374,18 +380,15 @@ async fn settled_history(
                 all.insert(node.id, history);
             }
         }
+        let is_settled = |record: &SettledRecord| record.status == 2 || record.status == 3;
+        let reference = checkers::reference_node(&all).and_then(|node| all.get(&node));
         let complete = all.len() == members.len()
-            && all.values().all(|history| {
-                let settled: BTreeSet<u64> = history
-                    .values()
-                    .flatten()
-                    .filter(|record| record.status == 2 || record.status == 3)
-                    .map(|record| record.pk_id)
-                    .collect();
+            && all.values().all(|history| history.values().flatten().all(is_settled))
+            && reference.map_or(seen.is_empty(), |history| {
+                let settled: BTreeSet<u64> = history.values().flatten().map(|record| record.pk_id).collect();
                 seen.is_subset(&settled)
-                    && history.values().flatten().all(|record| record.status == 2 || record.status == 3)
             })
-            && all.values().all(|history| Some(history) == all.values().next());
+            && checkers::replicas_agree(&all, joined).passed;
         if complete || Instant::now() >= deadline {
             if !complete {
                 eprintln!("warning: the nodes' settled histories had not converged after {limit:?}");
