@@ -175,6 +175,13 @@ fn bad_flags_are_refused_with_a_reason() {
         Command::new(env!("CARGO_BIN_EXE_pkd")).args(["faults", "--anchors", "1"]).output().expect("run pkd faults");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("at least 2"));
+    // The membership nemeses keep three voters: two nodes are too few.
+    let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(["faults", "--nodes", "2", "--nemesis", "kill,add-node"])
+        .output()
+        .expect("run pkd faults");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("add-node keep at least three voters"));
 }
 
 /// A short healthy run (no fault: the schedule of 15 s has none) against nodes broken on
