@@ -1,8 +1,8 @@
 //! `pkd faults`: a seeded fault test against real `pkd serve` processes. It starts a
 //! local cluster, runs a workload through the public interfaces only (anchors over
 //! WebSocket, the gift API), lets a nemesis drawn from the seed kill, pause, restart and
-//! move leaders, cut, cut one way or slow the links between nodes, then checks the recorded history and the settled results, and writes a
-//! report folder. `docs/faults.md` is the user's guide.
+//! move leaders, cut, cut one way or slow the links between nodes, add and remove nodes,
+//! then checks the recorded history and the settled results, and writes a report folder. `docs/faults.md` is the user's guide.
 //!
 //! - [`nemesis`]: the schedule (pure, from the seed) and the faults.
 //! - [`workload`]: the gift senders, retrying with the same ids.

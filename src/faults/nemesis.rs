@@ -1,7 +1,9 @@
 //! The nemesis: a schedule of faults drawn from the seed ([`plan`], pure), then carried
 //! out against the local cluster ([`carry_out`]), each fault logged with its times.
 //! Process faults signal the nodes; network faults ([`Nemesis::is_network`]) set rules on
-//! the links of the launcher's proxy ([`link_fault`], pure) and heal them all at the end.
+//! the links of the launcher's proxy ([`link_fault`], pure) and heal them all at the end;
+//! membership faults ([`Nemesis::is_membership`]) add and remove voters through the admin
+//! API ([`membership_steps`], pure).
 //!
 //! The schedule alternates healthy and faulty phases: a healthy start while the first PKs
 //! form, then a fault and a healthy gap in turn, and a final healthy phase (at least
