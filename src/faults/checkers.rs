@@ -65,8 +65,8 @@ pub struct Facts<'a> {
     pub bounds: Bounds,
     /// Every state digest sampled, during the run and once it was quiet.
     pub digests: &'a [DigestSample],
-    /// Nodes in the cluster.
-    pub nodes: usize,
+    /// The nodes that are members at the end (the membership nemeses change them).
+    pub members: &'a BTreeSet<u64>,
     /// Progress is required from here on (the last fault's end, wall clock ms).
     pub liveness_from_ms: i64,
 }
@@ -79,17 +79,36 @@ pub fn check_all(facts: &Facts) -> Vec<Verdict> {
         ledgers_match_senders(facts.gifts, facts.ledgers),
         one_pk_at_a_time(facts.states, &reference, facts.bounds.skew_ms),
         pks_end_once_in_time(facts.states, &reference, facts.faults, facts.bounds),
-        replicas_agree(facts.settled),
-        replicas_identical(facts.digests, facts.nodes),
+        replicas_agree(facts.settled, &joined_since(facts.faults, facts.bounds.skew_ms)),
+        replicas_identical(facts.digests, facts.members),
         pushes_never_go_back(facts.states, facts.bounds.skew_ms),
         progress_after_faults(facts.gifts, facts.states, facts.liveness_from_ms),
     ]
 }
 
-/// Every (anchor, PK) record of the first node that answered, one per pair.
+/// Every (anchor, PK) record of the [`reference_node`], one per pair.
 pub fn reference_records(settled: &BTreeMap<u64, NodeHistory>) -> Vec<SettledRecord> {
-    let Some(history) = settled.values().find(|history| !history.is_empty()) else { return Vec::new() };
-    history.values().flatten().cloned().collect()
+    let Some(node) = reference_node(settled) else { return Vec::new() };
+    settled[&node].values().flatten().cloned().collect()
+}
+
+/// The node whose settled history the checkers read: the one with the most records (a
+/// node that joined during the run may lack the oldest), the smallest id among equals.
+/// `None` if no node answered a record.
+pub fn reference_node(settled: &BTreeMap<u64, NodeHistory>) -> Option<u64> {
+    let size = |history: &NodeHistory| history.values().map(Vec::len).sum::<usize>();
+    settled
+        .iter()
+        .filter(|(_, history)| size(history) > 0)
+        .max_by(|(one, first), (other, second)| size(first).cmp(&size(second)).then(other.cmp(one)))
+        .map(|(&node, _)| node)
+}
+
+/// The nodes that joined the cluster during the run on an empty data directory, each with
+/// the time (ms) from which its results store must hold every settled PK: when it was a
+/// voter of every group, plus the largest clock skew (the last join of a node counts).
+pub fn joined_since(faults: &[FaultEvent], skew_ms: i64) -> BTreeMap<u64, i64> {
+    faults.iter().filter_map(|fault| fault.joined.map(|node| (node, fault.healed_ms + skew_ms))).collect()
 }
 
 /// (a) Each side's settled beans lie between the sum of its acknowledged gifts and that
@@ -363,21 +382,42 @@ fn sides_of(records: &[SettledRecord], pk: u64, source: u64, target: u64) -> (Op
     (side(source), side(target))
 }
 
-/// (d) Every node answers the same settled history for every anchor.
-pub fn replicas_agree(settled: &BTreeMap<u64, NodeHistory>) -> Verdict {
+/// (d) Every node answers the same settled history for every anchor. A node that joined
+/// during the run on an empty data directory (`joined`: node → since when, in ms) is held
+/// to less, because its results store is its own (SQLite) and gets only the results still
+/// waiting in the arenas' outboxes when it became a voter: it must answer every PK that
+/// ended from then on as the others do, and nothing the others do not; the earlier PKs it
+/// lacks are counted in the notes (docs/faults.md, "a joining node's results store").
+pub fn replicas_agree(settled: &BTreeMap<u64, NodeHistory>, joined: &BTreeMap<u64, i64>) -> Verdict {
     let mut verdict = Verdict::new("replicas_agree", "every node answers the same settled history");
-    let Some((&first_node, first)) = settled.iter().next() else {
+    let first_node = reference_node(settled).or_else(|| settled.keys().next().copied());
+    let Some((first_node, first)) = first_node.and_then(|node| settled.get(&node).map(|history| (node, history)))
+    else {
         verdict.violation("no node answered the history API".to_owned());
         return verdict;
     };
+    // A joined node → the PKs it lacks that ended before it joined.
+    let mut lacking: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
     let anchors: BTreeSet<u64> = settled.values().flat_map(|history| history.keys().copied()).collect();
     for anchor in anchors {
         verdict.checked += 1;
         let expected = first.get(&anchor);
-        for (&node, history) in settled.iter().skip(1) {
+        for (&node, history) in settled.iter().filter(|(node, _)| **node != first_node) {
             let found = history.get(&anchor);
             if found == expected {
                 continue;
+            }
+            if let (Some(&since), Some(found)) = (joined.get(&node), found) {
+                let expected = expected.map_or(&[][..], Vec::as_slice);
+                let stray = found.iter().any(|record| !expected.contains(record));
+                let (before, after): (Vec<&SettledRecord>, Vec<&SettledRecord>) = expected
+                    .iter()
+                    .filter(|record| !found.contains(record))
+                    .partition(|record| record.end_time.is_some_and(|end| end < since));
+                if !stray && after.is_empty() {
+                    lacking.entry(node).or_default().extend(before.iter().map(|record| record.pk_id));
+                    continue;
+                }
             }
             let describe = |records: Option<&Vec<SettledRecord>>| match records {
                 None => "no answer".to_owned(),
@@ -401,14 +441,25 @@ pub fn replicas_agree(settled: &BTreeMap<u64, NodeHistory>) -> Verdict {
             ));
         }
     }
+    for (node, pks) in lacking.iter().filter(|(_, pks)| !pks.is_empty()) {
+        let pks: Vec<String> = pks.iter().map(u64::to_string).collect();
+        verdict.notes.push(format!(
+            "node {node} joined during the run: {} PKs that ended before it was a voter are not in its results store ({})",
+            pks.len(),
+            pks.join(", ")
+        ));
+    }
     verdict
 }
 
 /// (e) Replicas of a group that applied the same entries hold the same state: every
 /// digest sampled at one (group, applied index) is the same, whichever node gave it.
-/// Each group must have been compared on all `nodes` at least once (the final samples,
-/// taken once the cluster is quiet, are for that).
-pub fn replicas_identical(samples: &[DigestSample], nodes: usize) -> Verdict {
+/// Each group must have been compared on every one of `members` (the nodes that are
+/// members at the end) at least once (the final samples, taken once the cluster is quiet,
+/// are for that). A node sampled while it was a member, and removed since, is compared
+/// with the others at the indexes it was caught at, and counts for no group's
+/// completeness.
+pub fn replicas_identical(samples: &[DigestSample], members: &BTreeSet<u64>) -> Verdict {
     let mut verdict = Verdict::new(
         "replicas_identical",
         "every replica's state is identical at the same applied index (state digests)",
@@ -436,12 +487,17 @@ pub fn replicas_identical(samples: &[DigestSample], nodes: usize) -> Verdict {
                 .map(|(digest, nodes)| format!("nodes {nodes:?}: {}", &digest[..digest.len().min(16)]))
                 .collect();
             verdict.violation(format!("group {group} at index {index}: {}", by_digest.join("; ")));
-        } else if nodes_here.len() >= nodes {
+        } else if members.is_subset(&nodes_here) {
             fully_compared.insert(group);
         }
     }
     for group in groups.difference(&fully_compared) {
-        verdict.violation(format!("group {group} was never seen at one index on all {nodes} nodes"));
+        let ids: Vec<String> = members.iter().map(u64::to_string).collect();
+        verdict.violation(format!(
+            "group {group} was never seen at one index on all {} nodes ({})",
+            members.len(),
+            ids.join(", ")
+        ));
     }
     if samples.is_empty() {
         verdict.violation("no node answered GET /admin/digest".to_owned());
@@ -730,6 +786,8 @@ mod tests {
             to: None,
             amount_ms: None,
             links: None,
+            members: None,
+            joined: None,
             started_ms: 4_000,
             healed_ms: 7_000,
             error: None,
@@ -761,11 +819,41 @@ mod tests {
     fn nodes_answering_differently_is_a_violation() {
         let history = |gifts: i64| -> NodeHistory { [(A, vec![record(7, A, B, gifts, (0, 5_000), 2)])].into() };
         let same: BTreeMap<u64, NodeHistory> = [(1, history(4)), (2, history(4))].into();
-        assert!(replicas_agree(&same).passed);
+        let none = BTreeMap::new();
+        assert!(replicas_agree(&same, &none).passed);
         let differ: BTreeMap<u64, NodeHistory> = [(1, history(4)), (2, history(4)), (3, history(5))].into();
-        let verdict = replicas_agree(&differ);
+        let verdict = replicas_agree(&differ, &none);
         assert_eq!(verdict.violations, 1);
         assert!(verdict.evidence[0].contains("node 3 answers [7(status 2, 5:0)]"), "{:?}", verdict.evidence);
+    }
+
+    #[test]
+    fn a_node_that_joined_may_lack_only_the_pks_that_ended_before() {
+        let (old, new) = (record(7, A, B, 4, (0, 5_000), 2), record(9, A, B, 6, (6_000, 11_000), 2));
+        let full: NodeHistory = [(A, vec![new.clone(), old.clone()])].into();
+        let recent: NodeHistory = [(A, vec![new.clone()])].into();
+        // Node 4 joined at 8 s: PK 7 (ended at 5 s) may be missing from its store.
+        let settled: BTreeMap<u64, NodeHistory> = [(1, full.clone()), (4, recent.clone())].into();
+        let joined = BTreeMap::from([(4, 8_000)]);
+        let verdict = replicas_agree(&settled, &joined);
+        assert!(verdict.passed, "{:?}", verdict.evidence);
+        assert!(
+            verdict.notes.iter().any(|note| note.contains("node 4 joined during the run: 1 PKs")),
+            "{:?}",
+            verdict.notes
+        );
+        // The history is read from the node that has the most, whatever its id.
+        let settled: BTreeMap<u64, NodeHistory> = [(1, recent.clone()), (2, full.clone())].into();
+        assert_eq!(reference_node(&settled), Some(2));
+        assert!(replicas_agree(&settled, &BTreeMap::from([(1, 8_000)])).passed);
+        // A node that did not join is held to everything.
+        assert!(!replicas_agree(&settled, &BTreeMap::new()).passed);
+        // Joined before PK 7 ended: it must have it.
+        assert!(!replicas_agree(&settled, &BTreeMap::from([(1, 4_000)])).passed);
+        // A joined node answering a PK otherwise is a violation.
+        let other: NodeHistory = [(A, vec![record(9, A, B, 7, (6_000, 11_000), 2)])].into();
+        let settled: BTreeMap<u64, NodeHistory> = [(1, full), (4, other)].into();
+        assert!(!replicas_agree(&settled, &joined).passed);
     }
 
     #[test]
@@ -794,19 +882,36 @@ mod tests {
             sample(2, 0, 12, "c"),
             sample(3, 0, 12, "c"),
         ];
-        let verdict = replicas_identical(&agreeing, 3);
+        let three = BTreeSet::from([1, 2, 3]);
+        let verdict = replicas_identical(&agreeing, &three);
         assert!(verdict.passed, "{:?}", verdict.evidence);
         assert_eq!(verdict.checked, 1);
         // Node 3 at index 12 with another state.
         let mut diverged = agreeing.to_vec();
         diverged[4] = sample(3, 0, 12, "d");
-        let verdict = replicas_identical(&diverged, 3);
+        let verdict = replicas_identical(&diverged, &three);
         assert!(!verdict.passed);
         assert!(verdict.evidence[0].starts_with("group 0 at index 12: nodes {1, 2}: cccc"), "{:?}", verdict.evidence);
         // Never compared on every node: no evidence of agreement is a violation too.
-        let verdict = replicas_identical(&agreeing[..4], 3);
-        assert_eq!(verdict.evidence, vec!["group 0 was never seen at one index on all 3 nodes".to_owned()]);
-        assert!(!replicas_identical(&[], 3).passed);
+        let verdict = replicas_identical(&agreeing[..4], &three);
+        assert_eq!(verdict.evidence, vec!["group 0 was never seen at one index on all 3 nodes (1, 2, 3)".to_owned()]);
+        assert!(!replicas_identical(&[], &three).passed);
+
+        // Node 2 removed and node 4 added: all three members must be caught at one index;
+        // node 2's samples from when it was a member are still compared.
+        let changed = BTreeSet::from([1, 3, 4]);
+        let verdict = replicas_identical(&agreeing, &changed);
+        assert_eq!(verdict.evidence, vec!["group 0 was never seen at one index on all 3 nodes (1, 3, 4)".to_owned()]);
+        let mut later = agreeing.to_vec();
+        later.extend([sample(1, 0, 20, "e"), sample(3, 0, 20, "e"), sample(4, 0, 20, "e")]);
+        assert!(replicas_identical(&later, &changed).passed);
+        later.push(sample(4, 0, 12, "f"));
+        let verdict = replicas_identical(&later, &changed);
+        assert!(
+            verdict.evidence[0].starts_with("group 0 at index 12: nodes {1, 2, 3}: cccc"),
+            "{:?}",
+            verdict.evidence
+        );
     }
 
     #[test]

@@ -128,10 +128,12 @@ impl StateSeen {
 pub struct FaultEvent {
     /// The nemesis (`kill`, `kill-leader`, `pause`, `pause-leader`, `transfer`,
     /// `restart-all`, or a network one: `partition-leader`, `partition-half`, `bridge`,
-    /// `drop-one-way`, `delay`, `blackhole`).
+    /// `drop-one-way`, `delay`, `blackhole`, or a membership one: `add-node`,
+    /// `remove-node`).
     pub kind: String,
     /// The node it hit (for a transfer: the leader it moved from; for a partition: the
-    /// node cut off from the others, if one was).
+    /// node cut off from the others, if one was; for `add-node` the node added, for
+    /// `remove-node` the node removed).
     pub node: Option<u64>,
     /// The group whose leader was chosen, for the leader nemeses and transfers.
     pub group: Option<u64>,
@@ -144,6 +146,15 @@ pub struct FaultEvent {
     /// (one way cut), `1 <-> 2` (both ways), `1 <-> 2 +120ms` (delayed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub links: Option<String>,
+    /// A membership fault's changes and the voters after them: `+4 → {1,2,3,4}`, `-2 +2
+    /// → {1,2,3,4}` (node 2 removed, then back on an empty data directory), `+4 -1 →
+    /// {2,3,4}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<String>,
+    /// The node a membership fault added on an empty data directory: its results store
+    /// holds only what settled once it was a voter (the `replicas_agree` checker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<u64>,
     pub started_ms: i64,
     /// When the fault was over (the node restarted or resumed, the transfer answered).
     pub healed_ms: i64,

@@ -1,8 +1,8 @@
 //! `pkd faults`: a seeded fault test against real `pkd serve` processes. It starts a
 //! local cluster, runs a workload through the public interfaces only (anchors over
 //! WebSocket, the gift API), lets a nemesis drawn from the seed kill, pause, restart and
-//! move leaders, cut, cut one way or slow the links between nodes, then checks the recorded history and the settled results, and writes a
-//! report folder. `docs/faults.md` is the user's guide.
+//! move leaders, cut, cut one way or slow the links between nodes, add and remove nodes,
+//! then checks the recorded history and the settled results, and writes a report folder. `docs/faults.md` is the user's guide.
 //!
 //! - [`nemesis`]: the schedule (pure, from the seed) and the faults.
 //! - [`workload`]: the gift senders, retrying with the same ids.
@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::checkers::{Bounds, Facts, Verdict};
-use self::history::{DigestSample, History, Ledgers, NodeHistory, SettledRecord, StateSeen};
+use self::history::{DigestSample, FaultEvent, History, Ledgers, NodeHistory, SettledRecord, StateSeen};
 use self::nemesis::{Nemesis, Planned};
 use self::workload::Gifting;
 use crate::bench::parse_duration;
@@ -173,6 +173,13 @@ pub fn run(args: FaultsArgs) -> anyhow::Result<()> {
     let mut args = args;
     if args.nemesis.is_empty() {
         args.nemesis = Nemesis::defaults();
+        // The membership nemeses keep at least three voters: they need three nodes.
+        args.nemesis.retain(|kind| args.nodes >= 3 || !kind.is_membership());
+    }
+    let membership: Vec<&str> =
+        args.nemesis.iter().filter(|kind| kind.is_membership()).map(|kind| kind.name()).collect();
+    if !membership.is_empty() && args.nodes < 3 {
+        bail!("{} keep at least three voters: they need --nodes 3 or more", membership.join(", "));
     }
     let hooked: Vec<&str> =
         args.nemesis.iter().filter(|kind| Nemesis::HOOKED.contains(kind)).map(|kind| kind.name()).collect();
@@ -255,9 +262,15 @@ async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
     let planned = nemesis::plan(seed, args.duration, &args.nemesis);
     // The links go through the proxy only when a network nemesis may need it.
     let proxy = args.nemesis.iter().any(|kind| kind.is_network());
-    let target = Arc::new(Target::start_local(args.nodes, args.arenas, "info", None, proxy).await?);
+    let mut target = Target::start_local(args.nodes, args.arenas, "info", None, proxy).await?;
+    // A membership nemesis may add a node: one more slot, for the next id.
+    if args.nemesis.iter().any(|kind| kind.is_membership()) {
+        target = target.with_spare_slot();
+    }
+    let target = Arc::new(target);
     let outcome = drive(&args, seed, planned.clone(), target.clone()).await;
     let logs = read_logs(&target);
+    let members: BTreeSet<u64> = target.member_ids().into_iter().collect();
     target.shutdown().await;
     let (history, settled, ledgers, workload_from_ms) = outcome?;
     let faults = history.faults();
@@ -270,17 +283,8 @@ async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
         settled: &settled,
         ledgers: &ledgers,
         digests: &digests,
-        nodes: args.nodes as usize,
-        bounds: Bounds {
-            end_late_ms: args.end_bound.as_millis() as i64,
-            skew_ms: faults
-                .iter()
-                .filter(|fault| fault.kind == Nemesis::Skew.name())
-                .filter_map(|fault| fault.amount_ms)
-                .map(i64::abs)
-                .max()
-                .unwrap_or(0),
-        },
+        members: &members,
+        bounds: Bounds { end_late_ms: args.end_bound.as_millis() as i64, skew_ms: largest_skew(&faults) },
         liveness_from_ms,
     };
     let verdicts = checkers::check_all(&facts);
@@ -345,8 +349,11 @@ async fn drive(
     anchors.stop().await;
     let seen: BTreeSet<u64> = history.states().iter().map(|state| state.pk).collect();
     let anchor_ids: Vec<u64> = (FIRST_ANCHOR..FIRST_ANCHOR + args.anchors).collect();
-    let settled = settled_history(&target, &anchor_ids, &seen, args.settle_wait).await;
-    let ledgers = settled_ledgers(&target, &checkers::reference_records(&settled)).await;
+    let faults = history.faults();
+    let joined = checkers::joined_since(&faults, largest_skew(&faults));
+    let settled = settled_history(&target, &anchor_ids, &seen, &joined, args.settle_wait).await;
+    let reference = (checkers::reference_records(&settled), checkers::reference_node(&settled));
+    let ledgers = settled_ledgers(&target, &reference.0, reference.1).await;
     let _ = stop_sampling.send(true);
     let _ = sampler.await;
     final_digests(&target, &history, args.arenas as usize + 1, Duration::from_secs(20)).await;
@@ -417,7 +424,7 @@ async fn final_digests(target: &Target, history: &History, groups: usize, limit:
     let mut caught: BTreeSet<u64> = BTreeSet::new();
     loop {
         for (group, (answered, indexes)) in record_digests(target, history).await {
-            if answered == target.nodes.len() && indexes.len() == 1 {
+            if answered == target.members().len() && indexes.len() == 1 {
                 caught.insert(group);
             }
         }
@@ -428,34 +435,45 @@ async fn final_digests(target: &Target, history: &History, groups: usize, limit:
     }
 }
 
-/// Every node's settled history of `anchors`, asked until every node answers the same,
-/// with every PK in `seen` settled (status 2 or 3), or until `limit`.
+/// The largest clock offset the run injected, in ms (0 without `skew`).
+fn largest_skew(faults: &[FaultEvent]) -> i64 {
+    faults
+        .iter()
+        .filter(|fault| fault.kind == Nemesis::Skew.name())
+        .filter_map(|fault| fault.amount_ms)
+        .map(i64::abs)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every member's settled history of `anchors`, asked until every member answers the
+/// same (as `replicas_agree` judges it: a node in `joined` may lack what ended before it
+/// joined), with every PK in `seen` settled (status 2 or 3), or until `limit`.
 async fn settled_history(
     target: &Target,
     anchors: &[u64],
     seen: &BTreeSet<u64>,
+    joined: &BTreeMap<u64, i64>,
     limit: Duration,
 ) -> BTreeMap<u64, NodeHistory> {
     let deadline = Instant::now() + limit;
     loop {
         let mut all = BTreeMap::new();
-        for node in &target.nodes {
+        let members = target.members();
+        for node in &members {
             if let Some(history) = node_history(&node.client_address(), anchors).await {
                 all.insert(node.id, history);
             }
         }
-        let complete = all.len() == target.nodes.len()
-            && all.values().all(|history| {
-                let settled: BTreeSet<u64> = history
-                    .values()
-                    .flatten()
-                    .filter(|record| record.status == 2 || record.status == 3)
-                    .map(|record| record.pk_id)
-                    .collect();
+        let is_settled = |record: &SettledRecord| record.status == 2 || record.status == 3;
+        let reference = checkers::reference_node(&all).and_then(|node| all.get(&node));
+        let complete = all.len() == members.len()
+            && all.values().all(|history| history.values().flatten().all(is_settled))
+            && reference.map_or(seen.is_empty(), |history| {
+                let settled: BTreeSet<u64> = history.values().flatten().map(|record| record.pk_id).collect();
                 seen.is_subset(&settled)
-                    && history.values().flatten().all(|record| record.status == 2 || record.status == 3)
             })
-            && all.values().all(|history| Some(history) == all.values().next());
+            && checkers::replicas_agree(&all, joined).passed;
         if complete || Instant::now() >= deadline {
             if !complete {
                 eprintln!("warning: the nodes' settled histories had not converged after {limit:?}");
@@ -491,11 +509,14 @@ async fn node_history(address: &str, anchors: &[u64]) -> Option<NodeHistory> {
     Some(history)
 }
 
-/// The gift ledgers of the settled PKs in `records`, from the first node that answers
-/// them all through `GET /api/pks/{id}/gifts`; none if no node does.
-async fn settled_ledgers(target: &Target, records: &[SettledRecord]) -> Ledgers {
+/// The gift ledgers of the settled PKs in `records`, from the first member that answers
+/// them all through `GET /api/pks/{id}/gifts`, `first` first (the node `records` come
+/// from: a node that joined during the run may lack the oldest); none if no node does.
+async fn settled_ledgers(target: &Target, records: &[SettledRecord], first: Option<u64>) -> Ledgers {
     let pks: BTreeSet<u64> = records.iter().filter(|record| record.status >= 2).map(|record| record.pk_id).collect();
-    for node in &target.nodes {
+    let mut members = target.members();
+    members.sort_by_key(|node| Some(node.id) != first);
+    for node in members {
         let client = AdminClient::new(node.client_address(), "dev:9001").with_timeout(Duration::from_secs(3));
         let mut ledgers = Ledgers::new();
         for &pk in &pks {

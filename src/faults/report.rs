@@ -141,19 +141,20 @@ fn summary(run: &Run) -> String {
     let second = |ms: i64| (ms - run.workload_from_ms) as f64 / 1000.0;
     let _ = writeln!(
         text,
-        "| from | to | fault | node | group | to node | links | error |\n|---|---|---|---|---|---|---|---|"
+        "| from | to | fault | node | group | to node | members | links | error |\n|---|---|---|---|---|---|---|---|---|"
     );
     let show = |value: Option<u64>| value.map_or_else(String::new, |value| value.to_string());
     for fault in run.history.faults() {
         let _ = writeln!(
             text,
-            "| {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
+            "| {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
             second(fault.started_ms),
             second(fault.healed_ms),
             fault.kind,
             show(fault.node),
             show(fault.group),
             show(fault.to),
+            fault.members.unwrap_or_default(),
             // A partition's sides are separated by `|`, which would end the cell.
             fault.links.unwrap_or_default().replace('|', "\\|"),
             fault.error.unwrap_or_default()

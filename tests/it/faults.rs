@@ -208,6 +208,13 @@ fn bad_flags_are_refused_with_a_reason() {
         Command::new(env!("CARGO_BIN_EXE_pkd")).args(["faults", "--anchors", "1"]).output().expect("run pkd faults");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("at least 2"));
+    // The membership nemeses keep three voters: two nodes are too few.
+    let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(["faults", "--nodes", "2", "--nemesis", "kill,add-node"])
+        .output()
+        .expect("run pkd faults");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("add-node keep at least three voters"));
 }
 
 /// A short healthy run (no fault: the schedule of 15 s has none) against nodes broken on
@@ -288,4 +295,39 @@ fn clock_skew_and_disk_faults_break_no_promise() {
     for fault in carried_out {
         assert!(fault["error"].is_null(), "{fault:#}");
     }
+}
+
+/// The membership nemeses, through the admin API as an operator does. Seed 17's schedule
+/// in 45 s: `remove-node` (a node joins as node 4, then a voter leaves: the leader of a
+/// group if one is known), `kill-leader`, then `add-node` (the node removed comes back
+/// under its id, on an empty data directory). Nothing is violated, and the voters end one
+/// more than they started.
+#[test]
+fn nodes_joining_and_leaving_break_no_promise() {
+    let args = ["--seed", "17", "--duration", "45s", "--nemesis", "add-node,remove-node,kill-leader"];
+    let (output, verdicts, schedule) = run_faults(&args, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for verdict in verdicts.as_array().unwrap() {
+        assert_eq!(verdict["passed"], true, "{verdict:#}\n{stderr}");
+        assert!(verdict["checked"].as_u64().unwrap() > 0, "{verdict:#}");
+    }
+    assert!(output.status.success(), "{stderr}");
+    let carried_out = schedule["carried_out"].as_array().unwrap();
+    let kinds: Vec<&str> = carried_out.iter().map(|fault| fault["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["remove-node", "kill-leader", "add-node"], "{schedule:#}");
+    for fault in carried_out {
+        assert!(fault["error"].is_null(), "{fault:#}");
+    }
+    // remove-node: node 4 joins, a voter of the three leaves; add-node: that one is back.
+    let removed = carried_out[0]["node"].as_u64().unwrap();
+    assert!((1..=3).contains(&removed), "{schedule:#}");
+    assert_eq!(carried_out[0]["joined"], 4, "{schedule:#}");
+    assert!(carried_out[0]["members"].as_str().unwrap().starts_with(&format!("+4 -{removed} → ")), "{schedule:#}");
+    assert_eq!(carried_out[2]["node"].as_u64(), Some(removed), "{schedule:#}");
+    assert_eq!(carried_out[2]["joined"].as_u64(), Some(removed), "{schedule:#}");
+    assert_eq!(carried_out[2]["members"], format!("+{removed} → {{1,2,3,4}}"), "{schedule:#}");
+    assert!(stderr.contains("nemesis: remove-node +4 -"), "{stderr}");
+    // The digests were compared on the four members at the end.
+    let identical = verdict(&verdicts, "replicas_identical");
+    assert!(identical["evidence"].as_array().unwrap().is_empty(), "{identical:#}");
 }
