@@ -16,8 +16,82 @@ use super::limits::TokenBucket;
 
 pub type SessionId = u64;
 
-/// A text frame shared by every session it goes to.
-pub type Outbound = Arc<str>;
+/// A frame shared by every session it goes to.
+pub type Outbound = Arc<Frame>;
+
+/// A text frame, and for a PK state (push 10) where that state stands.
+#[derive(Debug)]
+pub struct Frame {
+    pub text: Box<str>,
+    pub stamp: Option<StateStamp>,
+}
+
+impl Frame {
+    pub fn text(text: impl Into<Box<str>>) -> Outbound {
+        Arc::new(Frame { text: text.into(), stamp: None })
+    }
+
+    pub fn state(text: impl Into<Box<str>>, stamp: StateStamp) -> Outbound {
+        Arc::new(Frame { text: text.into(), stamp: Some(stamp) })
+    }
+}
+
+/// Where a PK's state stands in its course, as a client was shown it: a PK's status only
+/// moves on and its scores only grow, so a state behind one already shown is an older one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateStamp {
+    pub pk: u64,
+    /// Opening 0, battle 1, over 2.
+    pub course: u8,
+    pub source_beans: i64,
+    pub target_beans: i64,
+}
+
+impl StateStamp {
+    pub fn of(view: &pkd_raft::PkView) -> StateStamp {
+        StateStamp {
+            pk: view.pk.0,
+            course: view.status.push_code().min(2),
+            source_beans: view.source.beans,
+            target_beans: view.target.beans,
+        }
+    }
+
+    fn is_behind(&self, shown: &StateStamp) -> bool {
+        self.course < shown.course || self.source_beans < shown.source_beans || self.target_beans < shown.target_beans
+    }
+}
+
+/// The latest PK states one connection was shown (replies and pushes), so that a push
+/// rendered before a reply it is queued behind is not shown after it.
+#[derive(Debug, Default)]
+pub struct StatesShown(HashMap<u64, StateStamp>);
+
+impl StatesShown {
+    /// Most PKs a connection keeps track of (a client is in one room at a time).
+    const LIMIT: usize = 16;
+
+    /// Records a state shown in a reply.
+    pub fn shown(&mut self, stamp: StateStamp) {
+        if self.0.len() >= Self::LIMIT && !self.0.contains_key(&stamp.pk) {
+            self.0.clear();
+        }
+        let entry = self.0.entry(stamp.pk).or_insert(stamp);
+        if !stamp.is_behind(entry) {
+            *entry = stamp;
+        }
+    }
+
+    /// Whether a frame may go out: any frame but a PK state behind one already shown.
+    pub fn admits(&mut self, frame: &Frame) -> bool {
+        let Some(stamp) = frame.stamp else { return true };
+        if self.0.get(&stamp.pk).is_some_and(|shown| stamp.is_behind(shown)) {
+            return false;
+        }
+        self.shown(stamp);
+        true
+    }
+}
 
 pub struct Hub {
     next_id: AtomicU64,
@@ -248,7 +322,7 @@ mod tests {
         hub.enter(slow, RoomId(1), false);
         hub.enter(anchor, RoomId(1), true);
         assert_eq!(hub.presence(RoomId(1), UserId(1)), RoomPresence { viewers: 2, anchor_online: true });
-        let frame: Outbound = Arc::from("x");
+        let frame = Frame::text("x");
         assert_eq!(hub.send_to_room(RoomId(1), &frame), 3);
         // The slow session's queue (1) is now full: the next push drops it.
         assert_eq!(hub.send_to_room(RoomId(1), &frame), 2);
@@ -256,7 +330,7 @@ mod tests {
         // The slow session's task is told, so it closes with 4008.
         assert!(futures_util::FutureExt::now_or_never(kicked.notified()).is_some());
         assert_eq!(hub.presence(RoomId(1), UserId(1)).viewers, 1);
-        assert_eq!(fast_rx.try_recv().unwrap().as_ref(), "x");
+        assert_eq!(&*fast_rx.try_recv().unwrap().text, "x");
         hub.enter(viewer, RoomId(2), false);
         assert_eq!(hub.presence(RoomId(1), UserId(1)).viewers, 0);
         assert_eq!(hub.send_to_user(UserId(7), &frame), 1);
@@ -291,5 +365,33 @@ mod tests {
         hub.disconnect(viewer);
         assert!(!hub.dropped_within(UserId(1), RoomId(1), Instant::now(), grace));
         assert!(!hub.dropped_within(UserId(2), RoomId(1), Instant::now(), grace));
+    }
+
+    #[test]
+    fn a_pk_state_behind_one_shown_is_not_sent() {
+        let stamp = |pk: u64, course: u8, source_beans: i64, target_beans: i64| StateStamp {
+            pk,
+            course,
+            source_beans,
+            target_beans,
+        };
+        let frame = |stamp: StateStamp| Frame::state("state", stamp);
+        let mut shown = StatesShown::default();
+        assert!(shown.admits(&Frame::text("other pushes always go")));
+        // A reply showed 34:27; a push rendered before it (34:22) is held back, a later one
+        // goes, and so does another PK's.
+        shown.shown(stamp(7, 1, 34, 27));
+        assert!(!shown.admits(&frame(stamp(7, 1, 34, 22))));
+        assert!(!shown.admits(&frame(stamp(7, 0, 34, 27))), "the opening again");
+        assert!(shown.admits(&frame(stamp(7, 1, 34, 27))), "the same state again");
+        assert!(shown.admits(&frame(stamp(7, 1, 40, 27))));
+        assert!(!shown.admits(&frame(stamp(7, 1, 35, 27))), "behind the push just sent");
+        assert!(shown.admits(&frame(stamp(8, 0, 0, 0))));
+        // Over: nothing of its battle goes out after it.
+        assert!(shown.admits(&frame(stamp(7, 2, 40, 30))));
+        assert!(!shown.admits(&frame(stamp(7, 1, 40, 30))));
+        // A reply showing an older state than a push already sent changes nothing.
+        shown.shown(stamp(7, 1, 1, 1));
+        assert!(!shown.admits(&frame(stamp(7, 1, 40, 29))));
     }
 }

@@ -20,14 +20,14 @@
 //!   arena combines every node's fresh share.
 
 use super::Gateway;
-use super::hub::Outbound;
+use super::hub::{Frame, StateStamp};
 use super::protocol;
 use crate::clock::now_ms;
 use crate::replication::consensus::GroupId;
 use pkd_raft::effect::{Audience, Effect, PushMessage};
 use pkd_raft::{ArenaAction, PkId, PkStatus, PkView, Presence, RoomId, UserId};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
@@ -99,7 +99,11 @@ pub(super) async fn run(gateway: Weak<Gateway>) {
 fn on_effect(gateway: &Gateway, schedule: &mut Schedule, effect: &Effect) {
     match effect {
         Effect::Pushed(push) => {
-            let frame: Outbound = Arc::from(protocol::render_push(push, now_ms()));
+            let text = protocol::render_push(push, now_ms());
+            let frame = match &push.message {
+                PushMessage::PkState(view) => Frame::state(text, StateStamp::of(view)),
+                _ => Frame::text(text),
+            };
             metrics::counter!(crate::telemetry::PUSHES, "type" => push_type_label(&push.message)).increment(1);
             match push.to {
                 Audience::Room(room) => gateway.hub.send_to_room(room, &frame),
@@ -157,7 +161,11 @@ fn push_state(gateway: &Gateway, view: &PkView) -> usize {
     rooms_of(view)
         .into_iter()
         .filter(|room| gateway.hub.has_room(*room))
-        .map(|room| gateway.hub.send_to_room(room, &Arc::from(protocol::render_pk_state(room, view, now))))
+        .map(|room| {
+            gateway
+                .hub
+                .send_to_room(room, &Frame::state(protocol::render_pk_state(room, view, now), StateStamp::of(view)))
+        })
         .sum()
 }
 

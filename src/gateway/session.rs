@@ -7,7 +7,7 @@
 //! reply or push has waited `send_timeout` for it.
 
 use super::Gateway;
-use super::hub::{Outbound, SessionId};
+use super::hub::{Frame, Outbound, SessionId, StateStamp, StatesShown};
 use super::limits::TokenBucket;
 use super::protocol::{self, ClientCommand, ClientMessage, MatchAction, ProtocolError, Reply, ReplyResult, RoomRole};
 use crate::clock::now_ms;
@@ -108,6 +108,8 @@ struct Connection {
     session: SessionId,
     /// The room this connection is in, and whether as its anchor.
     room: Option<(RoomId, bool)>,
+    /// The PK states this connection was shown.
+    shown: StatesShown,
 }
 
 /// Serves one upgraded connection until it closes.
@@ -118,7 +120,8 @@ pub async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocke
     let session = gateway.hub.connect(identity.user, queue, kicked.clone());
     tracing::Span::current().record("session", session);
     tracing::debug!("client connected");
-    let mut connection = Connection { gateway: gateway.clone(), identity, session, room: None };
+    let mut connection =
+        Connection { gateway: gateway.clone(), identity, session, room: None, shown: StatesShown::default() };
     let mut limit = TokenBucket::new(config.commands_per_second, config.command_burst, Instant::now());
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.tick().await;
@@ -151,7 +154,11 @@ pub async fn run(gateway: Arc<Gateway>, identity: Identity, mut socket: WebSocke
                 }
             }
             Some(frame) = outbound.recv() => {
-                send(&mut socket, Message::Text(frame.as_ref().into()), &kicked, config.send_timeout).await
+                // A PK state rendered before a reply that showed a later one stays unsent.
+                if !connection.shown.admits(&frame) {
+                    continue;
+                }
+                send(&mut socket, Message::Text((*frame.text).into()), &kicked, config.send_timeout).await
             }
             _ = kicked.notified() => break Some((CLOSE_TOO_SLOW, "too slow: pushes were not read")),
             () = gateway.stopping.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
@@ -312,9 +319,7 @@ impl Connection {
                     // matching is told so again.
                     self.push_if_matching(*room);
                 }
-                let state =
-                    gateway.room_view(*room).map(|view| Box::new(protocol::PkStateContent::from_view(&view, now_ms())));
-                Reply::success(echo, ReplyResult::PkState(state))
+                Reply::success(echo, ReplyResult::PkState(self.room_state(*room)))
             }
             ClientCommand::LeaveRoom { room } => {
                 gateway.hub.leave(self.session, *room);
@@ -330,11 +335,7 @@ impl Connection {
                 }
                 Reply::success(echo, ReplyResult::Null)
             }
-            ClientCommand::RoomPkState { room } => {
-                let state =
-                    gateway.room_view(*room).map(|view| Box::new(protocol::PkStateContent::from_view(&view, now_ms())));
-                Reply::success(echo, ReplyResult::PkState(state))
-            }
+            ClientCommand::RoomPkState { room } => Reply::success(echo, ReplyResult::PkState(self.room_state(*room))),
             ClientCommand::GoOnMic { room } => {
                 // The source pushes 13 to a user going on mic while the room is matching.
                 self.push_if_matching(*room);
@@ -366,6 +367,13 @@ impl Connection {
         hash.finish().max(1)
     }
 
+    /// The state of the PK in `room`, as a reply shows it (and this connection saw it).
+    fn room_state(&mut self, room: RoomId) -> Option<Box<protocol::PkStateContent>> {
+        let view = self.gateway.room_view(room)?;
+        self.shown.shown(StateStamp::of(&view));
+        Some(Box::new(protocol::PkStateContent::from_view(&view, now_ms())))
+    }
+
     /// Push 13 to this connection's user if `room`'s anchor is matching.
     fn push_if_matching(&self, room: RoomId) {
         let anchor = UserId(room.0);
@@ -374,7 +382,7 @@ impl Connection {
                 to: pkd_raft::effect::Audience::User { user: self.identity.user, room },
                 message: pkd_raft::effect::PushMessage::MatchingStarted { anchor },
             };
-            let frame: Outbound = Arc::from(protocol::render_push(&push, now_ms()));
+            let frame = Frame::text(protocol::render_push(&push, now_ms()));
             self.gateway.hub.send_to_user(self.identity.user, &frame);
         }
     }
