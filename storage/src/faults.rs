@@ -63,3 +63,21 @@ pub(crate) fn before_flush(directory: Option<&Path>) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+
+    #[tokio::test]
+    async fn a_directory_fault_fails_the_flushes_of_that_store_only() {
+        let (broken, sound) = (tempfile::TempDir::new().unwrap(), tempfile::TempDir::new().unwrap());
+        let (failing, passing) = (Store::open(broken.path()).unwrap(), Store::open(sound.path()).unwrap());
+        set_directory_faults(broken.path(), Duration::ZERO, true);
+        assert!(failing.flush().await.is_err(), "the broken disk's flush failed");
+        assert!(passing.flush().await.is_ok(), "another store's disk is sound");
+        set_directory_faults(broken.path(), Duration::ZERO, false);
+        assert!(failing.flush().await.is_ok(), "mended");
+        assert!(directory_faults().is_empty(), "a mended directory leaves no entry");
+    }
+}
