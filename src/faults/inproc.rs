@@ -356,7 +356,11 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
 /// directory.
 fn data_root() -> anyhow::Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
-    let root = if shm.is_dir() { tempfile::Builder::new().prefix("pkd-inproc-").tempdir_in(shm) } else { Err(std::io::Error::other("no /dev/shm")) };
+    let root = if shm.is_dir() {
+        tempfile::Builder::new().prefix("pkd-inproc-").tempdir_in(shm)
+    } else {
+        Err(std::io::Error::other("no /dev/shm"))
+    };
     root.or_else(|_| tempfile::Builder::new().prefix("pkd-inproc-").tempdir()).context("a data directory")
 }
 
@@ -666,7 +670,8 @@ async fn match_again(live: Arc<Live>, anchor: u64, mut rng: StdRng, hold: Arc<At
             continue;
         }
         let Some(node) = live.any(&mut rng) else { continue };
-        let free = node.lobby().read(|lobby| !lobby.is_waiting(UserId(anchor)) && lobby.pk_of(UserId(anchor)).is_none());
+        let free =
+            node.lobby().read(|lobby| !lobby.is_waiting(UserId(anchor)) && lobby.pk_of(UserId(anchor)).is_none());
         if free {
             let _ = tokio::time::timeout(ATTEMPT_LIMIT, node.propose_lobby(start_match(anchor))).await;
         }
@@ -1013,8 +1018,7 @@ async fn settled_history(
     loop {
         let mut all = BTreeMap::new();
         for member in &cluster.members {
-            let Some(store) = member.running.as_ref().and_then(|running| running.sinks.results().get().cloned())
-            else {
+            let Some(store) = member.running.as_ref().and_then(|running| running.sinks.results().get().cloned()) else {
                 continue;
             };
             if let Some(history) = node_history(&store, anchors).await {
@@ -1150,7 +1154,8 @@ pub fn command(args: InProcessArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let started = std::time::Instant::now();
     let faults = if args.faults.is_empty() { Fault::ALL.to_vec() } else { args.faults.clone() };
-    let template = |seed| Options { faults: faults.clone(), broken: args.broken, faulty: args.faulty, ..Options::new(seed) };
+    let template =
+        |seed| Options { faults: faults.clone(), broken: args.broken, faulty: args.faulty, ..Options::new(seed) };
     let outcomes = runtime.block_on(run_seeds(&args.seeds.0, args.parallel, template, |seed, outcome| match outcome {
         Ok(outcome) => {
             println!("{}", outcome.line());

@@ -57,11 +57,7 @@ fn evidence(outcome: &Outcome, name: &str) -> Vec<String> {
 async fn a_gift_acknowledged_without_being_proposed_is_found_lost() {
     let outcome = broken_run(3, Break::AckUnproposed).await;
     let found = evidence(&outcome, "gifts_counted_once");
-    assert!(
-        found.iter().any(|line| line.contains("an acknowledged gift lost")),
-        "{}\n{found:#?}",
-        outcome.line()
-    );
+    assert!(found.iter().any(|line| line.contains("an acknowledged gift lost")), "{}\n{found:#?}", outcome.line());
     assert!(outcome.replay_command().ends_with("--break ack-unproposed"), "{}", outcome.replay_command());
 }
 
