@@ -37,6 +37,7 @@ use super::history::{
     Answer, Attempt, DigestSample, FaultEvent, GiftOp, History, LedgerRecord, Ledgers, NodeHistory, SettledRecord,
     StateSeen, outcome_of,
 };
+use super::{Seeds, parse_seeds};
 use crate::bench::pks::StateSource;
 use crate::duties::Duties;
 use crate::duties::sinks::{Sinks, SinksConfig};
@@ -399,6 +400,8 @@ struct Member {
     config: NodeConfig,
     network: NetworkConfig,
     running: Option<Running>,
+    /// How many times it was started.
+    starts: u64,
 }
 
 /// The nodes of a run. The workload reaches the running ones through [`Live`]; the
@@ -409,18 +412,30 @@ struct Cluster {
     links: LinkFaults,
 }
 
-/// The nodes running now, for the workload.
+/// The nodes running now, for the workload, each with its incarnation (1 for its first
+/// start, one more for each start again): a replica read is like a connection to its node,
+/// and a restarted node's replica is a new one.
 #[derive(Default)]
 struct Live {
-    nodes: Mutex<BTreeMap<u64, Node>>,
+    nodes: Mutex<BTreeMap<u64, (Node, u64)>>,
 }
 
 impl Live {
-    fn locked(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Node>> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (Node, u64)>> {
         self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Makes `node` running, one incarnation on from its last.
+    fn insert(&self, node: Node, incarnation: u64) {
+        self.locked().insert(node.id(), (node, incarnation));
+    }
+
     fn all(&self) -> Vec<Node> {
+        self.locked().values().map(|(node, _)| node.clone()).collect()
+    }
+
+    /// Every running node with its incarnation.
+    fn incarnations(&self) -> Vec<(Node, u64)> {
         self.locked().values().cloned().collect()
     }
 
@@ -459,9 +474,16 @@ impl Cluster {
         let mut members = Vec::new();
         for (started, dir) in started.into_iter().zip(dirs) {
             let id = started.node.id();
-            live.locked().insert(id, started.node.clone());
+            live.insert(started.node.clone(), 1);
             let running = Running::start(started.node, &dir);
-            members.push(Member { id, dir, config: started.config, network: started.network, running: Some(running) });
+            members.push(Member {
+                id,
+                dir,
+                config: started.config,
+                network: started.network,
+                running: Some(running),
+                starts: 1,
+            });
         }
         Ok(Cluster { members, live, links })
     }
@@ -495,7 +517,8 @@ impl Cluster {
         }
         let listener = bound.with_context(|| format!("binding {address} again"))?;
         let node = Node::start_clustered(member.config.clone(), member.network.clone(), listener).await?;
-        live.locked().insert(id, node.clone());
+        member.starts += 1;
+        live.insert(node.clone(), member.starts);
         member.running = Some(Running::start(node, &member.dir));
         Ok(())
     }
@@ -689,13 +712,16 @@ fn status_code(status: PkStatus) -> u64 {
 }
 
 /// Reads every running PK's state on every running node's replicas until `stop`: each
-/// change is recorded as a state its source anchor read, and the roster the senders pick
-/// from is kept.
+/// change on a replica is recorded as a state the PK's source anchor read over a
+/// connection to that node (one per incarnation of the node), and the roster the senders
+/// pick from is kept.
 async fn watch_states(live: Arc<Live>, history: Arc<History>, roster: Arc<Roster>, mut stop: watch::Receiver<bool>) {
-    let mut last: BTreeMap<u64, (u64, i64, i64)> = BTreeMap::new();
+    // (connection, pk) → what it showed last
+    let mut last: BTreeMap<(u64, u64), (u64, i64, i64)> = BTreeMap::new();
     while !*stop.borrow() {
         let at_ms = wall_clock_ms();
-        for node in live.all() {
+        for (node, incarnation) in live.incarnations() {
+            let connection = node.id() * 1_000 + incarnation;
             for replica in node.arenas() {
                 let group = replica.group();
                 let views = replica.read(|arena| arena.running().filter_map(|pk| arena.view(pk)).collect::<Vec<_>>());
@@ -709,12 +735,13 @@ async fn watch_states(live: Arc<Live>, history: Arc<History>, roster: Arc<Roster
                         battle_from_ms: view.start_time.0 + OPENING_MS,
                         end_ms: view.end_time.0,
                     });
-                    if last.get(&view.pk.0) == Some(&seen) {
+                    if last.insert((connection, view.pk.0), seen) == Some(seen) {
                         continue;
                     }
-                    last.insert(view.pk.0, seen);
                     history.state(StateSeen {
                         anchor: view.source.anchor.0,
+                        connection,
+                        node: node.id(),
                         source: StateSource::Push,
                         at_ms,
                         pk: view.pk.0,
@@ -1102,8 +1129,8 @@ async fn settled_ledgers(cluster: &Cluster, records: &[SettledRecord]) -> Ledger
 /// `pkd faults-in-process`'s flags.
 #[derive(Clone, Debug, clap::Args)]
 pub struct InProcessArgs {
-    /// The seeds to run: `7`, `1..200` (200 left out) or `1..=200`.
-    #[arg(long, value_parser = parse_seeds, default_value = "1..21")]
+    /// The seeds to run, as `pkd faults --seeds` takes them: `7`, `1-200`, `1-10,42`.
+    #[arg(long, value_parser = parse_seeds, default_value = "1-20")]
     pub seeds: Seeds,
     /// Runs at once.
     #[arg(long, default_value_t = 4)]
@@ -1117,26 +1144,6 @@ pub struct InProcessArgs {
     /// How long faults and healthy gaps alternate in each run.
     #[arg(long, value_parser = crate::bench::parse_duration, default_value = "3s")]
     pub faulty: Duration,
-}
-
-/// A list of seeds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Seeds(pub Vec<u64>);
-
-/// `7`, `1..200` or `1..=200`.
-pub fn parse_seeds(text: &str) -> Result<Seeds, String> {
-    let number = |part: &str| part.trim().parse::<u64>().map_err(|_| format!("not a seed: {part:?}"));
-    let seeds: Vec<u64> = if let Some((from, to)) = text.split_once("..=") {
-        (number(from)?..=number(to)?).collect()
-    } else if let Some((from, to)) = text.split_once("..") {
-        (number(from)?..number(to)?).collect()
-    } else {
-        vec![number(text)?]
-    };
-    if seeds.is_empty() {
-        return Err(format!("no seed in {text:?}"));
-    }
-    Ok(Seeds(seeds))
 }
 
 /// `pkd faults-in-process`: runs the seeds, prints a line for each, the evidence and the
@@ -1202,14 +1209,5 @@ mod tests {
             assert!(planned.group <= 2);
         }
         assert!(plan(&Options { faults: Vec::new(), ..options }).is_empty());
-    }
-
-    #[test]
-    fn seeds_are_one_a_range_or_an_inclusive_range() {
-        assert_eq!(parse_seeds("7"), Ok(Seeds(vec![7])));
-        assert_eq!(parse_seeds("1..4"), Ok(Seeds(vec![1, 2, 3])));
-        assert_eq!(parse_seeds("1..=3"), Ok(Seeds(vec![1, 2, 3])));
-        assert!(parse_seeds("4..4").is_err());
-        assert!(parse_seeds("x").is_err());
     }
 }
