@@ -1132,8 +1132,8 @@ pub struct InProcessArgs {
     /// The seeds to run, as `pkd faults --seeds` takes them: `7`, `1-200`, `1-10,42`.
     #[arg(long, value_parser = parse_seeds, default_value = "1-20")]
     pub seeds: Seeds,
-    /// Runs at once.
-    #[arg(long, default_value_t = 4)]
+    /// Runs at once (three keep two cores busy without starving the nodes of a debug build).
+    #[arg(long, default_value_t = 3)]
     pub parallel: usize,
     /// The faults to draw from (default: every one).
     #[arg(long, value_enum, value_delimiter = ',')]
