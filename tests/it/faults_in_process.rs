@@ -2,7 +2,8 @@
 //! `fault-injection` feature, as CI builds): many seeds, each a three-node cluster in this
 //! process under link faults per pair and per group, restarts and disk faults, each judged
 //! by the checkers of `pkd faults`. And the checkers' power, shown on runs whose driver
-//! breaks a promise on purpose.
+//! breaks a promise on purpose; and the bug the tier found first, a stop that waited for
+//! ever, held to its fix.
 
 use std::time::Instant;
 
@@ -76,5 +77,47 @@ async fn a_gift_counted_again_under_a_fresh_id_is_found_twice() {
             verdict.name,
             verdict.evidence
         );
+    }
+}
+
+/// A leader stopping while it answers a proposal forwarded to it, which it cannot commit
+/// (its own messages to the others are cut): the stop must not wait for that commit. It
+/// once did for ever, as `Network::shutdown` waited for every request under way, and the
+/// commit needed the very links it had closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stops_while_a_forwarded_proposal_waits_for_a_commit() {
+    use pkd::replication::network::faults::LinkFaults;
+    use pkd::replication::node::start_loopback_cluster;
+    use pkd::{GroupId, NodeConfig};
+    use pkd_raft::Action;
+    use std::time::Duration;
+
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::TempDir::new().unwrap()).collect();
+    let configs = dirs.iter().map(|dir| NodeConfig { arena_count: 1, ..NodeConfig::single(dir.path()) }).collect();
+    let links = LinkFaults::new();
+    let shared = links.clone();
+    let nodes = start_loopback_cluster(configs, "test", b"cluster secret", move |network| {
+        network.link_faults = Some(shared.clone());
+    })
+    .await
+    .unwrap();
+    let group = GroupId(1);
+    let leader = nodes[0].node.leader(group).expect("a leader");
+    let leading = &nodes.iter().find(|started| started.node.id() == leader).unwrap().node;
+    let asking = nodes.iter().find(|started| started.node.id() != leader).unwrap().node.clone();
+    for other in [1, 2, 3].into_iter().filter(|&id| id != leader) {
+        links.cut_one_way(leader, other, Some(group));
+    }
+    let action = Action::SetConfig { key: "pk_duration".into(), value: "300,1000,0,600000".into() };
+    let forwarded = tokio::spawn(async move { asking.propose(group, action).await });
+    // The proposal reaches the leader well before the others give up on it (150 ms).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::timeout(Duration::from_secs(5), leading.shutdown())
+        .await
+        .expect("the leader did not stop within 5 s while a proposal it answered could not commit");
+    links.heal();
+    let _ = forwarded.await;
+    for started in &nodes {
+        started.node.shutdown().await;
     }
 }
