@@ -337,6 +337,8 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
     let (history, settled, ledgers, liveness_from_ms) = outcome?;
     let faults = history.faults();
     let (gifts, states, digests) = (history.gifts(), history.states(), history.digests());
+    // No fault here changes the membership: every node is a member from start to end.
+    let members: BTreeSet<u64> = (1..=options.nodes).collect();
     let facts = Facts {
         gifts: &gifts,
         states: &states,
@@ -344,7 +346,7 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
         settled: &settled,
         ledgers: &ledgers,
         digests: &digests,
-        nodes: options.nodes as usize,
+        members: &members,
         bounds: Bounds { end_late_ms: options.end_bound.as_millis() as i64, skew_ms: 0 },
         liveness_from_ms,
     };
@@ -876,6 +878,8 @@ async fn carry_out(cluster: &mut Cluster, planned: &Planned, history: &History) 
         to: None,
         amount_ms: None,
         links: None,
+        members: None,
+        joined: None,
         started_ms,
         healed_ms: started_ms,
         error: None,
