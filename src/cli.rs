@@ -40,6 +40,10 @@ pub enum Command {
     /// A seeded fault test against a local cluster: a workload, a nemesis, checkers on
     /// the history, and a report folder (docs/faults.md).
     Faults(crate::faults::FaultsArgs),
+    /// Many seeded fault runs in seconds, each against nodes in this process: link faults
+    /// per pair and per group, restarts, disk faults, the same checkers (docs/faults.md).
+    #[cfg(feature = "fault-injection")]
+    FaultsInProcess(crate::faults::inproc::InProcessArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -219,6 +223,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => crate::serve::run(args),
         Command::Bench(args) => crate::bench::run(args),
         Command::Faults(args) => crate::faults::run(args),
+        #[cfg(feature = "fault-injection")]
+        Command::FaultsInProcess(args) => crate::faults::inproc::command(args),
         Command::Backup(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(backup(args))

@@ -13,6 +13,8 @@
 
 pub mod checkers;
 pub mod history;
+#[cfg(feature = "fault-injection")]
+pub mod inproc;
 pub mod nemesis;
 pub mod report;
 pub mod workload;

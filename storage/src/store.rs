@@ -334,7 +334,7 @@ impl Disk {
 /// sled's flush, then the syncs sled leaves out (see the module documentation).
 fn flush_durably(db: &sled::Db, disk: Option<&mut Disk>, stats: &FlushStats) -> io::Result<()> {
     #[cfg(feature = "fault-injection")]
-    crate::faults::before_flush()?;
+    crate::faults::before_flush(disk.as_ref().map(|disk| disk.path.as_path()))?;
     db.flush().map_err(|error| io::Error::other(format!("sled flush failed: {error}")))?;
     if let Some(disk) = disk {
         let blobs = disk.sync().map_err(|error| io::Error::new(error.kind(), format!("sync failed: {error}")))?;

@@ -13,6 +13,8 @@ use serde_json::Value;
 
 /// Runs `pkd faults` with `args`, its nodes started with `env`; its output, the report's
 /// verdicts and schedule.
+// Only the fault-injection tests use it.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 fn run_faults(args: &[&str], env: &[(&str, &str)]) -> (std::process::Output, Value, Value) {
     let out = tempfile::TempDir::new().unwrap();
     let dir = out.path().join("report");
@@ -30,6 +32,7 @@ fn run_faults(args: &[&str], env: &[(&str, &str)]) -> (std::process::Output, Val
 }
 
 /// The verdict of checker `name`.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 fn verdict<'a>(verdicts: &'a Value, name: &str) -> &'a Value {
     verdicts.as_array().unwrap().iter().find(|verdict| verdict["name"] == name).unwrap()
 }

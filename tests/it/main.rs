@@ -6,6 +6,8 @@
 //! - Real `pkd serve` processes (`common` helpers, `pkd_cluster::LocalCluster`):
 //!   [`processes`], [`flows`], [`backup`], [`upgrade`], [`logs`], [`openapi`], [`cli`],
 //!   [`bench`], [`faults`], [`browser`] (headless Chromium).
+//! - The in-process tier of the fault tests, with the `fault-injection` feature:
+//!   `faults_in_process` (many seeds, nodes in this process).
 //! - The cache as readers see it, written by real processes: [`cache`].
 //! - Stores and formats: [`sinks_sql`] (SQLite and MariaDB), [`sinks_redis`] (Redis),
 //!   [`protocol`], [`tokens`].
@@ -24,6 +26,8 @@ mod cli;
 mod cluster;
 mod edge;
 mod faults;
+#[cfg(feature = "fault-injection")]
+mod faults_in_process;
 mod flows;
 mod gateway;
 mod layout;

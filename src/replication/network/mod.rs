@@ -5,12 +5,16 @@
 //! - [`wire`]: what travels on it afterwards, and the typed reasons a request got no reply.
 //! - [`link`]: one connection, multiplexed (many requests in flight, both ways).
 //! - [`raft`]: openraft's side: each group's RPCs, snapshots in pieces.
+//! - `faults` (feature `fault-injection` only): a rules table that drops or delays the
+//!   requests and replies of chosen node pairs and groups, for the in-process fault tests.
 //!
 //! Of two nodes, the one with the smaller id dials the other, and dials again with backoff
 //! whenever the connection drops; the other only accepts. A node bound to one address
 //! dials from that address, so its peers see it come from where they reach it. A node that no group counts as a
 //! member any more (it was removed) is no longer dialed, and its connections are refused.
 
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 mod handshake;
 mod link;
 mod raft;
@@ -92,6 +96,10 @@ pub struct NetworkConfig {
     pub snapshot_chunk: usize,
     /// TLS on the links; plain TCP without.
     pub tls: Option<NetworkTls>,
+    /// Faults injected on this node's requests and their replies (shared by every node of
+    /// an in-process test cluster); none by default.
+    #[cfg(feature = "fault-injection")]
+    pub link_faults: Option<faults::LinkFaults>,
 }
 
 impl NetworkConfig {
@@ -110,6 +118,8 @@ impl NetworkConfig {
             peers,
             snapshot_chunk: SNAPSHOT_CHUNK,
             tls: None,
+            #[cfg(feature = "fault-injection")]
+            link_faults: None,
         }
     }
 }
@@ -409,8 +419,34 @@ impl Network {
         }
     }
 
-    /// Sends `request` to `peer` and waits for its reply, for at most `ttl`.
+    /// The fault rules this node's requests go through, if any (fault-injection builds).
+    #[cfg(feature = "fault-injection")]
+    pub fn link_faults(&self) -> Option<&faults::LinkFaults> {
+        self.inner.config.link_faults.as_ref()
+    }
+
+    /// Sends `request` to `peer` and waits for its reply, for at most `ttl`: through the
+    /// injected link faults, if there are any.
     async fn call(&self, peer: NodeId, group: GroupId, request: Request, ttl: Duration) -> Result<Reply, RpcError> {
+        #[cfg(feature = "fault-injection")]
+        if let Some(faults) = &self.inner.config.link_faults {
+            let me = self.node_id();
+            let started = tokio::time::Instant::now();
+            if !faults.pass(me, peer, group, ttl).await {
+                return Err(rpc_unreachable(format!("injected fault: the link to node {peer} is cut")));
+            }
+            let reply = self.send(peer, group, request, ttl.saturating_sub(started.elapsed())).await;
+            if !faults.pass(peer, me, group, ttl.saturating_sub(started.elapsed())).await {
+                return Err(rpc_failed(format!("injected fault: node {peer}'s reply was lost")));
+            }
+            return reply;
+        }
+        self.send(peer, group, request, ttl).await
+    }
+
+    /// Sends `request` to `peer` over the connection and waits for its reply, for at most
+    /// `ttl`.
+    async fn send(&self, peer: NodeId, group: GroupId, request: Request, ttl: Duration) -> Result<Reply, RpcError> {
         let Some(link) = self.link(peer) else {
             return Err(rpc_unreachable(format!("no connection to node {peer}")));
         };
@@ -429,11 +465,20 @@ impl Network {
         }
     }
 
-    /// Answers one request from a peer with the local group.
+    /// Answers one request from a peer with the local group. A request still under way
+    /// when the network stops is given up: a forwarded proposal may wait for a commit that
+    /// needs the very links being closed, and [`Network::shutdown`] waits for every task.
     async fn answer(&self, group: u64, request: Request) -> Result<Reply, Unanswered> {
         if self.inner.stopping.is_cancelled() {
             return Err(Unanswered::Stopping);
         }
+        tokio::select! {
+            reply = self.answer_here(group, request) => reply,
+            () = self.inner.stopping.cancelled() => Err(Unanswered::Stopping),
+        }
+    }
+
+    async fn answer_here(&self, group: u64, request: Request) -> Result<Reply, Unanswered> {
         match request {
             Request::Raft(request) => {
                 let raft = lock(&self.inner.groups).get(&group).cloned().ok_or(Unanswered::NoSuchGroup(group))?;
