@@ -10,7 +10,9 @@
 //!   - `drop-results`: the results store skips every third settled PK (by id), yet the
 //!     result is confirmed as stored;
 //!   - `fast-clock`: the node's clock runs [`FAST_CLOCK_MS`] ahead, so its timers fire
-//!     that much early in everyone else's time.
+//!     that much early in everyone else's time;
+//!   - `stale-cache`: the Redis cache duty never writes the end of every third PK (by
+//!     id), so the cache keeps showing it running.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -33,6 +35,7 @@ pub enum Break {
     GiftDedup,
     DropResults,
     FastClock,
+    StaleCache,
 }
 
 impl Break {
@@ -41,11 +44,14 @@ impl Break {
             Break::GiftDedup => "gift-dedup",
             Break::DropResults => "drop-results",
             Break::FastClock => "fast-clock",
+            Break::StaleCache => "stale-cache",
         }
     }
 
     fn parse(name: &str) -> Option<Break> {
-        [Break::GiftDedup, Break::DropResults, Break::FastClock].into_iter().find(|known| known.name() == name)
+        [Break::GiftDedup, Break::DropResults, Break::FastClock, Break::StaleCache]
+            .into_iter()
+            .find(|known| known.name() == name)
     }
 }
 
@@ -93,6 +99,11 @@ pub fn gift_id(id: u64) -> u64 {
 /// Whether the results store must skip this settled PK (`drop-results`).
 pub fn drops_result(pk: u64) -> bool {
     broken(Break::DropResults) && pk % 3 == 0
+}
+
+/// Whether the cache duty must leave this PK's end unwritten (`stale-cache`).
+pub fn skips_cached_end(pk: u64) -> bool {
+    broken(Break::StaleCache) && pk % 3 == 0
 }
 
 /// Applies the settings given (the others stay) and answers the settings in force.
