@@ -116,12 +116,9 @@ impl Pending {
             }
             CacheChange::PkEnded { pk, anchors, final_view } => {
                 self.pks.remove(&pk);
-                // A deliberately broken build leaves some ends unwritten (fault tests).
-                #[cfg(feature = "fault-injection")]
-                if crate::fault_hooks::skips_cached_end(pk.0) {
-                    return;
+                if end_is_written(pk) {
+                    self.ended.insert(pk, (final_view, anchors));
                 }
-                self.ended.insert(pk, (final_view, anchors));
             }
         }
     }
@@ -247,9 +244,42 @@ impl Cache {
         }
     }
 
+    /// Keeps the ends among the effects gathered or still queued, which are about to be
+    /// dropped: a rewrite reads the running PKs from the replica, but an ended PK's final
+    /// state only ever comes in its effect. Without this, an end applied just before this
+    /// node took the lead (or while it caught up), whose write the last leader had not
+    /// made, would leave the PK's key in its battle until it expired.
+    fn keep_ends(&mut self) {
+        let now = Instant::now();
+        for (pk, (final_view, anchors)) in std::mem::take(&mut self.pending.ended) {
+            self.ended.insert(pk, (final_view, anchors, now));
+        }
+        // An end older than its keys' expiry stays out (a follower's queue may be long).
+        let shown_since = wall_clock().plus(-redis_cache::ENDED_TTL_SECONDS * 1_000);
+        loop {
+            match self.effects.try_recv() {
+                Ok(TaggedEffect {
+                    effect: Effect::CacheChanged(CacheChange::PkEnded { pk, anchors, final_view }),
+                    ..
+                }) => {
+                    if end_is_written(pk) && final_view.end_time >= shown_since {
+                        self.running.remove(&pk);
+                        self.ended.insert(pk, (final_view, anchors, now));
+                    }
+                }
+                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+            }
+        }
+    }
+
     /// Rewrites the group's keys from its replica as a whole.
     async fn rewrite(&mut self) -> Step {
-        // Effects gathered or still queued are covered by what is read now.
+        // Effects gathered or still queued are covered by what is read now, but for the
+        // ends, which are kept.
+        if matches!(self.keys, Keys::Arena(_)) {
+            self.keep_ends();
+        }
         self.effects = self.effects.resubscribe();
         self.pending = Pending::default();
         let now = wall_clock();
@@ -401,7 +431,11 @@ impl Duty for Cache {
 
     fn lead(&mut self) {
         // What happened before this leadership is covered by the rewrite, once the replica
-        // holds everything the last leader may have written.
+        // holds everything the last leader may have written; but for the ends, which only
+        // their effects carry.
+        if matches!(self.keys, Keys::Arena(_)) {
+            self.keep_ends();
+        }
         self.effects = self.effects.resubscribe();
         self.pending = Pending::default();
         self.stale = true;
@@ -481,6 +515,17 @@ impl Duty for Cache {
     fn backoff(&self) -> Backoff {
         Backoff::new(MIN_BACKOFF, self.config.max_backoff)
     }
+}
+
+/// Whether a PK's end is written to the cache: always, unless a deliberately broken
+/// build leaves some out (`stale-cache`, fault tests).
+fn end_is_written(pk: PkId) -> bool {
+    #[cfg(feature = "fault-injection")]
+    if crate::fault_hooks::skips_cached_end(pk.0) {
+        return false;
+    }
+    let _ = pk;
+    true
 }
 
 /// The directory keys' content from the lobby's replica.
