@@ -141,29 +141,38 @@ impl Services {
                 link,
             });
         }
-        if let Some(given) = redis {
-            let url = ServiceUrl::parse(given, 6379)?;
-            let database: u32 = match url.path.trim_matches('/') {
-                "" => bail!(
-                    "--redis-url must name a database the run may empty, e.g. redis://127.0.0.1:6379/9 \
-                     (pkd's cache keys have no prefix: the run flushes that database at its start)"
-                ),
-                index => index.parse().with_context(|| format!("the Redis database {index:?}"))?,
-            };
-            let upstream = url.resolve().await?;
-            let direct_url = url.to(&upstream.to_string(), &database.to_string());
-            let mut connection = redis_connection(&direct_url).await?;
-            let _: () =
-                redis::cmd("FLUSHDB").query_async(&mut connection).await.context("emptying the Redis database")?;
-            let link = ServiceLink::start(loopback_any(), upstream).await.context("the Redis link")?;
-            services.redis = Some(RedisService {
-                database,
-                node_url: url.to(&link.address().to_string(), &database.to_string()),
-                direct_url,
-                link,
-            });
+        if let Some(given) = redis
+            && let Err(error) = services.open_redis(given).await
+        {
+            // The database made for this run is of no use now.
+            let _ = services.drop_database().await;
+            return Err(error);
         }
         Ok(services)
+    }
+
+    /// Empties the Redis database `given` names and puts a link in front of it.
+    async fn open_redis(&mut self, given: &str) -> anyhow::Result<()> {
+        let url = ServiceUrl::parse(given, 6379)?;
+        let database: u32 = match url.path.trim_matches('/') {
+            "" => bail!(
+                "--redis-url must name a database the run may empty, e.g. redis://127.0.0.1:6379/9 \
+                 (pkd's cache keys have no prefix: the run flushes that database at its start)"
+            ),
+            index => index.parse().with_context(|| format!("the Redis database {index:?}"))?,
+        };
+        let upstream = url.resolve().await?;
+        let direct_url = url.to(&upstream.to_string(), &database.to_string());
+        let mut connection = redis_connection(&direct_url).await?;
+        let _: () = redis::cmd("FLUSHDB").query_async(&mut connection).await.context("emptying the Redis database")?;
+        let link = ServiceLink::start(loopback_any(), upstream).await.context("the Redis link")?;
+        self.redis = Some(RedisService {
+            database,
+            node_url: url.to(&link.address().to_string(), &database.to_string()),
+            direct_url,
+            link,
+        });
+        Ok(())
     }
 
     /// The `pkd serve` arguments that point a node at the services, through their links.

@@ -103,10 +103,9 @@ pub fn sql_matches_engine(states: &[StateSeen], settled: &BTreeMap<u64, NodeHist
         }
         for (node, history) in settled {
             for record in history.values().flatten().filter(|record| record.pk_id == pk) {
-                let answered = record_told(record);
                 let stored_side = (row.status, stored.1.get(&record.anchor).copied(), row.winner);
                 let other = stored.1.iter().find(|(anchor, _)| **anchor != record.anchor).map(|(_, beans)| *beans);
-                if answered != (stored_side.0, stored_side.1, stored_side.2) || other != Some(record.competitor_gifts) {
+                if record_told(record) != stored_side || other != Some(record.competitor_gifts) {
                     verdict.violation(format!(
                         "PK {pk}: node {node} answers anchor {}'s record as status {}, {}:{} beans, winner {}; t_pk holds {}",
                         record.anchor,
