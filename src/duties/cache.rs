@@ -151,6 +151,24 @@ pub struct Cache {
     /// (after a failed write, say) writes their final state again while the cache should
     /// still show it.
     ended: BTreeMap<PkId, (Box<PkView>, [UserId; 2], Instant)>,
+    /// Every gifter's total on each side of the PKs running or ended lately, as the
+    /// effects told them: a rewrite writes an ended PK's again (the replica no longer has
+    /// them, and gifts counted while Redis was away never reached its `pkg_` keys).
+    totals: GifterTotals,
+}
+
+/// (PK, receiving anchor) → sender → beans.
+type GifterTotals = BTreeMap<(PkId, UserId), BTreeMap<UserId, i64>>;
+
+/// Raises `into`'s totals to those of `from` (a total never goes down).
+fn merge_totals(into: &mut GifterTotals, from: &GifterTotals) {
+    for (side, senders) in from {
+        let known = into.entry(*side).or_default();
+        for (sender, beans) in senders {
+            let total = known.entry(*sender).or_insert(*beans);
+            *total = (*total).max(*beans);
+        }
+    }
 }
 
 impl Cache {
@@ -201,6 +219,7 @@ impl Cache {
             openings: BTreeMap::new(),
             running: BTreeMap::new(),
             ended: BTreeMap::new(),
+            totals: BTreeMap::new(),
         }
     }
 
@@ -254,6 +273,7 @@ impl Cache {
         for (pk, (final_view, anchors)) in std::mem::take(&mut self.pending.ended) {
             self.ended.insert(pk, (final_view, anchors, now));
         }
+        merge_totals(&mut self.totals, &std::mem::take(&mut self.pending.gifters));
         // An end older than its keys' expiry stays out (a follower's queue may be long).
         let shown_since = wall_clock().plus(-redis_cache::ENDED_TTL_SECONDS * 1_000);
         loop {
@@ -266,6 +286,13 @@ impl Cache {
                         self.running.remove(&pk);
                         self.ended.insert(pk, (final_view, anchors, now));
                     }
+                }
+                Ok(TaggedEffect {
+                    effect: Effect::CacheChanged(CacheChange::GifterTotal { pk, anchor, sender, beans }),
+                    ..
+                }) => {
+                    let side = GifterTotals::from([((pk, anchor), BTreeMap::from([(sender, beans)]))]);
+                    merge_totals(&mut self.totals, &side);
                 }
                 Ok(_) | Err(TryRecvError::Lagged(_)) => {}
                 Err(TryRecvError::Empty | TryRecvError::Closed) => return,
@@ -299,6 +326,17 @@ impl Cache {
                 }
                 self.forget_old_ends();
                 for (final_view, anchors, _) in self.ended.values() {
+                    for anchor in anchors {
+                        let Some(senders) = self.totals.get(&(final_view.pk, *anchor)) else { continue };
+                        let totals: Vec<(UserId, i64)> =
+                            senders.iter().map(|(sender, beans)| (*sender, *beans)).collect();
+                        ops.extend(redis_cache::gifter_ops(
+                            final_view.pk,
+                            *anchor,
+                            &totals,
+                            redis_cache::LIVE_TTL_SECONDS,
+                        ));
+                    }
                     ops.extend(redis_cache::ended_pk_ops(final_view, *anchors, index));
                 }
                 (index, ops)
@@ -322,6 +360,8 @@ impl Cache {
     fn forget_old_ends(&mut self) {
         let keep = Duration::from_secs(redis_cache::ENDED_TTL_SECONDS.unsigned_abs());
         self.ended.retain(|_, (_, _, at)| at.elapsed() < keep);
+        let (ended, running) = (&self.ended, &self.running);
+        self.totals.retain(|(pk, _), _| ended.contains_key(pk) || running.contains_key(pk));
     }
 
     /// Remembers a running PK written as `view`: its anchors, and when its opening ends.
@@ -338,6 +378,7 @@ impl Cache {
     /// Writes what gathered.
     async fn flush(&mut self) -> Step {
         let pending = std::mem::take(&mut self.pending);
+        merge_totals(&mut self.totals, &pending.gifters);
         let count = pending.count();
         let now = wall_clock();
         let (index, ops) = match &self.keys {
