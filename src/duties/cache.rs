@@ -16,6 +16,9 @@
 //!   `RENEW_EVERY` also finds a single lost `pk_` key.
 //! - **The end stays readable**: an ended PK's final state replaces its `pk_` key and
 //!   stays for `ENDED_TTL_SECONDS`; `pkr` loses its rooms at once (the lobby's release).
+//!   The replica forgets an ended PK, so the duty keeps its final state and its gifters'
+//!   totals, for a rewrite (after a failed write, or on a new leader, which keeps the
+//!   ends among the effects it had queued) to write them again.
 //!
 //! A Redis outage only delays these writes: the duty counts the error, backs off and
 //! rewrites its keys once Redis answers again. The engine never waits for it.
