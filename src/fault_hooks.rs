@@ -11,6 +11,9 @@
 //!     result is confirmed as stored;
 //!   - `fast-clock`: the node's clock runs [`FAST_CLOCK_MS`] ahead, so its timers fire
 //!     that much early in everyone else's time;
+//!   - `stale-push`: in every third second of the clock, a PK state rendered for clients
+//!     (pushes 10, room entries) shows the source side with half its beans, so a client
+//!     sees its score fall;
 //!   - `stale-cache`: the Redis cache duty never writes the end of every third PK (by
 //!     id), so the cache keeps showing it running.
 
@@ -35,6 +38,7 @@ pub enum Break {
     GiftDedup,
     DropResults,
     FastClock,
+    StalePush,
     StaleCache,
 }
 
@@ -44,12 +48,13 @@ impl Break {
             Break::GiftDedup => "gift-dedup",
             Break::DropResults => "drop-results",
             Break::FastClock => "fast-clock",
+            Break::StalePush => "stale-push",
             Break::StaleCache => "stale-cache",
         }
     }
 
     fn parse(name: &str) -> Option<Break> {
-        [Break::GiftDedup, Break::DropResults, Break::FastClock, Break::StaleCache]
+        [Break::GiftDedup, Break::DropResults, Break::FastClock, Break::StalePush, Break::StaleCache]
             .into_iter()
             .find(|known| known.name() == name)
     }
@@ -99,6 +104,11 @@ pub fn gift_id(id: u64) -> u64 {
 /// Whether the results store must skip this settled PK (`drop-results`).
 pub fn drops_result(pk: u64) -> bool {
     broken(Break::DropResults) && pk % 3 == 0
+}
+
+/// The source side's beans as a state rendered at `now_ms` shows them (`stale-push`).
+pub fn shown_beans(beans: i64, now_ms: i64) -> i64 {
+    if broken(Break::StalePush) && (now_ms / 1_000) % 3 == 0 { beans / 2 } else { beans }
 }
 
 /// Whether the cache duty must leave this PK's end unwritten (`stale-cache`).

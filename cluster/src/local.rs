@@ -37,6 +37,8 @@ pub enum LocalError {
     NotStopped { node: u64, reason: String, log: String },
     #[error("no node {0}")]
     NoNode(u64),
+    #[error("node {0} is declared already")]
+    Declared(u64),
 }
 
 /// How to launch the nodes.
@@ -277,12 +279,32 @@ impl LocalCluster {
     }
 
     /// Starts a new node `id` with `--join`: it initializes nothing and waits to be added
-    /// through the admin API (`add_learner` with its `cluster_addr`).
+    /// through the admin API (`add_learner` with its `cluster_addr`). An id given up with
+    /// [`LocalCluster::remove_node`] may come back this way, on an empty data directory.
+    /// With the proxy, the new node's links go through it as every other node's.
     pub fn add_node(&mut self, id: u64) -> Result<&LocalNode, LocalError> {
+        if self.nodes.contains_key(&id) {
+            return Err(LocalError::Declared(id));
+        }
         self.declare(id, true)?;
         let lines = self.spawn(id)?;
         self.await_lines(id, lines)?;
         self.node(id)
+    }
+
+    /// Kills node `id` (SIGKILL) and forgets it, as an operator retires a machine once the
+    /// node is out of every group: its data directory is deleted (its log file stays, and
+    /// goes on if the id comes back), and it is no longer started, restarted or named in
+    /// `--peers`.
+    pub fn remove_node(&mut self, id: u64) -> Result<(), LocalError> {
+        self.kill(id)?;
+        let node = self.nodes.remove(&id).ok_or(LocalError::NoNode(id))?;
+        match std::fs::remove_dir_all(&node.data_dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(LocalError::Io(node.data_dir.display().to_string(), error))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn declare(&mut self, id: u64, join: bool) -> Result<(), LocalError> {

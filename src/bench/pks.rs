@@ -191,9 +191,22 @@ pub enum StateSource {
     Entry,
 }
 
-/// Told of every PK state an anchor reads: the anchor, where it read it, the state, and
-/// when it arrived (wall clock, ms).
-pub type StateObserver = Arc<dyn Fn(u64, StateSource, &Value, i64) + Send + Sync>;
+/// Who read a PK state, over which connection, where, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reader {
+    pub anchor: u64,
+    /// The anchor's connections so far, this one included (1 for its first): states read
+    /// over one connection come from one node, in the order it sent them.
+    pub connection: u64,
+    /// The node the connection went to.
+    pub node: u64,
+    pub source: StateSource,
+    /// When the state arrived (wall clock, ms).
+    pub at_ms: i64,
+}
+
+/// Told of every PK state an anchor reads.
+pub type StateObserver = Arc<dyn Fn(Reader, &Value) + Send + Sync>;
 
 /// How the anchors behave.
 #[derive(Clone, Default)]
@@ -259,6 +272,8 @@ impl AnchorPool {
                     behaviour: behaviour.clone(),
                     stats: stats.clone(),
                     rng: rand::rngs::SmallRng::seed_from_u64(first_user + index),
+                    connections: 0,
+                    connected_to: 0,
                 };
                 tokio::spawn(anchor.live(stopped.clone()))
             })
@@ -324,6 +339,10 @@ struct Anchor {
     behaviour: AnchorBehaviour,
     stats: Arc<AnchorStats>,
     rng: rand::rngs::SmallRng,
+    /// Connections made so far.
+    connections: u64,
+    /// The node of the latest one.
+    connected_to: u64,
 }
 
 impl Anchor {
@@ -358,8 +377,13 @@ impl Anchor {
     /// Connects to the current node (or the next one up) and enters the room as its
     /// anchor; the reply says whether a PK still runs there.
     async fn connect(&mut self, phase: &mut Phase) -> Option<AppClient> {
+        let node = self.target.node_for(self.node).id;
         let mut client = match self.target.connect(self.node, self.user).await {
-            Ok(client) => client,
+            Ok(client) => {
+                self.connections += 1;
+                self.connected_to = node;
+                client
+            }
             Err(_) => {
                 self.node += 1;
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -376,7 +400,7 @@ impl Anchor {
                 if state.is_object()
                     && let Some(observer) = &self.behaviour.observer
                 {
-                    observer(self.user, StateSource::Entry, state, wall_clock_ms());
+                    observer(self.reader(StateSource::Entry, wall_clock_ms()), state);
                 }
                 if state.is_object() && state["status"].as_u64().is_some_and(|status| status < 2) {
                     self.roster.observe_state(state, wall_clock_ms());
@@ -479,7 +503,7 @@ impl Anchor {
         let content = &message["content"];
         self.roster.observe_state(content, at_ms);
         if let Some(observer) = &self.behaviour.observer {
-            observer(self.user, StateSource::Push, content, at_ms);
+            observer(self.reader(StateSource::Push, at_ms), content);
         }
         let (Some(pk), Some(status), Some(end_ms)) =
             (content["pkId"].as_u64(), content["status"].as_u64(), content["endTime"].as_i64())
@@ -491,6 +515,10 @@ impl Anchor {
             Phase::InPk { pk: current, .. } if current == pk && status >= 2 => *phase = self.after_pk(),
             _ => {}
         }
+    }
+
+    fn reader(&self, source: StateSource, at_ms: i64) -> Reader {
+        Reader { anchor: self.user, connection: self.connections, node: self.connected_to, source, at_ms }
     }
 
     /// What the anchor does once its PK is over.

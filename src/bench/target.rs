@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use pkd_cluster::api::{FaultSettings, GroupKind, NodeStatus, StateDigests};
+use pkd_cluster::api::{FaultSettings, GroupKind, GroupStatus, NodeStatus, StateDigests};
 use pkd_cluster::{AdminClient, AppClient, Auth, ConnectOptions, GiftClient, Links, LocalCluster, LocalOptions};
 use tokio::time::Instant;
 
@@ -57,6 +57,10 @@ impl TokenSource {
     }
 }
 
+/// How long a membership change through the admin API may take: an added learner must
+/// catch up with every group first.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(60);
+
 /// A local node's new process: its id, client and admin addresses, and process id.
 type StartedNode = (u64, String, String, Option<u32>);
 
@@ -69,6 +73,9 @@ pub struct TargetNode {
     pid: Mutex<Option<u32>>,
     data_dir: Option<PathBuf>,
     up: AtomicBool,
+    /// A voter of every group, as far as the bench knows: false for a slot kept for a node
+    /// not added yet ([`Target::with_spare_slot`]) and for a node removed.
+    member: AtomicBool,
     restarts: AtomicU32,
 }
 
@@ -77,8 +84,16 @@ impl TargetNode {
         self.client.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
+    /// True while the node is a member whose process runs: the bench sends it clients and
+    /// asks its admin API.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed) && self.is_member()
+    }
+
+    /// True while the node is a voter of every group, as far as the bench knows (a node
+    /// added during the run from its promotion on, until it is removed).
+    pub fn is_member(&self) -> bool {
+        self.member.load(Ordering::Relaxed)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -181,6 +196,7 @@ impl Target {
                 pid: Mutex::new(node.pid()),
                 data_dir: Some(node.data_dir.clone()),
                 up: AtomicBool::new(true),
+                member: AtomicBool::new(true),
                 restarts: AtomicU32::new(0),
             });
         }
@@ -234,6 +250,7 @@ impl Target {
                     pid: Mutex::new(None),
                     data_dir: None,
                     up: AtomicBool::new(true),
+                    member: AtomicBool::new(true),
                     restarts: AtomicU32::new(0),
                 }
             })
@@ -253,6 +270,36 @@ impl Target {
         self.local.is_some()
     }
 
+    /// The same target with one more slot in [`Target::nodes`], for a node that may join
+    /// the local cluster while it runs (the next id): the slot is not a member until
+    /// [`Target::add_node`]. The slots are fixed from here on, so that whoever holds the
+    /// target may iterate them while members come and go; each says whether it is a
+    /// member.
+    pub fn with_spare_slot(mut self) -> Target {
+        let id = self.nodes.iter().map(|node| node.id).max().unwrap_or(0) + 1;
+        self.nodes.push(TargetNode {
+            id,
+            client: RwLock::new(String::new()),
+            admin: RwLock::new(None),
+            pid: Mutex::new(None),
+            data_dir: None,
+            up: AtomicBool::new(false),
+            member: AtomicBool::new(false),
+            restarts: AtomicU32::new(0),
+        });
+        self
+    }
+
+    /// The nodes that are members now (up or not), in id order.
+    pub fn members(&self) -> Vec<&TargetNode> {
+        self.nodes.iter().filter(|node| node.is_member()).collect()
+    }
+
+    /// The ids of [`Target::members`].
+    pub fn member_ids(&self) -> Vec<u64> {
+        self.members().iter().map(|node| node.id).collect()
+    }
+
     /// True if the bench can reach an admin API (to set `t_config` rows, read raft
     /// indexes, move leaders).
     pub fn has_admin(&self) -> bool {
@@ -267,12 +314,16 @@ impl Target {
     /// The client address of the `index`-th node (modulo the count), or of the next one
     /// that is up.
     pub fn address_for(&self, index: usize) -> String {
+        self.node_for(index).client_address()
+    }
+
+    /// The `index`-th node (modulo the count), or the next one that is up.
+    pub fn node_for(&self, index: usize) -> &TargetNode {
         let count = self.nodes.len();
         (0..count)
             .map(|step| &self.nodes[(index + step) % count])
             .find(|node| node.is_up())
             .unwrap_or(&self.nodes[index % count])
-            .client_address()
     }
 
     /// Connects `user` to the `index`-th node (or the next one up), with lean buffers.
@@ -408,6 +459,129 @@ impl Target {
             Some(error) => Err(error.into()),
             None => bail!("no admin API reachable"),
         }
+    }
+
+    /// Adds local node `id` (a slot that is not a member) to the running cluster, as an
+    /// operator does: starts its process with `--join` on an empty data directory, adds it
+    /// to every group as a learner through another member's admin API (answered once it
+    /// has caught up), promotes it to voter, and waits until it is a voter that knows
+    /// every group's leader. From then on it is a member: clients go to it as to the
+    /// others. With the proxy, its links go through it too.
+    pub async fn add_node(&self, id: u64) -> anyhow::Result<()> {
+        let cluster = self.local.clone().context("only nodes the bench started (--local) can be added")?;
+        let node = self.node(id)?;
+        if node.is_member() {
+            bail!("node {id} is a member already");
+        }
+        let (client, admin, pid, cluster_address) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut cluster = lock(&cluster);
+            let node = cluster.add_node(id)?;
+            Ok((node.client_addr.to_string(), node.admin_addr.to_string(), node.pid(), node.cluster_addr.to_string()))
+        })
+        .await??;
+        node.set_process(client, admin, pid);
+        let has_joined = |group: &GroupStatus| group.learners.contains(&id) || group.voters.contains(&id);
+        self.change_membership(id, has_joined, |admin| {
+            let address = cluster_address.clone();
+            async move { admin.add_learner(id, address).await.map(|_| ()) }
+        })
+        .await
+        .with_context(|| format!("adding node {id} as a learner"))?;
+        let is_voter = |group: &GroupStatus| group.voters.contains(&id);
+        self.change_membership(id, is_voter, |admin| async move { admin.promote(id).await.map(|_| ()) })
+            .await
+            .with_context(|| format!("promoting node {id}"))?;
+        let own = self.admin_of(node).with_context(|| format!("node {id} has no admin API"))?;
+        let deadline = Instant::now() + MEMBERSHIP_WAIT;
+        loop {
+            let status = own.status().await;
+            let ready = status.as_ref().is_ok_and(|status| {
+                !status.groups.is_empty()
+                    && status.groups.iter().all(|group| group.voters.contains(&id) && group.leader.is_some())
+            });
+            if ready {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "node {id} was promoted, but {MEMBERSHIP_WAIT:?} later it did not see itself a voter with a leader in every group: {status:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        node.member.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Takes member `id` out of every group through another member's admin API, as an
+    /// operator does before retiring a machine. From then on it is not a member (no new
+    /// clients, no admin requests), but its process runs on until
+    /// [`Target::retire_node`].
+    pub async fn remove_node(&self, id: u64) -> anyhow::Result<()> {
+        let node = self.node(id)?;
+        if !node.is_member() {
+            bail!("node {id} is not a member");
+        }
+        let is_gone = |group: &GroupStatus| !group.learners.contains(&id) && !group.voters.contains(&id);
+        self.change_membership(id, is_gone, |admin| async move { admin.remove(id).await.map(|_| ()) })
+            .await
+            .with_context(|| format!("removing node {id}"))?;
+        node.member.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Stops local node `id`, removed from the cluster, and forgets it: its data
+    /// directory is deleted, so that the id may join again afresh ([`Target::add_node`]).
+    pub async fn retire_node(&self, id: u64) -> anyhow::Result<()> {
+        let cluster = self.local.clone().context("only nodes the bench started (--local) can be retired")?;
+        let node = self.node(id)?;
+        if node.is_member() {
+            bail!("node {id} is still a member: remove it first");
+        }
+        node.up.store(false, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || lock(&cluster).remove_node(id)).await??;
+        *node.pid.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        Ok(())
+    }
+
+    /// Makes one membership change about node `id` through the admin API of each other
+    /// member in turn, until one answers it made. When none does, the change still counts
+    /// as made if every member's status shows `made` in every group (an answer lost while
+    /// the change went through, e.g. the leader that made it stepped down).
+    async fn change_membership<Change, Asked>(
+        &self,
+        id: u64,
+        made: impl Fn(&GroupStatus) -> bool,
+        change: Change,
+    ) -> anyhow::Result<()>
+    where
+        Change: Fn(AdminClient) -> Asked,
+        Asked: std::future::Future<Output = Result<(), pkd_cluster::ClientError>>,
+    {
+        let mut last = None;
+        for (node, admin) in self.admins() {
+            if node == id {
+                continue;
+            }
+            match change(admin.with_timeout(MEMBERSHIP_WAIT)).await {
+                Ok(()) => return Ok(()),
+                Err(error) => last = Some(format!("node {node}: {error}")),
+            }
+        }
+        let statuses = self.statuses().await;
+        let everywhere = !statuses.is_empty()
+            && statuses.iter().all(|status| !status.groups.is_empty() && status.groups.iter().all(&made));
+        match last {
+            _ if everywhere => Ok(()),
+            Some(error) => bail!("{error}"),
+            None => bail!("no other member's admin API is reachable"),
+        }
+    }
+
+    /// An admin client of `node`, whether it is a member or not.
+    fn admin_of(&self, node: &TargetNode) -> Option<AdminClient> {
+        let token = self.admin_token.clone()?;
+        node.admin_address().map(|address| AdminClient::new(address, token).with_timeout(Duration::from_secs(5)))
     }
 
     /// The switchboard of the local nodes' links (started with the proxy).
@@ -671,7 +845,6 @@ impl NodeSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pkd_cluster::api::GroupStatus;
 
     fn group(id: u64, leader: Option<u64>) -> GroupStatus {
         GroupStatus {

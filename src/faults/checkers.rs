@@ -90,8 +90,8 @@ pub struct Facts<'a> {
     pub bounds: Bounds,
     /// Every state digest sampled, during the run and once it was quiet.
     pub digests: &'a [DigestSample],
-    /// Nodes in the cluster.
-    pub nodes: usize,
+    /// The nodes that are members at the end (the membership nemeses change them).
+    pub members: &'a BTreeSet<u64>,
     /// Progress is required from here on (the last fault's end, wall clock ms).
     pub liveness_from_ms: i64,
     /// The results database, read directly after the wind-down (runs with --mysql-url).
@@ -108,8 +108,9 @@ pub fn check_all(facts: &Facts) -> Vec<Verdict> {
         ledgers_match_senders(facts.gifts, facts.ledgers),
         one_pk_at_a_time(facts.states, &reference, facts.bounds.skew_ms),
         pks_end_once_in_time(facts.states, &reference, facts.faults, facts.bounds),
-        replicas_agree(facts.settled),
-        replicas_identical(facts.digests, facts.nodes),
+        replicas_agree(facts.settled, &joined_since(facts.faults, facts.bounds.skew_ms)),
+        replicas_identical(facts.digests, facts.members),
+        pushes_never_go_back(facts.states, facts.bounds.skew_ms),
         progress_after_faults(facts.gifts, facts.states, facts.liveness_from_ms),
         match facts.sql {
             Some(sql) => sink_checkers::sql_matches_engine(facts.states, facts.settled, sql),
@@ -122,10 +123,29 @@ pub fn check_all(facts: &Facts) -> Vec<Verdict> {
     ]
 }
 
-/// Every (anchor, PK) record of the first node that answered, one per pair.
+/// Every (anchor, PK) record of the [`reference_node`], one per pair.
 pub fn reference_records(settled: &BTreeMap<u64, NodeHistory>) -> Vec<SettledRecord> {
-    let Some(history) = settled.values().find(|history| !history.is_empty()) else { return Vec::new() };
-    history.values().flatten().cloned().collect()
+    let Some(node) = reference_node(settled) else { return Vec::new() };
+    settled[&node].values().flatten().cloned().collect()
+}
+
+/// The node whose settled history the checkers read: the one with the most records (a
+/// node that joined during the run may lack the oldest), the smallest id among equals.
+/// `None` if no node answered a record.
+pub fn reference_node(settled: &BTreeMap<u64, NodeHistory>) -> Option<u64> {
+    let size = |history: &NodeHistory| history.values().map(Vec::len).sum::<usize>();
+    settled
+        .iter()
+        .filter(|(_, history)| size(history) > 0)
+        .max_by(|(one, first), (other, second)| size(first).cmp(&size(second)).then(other.cmp(one)))
+        .map(|(&node, _)| node)
+}
+
+/// The nodes that joined the cluster during the run on an empty data directory, each with
+/// the time (ms) from which its results store must hold every settled PK: when it was a
+/// voter of every group, plus the largest clock skew (the last join of a node counts).
+pub fn joined_since(faults: &[FaultEvent], skew_ms: i64) -> BTreeMap<u64, i64> {
+    faults.iter().filter_map(|fault| fault.joined.map(|node| (node, fault.healed_ms + skew_ms))).collect()
 }
 
 /// (a) Each side's settled beans lie between the sum of its acknowledged gifts and that
@@ -399,21 +419,42 @@ fn sides_of(records: &[SettledRecord], pk: u64, source: u64, target: u64) -> (Op
     (side(source), side(target))
 }
 
-/// (d) Every node answers the same settled history for every anchor.
-pub fn replicas_agree(settled: &BTreeMap<u64, NodeHistory>) -> Verdict {
+/// (d) Every node answers the same settled history for every anchor. A node that joined
+/// during the run on an empty data directory (`joined`: node → since when, in ms) is held
+/// to less, because its results store is its own (SQLite) and gets only the results still
+/// waiting in the arenas' outboxes when it became a voter: it must answer every PK that
+/// ended from then on as the others do, and nothing the others do not; the earlier PKs it
+/// lacks are counted in the notes (docs/faults.md, "a joining node's results store").
+pub fn replicas_agree(settled: &BTreeMap<u64, NodeHistory>, joined: &BTreeMap<u64, i64>) -> Verdict {
     let mut verdict = Verdict::new("replicas_agree", "every node answers the same settled history");
-    let Some((&first_node, first)) = settled.iter().next() else {
+    let first_node = reference_node(settled).or_else(|| settled.keys().next().copied());
+    let Some((first_node, first)) = first_node.and_then(|node| settled.get(&node).map(|history| (node, history)))
+    else {
         verdict.violation("no node answered the history API".to_owned());
         return verdict;
     };
+    // A joined node → the PKs it lacks that ended before it joined.
+    let mut lacking: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
     let anchors: BTreeSet<u64> = settled.values().flat_map(|history| history.keys().copied()).collect();
     for anchor in anchors {
         verdict.checked += 1;
         let expected = first.get(&anchor);
-        for (&node, history) in settled.iter().skip(1) {
+        for (&node, history) in settled.iter().filter(|(node, _)| **node != first_node) {
             let found = history.get(&anchor);
             if found == expected {
                 continue;
+            }
+            if let (Some(&since), Some(found)) = (joined.get(&node), found) {
+                let expected = expected.map_or(&[][..], Vec::as_slice);
+                let stray = found.iter().any(|record| !expected.contains(record));
+                let (before, after): (Vec<&SettledRecord>, Vec<&SettledRecord>) = expected
+                    .iter()
+                    .filter(|record| !found.contains(record))
+                    .partition(|record| record.end_time.is_some_and(|end| end < since));
+                if !stray && after.is_empty() {
+                    lacking.entry(node).or_default().extend(before.iter().map(|record| record.pk_id));
+                    continue;
+                }
             }
             let describe = |records: Option<&Vec<SettledRecord>>| match records {
                 None => "no answer".to_owned(),
@@ -437,14 +478,25 @@ pub fn replicas_agree(settled: &BTreeMap<u64, NodeHistory>) -> Verdict {
             ));
         }
     }
+    for (node, pks) in lacking.iter().filter(|(_, pks)| !pks.is_empty()) {
+        let pks: Vec<String> = pks.iter().map(u64::to_string).collect();
+        verdict.notes.push(format!(
+            "node {node} joined during the run: {} PKs that ended before it was a voter are not in its results store ({})",
+            pks.len(),
+            pks.join(", ")
+        ));
+    }
     verdict
 }
 
 /// (e) Replicas of a group that applied the same entries hold the same state: every
 /// digest sampled at one (group, applied index) is the same, whichever node gave it.
-/// Each group must have been compared on all `nodes` at least once (the final samples,
-/// taken once the cluster is quiet, are for that).
-pub fn replicas_identical(samples: &[DigestSample], nodes: usize) -> Verdict {
+/// Each group must have been compared on every one of `members` (the nodes that are
+/// members at the end) at least once (the final samples, taken once the cluster is quiet,
+/// are for that). A node sampled while it was a member, and removed since, is compared
+/// with the others at the indexes it was caught at, and counts for no group's
+/// completeness.
+pub fn replicas_identical(samples: &[DigestSample], members: &BTreeSet<u64>) -> Verdict {
     let mut verdict = Verdict::new(
         "replicas_identical",
         "every replica's state is identical at the same applied index (state digests)",
@@ -472,12 +524,17 @@ pub fn replicas_identical(samples: &[DigestSample], nodes: usize) -> Verdict {
                 .map(|(digest, nodes)| format!("nodes {nodes:?}: {}", &digest[..digest.len().min(16)]))
                 .collect();
             verdict.violation(format!("group {group} at index {index}: {}", by_digest.join("; ")));
-        } else if nodes_here.len() >= nodes {
+        } else if members.is_subset(&nodes_here) {
             fully_compared.insert(group);
         }
     }
     for group in groups.difference(&fully_compared) {
-        verdict.violation(format!("group {group} was never seen at one index on all {nodes} nodes"));
+        let ids: Vec<String> = members.iter().map(u64::to_string).collect();
+        verdict.violation(format!(
+            "group {group} was never seen at one index on all {} nodes ({})",
+            members.len(),
+            ids.join(", ")
+        ));
     }
     if samples.is_empty() {
         verdict.violation("no node answered GET /admin/digest".to_owned());
@@ -487,6 +544,79 @@ pub fn replicas_identical(samples: &[DigestSample], nodes: usize) -> Verdict {
         samples.len(),
         verdict.checked
     ));
+    verdict
+}
+
+/// Where a PK state stands in its course: opening, battle, then over (status 2 or 3).
+fn course(status: u64) -> u64 {
+    status.min(2)
+}
+
+/// How `later` went back from `earlier`, both of one PK: `None` if it did not.
+fn went_back(earlier: &StateSeen, later: &StateSeen) -> Option<String> {
+    if course(later.status) < course(earlier.status) || (earlier.status >= 2 && later.status != earlier.status) {
+        return Some(format!("status {} then {}", earlier.status, later.status));
+    }
+    if later.source_gifts < earlier.source_gifts || later.target_gifts < earlier.target_gifts {
+        return Some(format!(
+            "scores {}:{} then {}:{}",
+            earlier.source_gifts, earlier.target_gifts, later.source_gifts, later.target_gifts
+        ));
+    }
+    if earlier.winner.is_some() && later.winner != earlier.winner {
+        return Some(format!("winner {:?} then {:?}", earlier.winner, later.winner));
+    }
+    None
+}
+
+/// (g) What one client reads of a PK over one connection (pushes 10 and the room entry's
+/// reply) never goes back: its status only moves on (opening, battle, over), its scores
+/// never fall, its winner never changes. Under an injected clock skew a node's clock set
+/// back may show a battle as opening again: noted, not a violation. States read over a
+/// later connection, perhaps from a node further behind, are compared too and their
+/// regressions noted.
+pub fn pushes_never_go_back(states: &[StateSeen], skew_ms: i64) -> Verdict {
+    let mut verdict = Verdict::new(
+        "pushes_never_go_back",
+        "over one connection, a PK's status only moves on, its scores never fall, its winner never changes",
+    );
+    // (anchor, connection, pk) → the latest state read; (anchor, pk) → the same, over any
+    // connection.
+    let mut latest: BTreeMap<(u64, u64, u64), &StateSeen> = BTreeMap::new();
+    let mut latest_any: BTreeMap<(u64, u64), &StateSeen> = BTreeMap::new();
+    let (mut skewed, mut across) = (0, Vec::new());
+    for state in states {
+        verdict.checked += 1;
+        if let Some(earlier) = latest.insert((state.anchor, state.connection, state.pk), state)
+            && let Some(how) = went_back(earlier, state)
+        {
+            let back_to_opening = earlier.status == 1 && state.status == 0;
+            if back_to_opening && skew_ms > 0 {
+                skewed += 1;
+            } else {
+                verdict.violation(format!(
+                    "anchor {} (connection {} to node {}), PK {}: {how}, read at {} and {}",
+                    state.anchor, state.connection, state.node, state.pk, earlier.at_ms, state.at_ms
+                ));
+            }
+        }
+        if let Some(earlier) = latest_any.insert((state.anchor, state.pk), state)
+            && earlier.connection != state.connection
+            && let Some(how) = went_back(earlier, state)
+        {
+            across.push(format!(
+                "anchor {}, PK {}: {how}, read from node {} then, after a reconnection, node {}",
+                state.anchor, state.pk, earlier.node, state.node
+            ));
+        }
+    }
+    if skewed > 0 {
+        verdict.notes.push(format!("{skewed} battles shown as opening again by a node whose clock was set back"));
+    }
+    if !across.is_empty() {
+        verdict.notes.push(format!("{} states went back across a reconnection to another node", across.len()));
+        verdict.notes.extend(across.into_iter().take(MAX_EVIDENCE));
+    }
     verdict
 }
 
@@ -557,6 +687,8 @@ mod tests {
     fn seen(anchor: u64, pk: u64, status: u64, span: (i64, i64), at_ms: i64) -> StateSeen {
         StateSeen {
             anchor,
+            connection: 1,
+            node: 1,
             source: StateSource::Push,
             at_ms,
             pk,
@@ -691,6 +823,8 @@ mod tests {
             to: None,
             amount_ms: None,
             links: None,
+            members: None,
+            joined: None,
             started_ms: 4_000,
             healed_ms: 7_000,
             error: None,
@@ -722,11 +856,41 @@ mod tests {
     fn nodes_answering_differently_is_a_violation() {
         let history = |gifts: i64| -> NodeHistory { [(A, vec![record(7, A, B, gifts, (0, 5_000), 2)])].into() };
         let same: BTreeMap<u64, NodeHistory> = [(1, history(4)), (2, history(4))].into();
-        assert!(replicas_agree(&same).passed);
+        let none = BTreeMap::new();
+        assert!(replicas_agree(&same, &none).passed);
         let differ: BTreeMap<u64, NodeHistory> = [(1, history(4)), (2, history(4)), (3, history(5))].into();
-        let verdict = replicas_agree(&differ);
+        let verdict = replicas_agree(&differ, &none);
         assert_eq!(verdict.violations, 1);
         assert!(verdict.evidence[0].contains("node 3 answers [7(status 2, 5:0)]"), "{:?}", verdict.evidence);
+    }
+
+    #[test]
+    fn a_node_that_joined_may_lack_only_the_pks_that_ended_before() {
+        let (old, new) = (record(7, A, B, 4, (0, 5_000), 2), record(9, A, B, 6, (6_000, 11_000), 2));
+        let full: NodeHistory = [(A, vec![new.clone(), old.clone()])].into();
+        let recent: NodeHistory = [(A, vec![new.clone()])].into();
+        // Node 4 joined at 8 s: PK 7 (ended at 5 s) may be missing from its store.
+        let settled: BTreeMap<u64, NodeHistory> = [(1, full.clone()), (4, recent.clone())].into();
+        let joined = BTreeMap::from([(4, 8_000)]);
+        let verdict = replicas_agree(&settled, &joined);
+        assert!(verdict.passed, "{:?}", verdict.evidence);
+        assert!(
+            verdict.notes.iter().any(|note| note.contains("node 4 joined during the run: 1 PKs")),
+            "{:?}",
+            verdict.notes
+        );
+        // The history is read from the node that has the most, whatever its id.
+        let settled: BTreeMap<u64, NodeHistory> = [(1, recent.clone()), (2, full.clone())].into();
+        assert_eq!(reference_node(&settled), Some(2));
+        assert!(replicas_agree(&settled, &BTreeMap::from([(1, 8_000)])).passed);
+        // A node that did not join is held to everything.
+        assert!(!replicas_agree(&settled, &BTreeMap::new()).passed);
+        // Joined before PK 7 ended: it must have it.
+        assert!(!replicas_agree(&settled, &BTreeMap::from([(1, 4_000)])).passed);
+        // A joined node answering a PK otherwise is a violation.
+        let other: NodeHistory = [(A, vec![record(9, A, B, 7, (6_000, 11_000), 2)])].into();
+        let settled: BTreeMap<u64, NodeHistory> = [(1, full), (4, other)].into();
+        assert!(!replicas_agree(&settled, &joined).passed);
     }
 
     #[test]
@@ -755,18 +919,71 @@ mod tests {
             sample(2, 0, 12, "c"),
             sample(3, 0, 12, "c"),
         ];
-        let verdict = replicas_identical(&agreeing, 3);
+        let three = BTreeSet::from([1, 2, 3]);
+        let verdict = replicas_identical(&agreeing, &three);
         assert!(verdict.passed, "{:?}", verdict.evidence);
         assert_eq!(verdict.checked, 1);
         // Node 3 at index 12 with another state.
         let mut diverged = agreeing.to_vec();
         diverged[4] = sample(3, 0, 12, "d");
-        let verdict = replicas_identical(&diverged, 3);
+        let verdict = replicas_identical(&diverged, &three);
         assert!(!verdict.passed);
         assert!(verdict.evidence[0].starts_with("group 0 at index 12: nodes {1, 2}: cccc"), "{:?}", verdict.evidence);
         // Never compared on every node: no evidence of agreement is a violation too.
-        let verdict = replicas_identical(&agreeing[..4], 3);
-        assert_eq!(verdict.evidence, vec!["group 0 was never seen at one index on all 3 nodes".to_owned()]);
-        assert!(!replicas_identical(&[], 3).passed);
+        let verdict = replicas_identical(&agreeing[..4], &three);
+        assert_eq!(verdict.evidence, vec!["group 0 was never seen at one index on all 3 nodes (1, 2, 3)".to_owned()]);
+        assert!(!replicas_identical(&[], &three).passed);
+
+        // Node 2 removed and node 4 added: all three members must be caught at one index;
+        // node 2's samples from when it was a member are still compared.
+        let changed = BTreeSet::from([1, 3, 4]);
+        let verdict = replicas_identical(&agreeing, &changed);
+        assert_eq!(verdict.evidence, vec!["group 0 was never seen at one index on all 3 nodes (1, 3, 4)".to_owned()]);
+        let mut later = agreeing.to_vec();
+        later.extend([sample(1, 0, 20, "e"), sample(3, 0, 20, "e"), sample(4, 0, 20, "e")]);
+        assert!(replicas_identical(&later, &changed).passed);
+        later.push(sample(4, 0, 12, "f"));
+        let verdict = replicas_identical(&later, &changed);
+        assert!(
+            verdict.evidence[0].starts_with("group 0 at index 12: nodes {1, 2, 3}: cccc"),
+            "{:?}",
+            verdict.evidence
+        );
+    }
+
+    #[test]
+    fn a_state_going_back_over_one_connection_is_caught() {
+        let span = (1_000, 5_000);
+        let scored = |status: u64, source: i64, target: i64, at_ms: i64| StateSeen {
+            source_gifts: source,
+            target_gifts: target,
+            ..seen(A, 7, status, span, at_ms)
+        };
+        let onward = [scored(0, 0, 0, 1_100), scored(1, 5, 0, 2_000), scored(1, 5, 3, 3_000), scored(2, 5, 3, 5_100)];
+        let verdict = pushes_never_go_back(&onward, 0);
+        assert!(verdict.passed, "{:?}", verdict.evidence);
+        assert_eq!(verdict.checked, 4);
+        // A score falls, then the PK is over and shown in its battle again.
+        let mut back = onward.to_vec();
+        back.insert(3, scored(1, 4, 3, 3_500));
+        back.push(scored(1, 5, 3, 5_200));
+        let verdict = pushes_never_go_back(&back, 0);
+        assert_eq!(verdict.violations, 2, "{:?}", verdict.evidence);
+        assert!(verdict.evidence[0].contains("PK 7: scores 5:3 then 4:3"), "{:?}", verdict.evidence);
+        assert!(verdict.evidence[1].contains("status 2 then 1"), "{:?}", verdict.evidence);
+        // A winner that changes; an over PK shown ended abnormally.
+        let won = |winner: Option<u64>, status: u64| StateSeen { winner, ..scored(status, 5, 3, 5_100) };
+        let verdict = pushes_never_go_back(&[won(Some(A), 2), won(Some(B), 2), won(Some(B), 3)], 0);
+        assert_eq!(verdict.violations, 2, "{:?}", verdict.evidence);
+        // A battle shown as opening again: a violation unless a clock was skewed.
+        let reopened = [scored(1, 0, 0, 1_500), scored(0, 0, 0, 1_600)];
+        assert!(!pushes_never_go_back(&reopened, 0).passed);
+        let verdict = pushes_never_go_back(&reopened, 800);
+        assert!(verdict.passed && verdict.notes.len() == 1, "{:?}", verdict.notes);
+        // Over a new connection (to another node), going back is noted only.
+        let reconnected = [scored(1, 5, 3, 2_000), StateSeen { connection: 2, node: 2, ..scored(1, 4, 3, 2_500) }];
+        let verdict = pushes_never_go_back(&reconnected, 0);
+        assert!(verdict.passed, "{:?}", verdict.evidence);
+        assert_eq!(verdict.notes[0], "1 states went back across a reconnection to another node");
     }
 }

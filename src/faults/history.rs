@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::bench::pks::StateSource;
+use crate::bench::pks::{Reader, StateSource};
 
 /// What one attempt to deliver a gift got.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +79,13 @@ pub struct GiftOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateSeen {
     pub anchor: u64,
+    /// The anchor's connection it came over (1 for the first; 0 in histories from
+    /// before connections were told apart).
+    #[serde(default)]
+    pub connection: u64,
+    /// The node that connection went to (0 if unknown).
+    #[serde(default)]
+    pub node: u64,
     pub source: StateSource,
     pub at_ms: i64,
     pub pk: u64,
@@ -96,11 +103,13 @@ pub struct StateSeen {
 impl StateSeen {
     /// Reads a push 10's `content` (or a room entry's PK state); `None` if a field is
     /// missing.
-    pub fn read(anchor: u64, source: StateSource, content: &Value, at_ms: i64) -> Option<StateSeen> {
+    pub fn read(reader: Reader, content: &Value) -> Option<StateSeen> {
         Some(StateSeen {
-            anchor,
-            source,
-            at_ms,
+            anchor: reader.anchor,
+            connection: reader.connection,
+            node: reader.node,
+            source: reader.source,
+            at_ms: reader.at_ms,
             pk: content["pkId"].as_u64()?,
             status: content["status"].as_u64()?,
             start_ms: content["startTime"].as_i64()?,
@@ -119,10 +128,12 @@ impl StateSeen {
 pub struct FaultEvent {
     /// The nemesis (`kill`, `kill-leader`, `pause`, `pause-leader`, `transfer`,
     /// `restart-all`, a network one: `partition-leader`, `partition-half`, `bridge`,
-    /// `drop-one-way`, `delay`, `blackhole`, or a service cut: `mysql-cut`, `redis-cut`).
+    /// `drop-one-way`, `delay`, `blackhole`, a membership one: `add-node`, `remove-node`,
+    /// or a service cut: `mysql-cut`, `redis-cut`).
     pub kind: String,
     /// The node it hit (for a transfer: the leader it moved from; for a partition: the
-    /// node cut off from the others, if one was).
+    /// node cut off from the others, if one was; for `add-node` the node added, for
+    /// `remove-node` the node removed).
     pub node: Option<u64>,
     /// The group whose leader was chosen, for the leader nemeses and transfers.
     pub group: Option<u64>,
@@ -135,6 +146,15 @@ pub struct FaultEvent {
     /// (one way cut), `1 <-> 2` (both ways), `1 <-> 2 +120ms` (delayed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub links: Option<String>,
+    /// A membership fault's changes and the voters after them: `+4 → {1,2,3,4}`, `-2 +2
+    /// → {1,2,3,4}` (node 2 removed, then back on an empty data directory), `+4 -1 →
+    /// {2,3,4}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<String>,
+    /// The node a membership fault added on an empty data directory: its results store
+    /// holds only what settled once it was a voter (the `replicas_agree` checker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<u64>,
     pub started_ms: i64,
     /// When the fault was over (the node restarted or resumed, the transfer answered).
     pub healed_ms: i64,

@@ -1,8 +1,8 @@
 //! `pkd faults`: a seeded fault test against real `pkd serve` processes. It starts a
 //! local cluster, runs a workload through the public interfaces only (anchors over
 //! WebSocket, the gift API), lets a nemesis drawn from the seed kill, pause, restart and
-//! move leaders, cut, cut one way or slow the links between nodes, then checks the recorded history and the settled results, and writes a
-//! report folder. `docs/faults.md` is the user's guide.
+//! move leaders, cut, cut one way or slow the links between nodes, add and remove nodes,
+//! then checks the recorded history and the settled results, and writes a report folder. `docs/faults.md` is the user's guide.
 //!
 //! - [`nemesis`]: the schedule (pure, from the seed) and the faults.
 //! - [`workload`]: the gift senders, retrying with the same ids.
@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::checkers::{Bounds, Facts, Verdict};
-use self::history::{DigestSample, History, Ledgers, NodeHistory, SettledRecord, StateSeen};
+use self::history::{DigestSample, FaultEvent, History, Ledgers, NodeHistory, SettledRecord, StateSeen};
 use self::nemesis::{Nemesis, Planned};
 use self::services::{CacheSnapshot, Services, SqlSnapshot};
 use self::workload::Gifting;
@@ -49,8 +49,16 @@ const OPENING_MS: i64 = 300;
 #[derive(Clone, Debug, clap::Args)]
 pub struct FaultsArgs {
     /// The seed of the schedule and of the workload's choices (random if not given).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "seeds")]
     pub seed: Option<u64>,
+    /// A campaign: one run per seed, in turn (`1-100`, `1-10,42`), each with its own
+    /// report folder under --out, and a table of them all (`campaign.md`) kept up to date.
+    #[arg(long, value_parser = parse_seeds)]
+    pub seeds: Option<Seeds>,
+    /// Ends a campaign after the run going on at this time (e.g. `8h` with
+    /// `--seeds 1-100000` for a night).
+    #[arg(long, value_parser = parse_duration, requires = "seeds")]
+    pub stop_after: Option<Duration>,
     /// How long the workload runs, faults included (the checks come after).
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub duration: Duration,
@@ -80,7 +88,8 @@ pub struct FaultsArgs {
     /// with every PK seen settled.
     #[arg(long, value_parser = parse_duration, default_value = "40s")]
     pub settle_wait: Duration,
-    /// The report folder (default: target/faults/<seed>-<unix time>).
+    /// The report folder (default: target/faults/<seed>-<unix time>, or for a campaign
+    /// target/faults/campaign-<unix time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// A MySQL server for the settled results (`mysql://user:password@host:port`): the run
@@ -105,6 +114,35 @@ impl FaultsArgs {
             _ => None,
         }
     }
+}
+
+/// The seeds of a campaign, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seeds(pub Vec<u64>);
+
+/// `1-100`, `7`, `1-10,42`: seeds and inclusive ranges of them.
+pub fn parse_seeds(text: &str) -> Result<Seeds, String> {
+    let mut seeds = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+        let number = |text: &str| text.trim().parse::<u64>().map_err(|_| format!("{text:?} is not a seed"));
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (number(first)?, number(last)?);
+                if last < first {
+                    return Err(format!("{part}: the range ends before it starts"));
+                }
+                if last - first >= 10_000_000 {
+                    return Err(format!("{part}: more than ten million seeds"));
+                }
+                seeds.extend(first..=last);
+            }
+            None => seeds.push(number(part)?),
+        }
+    }
+    if seeds.is_empty() {
+        return Err("no seed given".to_owned());
+    }
+    Ok(Seeds(seeds))
 }
 
 /// A finished run: what the report shows.
@@ -190,6 +228,8 @@ pub fn run(args: FaultsArgs) -> anyhow::Result<()> {
         let given: Vec<Nemesis> =
             Nemesis::SERVICES.into_iter().filter(|&kind| args.service_url(kind).is_some()).collect();
         args.nemesis.extend(given);
+        // The membership nemeses keep at least three voters: they need three nodes.
+        args.nemesis.retain(|kind| args.nodes >= 3 || !kind.is_membership());
     }
     let unserved: Vec<String> = args
         .nemesis
@@ -202,6 +242,11 @@ pub fn run(args: FaultsArgs) -> anyhow::Result<()> {
     if !unserved.is_empty() {
         bail!("{}: the run has no such service to cut", unserved.join(", "));
     }
+    let membership: Vec<&str> =
+        args.nemesis.iter().filter(|kind| kind.is_membership()).map(|kind| kind.name()).collect();
+    if !membership.is_empty() && args.nodes < 3 {
+        bail!("{} keep at least three voters: they need --nodes 3 or more", membership.join(", "));
+    }
     let hooked: Vec<&str> =
         args.nemesis.iter().filter(|kind| Nemesis::HOOKED.contains(kind)).map(|kind| kind.name()).collect();
     if !hooked.is_empty() && !cfg!(feature = "fault-injection") {
@@ -210,17 +255,13 @@ pub fn run(args: FaultsArgs) -> anyhow::Result<()> {
             hooked.join(", ")
         );
     }
-    let seed = args.seed.unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
     crate::procfs::raise_open_files_limit();
+    if let Some(seeds) = args.seeds.clone() {
+        return campaign(args, &seeds.0);
+    }
+    let seed = args.seed.unwrap_or_else(|| rand::random::<u64>() % 1_000_000);
     eprintln!("pkd faults: seed {seed}");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let run = runtime.block_on(execute(args.clone(), seed))?;
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    let dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("target").join("faults").join(format!("{seed}-{}", run.started_ms / 1000)));
-    report::write(&dir, &run)?;
+    let (run, dir) = run_seed(&args, seed, args.out.clone())?;
     print!("{}", report::verdict_lines(&run));
     println!("report: {}", dir.display());
     if let Some((name, true)) = &run.mysql_database {
@@ -234,6 +275,57 @@ pub fn run(args: FaultsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One seed's run, and its report written to `out` (or the default folder).
+fn run_seed(args: &FaultsArgs, seed: u64, out: Option<PathBuf>) -> anyhow::Result<(Run, PathBuf)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let run = runtime.block_on(execute(args.clone(), seed));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let run = run?;
+    let dir =
+        out.unwrap_or_else(|| PathBuf::from("target").join("faults").join(format!("{seed}-{}", run.started_ms / 1000)));
+    report::write(&dir, &run)?;
+    Ok((run, dir))
+}
+
+/// Runs every seed in turn (until `--stop-after`), each into `<out>/seed-<n>`, keeping
+/// `<out>/campaign.md` and `<out>/campaign.jsonl` up to date; fails if any run found a
+/// violation or could not be carried out.
+fn campaign(args: FaultsArgs, seeds: &[u64]) -> anyhow::Result<()> {
+    let began = std::time::Instant::now();
+    let dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target").join("faults").join(format!("campaign-{}", wall_clock_ms() / 1000)));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    eprintln!("pkd faults: a campaign of {} seeds into {}", seeds.len(), dir.display());
+    let mut rows = Vec::new();
+    for &seed in seeds {
+        if args.stop_after.is_some_and(|limit| began.elapsed() >= limit) {
+            eprintln!("--stop-after reached: {} of {} seeds run", rows.len(), seeds.len());
+            break;
+        }
+        let started = std::time::Instant::now();
+        let row = match run_seed(&args, seed, Some(dir.join(format!("seed-{seed}")))) {
+            Ok((run, _)) => report::CampaignRow::of(&run, started.elapsed()),
+            Err(error) => report::CampaignRow::failed(seed, format!("{error:#}"), started.elapsed()),
+        };
+        eprintln!("{}", row.line());
+        rows.push(row);
+        report::write_campaign(&dir, &args, &rows)?;
+    }
+    let failed: Vec<u64> = rows.iter().filter(|row| !row.passed()).map(|row| row.seed).collect();
+    println!(
+        "campaign: {} runs, {} with violations or errors; table: {}",
+        rows.len(),
+        failed.len(),
+        dir.join("campaign.md").display()
+    );
+    if !failed.is_empty() {
+        bail!("seeds {failed:?} failed; each report folder's summary.md has its replay command");
+    }
+    Ok(())
+}
+
 async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
     let started_ms = wall_clock_ms();
     let planned = nemesis::plan(seed, args.duration, &args.nemesis);
@@ -242,15 +334,21 @@ async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
     let services =
         Arc::new(Services::open(args.mysql_url.as_deref(), args.redis_url.as_deref(), seed, started_ms / 1000).await?);
     let started = Target::start_local_with_args(args.nodes, args.arenas, "info", services.node_args(), proxy).await;
-    let target = match started {
-        Ok(target) => Arc::new(target),
+    let mut target = match started {
+        Ok(target) => target,
         Err(error) => {
             let _ = services.drop_database().await;
             return Err(error);
         }
     };
+    // A membership nemesis may add a node: one more slot, for the next id.
+    if args.nemesis.iter().any(|kind| kind.is_membership()) {
+        target = target.with_spare_slot();
+    }
+    let target = Arc::new(target);
     let outcome = drive(&args, seed, planned.clone(), target.clone(), services.clone()).await;
     let logs = read_logs(&target);
+    let members: BTreeSet<u64> = target.member_ids().into_iter().collect();
     target.shutdown().await;
     let (history, settled, ledgers, workload_from_ms, stores) = match outcome {
         Ok(outcome) => outcome,
@@ -271,17 +369,8 @@ async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
         settled: &settled,
         ledgers: &ledgers,
         digests: &digests,
-        nodes: args.nodes as usize,
-        bounds: Bounds {
-            end_late_ms: args.end_bound.as_millis() as i64,
-            skew_ms: faults
-                .iter()
-                .filter(|fault| fault.kind == Nemesis::Skew.name())
-                .filter_map(|fault| fault.amount_ms)
-                .map(i64::abs)
-                .max()
-                .unwrap_or(0),
-        },
+        members: &members,
+        bounds: Bounds { end_late_ms: args.end_bound.as_millis() as i64, skew_ms: largest_skew(&faults) },
         liveness_from_ms,
         sql: stores.sql.as_ref(),
         cache: stores.cache.as_ref(),
@@ -326,8 +415,8 @@ async fn drive(
     let roster = Arc::new(Roster::new(Some(OPENING_MS)));
     let observed = history.clone();
     let behaviour = AnchorBehaviour {
-        observer: Some(Arc::new(move |anchor, source, content: &Value, at_ms| {
-            if let Some(state) = StateSeen::read(anchor, source, content, at_ms) {
+        observer: Some(Arc::new(move |reader, content: &Value| {
+            if let Some(state) = StateSeen::read(reader, content) {
                 observed.state(state);
             }
         })),
@@ -358,8 +447,11 @@ async fn drive(
     anchors.stop().await;
     let seen: BTreeSet<u64> = history.states().iter().map(|state| state.pk).collect();
     let anchor_ids: Vec<u64> = (FIRST_ANCHOR..FIRST_ANCHOR + args.anchors).collect();
-    let settled = settled_history(&target, &anchor_ids, &seen, args.settle_wait).await;
-    let ledgers = settled_ledgers(&target, &checkers::reference_records(&settled)).await;
+    let faults = history.faults();
+    let joined = checkers::joined_since(&faults, largest_skew(&faults));
+    let settled = settled_history(&target, &anchor_ids, &seen, &joined, args.settle_wait).await;
+    let reference = (checkers::reference_records(&settled), checkers::reference_node(&settled));
+    let ledgers = settled_ledgers(&target, &reference.0, reference.1).await;
     let _ = stop_sampling.send(true);
     let _ = sampler.await;
     final_digests(&target, &history, args.arenas as usize + 1, Duration::from_secs(20)).await;
@@ -511,7 +603,7 @@ async fn final_digests(target: &Target, history: &History, groups: usize, limit:
     let mut caught: BTreeSet<u64> = BTreeSet::new();
     loop {
         for (group, (answered, indexes)) in record_digests(target, history).await {
-            if answered == target.nodes.len() && indexes.len() == 1 {
+            if answered == target.members().len() && indexes.len() == 1 {
                 caught.insert(group);
             }
         }
@@ -522,34 +614,45 @@ async fn final_digests(target: &Target, history: &History, groups: usize, limit:
     }
 }
 
-/// Every node's settled history of `anchors`, asked until every node answers the same,
-/// with every PK in `seen` settled (status 2 or 3), or until `limit`.
+/// The largest clock offset the run injected, in ms (0 without `skew`).
+fn largest_skew(faults: &[FaultEvent]) -> i64 {
+    faults
+        .iter()
+        .filter(|fault| fault.kind == Nemesis::Skew.name())
+        .filter_map(|fault| fault.amount_ms)
+        .map(i64::abs)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every member's settled history of `anchors`, asked until every member answers the
+/// same (as `replicas_agree` judges it: a node in `joined` may lack what ended before it
+/// joined), with every PK in `seen` settled (status 2 or 3), or until `limit`.
 async fn settled_history(
     target: &Target,
     anchors: &[u64],
     seen: &BTreeSet<u64>,
+    joined: &BTreeMap<u64, i64>,
     limit: Duration,
 ) -> BTreeMap<u64, NodeHistory> {
     let deadline = Instant::now() + limit;
     loop {
         let mut all = BTreeMap::new();
-        for node in &target.nodes {
+        let members = target.members();
+        for node in &members {
             if let Some(history) = node_history(&node.client_address(), anchors).await {
                 all.insert(node.id, history);
             }
         }
-        let complete = all.len() == target.nodes.len()
-            && all.values().all(|history| {
-                let settled: BTreeSet<u64> = history
-                    .values()
-                    .flatten()
-                    .filter(|record| record.status == 2 || record.status == 3)
-                    .map(|record| record.pk_id)
-                    .collect();
+        let is_settled = |record: &SettledRecord| record.status == 2 || record.status == 3;
+        let reference = checkers::reference_node(&all).and_then(|node| all.get(&node));
+        let complete = all.len() == members.len()
+            && all.values().all(|history| history.values().flatten().all(is_settled))
+            && reference.map_or(seen.is_empty(), |history| {
+                let settled: BTreeSet<u64> = history.values().flatten().map(|record| record.pk_id).collect();
                 seen.is_subset(&settled)
-                    && history.values().flatten().all(|record| record.status == 2 || record.status == 3)
             })
-            && all.values().all(|history| Some(history) == all.values().next());
+            && checkers::replicas_agree(&all, joined).passed;
         if complete || Instant::now() >= deadline {
             if !complete {
                 eprintln!("warning: the nodes' settled histories had not converged after {limit:?}");
@@ -585,11 +688,14 @@ async fn node_history(address: &str, anchors: &[u64]) -> Option<NodeHistory> {
     Some(history)
 }
 
-/// The gift ledgers of the settled PKs in `records`, from the first node that answers
-/// them all through `GET /api/pks/{id}/gifts`; none if no node does.
-async fn settled_ledgers(target: &Target, records: &[SettledRecord]) -> Ledgers {
+/// The gift ledgers of the settled PKs in `records`, from the first member that answers
+/// them all through `GET /api/pks/{id}/gifts`, `first` first (the node `records` come
+/// from: a node that joined during the run may lack the oldest); none if no node does.
+async fn settled_ledgers(target: &Target, records: &[SettledRecord], first: Option<u64>) -> Ledgers {
     let pks: BTreeSet<u64> = records.iter().filter(|record| record.status >= 2).map(|record| record.pk_id).collect();
-    for node in &target.nodes {
+    let mut members = target.members();
+    members.sort_by_key(|node| Some(node.id) != first);
+    for node in members {
         let client = AdminClient::new(node.client_address(), "dev:9001").with_timeout(Duration::from_secs(3));
         let mut ledgers = Ledgers::new();
         for &pk in &pks {
@@ -627,4 +733,19 @@ fn read_logs(target: &Target) -> BTreeMap<u64, Vec<u8>> {
         .iter()
         .filter_map(|node| std::fs::read(root.join(format!("node-{}.log", node.id))).ok().map(|log| (node.id, log)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_are_listed_and_ranged() {
+        assert_eq!(parse_seeds("1-3,42,7"), Ok(Seeds(vec![1, 2, 3, 42, 7])));
+        assert_eq!(parse_seeds(" 5 "), Ok(Seeds(vec![5])));
+        assert!(parse_seeds("3-1").unwrap_err().contains("ends before it starts"));
+        assert!(parse_seeds("1-x").unwrap_err().contains("\"x\" is not a seed"));
+        assert!(parse_seeds(",").is_err());
+        assert!(parse_seeds("0-99999999").is_err());
+    }
 }

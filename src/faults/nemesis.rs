@@ -3,7 +3,9 @@
 //! Process faults signal the nodes; network faults ([`Nemesis::is_network`]) set rules on
 //! the links of the launcher's proxy ([`link_fault`], pure) and heal them all at the end;
 //! service faults ([`Nemesis::SERVICES`]) cut every node's link to the results database
-//! or to Redis, then restore it.
+//! or to Redis, then restore it;
+//! membership faults ([`Nemesis::is_membership`]) add and remove voters through the admin
+//! API ([`membership_steps`], pure).
 //!
 //! The schedule alternates healthy and faulty phases: a healthy start while the first PKs
 //! form, then a fault and a healthy gap in turn, and a final healthy phase (at least
@@ -75,6 +77,14 @@ pub enum Nemesis {
     MysqlCut,
     /// Cut every node's link to the Redis cache (--redis-url), for 2-6 s.
     RedisCut,
+    /// A node joins: started with `--join` (the smallest free id, on an empty data
+    /// directory), added to every group as a learner, caught up, promoted (admin API). In
+    /// a cluster one node larger than it started, a voter leaves first.
+    AddNode,
+    /// A voter (the leader of a random group, if known) is removed from every group (admin
+    /// API), runs on for 1-3 s, then is stopped and its data deleted. In a cluster of its
+    /// starting size, a node joins first.
+    RemoveNode,
 }
 
 impl Nemesis {
@@ -95,11 +105,15 @@ impl Nemesis {
     pub fn defaults() -> Vec<Nemesis> {
         let mut kinds = Nemesis::ALL.to_vec();
         kinds.extend(Nemesis::NETWORK);
+        kinds.extend(Nemesis::MEMBERSHIP);
         if cfg!(feature = "fault-injection") {
             kinds.extend(Nemesis::HOOKED);
         }
         kinds
     }
+
+    /// The membership nemeses: the voters stay between the starting count and one more.
+    pub const MEMBERSHIP: [Nemesis; 2] = [Nemesis::AddNode, Nemesis::RemoveNode];
 
     /// The network nemeses: they need the node-to-node links to go through the proxy.
     pub const NETWORK: [Nemesis; 6] = [
@@ -143,6 +157,8 @@ impl Nemesis {
             Nemesis::Blackhole => "blackhole",
             Nemesis::MysqlCut => "mysql-cut",
             Nemesis::RedisCut => "redis-cut",
+            Nemesis::AddNode => "add-node",
+            Nemesis::RemoveNode => "remove-node",
         }
     }
 
@@ -150,12 +166,27 @@ impl Nemesis {
         Nemesis::NETWORK.contains(&self)
     }
 
+    pub fn is_membership(self) -> bool {
+        Nemesis::MEMBERSHIP.contains(&self)
+    }
+
+    /// Time the schedule leaves after the hold, before the healthy gap: a restart takes a
+    /// few seconds, a membership change more (a process to start, a learner to catch up).
+    fn aftermath(self) -> Duration {
+        match self {
+            Nemesis::Transfer => Duration::ZERO,
+            Nemesis::AddNode | Nemesis::RemoveNode => Duration::from_secs(6),
+            _ => Duration::from_secs(2),
+        }
+    }
+
     /// How long the fault lasts (a killed node stays down, a paused one stopped).
     fn hold(self, rng: &mut StdRng) -> Duration {
         match self {
             Nemesis::Kill | Nemesis::KillLeader => Duration::from_millis(rng.random_range(1_000..3_000)),
             Nemesis::Pause | Nemesis::PauseLeader => Duration::from_millis(rng.random_range(1_000..4_000)),
-            Nemesis::Transfer | Nemesis::RestartAll => Duration::ZERO,
+            Nemesis::Transfer | Nemesis::RestartAll | Nemesis::AddNode => Duration::ZERO,
+            Nemesis::RemoveNode => Duration::from_millis(rng.random_range(1_000..3_000)),
             Nemesis::Skew => Duration::from_millis(rng.random_range(3_000..6_000)),
             Nemesis::SlowDisk => Duration::from_millis(rng.random_range(2_000..5_000)),
             Nemesis::DiskFull => Duration::from_millis(rng.random_range(1_000..2_000)),
@@ -216,8 +247,7 @@ pub fn plan(seed: u64, duration: Duration, kinds: &[Nemesis]) -> Vec<Planned> {
         let nemesis = kinds[rng.random_range(0..kinds.len())];
         let hold = nemesis.hold(&mut rng);
         let delay = nemesis.delay(&mut rng);
-        // A restart takes a few seconds on its own: leave room for it.
-        let takes = hold + if nemesis == Nemesis::Transfer { Duration::ZERO } else { Duration::from_secs(2) };
+        let takes = hold + nemesis.aftermath();
         if at + takes > last {
             return planned;
         }
@@ -235,10 +265,12 @@ pub async fn carry_out(
     history: Arc<History>,
     start: Instant,
 ) {
-    let ids: Vec<u64> = target.nodes.iter().map(|node| node.id).collect();
+    let original = target.member_ids().len();
     let groups = 1 + u64::from(target.arenas.unwrap_or(1));
     for step in planned {
         tokio::time::sleep_until(start + step.at).await;
+        // The members as they are now: the membership nemeses change them.
+        let ids = target.member_ids();
         let group = step.group_pick % groups;
         let random_node = ids[(step.node_pick % ids.len() as u64) as usize];
         let leader = match step.nemesis {
@@ -246,7 +278,9 @@ pub async fn carry_out(
             | Nemesis::PauseLeader
             | Nemesis::Transfer
             | Nemesis::SlowDisk
-            | Nemesis::PartitionLeader => target.leader_of(group).await,
+            | Nemesis::PartitionLeader
+            | Nemesis::AddNode
+            | Nemesis::RemoveNode => target.leader_of(group).await,
             _ => None,
         };
         let mut event = FaultEvent {
@@ -256,6 +290,8 @@ pub async fn carry_out(
             to: None,
             amount_ms: None,
             links: None,
+            members: None,
+            joined: None,
             started_ms: wall_clock_ms(),
             healed_ms: 0,
             error: None,
@@ -328,11 +364,99 @@ pub async fn carry_out(
                 eprintln!("nemesis: {} for {:?}", step.nemesis.name(), step.hold);
                 cut_service(&services, step.nemesis, step.hold).await
             }
+            Nemesis::AddNode | Nemesis::RemoveNode => {
+                let victim = leader.filter(|leader| ids.contains(leader)).unwrap_or(random_node);
+                let steps = membership_steps(step.nemesis, &ids, original, victim);
+                let shown = show_membership(&steps, &ids);
+                event.node = steps.iter().find_map(|&member_step| match (step.nemesis, member_step) {
+                    (Nemesis::AddNode, MemberStep::Add(id)) | (Nemesis::RemoveNode, MemberStep::Remove(id)) => Some(id),
+                    _ => None,
+                });
+                let removes_leader = steps.contains(&MemberStep::Remove(victim)) && leader == Some(victim);
+                event.group = removes_leader.then_some(group);
+                event.members = Some(shown.clone());
+                event.joined = steps.iter().find_map(|&member_step| match member_step {
+                    MemberStep::Add(id) => Some(id),
+                    MemberStep::Remove(_) => None,
+                });
+                eprintln!("nemesis: {} {shown}", step.nemesis.name());
+                change_members(&target, &steps, step.hold).await
+            }
         };
         event.healed_ms = wall_clock_ms();
         event.error = result.err().map(|error| format!("{error:#}"));
         history.fault(event);
     }
+}
+
+/// One step of a membership nemesis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberStep {
+    /// Node `id` joins afresh: started with `--join` on an empty data directory, added as
+    /// a learner, caught up, promoted.
+    Add(u64),
+    /// Node `id` leaves every group; it runs on for the fault's hold, then is stopped and
+    /// its data deleted.
+    Remove(u64),
+}
+
+/// The steps of membership nemesis `nemesis` in a cluster whose voters are `voters`, which
+/// started with `original` nodes. The voters stay between `original` and `original + 1`:
+/// `add-node` adds a node, or in a cluster one larger first removes `victim`; `remove-node`
+/// removes `victim`, or in a cluster of its starting size first adds a node. A node added
+/// takes the smallest id no voter has, so a node removed earlier comes back under its id
+/// with an empty data directory, and no id is ever above `original + 1`. Nothing for
+/// another nemesis, or a `victim` that is no voter.
+pub fn membership_steps(nemesis: Nemesis, voters: &[u64], original: usize, victim: u64) -> Vec<MemberStep> {
+    let free = |taken: &[u64]| (1..).find(|id| !taken.contains(id)).unwrap_or(u64::MAX);
+    if !voters.contains(&victim) {
+        return Vec::new();
+    }
+    let staying: Vec<u64> = voters.iter().copied().filter(|&id| id != victim).collect();
+    match nemesis {
+        Nemesis::AddNode if voters.len() <= original => vec![MemberStep::Add(free(voters))],
+        Nemesis::AddNode => vec![MemberStep::Remove(victim), MemberStep::Add(free(&staying))],
+        Nemesis::RemoveNode if voters.len() > original => vec![MemberStep::Remove(victim)],
+        Nemesis::RemoveNode => vec![MemberStep::Add(free(voters)), MemberStep::Remove(victim)],
+        _ => Vec::new(),
+    }
+}
+
+/// How the report shows membership steps taken from `voters`: `+4 -2 → {1,3,4}`.
+pub fn show_membership(steps: &[MemberStep], voters: &[u64]) -> String {
+    let mut after = voters.to_vec();
+    let mut shown = Vec::new();
+    for step in steps {
+        match *step {
+            MemberStep::Add(id) => {
+                after.push(id);
+                shown.push(format!("+{id}"));
+            }
+            MemberStep::Remove(id) => {
+                after.retain(|&voter| voter != id);
+                shown.push(format!("-{id}"));
+            }
+        }
+    }
+    after.sort_unstable();
+    let after: Vec<String> = after.iter().map(u64::to_string).collect();
+    format!("{} → {{{}}}", shown.join(" "), after.join(","))
+}
+
+/// Takes `steps` through the admin API; a removed node runs on for `hold` before it is
+/// stopped (the others must cope with a removed node that still talks).
+async fn change_members(target: &Target, steps: &[MemberStep], hold: Duration) -> anyhow::Result<()> {
+    for &step in steps {
+        match step {
+            MemberStep::Add(id) => target.add_node(id).await?,
+            MemberStep::Remove(id) => {
+                target.remove_node(id).await?;
+                tokio::time::sleep(hold).await;
+                target.retire_node(id).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn kill_and_restart(target: &Target, node: u64, down: Duration) -> anyhow::Result<()> {
@@ -528,6 +652,71 @@ mod tests {
         assert!(planned.iter().any(|step| step.nemesis == Nemesis::MysqlCut));
         assert!(planned.iter().any(|step| step.nemesis == Nemesis::RedisCut));
         assert!(!Nemesis::defaults().iter().any(|kind| kind.service_flag().is_some()), "defaults only with a URL");
+    }
+
+    #[test]
+    fn membership_nemeses_are_drawn_with_time_to_change_the_members() {
+        let planned = plan(17, Duration::from_secs(45), &[Nemesis::AddNode, Nemesis::RemoveNode, Nemesis::KillLeader]);
+        let kinds: Vec<Nemesis> = planned.iter().map(|step| step.nemesis).collect();
+        assert_eq!(kinds, [Nemesis::RemoveNode, Nemesis::KillLeader, Nemesis::AddNode], "tests/it/faults.rs runs this");
+        for pair in planned.windows(2) {
+            let aftermath = if pair[0].nemesis.is_membership() { 6 } else { 2 };
+            let healthy_from = pair[0].at + pair[0].hold + Duration::from_secs(aftermath);
+            assert!(pair[1].at >= healthy_from + Duration::from_secs(3), "{pair:#?}");
+        }
+        for step in plan(9, Duration::from_secs(300), &Nemesis::MEMBERSHIP) {
+            match step.nemesis {
+                Nemesis::AddNode => assert_eq!(step.hold, Duration::ZERO),
+                _ => assert!((Duration::from_secs(1)..Duration::from_secs(3)).contains(&step.hold), "{step:?}"),
+            }
+        }
+        assert!(Nemesis::defaults().contains(&Nemesis::AddNode) && Nemesis::defaults().contains(&Nemesis::RemoveNode));
+    }
+
+    #[test]
+    fn membership_steps_keep_the_voters_between_the_starting_count_and_one_more() {
+        use MemberStep::{Add, Remove};
+        let add = |voters: &[u64], victim| membership_steps(Nemesis::AddNode, voters, 3, victim);
+        let remove = |voters: &[u64], victim| membership_steps(Nemesis::RemoveNode, voters, 3, victim);
+        // Three voters: a node joins; or one joins before the victim leaves.
+        assert_eq!(add(&[1, 2, 3], 2), [Add(4)]);
+        assert_eq!(remove(&[1, 2, 3], 2), [Add(4), Remove(2)]);
+        // Four: the victim leaves; or it leaves and comes back on an empty data directory.
+        assert_eq!(remove(&[1, 2, 3, 4], 4), [Remove(4)]);
+        assert_eq!(add(&[1, 2, 3, 4], 1), [Remove(1), Add(1)]);
+        // A node removed earlier is the next to join, under its id.
+        assert_eq!(add(&[1, 3, 4], 3), [Add(2)]);
+        assert_eq!(remove(&[1, 3, 4], 4), [Add(2), Remove(4)]);
+        // Only voters are removed; other nemeses have no steps.
+        assert!(remove(&[1, 2, 3], 7).is_empty());
+        assert!(membership_steps(Nemesis::Kill, &[1, 2, 3], 3, 1).is_empty());
+        assert_eq!(show_membership(&[Add(4), Remove(2)], &[1, 2, 3]), "+4 -2 → {1,3,4}");
+        assert_eq!(show_membership(&[Remove(1), Add(1)], &[1, 2, 3, 4]), "-1 +1 → {1,2,3,4}");
+
+        // Any sequence of them, with any victims, from 3 or 5 nodes.
+        let mut rng = StdRng::seed_from_u64(3);
+        for original in [3_usize, 5] {
+            let mut voters: Vec<u64> = (1..=original as u64).collect();
+            for _ in 0..200 {
+                let nemesis = Nemesis::MEMBERSHIP[rng.random_range(0..2)];
+                let victim = voters[rng.random_range(0..voters.len())];
+                for step in membership_steps(nemesis, &voters, original, victim) {
+                    match step {
+                        Add(id) => {
+                            assert!(!voters.contains(&id) && id <= original as u64 + 1, "{step:?} to {voters:?}");
+                            voters.push(id);
+                        }
+                        Remove(id) => {
+                            assert_eq!(id, victim);
+                            voters.retain(|&voter| voter != id);
+                        }
+                    }
+                    // After every step, not only after the fault.
+                    assert!((original..=original + 1).contains(&voters.len()), "{voters:?}");
+                    assert!(voters.len() >= 3, "{voters:?}");
+                }
+            }
+        }
     }
 
     fn directions(fault: &LinkFault) -> Vec<(u64, u64)> {

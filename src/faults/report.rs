@@ -14,8 +14,8 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::json;
 
-use super::Run;
 use super::history::Outcome;
+use super::{FaultsArgs, Run};
 
 /// Writes the folder `dir` (created if missing).
 pub fn write(dir: &Path, run: &Run) -> anyhow::Result<()> {
@@ -161,19 +161,20 @@ fn summary(run: &Run) -> String {
     let second = |ms: i64| (ms - run.workload_from_ms) as f64 / 1000.0;
     let _ = writeln!(
         text,
-        "| from | to | fault | node | group | to node | links | error |\n|---|---|---|---|---|---|---|---|"
+        "| from | to | fault | node | group | to node | members | links | error |\n|---|---|---|---|---|---|---|---|---|"
     );
     let show = |value: Option<u64>| value.map_or_else(String::new, |value| value.to_string());
     for fault in run.history.faults() {
         let _ = writeln!(
             text,
-            "| {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
+            "| {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
             second(fault.started_ms),
             second(fault.healed_ms),
             fault.kind,
             show(fault.node),
             show(fault.group),
             show(fault.to),
+            fault.members.unwrap_or_default(),
             // A partition's sides are separated by `|`, which would end the cell.
             fault.links.unwrap_or_default().replace('|', "\\|"),
             fault.error.unwrap_or_default()
@@ -186,4 +187,146 @@ fn summary(run: &Run) -> String {
         run.args.duration.as_secs_f64()
     );
     text
+}
+
+/// One run of a campaign, as its table shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CampaignRow {
+    pub seed: u64,
+    /// The faults carried out, by kind, in order.
+    pub faults: Vec<String>,
+    pub faults_failed: usize,
+    pub gifts_ok: usize,
+    pub gifts_unknown: usize,
+    pub gifts_refused: usize,
+    pub pks: usize,
+    /// The checkers that found violations.
+    pub failed_checkers: Vec<String>,
+    /// Why the run could not be carried out, if it could not.
+    pub error: Option<String>,
+    pub seconds: f64,
+    pub replay: Option<String>,
+}
+
+impl CampaignRow {
+    pub fn of(run: &Run, took: std::time::Duration) -> CampaignRow {
+        let figures = run_json(run);
+        let count = |key: &str| figures[key].as_u64().unwrap_or(0) as usize;
+        let faults = run.history.faults();
+        CampaignRow {
+            seed: run.seed,
+            faults: faults.iter().map(|fault| fault.kind.clone()).collect(),
+            faults_failed: count("faults_failed"),
+            gifts_ok: count("gifts_ok"),
+            gifts_unknown: count("gifts_unknown"),
+            gifts_refused: count("gifts_refused"),
+            pks: count("pks_seen"),
+            failed_checkers: run.verdicts.iter().filter(|verdict| !verdict.passed).map(|v| v.name.to_owned()).collect(),
+            error: None,
+            seconds: took.as_secs_f64(),
+            replay: (run.violations() > 0).then(|| run.replay_command()),
+        }
+    }
+
+    pub fn failed(seed: u64, error: String, took: std::time::Duration) -> CampaignRow {
+        CampaignRow {
+            seed,
+            faults: Vec::new(),
+            faults_failed: 0,
+            gifts_ok: 0,
+            gifts_unknown: 0,
+            gifts_refused: 0,
+            pks: 0,
+            failed_checkers: Vec::new(),
+            error: Some(error),
+            seconds: took.as_secs_f64(),
+            replay: None,
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.failed_checkers.is_empty()
+    }
+
+    fn verdict(&self) -> String {
+        match &self.error {
+            Some(error) => format!("could not run: {error}"),
+            None if self.failed_checkers.is_empty() => "none".to_owned(),
+            None => self.failed_checkers.join(", "),
+        }
+    }
+
+    /// The line printed when the run is over.
+    pub fn line(&self) -> String {
+        format!(
+            "seed {}: {} faults, {} gifts acknowledged ({} unknown), {} PKs, {:.0} s; violations: {}",
+            self.seed,
+            self.faults.len(),
+            self.gifts_ok,
+            self.gifts_unknown,
+            self.pks,
+            self.seconds,
+            self.verdict()
+        )
+    }
+}
+
+/// `campaign.md` (a table of the runs, with totals) and `campaign.jsonl` (a row a line).
+pub fn write_campaign(dir: &Path, args: &FaultsArgs, rows: &[CampaignRow]) -> anyhow::Result<()> {
+    let mut lines = Vec::new();
+    for row in rows {
+        serde_json::to_writer(&mut lines, row)?;
+        lines.push(b'\n');
+    }
+    std::fs::write(dir.join("campaign.jsonl"), lines)?;
+    let kinds: Vec<&str> = args.nemesis.iter().map(|kind| kind.name()).collect();
+    let mut text = String::new();
+    let _ = writeln!(text, "# pkd faults: a campaign of {} runs\n", rows.len());
+    let _ = writeln!(
+        text,
+        "{} nodes, {} arenas, {} anchors, {} senders, {} s each, nemeses: {}.\n",
+        args.nodes,
+        args.arenas,
+        args.anchors,
+        args.senders,
+        args.duration.as_secs_f64(),
+        kinds.join(", ")
+    );
+    let mut by_kind: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for fault in rows.iter().flat_map(|row| &row.faults) {
+        *by_kind.entry(fault.as_str()).or_default() += 1;
+    }
+    let failed = rows.iter().filter(|row| !row.passed()).count();
+    let _ = writeln!(
+        text,
+        "Totals: {} faults carried out ({} with an error), {} gifts acknowledged, {} unknown, {} refused, {} PKs; runs with violations or errors: {failed}.\n",
+        by_kind.values().sum::<usize>(),
+        rows.iter().map(|row| row.faults_failed).sum::<usize>(),
+        rows.iter().map(|row| row.gifts_ok).sum::<usize>(),
+        rows.iter().map(|row| row.gifts_unknown).sum::<usize>(),
+        rows.iter().map(|row| row.gifts_refused).sum::<usize>(),
+        rows.iter().map(|row| row.pks).sum::<usize>(),
+    );
+    let kinds: Vec<String> = by_kind.iter().map(|(kind, count)| format!("{kind} {count}")).collect();
+    let _ = writeln!(text, "Faults by kind: {}.\n", kinds.join(", "));
+    let _ = writeln!(
+        text,
+        "| seed | faults | gifts (ok / unknown / refused) | PKs | seconds | violations |\n|---|---|---|---|---|---|"
+    );
+    for row in rows {
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} / {} / {} | {} | {:.0} | {} |",
+            row.seed,
+            if row.faults.is_empty() { "none".to_owned() } else { row.faults.join(", ") },
+            row.gifts_ok,
+            row.gifts_unknown,
+            row.gifts_refused,
+            row.pks,
+            row.seconds,
+            row.verdict().replace('|', "\\|")
+        );
+    }
+    std::fs::write(dir.join("campaign.md"), text)?;
+    Ok(())
 }

@@ -297,6 +297,8 @@ mod tests {
         StateSeen {
             anchor: A,
             source: StateSource::Push,
+            connection: 1,
+            node: 1,
             at_ms: 5_010,
             pk,
             status: 2,

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::history::{Answer, Attempt, GiftOp, History, outcome_of};
 use crate::bench::pks::Roster;
-use crate::bench::target::Target;
+use crate::bench::target::{Target, TargetNode};
 
 /// How long a gift is retried with its id.
 pub const RETRY_FOR: Duration = Duration::from_secs(8);
@@ -100,6 +100,15 @@ impl Gifting {
         }
     }
 
+    /// A random member of the cluster (the membership nemeses change them).
+    fn random_member(&self, rng: &mut StdRng) -> &TargetNode {
+        let members = self.target.members();
+        match members.len() {
+            0 => &self.target.nodes[rng.random_range(0..self.target.nodes.len())],
+            count => members[rng.random_range(0..count)],
+        }
+    }
+
     /// Sends `gifts` (one request) until each is settled or out of patience, and records
     /// them.
     async fn deliver(&self, rng: &mut StdRng, gifts: Vec<Gift>) {
@@ -115,7 +124,7 @@ impl Gifting {
             if !attempts[pending[0]].is_empty() {
                 tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
             }
-            let node = &self.target.nodes[rng.random_range(0..self.target.nodes.len())];
+            let node = self.random_member(rng);
             let mut client = GiftClient::new(node.client_address(), self.token.clone()).with_timeout(ATTEMPT_WAIT);
             let sent_ms = wall_clock_ms();
             let batch: Vec<Gift> = pending.iter().map(|&index| gifts[index].clone()).collect();
@@ -125,7 +134,7 @@ impl Gifting {
             }
         }
         if rng.random_bool(DUPLICATE_SHARE) && !attempts.iter().any(|attempts| needs_retry(attempts)) {
-            let node = &self.target.nodes[rng.random_range(0..self.target.nodes.len())];
+            let node = self.random_member(rng);
             let mut client = GiftClient::new(node.client_address(), self.token.clone()).with_timeout(ATTEMPT_WAIT);
             let sent_ms = wall_clock_ms();
             for (attempts, answer) in attempts.iter_mut().zip(send(&mut client, &gifts).await) {

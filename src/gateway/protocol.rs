@@ -811,6 +811,11 @@ impl PkStateContent {
             (None, _) => None,
         };
         let top = |side: &SideView| side.top_gifters.iter().map(TopGiftEntry::from).collect();
+        // A deliberately broken build shows some scores short (fault tests).
+        #[cfg(feature = "fault-injection")]
+        let source_gifts = crate::fault_hooks::shown_beans(view.source.beans, now_ms);
+        #[cfg(not(feature = "fault-injection"))]
+        let source_gifts = view.source.beans;
         PkStateContent {
             pk_id: view.pk.0,
             kind: 1,
@@ -821,7 +826,7 @@ impl PkStateContent {
             sequel_type: 0,
             source_user: view.source.anchor.0,
             source_room: view.source.room.0,
-            source_gifts: view.source.beans,
+            source_gifts,
             source_online: view.source.online,
             source_top_gifts: top(&view.source),
             target_user: view.target.anchor.0,

@@ -117,6 +117,7 @@ fn a_short_seeded_run_with_faults_finds_no_violation_and_writes_its_report() {
             "pks_end_once_in_time",
             "replicas_agree",
             "replicas_identical",
+            "pushes_never_go_back",
             "progress_after_faults",
             "sql_matches_engine",
             "redis_converges"
@@ -209,6 +210,38 @@ fn a_seeded_run_with_network_faults_carries_them_out_and_finds_no_violation() {
     assert!(summary.contains(" \\| {"), "a partition's sides, escaped in the timeline: {summary}");
 }
 
+/// A campaign runs its seeds in turn, each into its own folder, and tables them.
+#[test]
+fn a_campaign_runs_each_seed_and_tables_them() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(["faults", "--seeds", "5-6", "--duration", "15s", "--nemesis", "transfer", "--settle-wait", "10s"])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .expect("run pkd faults");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    for seed in [5, 6] {
+        assert!(stderr.contains(&format!("seed {seed}: 0 faults, ")), "{stderr}");
+        let run = json(&dir.path().join(format!("seed-{seed}/run.json")));
+        assert_eq!(run["seed"], seed);
+        assert_eq!(run["violations"], 0);
+    }
+    let table = std::fs::read_to_string(dir.path().join("campaign.md")).unwrap();
+    assert!(table.starts_with("# pkd faults: a campaign of 2 runs"), "{table}");
+    assert!(table.contains("runs with violations or errors: 0."), "{table}");
+    let rows: Vec<&str> = table.lines().filter(|line| line.starts_with("| 5 |") || line.starts_with("| 6 |")).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows.iter().all(|row| row.ends_with("| none |")), "{table}");
+    let jsonl = std::fs::read_to_string(dir.path().join("campaign.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 2);
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_pkd")).args(["faults", "--seeds", "9-3"]).output().expect("run pkd faults");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ends before it starts"));
+}
+
 #[test]
 fn bad_flags_are_refused_with_a_reason() {
     let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
@@ -221,6 +254,13 @@ fn bad_flags_are_refused_with_a_reason() {
         Command::new(env!("CARGO_BIN_EXE_pkd")).args(["faults", "--anchors", "1"]).output().expect("run pkd faults");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("at least 2"));
+    // The membership nemeses keep three voters: two nodes are too few.
+    let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(["faults", "--nodes", "2", "--nemesis", "kill,add-node"])
+        .output()
+        .expect("run pkd faults");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("add-node keep at least three voters"));
     // A service cut needs its service.
     let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
         .args(["faults", "--seed", "1", "--nemesis", "kill,mysql-cut,redis-cut"])
@@ -372,6 +412,14 @@ fn timers_firing_early_are_caught() {
     assert!(evidence.iter().any(|line| line.contains("before its endTime")), "{evidence:#?}");
 }
 
+#[cfg(feature = "fault-injection")]
+#[test]
+fn scores_falling_on_a_connection_are_caught() {
+    // In every third second the nodes show the source side with half its beans.
+    let evidence = broken_run_is_caught("stale-push", "pushes_never_go_back");
+    assert!(evidence.iter().any(|line| line.contains(": scores ") && line.contains(" to node ")), "{evidence:#?}");
+}
+
 /// The nemeses that use the nodes' hooks: clock skew, a slow disk, a full one. Each is
 /// carried out, and nothing is violated.
 #[cfg(feature = "fault-injection")]
@@ -391,4 +439,39 @@ fn clock_skew_and_disk_faults_break_no_promise() {
     for fault in carried_out {
         assert!(fault["error"].is_null(), "{fault:#}");
     }
+}
+
+/// The membership nemeses, through the admin API as an operator does. Seed 17's schedule
+/// in 45 s: `remove-node` (a node joins as node 4, then a voter leaves: the leader of a
+/// group if one is known), `kill-leader`, then `add-node` (the node removed comes back
+/// under its id, on an empty data directory). Nothing is violated, and the voters end one
+/// more than they started.
+#[test]
+fn nodes_joining_and_leaving_break_no_promise() {
+    let args = ["--seed", "17", "--duration", "45s", "--nemesis", "add-node,remove-node,kill-leader"];
+    let (output, verdicts, schedule) = run_faults(&args, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for verdict in verdicts.as_array().unwrap() {
+        assert_eq!(verdict["passed"], true, "{verdict:#}\n{stderr}");
+        assert!(verdict["checked"].as_u64().unwrap() > 0, "{verdict:#}");
+    }
+    assert!(output.status.success(), "{stderr}");
+    let carried_out = schedule["carried_out"].as_array().unwrap();
+    let kinds: Vec<&str> = carried_out.iter().map(|fault| fault["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["remove-node", "kill-leader", "add-node"], "{schedule:#}");
+    for fault in carried_out {
+        assert!(fault["error"].is_null(), "{fault:#}");
+    }
+    // remove-node: node 4 joins, a voter of the three leaves; add-node: that one is back.
+    let removed = carried_out[0]["node"].as_u64().unwrap();
+    assert!((1..=3).contains(&removed), "{schedule:#}");
+    assert_eq!(carried_out[0]["joined"], 4, "{schedule:#}");
+    assert!(carried_out[0]["members"].as_str().unwrap().starts_with(&format!("+4 -{removed} → ")), "{schedule:#}");
+    assert_eq!(carried_out[2]["node"].as_u64(), Some(removed), "{schedule:#}");
+    assert_eq!(carried_out[2]["joined"].as_u64(), Some(removed), "{schedule:#}");
+    assert_eq!(carried_out[2]["members"], format!("+{removed} → {{1,2,3,4}}"), "{schedule:#}");
+    assert!(stderr.contains("nemesis: remove-node +4 -"), "{stderr}");
+    // The digests were compared on the four members at the end.
+    let identical = verdict(&verdicts, "replicas_identical");
+    assert!(identical["evidence"].as_array().unwrap().is_empty(), "{identical:#}");
 }
