@@ -221,7 +221,12 @@ impl CampaignRow {
             gifts_unknown: count("gifts_unknown"),
             gifts_refused: count("gifts_refused"),
             pks: count("pks_seen"),
-            failed_checkers: run.verdicts.iter().filter(|verdict| !verdict.passed).map(|v| v.name.to_owned()).collect(),
+            failed_checkers: run
+                .verdicts
+                .iter()
+                .filter(|verdict| verdict.failed())
+                .map(|v| v.name.to_owned())
+                .collect(),
             error: None,
             seconds: took.as_secs_f64(),
             replay: (run.violations() > 0).then(|| run.replay_command()),

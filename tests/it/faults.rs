@@ -451,7 +451,7 @@ fn nodes_joining_and_leaving_break_no_promise() {
     let args = ["--seed", "17", "--duration", "45s", "--nemesis", "add-node,remove-node,kill-leader"];
     let (output, verdicts, schedule) = run_faults(&args, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for verdict in verdicts.as_array().unwrap() {
+    for verdict in ran(&verdicts) {
         assert_eq!(verdict["passed"], true, "{verdict:#}\n{stderr}");
         assert!(verdict["checked"].as_u64().unwrap() > 0, "{verdict:#}");
     }
