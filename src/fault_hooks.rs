@@ -13,7 +13,9 @@
 //!     that much early in everyone else's time;
 //!   - `stale-push`: in every third second of the clock, a PK state rendered for clients
 //!     (pushes 10, room entries) shows the source side with half its beans, so a client
-//!     sees its score fall.
+//!     sees its score fall;
+//!   - `stale-cache`: the Redis cache duty never writes the end of every third PK (by
+//!     id), so the cache keeps showing it running.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -37,6 +39,7 @@ pub enum Break {
     DropResults,
     FastClock,
     StalePush,
+    StaleCache,
 }
 
 impl Break {
@@ -46,11 +49,12 @@ impl Break {
             Break::DropResults => "drop-results",
             Break::FastClock => "fast-clock",
             Break::StalePush => "stale-push",
+            Break::StaleCache => "stale-cache",
         }
     }
 
     fn parse(name: &str) -> Option<Break> {
-        [Break::GiftDedup, Break::DropResults, Break::FastClock, Break::StalePush]
+        [Break::GiftDedup, Break::DropResults, Break::FastClock, Break::StalePush, Break::StaleCache]
             .into_iter()
             .find(|known| known.name() == name)
     }
@@ -105,6 +109,11 @@ pub fn drops_result(pk: u64) -> bool {
 /// The source side's beans as a state rendered at `now_ms` shows them (`stale-push`).
 pub fn shown_beans(beans: i64, now_ms: i64) -> i64 {
     if broken(Break::StalePush) && (now_ms / 1_000) % 3 == 0 { beans / 2 } else { beans }
+}
+
+/// Whether the cache duty must leave this PK's end unwritten (`stale-cache`).
+pub fn skips_cached_end(pk: u64) -> bool {
+    broken(Break::StaleCache) && pk % 3 == 0
 }
 
 /// Applies the settings given (the others stay) and answers the settings in force.

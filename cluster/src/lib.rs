@@ -2,7 +2,8 @@
 //! ([`client`]), the clients an app and its gift service are ([`app`]: WebSocket,
 //! [`gifts`]: the gift API), and [`LocalCluster`], which runs real `pkd serve` processes
 //! on loopback for tests, benches and fault drills, its node-to-node links optionally
-//! through a [`LinkProxy`] that cuts or slows them.
+//! through a [`LinkProxy`] that cuts or slows them, and a [`ServiceLink`] that cuts a
+//! node's link to a service (the results database, Redis).
 //!
 //! The crate does not depend on the `pkd` package: the server depends on it for the
 //! request and response types, so both sides share one definition.
@@ -18,4 +19,4 @@ pub use app::{AppClient, AppError, Auth, ConnectOptions, Received};
 pub use client::{AdminClient, ClientError};
 pub use gifts::{BatchReply, Gift, GiftClient, GiftEntry, GiftError, GiftReply};
 pub use local::{LocalCluster, LocalNode, LocalOptions};
-pub use proxy::{LinkProxy, Links, Rule};
+pub use proxy::{LinkProxy, Links, Rule, ServiceLink};

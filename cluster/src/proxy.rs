@@ -29,6 +29,12 @@
 //!
 //! The proxy runs on a runtime of its own (one worker thread), so the launcher, which is
 //! synchronous, can own it; dropping the proxy closes every listener and connection.
+//!
+//! [`ServiceLink`] is the plainer kind, for a node's links to a service it depends on (the
+//! results database, Redis): one listener forwarding to one upstream, whose connections
+//! are either all open or all cut. Cut, it resets every open connection (both ends see
+//! a reset, as when a firewall drops the link and the peers give up on it) and resets
+//! every new one as soon as it is accepted; restored, it forwards again.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -271,6 +277,112 @@ async fn wait_for_passage(rules: &mut watch::Receiver<Table>, link: Option<(u64,
     }
 }
 
+/// A TCP forwarder in front of one service, whose link can be cut and restored (see the
+/// module's docs). It runs on the runtime it was started on; dropping it closes its
+/// listener and every connection.
+pub struct ServiceLink {
+    address: SocketAddr,
+    upstream: SocketAddr,
+    /// True while the link is cut.
+    cut: Arc<watch::Sender<bool>>,
+}
+
+impl ServiceLink {
+    /// Listens on `listen` (port 0: the kernel picks one) and forwards every connection to
+    /// `upstream`.
+    pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> io::Result<ServiceLink> {
+        let listener = TcpListener::bind(listen).await?;
+        let address = listener.local_addr()?;
+        let cut = Arc::new(watch::channel(false).0);
+        tokio::spawn(forward_service(listener, upstream, cut.subscribe()));
+        Ok(ServiceLink { address, upstream, cut })
+    }
+
+    /// The address to give the service's clients instead of the service's own.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The service's own address.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+
+    /// Resets every open connection and every new one until [`ServiceLink::restore`].
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Forwards new connections again.
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        *self.cut.borrow()
+    }
+}
+
+/// Closes `stream` with a reset rather than an orderly close.
+fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+/// Accepts until the [`ServiceLink`] is dropped (its sender goes).
+async fn forward_service(listener: TcpListener, upstream: SocketAddr, mut cut: watch::Receiver<bool>) {
+    loop {
+        let inbound = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((inbound, _)) => inbound,
+                Err(_) => {
+                    // Out of descriptors, most likely: let some close.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            changed = cut.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if *cut.borrow() {
+            reset(inbound);
+            continue;
+        }
+        tokio::spawn(service_connection(inbound, upstream, cut.clone()));
+    }
+}
+
+/// One client's connection, forwarded until either side closes or the link is cut (then
+/// both sides are reset).
+async fn service_connection(mut inbound: TcpStream, upstream: SocketAddr, mut cut: watch::Receiver<bool>) {
+    let connecting = tokio::select! {
+        connected = TcpStream::connect(upstream) => connected,
+        _ = cut.wait_for(|cut| *cut) => {
+            reset(inbound);
+            return;
+        }
+    };
+    let Ok(mut outbound) = connecting else {
+        reset(inbound);
+        return;
+    };
+    let _ = inbound.set_nodelay(true);
+    let _ = outbound.set_nodelay(true);
+    let was_cut = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+        // The link is cut, or the forwarder is gone.
+        _ = cut.wait_for(|cut| *cut) => true,
+    };
+    if was_cut {
+        reset(inbound);
+        reset(outbound);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,5 +535,53 @@ mod tests {
         let (mut two, _) = bench.node_two.accept().await.unwrap();
         stranger.write_all(b"hi").await.unwrap();
         assert_eq!(read_exactly(&mut two, 2).await, b"hi");
+    }
+
+    /// An echo service and a link in front of it.
+    async fn echo_behind_link() -> ServiceLink {
+        let service = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = service.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = service.accept().await {
+                tokio::spawn(async move {
+                    let (mut read, mut write) = stream.into_split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        ServiceLink::start("127.0.0.1:0".parse().unwrap(), upstream).await.unwrap()
+    }
+
+    /// Whether a connection through `link` echoes what it is sent.
+    async fn echoes(link: &ServiceLink) -> bool {
+        let Ok(mut stream) = TcpStream::connect(link.address()).await else { return false };
+        if stream.write_all(b"ping").await.is_err() {
+            return false;
+        }
+        let mut answer = [0; 4];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut answer)).await,
+            Ok(Ok(_)) if &answer == b"ping"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_cut_service_link_resets_open_connections_and_refuses_new_ones_until_restored() {
+        let link = echo_behind_link().await;
+        assert!(echoes(&link).await);
+        let mut open = TcpStream::connect(link.address()).await.unwrap();
+        open.write_all(b"one").await.unwrap();
+        let mut answer = [0; 3];
+        open.read_exact(&mut answer).await.unwrap();
+
+        link.cut();
+        assert!(link.is_cut());
+        let mut rest = [0; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), open.read(&mut rest)).await.unwrap();
+        assert!(matches!(read, Ok(0) | Err(_)), "the open connection ends: {read:?}");
+        assert!(!echoes(&link).await, "a new connection is refused while cut");
+
+        link.restore();
+        assert!(echoes(&link).await, "restored, it forwards again");
     }
 }

@@ -158,6 +158,19 @@ impl Target {
         redis: Option<String>,
         proxy: bool,
     ) -> anyhow::Result<Target> {
+        let extra = redis.map(|url| vec!["--redis-url".to_owned(), url]).unwrap_or_default();
+        Target::start_local_with_args(count, arenas, log, extra, proxy).await
+    }
+
+    /// [`Target::start_local`] with more `pkd serve` arguments for every node (e.g.
+    /// `--mysql-url`, `--redis-url`).
+    pub async fn start_local_with_args(
+        count: u64,
+        arenas: u32,
+        log: &str,
+        extra_args: Vec<String>,
+        proxy: bool,
+    ) -> anyhow::Result<Target> {
         if !(1..=9).contains(&count) {
             bail!("--local takes 1 to 9 nodes, not {count}");
         }
@@ -167,9 +180,7 @@ impl Target {
         options.arenas = arenas;
         options.log = log.to_owned();
         options.proxy = proxy;
-        if let Some(url) = redis {
-            options.extra_args.extend(["--redis-url".to_owned(), url]);
-        }
+        options.extra_args.extend(extra_args);
         eprintln!("starting a local cluster of {count} nodes ({arenas} arenas)...");
         let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(options))
             .await

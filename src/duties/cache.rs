@@ -16,6 +16,9 @@
 //!   `RENEW_EVERY` also finds a single lost `pk_` key.
 //! - **The end stays readable**: an ended PK's final state replaces its `pk_` key and
 //!   stays for `ENDED_TTL_SECONDS`; `pkr` loses its rooms at once (the lobby's release).
+//!   The replica forgets an ended PK, so the duty keeps its final state and its gifters'
+//!   totals, for a rewrite (after a failed write, or on a new leader, which keeps the
+//!   ends among the effects it had queued) to write them again.
 //!
 //! A Redis outage only delays these writes: the duty counts the error, backs off and
 //! rewrites its keys once Redis answers again. The engine never waits for it.
@@ -116,7 +119,9 @@ impl Pending {
             }
             CacheChange::PkEnded { pk, anchors, final_view } => {
                 self.pks.remove(&pk);
-                self.ended.insert(pk, (final_view, anchors));
+                if end_is_written(pk) {
+                    self.ended.insert(pk, (final_view, anchors));
+                }
             }
         }
     }
@@ -149,6 +154,24 @@ pub struct Cache {
     /// (after a failed write, say) writes their final state again while the cache should
     /// still show it.
     ended: BTreeMap<PkId, (Box<PkView>, [UserId; 2], Instant)>,
+    /// Every gifter's total on each side of the PKs running or ended lately, as the
+    /// effects told them: a rewrite writes an ended PK's again (the replica no longer has
+    /// them, and gifts counted while Redis was away never reached its `pkg_` keys).
+    totals: GifterTotals,
+}
+
+/// (PK, receiving anchor) → sender → beans.
+type GifterTotals = BTreeMap<(PkId, UserId), BTreeMap<UserId, i64>>;
+
+/// Raises `into`'s totals to those of `from` (a total never goes down).
+fn merge_totals(into: &mut GifterTotals, from: &GifterTotals) {
+    for (side, senders) in from {
+        let known = into.entry(*side).or_default();
+        for (sender, beans) in senders {
+            let total = known.entry(*sender).or_insert(*beans);
+            *total = (*total).max(*beans);
+        }
+    }
 }
 
 impl Cache {
@@ -199,6 +222,7 @@ impl Cache {
             openings: BTreeMap::new(),
             running: BTreeMap::new(),
             ended: BTreeMap::new(),
+            totals: BTreeMap::new(),
         }
     }
 
@@ -242,9 +266,50 @@ impl Cache {
         }
     }
 
+    /// Keeps the ends among the effects gathered or still queued, which are about to be
+    /// dropped: a rewrite reads the running PKs from the replica, but an ended PK's final
+    /// state only ever comes in its effect. Without this, an end applied just before this
+    /// node took the lead (or while it caught up), whose write the last leader had not
+    /// made, would leave the PK's key in its battle until it expired.
+    fn keep_ends(&mut self) {
+        let now = Instant::now();
+        for (pk, (final_view, anchors)) in std::mem::take(&mut self.pending.ended) {
+            self.ended.insert(pk, (final_view, anchors, now));
+        }
+        merge_totals(&mut self.totals, &std::mem::take(&mut self.pending.gifters));
+        // An end older than its keys' expiry stays out (a follower's queue may be long).
+        let shown_since = wall_clock().plus(-redis_cache::ENDED_TTL_SECONDS * 1_000);
+        loop {
+            match self.effects.try_recv() {
+                Ok(TaggedEffect {
+                    effect: Effect::CacheChanged(CacheChange::PkEnded { pk, anchors, final_view }),
+                    ..
+                }) => {
+                    if end_is_written(pk) && final_view.end_time >= shown_since {
+                        self.running.remove(&pk);
+                        self.ended.insert(pk, (final_view, anchors, now));
+                    }
+                }
+                Ok(TaggedEffect {
+                    effect: Effect::CacheChanged(CacheChange::GifterTotal { pk, anchor, sender, beans }),
+                    ..
+                }) => {
+                    let side = GifterTotals::from([((pk, anchor), BTreeMap::from([(sender, beans)]))]);
+                    merge_totals(&mut self.totals, &side);
+                }
+                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+            }
+        }
+    }
+
     /// Rewrites the group's keys from its replica as a whole.
     async fn rewrite(&mut self) -> Step {
-        // Effects gathered or still queued are covered by what is read now.
+        // Effects gathered or still queued are covered by what is read now, but for the
+        // ends, which are kept.
+        if matches!(self.keys, Keys::Arena(_)) {
+            self.keep_ends();
+        }
         self.effects = self.effects.resubscribe();
         self.pending = Pending::default();
         let now = wall_clock();
@@ -264,6 +329,17 @@ impl Cache {
                 }
                 self.forget_old_ends();
                 for (final_view, anchors, _) in self.ended.values() {
+                    for anchor in anchors {
+                        let Some(senders) = self.totals.get(&(final_view.pk, *anchor)) else { continue };
+                        let totals: Vec<(UserId, i64)> =
+                            senders.iter().map(|(sender, beans)| (*sender, *beans)).collect();
+                        ops.extend(redis_cache::gifter_ops(
+                            final_view.pk,
+                            *anchor,
+                            &totals,
+                            redis_cache::LIVE_TTL_SECONDS,
+                        ));
+                    }
                     ops.extend(redis_cache::ended_pk_ops(final_view, *anchors, index));
                 }
                 (index, ops)
@@ -287,6 +363,8 @@ impl Cache {
     fn forget_old_ends(&mut self) {
         let keep = Duration::from_secs(redis_cache::ENDED_TTL_SECONDS.unsigned_abs());
         self.ended.retain(|_, (_, _, at)| at.elapsed() < keep);
+        let (ended, running) = (&self.ended, &self.running);
+        self.totals.retain(|(pk, _), _| ended.contains_key(pk) || running.contains_key(pk));
     }
 
     /// Remembers a running PK written as `view`: its anchors, and when its opening ends.
@@ -303,6 +381,7 @@ impl Cache {
     /// Writes what gathered.
     async fn flush(&mut self) -> Step {
         let pending = std::mem::take(&mut self.pending);
+        merge_totals(&mut self.totals, &pending.gifters);
         let count = pending.count();
         let now = wall_clock();
         let (index, ops) = match &self.keys {
@@ -396,7 +475,11 @@ impl Duty for Cache {
 
     fn lead(&mut self) {
         // What happened before this leadership is covered by the rewrite, once the replica
-        // holds everything the last leader may have written.
+        // holds everything the last leader may have written; but for the ends, which only
+        // their effects carry.
+        if matches!(self.keys, Keys::Arena(_)) {
+            self.keep_ends();
+        }
         self.effects = self.effects.resubscribe();
         self.pending = Pending::default();
         self.stale = true;
@@ -476,6 +559,17 @@ impl Duty for Cache {
     fn backoff(&self) -> Backoff {
         Backoff::new(MIN_BACKOFF, self.config.max_backoff)
     }
+}
+
+/// Whether a PK's end is written to the cache: always, unless a deliberately broken
+/// build leaves some out (`stale-cache`, fault tests).
+fn end_is_written(pk: PkId) -> bool {
+    #[cfg(feature = "fault-injection")]
+    if crate::fault_hooks::skips_cached_end(pk.0) {
+        return false;
+    }
+    let _ = pk;
+    true
 }
 
 /// The directory keys' content from the lobby's replica.

@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::history::{DigestSample, FaultEvent, GiftOp, Ledgers, NodeHistory, Outcome, SettledRecord, StateSeen};
+use super::services::{CacheSnapshot, SqlSnapshot};
+use super::sink_checkers;
 use crate::bench::pks::StateSource;
 
 /// Violations listed in full per checker; more are counted only.
@@ -25,14 +27,37 @@ pub struct Verdict {
     pub evidence: Vec<String>,
     /// Facts worth knowing that are not violations.
     pub notes: Vec<String>,
+    /// Why the checker did not run (the run lacked what it checks): such a verdict is
+    /// neither a pass (`passed` is false) nor a violation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_run: Option<String>,
 }
 
 impl Verdict {
-    fn new(name: &'static str, claim: &'static str) -> Verdict {
-        Verdict { name, claim, passed: true, checked: 0, violations: 0, evidence: Vec::new(), notes: Vec::new() }
+    pub(super) fn new(name: &'static str, claim: &'static str) -> Verdict {
+        Verdict {
+            name,
+            claim,
+            passed: true,
+            checked: 0,
+            violations: 0,
+            evidence: Vec::new(),
+            notes: Vec::new(),
+            not_run: None,
+        }
     }
 
-    fn violation(&mut self, evidence: String) {
+    /// A checker that does not apply to this run, and why.
+    pub(super) fn not_run(name: &'static str, claim: &'static str, why: &str) -> Verdict {
+        Verdict { passed: false, not_run: Some(why.to_owned()), ..Verdict::new(name, claim) }
+    }
+
+    /// Found a violation (a checker that did not run found none).
+    pub fn failed(&self) -> bool {
+        !self.passed && self.not_run.is_none()
+    }
+
+    pub(super) fn violation(&mut self, evidence: String) {
         self.passed = false;
         self.violations += 1;
         if self.evidence.len() < MAX_EVIDENCE {
@@ -69,6 +94,10 @@ pub struct Facts<'a> {
     pub members: &'a BTreeSet<u64>,
     /// Progress is required from here on (the last fault's end, wall clock ms).
     pub liveness_from_ms: i64,
+    /// The results database, read directly after the wind-down (runs with --mysql-url).
+    pub sql: Option<&'a SqlSnapshot>,
+    /// The Redis cache, read directly after the wind-down (runs with --redis-url).
+    pub cache: Option<&'a CacheSnapshot>,
 }
 
 /// Every checker, in report order.
@@ -83,6 +112,14 @@ pub fn check_all(facts: &Facts) -> Vec<Verdict> {
         replicas_identical(facts.digests, facts.members),
         pushes_never_go_back(facts.states, facts.bounds.skew_ms),
         progress_after_faults(facts.gifts, facts.states, facts.liveness_from_ms),
+        match facts.sql {
+            Some(sql) => sink_checkers::sql_matches_engine(facts.states, facts.settled, sql),
+            None => Verdict::not_run(sink_checkers::SQL_NAME, sink_checkers::SQL_CLAIM, "no --mysql-url"),
+        },
+        match facts.cache {
+            Some(cache) => sink_checkers::redis_converges(&reference, cache),
+            None => Verdict::not_run(sink_checkers::REDIS_NAME, sink_checkers::REDIS_CLAIM, "no --redis-url"),
+        },
     ]
 }
 

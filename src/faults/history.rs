@@ -127,9 +127,9 @@ impl StateSeen {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultEvent {
     /// The nemesis (`kill`, `kill-leader`, `pause`, `pause-leader`, `transfer`,
-    /// `restart-all`, or a network one: `partition-leader`, `partition-half`, `bridge`,
-    /// `drop-one-way`, `delay`, `blackhole`, or a membership one: `add-node`,
-    /// `remove-node`).
+    /// `restart-all`, a network one: `partition-leader`, `partition-half`, `bridge`,
+    /// `drop-one-way`, `delay`, `blackhole`, a membership one: `add-node`, `remove-node`,
+    /// or a service cut: `mysql-cut`, `redis-cut`).
     pub kind: String,
     /// The node it hit (for a transfer: the leader it moved from; for a partition: the
     /// node cut off from the others, if one was; for `add-node` the node added, for

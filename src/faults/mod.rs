@@ -17,6 +17,8 @@ pub mod history;
 pub mod inproc;
 pub mod nemesis;
 pub mod report;
+pub mod services;
+pub mod sink_checkers;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +36,7 @@ use tokio::time::Instant;
 use self::checkers::{Bounds, Facts, Verdict};
 use self::history::{DigestSample, FaultEvent, History, Ledgers, NodeHistory, SettledRecord, StateSeen};
 use self::nemesis::{Nemesis, Planned};
+use self::services::{CacheSnapshot, Services, SqlSnapshot};
 use self::workload::Gifting;
 use crate::bench::parse_duration;
 use crate::bench::pks::{AnchorBehaviour, AnchorPool, Roster};
@@ -91,6 +94,28 @@ pub struct FaultsArgs {
     /// target/faults/campaign-<unix time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// A MySQL server for the settled results (`mysql://user:password@host:port`): the run
+    /// creates a database of its own there, gives it to every node through a link it can
+    /// cut (`mysql-cut`), checks it (`sql_matches_engine`), and drops it unless the run
+    /// fails.
+    #[arg(long, env = "PKD_FAULTS_MYSQL_URL", hide_env_values = true)]
+    pub mysql_url: Option<String>,
+    /// A Redis database for the read cache (`redis://host:port/9`): the run empties it,
+    /// gives it to every node through a link it can cut (`redis-cut`), and checks it
+    /// (`redis_converges`).
+    #[arg(long, env = "PKD_FAULTS_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+}
+
+impl FaultsArgs {
+    /// The URL a service nemesis needs, if given.
+    fn service_url(&self, nemesis: Nemesis) -> Option<&str> {
+        match nemesis {
+            Nemesis::MysqlCut => self.mysql_url.as_deref(),
+            Nemesis::RedisCut => self.redis_url.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// The seeds of a campaign, in order.
@@ -136,11 +161,15 @@ pub struct Run {
     pub ended_ms: i64,
     /// Each node's log, read before the cluster's directory went away.
     pub logs: BTreeMap<u64, Vec<u8>>,
+    /// The run's MySQL database (`--mysql-url`), and whether it was kept (a failed run).
+    pub mysql_database: Option<(String, bool)>,
+    /// The Redis database the run emptied and used (`--redis-url`).
+    pub redis_database: Option<u32>,
 }
 
 impl Run {
     pub fn violations(&self) -> usize {
-        self.verdicts.iter().filter(|verdict| !verdict.passed).count()
+        self.verdicts.iter().filter(|verdict| verdict.failed()).count()
     }
 
     /// The command that runs this seed again.
@@ -161,7 +190,29 @@ impl Run {
             self.args.battle.as_millis(),
             self.args.end_bound.as_millis(),
             self.args.settle_wait.as_millis(),
-        )
+        ) + &self.service_flags()
+    }
+
+    /// The service flags of the replay command, passwords masked.
+    fn service_flags(&self) -> String {
+        let mut flags = String::new();
+        for (flag, url) in [("--mysql-url", &self.args.mysql_url), ("--redis-url", &self.args.redis_url)] {
+            if let Some(url) = url {
+                flags.push_str(&format!(" {flag} {}", masked(url)));
+            }
+        }
+        flags
+    }
+}
+
+/// `url` with the password of its user info, if any, replaced by `***`.
+fn masked(url: &str) -> String {
+    match services::ServiceUrl::parse(url, 0) {
+        Ok(parts) => match parts.userinfo.as_deref().and_then(|userinfo| userinfo.split_once(':')) {
+            Some((user, _)) => url.replacen(parts.userinfo.as_deref().unwrap_or_default(), &format!("{user}:***"), 1),
+            None => url.to_owned(),
+        },
+        Err(_) => url.to_owned(),
     }
 }
 
@@ -175,8 +226,23 @@ pub fn run(args: FaultsArgs) -> anyhow::Result<()> {
     let mut args = args;
     if args.nemesis.is_empty() {
         args.nemesis = Nemesis::defaults();
+        // The service cuts are defaults only with their services.
+        let given: Vec<Nemesis> =
+            Nemesis::SERVICES.into_iter().filter(|&kind| args.service_url(kind).is_some()).collect();
+        args.nemesis.extend(given);
         // The membership nemeses keep at least three voters: they need three nodes.
         args.nemesis.retain(|kind| args.nodes >= 3 || !kind.is_membership());
+    }
+    let unserved: Vec<String> = args
+        .nemesis
+        .iter()
+        .filter_map(|&kind| match (kind.service_flag(), args.service_url(kind)) {
+            (Some(flag), None) => Some(format!("{} needs {flag}", kind.name())),
+            _ => None,
+        })
+        .collect();
+    if !unserved.is_empty() {
+        bail!("{}: the run has no such service to cut", unserved.join(", "));
     }
     let membership: Vec<&str> =
         args.nemesis.iter().filter(|kind| kind.is_membership()).map(|kind| kind.name()).collect();
@@ -200,6 +266,9 @@ pub fn run(args: FaultsArgs) -> anyhow::Result<()> {
     let (run, dir) = run_seed(&args, seed, args.out.clone())?;
     print!("{}", report::verdict_lines(&run));
     println!("report: {}", dir.display());
+    if let Some((name, true)) = &run.mysql_database {
+        println!("results database kept: {name}");
+    }
     let failed = run.violations();
     if failed > 0 {
         eprintln!("replay this run with: {}", run.replay_command());
@@ -264,17 +333,34 @@ async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
     let planned = nemesis::plan(seed, args.duration, &args.nemesis);
     // The links go through the proxy only when a network nemesis may need it.
     let proxy = args.nemesis.iter().any(|kind| kind.is_network());
-    let mut target = Target::start_local(args.nodes, args.arenas, "info", None, proxy).await?;
+    let services =
+        Arc::new(Services::open(args.mysql_url.as_deref(), args.redis_url.as_deref(), seed, started_ms / 1000).await?);
+    let started = Target::start_local_with_args(args.nodes, args.arenas, "info", services.node_args(), proxy).await;
+    let mut target = match started {
+        Ok(target) => target,
+        Err(error) => {
+            let _ = services.drop_database().await;
+            return Err(error);
+        }
+    };
     // A membership nemesis may add a node: one more slot, for the next id.
     if args.nemesis.iter().any(|kind| kind.is_membership()) {
         target = target.with_spare_slot();
     }
     let target = Arc::new(target);
-    let outcome = drive(&args, seed, planned.clone(), target.clone()).await;
+    let outcome = drive(&args, seed, planned.clone(), target.clone(), services.clone()).await;
     let logs = read_logs(&target);
     let members: BTreeSet<u64> = target.member_ids().into_iter().collect();
     target.shutdown().await;
-    let (history, settled, ledgers, workload_from_ms) = outcome?;
+    let (history, settled, ledgers, workload_from_ms, stores) = match outcome {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            if let Some(mysql) = &services.mysql {
+                eprintln!("the run stopped: its database {} is kept", mysql.database);
+            }
+            return Err(error);
+        }
+    };
     let faults = history.faults();
     let liveness_from_ms = faults.iter().map(|fault| fault.healed_ms).max().unwrap_or(workload_from_ms);
     let (gifts, states, digests) = (history.gifts(), history.states(), history.digests());
@@ -288,9 +374,19 @@ async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
         members: &members,
         bounds: Bounds { end_late_ms: args.end_bound.as_millis() as i64, skew_ms: largest_skew(&faults) },
         liveness_from_ms,
+        sql: stores.sql.as_ref(),
+        cache: stores.cache.as_ref(),
     };
     let verdicts = checkers::check_all(&facts);
+    // A failed run keeps its database, for a look at the rows.
+    let keep = verdicts.iter().any(Verdict::failed);
+    let mysql_database = services.mysql.as_ref().map(|mysql| (mysql.database.clone(), keep));
+    if !keep && let Err(error) = services.drop_database().await {
+        eprintln!("warning: {error:#}");
+    }
     Ok(Run {
+        mysql_database,
+        redis_database: services.redis.as_ref().map(|redis| redis.database),
         seed,
         args,
         planned,
@@ -312,7 +408,8 @@ async fn drive(
     seed: u64,
     planned: Vec<Planned>,
     target: Arc<Target>,
-) -> anyhow::Result<(Arc<History>, BTreeMap<u64, NodeHistory>, Ledgers, i64)> {
+    services: Arc<Services>,
+) -> anyhow::Result<(Arc<History>, BTreeMap<u64, NodeHistory>, Ledgers, i64, Stores)> {
     target.settle(Duration::from_secs(30)).await;
     let battle_ms = args.battle.as_millis().max(1_000);
     target.set_config("pk_duration", &format!("{OPENING_MS},{battle_ms},0,600000")).await?;
@@ -336,11 +433,12 @@ async fn drive(
     let gifting = Arc::new(Gifting::new(target.clone(), roster.clone(), history.clone(), 1)?);
     let (stop, stopped) = watch::channel(false);
     let senders = gifting.spawn(args.senders, seed, stopped);
-    let nemesis = tokio::spawn(nemesis::carry_out(planned, target.clone(), history.clone(), start));
+    let nemesis = tokio::spawn(nemesis::carry_out(planned, target.clone(), services.clone(), history.clone(), start));
     let (stop_sampling, sampling) = watch::channel(false);
     let sampler = tokio::spawn(sample_digests(target.clone(), history.clone(), sampling));
     tokio::time::sleep_until(start + args.duration).await;
     nemesis.await.context("the nemesis task")?;
+    services.restore_all();
     let _ = stop.send(true);
     for sender in senders {
         let _ = sender.await;
@@ -359,7 +457,88 @@ async fn drive(
     let _ = stop_sampling.send(true);
     let _ = sampler.await;
     final_digests(&target, &history, args.arenas as usize + 1, Duration::from_secs(20)).await;
-    Ok((history, settled, ledgers, workload_from_ms))
+    let stores = read_stores(&target, &services, &history.states(), &settled, args.settle_wait).await;
+    Ok((history, settled, ledgers, workload_from_ms, stores))
+}
+
+/// The results database and the cache as the run read them at the end.
+#[derive(Default)]
+struct Stores {
+    sql: Option<SqlSnapshot>,
+    cache: Option<CacheSnapshot>,
+}
+
+/// Reads the services the run has, directly: each until its checker is satisfied (the
+/// sinks catch up once the last fault has healed) or for `limit`.
+async fn read_stores(
+    target: &Target,
+    services: &Services,
+    states: &[StateSeen],
+    settled: &BTreeMap<u64, NodeHistory>,
+    limit: Duration,
+) -> Stores {
+    let mut stores = Stores::default();
+    if let Some(mysql) = &services.mysql {
+        let deadline = Instant::now() + limit;
+        loop {
+            match SqlSnapshot::read(&mysql.direct_url).await {
+                Ok(snapshot) => {
+                    let done = sink_checkers::sql_matches_engine(states, settled, &snapshot).passed;
+                    stores.sql = Some(snapshot);
+                    if done {
+                        break;
+                    }
+                }
+                Err(error) => eprintln!("warning: reading the results database: {error:#}"),
+            }
+            if Instant::now() >= deadline {
+                eprintln!("warning: the results database had not caught up after {limit:?}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    if let Some(redis) = &services.redis {
+        let records = checkers::reference_records(settled);
+        let deadline = Instant::now() + CACHE_WAIT;
+        loop {
+            match CacheSnapshot::read_cache(&redis.direct_url).await {
+                Ok(mut snapshot) => {
+                    snapshot.engine_rooms = rooms_in_pk(target).await;
+                    let done = sink_checkers::redis_converges(&records, &snapshot).passed;
+                    stores.cache = Some(snapshot);
+                    if done {
+                        break;
+                    }
+                }
+                Err(error) => eprintln!("warning: reading the Redis cache: {error:#}"),
+            }
+            if Instant::now() >= deadline {
+                eprintln!("warning: the Redis cache had not converged after {CACHE_WAIT:?}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    stores
+}
+
+/// How long the run waits for the cache to converge once the wind-down is over (a cache
+/// duty retries within 5 s, and checks its keys every second).
+const CACHE_WAIT: Duration = Duration::from_secs(20);
+
+/// Each node's rooms in a PK (room → PK), from its lobby replica through
+/// `GET /api/rooms-in-pk`; a node that does not answer is left out.
+async fn rooms_in_pk(target: &Target) -> BTreeMap<u64, BTreeMap<u64, u64>> {
+    let mut all = BTreeMap::new();
+    for node in &target.nodes {
+        let client = AdminClient::new(node.client_address(), "dev:9001").with_timeout(Duration::from_secs(3));
+        let Ok(answer) = client.call::<Value>("GET", "/api/rooms-in-pk", None::<&()>).await else { continue };
+        let Some(rooms) = answer["rooms"].as_array() else { continue };
+        let rooms = rooms.iter().filter_map(|room| Some((room["roomId"].as_u64()?, room["pkId"].as_u64()?))).collect();
+        all.insert(node.id, rooms);
+    }
+    all
 }
 
 /// Waits until no PK has run for 3 s (anchors already matching still get their PK), at

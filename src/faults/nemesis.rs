@@ -2,6 +2,8 @@
 //! out against the local cluster ([`carry_out`]), each fault logged with its times.
 //! Process faults signal the nodes; network faults ([`Nemesis::is_network`]) set rules on
 //! the links of the launcher's proxy ([`link_fault`], pure) and heal them all at the end;
+//! service faults ([`Nemesis::SERVICES`]) cut every node's link to the results database
+//! or to Redis, then restore it;
 //! membership faults ([`Nemesis::is_membership`]) add and remove voters through the admin
 //! API ([`membership_steps`], pure).
 //!
@@ -14,6 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::ValueEnum;
 use pkd_cluster::Rule;
 use pkd_cluster::api::FaultSettings;
@@ -24,6 +27,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::history::{FaultEvent, History};
+use super::services::Services;
 use crate::bench::target::Target;
 
 /// The healthy start, while the first PKs form.
@@ -69,6 +73,10 @@ pub enum Nemesis {
     Delay,
     /// Cut the link between two random nodes, both ways, for 2-6 s.
     Blackhole,
+    /// Cut every node's link to the results database (--mysql-url), for 2-6 s.
+    MysqlCut,
+    /// Cut every node's link to the Redis cache (--redis-url), for 2-6 s.
+    RedisCut,
     /// A node joins: started with `--join` (the smallest free id, on an empty data
     /// directory), added to every group as a learner, caught up, promoted (admin API). In
     /// a cluster one node larger than it started, a voter leaves first.
@@ -117,6 +125,19 @@ impl Nemesis {
         Nemesis::Blackhole,
     ];
 
+    /// The nemeses that cut the nodes' links to a service: each needs that service's URL
+    /// (`--mysql-url`, `--redis-url`), and is a default only with it.
+    pub const SERVICES: [Nemesis; 2] = [Nemesis::MysqlCut, Nemesis::RedisCut];
+
+    /// The flag a service nemesis needs.
+    pub fn service_flag(self) -> Option<&'static str> {
+        match self {
+            Nemesis::MysqlCut => Some("--mysql-url"),
+            Nemesis::RedisCut => Some("--redis-url"),
+            _ => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Nemesis::Kill => "kill",
@@ -134,6 +155,8 @@ impl Nemesis {
             Nemesis::DropOneWay => "drop-one-way",
             Nemesis::Delay => "delay",
             Nemesis::Blackhole => "blackhole",
+            Nemesis::MysqlCut => "mysql-cut",
+            Nemesis::RedisCut => "redis-cut",
             Nemesis::AddNode => "add-node",
             Nemesis::RemoveNode => "remove-node",
         }
@@ -172,7 +195,9 @@ impl Nemesis {
             | Nemesis::Bridge
             | Nemesis::DropOneWay
             | Nemesis::Delay
-            | Nemesis::Blackhole => Duration::from_millis(rng.random_range(2_000..6_000)),
+            | Nemesis::Blackhole
+            | Nemesis::MysqlCut
+            | Nemesis::RedisCut => Duration::from_millis(rng.random_range(2_000..6_000)),
         }
     }
 
@@ -231,8 +256,15 @@ pub fn plan(seed: u64, duration: Duration, kinds: &[Nemesis]) -> Vec<Planned> {
     }
 }
 
-/// Carries out `planned` from `start` on, logging each fault in `history`.
-pub async fn carry_out(planned: Vec<Planned>, target: Arc<Target>, history: Arc<History>, start: Instant) {
+/// Carries out `planned` from `start` on, logging each fault in `history`; the service
+/// nemeses cut the links of `services`.
+pub async fn carry_out(
+    planned: Vec<Planned>,
+    target: Arc<Target>,
+    services: Arc<Services>,
+    history: Arc<History>,
+    start: Instant,
+) {
     let original = target.member_ids().len();
     let groups = 1 + u64::from(target.arenas.unwrap_or(1));
     for step in planned {
@@ -328,6 +360,10 @@ pub async fn carry_out(planned: Vec<Planned>, target: Arc<Target>, history: Arc<
                 }
                 None => Err(anyhow::anyhow!("{} needs at least two nodes", step.nemesis.name())),
             },
+            Nemesis::MysqlCut | Nemesis::RedisCut => {
+                eprintln!("nemesis: {} for {:?}", step.nemesis.name(), step.hold);
+                cut_service(&services, step.nemesis, step.hold).await
+            }
             Nemesis::AddNode | Nemesis::RemoveNode => {
                 let victim = leader.filter(|leader| ids.contains(leader)).unwrap_or(random_node);
                 let steps = membership_steps(step.nemesis, &ids, original, victim);
@@ -540,6 +576,15 @@ async fn disturb_links(target: &Target, fault: &LinkFault, hold: Duration) -> an
     Ok(())
 }
 
+/// Cuts every node's link to the service of `nemesis` for `hold`, then restores it.
+async fn cut_service(services: &Services, nemesis: Nemesis, hold: Duration) -> anyhow::Result<()> {
+    let link = services.link(nemesis).with_context(|| format!("{} has no service link", nemesis.name()))?;
+    link.cut();
+    tokio::time::sleep(hold).await;
+    link.restore();
+    Ok(())
+}
+
 async fn pause_and_resume(target: &Target, node: u64, stopped: Duration) -> anyhow::Result<()> {
     target.pause(node).await?;
     tokio::time::sleep(stopped).await;
@@ -594,6 +639,19 @@ mod tests {
             let delayed = step.nemesis == Nemesis::Delay;
             assert_eq!(delayed, (Duration::from_millis(50)..Duration::from_millis(400)).contains(&step.delay));
         }
+    }
+
+    #[test]
+    fn service_cuts_are_drawn_with_their_holds_and_leave_other_schedules_alone() {
+        let planned = plan(9, Duration::from_secs(120), &Nemesis::SERVICES);
+        assert!(planned.len() >= 5, "{planned:#?}");
+        for step in &planned {
+            assert!(step.nemesis.service_flag().is_some(), "{step:?}");
+            assert!((Duration::from_secs(2)..Duration::from_secs(6)).contains(&step.hold), "{step:?}");
+        }
+        assert!(planned.iter().any(|step| step.nemesis == Nemesis::MysqlCut));
+        assert!(planned.iter().any(|step| step.nemesis == Nemesis::RedisCut));
+        assert!(!Nemesis::defaults().iter().any(|kind| kind.service_flag().is_some()), "defaults only with a URL");
     }
 
     #[test]

@@ -73,6 +73,11 @@ fn run_json(run: &Run) -> serde_json::Value {
         "gift_attempts": gifts.iter().map(|gift| gift.attempts.len()).sum::<usize>(),
         "pks_seen": pks.len(),
         "violations": run.violations(),
+        "checkers_passed": run.verdicts.iter().filter(|verdict| verdict.passed).count(),
+        "checkers_not_run": run.verdicts.iter().filter(|verdict| verdict.not_run.is_some()).count(),
+        "mysql_database": run.mysql_database.as_ref().map(|(name, _)| name),
+        "mysql_database_kept": run.mysql_database.as_ref().map(|(_, kept)| kept),
+        "redis_database": run.redis_database,
     })
 }
 
@@ -80,6 +85,10 @@ fn run_json(run: &Run) -> serde_json::Value {
 pub fn verdict_lines(run: &Run) -> String {
     let mut text = String::new();
     for verdict in &run.verdicts {
+        if let Some(why) = &verdict.not_run {
+            let _ = writeln!(text, "--   {} (not run: {why})", verdict.name);
+            continue;
+        }
         let mark = if verdict.passed { "ok  " } else { "FAIL" };
         let _ =
             writeln!(text, "{mark} {} ({} checked, {} violations)", verdict.name, verdict.checked, verdict.violations);
@@ -114,10 +123,21 @@ fn summary(run: &Run) -> String {
     ] {
         let _ = writeln!(text, "| {key} | {} |", figures[key]);
     }
+    if let Some((name, kept)) = &run.mysql_database {
+        let fate = if *kept { "kept for a look at its rows (drop it when done)" } else { "dropped at the end" };
+        let _ = writeln!(text, "\nResults database: `{name}`, {fate}.");
+    }
+    if let Some(index) = run.redis_database {
+        let _ = writeln!(text, "\nRedis database: {index} (emptied at the start).");
+    }
     let _ = writeln!(text, "\n## Checkers\n");
     let _ = writeln!(text, "| checker | verdict | checked | violations | claim |\n|---|---|---|---|---|");
     for verdict in &run.verdicts {
-        let mark = if verdict.passed { "pass" } else { "**FAIL**" };
+        let mark = match (&verdict.not_run, verdict.passed) {
+            (Some(why), _) => format!("not run ({why})"),
+            (None, true) => "pass".to_owned(),
+            (None, false) => "**FAIL**".to_owned(),
+        };
         let _ = writeln!(
             text,
             "| {} | {mark} | {} | {} | {} |",
@@ -201,7 +221,12 @@ impl CampaignRow {
             gifts_unknown: count("gifts_unknown"),
             gifts_refused: count("gifts_refused"),
             pks: count("pks_seen"),
-            failed_checkers: run.verdicts.iter().filter(|verdict| !verdict.passed).map(|v| v.name.to_owned()).collect(),
+            failed_checkers: run
+                .verdicts
+                .iter()
+                .filter(|verdict| verdict.failed())
+                .map(|v| v.name.to_owned())
+                .collect(),
             error: None,
             seconds: took.as_secs_f64(),
             replay: (run.violations() > 0).then(|| run.replay_command()),

@@ -5,6 +5,11 @@
 //! twice: on made-up histories in `src/faults/checkers.rs`, and here, with the
 //! `fault-injection` feature, against nodes deliberately broken (`PKD_FAULT_BREAK`): each
 //! break must be found by the checker that claims to catch it.
+//!
+//! The runs with a results database and a cache take them from `PKD_TEST_MYSQL_URL` (a
+//! server: each run creates a database of its own and drops it) and `PKD_TEST_REDIS_URL`
+//! (the tests' Redis database, 9 unless the URL names one, emptied by each run: those runs
+//! take their turn with the other cache tests).
 
 use std::path::Path;
 use std::process::Command;
@@ -29,6 +34,37 @@ fn run_faults(args: &[&str], env: &[(&str, &str)]) -> (std::process::Output, Val
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(dir.join("verdicts.json").is_file(), "no report; stderr:\n{stderr}");
     (output, json(&dir.join("verdicts.json")), json(&dir.join("schedule.json")))
+}
+
+fn mysql_url() -> String {
+    std::env::var("PKD_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+/// The tests' Redis database: the one `PKD_TEST_REDIS_URL` names, or 9.
+fn redis_url() -> String {
+    let url = std::env::var("PKD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/9".to_owned());
+    let (_, rest) = url.split_once("://").unwrap_or(("", &url));
+    match rest.split_once('/') {
+        Some((_, database)) if !database.trim_matches('/').is_empty() => url,
+        _ => format!("{}/9", url.trim_end_matches('/')),
+    }
+}
+
+/// Drops the database a failed run kept (its name is on the run's output).
+fn drop_kept_database(stdout: &str) {
+    let Some(name) = stdout.lines().find_map(|line| line.strip_prefix("results database kept: ")) else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        sqlx::any::install_default_drivers();
+        let admin = sqlx::AnyPool::connect(&mysql_url()).await.expect("the MySQL server of PKD_TEST_MYSQL_URL");
+        sqlx::query(&format!("DROP DATABASE {name}")).execute(&admin).await.expect("drop the kept database");
+        admin.close().await;
+    });
+}
+
+/// The verdicts of the checkers that ran.
+fn ran(verdicts: &Value) -> impl Iterator<Item = &Value> {
+    verdicts.as_array().unwrap().iter().filter(|verdict| verdict["not_run"].is_null())
 }
 
 /// The verdict of checker `name`.
@@ -85,13 +121,23 @@ fn a_short_seeded_run_with_faults_finds_no_violation_and_writes_its_report() {
             "replicas_agree",
             "replicas_identical",
             "pushes_never_go_back",
-            "progress_after_faults"
+            "progress_after_faults",
+            "sql_matches_engine",
+            "redis_converges"
         ]
     );
-    for verdict in verdicts.as_array().unwrap() {
+    for verdict in ran(&verdicts) {
         assert_eq!(verdict["passed"], true, "{verdict:#}");
         assert!(verdict["checked"].as_u64().unwrap() > 0, "{verdict:#}");
     }
+    // Without --mysql-url and --redis-url their checkers do not run, and say so.
+    for (name, flag) in [("sql_matches_engine", "--mysql-url"), ("redis_converges", "--redis-url")] {
+        let skipped = verdict(&verdicts, name);
+        assert_eq!(skipped["not_run"], format!("no {flag}"), "{skipped:#}");
+        assert_eq!((&skipped["passed"], &skipped["violations"]), (&Value::Bool(false), &Value::from(0)));
+        assert!(stdout.contains(&format!("--   {name} (not run: no {flag})")), "{stdout}");
+    }
+    assert_eq!(run["checkers_not_run"], 2, "{run:#}");
 
     let schedule = json(&dir.join("schedule.json"));
     let planned = schedule["planned"].as_array().unwrap();
@@ -138,7 +184,7 @@ fn a_seeded_run_with_network_faults_carries_them_out_and_finds_no_violation() {
     let run = json(&dir.join("run.json"));
     assert_eq!(run["violations"], 0, "{run:#}");
     assert!(run["replay"].as_str().unwrap().contains(&format!("--nemesis {nemeses}")), "{run:#}");
-    for verdict in json(&dir.join("verdicts.json")).as_array().unwrap() {
+    for verdict in ran(&json(&dir.join("verdicts.json"))) {
         assert_eq!(verdict["passed"], true, "{verdict:#}");
         assert!(verdict["checked"].as_u64().unwrap() > 0, "{verdict:#}");
     }
@@ -218,6 +264,67 @@ fn bad_flags_are_refused_with_a_reason() {
         .expect("run pkd faults");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("add-node keep at least three voters"));
+    // A service cut needs its service.
+    let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(["faults", "--seed", "1", "--nemesis", "kill,mysql-cut,redis-cut"])
+        .env_remove("PKD_FAULTS_MYSQL_URL")
+        .env_remove("PKD_FAULTS_REDIS_URL")
+        .output()
+        .expect("run pkd faults");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("mysql-cut needs --mysql-url, redis-cut needs --redis-url"), "{stderr}");
+    // The run empties the Redis database it is given: it must be named.
+    let output = Command::new(env!("CARGO_BIN_EXE_pkd"))
+        .args(["faults", "--seed", "1", "--redis-url", "redis://127.0.0.1:6379"])
+        .output()
+        .expect("run pkd faults");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--redis-url must name a database the run may empty"), "{stderr}");
+}
+
+/// The results database and the cache behind links the nemesis cuts, with a process fault
+/// between the cuts: seed 58 draws a MySQL cut, a kill and a Redis cut in 40 s. Every
+/// checker runs, the two of the services included, and none finds a violation; the run's
+/// database is dropped.
+#[test]
+fn results_database_and_cache_cut_and_restored_break_no_promise() {
+    let _redis = crate::common::REDIS_DATABASE.blocking_lock();
+    let (mysql, redis) = (mysql_url(), redis_url());
+    let args = [
+        "--seed",
+        "58",
+        "--duration",
+        "40s",
+        "--nemesis",
+        "mysql-cut,redis-cut,kill",
+        "--mysql-url",
+        &mysql,
+        "--redis-url",
+        &redis,
+    ];
+    let (output, verdicts, schedule) = run_faults(&args, &[]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    drop_kept_database(&stdout);
+    for verdict in verdicts.as_array().unwrap() {
+        assert_eq!(verdict["passed"], true, "{verdict:#}\n{stdout}\n{stderr}");
+        assert!(verdict["checked"].as_u64().unwrap() > 0, "{verdict:#}");
+    }
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stdout.contains("kept"), "a passing run drops its database: {stdout}");
+    let carried_out = schedule["carried_out"].as_array().unwrap();
+    let kinds: Vec<&str> = carried_out.iter().map(|fault| fault["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["mysql-cut", "kill", "redis-cut"], "{schedule:#}");
+    for fault in carried_out {
+        assert!(fault["error"].is_null(), "{fault:#}");
+        let held = fault["healed_ms"].as_i64().unwrap() - fault["started_ms"].as_i64().unwrap();
+        assert!(held >= 1_000, "{fault:#}");
+    }
+    for kind in ["mysql-cut", "redis-cut"] {
+        assert!(stderr.contains(&format!("nemesis: {kind} for ")), "{stderr}");
+    }
 }
 
 /// A short healthy run (no fault: the schedule of 15 s has none) against nodes broken on
@@ -225,8 +332,16 @@ fn bad_flags_are_refused_with_a_reason() {
 /// command; answers that checker's evidence.
 #[cfg(feature = "fault-injection")]
 fn broken_run_is_caught(broken: &str, checker: &str) -> Vec<String> {
-    let args = ["--seed", "5", "--duration", "15s", "--nemesis", "transfer", "--settle-wait", "8s"];
+    broken_run_with_services_is_caught(broken, checker, &[])
+}
+
+/// [`broken_run_is_caught`] with more flags (the services).
+#[cfg(feature = "fault-injection")]
+fn broken_run_with_services_is_caught(broken: &str, checker: &str, services: &[&str]) -> Vec<String> {
+    let mut args = vec!["--seed", "5", "--duration", "15s", "--nemesis", "transfer", "--settle-wait", "8s"];
+    args.extend(services);
     let (output, verdicts, _) = run_faults(&args, &[("PKD_FAULT_BREAK", broken)]);
+    drop_kept_database(&String::from_utf8_lossy(&output.stdout));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{broken}: the run passed\n{stderr}");
     let replay = format!("replay this run with: PKD_FAULT_BREAK={broken} pkd faults --seed 5");
@@ -265,6 +380,35 @@ fn results_left_out_of_the_store_are_caught() {
 
 #[cfg(feature = "fault-injection")]
 #[test]
+fn results_left_out_of_the_mysql_database_are_caught() {
+    // The same break with the results in MySQL: the rows of every third PK stay as they
+    // were while it ran, and the results tables are found unlike the engine's ends.
+    let mysql = mysql_url();
+    let evidence = broken_run_with_services_is_caught("drop-results", "sql_matches_engine", &["--mysql-url", &mysql]);
+    assert!(!evidence.is_empty());
+    for line in &evidence {
+        assert_eq!(pk_named(line) % 3, 0, "{evidence:#?}");
+    }
+    assert!(evidence.iter().any(|line| line.contains("t_pk holds status 1 after the wind-down")), "{evidence:#?}");
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn pk_ends_left_out_of_the_cache_are_caught() {
+    // The cache duty never writes the end of every third PK: the cache keeps showing
+    // those PKs in their battle.
+    let _redis = crate::common::REDIS_DATABASE.blocking_lock();
+    let redis = redis_url();
+    let evidence = broken_run_with_services_is_caught("stale-cache", "redis_converges", &["--redis-url", &redis]);
+    assert!(!evidence.is_empty());
+    for line in &evidence {
+        assert_eq!(pk_named(line) % 3, 0, "{evidence:#?}");
+    }
+    assert!(evidence.iter().any(|line| line.contains("the cache shows status 1")), "{evidence:#?}");
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
 fn timers_firing_early_are_caught() {
     // Every node's clock runs 2.5 s ahead: each battle ends that early for its clients.
     let evidence = broken_run_is_caught("fast-clock", "pks_end_once_in_time");
@@ -288,7 +432,7 @@ fn clock_skew_and_disk_faults_break_no_promise() {
     let args = ["--seed", "23", "--duration", "40s", "--nemesis", "skew,slow-disk,disk-full"];
     let (output, verdicts, schedule) = run_faults(&args, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for verdict in verdicts.as_array().unwrap() {
+    for verdict in ran(&verdicts) {
         assert_eq!(verdict["passed"], true, "{verdict:#}\n{stderr}");
     }
     assert!(output.status.success(), "{stderr}");
@@ -310,7 +454,7 @@ fn nodes_joining_and_leaving_break_no_promise() {
     let args = ["--seed", "17", "--duration", "45s", "--nemesis", "add-node,remove-node,kill-leader"];
     let (output, verdicts, schedule) = run_faults(&args, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for verdict in verdicts.as_array().unwrap() {
+    for verdict in ran(&verdicts) {
         assert_eq!(verdict["passed"], true, "{verdict:#}\n{stderr}");
         assert!(verdict["checked"].as_u64().unwrap() > 0, "{verdict:#}");
     }
