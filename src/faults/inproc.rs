@@ -230,7 +230,7 @@ pub struct Outcome {
 impl Outcome {
     /// The checkers that found violations.
     pub fn failures(&self) -> Vec<&Verdict> {
-        self.verdicts.iter().filter(|verdict| !verdict.passed).collect()
+        self.verdicts.iter().filter(|verdict| verdict.failed()).collect()
     }
 
     /// The command that runs this seed again.
@@ -349,6 +349,10 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
         members: &members,
         bounds: Bounds { end_late_ms: options.end_bound.as_millis() as i64, skew_ms: 0 },
         liveness_from_ms,
+        // Each node's results go to its own SQLite store, read as its settled history;
+        // no cache is written.
+        sql: None,
+        cache: None,
     };
     let verdicts = checkers::check_all(&facts);
     Ok(Outcome { options, planned, history, settled, verdicts, elapsed: started.elapsed(), links: links.counts() })
