@@ -19,6 +19,7 @@ pub mod nemesis;
 pub mod report;
 pub mod services;
 pub mod sink_checkers;
+pub mod verdict;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};

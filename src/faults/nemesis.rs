@@ -578,7 +578,12 @@ async fn disturb_links(target: &Target, fault: &LinkFault, hold: Duration) -> an
 
 /// Cuts every node's link to the service of `nemesis` for `hold`, then restores it.
 async fn cut_service(services: &Services, nemesis: Nemesis, hold: Duration) -> anyhow::Result<()> {
-    let link = services.link(nemesis).with_context(|| format!("{} has no service link", nemesis.name()))?;
+    let link = match nemesis {
+        Nemesis::MysqlCut => services.mysql_link(),
+        Nemesis::RedisCut => services.redis_link(),
+        _ => None,
+    };
+    let link = link.with_context(|| format!("{} has no service link", nemesis.name()))?;
     link.cut();
     tokio::time::sleep(hold).await;
     link.restore();

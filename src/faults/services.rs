@@ -21,7 +21,6 @@ use redis::aio::MultiplexedConnection;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
-use super::nemesis::Nemesis;
 
 /// A service URL in parts: `scheme://[userinfo@]host[:port][/path][?query]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,18 +186,19 @@ impl Services {
         args
     }
 
-    /// The link a service nemesis cuts.
-    pub fn link(&self, nemesis: Nemesis) -> Option<&ServiceLink> {
-        match nemesis {
-            Nemesis::MysqlCut => self.mysql.as_ref().map(|mysql| &mysql.link),
-            Nemesis::RedisCut => self.redis.as_ref().map(|redis| &redis.link),
-            _ => None,
-        }
+    /// The nodes' link to the MySQL server, if the run has one.
+    pub fn mysql_link(&self) -> Option<&ServiceLink> {
+        self.mysql.as_ref().map(|mysql| &mysql.link)
+    }
+
+    /// The nodes' link to Redis, if the run has one.
+    pub fn redis_link(&self) -> Option<&ServiceLink> {
+        self.redis.as_ref().map(|redis| &redis.link)
     }
 
     /// Restores every link (a run never ends with one cut).
     pub fn restore_all(&self) {
-        for link in [Nemesis::MysqlCut, Nemesis::RedisCut].into_iter().filter_map(|kind| self.link(kind)) {
+        for link in [self.mysql_link(), self.redis_link()].into_iter().flatten() {
             link.restore();
         }
     }

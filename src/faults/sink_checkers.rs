@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::checkers::Verdict;
+use super::verdict::Verdict;
 use super::history::{NodeHistory, SettledRecord, StateSeen};
 use super::services::{CacheSnapshot, SqlPk, SqlSnapshot};
 use crate::sinks::redis_cache::ENDED_TTL_SECONDS;
