@@ -47,10 +47,14 @@ const FIRST_ANCHOR: u64 = 3_000_001;
 /// The opening of every PK, in ms.
 const OPENING_MS: i64 = 300;
 
-/// The lobby's matching config for a run: an anchor left waiting alone for 1 s invites up
-/// to 3 idle anchors (a new batch each second), who may be invited again 1.5 s later.
+/// The lobby's matching config for a run: an anchor left waiting alone for 0.5 s invites
+/// up to 3 idle anchors (a new batch every 0.5 s), who may be invited again 1.5 s later.
 const INVITING_CONFIG: &str =
-    "{'name':'faults','interveningTime':1000,'endTime':600000,'inviteNum':3,'inviteColdDown':1500}";
+    "{'name':'faults','interveningTime':500,'endTime':600000,'inviteNum':3,'inviteColdDown':1500}";
+
+/// The other anchors' pause before each start: the two of a PK that ended start apart,
+/// so that one often waits alone long enough to invite.
+const THINK: (Duration, Duration) = (Duration::ZERO, Duration::from_millis(1_500));
 
 /// The chance that an idle anchor accepts an invitation (it refuses otherwise).
 const ACCEPT_CHANCE: f64 = 0.6;
@@ -444,6 +448,7 @@ async fn drive(
             linger_every: 2,
             linger: LINGER,
         }),
+        think: Some(THINK),
         ..AnchorBehaviour::default()
     };
     let hold_starts = behaviour.hold_starts.clone();
