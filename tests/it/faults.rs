@@ -117,6 +117,7 @@ fn a_short_seeded_run_with_faults_finds_no_violation_and_writes_its_report() {
             "gifts_counted_once",
             "ledgers_match_senders",
             "one_pk_at_a_time",
+            "one_accept_per_invitation",
             "pks_end_once_in_time",
             "replicas_agree",
             "replicas_identical",
