@@ -15,13 +15,16 @@
 //!     (pushes 10, room entries) shows the source side with half its beans, so a client
 //!     sees its score fall;
 //!   - `stale-cache`: the Redis cache duty never writes the end of every third PK (by
-//!     id), so the cache keeps showing it running.
+//!     id), so the cache keeps showing it running;
+//!   - `double-accept`: an accept that lost its invitation to someone else (902003) is
+//!     answered as if it had won (902004), so one round of invitations has two winners.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use pkd_cluster::api::FaultSettings;
+use pkd_raft::{LobbyAction, PkId, Reason, Response};
 
 /// The environment variable naming the broken behaviours.
 pub const BREAK_ENV: &str = "PKD_FAULT_BREAK";
@@ -40,6 +43,7 @@ pub enum Break {
     FastClock,
     StalePush,
     StaleCache,
+    DoubleAccept,
 }
 
 impl Break {
@@ -50,13 +54,21 @@ impl Break {
             Break::FastClock => "fast-clock",
             Break::StalePush => "stale-push",
             Break::StaleCache => "stale-cache",
+            Break::DoubleAccept => "double-accept",
         }
     }
 
     fn parse(name: &str) -> Option<Break> {
-        [Break::GiftDedup, Break::DropResults, Break::FastClock, Break::StalePush, Break::StaleCache]
-            .into_iter()
-            .find(|known| known.name() == name)
+        [
+            Break::GiftDedup,
+            Break::DropResults,
+            Break::FastClock,
+            Break::StalePush,
+            Break::StaleCache,
+            Break::DoubleAccept,
+        ]
+        .into_iter()
+        .find(|known| known.name() == name)
     }
 }
 
@@ -114,6 +126,19 @@ pub fn shown_beans(beans: i64, now_ms: i64) -> i64 {
 /// Whether the cache duty must leave this PK's end unwritten (`stale-cache`).
 pub fn skips_cached_end(pk: u64) -> bool {
     broken(Break::StaleCache) && pk % 3 == 0
+}
+
+/// The lobby's answer to a command 28 as its reply tells it: an accept taken by someone
+/// else (902003) is told as won (902004) if `double-accept` is broken.
+pub fn told_response(action: &LobbyAction, response: Response) -> Response {
+    match (action, response) {
+        (LobbyAction::Accept { inviter, invitee }, Response::Rejected(Reason::InvitationTaken))
+            if broken(Break::DoubleAccept) =>
+        {
+            Response::Matched { pk: PkId(0), source: *inviter, target: *invitee }
+        }
+        (_, response) => response,
+    }
 }
 
 /// Applies the settings given (the others stay) and answers the settings in force.

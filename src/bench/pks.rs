@@ -208,6 +208,48 @@ pub struct Reader {
 /// Told of every PK state an anchor reads.
 pub type StateObserver = Arc<dyn Fn(Reader, &Value) + Send + Sync>;
 
+/// An anchor's answer to an invitation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvitationAction {
+    /// Command 28 type 2.
+    Accept,
+    /// Command 28 type 3.
+    Refuse,
+}
+
+/// An invitation (push 12) an anchor answered, and what the node replied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvitationAnswer {
+    pub invitee: u64,
+    /// The push's `content.source`.
+    pub inviter: u64,
+    /// When the push arrived (wall clock, ms).
+    pub received_ms: i64,
+    pub action: InvitationAction,
+    /// The reply's code, or `timeout` / `disconnected` / `error` when no reply came.
+    pub code: String,
+    /// When the reply came, or the wait for it ended (wall clock, ms).
+    pub answered_ms: i64,
+}
+
+/// Told of every invitation an anchor answered.
+pub type InvitationObserver = Arc<dyn Fn(&InvitationAnswer) + Send + Sync>;
+
+/// How anchors answer invitations. Every idle anchor (not matching, not in a PK, not
+/// winding down) answers at once; one that is matching or in a PK lets it lapse.
+#[derive(Clone)]
+pub struct InvitationAnswers {
+    pub observer: InvitationObserver,
+    /// The chance that an idle anchor accepts; otherwise it refuses.
+    pub accept_chance: f64,
+    /// Every `linger_every`-th anchor (by index; 0: none) pauses for `linger` before its
+    /// first start and after each PK, instead of the think time, so that an anchor left
+    /// waiting alone finds it idle and invites it.
+    pub linger_every: u64,
+    pub linger: (Duration, Duration),
+}
+
 /// How the anchors behave.
 #[derive(Clone, Default)]
 pub struct AnchorBehaviour {
@@ -222,6 +264,8 @@ pub struct AnchorBehaviour {
     pub off_air_chance: f64,
     /// Once set, each start's reply latency is recorded as `command` (failures by code).
     pub recorder: Arc<std::sync::OnceLock<Arc<Recorder>>>,
+    /// If set, idle anchors answer invitations (push 12); otherwise they ignore them.
+    pub invitations: Option<InvitationAnswers>,
 }
 
 /// What the anchors did, beyond the roster.
@@ -230,6 +274,7 @@ pub struct AnchorStats {
     pub starts: AtomicU64,
     pub reconnects: AtomicU64,
     pub off_air: AtomicU64,
+    pub invitations_answered: AtomicU64,
     codes: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -264,7 +309,12 @@ impl AnchorPool {
         let stats = Arc::new(AnchorStats::default());
         let tasks = (0..count)
             .map(|index| {
+                let lingers = behaviour.invitations.as_ref().is_some_and(|answers| {
+                    answers.linger_every > 0 && index % answers.linger_every == answers.linger_every - 1
+                });
                 let anchor = Anchor {
+                    lingers,
+                    invitations: Vec::new(),
                     target: target.clone(),
                     roster: roster.clone(),
                     user: first_user + index,
@@ -343,11 +393,16 @@ struct Anchor {
     connections: u64,
     /// The node of the latest one.
     connected_to: u64,
+    /// Pauses for the invitation answers' `linger` rather than the think time.
+    lingers: bool,
+    /// Invitations received and not yet answered: (inviter, arrival ms).
+    invitations: Vec<(u64, i64)>,
 }
 
 impl Anchor {
     async fn live(mut self, mut stopped: watch::Receiver<bool>) {
-        let mut phase = Phase::Idle { start_at: Instant::now() };
+        let first_pause = if self.lingers { self.pause() } else { Duration::ZERO };
+        let mut phase = Phase::Idle { start_at: Instant::now() + first_pause };
         let mut client: Option<AppClient> = None;
         while !*stopped.borrow() {
             let Some(connected) = client.as_mut() else {
@@ -424,6 +479,14 @@ impl Anchor {
 
     /// One step of the cycle: a command when one is due, otherwise reading a push.
     async fn step(&mut self, client: &mut AppClient, phase: &mut Phase) -> Result<(), app::AppError> {
+        if !self.invitations.is_empty() {
+            let (inviter, received_ms) = self.invitations.remove(0);
+            let idle = matches!(phase, Phase::Idle { .. }) && !self.behaviour.hold_starts.load(Ordering::Relaxed);
+            return match self.behaviour.invitations.clone() {
+                Some(answers) if idle => self.answer(client, phase, &answers, inviter, received_ms).await,
+                _ => Ok(()),
+            };
+        }
         let now = Instant::now();
         match *phase {
             Phase::Idle { start_at } if now >= start_at && !self.behaviour.hold_starts.load(Ordering::Relaxed) => {
@@ -489,6 +552,49 @@ impl Anchor {
         }
     }
 
+    /// Accepts or refuses `inviter`'s invitation and tells the observer; a won accept
+    /// waits for its PK's first push like a start.
+    async fn answer(
+        &mut self,
+        client: &mut AppClient,
+        phase: &mut Phase,
+        answers: &InvitationAnswers,
+        inviter: u64,
+        received_ms: i64,
+    ) -> Result<(), app::AppError> {
+        let action = if self.rng.random_bool(answers.accept_chance.clamp(0.0, 1.0)) {
+            InvitationAction::Accept
+        } else {
+            InvitationAction::Refuse
+        };
+        let result = match action {
+            InvitationAction::Accept => client.accept(inviter).await,
+            InvitationAction::Refuse => client.refuse(inviter).await,
+        };
+        let code = match &result {
+            Ok(reply) => app::reply_code(reply).to_owned(),
+            Err(app::AppError::Timeout { .. }) => "timeout".to_owned(),
+            Err(error) if error.is_disconnect() => "disconnected".to_owned(),
+            Err(_) => "error".to_owned(),
+        };
+        self.stats.invitations_answered.fetch_add(1, Ordering::Relaxed);
+        if action == InvitationAction::Accept && code == "902004" {
+            *phase = Phase::Matching { since: Instant::now() };
+        }
+        (answers.observer)(&InvitationAnswer {
+            invitee: self.user,
+            inviter,
+            received_ms,
+            action,
+            code,
+            answered_ms: wall_clock_ms(),
+        });
+        if result.is_ok() {
+            self.drain_kept(client, phase);
+        }
+        result.map(drop)
+    }
+
     fn drain_kept(&mut self, client: &mut AppClient, phase: &mut Phase) {
         for received in client.take_kept() {
             self.handle(&received.message, received.at_ms, phase);
@@ -497,6 +603,13 @@ impl Anchor {
 
     /// A message from the node: state pushes feed the roster and move the cycle on.
     fn handle(&mut self, message: &Value, at_ms: i64, phase: &mut Phase) {
+        if app::is_push(message, 12)
+            && self.behaviour.invitations.is_some()
+            && let Some(inviter) = message["content"]["source"].as_u64()
+        {
+            self.invitations.push((inviter, at_ms));
+            return;
+        }
         if !app::is_push(message, 10) {
             return;
         }
@@ -528,14 +641,21 @@ impl Anchor {
             let away = Duration::from_millis(self.rng.random_range(1_000..3_000));
             return Phase::Leaving { until: Instant::now() + away };
         }
-        let pause = match self.behaviour.think {
+        let pause = self.pause();
+        Phase::Idle { start_at: Instant::now() + pause }
+    }
+
+    /// The pause before a start: the linger for an anchor that lingers, else the think
+    /// time.
+    fn pause(&mut self) -> Duration {
+        let linger = self.behaviour.invitations.as_ref().filter(|_| self.lingers).map(|answers| answers.linger);
+        match linger.or(self.behaviour.think) {
             Some((least, most)) if most > least => {
                 Duration::from_secs_f64(self.rng.random_range(least.as_secs_f64()..most.as_secs_f64()))
             }
             Some((least, _)) => least,
             None => Duration::ZERO,
-        };
-        Phase::Idle { start_at: Instant::now() + pause }
+        }
     }
 
     /// Nothing arrived for a while: a PK long past its end (its end push lost in a

@@ -6,11 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::history::{DigestSample, FaultEvent, GiftOp, Ledgers, NodeHistory, Outcome, SettledRecord, StateSeen};
+use super::history::{
+    DigestSample, FaultEvent, GiftOp, InvitationOp, Ledgers, NodeHistory, Outcome, SettledRecord, StateSeen,
+};
 use super::services::{CacheSnapshot, SqlSnapshot};
 use super::sink_checkers;
 pub use super::verdict::{MAX_EVIDENCE, Verdict};
-use crate::bench::pks::StateSource;
+use crate::bench::pks::{InvitationAction, StateSource};
 
 /// What bounds the checks.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -28,6 +30,8 @@ pub struct Bounds {
 pub struct Facts<'a> {
     pub gifts: &'a [GiftOp],
     pub states: &'a [StateSeen],
+    /// The invitations the anchors answered.
+    pub invitations: &'a [InvitationOp],
     pub faults: &'a [FaultEvent],
     /// Each node's settled history, by node id.
     pub settled: &'a BTreeMap<u64, NodeHistory>,
@@ -53,6 +57,7 @@ pub fn check_all(facts: &Facts) -> Vec<Verdict> {
         gifts_counted_once(facts.gifts, &reference),
         ledgers_match_senders(facts.gifts, facts.ledgers),
         one_pk_at_a_time(facts.states, &reference, facts.bounds.skew_ms),
+        one_accept_per_invitation(facts.invitations, facts.states, &reference, facts.bounds.skew_ms),
         pks_end_once_in_time(facts.states, &reference, facts.faults, facts.bounds),
         replicas_agree(facts.settled, &joined_since(facts.faults, facts.bounds.skew_ms)),
         replicas_identical(facts.digests, facts.members),
@@ -253,6 +258,180 @@ pub fn one_pk_at_a_time(states: &[StateSeen], records: &[SettledRecord], skew_ms
             }
         }
     }
+    verdict
+}
+
+/// What an accept's reply says about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AcceptFate {
+    /// `902004`: it won the invitation; the PK starts.
+    Won,
+    /// `902003`: someone else took the inviter (another accept or a match).
+    Taken,
+    /// Another refusal (expired, withdrawn, busy...): no PK, nothing more to check.
+    Refused,
+    /// No reply (`timeout`, `disconnected`, `error`) or `900008`: it may have won.
+    Unknown,
+}
+
+fn accept_fate(code: &str) -> AcceptFate {
+    match code {
+        "902004" => AcceptFate::Won,
+        "902003" => AcceptFate::Taken,
+        "timeout" | "disconnected" | "error" | pkd_cluster::app::UNAVAILABLE => AcceptFate::Unknown,
+        _ => AcceptFate::Refused,
+    }
+}
+
+/// A PK as the checker of invitations sees it: its two anchors, when it was first seen,
+/// and when it was first seen over.
+#[derive(Clone, Copy, Debug)]
+struct PkSighting {
+    pair: (u64, u64),
+    first_ms: i64,
+    over_ms: i64,
+    /// Times from a settled record (the nodes' clocks), not from the anchors' reads.
+    settled_only: bool,
+}
+
+fn unordered(first: u64, second: u64) -> (u64, u64) {
+    (first.min(second), first.max(second))
+}
+
+/// Every PK, from the anchors' reads (the driver's clock: first read, first read of its
+/// end, else its `endTime`) or, for one no anchor read, from its settled record.
+fn pk_sightings(states: &[StateSeen], records: &[SettledRecord]) -> BTreeMap<u64, PkSighting> {
+    let mut sightings: BTreeMap<u64, PkSighting> = BTreeMap::new();
+    let mut ends: BTreeMap<u64, i64> = BTreeMap::new();
+    for state in states {
+        let sighting = sightings.entry(state.pk).or_insert(PkSighting {
+            pair: unordered(state.source_user, state.target_user),
+            first_ms: state.at_ms,
+            over_ms: state.end_ms,
+            settled_only: false,
+        });
+        sighting.first_ms = sighting.first_ms.min(state.at_ms);
+        if state.status >= 2 {
+            let end = ends.entry(state.pk).or_insert(state.at_ms);
+            *end = (*end).min(state.at_ms);
+        }
+    }
+    for (pk, end) in ends {
+        if let Some(sighting) = sightings.get_mut(&pk) {
+            sighting.over_ms = end;
+        }
+    }
+    for record in records {
+        if let (Some(start), Some(end)) = (record.start_time, record.end_time) {
+            sightings.entry(record.pk_id).or_insert(PkSighting {
+                pair: unordered(record.anchor, record.competitor),
+                first_ms: start,
+                over_ms: end,
+                settled_only: true,
+            });
+        }
+    }
+    sightings
+}
+
+/// (b') Of one inviter's invitations in one matching round, at most one accept wins
+/// (`902004`), and the reply tells the truth: a won accept is followed by a PK of the
+/// inviter and the invitee, one answered `902003` is not.
+///
+/// Rounds: an inviter's invitations are cut into rounds by the ends of its PKs (the
+/// first read of each end, or its `endTime` if none was read). An inviter invites only
+/// while it waits in the queue and a won accept takes it out for a PK, so two accepts
+/// that both won in earnest are separated by that PK's end, which the inviter read
+/// before it started matching again (and only then could it invite again). A round may
+/// hold several batches (a batch all refused, a batch lapsed, a stop and a new start):
+/// still at most one of them can win, as the inviter leaves the queue with the win.
+/// "Followed by a PK" means a PK of the pair first read after the invitation arrived and
+/// before the round's end (a PK only the settled records know: its start, give or take
+/// the clock skew). An accept with no reply counts as a win if such a PK follows.
+pub fn one_accept_per_invitation(
+    invitations: &[InvitationOp],
+    states: &[StateSeen],
+    records: &[SettledRecord],
+    skew_ms: i64,
+) -> Verdict {
+    let mut verdict = Verdict::new(
+        "one_accept_per_invitation",
+        "of an inviter's matching round at most one accept wins (902004), followed by its PK; one taken (902003) \
+         gets no PK",
+    );
+    if invitations.is_empty() {
+        return Verdict { not_run: Some("no invitation was answered".to_owned()), passed: false, ..verdict };
+    }
+    let sightings = pk_sightings(states, records);
+    // inviter → the ends of its PKs, in order.
+    let mut round_ends: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+    for sighting in sightings.values() {
+        for anchor in [sighting.pair.0, sighting.pair.1] {
+            round_ends.entry(anchor).or_default().push(sighting.over_ms);
+        }
+    }
+    for ends in round_ends.values_mut() {
+        ends.sort_unstable();
+    }
+    // (inviter, round) → the invitees whose accept won, or had no reply and got the PK.
+    let mut winners: BTreeMap<(u64, usize), Vec<(u64, &str)>> = BTreeMap::new();
+    let (mut accepts, mut refusals, mut won, mut taken, mut unknown) = (0, 0, 0, 0, 0);
+    for op in invitations {
+        verdict.checked += 1;
+        if op.action == InvitationAction::Refuse {
+            refusals += 1;
+            continue;
+        }
+        accepts += 1;
+        let ends = round_ends.get(&op.inviter).map(Vec::as_slice).unwrap_or_default();
+        let round = ends.partition_point(|&end| end < op.received_ms);
+        let round_end = ends.get(round).copied().unwrap_or(i64::MAX);
+        let pair = unordered(op.inviter, op.invitee);
+        let pk = sightings.iter().find(|(_, sighting)| {
+            let slack = if sighting.settled_only { skew_ms } else { 0 };
+            sighting.pair == pair
+                && sighting.first_ms + slack >= op.received_ms
+                && sighting.first_ms - slack <= round_end
+        });
+        let fate = accept_fate(&op.code);
+        match (fate, pk) {
+            (AcceptFate::Won, None) => verdict.violation(format!(
+                "inviter {}: invitee {} accepted the invitation received at {} and was answered 902004 at {}, but \
+                 no PK of the two followed",
+                op.inviter, op.invitee, op.received_ms, op.answered_ms
+            )),
+            (AcceptFate::Taken, Some((pk, _))) => verdict.violation(format!(
+                "inviter {}: invitee {} accepted the invitation received at {} and was answered 902003 at {}, yet \
+                 PK {pk} of the two followed",
+                op.inviter, op.invitee, op.received_ms, op.answered_ms
+            )),
+            _ => {}
+        }
+        match fate {
+            AcceptFate::Won => won += 1,
+            AcceptFate::Taken => taken += 1,
+            AcceptFate::Unknown => unknown += 1,
+            AcceptFate::Refused => {}
+        }
+        if fate == AcceptFate::Won || (fate == AcceptFate::Unknown && pk.is_some()) {
+            winners.entry((op.inviter, round)).or_default().push((op.invitee, op.code.as_str()));
+        }
+    }
+    for ((inviter, round), invitees) in &winners {
+        if invitees.len() > 1 {
+            let listed: Vec<String> = invitees.iter().map(|(invitee, code)| format!("{invitee} ({code})")).collect();
+            verdict.violation(format!(
+                "inviter {inviter}: {} accepts won its matching round {round}: {}",
+                invitees.len(),
+                listed.join(", ")
+            ));
+        }
+    }
+    verdict.notes.push(format!(
+        "{} invitations answered: {refusals} refused, {accepts} accepted ({won} won, {taken} taken by someone \
+         else, {unknown} without a reply)",
+        invitations.len()
+    ));
     verdict
 }
 
@@ -931,5 +1110,75 @@ mod tests {
         let verdict = pushes_never_go_back(&reconnected, 0);
         assert!(verdict.passed, "{:?}", verdict.evidence);
         assert_eq!(verdict.notes[0], "1 states went back across a reconnection to another node");
+    }
+
+    const D: u64 = 14;
+
+    fn invited(invitee: u64, received_ms: i64, action: InvitationAction, code: &str) -> InvitationOp {
+        InvitationOp { invitee, inviter: A, received_ms, action, code: code.to_owned(), answered_ms: received_ms + 20 }
+    }
+
+    /// Inviter A's two rounds: B wins the first (PK 7, read by the anchors) over C, whose
+    /// accept is taken; in the second C refuses and D wins (PK 8, only settled).
+    fn two_rounds() -> (Vec<InvitationOp>, Vec<StateSeen>, Vec<SettledRecord>) {
+        let invitations = vec![
+            invited(B, 1_000, InvitationAction::Accept, "902004"),
+            invited(C, 1_005, InvitationAction::Accept, "902003"),
+            invited(C, 8_000, InvitationAction::Refuse, "000000"),
+            invited(D, 9_000, InvitationAction::Accept, "902004"),
+        ];
+        let states = vec![seen(B, 7, 0, (1_040, 6_000), 1_100), seen(A, 7, 2, (1_040, 6_000), 6_010)];
+        let records = vec![record(8, A, D, 0, (9_030, 14_000), 2), record(8, D, A, 0, (9_030, 14_000), 2)];
+        (invitations, states, records)
+    }
+
+    #[test]
+    fn one_winner_a_round_with_its_pk_passes() {
+        let (mut invitations, states, records) = two_rounds();
+        let verdict = one_accept_per_invitation(&invitations, &states, &records, 0);
+        assert!(verdict.passed, "{verdict:#?}");
+        assert_eq!(verdict.checked, 4);
+        assert!(verdict.notes[0].contains("4 invitations answered: 1 refused, 3 accepted (2 won, 1 taken"));
+        // An accept without a reply and without a PK may have lost: tolerated.
+        invitations.push(invited(C, 1_010, InvitationAction::Accept, "timeout"));
+        assert!(one_accept_per_invitation(&invitations, &states, &records, 0).passed);
+        // No invitation answered: the checker does not run.
+        let idle = one_accept_per_invitation(&[], &states, &records, 0);
+        assert!(!idle.failed() && idle.not_run.is_some());
+    }
+
+    #[test]
+    fn two_winners_in_one_round_are_a_violation() {
+        let (mut invitations, states, records) = two_rounds();
+        invitations[1].code = "902004".to_owned();
+        let verdict = one_accept_per_invitation(&invitations, &states, &records, 0);
+        let has = |text: &str| verdict.evidence.iter().any(|line| line.contains(text));
+        assert!(has("inviter 11: 2 accepts won its matching round 0: 12 (902004), 13 (902004)"), "{verdict:#?}");
+        assert!(has("invitee 13 accepted the invitation received at 1005 and was answered 902004"), "{verdict:#?}");
+        // An accept without a reply that got its PK counts as a win too.
+        let (mut invitations, mut states, records) = two_rounds();
+        invitations[1].code = "timeout".to_owned();
+        states.push(StateSeen { target_user: C, ..seen(C, 9, 0, (1_050, 6_000), 1_200) });
+        let verdict = one_accept_per_invitation(&invitations, &states, &records, 0);
+        assert!(verdict.evidence.iter().any(|line| line.contains("12 (902004), 13 (timeout)")), "{verdict:#?}");
+    }
+
+    #[test]
+    fn a_winner_without_its_pk_or_a_taken_accept_with_one_is_a_violation() {
+        let (invitations, states, _) = two_rounds();
+        // PK 8 never happened.
+        let verdict = one_accept_per_invitation(&invitations, &states, &[], 0);
+        assert_eq!(verdict.violations, 1, "{verdict:#?}");
+        assert!(verdict.evidence[0].contains("inviter 11: invitee 14 accepted the invitation received at 9000"));
+        assert!(verdict.evidence[0].contains("no PK of the two followed"));
+        // C was told 902003, yet A went into a PK with C in that round.
+        let (invitations, mut states, records) = two_rounds();
+        states[0].target_user = C;
+        states[1].target_user = C;
+        let verdict = one_accept_per_invitation(&invitations, &states, &records, 0);
+        let has = |text: &str| verdict.evidence.iter().any(|line| line.contains(text));
+        assert!(has("invitee 13 accepted the invitation received at 1005 and was answered 902003"), "{verdict:#?}");
+        assert!(has("yet PK 7 of the two followed"), "{verdict:#?}");
+        assert!(has("invitee 12 accepted the invitation received at 1000"), "{verdict:#?}");
     }
 }

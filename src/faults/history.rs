@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::bench::pks::{Reader, StateSource};
+use crate::bench::pks::{InvitationAction, InvitationAnswer, Reader, StateSource};
 
 /// What one attempt to deliver a gift got.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +123,33 @@ impl StateSeen {
     }
 }
 
+/// An invitation (push 12) an anchor answered, and the reply it got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvitationOp {
+    pub invitee: u64,
+    pub inviter: u64,
+    /// When the push arrived.
+    pub received_ms: i64,
+    pub action: InvitationAction,
+    /// The reply's code (`902004` won, `902003` taken by someone else, ...), or
+    /// `timeout` / `disconnected` / `error` when no reply came.
+    pub code: String,
+    pub answered_ms: i64,
+}
+
+impl InvitationOp {
+    pub fn from_answer(answer: &InvitationAnswer) -> InvitationOp {
+        InvitationOp {
+            invitee: answer.invitee,
+            inviter: answer.inviter,
+            received_ms: answer.received_ms,
+            action: answer.action,
+            code: answer.code.clone(),
+            answered_ms: answer.answered_ms,
+        }
+    }
+}
+
 /// One fault the nemesis caused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultEvent {
@@ -214,6 +241,7 @@ pub enum Line {
     State(StateSeen),
     Fault(FaultEvent),
     Digest(DigestSample),
+    Invitation(InvitationOp),
 }
 
 /// What a run records, shared by its tasks.
@@ -223,6 +251,7 @@ pub struct History {
     states: Mutex<Vec<StateSeen>>,
     faults: Mutex<Vec<FaultEvent>>,
     digests: Mutex<Vec<DigestSample>>,
+    invitations: Mutex<Vec<InvitationOp>>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -246,6 +275,14 @@ impl History {
         locked(&self.digests).push(sample);
     }
 
+    pub fn invitation(&self, op: InvitationOp) {
+        locked(&self.invitations).push(op);
+    }
+
+    pub fn invitations(&self) -> Vec<InvitationOp> {
+        locked(&self.invitations).clone()
+    }
+
     pub fn digests(&self) -> Vec<DigestSample> {
         locked(&self.digests).clone()
     }
@@ -262,13 +299,15 @@ impl History {
         locked(&self.faults).clone()
     }
 
-    /// Every line, in the order of its time (invocation, arrival, start).
+    /// Every line, in the order of its time (invocation, arrival, start; an invitation's
+    /// arrival).
     pub fn lines(&self) -> Vec<Line> {
         let mut lines: Vec<(i64, Line)> = Vec::new();
         lines.extend(self.gifts().into_iter().map(|gift| (gift.invoked_ms, Line::Gift(gift))));
         lines.extend(self.states().into_iter().map(|state| (state.at_ms, Line::State(state))));
         lines.extend(self.faults().into_iter().map(|fault| (fault.started_ms, Line::Fault(fault))));
         lines.extend(self.digests().into_iter().map(|sample| (sample.at_ms, Line::Digest(sample))));
+        lines.extend(self.invitations().into_iter().map(|op| (op.received_ms, Line::Invitation(op))));
         lines.sort_by_key(|(at, _)| *at);
         lines.into_iter().map(|(_, line)| line).collect()
     }

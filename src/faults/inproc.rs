@@ -342,6 +342,7 @@ pub async fn run(options: Options) -> anyhow::Result<Outcome> {
     let facts = Facts {
         gifts: &gifts,
         states: &states,
+        invitations: &[],
         faults: &faults,
         settled: &settled,
         ledgers: &ledgers,

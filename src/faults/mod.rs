@@ -35,18 +35,34 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::checkers::{Bounds, Facts, Verdict};
-use self::history::{DigestSample, FaultEvent, History, Ledgers, NodeHistory, SettledRecord, StateSeen};
+use self::history::{DigestSample, FaultEvent, History, InvitationOp, Ledgers, NodeHistory, SettledRecord, StateSeen};
 use self::nemesis::{Nemesis, Planned};
 use self::services::{CacheSnapshot, Services, SqlSnapshot};
 use self::workload::Gifting;
 use crate::bench::parse_duration;
-use crate::bench::pks::{AnchorBehaviour, AnchorPool, Roster};
+use crate::bench::pks::{AnchorBehaviour, AnchorPool, InvitationAnswers, Roster};
 use crate::bench::target::Target;
 
 /// The first anchor's user id (anchors are consecutive from it).
 const FIRST_ANCHOR: u64 = 3_000_001;
 /// The opening of every PK, in ms.
 const OPENING_MS: i64 = 300;
+
+/// The lobby's matching config for a run: an anchor left waiting alone for 0.5 s invites
+/// up to 3 idle anchors (a new batch every 0.5 s), who may be invited again 1.5 s later.
+const INVITING_CONFIG: &str =
+    "{'name':'faults','interveningTime':500,'endTime':600000,'inviteNum':3,'inviteColdDown':1500}";
+
+/// The other anchors' pause before each start: the two of a PK that ended start apart,
+/// so that one often waits alone long enough to invite.
+const THINK: (Duration, Duration) = (Duration::ZERO, Duration::from_millis(1_500));
+
+/// The chance that an idle anchor accepts an invitation (it refuses otherwise).
+const ACCEPT_CHANCE: f64 = 0.6;
+
+/// Every other anchor pauses this long before each start, so that the anchors left
+/// waiting alone find it idle and invite it.
+const LINGER: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(6));
 
 /// `pkd faults`'s flags. Durations take a unit (`500ms`, `30s`, `5m`) or are seconds.
 #[derive(Clone, Debug, clap::Args)]
@@ -365,9 +381,11 @@ async fn execute(args: FaultsArgs, seed: u64) -> anyhow::Result<Run> {
     let faults = history.faults();
     let liveness_from_ms = faults.iter().map(|fault| fault.healed_ms).max().unwrap_or(workload_from_ms);
     let (gifts, states, digests) = (history.gifts(), history.states(), history.digests());
+    let invitations = history.invitations();
     let facts = Facts {
         gifts: &gifts,
         states: &states,
+        invitations: &invitations,
         faults: &faults,
         settled: &settled,
         ledgers: &ledgers,
@@ -414,15 +432,24 @@ async fn drive(
     target.settle(Duration::from_secs(30)).await;
     let battle_ms = args.battle.as_millis().max(1_000);
     target.set_config("pk_duration", &format!("{OPENING_MS},{battle_ms},0,600000")).await?;
+    target.set_config("pk_config", INVITING_CONFIG).await?;
     let history = Arc::new(History::default());
     let roster = Arc::new(Roster::new(Some(OPENING_MS)));
     let observed = history.clone();
+    let answered = history.clone();
     let behaviour = AnchorBehaviour {
         observer: Some(Arc::new(move |reader, content: &Value| {
             if let Some(state) = StateSeen::read(reader, content) {
                 observed.state(state);
             }
         })),
+        invitations: Some(InvitationAnswers {
+            observer: Arc::new(move |answer| answered.invitation(InvitationOp::from_answer(answer))),
+            accept_chance: ACCEPT_CHANCE,
+            linger_every: 2,
+            linger: LINGER,
+        }),
+        think: Some(THINK),
         ..AnchorBehaviour::default()
     };
     let hold_starts = behaviour.hold_starts.clone();

@@ -21,7 +21,6 @@ use redis::aio::MultiplexedConnection;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
-
 /// A service URL in parts: `scheme://[userinfo@]host[:port][/path][?query]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceUrl {

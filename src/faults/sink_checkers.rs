@@ -5,9 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::verdict::Verdict;
 use super::history::{NodeHistory, SettledRecord, StateSeen};
 use super::services::{CacheSnapshot, SqlPk, SqlSnapshot};
+use super::verdict::Verdict;
 use crate::sinks::redis_cache::ENDED_TTL_SECONDS;
 
 pub const SQL_NAME: &str = "sql_matches_engine";

@@ -296,8 +296,14 @@ impl Connection {
                     MatchAction::Accept { inviter, invitee } => LobbyAction::Accept { inviter, invitee },
                     MatchAction::Refuse { inviter, invitee } => LobbyAction::Refuse { inviter, invitee },
                 };
+                #[cfg(feature = "fault-injection")]
+                let asked = action.clone();
                 match gateway.node.propose_lobby(action).await {
-                    Ok(response) => Reply::for_response(echo, &response),
+                    Ok(response) => {
+                        #[cfg(feature = "fault-injection")]
+                        let response = crate::fault_hooks::told_response(&asked, response);
+                        Reply::for_response(echo, &response)
+                    }
                     Err(error) => unavailable(echo, &error.to_string()),
                 }
             }

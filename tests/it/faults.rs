@@ -117,6 +117,7 @@ fn a_short_seeded_run_with_faults_finds_no_violation_and_writes_its_report() {
             "gifts_counted_once",
             "ledgers_match_senders",
             "one_pk_at_a_time",
+            "one_accept_per_invitation",
             "pks_end_once_in_time",
             "replicas_agree",
             "replicas_identical",
@@ -338,7 +339,13 @@ fn broken_run_is_caught(broken: &str, checker: &str) -> Vec<String> {
 /// [`broken_run_is_caught`] with more flags (the services).
 #[cfg(feature = "fault-injection")]
 fn broken_run_with_services_is_caught(broken: &str, checker: &str, services: &[&str]) -> Vec<String> {
-    let mut args = vec!["--seed", "5", "--duration", "15s", "--nemesis", "transfer", "--settle-wait", "8s"];
+    broken_run_of_is_caught(broken, checker, "15s", services)
+}
+
+/// [`broken_run_with_services_is_caught`] with a workload of `duration`.
+#[cfg(feature = "fault-injection")]
+fn broken_run_of_is_caught(broken: &str, checker: &str, duration: &str, services: &[&str]) -> Vec<String> {
+    let mut args = vec!["--seed", "5", "--duration", duration, "--nemesis", "transfer", "--settle-wait", "8s"];
     args.extend(services);
     let (output, verdicts, _) = run_faults(&args, &[("PKD_FAULT_BREAK", broken)]);
     drop_kept_database(&String::from_utf8_lossy(&output.stdout));
@@ -364,6 +371,19 @@ fn gifts_counted_again_are_caught() {
     // Every gift gets a fresh id, so the run's duplicate deliveries count twice.
     let evidence = broken_run_is_caught("gift-dedup", "gifts_counted_once");
     assert!(evidence.iter().any(|line| line.contains("counted twice")), "{evidence:#?}");
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn an_accept_told_it_won_when_it_lost_is_caught() {
+    // An accept that lost its invitation to someone else (902003) is told it won: no PK
+    // follows it, or its round has two winners. Such a loss needs two invitees of one
+    // batch to accept: a healthy 15 s run of seed 5 has one, so this run lasts 40 s.
+    let evidence = broken_run_of_is_caught("double-accept", "one_accept_per_invitation", "40s", &[]);
+    assert!(
+        evidence.iter().any(|line| line.contains("no PK of the two followed") || line.contains("accepts won its")),
+        "{evidence:#?}"
+    );
 }
 
 #[cfg(feature = "fault-injection")]
