@@ -29,6 +29,7 @@ use serde::Deserialize;
 
 use super::console::{audit, cluster, views};
 use crate::gateway::Gateway;
+use crate::replication::ProposeError;
 use crate::replication::consensus::GroupId;
 use crate::replication::node::{AdminError, Node};
 use crate::sinks::SinkMetrics;
@@ -309,6 +310,9 @@ pub async fn pk(
         .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("no running PK {id} on this node")))
 }
 
+/// How long an abort keeps trying while the arena's leadership moves.
+const ABORT_PATIENCE: Duration = Duration::from_secs(5);
+
 /// `POST /admin/pks/{id}/abort`: ends the PK abnormally (status 3, no winner). 404 unless
 /// it runs.
 pub async fn abort_pk(
@@ -319,7 +323,17 @@ pub async fn abort_pk(
     let Path(id) = id.map_err(|rejection| failure(StatusCode::BAD_REQUEST, rejection.body_text()))?;
     let pk = pk_id(id).map_err(|message| failure(StatusCode::BAD_REQUEST, message))?;
     let arena = state.node.arena_of(pk);
-    let result = match state.node.propose_arena(arena, ArenaAction::AbortPk { pk }).await {
+    // Refused by a node that no longer leads the arena, it was not applied: try the new
+    // leader, for a few seconds.
+    let node = &state.node;
+    let proposed = crate::retry::patiently(ABORT_PATIENCE, Duration::from_millis(100), || async move {
+        match node.propose_arena(arena, ArenaAction::AbortPk { pk }).await {
+            Err(error @ ProposeError::NotLeader { .. }) => Err(crate::retry::Attempt::Again(error)),
+            Err(error) => Err(crate::retry::Attempt::ForGood(error)),
+            Ok(response) => Ok(response),
+        }
+    });
+    let result = match proposed.await {
         Ok(EngineResponse::Rejected(pkd_raft::Reason::NoSuchPk)) => {
             return Err(failure(StatusCode::NOT_FOUND, format!("no running PK {id}")));
         }
