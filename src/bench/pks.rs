@@ -219,7 +219,7 @@ pub enum InvitationAction {
 }
 
 /// An invitation (push 12) an anchor answered, and what the node replied.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InvitationAnswer {
     pub invitee: u64,
     /// The push's `content.source`.
@@ -227,7 +227,8 @@ pub struct InvitationAnswer {
     /// When the push arrived (wall clock, ms).
     pub received_ms: i64,
     pub action: InvitationAction,
-    /// The reply's code, or `timeout` / `disconnected` / `error` when no reply came.
+    /// The reply's code (`902004` won, `902003` taken by someone else, ...), or
+    /// `timeout` / `disconnected` / `error` when no reply came.
     pub code: String,
     /// When the reply came, or the wait for it ended (wall clock, ms).
     pub answered_ms: i64,

@@ -941,19 +941,7 @@ mod tests {
         let verdict = pks_end_once_in_time(&states, &late, &[], bounds);
         assert!(verdict.evidence[0].contains("7000 ms after"), "{:?}", verdict.evidence);
         // The same lateness is allowed when the whole cluster was down at the end time.
-        let outage = FaultEvent {
-            kind: "restart-all".into(),
-            node: None,
-            group: None,
-            to: None,
-            amount_ms: None,
-            links: None,
-            members: None,
-            joined: None,
-            started_ms: 4_000,
-            healed_ms: 7_000,
-            error: None,
-        };
+        let outage = FaultEvent { healed_ms: 7_000, ..FaultEvent::begun("restart-all", 4_000) };
         assert!(pks_end_once_in_time(&states, &late, &[outage], bounds).passed);
 
         let verdict = pks_end_once_in_time(&states, &[], &[], bounds);

@@ -3,13 +3,14 @@
 //! history each node answers at the end. Times are wall clock ms (the clock of a PK's
 //! `startTime` and `endTime`; the nodes run on this machine).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
+use pkd_cluster::api::StateDigests;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::bench::pks::{InvitationAction, InvitationAnswer, Reader, StateSource};
+use crate::bench::pks::{InvitationAnswer, Reader, StateSource};
 
 /// What one attempt to deliver a gift got.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,31 +125,7 @@ impl StateSeen {
 }
 
 /// An invitation (push 12) an anchor answered, and the reply it got.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InvitationOp {
-    pub invitee: u64,
-    pub inviter: u64,
-    /// When the push arrived.
-    pub received_ms: i64,
-    pub action: InvitationAction,
-    /// The reply's code (`902004` won, `902003` taken by someone else, ...), or
-    /// `timeout` / `disconnected` / `error` when no reply came.
-    pub code: String,
-    pub answered_ms: i64,
-}
-
-impl InvitationOp {
-    pub fn from_answer(answer: &InvitationAnswer) -> InvitationOp {
-        InvitationOp {
-            invitee: answer.invitee,
-            inviter: answer.inviter,
-            received_ms: answer.received_ms,
-            action: answer.action,
-            code: answer.code.clone(),
-            answered_ms: answer.answered_ms,
-        }
-    }
-}
+pub type InvitationOp = InvitationAnswer;
 
 /// One fault the nemesis caused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +163,25 @@ pub struct FaultEvent {
     /// When the fault was over (the node restarted or resumed, the transfer answered).
     pub healed_ms: i64,
     pub error: Option<String>,
+}
+
+impl FaultEvent {
+    /// A fault of `kind` begun at `started_ms`, nothing else known of it yet.
+    pub fn begun(kind: &str, started_ms: i64) -> FaultEvent {
+        FaultEvent {
+            kind: kind.to_owned(),
+            node: None,
+            group: None,
+            to: None,
+            amount_ms: None,
+            links: None,
+            members: None,
+            joined: None,
+            started_ms,
+            healed_ms: started_ms,
+            error: None,
+        }
+    }
 }
 
 /// One node's digest of one group's state, as `GET /admin/digest` answered it.
@@ -258,6 +254,18 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// One round of digests: per group, how many nodes gave one and the distinct applied
+/// indexes they gave.
+#[derive(Debug, Default)]
+pub struct DigestRound(BTreeMap<u64, (usize, BTreeSet<u64>)>);
+
+impl DigestRound {
+    /// The groups every one of `nodes` nodes gave a digest of, all at one applied index.
+    pub fn caught_on(&self, nodes: usize) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().filter(move |(_, (answered, indexes))| *answered == nodes && indexes.len() == 1).map(|(&g, _)| g)
+    }
+}
+
 impl History {
     pub fn gift(&self, op: GiftOp) {
         locked(&self.gifts).push(op);
@@ -273,6 +281,27 @@ impl History {
 
     pub fn digest(&self, sample: DigestSample) {
         locked(&self.digests).push(sample);
+    }
+
+    /// Records one round of every node's digests, taken at `at_ms`.
+    pub fn digest_round(&self, answers: impl IntoIterator<Item = StateDigests>, at_ms: i64) -> DigestRound {
+        let mut round = DigestRound::default();
+        for answer in answers {
+            for group in answer.groups {
+                let index = group.applied_index.unwrap_or(0);
+                let entry = round.0.entry(group.group).or_default();
+                entry.0 += 1;
+                entry.1.insert(index);
+                self.digest(DigestSample {
+                    node: answer.node,
+                    group: group.group,
+                    applied_index: index,
+                    sha256: group.sha256,
+                    at_ms,
+                });
+            }
+        }
+        round
     }
 
     pub fn invitation(&self, op: InvitationOp) {

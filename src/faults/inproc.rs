@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use super::checkers::{self, Bounds, Facts, Verdict};
 use super::history::{
-    Answer, Attempt, DigestSample, FaultEvent, GiftOp, History, LedgerRecord, Ledgers, NodeHistory, SettledRecord,
+    Answer, Attempt, DigestRound, FaultEvent, GiftOp, History, LedgerRecord, Ledgers, NodeHistory, SettledRecord,
     StateSeen, outcome_of,
 };
 use super::{Seeds, parse_seeds};
@@ -876,19 +876,7 @@ async fn carry_out(cluster: &mut Cluster, planned: &Planned, history: &History) 
     let nodes = cluster.ids();
     let (first, second) = planned.nodes;
     let group = GroupId(planned.group);
-    let mut event = FaultEvent {
-        kind: planned.fault.name().to_owned(),
-        node: None,
-        group: None,
-        to: None,
-        amount_ms: None,
-        links: None,
-        members: None,
-        joined: None,
-        started_ms,
-        healed_ms: started_ms,
-        error: None,
-    };
+    let mut event = FaultEvent::begun(planned.fault.name(), started_ms);
     let links = cluster.links.clone();
     let result: anyhow::Result<()> = async {
         match planned.fault {
@@ -1000,28 +988,9 @@ async fn sample_digests(live: Arc<Live>, history: Arc<History>, mut stop: watch:
     }
 }
 
-/// Takes every running node's digests once and records them; returns, per group, the
-/// nodes that gave one and the distinct applied indexes.
-fn record_digests(live: &Live, history: &History) -> BTreeMap<u64, (usize, BTreeSet<u64>)> {
-    let at_ms = wall_clock_ms();
-    let mut groups: BTreeMap<u64, (usize, BTreeSet<u64>)> = BTreeMap::new();
-    for node in live.all() {
-        let Ok(digests) = node.digests() else { continue };
-        for group in digests.groups {
-            let index = group.applied_index.unwrap_or(0);
-            let entry = groups.entry(group.group).or_default();
-            entry.0 += 1;
-            entry.1.insert(index);
-            history.digest(DigestSample {
-                node: digests.node,
-                group: group.group,
-                applied_index: index,
-                sha256: group.sha256,
-                at_ms,
-            });
-        }
-    }
-    groups
+/// Takes every running node's digests once and records them.
+fn record_digests(live: &Live, history: &History) -> DigestRound {
+    history.digest_round(live.all().into_iter().filter_map(|node| node.digests().ok()), wall_clock_ms())
 }
 
 /// Once the workload is over, samples until every group was caught at one applied index
@@ -1030,11 +999,7 @@ async fn final_digests(live: &Live, history: &History, nodes: usize, groups: usi
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut caught: BTreeSet<u64> = BTreeSet::new();
     loop {
-        for (group, (answered, indexes)) in record_digests(live, history) {
-            if answered == nodes && indexes.len() == 1 {
-                caught.insert(group);
-            }
-        }
+        caught.extend(record_digests(live, history).caught_on(nodes));
         if caught.len() >= groups || Instant::now() >= deadline {
             return;
         }

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::checkers::{Bounds, Facts, Verdict};
-use self::history::{DigestSample, FaultEvent, History, InvitationOp, Ledgers, NodeHistory, SettledRecord, StateSeen};
+use self::history::{DigestRound, FaultEvent, History, Ledgers, NodeHistory, SettledRecord, StateSeen};
 use self::nemesis::{Nemesis, Planned};
 use self::services::{CacheSnapshot, Services, SqlSnapshot};
 use self::workload::Gifting;
@@ -444,7 +444,7 @@ async fn drive(
             }
         })),
         invitations: Some(InvitationAnswers {
-            observer: Arc::new(move |answer| answered.invitation(InvitationOp::from_answer(answer))),
+            observer: Arc::new(move |answer| answered.invitation(answer.clone())),
             accept_chance: ACCEPT_CHANCE,
             linger_every: 2,
             linger: LINGER,
@@ -603,27 +603,10 @@ async fn sample_digests(target: Arc<Target>, history: Arc<History>, mut stop: wa
     }
 }
 
-/// Asks every node for its digests once and records them; returns, per group, the nodes
-/// that answered and the distinct applied indexes they gave.
-async fn record_digests(target: &Target, history: &History) -> BTreeMap<u64, (usize, BTreeSet<u64>)> {
+/// Asks every node for its digests once and records them.
+async fn record_digests(target: &Target, history: &History) -> DigestRound {
     let at_ms = wall_clock_ms();
-    let mut groups: BTreeMap<u64, (usize, BTreeSet<u64>)> = BTreeMap::new();
-    for answer in target.digests().await {
-        for group in answer.groups {
-            let index = group.applied_index.unwrap_or(0);
-            let entry = groups.entry(group.group).or_default();
-            entry.0 += 1;
-            entry.1.insert(index);
-            history.digest(DigestSample {
-                node: answer.node,
-                group: group.group,
-                applied_index: index,
-                sha256: group.sha256,
-                at_ms,
-            });
-        }
-    }
-    groups
+    history.digest_round(target.digests().await, at_ms)
 }
 
 /// Once the workload is over, samples until every group was caught at one applied index
@@ -632,11 +615,7 @@ async fn final_digests(target: &Target, history: &History, groups: usize, limit:
     let deadline = Instant::now() + limit;
     let mut caught: BTreeSet<u64> = BTreeSet::new();
     loop {
-        for (group, (answered, indexes)) in record_digests(target, history).await {
-            if answered == target.members().len() && indexes.len() == 1 {
-                caught.insert(group);
-            }
-        }
+        caught.extend(record_digests(target, history).await.caught_on(target.members().len()));
         if caught.len() >= groups || Instant::now() >= deadline {
             return;
         }

@@ -283,19 +283,7 @@ pub async fn carry_out(
             | Nemesis::RemoveNode => target.leader_of(group).await,
             _ => None,
         };
-        let mut event = FaultEvent {
-            kind: step.nemesis.name().to_owned(),
-            node: None,
-            group: None,
-            to: None,
-            amount_ms: None,
-            links: None,
-            members: None,
-            joined: None,
-            started_ms: wall_clock_ms(),
-            healed_ms: 0,
-            error: None,
-        };
+        let mut event = FaultEvent::begun(step.nemesis.name(), wall_clock_ms());
         let result = match step.nemesis {
             Nemesis::Kill | Nemesis::KillLeader => {
                 let node = leader.unwrap_or(random_node);

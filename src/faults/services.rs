@@ -284,7 +284,11 @@ impl SqlSnapshot {
     }
 
     async fn read_from(pool: &AnyPool) -> anyhow::Result<SqlSnapshot> {
-        let int = |column: &str| format!("CAST({column} AS SIGNED)");
+        // Every column read as a signed integer, whatever its SQL type.
+        let select = |columns: &[&str], rest: &str| {
+            let columns: Vec<String> = columns.iter().map(|column| format!("CAST({column} AS SIGNED)")).collect();
+            format!("SELECT {} FROM {rest}", columns.join(", "))
+        };
         let id = |row: &sqlx::any::AnyRow, index: usize| -> anyhow::Result<u64> {
             Ok(u64::try_from(row.try_get::<Option<i64>, _>(index)?.unwrap_or(0)).unwrap_or(0))
         };
@@ -292,16 +296,8 @@ impl SqlSnapshot {
             Ok(row.try_get::<Option<i64>, _>(index)?.unwrap_or(0))
         };
         let mut snapshot = SqlSnapshot::default();
-        let sql = format!(
-            "SELECT {}, {}, {}, {}, {}, {}, {} FROM t_pk",
-            int("id"),
-            int("status"),
-            int("source_user"),
-            int("source_gifts"),
-            int("target_user"),
-            int("target_gifts"),
-            int("winner")
-        );
+        let sql =
+            select(&["id", "status", "source_user", "source_gifts", "target_user", "target_gifts", "winner"], "t_pk");
         for row in sqlx::query(&sql).fetch_all(pool).await.context("reading t_pk")? {
             snapshot.pks.push(SqlPk {
                 id: id(&row, 0)?,
@@ -313,15 +309,7 @@ impl SqlSnapshot {
                 winner: id(&row, 6)?,
             });
         }
-        let sql = format!(
-            "SELECT {}, {}, {}, {}, {}, {} FROM t_pk_anchor",
-            int("pk_id"),
-            int("user_id"),
-            int("gifts"),
-            int("competitor"),
-            int("competitor_gifts"),
-            int("result")
-        );
+        let sql = select(&["pk_id", "user_id", "gifts", "competitor", "competitor_gifts", "result"], "t_pk_anchor");
         for row in sqlx::query(&sql).fetch_all(pool).await.context("reading t_pk_anchor")? {
             snapshot.anchors.push(SqlAnchor {
                 pk: id(&row, 0)?,
@@ -332,25 +320,15 @@ impl SqlSnapshot {
                 result: value(&row, 5)?,
             });
         }
-        let sql = format!("SELECT {}, {} FROM t_pk_gift GROUP BY pk_id", int("pk_id"), int("SUM(gift_beans)"));
+        let sql = select(&["pk_id", "SUM(gift_beans)"], "t_pk_gift GROUP BY pk_id");
         for row in sqlx::query(&sql).fetch_all(pool).await.context("reading t_pk_gift")? {
             snapshot.gift_beans.insert(id(&row, 0)?, value(&row, 1)?);
         }
-        let sql = format!(
-            "SELECT {}, {}, {}, {} FROM t_pk_gift_ledger GROUP BY pk_id, receiver",
-            int("pk_id"),
-            int("receiver"),
-            int("COUNT(*)"),
-            int("SUM(beans)")
-        );
+        let sql = select(&["pk_id", "receiver", "COUNT(*)", "SUM(beans)"], "t_pk_gift_ledger GROUP BY pk_id, receiver");
         for row in sqlx::query(&sql).fetch_all(pool).await.context("reading t_pk_gift_ledger")? {
             snapshot.ledger.insert((id(&row, 0)?, id(&row, 1)?), (value(&row, 2)?, value(&row, 3)?));
         }
-        let sql = format!(
-            "SELECT {}, {} FROM t_pk_gift_ledger GROUP BY gift_id HAVING COUNT(*) > 1",
-            int("gift_id"),
-            int("COUNT(*)")
-        );
+        let sql = select(&["gift_id", "COUNT(*)"], "t_pk_gift_ledger GROUP BY gift_id HAVING COUNT(*) > 1");
         for row in sqlx::query(&sql).fetch_all(pool).await.context("reading t_pk_gift_ledger")? {
             snapshot.ledger_duplicates.insert(id(&row, 0)?, value(&row, 1)?);
         }

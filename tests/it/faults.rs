@@ -358,6 +358,16 @@ fn broken_run_of_is_caught(broken: &str, checker: &str, duration: &str, services
     found["evidence"].as_array().unwrap().iter().map(|line| line.as_str().unwrap().to_owned()).collect()
 }
 
+/// Some evidence, each line naming a PK whose id is a multiple of 3 (the PKs the
+/// `drop-results` and `stale-cache` breaks leave out).
+#[cfg(feature = "fault-injection")]
+fn assert_every_third_pk(evidence: &[String]) {
+    assert!(!evidence.is_empty());
+    for line in evidence {
+        assert_eq!(pk_named(line) % 3, 0, "{evidence:#?}");
+    }
+}
+
 /// The PK a line of evidence names first ("PK 12: ...").
 #[cfg(feature = "fault-injection")]
 fn pk_named(line: &str) -> u64 {
@@ -392,10 +402,7 @@ fn results_left_out_of_the_store_are_caught() {
     // Every third PK (by id) is confirmed stored but never written as settled: those PKs,
     // and only those, are found without a settled record.
     let evidence = broken_run_is_caught("drop-results", "pks_end_once_in_time");
-    assert!(!evidence.is_empty());
-    for line in &evidence {
-        assert_eq!(pk_named(line) % 3, 0, "{evidence:#?}");
-    }
+    assert_every_third_pk(&evidence);
 }
 
 #[cfg(feature = "fault-injection")]
@@ -405,10 +412,7 @@ fn results_left_out_of_the_mysql_database_are_caught() {
     // were while it ran, and the results tables are found unlike the engine's ends.
     let mysql = mysql_url();
     let evidence = broken_run_with_services_is_caught("drop-results", "sql_matches_engine", &["--mysql-url", &mysql]);
-    assert!(!evidence.is_empty());
-    for line in &evidence {
-        assert_eq!(pk_named(line) % 3, 0, "{evidence:#?}");
-    }
+    assert_every_third_pk(&evidence);
     assert!(evidence.iter().any(|line| line.contains("t_pk holds status 1 after the wind-down")), "{evidence:#?}");
 }
 
@@ -420,10 +424,7 @@ fn pk_ends_left_out_of_the_cache_are_caught() {
     let _redis = crate::common::REDIS_DATABASE.blocking_lock();
     let redis = redis_url();
     let evidence = broken_run_with_services_is_caught("stale-cache", "redis_converges", &["--redis-url", &redis]);
-    assert!(!evidence.is_empty());
-    for line in &evidence {
-        assert_eq!(pk_named(line) % 3, 0, "{evidence:#?}");
-    }
+    assert_every_third_pk(&evidence);
     assert!(evidence.iter().any(|line| line.contains("the cache shows status 1")), "{evidence:#?}");
 }
 

@@ -5,7 +5,7 @@
 //! end. SQLite: a file in a temporary directory.
 
 use pkd::sinks::{Dialect, ResultsStore};
-use pkd::sinks::{LedgerGift, LedgerTotal};
+use pkd::sinks::{LedgerGift, LedgerTotal, Mismatch};
 use pkd_raft::effect::{AbnormalEnd, CountedGift, GifterTotal, PkStatus, SettledPk, SettledSide, SideView};
 use pkd_raft::{GiftId, PkId, PkView, RoomId, TimestampMs, UserId};
 use sqlx::Row;
@@ -210,6 +210,13 @@ async fn dump(store: &ResultsStore, table: &str, pk: u64) -> anyhow::Result<Rows
 
 async fn dump_all(store: &ResultsStore, pk: u64) -> anyhow::Result<[Rows; 3]> {
     Ok([dump(store, "t_pk", pk).await?, dump(store, "t_pk_gift", pk).await?, dump(store, "t_pk_anchor", pk).await?])
+}
+
+/// Each mismatch as (table, key, column, expected, found).
+type Found<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
+
+fn found(mismatches: &[Mismatch]) -> Vec<Found<'_>> {
+    mismatches.iter().map(|m| (m.table, m.key.as_str(), m.column, m.expected.as_deref(), m.found.as_deref())).collect()
 }
 
 async fn execute(store: &ResultsStore, sql: &str) -> anyhow::Result<()> {
@@ -553,11 +560,7 @@ async fn verify_and_repair(store: ResultsStore) -> anyhow::Result<()> {
     store.record_settled(&finished(12, START)).await?;
 
     let mismatches = store.verify_settled(&settled).await?;
-    type Found<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
-    let found: Vec<Found<'_>> = mismatches
-        .iter()
-        .map(|m| (m.table, m.key.as_str(), m.column, m.expected.as_deref(), m.found.as_deref()))
-        .collect();
+    let found = found(&mismatches);
     assert_eq!(
         found,
         vec![
@@ -740,11 +743,7 @@ async fn a_damaged_ledger_is_found_and_rewritten(store: ResultsStore) -> anyhow:
     )
     .await?;
     let mismatches = store.verify_settled(&settled).await?;
-    type Found<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
-    let found: Vec<Found<'_>> = mismatches
-        .iter()
-        .map(|m| (m.table, m.key.as_str(), m.column, m.expected.as_deref(), m.found.as_deref()))
-        .collect();
+    let found = found(&mismatches);
     // The target's count and sum hold (a gift swapped for another of the same beans is
     // only found by a rewrite); the source's sum does not.
     assert_eq!(
