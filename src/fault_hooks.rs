@@ -18,19 +18,34 @@
 //!     id), so the cache keeps showing it running;
 //!   - `double-accept`: an accept that lost its invitation to someone else (902003) is
 //!     answered as if it had won (902004), so one round of invitations has two winners.
+//!   - `double-pk`: the lobby's hand-over creates every third ordered PK (by id) twice on
+//!     the arenas, the copy under another id ([`DOUBLE_PK_OFFSET`] more), so both its
+//!     anchors are in two PKs at once;
+//!   - `diverge`: a node with an even id counts one bean more for every gift it applies,
+//!     so its replicas of the arenas (and the results it stores from them) part from the
+//!     others' at the same log index;
+//!   - `unavailable-after-restart`: a node started on a data directory it had written
+//!     before answers every gift and every command 28 with `900008`, as if no leader were
+//!     reachable: after a whole-cluster restart nothing moves on.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use pkd_cluster::api::FaultSettings;
-use pkd_raft::{LobbyAction, PkId, Reason, Response};
+use pkd_raft::{Action, ArenaAction, Command, LobbyAction, PkId, PkOrder, Reason, Response};
 
 /// The environment variable naming the broken behaviours.
 pub const BREAK_ENV: &str = "PKD_FAULT_BREAK";
 
 static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
 static FRESH_GIFT_IDS: AtomicU64 = AtomicU64::new(1);
+/// This node's id, and whether its data directory held groups when it started.
+static NODE_ID: AtomicU64 = AtomicU64::new(0);
+static RESTARTED: AtomicBool = AtomicBool::new(false);
+
+/// How far above the ordered PK's id `double-pk` creates its copy.
+pub const DOUBLE_PK_OFFSET: u64 = 1_000_000_000;
 
 /// How far ahead `fast-clock` sets the clock, in ms.
 pub const FAST_CLOCK_MS: i64 = 2_500;
@@ -44,6 +59,9 @@ pub enum Break {
     StalePush,
     StaleCache,
     DoubleAccept,
+    DoublePk,
+    Diverge,
+    UnavailableAfterRestart,
 }
 
 impl Break {
@@ -55,6 +73,9 @@ impl Break {
             Break::StalePush => "stale-push",
             Break::StaleCache => "stale-cache",
             Break::DoubleAccept => "double-accept",
+            Break::DoublePk => "double-pk",
+            Break::Diverge => "diverge",
+            Break::UnavailableAfterRestart => "unavailable-after-restart",
         }
     }
 
@@ -66,6 +87,9 @@ impl Break {
             Break::StalePush,
             Break::StaleCache,
             Break::DoubleAccept,
+            Break::DoublePk,
+            Break::Diverge,
+            Break::UnavailableAfterRestart,
         ]
         .into_iter()
         .find(|known| known.name() == name)
@@ -139,6 +163,39 @@ pub fn told_response(action: &LobbyAction, response: Response) -> Response {
         }
         (_, response) => response,
     }
+}
+
+/// Tells the hooks which node this process is, and whether its data directory held
+/// groups when it started (a restart) or not (a first start).
+pub fn node_started(node: u64, first_start: bool) {
+    NODE_ID.store(node, Ordering::Relaxed);
+    RESTARTED.store(!first_start, Ordering::Relaxed);
+}
+
+/// The copy of a PK order `double-pk` creates as well, if any.
+pub fn doubled_order(order: &PkOrder) -> Option<PkOrder> {
+    (broken(Break::DoublePk) && order.pk.0 % 3 == 0)
+        .then(|| PkOrder { pk: PkId(order.pk.0 + DOUBLE_PK_OFFSET), ..order.clone() })
+}
+
+/// The command as this node applies it: with `diverge` on a node with an even id, a
+/// gift counts one bean more.
+pub fn applied(command: &Command) -> std::borrow::Cow<'_, Command> {
+    let even = NODE_ID.load(Ordering::Relaxed) % 2 == 0;
+    match &command.action {
+        Action::Arena(ArenaAction::Gift(gift)) if even && broken(Break::Diverge) => {
+            let mut gift = gift.clone();
+            gift.beans += 1;
+            std::borrow::Cow::Owned(Command { at: command.at, action: Action::Arena(ArenaAction::Gift(gift)) })
+        }
+        _ => std::borrow::Cow::Borrowed(command),
+    }
+}
+
+/// Whether this node must answer clients' gifts and commands 28 as unavailable
+/// (`unavailable-after-restart` on a restarted node).
+pub fn refuses_clients() -> bool {
+    broken(Break::UnavailableAfterRestart) && RESTARTED.load(Ordering::Relaxed)
 }
 
 /// Applies the settings given (the others stay) and answers the settings in force.

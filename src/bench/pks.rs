@@ -194,7 +194,8 @@ pub enum StateSource {
 /// Who read a PK state, over which connection, where, and when.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reader {
-    pub anchor: u64,
+    /// The user reading: an anchor, or a viewer.
+    pub user: u64,
     /// The anchor's connections so far, this one included (1 for its first): states read
     /// over one connection come from one node, in the order it sent them.
     pub connection: u64,
@@ -452,6 +453,8 @@ impl Anchor {
         }
         match client.enter(self.user, true).await {
             Ok(reply) if app::reply_code(&reply) == app::SUCCESS => {
+                // Pushes that came before the reply first: the reply is the newest state.
+                self.drain_kept(&mut client, phase);
                 let state = &reply["result"];
                 if state.is_object()
                     && let Some(observer) = &self.behaviour.observer
@@ -467,7 +470,6 @@ impl Anchor {
                     // The PK ended while the anchor was away.
                     *phase = Phase::Idle { start_at: Instant::now() };
                 }
-                self.drain_kept(&mut client, phase);
                 Some(client)
             }
             _ => {
@@ -632,7 +634,7 @@ impl Anchor {
     }
 
     fn reader(&self, source: StateSource, at_ms: i64) -> Reader {
-        Reader { anchor: self.user, connection: self.connections, node: self.connected_to, source, at_ms }
+        Reader { user: self.user, connection: self.connections, node: self.connected_to, source, at_ms }
     }
 
     /// What the anchor does once its PK is over.

@@ -28,11 +28,15 @@ impl Orders {
         for order in orders {
             let pk = order.pk;
             let arena = node.arena_of(pk);
-            let created = node.propose_arena(arena, ArenaAction::CreatePk(order)).await?;
+            let created = node.propose_arena(arena, ArenaAction::CreatePk(order.clone())).await?;
             if let Response::Rejected(reason) = &created {
                 // The arena refuses for good (e.g. a misrouted order): confirming keeps the
                 // outbox from retrying forever; the lobby's abandon timer frees the rooms.
                 tracing::error!(%pk, %arena, ?reason, "arena refused a PK order");
+            }
+            #[cfg(feature = "fault-injection")]
+            if let Some(copy) = crate::fault_hooks::doubled_order(&order) {
+                node.propose_arena(node.arena_of(copy.pk), ArenaAction::CreatePk(copy)).await?;
             }
             node.propose_lobby(LobbyAction::ConfirmPkCreated { pk }).await?;
             tracing::debug!(%pk, %arena, "PK handed over to its arena");

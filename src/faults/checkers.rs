@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::history::{
     DigestSample, FaultEvent, GiftOp, InvitationOp, Ledgers, NodeHistory, Outcome, SettledRecord, StateSeen,
+    reader_name,
 };
 use super::services::{CacheSnapshot, SqlSnapshot};
 use super::sink_checkers;
@@ -504,8 +505,8 @@ pub fn pks_end_once_in_time(
                 || side_target.is_some_and(|beans| beans != state.target_gifts);
             if status_differs || totals_differ {
                 verdict.violation(format!(
-                    "PK {pk}: anchor {} read an end (status {}, {}:{} beans) unlike the settled one (status {}, {:?}:{:?})",
-                    state.anchor,
+                    "PK {pk}: {} read an end (status {}, {}:{} beans) unlike the settled one (status {}, {:?}:{:?})",
+                    reader_name(state.user),
                     state.status,
                     state.source_gifts,
                     state.target_gifts,
@@ -516,8 +517,10 @@ pub fn pks_end_once_in_time(
             }
             if state.source == StateSource::Push && state.status == 2 && state.at_ms + bounds.skew_ms < state.end_ms {
                 verdict.violation(format!(
-                    "PK {pk}: anchor {} read its end at {}, before its endTime {}",
-                    state.anchor, state.at_ms, state.end_ms
+                    "PK {pk}: {} read its end at {}, before its endTime {}",
+                    reader_name(state.user),
+                    state.at_ms,
+                    state.end_ms
                 ));
             }
         }
@@ -705,14 +708,14 @@ pub fn pushes_never_go_back(states: &[StateSeen], skew_ms: i64) -> Verdict {
         "pushes_never_go_back",
         "over one connection, a PK's status only moves on, its scores never fall, its winner never changes",
     );
-    // (anchor, connection, pk) → the latest state read; (anchor, pk) → the same, over any
+    // (user, connection, pk) → the latest state read; (user, pk) → the same, over any
     // connection.
     let mut latest: BTreeMap<(u64, u64, u64), &StateSeen> = BTreeMap::new();
     let mut latest_any: BTreeMap<(u64, u64), &StateSeen> = BTreeMap::new();
     let (mut skewed, mut across) = (0, Vec::new());
     for state in states {
         verdict.checked += 1;
-        if let Some(earlier) = latest.insert((state.anchor, state.connection, state.pk), state)
+        if let Some(earlier) = latest.insert((state.user, state.connection, state.pk), state)
             && let Some(how) = went_back(earlier, state)
         {
             let back_to_opening = earlier.status == 1 && state.status == 0;
@@ -720,18 +723,26 @@ pub fn pushes_never_go_back(states: &[StateSeen], skew_ms: i64) -> Verdict {
                 skewed += 1;
             } else {
                 verdict.violation(format!(
-                    "anchor {} (connection {} to node {}), PK {}: {how}, read at {} and {}",
-                    state.anchor, state.connection, state.node, state.pk, earlier.at_ms, state.at_ms
+                    "{} (connection {} to node {}), PK {}: {how}, read at {} and {}",
+                    reader_name(state.user),
+                    state.connection,
+                    state.node,
+                    state.pk,
+                    earlier.at_ms,
+                    state.at_ms
                 ));
             }
         }
-        if let Some(earlier) = latest_any.insert((state.anchor, state.pk), state)
+        if let Some(earlier) = latest_any.insert((state.user, state.pk), state)
             && earlier.connection != state.connection
             && let Some(how) = went_back(earlier, state)
         {
             across.push(format!(
-                "anchor {}, PK {}: {how}, read from node {} then, after a reconnection, node {}",
-                state.anchor, state.pk, earlier.node, state.node
+                "{}, PK {}: {how}, read from node {} then, after a reconnection, node {}",
+                reader_name(state.user),
+                state.pk,
+                earlier.node,
+                state.node
             ));
         }
     }
@@ -809,9 +820,9 @@ mod tests {
         }
     }
 
-    fn seen(anchor: u64, pk: u64, status: u64, span: (i64, i64), at_ms: i64) -> StateSeen {
+    fn seen(user: u64, pk: u64, status: u64, span: (i64, i64), at_ms: i64) -> StateSeen {
         StateSeen {
-            anchor,
+            user,
             connection: 1,
             node: 1,
             source: StateSource::Push,

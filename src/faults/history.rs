@@ -76,11 +76,22 @@ pub struct GiftOp {
     pub outcome: Outcome,
 }
 
-/// A PK state an anchor read.
+/// The first viewer's user id (`pkd faults --viewers`: consecutive from it); anchors'
+/// ids are below it.
+pub const FIRST_VIEWER: u64 = 4_000_001;
+
+/// "anchor 3000002" or "viewer 4000001".
+pub fn reader_name(user: u64) -> String {
+    if user >= FIRST_VIEWER { format!("viewer {user}") } else { format!("anchor {user}") }
+}
+
+/// A PK state an anchor or a viewer read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateSeen {
-    pub anchor: u64,
-    /// The anchor's connection it came over (1 for the first; 0 in histories from
+    /// Who read it: an anchor, or a viewer (ids from [`FIRST_VIEWER`] on).
+    #[serde(alias = "anchor")]
+    pub user: u64,
+    /// The reader's connection it came over (1 for the first; 0 in histories from
     /// before connections were told apart).
     #[serde(default)]
     pub connection: u64,
@@ -106,7 +117,7 @@ impl StateSeen {
     /// missing.
     pub fn read(reader: Reader, content: &Value) -> Option<StateSeen> {
         Some(StateSeen {
-            anchor: reader.anchor,
+            user: reader.user,
             connection: reader.connection,
             node: reader.node,
             source: reader.source,

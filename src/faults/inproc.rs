@@ -746,7 +746,7 @@ async fn watch_states(live: Arc<Live>, history: Arc<History>, roster: Arc<Roster
                         continue;
                     }
                     history.state(StateSeen {
-                        anchor: view.source.anchor.0,
+                        user: view.source.anchor.0,
                         connection,
                         node: node.id(),
                         source: StateSource::Push,

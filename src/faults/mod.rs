@@ -5,7 +5,8 @@
 //! then checks the recorded history and the settled results, and writes a report folder. `docs/faults.md` is the user's guide.
 //!
 //! - [`nemesis`]: the schedule (pure, from the seed) and the faults.
-//! - [`workload`]: the gift senders, retrying with the same ids.
+//! - [`workload`]: the gift senders, retrying with the same ids. [`viewers`]: users
+//!   watching the anchors' rooms.
 //! - [`history`]: what a run records. [`checkers`]: the verdicts. [`report`]: the folder.
 //!
 //! The anchors, the roster of running PKs and the cluster are `pkd bench`'s
@@ -20,6 +21,7 @@ pub mod report;
 pub mod services;
 pub mod sink_checkers;
 pub mod verdict;
+pub mod viewers;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -97,6 +99,10 @@ pub struct FaultsArgs {
     /// Gift senders, each one request at a time.
     #[arg(long, default_value_t = 2)]
     pub senders: usize,
+    /// Viewers, each watching one anchor's room at a time on a random node, moving to
+    /// another room or node every few seconds.
+    #[arg(long, default_value_t = 6)]
+    pub viewers: u64,
     /// The battle phase of every PK.
     #[arg(long, value_parser = parse_duration, default_value = "4s")]
     pub battle: Duration,
@@ -195,7 +201,7 @@ impl Run {
         // Nodes broken on purpose (fault-injection builds) are part of what to replay.
         let broken = std::env::var("PKD_FAULT_BREAK").ok().filter(|names| !names.is_empty());
         format!(
-            "{}pkd faults --seed {} --duration {}s --nodes {} --arenas {} --nemesis {} --anchors {} --senders {} --battle {}ms --end-bound {}ms --settle-wait {}ms",
+            "{}pkd faults --seed {} --duration {}s --nodes {} --arenas {} --nemesis {} --anchors {} --senders {} --viewers {} --battle {}ms --end-bound {}ms --settle-wait {}ms",
             broken.map(|names| format!("PKD_FAULT_BREAK={names} ")).unwrap_or_default(),
             self.seed,
             self.args.duration.as_secs_f64(),
@@ -204,6 +210,7 @@ impl Run {
             kinds.join(","),
             self.args.anchors,
             self.args.senders,
+            self.args.viewers,
             self.args.battle.as_millis(),
             self.args.end_bound.as_millis(),
             self.args.settle_wait.as_millis(),
@@ -454,6 +461,18 @@ async fn drive(
     };
     let hold_starts = behaviour.hold_starts.clone();
     let anchors = AnchorPool::spawn(target.clone(), roster.clone(), FIRST_ANCHOR, args.anchors, behaviour);
+    let watched = history.clone();
+    let audience = viewers::Audience {
+        target: target.clone(),
+        rooms: (FIRST_ANCHOR..FIRST_ANCHOR + args.anchors).collect(),
+        observer: Arc::new(move |reader, content: &Value| {
+            if let Some(state) = StateSeen::read(reader, content) {
+                watched.state(state);
+            }
+        }),
+    };
+    let (stop_viewers, viewers_stopped) = watch::channel(false);
+    let viewers = viewers::spawn(&audience, history::FIRST_VIEWER, args.viewers, seed, &viewers_stopped);
     anchors.wait_for_battles(&roster, 1, 500, Duration::from_secs(60)).await?;
     let start = Instant::now();
     let workload_from_ms = wall_clock_ms();
@@ -474,6 +493,10 @@ async fn drive(
     eprintln!("workload over; waiting for the running PKs to end");
     hold_starts.store(true, std::sync::atomic::Ordering::Relaxed);
     wind_down(&roster, args.battle + Duration::from_millis(OPENING_MS as u64) + args.end_bound).await;
+    let _ = stop_viewers.send(true);
+    for viewer in viewers {
+        let _ = viewer.await;
+    }
     anchors.stop().await;
     let seen: BTreeSet<u64> = history.states().iter().map(|state| state.pk).collect();
     let anchor_ids: Vec<u64> = (FIRST_ANCHOR..FIRST_ANCHOR + args.anchors).collect();

@@ -14,7 +14,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::json;
 
-use super::history::Outcome;
+use super::history::{FIRST_VIEWER, Outcome};
 use super::{FaultsArgs, Run};
 
 /// Writes the folder `dir` (created if missing).
@@ -46,7 +46,8 @@ pub fn write(dir: &Path, run: &Run) -> anyhow::Result<()> {
 fn run_json(run: &Run) -> serde_json::Value {
     let gifts = run.history.gifts();
     let count = |outcome: Outcome| gifts.iter().filter(|gift| gift.outcome == outcome).count();
-    let pks: std::collections::BTreeSet<u64> = run.history.states().iter().map(|state| state.pk).collect();
+    let states = run.history.states();
+    let pks: std::collections::BTreeSet<u64> = states.iter().map(|state| state.pk).collect();
     let faults = run.history.faults();
     json!({
         "seed": run.seed,
@@ -72,6 +73,9 @@ fn run_json(run: &Run) -> serde_json::Value {
         "gifts_unknown": count(Outcome::Unknown),
         "gift_attempts": gifts.iter().map(|gift| gift.attempts.len()).sum::<usize>(),
         "pks_seen": pks.len(),
+        "viewers": run.args.viewers,
+        "states_read": states.len(),
+        "states_read_by_viewers": states.iter().filter(|state| state.user >= FIRST_VIEWER).count(),
         "violations": run.violations(),
         "checkers_passed": run.verdicts.iter().filter(|verdict| verdict.passed).count(),
         "checkers_not_run": run.verdicts.iter().filter(|verdict| verdict.not_run.is_some()).count(),
@@ -120,6 +124,8 @@ fn summary(run: &Run) -> String {
         "gifts_unknown",
         "gift_attempts",
         "pks_seen",
+        "states_read",
+        "states_read_by_viewers",
     ] {
         let _ = writeln!(text, "| {key} | {} |", figures[key]);
     }

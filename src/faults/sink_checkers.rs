@@ -28,7 +28,7 @@ fn ends_read(states: &[StateSeen]) -> BTreeMap<u64, (u64, Told)> {
     for state in states.iter().filter(|state| state.status >= 2) {
         let sides = BTreeMap::from([(state.source_user, state.source_gifts), (state.target_user, state.target_gifts)]);
         let told = (i64::try_from(state.status).unwrap_or(0), sides, state.winner.unwrap_or(0));
-        ends.insert(state.pk, (state.anchor, told));
+        ends.insert(state.pk, (state.user, told));
     }
     ends
 }
@@ -295,7 +295,7 @@ mod tests {
 
     fn end_read(pk: u64, source_gifts: i64, target_gifts: i64, winner: u64) -> StateSeen {
         StateSeen {
-            anchor: A,
+            user: A,
             source: StateSource::Push,
             connection: 1,
             node: 1,

@@ -297,6 +297,10 @@ impl Connection {
                     MatchAction::Refuse { inviter, invitee } => LobbyAction::Refuse { inviter, invitee },
                 };
                 #[cfg(feature = "fault-injection")]
+                if crate::fault_hooks::refuses_clients() {
+                    return unavailable(echo, "unavailable-after-restart");
+                }
+                #[cfg(feature = "fault-injection")]
                 let asked = action.clone();
                 match gateway.node.propose_lobby(action).await {
                     Ok(response) => {

@@ -208,6 +208,12 @@ async fn apply(gateway: &Gateway, gift: &GiftIn) -> Outcome {
         beans: gift.beans,
         profile,
     });
+    #[cfg(feature = "fault-injection")]
+    if crate::fault_hooks::refuses_clients() {
+        outcome.code = code::UNAVAILABLE.to_owned();
+        outcome.desc = "temporarily unavailable (unavailable-after-restart); retry with the same id".to_owned();
+        return outcome;
+    }
     let span = tracing::info_span!("pk", pk = pk.0, gift = gift.id);
     async {
         match gateway.node().propose_arena(gateway.node().arena_of(pk), action).await {

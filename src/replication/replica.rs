@@ -85,7 +85,16 @@ impl<M: SingleKind> ReplicaState<M> {
         self.last_applied = Some(log_id);
         match payload {
             EntryPayload::Blank => Vec::new(),
-            EntryPayload::Normal(batch) => batch.0.iter().map(|command| self.machine.apply(command, effects)).collect(),
+            EntryPayload::Normal(batch) => batch
+                .0
+                .iter()
+                .map(|command| {
+                    // A node broken on purpose (`diverge`) applies some commands otherwise.
+                    #[cfg(feature = "fault-injection")]
+                    let command = &*crate::fault_hooks::applied(command);
+                    self.machine.apply(command, effects)
+                })
+                .collect(),
             EntryPayload::Membership(membership) => {
                 self.membership = StoredMembership::new(Some(log_id), membership);
                 Vec::new()

@@ -107,6 +107,10 @@ fn a_short_seeded_run_with_faults_finds_no_violation_and_writes_its_report() {
     assert_eq!(run["faults_failed"], 0, "{run:#}");
     assert!(run["gifts_ok"].as_u64().unwrap() > 100, "{run:#}");
     assert!(run["pks_seen"].as_u64().unwrap() >= 4, "{run:#}");
+    // The viewers watched rooms too, and what they read was checked with the anchors'.
+    assert_eq!(run["viewers"], 6, "{run:#}");
+    let by_viewers = run["states_read_by_viewers"].as_u64().unwrap();
+    assert!(by_viewers > 0 && by_viewers < run["states_read"].as_u64().unwrap(), "{run:#}");
 
     let verdicts = json(&dir.join("verdicts.json"));
     let names: Vec<&str> =
@@ -345,7 +349,19 @@ fn broken_run_with_services_is_caught(broken: &str, checker: &str, services: &[&
 /// [`broken_run_with_services_is_caught`] with a workload of `duration`.
 #[cfg(feature = "fault-injection")]
 fn broken_run_of_is_caught(broken: &str, checker: &str, duration: &str, services: &[&str]) -> Vec<String> {
-    let mut args = vec!["--seed", "5", "--duration", duration, "--nemesis", "transfer", "--settle-wait", "8s"];
+    broken_run_under_is_caught(broken, checker, duration, "transfer", services)
+}
+
+/// [`broken_run_of_is_caught`] under faults drawn from `nemesis`.
+#[cfg(feature = "fault-injection")]
+fn broken_run_under_is_caught(
+    broken: &str,
+    checker: &str,
+    duration: &str,
+    nemesis: &str,
+    services: &[&str],
+) -> Vec<String> {
+    let mut args = vec!["--seed", "5", "--duration", duration, "--nemesis", nemesis, "--settle-wait", "8s"];
     args.extend(services);
     let (output, verdicts, _) = run_faults(&args, &[("PKD_FAULT_BREAK", broken)]);
     drop_kept_database(&String::from_utf8_lossy(&output.stdout));
@@ -442,6 +458,71 @@ fn scores_falling_on_a_connection_are_caught() {
     // In every third second the nodes show the source side with half its beans.
     let evidence = broken_run_is_caught("stale-push", "pushes_never_go_back");
     assert!(evidence.iter().any(|line| line.contains(": scores ") && line.contains(" to node ")), "{evidence:#?}");
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn anchors_in_two_pks_at_once_are_caught() {
+    // Every third PK ordered is created twice, the copy 10^9 ids further: both its anchors
+    // are in the two at once, and each such pair is named.
+    let evidence = broken_run_is_caught("double-pk", "one_pk_at_a_time");
+    assert!(!evidence.is_empty());
+    for line in &evidence {
+        let (first, second) = pks_of_overlap(line);
+        assert_eq!(second, first + 1_000_000_000, "{line}");
+        assert_eq!(first % 3, 0, "{line}");
+    }
+}
+
+/// The two PKs of a line of `one_pk_at_a_time`'s evidence ("anchor A: PK x ran ... and
+/// PK y started at ..."), smaller first.
+#[cfg(feature = "fault-injection")]
+fn pks_of_overlap(line: &str) -> (u64, u64) {
+    let first = pk_named(line);
+    let rest = line.split_once(" and ").unwrap_or_else(|| panic!("no second PK in {line:?}")).1;
+    let second = pk_named(rest);
+    (first.min(second), first.max(second))
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn replicas_that_part_are_caught() {
+    // Node 2 counts one bean more for every gift it applies: its arenas' digests differ
+    // from nodes 1 and 3 at the same index, and its results store answers other scores.
+    let (output, verdicts, _) = run_faults(
+        &["--seed", "5", "--duration", "15s", "--nemesis", "transfer", "--settle-wait", "8s"],
+        &[("PKD_FAULT_BREAK", "diverge")],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let identical = verdict(&verdicts, "replicas_identical");
+    assert_eq!(identical["passed"], false, "{identical:#}");
+    let evidence = identical["evidence"].as_array().unwrap();
+    assert!(!evidence.is_empty(), "{identical:#}");
+    for line in evidence {
+        let line = line.as_str().unwrap();
+        // Only arenas (groups 1 and 2) part; node 2 stands alone against 1 and 3.
+        assert!(line.starts_with("group 1 at index ") || line.starts_with("group 2 at index "), "{line}");
+        assert!(line.contains("nodes {2}: ") && line.matches("nodes {").count() == 2, "{line}");
+    }
+    let agree = verdict(&verdicts, "replicas_agree");
+    assert_eq!(agree["passed"], false, "{agree:#}");
+    for line in agree["evidence"].as_array().unwrap() {
+        assert!(line.as_str().unwrap().contains(", node 2 answers ["), "{agree:#}");
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_cluster_that_serves_nothing_after_a_restart_is_caught() {
+    // Nodes restarted on their data directories answer every gift and start 900008: once
+    // the whole cluster has restarted, no gift is acknowledged and no PK forms. Safety
+    // holds (nothing is acknowledged wrongly); liveness does not.
+    let evidence =
+        broken_run_under_is_caught("unavailable-after-restart", "progress_after_faults", "25s", "restart-all", &[]);
+    assert_eq!(evidence.len(), 2, "{evidence:#?}");
+    assert!(evidence[0].contains("no gift sent after") && evidence[0].contains("was acknowledged"), "{evidence:#?}");
+    assert!(evidence[1].contains("no PK started after"), "{evidence:#?}");
 }
 
 /// The nemeses that use the nodes' hooks: clock skew, a slow disk, a full one. Each is

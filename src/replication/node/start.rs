@@ -73,6 +73,8 @@ async fn start(config: NodeConfig, cluster: Option<(NetworkConfig, TcpListener)>
             config.arena_count
         )));
     }
+    #[cfg(feature = "fault-injection")]
+    crate::fault_hooks::node_started(config.node_id, first_start);
     tracing::info!(
         node = config.node_id,
         data_dir = %config.data_dir.display(),
