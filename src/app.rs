@@ -102,7 +102,7 @@ pub async fn start(config: AppConfig, listeners: Listeners, shutdown: Cancellati
     }
     let client_options = ServeOptions::client(tls.clone());
     servers.spawn(server::serve(listeners.client, client_router, client_options, shutdown.clone()));
-    http::console::cluster::answer_peers(gateway.clone(), sinks.metrics(), drain_requested.clone());
+    http::console::cluster::answer_peers(gateway.clone(), sinks.metrics(), sinks.results(), drain_requested.clone());
     if let Some((listener, token)) = admin {
         let admin_router = http::admin_router(http::AdminSetup {
             gateway: gateway.clone(),

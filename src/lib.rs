@@ -21,6 +21,7 @@ pub mod fault_hooks;
 pub mod faults;
 pub mod gateway;
 pub mod http;
+pub mod inquiry;
 pub mod logs;
 pub mod procfs;
 pub mod replication;

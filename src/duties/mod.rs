@@ -15,6 +15,7 @@
 //! Every duty's work is idempotent: a new leader may redo what the last one did just before
 //! it lost the lead, and nothing goes wrong.
 
+pub mod backfill;
 pub mod balancer;
 pub mod cache;
 pub mod handover;

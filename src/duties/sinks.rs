@@ -12,7 +12,7 @@ use super::results::{Placement, Results, ResultsConfig, timed};
 use super::{Duties, MIN_BACKOFF};
 use crate::replication::node::Node;
 use crate::retry::Backoff;
-use crate::sinks::{RedisCache, ResultsSlot, ResultsStore, SinkMetrics};
+use crate::sinks::{Dialect, RedisCache, ResultsSlot, ResultsStore, SinkMetrics};
 
 /// What [`Sinks::start`] connects to.
 #[derive(Clone, Debug, Default)]
@@ -97,6 +97,10 @@ async fn connect_results(
     tracing::info!(dialect = ?store.dialect(), "results store connected");
     let _ = slot.set(store.clone());
     let node = duties.node().clone();
+    if store.dialect() == Dialect::Sqlite {
+        // This node's own store: it copies what was settled before it joined.
+        duties.spawn(super::backfill::complete(node.clone(), store.clone(), metrics.clone()));
+    }
     for arena in node.arenas() {
         let duty = Results::new(&node, arena, store.clone(), config.clone(), metrics.clone());
         match duty.placement() {

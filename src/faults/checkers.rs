@@ -60,7 +60,7 @@ pub fn check_all(facts: &Facts) -> Vec<Verdict> {
         one_pk_at_a_time(facts.states, &reference, facts.bounds.skew_ms),
         one_accept_per_invitation(facts.invitations, facts.states, &reference, facts.bounds.skew_ms),
         pks_end_once_in_time(facts.states, &reference, facts.faults, facts.bounds),
-        replicas_agree(facts.settled, &joined_since(facts.faults, facts.bounds.skew_ms)),
+        replicas_agree(facts.settled),
         replicas_identical(facts.digests, facts.members),
         pushes_never_go_back(facts.states, facts.bounds.skew_ms),
         progress_after_faults(facts.gifts, facts.states, facts.liveness_from_ms),
@@ -91,13 +91,6 @@ pub fn reference_node(settled: &BTreeMap<u64, NodeHistory>) -> Option<u64> {
         .filter(|(_, history)| size(history) > 0)
         .max_by(|(one, first), (other, second)| size(first).cmp(&size(second)).then(other.cmp(one)))
         .map(|(&node, _)| node)
-}
-
-/// The nodes that joined the cluster during the run on an empty data directory, each with
-/// the time (ms) from which its results store must hold every settled PK: when it was a
-/// voter of every group, plus the largest clock skew (the last join of a node counts).
-pub fn joined_since(faults: &[FaultEvent], skew_ms: i64) -> BTreeMap<u64, i64> {
-    faults.iter().filter_map(|fault| fault.joined.map(|node| (node, fault.healed_ms + skew_ms))).collect()
 }
 
 /// (a) Each side's settled beans lie between the sum of its acknowledged gifts and that
@@ -547,13 +540,10 @@ fn sides_of(records: &[SettledRecord], pk: u64, source: u64, target: u64) -> (Op
     (side(source), side(target))
 }
 
-/// (d) Every node answers the same settled history for every anchor. A node that joined
-/// during the run on an empty data directory (`joined`: node → since when, in ms) is held
-/// to less, because its results store is its own (SQLite) and gets only the results still
-/// waiting in the arenas' outboxes when it became a voter: it must answer every PK that
-/// ended from then on as the others do, and nothing the others do not; the earlier PKs it
-/// lacks are counted in the notes (docs/faults.md, "a joining node's results store").
-pub fn replicas_agree(settled: &BTreeMap<u64, NodeHistory>, joined: &BTreeMap<u64, i64>) -> Verdict {
+/// (d) Every node answers the same settled history for every anchor: a node that joined
+/// during the run on an empty data directory too, since it copies the results settled
+/// before it joined from a member (`duties/backfill.rs`).
+pub fn replicas_agree(settled: &BTreeMap<u64, NodeHistory>) -> Verdict {
     let mut verdict = Verdict::new("replicas_agree", "every node answers the same settled history");
     let first_node = reference_node(settled).or_else(|| settled.keys().next().copied());
     let Some((first_node, first)) = first_node.and_then(|node| settled.get(&node).map(|history| (node, history)))
@@ -561,8 +551,6 @@ pub fn replicas_agree(settled: &BTreeMap<u64, NodeHistory>, joined: &BTreeMap<u6
         verdict.violation("no node answered the history API".to_owned());
         return verdict;
     };
-    // A joined node → the PKs it lacks that ended before it joined.
-    let mut lacking: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
     let anchors: BTreeSet<u64> = settled.values().flat_map(|history| history.keys().copied()).collect();
     for anchor in anchors {
         verdict.checked += 1;
@@ -571,18 +559,6 @@ pub fn replicas_agree(settled: &BTreeMap<u64, NodeHistory>, joined: &BTreeMap<u6
             let found = history.get(&anchor);
             if found == expected {
                 continue;
-            }
-            if let (Some(&since), Some(found)) = (joined.get(&node), found) {
-                let expected = expected.map_or(&[][..], Vec::as_slice);
-                let stray = found.iter().any(|record| !expected.contains(record));
-                let (before, after): (Vec<&SettledRecord>, Vec<&SettledRecord>) = expected
-                    .iter()
-                    .filter(|record| !found.contains(record))
-                    .partition(|record| record.end_time.is_some_and(|end| end < since));
-                if !stray && after.is_empty() {
-                    lacking.entry(node).or_default().extend(before.iter().map(|record| record.pk_id));
-                    continue;
-                }
             }
             let describe = |records: Option<&Vec<SettledRecord>>| match records {
                 None => "no answer".to_owned(),
@@ -605,14 +581,6 @@ pub fn replicas_agree(settled: &BTreeMap<u64, NodeHistory>, joined: &BTreeMap<u6
                 describe(found)
             ));
         }
-    }
-    for (node, pks) in lacking.iter().filter(|(_, pks)| !pks.is_empty()) {
-        let pks: Vec<String> = pks.iter().map(u64::to_string).collect();
-        verdict.notes.push(format!(
-            "node {node} joined during the run: {} PKs that ended before it was a voter are not in its results store ({})",
-            pks.len(),
-            pks.join(", ")
-        ));
     }
     verdict
 }
@@ -980,41 +948,26 @@ mod tests {
     fn nodes_answering_differently_is_a_violation() {
         let history = |gifts: i64| -> NodeHistory { [(A, vec![record(7, A, B, gifts, (0, 5_000), 2)])].into() };
         let same: BTreeMap<u64, NodeHistory> = [(1, history(4)), (2, history(4))].into();
-        let none = BTreeMap::new();
-        assert!(replicas_agree(&same, &none).passed);
+        assert!(replicas_agree(&same).passed);
         let differ: BTreeMap<u64, NodeHistory> = [(1, history(4)), (2, history(4)), (3, history(5))].into();
-        let verdict = replicas_agree(&differ, &none);
+        let verdict = replicas_agree(&differ);
         assert_eq!(verdict.violations, 1);
         assert!(verdict.evidence[0].contains("node 3 answers [7(status 2, 5:0)]"), "{:?}", verdict.evidence);
     }
 
     #[test]
-    fn a_node_that_joined_may_lack_only_the_pks_that_ended_before() {
+    fn a_node_lacking_the_pks_settled_before_it_joined_is_a_violation() {
         let (old, new) = (record(7, A, B, 4, (0, 5_000), 2), record(9, A, B, 6, (6_000, 11_000), 2));
-        let full: NodeHistory = [(A, vec![new.clone(), old.clone()])].into();
-        let recent: NodeHistory = [(A, vec![new.clone()])].into();
-        // Node 4 joined at 8 s: PK 7 (ended at 5 s) may be missing from its store.
+        let full: NodeHistory = [(A, vec![new.clone(), old])].into();
+        let recent: NodeHistory = [(A, vec![new])].into();
         let settled: BTreeMap<u64, NodeHistory> = [(1, full.clone()), (4, recent.clone())].into();
-        let joined = BTreeMap::from([(4, 8_000)]);
-        let verdict = replicas_agree(&settled, &joined);
-        assert!(verdict.passed, "{:?}", verdict.evidence);
-        assert!(
-            verdict.notes.iter().any(|note| note.contains("node 4 joined during the run: 1 PKs")),
-            "{:?}",
-            verdict.notes
-        );
+        let verdict = replicas_agree(&settled);
+        assert_eq!(verdict.violations, 1, "{:?}", verdict.evidence);
+        assert!(verdict.evidence[0].contains("node 4 answers [9(status 2, 6:0)]"), "{:?}", verdict.evidence);
         // The history is read from the node that has the most, whatever its id.
-        let settled: BTreeMap<u64, NodeHistory> = [(1, recent.clone()), (2, full.clone())].into();
+        let settled: BTreeMap<u64, NodeHistory> = [(1, recent), (2, full)].into();
         assert_eq!(reference_node(&settled), Some(2));
-        assert!(replicas_agree(&settled, &BTreeMap::from([(1, 8_000)])).passed);
-        // A node that did not join is held to everything.
-        assert!(!replicas_agree(&settled, &BTreeMap::new()).passed);
-        // Joined before PK 7 ended: it must have it.
-        assert!(!replicas_agree(&settled, &BTreeMap::from([(1, 4_000)])).passed);
-        // A joined node answering a PK otherwise is a violation.
-        let other: NodeHistory = [(A, vec![record(9, A, B, 7, (6_000, 11_000), 2)])].into();
-        let settled: BTreeMap<u64, NodeHistory> = [(1, full), (4, other)].into();
-        assert!(!replicas_agree(&settled, &joined).passed);
+        assert!(!replicas_agree(&settled).passed);
     }
 
     #[test]

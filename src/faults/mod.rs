@@ -500,9 +500,7 @@ async fn drive(
     anchors.stop().await;
     let seen: BTreeSet<u64> = history.states().iter().map(|state| state.pk).collect();
     let anchor_ids: Vec<u64> = (FIRST_ANCHOR..FIRST_ANCHOR + args.anchors).collect();
-    let faults = history.faults();
-    let joined = checkers::joined_since(&faults, largest_skew(&faults));
-    let settled = settled_history(&target, &anchor_ids, &seen, &joined, args.settle_wait).await;
+    let settled = settled_history(&target, &anchor_ids, &seen, args.settle_wait).await;
     let reference = (checkers::reference_records(&settled), checkers::reference_node(&settled));
     let ledgers = settled_ledgers(&target, &reference.0, reference.1).await;
     let _ = stop_sampling.send(true);
@@ -658,13 +656,11 @@ fn largest_skew(faults: &[FaultEvent]) -> i64 {
 }
 
 /// Every member's settled history of `anchors`, asked until every member answers the
-/// same (as `replicas_agree` judges it: a node in `joined` may lack what ended before it
-/// joined), with every PK in `seen` settled (status 2 or 3), or until `limit`.
+/// same, with every PK in `seen` settled (status 2 or 3), or until `limit`.
 async fn settled_history(
     target: &Target,
     anchors: &[u64],
     seen: &BTreeSet<u64>,
-    joined: &BTreeMap<u64, i64>,
     limit: Duration,
 ) -> BTreeMap<u64, NodeHistory> {
     let deadline = Instant::now() + limit;
@@ -684,7 +680,7 @@ async fn settled_history(
                 let settled: BTreeSet<u64> = history.values().flatten().map(|record| record.pk_id).collect();
                 seen.is_subset(&settled)
             })
-            && checkers::replicas_agree(&all, joined).passed;
+            && checkers::replicas_agree(&all).passed;
         if complete || Instant::now() >= deadline {
             if !complete {
                 eprintln!("warning: the nodes' settled histories had not converged after {limit:?}");

@@ -14,7 +14,9 @@ use std::sync::{Arc, OnceLock};
 
 pub use metrics::{SinkCounters, SinkMetrics};
 pub use redis_cache::{CacheError, Directory, RedisCache, RunningPk, Writes, Written};
-pub use sql::{Dialect, LedgerGift, LedgerTotal, Mismatch, PkRecord, ResultsStore, StoreError};
+pub use sql::{
+    Dialect, ExportedPk, LedgerGift, LedgerTotal, Mismatch, PkRecord, ResultsStore, SettledExport, StoreError,
+};
 
 /// The results store once connected (the history API reads it; empty until then).
 pub type ResultsSlot = Arc<OnceLock<ResultsStore>>;

@@ -15,7 +15,7 @@
 
 use pkd_raft::effect::{CountedGift, GifterTotal, PkStatus, SettledPk, SettledSide};
 use pkd_raft::{PkId, PkView, RoomId, TimestampMs, UserId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::{AnyConnection, AnyPool, Row};
@@ -47,6 +47,12 @@ pub enum StoreError {
     /// A stored time column could not be read back.
     #[error("unreadable time {0:?} in the results tables")]
     BadTime(String),
+    /// Rows another node exported that do not fit this store's tables.
+    #[error("rows from a peer refused: {0}")]
+    BadExport(String),
+    /// An operation only a node's own store (SQLite) has.
+    #[error("{0} needs the embedded store (SQLite)")]
+    EmbeddedOnly(&'static str),
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -226,6 +232,33 @@ const T_PK_GIFT_LEDGER: Table = Table {
     key: &["pk_id", "gift_id"],
     insert_only: &["create_time"],
 };
+
+/// The results tables, in the order a settled PK's rows are copied: each with the column
+/// naming its PK.
+const SETTLED_TABLES: [(&Table, &str); 4] =
+    [(&T_PK, "id"), (&T_PK_ANCHOR, "pk_id"), (&T_PK_GIFT, "pk_id"), (&T_PK_GIFT_LEDGER, "pk_id")];
+
+/// How many rows an export page holds at most (a page holds at least one PK, whatever
+/// its ledger's length).
+const EXPORT_ROWS: usize = 20_000;
+
+/// A page of settled PKs' rows, as one node's store exports them for another's (a node
+/// that joined a running cluster copies the results settled before it joined).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettledExport {
+    pub pks: Vec<ExportedPk>,
+    /// The last PK id of the page, to ask the next page after; `None`: the last page.
+    pub next: Option<u64>,
+}
+
+/// One settled PK's rows in every results table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedPk {
+    pub pk: u64,
+    /// (table, rows): each row's columns in the table's column order, as the database
+    /// prints them (`NULL` as `None`).
+    pub tables: Vec<(String, Vec<Vec<Option<String>>>)>,
+}
 
 /// When an upsert may update an existing row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -465,6 +498,102 @@ impl ResultsStore {
         let rows =
             sqlx::query(&sql).bind(anchor_id).bind(i64::from(page_size)).bind(offset).fetch_all(&self.pool).await?;
         rows.iter().map(pk_record).collect()
+    }
+
+    /// The rows of settled PKs (status 2 or 3) with an id above `after`, by id, up to
+    /// `limit` PKs (fewer if their ledgers are long).
+    pub async fn export_settled(&self, after: u64, limit: u32) -> Result<SettledExport> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {} FROM t_pk WHERE id > ? AND status IN (2, 3) AND deleted = 0 ORDER BY id LIMIT ?",
+            self.cast_int("id")
+        );
+        let mut conn = self.pool.acquire().await?;
+        let ids: Vec<i64> = sqlx::query(&sql)
+            .bind(after)
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut page = SettledExport::default();
+        let mut rows_in_page = 0;
+        for &id in &ids {
+            let mut tables = Vec::with_capacity(SETTLED_TABLES.len());
+            for (table, pk_column) in SETTLED_TABLES {
+                let select =
+                    table.columns.iter().map(|c| self.cast_text(&format!("`{c}`"))).collect::<Vec<_>>().join(", ");
+                let sql = format!("SELECT {select} FROM {} WHERE `{pk_column}` = ?", table.name);
+                let found = sqlx::query(&sql).bind(id).fetch_all(&mut *conn).await?;
+                let rows = found
+                    .iter()
+                    .map(|row| (0..table.columns.len()).map(|i| row.try_get::<Option<String>, _>(i)).collect())
+                    .collect::<std::result::Result<Vec<Vec<Option<String>>>, _>>()?;
+                rows_in_page += rows.len();
+                tables.push((table.name.to_owned(), rows));
+            }
+            page.pks.push(ExportedPk { pk: u64::try_from(id).unwrap_or(0), tables });
+            if rows_in_page >= EXPORT_ROWS {
+                break;
+            }
+        }
+        let full = page.pks.len() < ids.len() || ids.len() >= limit.max(1) as usize;
+        page.next = page.pks.last().filter(|_| full).map(|last| last.pk);
+        Ok(page)
+    }
+
+    /// Writes the PKs of a page another node's store exported, each in one transaction,
+    /// except those this store already holds settled (its own writes, from its own
+    /// replica, stand). Returns how many PKs were written.
+    pub async fn import_settled(&self, page: &SettledExport) -> Result<usize> {
+        let mut written = 0;
+        for exported in &page.pks {
+            let pk = pk_column(PkId(exported.pk))?;
+            let checked = checked_export(exported, pk)?;
+            let mut tx = self.pool.begin().await?;
+            let sql = format!("SELECT {} FROM t_pk WHERE id = ?", self.cast_int("status"));
+            let status: Option<i64> =
+                sqlx::query(&sql).bind(pk).fetch_optional(&mut *tx).await?.map(|row| row.try_get(0)).transpose()?;
+            if status.is_some_and(|status| status != 1) {
+                continue;
+            }
+            for (table, rows) in checked {
+                self.upsert_many(&mut tx, table, &rows, Guard::None).await?;
+            }
+            tx.commit().await?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// A mark of this node's own store (`pkd_store_marks`), if set.
+    pub async fn mark(&self, name: &str) -> Result<Option<String>> {
+        if self.dialect != Dialect::Sqlite {
+            return Err(StoreError::EmbeddedOnly("a store mark"));
+        }
+        let row = sqlx::query("SELECT `value` FROM pkd_store_marks WHERE `name` = ?")
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get(0)).transpose()?)
+    }
+
+    /// Sets a mark of this node's own store, at `at`.
+    pub async fn set_mark(&self, name: &str, value: &str, at: TimestampMs) -> Result<()> {
+        if self.dialect != Dialect::Sqlite {
+            return Err(StoreError::EmbeddedOnly("a store mark"));
+        }
+        sqlx::query(
+            "INSERT INTO pkd_store_marks (`name`, `value`, `update_time`) VALUES (?, ?, ?) \
+             ON CONFLICT (`name`) DO UPDATE SET `value` = excluded.`value`, `update_time` = excluded.`update_time`",
+        )
+        .bind(name.to_owned())
+        .bind(value.to_owned())
+        .bind(datetime_seconds(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn write_settled(&self, conn: &mut AnyConnection, rows: &SettledRows) -> Result<()> {
@@ -890,6 +1019,35 @@ fn pk_record(row: &sqlx::any::AnyRow) -> Result<PkRecord> {
 }
 
 /// A PK id for a `BIGINT` column.
+/// An exported PK's rows as this store's tables take them, each table known, each row
+/// of the right width and of that PK.
+fn checked_export(exported: &ExportedPk, pk: i64) -> Result<Vec<(&'static Table, Vec<Vec<Value>>)>> {
+    let refuse = |why: String| StoreError::BadExport(format!("PK {}: {why}", exported.pk));
+    let mut checked = Vec::with_capacity(exported.tables.len());
+    for (name, rows) in &exported.tables {
+        let (table, pk_column) = SETTLED_TABLES
+            .into_iter()
+            .find(|(table, _)| table.name == name)
+            .ok_or_else(|| refuse(format!("no table {name:?}")))?;
+        let at = table.columns.iter().position(|c| *c == pk_column).unwrap_or(0);
+        let mut values = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.len() != table.columns.len() {
+                return Err(refuse(format!("a {name} row of {} columns, not {}", row.len(), table.columns.len())));
+            }
+            if row[at].as_deref() != Some(pk.to_string().as_str()) {
+                return Err(refuse(format!("a {name} row of PK {:?}", row[at])));
+            }
+            values.push(row.iter().cloned().map(Value::Text).collect());
+        }
+        checked.push((table, values));
+    }
+    if !checked.iter().any(|(table, rows)| table.name == T_PK.name && rows.len() == 1) {
+        return Err(refuse("no t_pk row".to_owned()));
+    }
+    Ok(checked)
+}
+
 fn pk_column(pk: PkId) -> Result<i64> {
     i64::try_from(pk.0).map_err(|_| StoreError::OutOfRange { what: "PK id", value: pk.0 })
 }

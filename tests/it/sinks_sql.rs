@@ -764,3 +764,86 @@ async fn a_damaged_ledger_is_found_and_rewritten(store: ResultsStore) -> anyhow:
     assert_eq!(dump_ledger(&store, 41).await?, clean);
     Ok(())
 }
+
+/// A node that joined a running cluster copies the results settled before it joined from
+/// a member's own store (SQLite): every row of every settled PK, PKs still running left
+/// out, the copy's own settled PKs kept as it wrote them, and the pages chained by id.
+#[tokio::test]
+async fn a_members_settled_results_copy_into_a_joining_nodes_store() {
+    on_sqlite(|member| async move {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("joining.db").display());
+        let joining = ResultsStore::connect(&url).await?;
+        for pk in [3, 5, 8, 13] {
+            member.record_settled(&finished(pk, START + pk as i64 * 1_000)).await?;
+        }
+        member.record_settled(&abnormal(21)).await?;
+        member.record_settled(&draw(22)).await?;
+        // Running on the member: not settled, not exported.
+        member.record_started(&view_of(&finished(30, START))).await?;
+        // The joining node settled PK 8 itself already (from its own replica), and has PK
+        // 13 running: its own settled row stands, the running one is replaced.
+        let mut own = finished(8, START + 8_000);
+        own.source.audience = 99;
+        joining.record_settled(&own).await?;
+        joining.record_started(&view_of(&finished(13, START + 13_000))).await?;
+
+        let first = member.export_settled(0, 4).await?;
+        let ids: Vec<u64> = first.pks.iter().map(|pk| pk.pk).collect();
+        assert_eq!(ids, [3, 5, 8, 13]);
+        assert_eq!(first.next, Some(13));
+        let tables: Vec<&str> = first.pks[0].tables.iter().map(|(table, _)| table.as_str()).collect();
+        assert_eq!(tables, ["t_pk", "t_pk_anchor", "t_pk_gift", "t_pk_gift_ledger"]);
+        let rows: Vec<usize> = first.pks[0].tables.iter().map(|(_, rows)| rows.len()).collect();
+        assert_eq!(rows, [1, 2, 2, 6]);
+        assert_eq!(joining.import_settled(&first).await?, 3, "PK 8 is kept as the joining node wrote it");
+        let second = member.export_settled(13, 4).await?;
+        assert_eq!(second.pks.iter().map(|pk| pk.pk).collect::<Vec<_>>(), [21, 22]);
+        assert_eq!(second.next, None, "the last page");
+        assert_eq!(joining.import_settled(&second).await?, 2);
+        assert_eq!(joining.import_settled(&second).await?, 0, "a page copied again: settled here now, kept");
+
+        // Every row alike but for `t_pk_gift.id` and `t_pk_anchor.id`, each store's own
+        // row numbers.
+        let without_row_ids = |[pk, gifts, anchors]: [Rows; 3]| {
+            let strip = |rows: Rows| {
+                let mut rows: Rows = rows.into_iter().map(|row| row[1..].to_vec()).collect();
+                rows.sort();
+                rows
+            };
+            (pk, strip(gifts), strip(anchors))
+        };
+        for pk in [3, 5, 13, 21, 22] {
+            assert_eq!(
+                without_row_ids(dump_all(&joining, pk).await?),
+                without_row_ids(dump_all(&member, pk).await?),
+                "PK {pk}"
+            );
+            assert_eq!(dump_ledger(&joining, pk).await?, dump_ledger(&member, pk).await?, "PK {pk}");
+        }
+        assert_ne!(dump(&joining, "t_pk", 8).await?, dump(&member, "t_pk", 8).await?);
+        assert!(dump(&joining, "t_pk", 30).await?.is_empty());
+        let without_8 = |records: Vec<pkd::sinks::PkRecord>| {
+            records.into_iter().filter(|record| record.pk_id != 8).collect::<Vec<_>>()
+        };
+        let copied = without_8(joining.history(UserId(SOURCE), 1, 50).await?);
+        assert_eq!(copied.len(), 5);
+        assert_eq!(copied, without_8(member.history(UserId(SOURCE), 1, 50).await?));
+
+        // Rows that do not fit are refused (a PK's rows naming another PK), and nothing of
+        // their PK is written.
+        let mut bad = member.export_settled(0, 1).await?;
+        bad.pks[0].tables[0].1[0][0] = Some("40".to_owned());
+        bad.pks[0].pk = 40;
+        assert!(joining.import_settled(&bad).await.is_err());
+        assert!(dump(&joining, "t_pk", 40).await?.is_empty());
+
+        // The marks.
+        assert_eq!(joining.mark("complete").await?, None);
+        joining.set_mark("complete", "copied from node 2", TimestampMs(START)).await?;
+        assert_eq!(joining.mark("complete").await?.as_deref(), Some("copied from node 2"));
+        joining.close().await;
+        Ok(())
+    })
+    .await;
+}

@@ -1,9 +1,7 @@
 //! The whole cluster from any node: each node reports on itself, and the node an operator
 //! asks gathers the reports of every member over the cluster's authenticated network.
 //!
-//! The questions one node puts to another travel as inquiries (`Network::inquire`), in
-//! JSON, so that nodes of neighbouring versions still understand each other's reports
-//! (unknown fields are ignored, missing ones take their defaults). A node that does not
+//! The questions one node puts to another are `crate::inquiry`'s. A node that does not
 //! answer within [`PEER_WAIT`] is marked unreachable, with the reason.
 
 use std::collections::BTreeSet;
@@ -12,34 +10,14 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use pkd_cluster::api::{ClusterNode, ClusterStatus, GatewayFigures, NodeId, NodeReport, SinkFigures};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
-use crate::sinks::SinkMetrics;
+use crate::inquiry::{Answer, Question};
+use crate::sinks::{ResultsSlot, SinkMetrics};
 
 /// How long the asking node waits for each peer's answer.
 pub const PEER_WAIT: Duration = Duration::from_secs(2);
-
-/// What one node asks another.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Question {
-    /// Its [`NodeReport`].
-    Report,
-    /// Drain and stop, as `POST /admin/drain` on its own admin API would.
-    Drain,
-}
-
-/// What it answers.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Answer {
-    Report(Box<NodeReport>),
-    Draining,
-    /// The question was not understood (a node of another version).
-    Unknown(String),
-}
 
 /// This node's account of itself.
 pub fn report(gateway: &Gateway, sinks: &SinkMetrics) -> NodeReport {
@@ -77,31 +55,46 @@ pub fn report(gateway: &Gateway, sinks: &SinkMetrics) -> NodeReport {
     }
 }
 
-/// Makes this node answer its peers' questions: its report, and a drain (`drain` is the
-/// token `POST /admin/drain` cancels). Does nothing on a node without a cluster.
-pub fn answer_peers(gateway: Arc<Gateway>, sinks: Arc<SinkMetrics>, drain: CancellationToken) {
+/// Makes this node answer its peers' questions: its report, a drain (`drain` is the
+/// token `POST /admin/drain` cancels), and pages of its settled results (from `results`,
+/// once connected). Does nothing on a node without a cluster.
+pub fn answer_peers(gateway: Arc<Gateway>, sinks: Arc<SinkMetrics>, results: ResultsSlot, drain: CancellationToken) {
     let Some(network) = gateway.node().network().cloned() else { return };
     network.set_inquiry_handler(Arc::new(move |question: Vec<u8>| {
-        let answer = match serde_json::from_slice::<Question>(&question) {
-            Ok(Question::Report) => Answer::Report(Box::new(report(&gateway, &sinks))),
-            Ok(Question::Drain) => {
-                tracing::info!("drain asked by a peer (an operator's request through its admin API)");
-                drain.cancel();
-                Answer::Draining
-            }
-            Err(error) => Answer::Unknown(error.to_string()),
-        };
-        let bytes = serde_json::to_vec(&answer).unwrap_or_default();
-        Box::pin(async move { bytes })
+        let (gateway, sinks, results, drain) = (gateway.clone(), sinks.clone(), results.clone(), drain.clone());
+        Box::pin(async move {
+            let answer = match serde_json::from_slice::<Question>(&question) {
+                Ok(Question::Report) => Answer::Report(Box::new(report(&gateway, &sinks))),
+                Ok(Question::Drain) => {
+                    tracing::info!("drain asked by a peer (an operator's request through its admin API)");
+                    drain.cancel();
+                    Answer::Draining
+                }
+                Ok(Question::SettledResults { after, limit }) => settled_results(&results, after, limit).await,
+                Err(error) => Answer::Unknown(error.to_string()),
+            };
+            serde_json::to_vec(&answer).unwrap_or_default()
+        })
     }));
+}
+
+/// A page of this node's settled results, for a peer that lacks them.
+async fn settled_results(results: &ResultsSlot, after: u64, limit: u32) -> Answer {
+    let Some(store) = results.get() else { return Answer::Refused("no results store connected yet".to_owned()) };
+    let complete = match store.mark(crate::duties::backfill::COMPLETE).await {
+        Ok(mark) => mark.is_some(),
+        Err(error) => return Answer::Refused(error.to_string()),
+    };
+    match store.export_settled(after, limit.min(crate::duties::backfill::PAGE_PKS)).await {
+        Ok(page) => Answer::SettledResults { complete, page },
+        Err(error) => Answer::Refused(error.to_string()),
+    }
 }
 
 /// Asks `peer` a question over the cluster's network.
 async fn ask(gateway: &Gateway, peer: NodeId, question: &Question) -> Result<Answer, String> {
     let network = gateway.node().network().ok_or_else(|| "this node runs alone".to_owned())?;
-    let bytes = serde_json::to_vec(question).map_err(|error| error.to_string())?;
-    let answer = network.inquire(peer, bytes, PEER_WAIT).await.map_err(|error| error.to_string())?;
-    serde_json::from_slice(&answer).map_err(|error| format!("unreadable answer: {error}"))
+    crate::inquiry::ask(network, peer, question, PEER_WAIT).await
 }
 
 /// Every member's report: this node's own, and each peer's as it answers within

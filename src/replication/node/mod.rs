@@ -116,6 +116,9 @@ struct Inner {
     /// The node's database (every group's log and snapshots).
     store: Store,
     effects: broadcast::Sender<TaggedEffect>,
+    /// Started on an empty data directory as a member from the cluster's start (not
+    /// joining a running one, not restarted).
+    founding: bool,
     /// The node's own tasks (membership followers), stopped by [`Node::shutdown`].
     tasks: TaskTracker,
     stopping: CancellationToken,
@@ -171,6 +174,14 @@ impl Node {
     /// Every group of the node: the lobby, then the arenas.
     pub fn groups(&self) -> &[Group] {
         &self.inner.groups
+    }
+
+    /// Whether this process started on an empty data directory as one of the cluster's
+    /// first members (alone, or with `--peers` and no `--join`): then this node applies
+    /// every entry of its groups' logs from the first on, and every settled PK waits in
+    /// its arena's outbox until this node has stored it.
+    pub fn founding(&self) -> bool {
+        self.inner.founding
     }
 
     /// The network to the other nodes, in a cluster.

@@ -148,6 +148,7 @@ async fn start(config: NodeConfig, cluster: Option<(NetworkConfig, TcpListener)>
         network,
         store,
         effects,
+        founding: first_start && !joining,
         tasks: TaskTracker::new(),
         stopping: CancellationToken::new(),
     });

@@ -1,0 +1,124 @@
+//! The results a node's own store (SQLite) missed: those settled before it joined.
+//!
+//! With the embedded store every node writes each settled PK from its own replica, and a
+//! settled PK leaves its arena's outbox once every voter has stored it. A node that
+//! joins a running cluster (or comes back on an empty data directory) gets the arenas'
+//! state from a snapshot, without the PKs settled and confirmed before it: its history
+//! API would answer less than its peers'. So such a node, once it is a voter of every
+//! arena (from then on no settled PK leaves an outbox without it) and a little after
+//! (for confirmations already on their way), copies every settled PK's rows from a
+//! member whose store is complete, page by page over the cluster's network, keeping the
+//! PKs it already holds settled; then it marks its own store complete and answers
+//! others' copies in turn.
+//!
+//! A founding node's store is complete from the start (it applies every entry), and so
+//! is that of a node running alone. The mark is `pkd_store_marks.complete`.
+
+use std::time::Duration;
+
+use pkd_raft::TimestampMs;
+
+use crate::inquiry::{Answer, Question};
+use crate::replication::consensus;
+use crate::replication::node::Node;
+use crate::retry::Backoff;
+use crate::sinks::{ResultsStore, SinkMetrics};
+
+/// The name of the mark that says a store holds every settled PK of the cluster.
+pub const COMPLETE: &str = "complete";
+/// How many PKs one page holds at most.
+pub const PAGE_PKS: u32 = 50;
+/// How long the copy waits, once this node is a voter of every arena, for confirmations
+/// proposed before by nodes that did not count it yet.
+const SETTLE: Duration = Duration::from_secs(3);
+/// How long a peer has to answer one page.
+const PAGE_WAIT: Duration = Duration::from_secs(10);
+
+/// Makes `store` complete: marks it at once on a founding node or one running alone;
+/// otherwise copies what it lacks from a member, retrying until one serves the whole
+/// copy (or the node stops).
+pub async fn complete(node: Node, store: ResultsStore, metrics: std::sync::Arc<SinkMetrics>) {
+    match store.mark(COMPLETE).await {
+        Ok(Some(_)) => return,
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the results store's marks; no copy of earlier results");
+            return;
+        }
+    }
+    let Some(network) = node.network().cloned() else {
+        mark(&store, "this node runs alone").await;
+        return;
+    };
+    if node.founding() {
+        mark(&store, "a founding member").await;
+        return;
+    }
+    wait_for_votes(&node).await;
+    tokio::time::sleep(SETTLE).await;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    loop {
+        let voters = node.group(node.topology().lobby()).map(|lobby| lobby.metrics().read(consensus::voters));
+        let peers: Vec<u64> = voters.unwrap_or_default().into_iter().filter(|&peer| peer != node.id()).collect();
+        for peer in peers {
+            match copy_from(&network, &store, peer).await {
+                Ok(copied) => {
+                    tracing::info!(peer, copied, "results settled before this node joined copied from a member");
+                    mark(&store, &format!("copied from node {peer}")).await;
+                    return;
+                }
+                Err(error) => {
+                    SinkMetrics::add(&metrics.results_errors, 1);
+                    tracing::warn!(peer, %error, "copying earlier results from a member failed; trying another");
+                }
+            }
+        }
+        tokio::time::sleep(backoff.next_wait()).await;
+    }
+}
+
+/// Waits until this node is a voter of every arena.
+async fn wait_for_votes(node: &Node) {
+    loop {
+        let voting = node.arenas().iter().all(|arena| {
+            node.group(arena.group())
+                .map(|group| group.metrics().read(consensus::voters).contains(&node.id()))
+                .unwrap_or(false)
+        });
+        if voting {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Copies every settled PK of `peer`'s store into `store`; how many were written.
+async fn copy_from(
+    network: &crate::replication::network::Network,
+    store: &ResultsStore,
+    peer: u64,
+) -> Result<usize, String> {
+    let (mut after, mut copied) = (0, 0);
+    loop {
+        let question = Question::SettledResults { after, limit: PAGE_PKS };
+        let page = match crate::inquiry::ask(network, peer, &question, PAGE_WAIT).await? {
+            Answer::SettledResults { complete: true, page } => page,
+            Answer::SettledResults { complete: false, .. } => {
+                return Err(format!("node {peer}'s store is not complete either"));
+            }
+            Answer::Refused(why) => return Err(format!("node {peer} refused: {why}")),
+            other => return Err(format!("node {peer} answered {other:?}")),
+        };
+        copied += store.import_settled(&page).await.map_err(|error| error.to_string())?;
+        match page.next {
+            Some(next) if next > after => after = next,
+            _ => return Ok(copied),
+        }
+    }
+}
+
+async fn mark(store: &ResultsStore, why: &str) {
+    if let Err(error) = store.set_mark(COMPLETE, why, TimestampMs(crate::clock::now_ms())).await {
+        tracing::warn!(%error, "cannot mark the results store complete");
+    }
+}
