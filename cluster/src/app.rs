@@ -14,11 +14,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, http};
+
+use crate::stream::Stream;
 
 /// How long a client waits for a reply or a push unless told otherwise.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(15);
@@ -27,8 +28,8 @@ pub const SUCCESS: &str = "000000";
 /// The reply code for "no leader reachable; nothing was applied, retry".
 pub const UNAVAILABLE: &str = "900008";
 
-/// The socket under an [`AppClient`]: a plain WebSocket over TCP.
-pub type AppSocket = WebSocketStream<TcpStream>;
+/// The socket under an [`AppClient`]: a WebSocket over TCP, in the clear or over TLS.
+pub type AppSocket = WebSocketStream<Stream>;
 
 /// Why a WebSocket exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,8 @@ pub struct ConnectOptions {
     pub receive_buffer_bytes: Option<u32>,
     /// How long the client waits for a reply or a push ([`DEFAULT_WAIT`] if unset).
     pub wait: Option<Duration>,
+    /// TLS (`wss://`), trusting the roots of this configuration; in the clear if unset.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl ConnectOptions {
@@ -174,9 +177,10 @@ impl AppClient {
         options: &ConnectOptions,
     ) -> Result<AppClient, AppError> {
         let handshake = |message: String| AppError::Handshake { address: address.to_owned(), message };
+        let scheme = if options.tls.is_some() { "wss" } else { "ws" };
         let url = match &auth {
-            Auth::Query(token) => format!("ws://{address}/ws?token={token}"),
-            Auth::Bearer(_) | Auth::None => format!("ws://{address}/ws"),
+            Auth::Query(token) => format!("{scheme}://{address}/ws?token={token}"),
+            Auth::Bearer(_) | Auth::None => format!("{scheme}://{address}/ws"),
         };
         let mut request = url.into_client_request().map_err(|error| handshake(error.to_string()))?;
         if let Auth::Bearer(token) = &auth {
@@ -197,6 +201,7 @@ impl AppClient {
         }
         let stream = socket.connect(target).await.map_err(connect)?;
         stream.set_nodelay(true).map_err(connect)?;
+        let stream = Stream::over(stream, address, options.tls.as_ref()).await.map_err(connect)?;
         let mut config = WebSocketConfig::default();
         if let Some(bytes) = options.read_buffer_bytes {
             config = config.read_buffer_size(bytes);

@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+
+use crate::stream::Stream;
 
 use crate::api::{
     AbortReply, AddLearnerRequest, AuditList, ClusterStatus, ConfigCheck, ConfigReply, ConfigRequest, ConfigRows,
@@ -226,17 +226,8 @@ impl AdminClient {
     ) -> Result<(u16, Vec<u8>), ClientError> {
         let io = |source| ClientError::Io { address: self.address.clone(), source };
         let stream = TcpStream::connect(&self.address).await.map_err(io)?;
-        match &self.tls {
-            None => self.over(stream, method, path, body, limit).await,
-            Some(config) => {
-                let host = self.address.rsplit_once(':').map_or(self.address.as_str(), |(host, _)| host);
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                let name = ServerName::try_from(host.to_owned())
-                    .map_err(|error| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, error)))?;
-                let stream = TlsConnector::from(config.clone()).connect(name, stream).await.map_err(io)?;
-                self.over(stream, method, path, body, limit).await
-            }
-        }
+        let stream = Stream::over(stream, &self.address, self.tls.as_ref()).await.map_err(io)?;
+        self.over(stream, method, path, body, limit).await
     }
 
     /// One request and its response over `stream`.

@@ -14,6 +14,8 @@ use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::stream::Stream;
+
 /// The route of the gift API.
 pub const GIFTS_PATH: &str = "/internal/gifts";
 /// The longest body the client reads.
@@ -135,7 +137,9 @@ pub struct GiftClient {
     address: String,
     token: String,
     timeout: Duration,
-    connection: Option<BufReader<TcpStream>>,
+    connection: Option<BufReader<Stream>>,
+    /// TLS (HTTPS), trusting the roots of this configuration; in the clear if unset.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Connections opened so far (a keep-alive client opens one unless the node closes it).
     connections_opened: u64,
 }
@@ -149,8 +153,15 @@ impl GiftClient {
             token: token.into(),
             timeout: Duration::from_secs(30),
             connection: None,
+            tls: None,
             connections_opened: 0,
         }
+    }
+
+    /// The same client, over TLS (a node started with `--tls-cert`).
+    pub fn with_tls(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> GiftClient {
+        self.tls = Some(config);
+        self
     }
 
     /// The same client, giving up on a request after `timeout` (the connection is then
@@ -247,6 +258,7 @@ impl GiftClient {
         if self.connection.is_none() {
             let stream = TcpStream::connect(&self.address).await.map_err(Failure::Unanswered)?;
             stream.set_nodelay(true).map_err(Failure::Unanswered)?;
+            let stream = Stream::over(stream, &self.address, self.tls.as_ref()).await.map_err(Failure::Unanswered)?;
             self.connections_opened += 1;
             self.connection = Some(BufReader::new(stream));
         }

@@ -110,6 +110,10 @@ pub struct BenchArgs {
     /// The admin API's token.
     #[arg(long, env = "PKD_ADMIN_TOKEN", hide_env_values = true, help_heading = "Target")]
     pub admin_token: Option<String>,
+    /// The CA (PEM) that signs the running cluster's certificates (nodes started with
+    /// --tls-cert): clients then speak `wss://` and HTTPS to --nodes and --admin.
+    #[arg(long, env = "PKD_BENCH_TLS_CA", value_name = "FILE", conflicts_with = "local", help_heading = "Target")]
+    pub tls_ca: Option<std::path::PathBuf>,
 
     /// Open loop: operations per second, each timed from when it was due.
     #[arg(long, conflicts_with = "clients", help_heading = "Load")]
@@ -468,6 +472,7 @@ async fn run_scenario(args: BenchArgs, slos: &[slo::Slo]) -> anyhow::Result<(Sum
         admin: args.admin.clone(),
         admin_token: args.admin_token.clone(),
         redis: args.redis.clone(),
+        tls_ca: args.tls_ca.clone(),
     };
     let target = Arc::new(Target::open(spec).await?);
     let user_base = args.user_base.unwrap_or_else(|| {

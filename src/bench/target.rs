@@ -123,6 +123,8 @@ pub struct Target {
     local: Option<Arc<Mutex<LocalCluster>>>,
     /// The local cluster's node-to-node links, when they go through the launcher's proxy.
     links: Option<Links>,
+    /// TLS to the nodes' client and admin listeners (`--tls-ca`); in the clear if unset.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Where the cluster is and how to reach it, from the command line.
@@ -137,6 +139,9 @@ pub struct TargetSpec {
     pub admin_token: Option<String>,
     /// The Redis the --local nodes write their read cache to.
     pub redis: Option<String>,
+    /// The CA that signs the running cluster's certificates: clients speak `wss://` and
+    /// HTTPS to it.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Target {
@@ -211,6 +216,7 @@ impl Target {
             arenas: Some(arenas),
             local: Some(Arc::new(Mutex::new(cluster))),
             links,
+            tls: None,
         })
     }
 
@@ -233,6 +239,14 @@ impl Target {
         if spec.admin.len() > 1 && spec.admin.len() != spec.nodes.len() {
             bail!("give one --admin address, or one per node in --nodes order");
         }
+        let tls = match &spec.tls_ca {
+            Some(ca) => {
+                crate::tls::install_default_provider();
+                let config = crate::tls::client_config(ca).with_context(|| format!("--tls-ca {}", ca.display()))?;
+                Some(Arc::new(config))
+            }
+            None => None,
+        };
         let nodes = spec
             .nodes
             .iter()
@@ -263,6 +277,7 @@ impl Target {
             arenas: None,
             local: None,
             links: None,
+            tls,
         })
     }
 
@@ -330,12 +345,27 @@ impl Target {
     pub async fn connect(&self, index: usize, user: u64) -> anyhow::Result<AppClient> {
         let token = self.tokens.token(user)?;
         let address = self.address_for(index);
-        Ok(AppClient::connect_with(&address, user, Auth::Bearer(token), &ConnectOptions::lean()).await?)
+        let options = ConnectOptions { tls: self.tls.clone(), ..ConnectOptions::lean() };
+        Ok(AppClient::connect_with(&address, user, Auth::Bearer(token), &options).await?)
     }
 
     /// A gift client of the `index`-th node (or the next one up).
     pub fn gift_client(&self, index: usize) -> anyhow::Result<GiftClient> {
-        Ok(GiftClient::new(self.address_for(index), self.require_gift_token()?).with_timeout(Duration::from_secs(10)))
+        let client =
+            GiftClient::new(self.address_for(index), self.require_gift_token()?).with_timeout(Duration::from_secs(10));
+        Ok(match &self.tls {
+            Some(tls) => client.with_tls(tls.clone()),
+            None => client,
+        })
+    }
+
+    /// An admin client of `address`, over TLS if the bench was given a CA.
+    fn admin_client(&self, address: String, token: String) -> AdminClient {
+        let client = AdminClient::new(address, token).with_timeout(Duration::from_secs(5));
+        match &self.tls {
+            Some(tls) => client.with_tls(tls.clone()),
+            None => client,
+        }
     }
 
     /// Admin clients of the nodes that are up, first the `index`-th.
@@ -345,11 +375,7 @@ impl Target {
         (0..count)
             .map(|index| &self.nodes[index])
             .filter(|node| node.is_up())
-            .filter_map(|node| {
-                node.admin_address().map(|address| {
-                    (node.id, AdminClient::new(address, token.clone()).with_timeout(Duration::from_secs(5)))
-                })
-            })
+            .filter_map(|node| node.admin_address().map(|address| (node.id, self.admin_client(address, token.clone()))))
             .collect()
     }
 
@@ -581,7 +607,7 @@ impl Target {
     /// An admin client of `node`, whether it is a member or not.
     fn admin_of(&self, node: &TargetNode) -> Option<AdminClient> {
         let token = self.admin_token.clone()?;
-        node.admin_address().map(|address| AdminClient::new(address, token).with_timeout(Duration::from_secs(5)))
+        node.admin_address().map(|address| self.admin_client(address, token))
     }
 
     /// The switchboard of the local nodes' links (started with the proxy).

@@ -261,6 +261,39 @@ async fn three_nodes_with_tls_on_every_link_run_a_pk() -> anyhow::Result<()> {
     ensure!(!plain.status.success(), "plain HTTP reached a TLS admin API");
     let foreign = tokio::task::block_in_place(|| status(Some(&stranger.ca)))?;
     ensure!(!foreign.status.success(), "a foreign CA was trusted");
+
+    // `pkd bench` drives the cluster over wss:// and HTTPS with --tls-ca: anchors, a PK,
+    // gifts through every node, the admin API for its settings; and not without it.
+    let join = |addresses: Vec<std::net::SocketAddr>| {
+        addresses.iter().map(std::net::SocketAddr::to_string).collect::<Vec<_>>().join(",")
+    };
+    let clients =
+        join(cluster.ids().iter().map(|&id| cluster.node(id).map(|node| node.client_addr)).collect::<Result<_, _>>()?);
+    let admins =
+        join(cluster.ids().iter().map(|&id| cluster.node(id).map(|node| node.admin_addr)).collect::<Result<_, _>>()?);
+    let bench = |ca: Option<&Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pkd"));
+        command
+            .args(["bench", "gifts", "--nodes", &clients, "--admin", &admins, "--admin-token", &token])
+            .args(["--gift-token", &gift_token, "--dev-auth", "--clients", "4", "--seconds", "2", "--warmup", "0.5"])
+            .args(["--json", "--quiet"]);
+        if let Some(ca) = ca {
+            command.arg("--tls-ca").arg(ca);
+        }
+        command.env_remove("PKD_BENCH_TLS_CA").output()
+    };
+    let output = tokio::task::block_in_place(|| bench(Some(ca)))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_str(&stdout)?;
+    let ok = summary["ok"].as_f64().context("ok")?;
+    ensure!(
+        ok > 0.0 && summary["requests"].as_f64() == Some(ok + summary["errors"].as_f64().unwrap_or(0.0)),
+        "{summary:#}"
+    );
+    ensure!(summary["details"]["gifts_missing"] == 0, "every acknowledged gift is in the scores: {summary:#}");
+    let plain = tokio::task::block_in_place(|| bench(None))?;
+    ensure!(!plain.status.success(), "the bench reached TLS listeners in the clear");
     Ok(())
 }
 
