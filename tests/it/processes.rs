@@ -411,11 +411,86 @@ async fn every_node_answers_the_same_complete_history_on_the_embedded_store() ->
             })
         };
         if answers.iter().all(settled) && answers.windows(2).all(|pair| pair[0] == pair[1]) {
-            return Ok(());
+            break;
         }
         ensure!(Instant::now() < deadline, "the nodes answer differently or incompletely: {answers:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let anchors: Vec<u64> = pks.iter().map(|(_, first)| *first).collect();
+    let reference = histories(&cluster, 1, &anchors).await;
+
+    // A fourth node joins on an empty data directory, long after those PKs settled: it
+    // copies them from a member's store and answers the same history.
+    let four = tokio::task::block_in_place(|| cluster.add_node(4).map(|node| node.cluster_addr))?;
+    let admin = cluster.admin(1)?;
+    admin.add_learner(4, four.to_string()).await?;
+    admin.promote(4).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while histories(&cluster, 4, &anchors).await != reference {
+        ensure!(
+            Instant::now() < deadline,
+            "node 4 answers {:?}, not {reference:?}",
+            histories(&cluster, 4, &anchors).await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ensure!(store_mark(&cluster, 4).await?.is_some_and(|mark| mark.starts_with("copied from node ")));
+    for node in [1, 2, 3] {
+        ensure!(store_mark(&cluster, node).await?.as_deref() == Some("a founding member"));
+    }
+
+    // Stores from before the mark (an upgraded cluster): no member is complete, so each
+    // node copies the union of the others' and marks its own; the history stands.
+    for node in [1, 2, 3, 4] {
+        tokio::task::block_in_place(|| cluster.kill(node))?;
+        let store = node_store(&cluster, node).await?;
+        sqlx::query("DELETE FROM pkd_store_marks").execute(store.pool()).await?;
+        store.close().await;
+    }
+    for node in [1, 2, 3, 4] {
+        tokio::task::block_in_place(|| cluster.restart(node))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut marks = Vec::new();
+    loop {
+        marks.clear();
+        for node in [1, 2, 3, 4] {
+            marks.push(store_mark(&cluster, node).await?);
+        }
+        if marks.iter().all(Option::is_some) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "not every store marked complete again: {marks:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure!(marks.iter().flatten().any(|mark| mark.ends_with("none complete")), "{marks:?}");
+    for node in [1, 2, 3, 4] {
+        ensure!(histories(&cluster, node, &anchors).await == reference, "node {node} after the restart");
+    }
+    Ok(())
+}
+
+/// Node `node`'s answers to the history of each of `anchors` (`None`: no answer).
+async fn histories(cluster: &pkd_cluster::LocalCluster, node: u64, anchors: &[u64]) -> Vec<Option<serde_json::Value>> {
+    let mut answers = Vec::new();
+    for &anchor in anchors {
+        answers.push(history_on(cluster, node, anchor).await.ok().map(|answer| answer["records"].clone()));
+    }
+    answers
+}
+
+/// Node `node`'s own results store (SQLite), opened beside it.
+async fn node_store(cluster: &pkd_cluster::LocalCluster, node: u64) -> anyhow::Result<pkd::sinks::ResultsStore> {
+    let path = cluster.node(node)?.data_dir.join("results.sqlite");
+    Ok(pkd::sinks::ResultsStore::connect(&format!("sqlite://{}?mode=rw", path.display())).await?)
+}
+
+/// The `complete` mark of node `node`'s own results store.
+async fn store_mark(cluster: &pkd_cluster::LocalCluster, node: u64) -> anyhow::Result<Option<String>> {
+    let store = node_store(cluster, node).await?;
+    let mark = store.mark("complete").await?;
+    store.close().await;
+    Ok(mark)
 }
 
 /// Node `node`'s `/readyz`: the status and the body.
