@@ -509,6 +509,9 @@ async fn a_whole_pk_with_gifts_pushes_and_reconnects(cluster: &LocalCluster) -> 
     let remaining = state["remainingTime"].as_i64().context("remainingTime")?;
     ensure!(remaining > 0 && remaining <= end_time - asked, "{entered}");
     drop(target);
+    // Away longer than a presence report's interval (1 s), within the grace (5 s): a
+    // node that reported the anchor's drop at once would show it offline.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
     let mut target = Client::connect_as(cluster, 1, b, profile).await?;
     let entered = target.enter(b, true).await?;
     ensure!(entered["result"]["pkId"] == pk && entered["result"]["status"] == 1, "{entered}");

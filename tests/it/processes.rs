@@ -434,7 +434,15 @@ async fn every_node_answers_the_same_complete_history_on_the_embedded_store() ->
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    ensure!(store_mark(&cluster, 4).await?.is_some_and(|mark| mark.starts_with("copied from node ")));
+    // The mark follows the last page copied.
+    let mark = loop {
+        if let Some(mark) = store_mark(&cluster, 4).await? {
+            break mark;
+        }
+        ensure!(Instant::now() < deadline, "node 4's store is not marked complete");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(mark.starts_with("copied from node "), "{mark}");
     for node in [1, 2, 3] {
         ensure!(store_mark(&cluster, node).await?.as_deref() == Some("a founding member"));
     }
