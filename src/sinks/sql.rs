@@ -1021,7 +1021,10 @@ fn pk_record(row: &sqlx::any::AnyRow) -> Result<PkRecord> {
 /// A PK id for a `BIGINT` column.
 /// An exported PK's rows as this store's tables take them, each table known, each row
 /// of the right width and of that PK.
-fn checked_export(exported: &ExportedPk, pk: i64) -> Result<Vec<(&'static Table, Vec<Vec<Value>>)>> {
+/// Rows to write, each with its table.
+type TableRows = (&'static Table, Vec<Vec<Value>>);
+
+fn checked_export(exported: &ExportedPk, pk: i64) -> Result<Vec<TableRows>> {
     let refuse = |why: String| StoreError::BadExport(format!("PK {}: {why}", exported.pk));
     let mut checked = Vec::with_capacity(exported.tables.len());
     for (name, rows) in &exported.tables {
