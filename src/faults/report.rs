@@ -295,11 +295,12 @@ pub fn write_campaign(dir: &Path, args: &FaultsArgs, rows: &[CampaignRow]) -> an
     let _ = writeln!(text, "# pkd faults: a campaign of {} runs\n", rows.len());
     let _ = writeln!(
         text,
-        "{} nodes, {} arenas, {} anchors, {} senders, {} s each, nemeses: {}.\n",
+        "{} nodes, {} arenas, {} anchors, {} senders, {} viewers, {} s each, nemeses: {}.\n",
         args.nodes,
         args.arenas,
         args.anchors,
         args.senders,
+        args.viewers,
         args.duration.as_secs_f64(),
         kinds.join(", ")
     );
