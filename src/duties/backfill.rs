@@ -13,9 +13,8 @@
 //!
 //! A founding node's store is complete from the start (it applies every entry), and so
 //! is that of a node running alone. The mark is `pkd_store_marks.complete`. Nodes whose
-//! stores predate the mark (an upgraded cluster) find no complete member: once every
-//! other voter has answered so, each copies the union of the others' stores, and marks
-//! its own.
+//! stores predate the mark (an upgraded cluster) find no complete member: once each has
+//! copied every other voter's whole store, the union, it marks its own.
 
 use std::time::Duration;
 
@@ -63,52 +62,41 @@ pub async fn complete(node: Node, store: ResultsStore, metrics: std::sync::Arc<S
     loop {
         let voters = node.group(node.topology().lobby()).map(|lobby| lobby.metrics().read(consensus::voters));
         let peers: Vec<u64> = voters.unwrap_or_default().into_iter().filter(|&peer| peer != node.id()).collect();
-        // A complete member's store is enough. Failing that, if every other voter
-        // answered that its own store is not complete (a cluster whose nodes all predate
-        // the mark), the union of theirs is as complete as the cluster's results are.
-        let mut incomplete = Vec::new();
+        // Every peer's settled results are copied as they come (a copy keeps what this
+        // store holds settled already): a complete member's store is enough. Failing
+        // that, if every other voter served its whole store and none was complete (a
+        // cluster whose nodes all predate the mark), the union of theirs is as complete
+        // as the cluster's results are.
+        let (mut incomplete, mut copied_from_incomplete, mut failed) = (Vec::new(), 0, false);
         for &peer in &peers {
-            match copy_from(&network, &store, peer, true).await {
-                Ok(copied) => {
+            match copy_from(&network, &store, peer).await {
+                Ok((copied, true)) => {
                     tracing::info!(peer, copied, "results settled before this node joined copied from a member");
                     mark(&store, &format!("copied from node {peer}")).await;
                     return;
                 }
-                Err(Refusal::Incomplete) => incomplete.push(peer),
-                Err(Refusal::Failed(error)) => {
+                Ok((copied, false)) => {
+                    incomplete.push(peer);
+                    copied_from_incomplete += copied;
+                }
+                Err(error) => {
+                    failed = true;
                     SinkMetrics::add(&metrics.results_errors, 1);
                     tracing::warn!(peer, %error, "copying earlier results from a member failed; trying another");
                 }
             }
         }
-        if !peers.is_empty() && incomplete.len() == peers.len() {
-            let mut copied = 0;
-            let mut failed = false;
-            for &peer in &incomplete {
-                match copy_from(&network, &store, peer, false).await {
-                    Ok(count) => copied += count,
-                    Err(Refusal::Incomplete | Refusal::Failed(_)) => failed = true,
-                }
-            }
-            if !failed {
-                tracing::info!(
-                    ?incomplete,
-                    copied,
-                    "no member's results store was complete: the union of theirs copied"
-                );
-                mark(&store, &format!("copied from nodes {incomplete:?}, none complete")).await;
-                return;
-            }
+        if !peers.is_empty() && !failed {
+            tracing::info!(
+                ?incomplete,
+                copied = copied_from_incomplete,
+                "no member's results store was complete: the union of theirs copied"
+            );
+            mark(&store, &format!("copied from nodes {incomplete:?}, none complete")).await;
+            return;
         }
         tokio::time::sleep(backoff.next_wait()).await;
     }
-}
-
-/// Why a copy from a peer did not happen.
-enum Refusal {
-    /// Its store is not complete either (and a complete one was asked for).
-    Incomplete,
-    Failed(String),
 }
 
 /// Waits until this node is a voter of every arena.
@@ -126,27 +114,25 @@ async fn wait_for_votes(node: &Node) {
     }
 }
 
-/// Copies every settled PK of `peer`'s store into `store` (only from a complete store if
-/// `complete_only`); how many were written.
+/// Copies every settled PK of `peer`'s store into `store`: how many were written, and
+/// whether `peer`'s store is complete.
 async fn copy_from(
     network: &crate::replication::network::Network,
     store: &ResultsStore,
     peer: u64,
-    complete_only: bool,
-) -> Result<usize, Refusal> {
+) -> Result<(usize, bool), String> {
     let (mut after, mut copied) = (0, 0);
     loop {
         let question = Question::SettledResults { after, limit: PAGE_PKS };
-        let page = match crate::inquiry::ask(network, peer, &question, PAGE_WAIT).await.map_err(Refusal::Failed)? {
-            Answer::SettledResults { complete, page } if complete || !complete_only => page,
-            Answer::SettledResults { .. } => return Err(Refusal::Incomplete),
-            Answer::Refused(why) => return Err(Refusal::Failed(format!("node {peer} refused: {why}"))),
-            other => return Err(Refusal::Failed(format!("node {peer} answered {other:?}"))),
+        let (complete, page) = match crate::inquiry::ask(network, peer, &question, PAGE_WAIT).await? {
+            Answer::SettledResults { complete, page } => (complete, page),
+            Answer::Refused(why) => return Err(format!("node {peer} refused: {why}")),
+            other => return Err(format!("node {peer} answered {other:?}")),
         };
-        copied += store.import_settled(&page).await.map_err(|error| Refusal::Failed(error.to_string()))?;
+        copied += store.import_settled(&page).await.map_err(|error| error.to_string())?;
         match page.next {
             Some(next) if next > after => after = next,
-            _ => return Ok(copied),
+            _ => return Ok((copied, complete)),
         }
     }
 }

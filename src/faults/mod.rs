@@ -442,14 +442,9 @@ async fn drive(
     target.set_config("pk_config", INVITING_CONFIG).await?;
     let history = Arc::new(History::default());
     let roster = Arc::new(Roster::new(Some(OPENING_MS)));
-    let observed = history.clone();
     let answered = history.clone();
     let behaviour = AnchorBehaviour {
-        observer: Some(Arc::new(move |reader, content: &Value| {
-            if let Some(state) = StateSeen::read(reader, content) {
-                observed.state(state);
-            }
-        })),
+        observer: Some(recorder_of_states(&history)),
         invitations: Some(InvitationAnswers {
             observer: Arc::new(move |answer| answered.invitation(answer.clone())),
             accept_chance: ACCEPT_CHANCE,
@@ -461,15 +456,10 @@ async fn drive(
     };
     let hold_starts = behaviour.hold_starts.clone();
     let anchors = AnchorPool::spawn(target.clone(), roster.clone(), FIRST_ANCHOR, args.anchors, behaviour);
-    let watched = history.clone();
     let audience = viewers::Audience {
         target: target.clone(),
         rooms: (FIRST_ANCHOR..FIRST_ANCHOR + args.anchors).collect(),
-        observer: Arc::new(move |reader, content: &Value| {
-            if let Some(state) = StateSeen::read(reader, content) {
-                watched.state(state);
-            }
-        }),
+        observer: recorder_of_states(&history),
     };
     let (stop_viewers, viewers_stopped) = watch::channel(false);
     let viewers = viewers::spawn(&audience, history::FIRST_VIEWER, args.viewers, seed, &viewers_stopped);
@@ -508,6 +498,16 @@ async fn drive(
     final_digests(&target, &history, args.arenas as usize + 1, Duration::from_secs(20)).await;
     let stores = read_stores(&target, &services, &history.states(), &settled, args.settle_wait).await;
     Ok((history, settled, ledgers, workload_from_ms, stores))
+}
+
+/// Records in `history` every PK state an anchor or a viewer reads.
+fn recorder_of_states(history: &Arc<History>) -> crate::bench::pks::StateObserver {
+    let history = history.clone();
+    Arc::new(move |reader, content: &Value| {
+        if let Some(state) = StateSeen::read(reader, content) {
+            history.state(state);
+        }
+    })
 }
 
 /// The results database and the cache as the run read them at the end.

@@ -141,6 +141,17 @@ async fn state(socket: &mut Secure, pushes: &mut [Value], check: impl Fn(&Value)
     }
 }
 
+/// Runs `pkd args`, trusting `ca` through its flag (`flag.0`) if given, with the flag's
+/// environment variable (`flag.1`) cleared either way.
+fn pkd_trusting(args: &[&str], flag: (&str, &str), ca: Option<&Path>) -> std::io::Result<std::process::Output> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pkd"));
+    command.args(args);
+    if let Some(ca) = ca {
+        command.arg(flag.0).arg(ca);
+    }
+    command.env_remove(flag.1).output()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_with_tls_on_every_link_run_a_pk() -> anyhow::Result<()> {
     let dir = tempfile::TempDir::new()?;
@@ -245,12 +256,11 @@ async fn three_nodes_with_tls_on_every_link_run_a_pk() -> anyhow::Result<()> {
     // `pkd cluster` reaches a TLS admin API with --ca, and only with it.
     let admin = cluster.node(1)?.admin_addr.to_string();
     let status = |ca: Option<&Path>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pkd"));
-        command.args(["cluster", "status", "--json", "--admin", &admin, "--token", &token]);
-        if let Some(ca) = ca {
-            command.arg("--ca").arg(ca);
-        }
-        command.env_remove("PKD_ADMIN_CA").output()
+        pkd_trusting(
+            &["cluster", "status", "--json", "--admin", &admin, "--token", &token],
+            ("--ca", "PKD_ADMIN_CA"),
+            ca,
+        )
     };
     let output = tokio::task::block_in_place(|| status(Some(ca)))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -272,15 +282,9 @@ async fn three_nodes_with_tls_on_every_link_run_a_pk() -> anyhow::Result<()> {
     let admins =
         join(cluster.ids().iter().map(|&id| cluster.node(id).map(|node| node.admin_addr)).collect::<Result<_, _>>()?);
     let bench = |ca: Option<&Path>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pkd"));
-        command
-            .args(["bench", "gifts", "--nodes", &clients, "--admin", &admins, "--admin-token", &token])
-            .args(["--gift-token", &gift_token, "--dev-auth", "--clients", "4", "--seconds", "2", "--warmup", "0.5"])
-            .args(["--json", "--quiet"]);
-        if let Some(ca) = ca {
-            command.arg("--tls-ca").arg(ca);
-        }
-        command.env_remove("PKD_BENCH_TLS_CA").output()
+        let args = ["bench", "gifts", "--nodes", &clients, "--admin", &admins, "--admin-token", &token];
+        let more = ["--gift-token", &gift_token, "--dev-auth", "--clients", "4", "--seconds", "2", "--warmup", "0.5"];
+        pkd_trusting(&[&args[..], &more, &["--json", "--quiet"]].concat(), ("--tls-ca", "PKD_BENCH_TLS_CA"), ca)
     };
     let output = tokio::task::block_in_place(|| bench(Some(ca)))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
